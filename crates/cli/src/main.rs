@@ -1,0 +1,352 @@
+//! # deai — the command-line front door
+//!
+//! Owns: argument parsing, user-facing output and exit codes. Everything it does is a call
+//! into a library crate (`deai-engine`, `deai-models`); it must hold no logic those crates
+//! would need, and nothing depends on it.
+//!
+//! Exit codes: 0 success, 1 runtime error (bad model file, context overflow...), 2 usage error
+//! (clap's convention: unknown flag, invalid value, non-UTF-8 argument).
+
+mod bench;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use deai_engine::tokenizer::{chat_prompt, ChatMessage};
+use deai_engine::{Engine, EngineConfig, GenParams, SamplingParams};
+use deai_models::ModelStore;
+use std::io::{BufRead, Read, Write};
+
+#[derive(Parser)]
+#[command(
+    name = "deai",
+    version,
+    about = "Verifiable decentralized AI: run, prove and check models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a reply to one prompt with the bundled model (fetched on first use).
+    Run(RunArgs),
+    /// Interactive multi-turn chat (earlier turns are reused from the prefix cache).
+    Chat(ChatArgs),
+    /// Print the token ids of TEXT (special tokens such as <|im_start|> are parsed).
+    Tokenize(TokenizeArgs),
+    /// Fetch or list models.
+    #[command(subcommand)]
+    Model(ModelCmd),
+    /// Benchmarks that print ratios against a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Download the default model (SmolLM2-135M-Instruct Q4_1) and verify its SHA-256.
+    Fetch,
+    /// Show installed models with their ids (SHA-256 of the weights file).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a model's configuration, id and this machine's kernel profile.
+    Info {
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Model: "default", a path to a GGUF file, or an installed model's id (prefix).
+    #[arg(long, short)]
+    model: Option<String>,
+    /// Kernel threads (default: the cores available; more would oversubscribe).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+struct SampleArgs {
+    /// Maximum tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling mass in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Sampler seed (the sampler is specified, so anyone can replay it).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the output contains this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// System message (default: the model's own).
+    #[arg(long)]
+    system: Option<String>,
+}
+
+impl SampleArgs {
+    fn params(&self) -> GenParams {
+        GenParams {
+            max_tokens: self.max_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                seed: self.seed,
+            },
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The prompt ("-" reads stdin).
+    prompt: String,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sample: SampleArgs,
+    /// Feed the prompt as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// Print one JSON object with tokens, text, stop reason and timings instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sample: SampleArgs,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    text: String,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print {"ids": [...]}.
+    #[arg(long)]
+    json: bool,
+    /// Treat special-token text as plain text.
+    #[arg(long)]
+    no_special: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Chat(a) => chat(a),
+        Cmd::Tokenize(a) => tokenize(a),
+        Cmd::Model(ModelCmd::Fetch) => {
+            let m = ModelStore::open_default()?.fetch_default(true)?;
+            println!("{}  {}  {}", m.id, m.name, m.path.display());
+            Ok(())
+        }
+        Cmd::Model(ModelCmd::List { json }) => {
+            let store = ModelStore::open_default()?;
+            let list = store.list()?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else if list.is_empty() {
+                println!(
+                    "no models in {} (run `deai model fetch`)",
+                    store.models_dir().display()
+                );
+            } else {
+                for m in list {
+                    println!(
+                        "{}  {:>6.1} MB  {}  {}",
+                        m.id,
+                        m.size as f64 / 1e6,
+                        m.name,
+                        m.path.display()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Model(ModelCmd::Info { model }) => {
+            let path = resolve_model(model.as_deref())?;
+            let id = deai_models::sha256_file(&path)?;
+            let m = deai_engine::Model::load(&path)?;
+            let info = serde_json::json!({
+                "id": id.to_hex(),
+                "path": path.display().to_string(),
+                "weights": m.weights_type.name(),
+                "config": m.cfg,
+                "kernel_profile": deai_engine::KernelProfile::current(),
+            });
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+        Cmd::Bench(b) => bench::run(b),
+    }
+}
+
+pub fn resolve_model(spec: Option<&str>) -> Result<std::path::PathBuf> {
+    let store = ModelStore::open_default()?;
+    Ok(store.resolve(spec, true, true)?.path)
+}
+
+pub fn load_engine(m: &ModelArgs) -> Result<Engine> {
+    let path = resolve_model(m.model.as_deref())?;
+    let mut cfg = EngineConfig::default();
+    if let Some(t) = m.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        cfg.threads = t;
+    }
+    Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
+}
+
+fn read_prompt(p: &str) -> Result<String> {
+    let text = if p == "-" {
+        let mut b = Vec::new();
+        std::io::stdin().read_to_end(&mut b)?;
+        String::from_utf8(b).context("stdin is not valid UTF-8")?
+    } else {
+        p.to_string()
+    };
+    if text.trim().is_empty() {
+        bail!("empty prompt: give some text to respond to");
+    }
+    Ok(text)
+}
+
+fn messages(system: &Option<String>, history: &[ChatMessage]) -> Vec<ChatMessage> {
+    let mut v = vec![];
+    if let Some(s) = system {
+        v.push(ChatMessage {
+            role: "system".into(),
+            content: s.clone(),
+        });
+    }
+    v.extend_from_slice(history);
+    v
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let text = read_prompt(&a.prompt)?;
+    let params = a.sample.params();
+    params.sampling.validate()?;
+    let engine = load_engine(&a.model)?;
+    let prompt_text = if a.raw {
+        text
+    } else {
+        let user = ChatMessage {
+            role: "user".into(),
+            content: text,
+        };
+        chat_prompt(&messages(&a.sample.system, &[user]), true)
+    };
+    let ids = engine.model.tokenizer.encode(&prompt_text, !a.raw)?;
+    let mut out = std::io::stdout().lock();
+    let g = engine.generate(&ids, &params, |ev| {
+        if !a.json {
+            let _ = out.write_all(ev.text.as_bytes());
+            let _ = out.flush();
+        }
+    })?;
+    if a.json {
+        let j = serde_json::json!({
+            "prompt_tokens": g.prompt_tokens,
+            "output_tokens": g.output_tokens,
+            "text": g.text,
+            "stop_reason": g.stop_reason,
+            "prefill_ms": g.prefill_ms,
+            "decode_ms": g.decode_ms,
+            "kernel_profile": engine.profile().display_string(),
+        });
+        writeln!(out, "{j}")?;
+    } else {
+        writeln!(out)?;
+        let n = g.output_tokens.len();
+        eprintln!(
+            "[{} prompt tokens, {} generated, {:?}; prefill {:.0} ms, decode {:.1} tok/s; profile {}]",
+            g.prompt_tokens.len(),
+            n,
+            g.stop_reason,
+            g.prefill_ms,
+            n as f64 / (g.decode_ms / 1e3).max(1e-9),
+            engine.profile().display_string()
+        );
+    }
+    Ok(())
+}
+
+fn chat(a: ChatArgs) -> Result<()> {
+    let params = a.sample.params();
+    params.sampling.validate()?;
+    let engine = load_engine(&a.model)?;
+    let mut history: Vec<ChatMessage> = vec![];
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    eprintln!("deai chat — empty line or Ctrl-D to quit");
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        history.push(ChatMessage {
+            role: "user".into(),
+            content: line.trim_end().to_string(),
+        });
+        let prompt = chat_prompt(&messages(&a.sample.system, &history), true);
+        let ids = engine.model.tokenizer.encode(&prompt, true)?;
+        let g = engine.generate(&ids, &params, |ev| {
+            let _ = out.write_all(ev.text.as_bytes());
+            let _ = out.flush();
+        })?;
+        writeln!(out)?;
+        eprintln!(
+            "[{} of {} prompt tokens from the prefix cache]",
+            g.cached_tokens,
+            ids.len()
+        );
+        history.push(ChatMessage {
+            role: "assistant".into(),
+            content: g.text,
+        });
+    }
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let path = resolve_model(a.model.model.as_deref())?;
+    let g = deai_engine::gguf::GgufFile::open(&path)?;
+    let tok = deai_engine::tokenizer::Tokenizer::from_gguf(&g)?;
+    let ids = tok.encode(&a.text, !a.no_special)?;
+    if a.json {
+        println!("{}", serde_json::json!({ "ids": ids }));
+    } else {
+        for id in ids {
+            let piece =
+                String::from_utf8_lossy(&tok.token_bytes(id).unwrap_or_default()).into_owned();
+            println!("{id:>6}  {piece:?}");
+        }
+    }
+    Ok(())
+}

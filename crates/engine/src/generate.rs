@@ -1,0 +1,363 @@
+//! The engine a node runs: a model, its own thread pool, a prefix cache, and the generation
+//! loop (prefill, then decode with the seeded sampler, streaming, stop tokens/strings).
+
+use crate::error::{EngineError, Result};
+use crate::kv::{KvCache, PrefixCache};
+use crate::model::{ForwardOut, Model};
+use crate::profile::KernelProfile;
+use crate::sampler::{self, SamplingParams};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Worker threads for the kernels. Default: the cores available to this process; more
+    /// than that would oversubscribe.
+    pub threads: usize,
+    /// Byte budget of the prefix cache (0 disables it).
+    pub prefix_cache_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prefix_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// A stop token (EOS, `<|im_end|>`...) was sampled; it is the last output token.
+    Eos,
+    /// The decoded text reached one of the stop strings.
+    StopString,
+    /// `max_tokens` tokens were produced.
+    MaxTokens,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GenParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    #[serde(default)]
+    pub stop: Vec<String>,
+}
+
+impl Default for GenParams {
+    fn default() -> Self {
+        GenParams {
+            max_tokens: 128,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+        }
+    }
+}
+
+/// The result of one generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub prompt_tokens: Vec<u32>,
+    /// Sampled tokens, including a final stop token if one ended the run.
+    pub output_tokens: Vec<u32>,
+    /// Text of the output, without the stop token and cut before any stop string.
+    pub text: String,
+    pub stop_reason: StopReason,
+    /// Post-final-norm hidden states of every position fed to the model (prompt, then every
+    /// output token except the last), `rows x d_model`. Row `i` produced the logits that chose
+    /// token `i + 1` of prompt+output.
+    pub hidden: Vec<f32>,
+    /// Positions served from the prefix cache.
+    pub cached_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// A piece of streamed output.
+#[derive(Debug)]
+pub struct TokenEvent<'a> {
+    pub token: u32,
+    /// Text that became final with this token (may be empty while a UTF-8 sequence or a
+    /// possible stop string is incomplete). The pieces of one run concatenate to its `text`.
+    pub text: &'a str,
+}
+
+pub struct Engine {
+    pub model: Model,
+    pool: rayon::ThreadPool,
+    prefix: Mutex<PrefixCache>,
+    threads: usize,
+}
+
+impl Engine {
+    pub fn load(path: &Path, cfg: EngineConfig) -> Result<Self> {
+        Self::new(Model::load(path)?, cfg)
+    }
+
+    pub fn new(model: Model, cfg: EngineConfig) -> Result<Self> {
+        let threads = cfg.threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("deai-kernel-{i}"))
+            .build()
+            .map_err(|e| EngineError::InvalidParam(format!("thread pool: {e}")))?;
+        Ok(Engine {
+            model,
+            pool,
+            prefix: Mutex::new(PrefixCache::new(cfg.prefix_cache_bytes)),
+            threads,
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn profile(&self) -> KernelProfile {
+        KernelProfile::current()
+    }
+
+    /// A fresh cache able to hold `tokens` positions (bounded by the model's context).
+    pub fn new_cache(&self, tokens: usize) -> Result<KvCache> {
+        let c = &self.model.cfg;
+        if tokens > c.n_ctx {
+            return Err(EngineError::ContextOverflow {
+                needed: tokens,
+                n_ctx: c.n_ctx,
+            });
+        }
+        Ok(KvCache::new(c.n_layer, c.kv_dim(), tokens))
+    }
+
+    /// One forward pass on this engine's pool.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits_from: usize,
+    ) -> Result<ForwardOut> {
+        self.pool
+            .install(|| self.model.forward(tokens, cache, logits_from))
+    }
+
+    /// Validator path: one prefill over `tokens` (no prefix cache), hidden states for every
+    /// position and logits for positions `logits_from..`.
+    pub fn prefill_all(&self, tokens: &[u32], logits_from: usize) -> Result<ForwardOut> {
+        let mut cache = self.new_cache(tokens.len())?;
+        self.forward(tokens, &mut cache, logits_from)
+    }
+
+    pub fn prefix_cache_stats(&self) -> (u64, u64, usize) {
+        let p = self.prefix.lock().unwrap_or_else(|e| e.into_inner());
+        let (h, t) = p.stats();
+        (h, t, p.used_bytes())
+    }
+
+    /// Generate from `prompt` (token ids), calling `on_token` for each sampled token.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &GenParams,
+        mut on_token: impl FnMut(&TokenEvent),
+    ) -> Result<Generation> {
+        params.sampling.validate()?;
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if params.max_tokens == 0 {
+            return Err(EngineError::InvalidParam(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        let c = &self.model.cfg;
+        let d = c.d_model;
+        // The last sampled token is never fed, so prompt + max_tokens - 1 positions suffice.
+        let needed = prompt.len() + params.max_tokens - 1;
+        if prompt.len() > c.n_ctx || needed > c.n_ctx {
+            return Err(EngineError::ContextOverflow {
+                needed: prompt.len() + params.max_tokens,
+                n_ctx: c.n_ctx,
+            });
+        }
+        let mut cache = self.new_cache(needed)?;
+        let t0 = Instant::now();
+        // Reuse a cached prefix, keeping at least the last prompt token to recompute (its
+        // logits pick the first output token).
+        let hit = {
+            let mut pc = self.prefix.lock().unwrap_or_else(|e| e.into_inner());
+            pc.lookup(prompt, prompt.len() - 1, d, &mut cache)
+        };
+        let mut hidden = hit.hidden;
+        let rest = &prompt[hit.len..];
+        let out = self.forward(rest, &mut cache, rest.len() - 1)?;
+        hidden.extend_from_slice(&out.hidden);
+        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+        let t1 = Instant::now();
+        let stops = self.model.tokenizer.stop_ids();
+        let mut text = TextStream::new(&params.stop);
+        let mut output = Vec::new();
+        let mut logits = out.logits;
+        let stop_reason = loop {
+            let pos = (prompt.len() + output.len()) as u64;
+            let tok = sampler::sample(&logits, &params.sampling, pos);
+            output.push(tok);
+            if stops.contains(&tok) {
+                let rest = text.flush();
+                on_token(&TokenEvent {
+                    token: tok,
+                    text: &rest,
+                });
+                break StopReason::Eos;
+            }
+            let bytes = self.model.tokenizer.token_bytes(tok).unwrap_or_default();
+            let (mut piece, hit_stop) = text.push(&bytes);
+            let last = !hit_stop && output.len() >= params.max_tokens;
+            if last {
+                piece.push_str(&text.flush());
+            }
+            on_token(&TokenEvent {
+                token: tok,
+                text: &piece,
+            });
+            if hit_stop {
+                break StopReason::StopString;
+            }
+            if last {
+                break StopReason::MaxTokens;
+            }
+            let out = self.forward(&[tok], &mut cache, 0)?;
+            hidden.extend_from_slice(&out.hidden);
+            logits = out.logits;
+        };
+        let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+        // Remember this sequence for later requests that share its prefix.
+        let fed: Vec<u32> = prompt
+            .iter()
+            .chain(&output)
+            .copied()
+            .take(cache.len())
+            .collect();
+        self.prefix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(&fed, &cache, &hidden);
+        Ok(Generation {
+            prompt_tokens: prompt.to_vec(),
+            output_tokens: output,
+            text: text.finish(),
+            stop_reason,
+            hidden,
+            cached_tokens: hit.len,
+            prefill_ms,
+            decode_ms,
+        })
+    }
+}
+
+/// Turns token bytes into final text: holds back incomplete UTF-8 and any tail that could
+/// still become a stop string, and cuts the text at the first stop string.
+struct TextStream<'a> {
+    stops: &'a [String],
+    bytes: Vec<u8>,
+    /// Length of `text()` already emitted.
+    emitted: usize,
+    stopped_at: Option<usize>,
+}
+
+impl<'a> TextStream<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        TextStream {
+            stops,
+            bytes: vec![],
+            emitted: 0,
+            stopped_at: None,
+        }
+    }
+
+    /// The valid UTF-8 prefix of the bytes so far.
+    fn valid(&self) -> &str {
+        match std::str::from_utf8(&self.bytes) {
+            Ok(s) => s,
+            Err(e) => std::str::from_utf8(&self.bytes[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+
+    /// Append a token's bytes; returns the newly final text and whether a stop string hit.
+    fn push(&mut self, b: &[u8]) -> (String, bool) {
+        self.bytes.extend_from_slice(b);
+        let s = self.valid();
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter(|st| !st.is_empty())
+            .filter_map(|st| s.find(st.as_str()))
+            .min()
+        {
+            let piece = s.get(self.emitted..at).unwrap_or("").to_string();
+            self.emitted = self.emitted.max(at);
+            self.stopped_at = Some(at);
+            return (piece, true);
+        }
+        // Hold back the longest tail that is a proper prefix of some stop string.
+        let mut safe = s.len();
+        for st in self.stops {
+            for (i, _) in st.char_indices().skip(1) {
+                if s.ends_with(&st[..i]) {
+                    safe = safe.min(s.len() - i);
+                }
+            }
+        }
+        let piece = s.get(self.emitted..safe).unwrap_or("").to_string();
+        self.emitted = self.emitted.max(safe);
+        (piece, false)
+    }
+
+    /// Everything not yet emitted (end of generation: held-back text becomes final).
+    fn flush(&mut self) -> String {
+        if self.stopped_at.is_some() {
+            return String::new();
+        }
+        let s = String::from_utf8_lossy(&self.bytes).into_owned();
+        let rest = s.get(self.emitted..).unwrap_or("").to_string();
+        self.emitted = s.len();
+        rest
+    }
+
+    fn finish(&self) -> String {
+        let s = String::from_utf8_lossy(&self.bytes).into_owned();
+        match self.stopped_at {
+            Some(at) => s[..at].to_string(),
+            None => s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_stream_holds_partial_utf8_and_stop_prefixes() {
+        let stops = vec!["END".to_string()];
+        let mut ts = TextStream::new(&stops);
+        let e = "é".as_bytes();
+        assert_eq!(ts.push(&e[..1]), (String::new(), false));
+        assert_eq!(ts.push(&e[1..]), ("é".to_string(), false));
+        assert_eq!(ts.push(b" E"), (" ".to_string(), false));
+        assert_eq!(ts.push(b"N"), (String::new(), false));
+        assert_eq!(ts.push(b"Dxyz"), (String::new(), true));
+        assert_eq!(ts.finish(), "é ");
+        let none: Vec<String> = vec![];
+        let mut ts = TextStream::new(&none);
+        assert_eq!(ts.push(b"abc"), ("abc".to_string(), false));
+        assert_eq!(ts.finish(), "abc");
+        let mut ts = TextStream::new(&stops);
+        assert_eq!(ts.push(b"xE"), ("x".to_string(), false));
+        assert_eq!(ts.flush(), "E");
+    }
+}

