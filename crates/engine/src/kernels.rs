@@ -28,7 +28,7 @@ pub fn hsum8(l: [f32; 8]) -> f32 {
     b[0] + b[1]
 }
 
-/// Whether the AVX2+FMA kernels are usable on this CPU (and not disabled by
+/// Whether the AVX2+FMA+F16C kernels are usable on this CPU (and not disabled by
 /// `DEAI_FORCE_PORTABLE=1`, which tests and debugging use).
 pub fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -38,6 +38,7 @@ pub fn simd_available() -> bool {
             std::env::var("DEAI_FORCE_PORTABLE").map_or(true, |v| v != "1")
                 && is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -49,7 +50,7 @@ pub fn simd_available() -> bool {
 /// Name of the instruction set the kernels run on here (informational: results are equal).
 pub fn simd_name() -> &'static str {
     if simd_available() {
-        "avx2+fma"
+        "avx2+fma+f16c"
     } else {
         "portable"
     }
@@ -178,6 +179,24 @@ mod portable {
     }
 }
 
+#[inline(always)]
+fn dot8_body(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    hsum8(acc)
+}
+
+#[inline(always)]
+fn axpy_body(out: &mut [f32], w: f32, v: &[f32]) {
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = w.mul_add(*x, *o);
+    }
+}
+
 /// Dot product of two f32 slices (length a multiple of 8) with the 8-lane FMA contract.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32], simd: bool) -> f32 {
@@ -189,29 +208,231 @@ pub fn dot_f32(a: &[f32], b: &[f32], simd: bool) -> f32 {
         return unsafe { avx2::dot_ff(a, b) };
     }
     let _ = simd;
-    let mut acc = [0f32; 8];
-    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
-        }
-    }
-    hsum8(acc)
+    dot8_body(a, b)
 }
 
-/// `out[d] = fma(w, v[d], out[d])` for every d: the attention value accumulation. Element-wise,
-/// so SIMD and portable give the same bits.
+/// `out[d] = fma(w, v[d], out[d])` for every d. Element-wise, so every path gives the same bits.
 #[inline]
 pub fn axpy(out: &mut [f32], w: f32, v: &[f32], simd: bool) {
     debug_assert_eq!(out.len(), v.len());
     #[cfg(target_arch = "x86_64")]
-    if simd && out.len().is_multiple_of(8) {
+    if simd {
         // SAFETY: AVX2+FMA confirmed at run time by the caller.
         unsafe { avx2::axpy(out, w, v) };
         return;
     }
     let _ = simd;
-    for (o, x) in out.iter_mut().zip(v) {
-        *o = w.mul_add(*x, *o);
+    axpy_body(out, w, v)
+}
+
+/// Geometry of one attention row: which slice of the key/value rows belongs to this head.
+#[derive(Clone, Copy)]
+pub struct AttnRow {
+    /// Keys 0..n_keys are attended (causal: the query's own position + 1).
+    pub n_keys: usize,
+    /// Stride between consecutive positions in `keys`/`values`.
+    pub stride: usize,
+    /// Offset of this head's slice within a position's row.
+    pub offset: usize,
+    pub scale: f32,
+}
+
+/// `exp(x)` for f32 from exactly rounded operations only (Cody-Waite reduction, degree-6
+/// polynomial with FMA, exponent by bit construction), so it is identical on every path and
+/// vectorizes. Max relative error ~2 ulp; `0` below -87.3, `inf` above 88.7.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer, ties to even
+    if x.is_nan() {
+        return x;
+    }
+    if x > 88.7 {
+        return f32::INFINITY;
+    }
+    if x < -87.3 {
+        return 0.0;
+    }
+    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let mut p: f32 = 1.0 / 720.0;
+    p = p.mul_add(r, 1.0 / 120.0);
+    p = p.mul_add(r, 1.0 / 24.0);
+    p = p.mul_add(r, 1.0 / 6.0);
+    p = p.mul_add(r, 0.5);
+    p = p.mul_add(r, 1.0);
+    p = p.mul_add(r, 1.0);
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[inline(always)]
+fn softmax_in_place(scores: &mut [f32], max: f32) -> f32 {
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = exp_f32(*s - max);
+        sum += *s;
+    }
+    sum
+}
+
+#[inline(always)]
+fn attend_body(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    g: AttnRow,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    match q.len() {
+        64 => attend_fixed::<64>(q, keys, values, g, scores, out),
+        128 => attend_fixed::<128>(q, keys, values, g, scores, out),
+        _ => attend_any(q, keys, values, g, scores, out),
+    }
+}
+
+/// Head size known at compile time: the value accumulator lives in registers.
+#[inline(always)]
+fn attend_fixed<const HD: usize>(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    g: AttnRow,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let q: &[f32; HD] = q.try_into().expect("head size");
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for j in 0..g.n_keys {
+        let k: &[f32; HD] = keys[j * g.stride + g.offset..][..HD]
+            .try_into()
+            .expect("key row");
+        let s = dot8_body(q, k) * g.scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let sum = softmax_in_place(scores, max);
+    let mut acc = [0f32; HD];
+    for (j, &w) in scores.iter().enumerate() {
+        let v: &[f32; HD] = values[j * g.stride + g.offset..][..HD]
+            .try_into()
+            .expect("value row");
+        for d in 0..HD {
+            acc[d] = w.mul_add(v[d], acc[d]);
+        }
+    }
+    let inv = 1.0 / sum;
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = a * inv;
+    }
+}
+
+#[inline(always)]
+fn attend_any(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    g: AttnRow,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for j in 0..g.n_keys {
+        let k = &keys[j * g.stride + g.offset..][..hd];
+        let s = dot8_body(q, k) * g.scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let sum = softmax_in_place(scores, max);
+    out.fill(0.0);
+    for (j, &w) in scores.iter().enumerate() {
+        axpy_body(out, w, &values[j * g.stride + g.offset..][..hd]);
+    }
+    let inv = 1.0 / sum;
+    for v in out.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// One query row of causal attention: scores against keys `0..n_keys` in position order,
+/// softmax (libm `expf`, sequential sum), then the weighted sum of values in position order.
+/// The result depends only on this row's inputs: the batch-invariance of attention.
+pub fn attend_row(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    g: AttnRow,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    simd: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX2+FMA confirmed at run time by the caller; the body is safe code.
+        unsafe { avx2::attend_row(q, keys, values, g, scores, out) };
+        return;
+    }
+    let _ = simd;
+    attend_body(q, keys, values, g, scores, out)
+}
+
+/// `out[r][t] = dot(W[r], x[t])` for the `out.len() / t` consecutive weight rows in `w`
+/// (`row_bytes` each) and activation rows `0..t`. Tiles of 4 activation rows share each
+/// weight block's unpacking; the tile walks all activations while the rows stay in L1.
+pub fn matmul_rows(
+    wtype: WType,
+    w: &[u8],
+    row_bytes: usize,
+    acts: Acts,
+    t: usize,
+    out: &mut [f32],
+    simd: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX2+FMA+F16C confirmed at run time (`simd_available`); `w` holds
+        // `out.len() / t` rows of `row_bytes` and `acts` holds `t` rows (checked by `matmul`).
+        unsafe { avx2::matmul_rows(wtype, w, row_bytes, acts, t, out) };
+        return;
+    }
+    let _ = simd;
+    matmul_body(
+        w,
+        row_bytes,
+        t,
+        out,
+        |r, t0| dot_rows::<1>(wtype, r, acts, t0, false)[0],
+        |r, t0| dot_rows::<4>(wtype, r, acts, t0, false),
+    )
+}
+
+#[inline(always)]
+fn matmul_body(
+    w: &[u8],
+    row_bytes: usize,
+    t: usize,
+    out: &mut [f32],
+    dot1: impl Fn(&[u8], usize) -> f32,
+    dot4: impl Fn(&[u8], usize) -> [f32; 4],
+) {
+    let rows = out.len() / t;
+    let mut t0 = 0;
+    while t0 + 4 <= t {
+        for r in 0..rows {
+            let v = dot4(&w[r * row_bytes..(r + 1) * row_bytes], t0);
+            out[r * t + t0..r * t + t0 + 4].copy_from_slice(&v);
+        }
+        t0 += 4;
+    }
+    for tt in t0..t {
+        for r in 0..rows {
+            out[r * t + tt] = dot1(&w[r * row_bytes..(r + 1) * row_bytes], tt);
+        }
     }
 }
 
@@ -261,7 +482,15 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    /// Exact f16 -> f32 (the same value `half` computes in software).
+    #[inline(always)]
+    unsafe fn f16(b: &[u8], i: usize) -> f32 {
+        let bits = u16::from_le_bytes([*b.get_unchecked(i), *b.get_unchecked(i + 1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q<const N: usize>(
         wtype: WType,
         wrow: &[u8],
@@ -279,9 +508,9 @@ mod avx2 {
         for b in 0..nb {
             let wb = wp.add(b * bb);
             let w = load_w(wtype, wb);
-            let dw = f16_at(wrow, b * bb);
+            let dw = f16(wrow, b * bb);
             let mw = if wtype == WType::Q4_1 {
-                f16_at(wrow, b * bb + 2)
+                f16(wrow, b * bb + 2)
             } else {
                 0.0
             };
@@ -303,6 +532,7 @@ mod avx2 {
         out
     }
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32<const N: usize>(
         wrow: &[u8],
@@ -330,24 +560,52 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_ff(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for c in (0..a.len().min(b.len()) & !7).step_by(8) {
-            acc = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(c)),
-                _mm256_loadu_ps(b.as_ptr().add(c)),
-                acc,
-            );
-        }
-        hsum(acc)
+        dot8_body(a, b)
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
-        let wv = _mm256_set1_ps(w);
-        for c in (0..out.len().min(v.len()) & !7).step_by(8) {
-            let o = _mm256_loadu_ps(out.as_ptr().add(c));
-            let r = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.as_ptr().add(c)), o);
-            _mm256_storeu_ps(out.as_mut_ptr().add(c), r);
+        axpy_body(out, w, v)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attend_row(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        g: AttnRow,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        attend_body(q, keys, values, g, scores, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn matmul_rows(
+        wtype: WType,
+        w: &[u8],
+        row_bytes: usize,
+        acts: Acts,
+        t: usize,
+        out: &mut [f32],
+    ) {
+        match acts {
+            Acts::Q(q) => matmul_body(
+                w,
+                row_bytes,
+                t,
+                out,
+                |r, t0| dot_q::<1>(wtype, r, q, t0)[0],
+                |r, t0| dot_q::<4>(wtype, r, q, t0),
+            ),
+            Acts::F(x, cols) => matmul_body(
+                w,
+                row_bytes,
+                t,
+                out,
+                |r, t0| dot_f32::<1>(r, x, cols, t0)[0],
+                |r, t0| dot_f32::<4>(r, x, cols, t0),
+            ),
         }
     }
 }
@@ -438,6 +696,63 @@ mod tests {
         axpy(&mut o1, 0.3, &a, false);
         axpy(&mut o2, 0.3, &a, simd_available());
         assert_eq!(o1, o2);
+    }
+
+    #[test]
+    fn exp_is_accurate_and_path_independent() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let got = exp_f32(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 4e-7, "max rel error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(-200.0), 0.0);
+        assert_eq!(exp_f32(200.0), f32::INFINITY);
+        assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn attention_row_paths_agree() {
+        let mut s = 9;
+        for hd in [16usize, 64, 128] {
+            let n = 37;
+            let stride = hd * 2;
+            let q: Vec<f32> = (0..hd).map(|_| lcg(&mut s)).collect();
+            let keys: Vec<f32> = (0..n * stride).map(|_| lcg(&mut s)).collect();
+            let vals: Vec<f32> = (0..n * stride).map(|_| lcg(&mut s)).collect();
+            let g = AttnRow {
+                n_keys: n,
+                stride,
+                offset: hd,
+                scale: 0.125,
+            };
+            let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
+            attend_row(&q, &keys, &vals, g, &mut vec![], &mut a, false);
+            attend_row(&q, &keys, &vals, g, &mut vec![], &mut b, simd_available());
+            assert_eq!(a, b, "hd {hd}");
+            // Against a plain f64 softmax-attention.
+            let sc: Vec<f64> = (0..n)
+                .map(|j| {
+                    (0..hd)
+                        .map(|d| q[d] as f64 * keys[j * stride + hd + d] as f64)
+                        .sum::<f64>()
+                        * 0.125
+                })
+                .collect();
+            let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+            let w: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = w.iter().sum();
+            for d in 0..hd {
+                let want: f64 = (0..n)
+                    .map(|j| w[j] / z * vals[j * stride + hd + d] as f64)
+                    .sum();
+                assert!((a[d] as f64 - want).abs() < 1e-5, "hd {hd} d {d}");
+            }
+        }
     }
 
     #[test]

@@ -113,15 +113,72 @@ impl LlamaConfig {
     }
 }
 
+/// Projections that read the same input (q/k/v; gate/up). When their formats match they are
+/// stacked into one matrix, so one parallel pass (and one activation quantization) serves all.
+struct Proj {
+    mats: Vec<QMatrix>,
+    widths: Vec<usize>,
+}
+
+impl Proj {
+    fn new(parts: Vec<QMatrix>) -> Self {
+        let widths = parts.iter().map(|m| m.rows).collect();
+        let refs: Vec<&QMatrix> = parts.iter().collect();
+        match QMatrix::vstack(&refs) {
+            Some(m) => Proj {
+                mats: vec![m],
+                widths,
+            },
+            None => Proj {
+                mats: parts,
+                widths,
+            },
+        }
+    }
+
+    /// Outputs, one `t x width` matrix per projection.
+    fn apply(&self, x: &[f32], t: usize, qa: &mut QActs, simd: bool) -> Vec<Vec<f32>> {
+        let cols = self.mats[0].cols;
+        if self.mats.len() == 1 {
+            let m = &self.mats[0];
+            let y = matmul(m, quantize_for(m, x, t, cols, qa), t, simd);
+            let total = m.rows;
+            let mut outs: Vec<Vec<f32>> = self
+                .widths
+                .iter()
+                .map(|w| Vec::with_capacity(t * w))
+                .collect();
+            for row in y.chunks_exact(total) {
+                let mut off = 0;
+                for (o, w) in outs.iter_mut().zip(&self.widths) {
+                    o.extend_from_slice(&row[off..off + w]);
+                    off += w;
+                }
+            }
+            outs
+        } else {
+            self.mats
+                .iter()
+                .map(|m| matmul(m, quantize_for(m, x, t, cols, qa), t, simd))
+                .collect()
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.mats.iter().map(|m| m.data.len()).sum()
+    }
+
+    fn wtype(&self) -> WType {
+        self.mats[0].wtype
+    }
+}
+
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: QMatrix,
-    wk: QMatrix,
-    wv: QMatrix,
+    qkv: Proj,
     wo: QMatrix,
     ffn_norm: Vec<f32>,
-    w_gate: QMatrix,
-    w_up: QMatrix,
+    gate_up: Proj,
     w_down: QMatrix,
 }
 
@@ -181,15 +238,19 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let qkv = Proj::new(vec![
+                mat(&p("attn_q"), d, d)?,
+                mat(&p("attn_k"), kv, d)?,
+                mat(&p("attn_v"), kv, d)?,
+            ]);
+            let wo = mat(&p("attn_output"), d, d)?;
+            let gate_up = Proj::new(vec![mat(&p("ffn_gate"), ff, d)?, mat(&p("ffn_up"), ff, d)?]);
             layers.push(Layer {
                 attn_norm: vec![],
-                wq: mat(&p("attn_q"), d, d)?,
-                wk: mat(&p("attn_k"), kv, d)?,
-                wv: mat(&p("attn_v"), kv, d)?,
-                wo: mat(&p("attn_output"), d, d)?,
+                qkv,
+                wo,
                 ffn_norm: vec![],
-                w_gate: mat(&p("ffn_gate"), ff, d)?,
-                w_up: mat(&p("ffn_up"), ff, d)?,
+                gate_up,
                 w_down: mat(&p("ffn_down"), d, ff)?,
             });
         }
@@ -215,7 +276,7 @@ impl Model {
             l.ffn_norm = vec_f32(&format!("blk.{i}.ffn_norm.weight"))?;
         }
         let out_norm = vec_f32("output_norm.weight")?;
-        let weights_type = layers.first().map_or(tok_embd.wtype, |l| l.w_up.wtype);
+        let weights_type = layers.first().map_or(tok_embd.wtype, |l| l.gate_up.wtype());
         Ok(Model {
             cfg,
             tokenizer,
@@ -236,12 +297,7 @@ impl Model {
         let l: usize = self
             .layers
             .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|m| m.data.len())
-                    .sum::<usize>()
-            })
+            .map(|l| l.qkv.bytes() + l.gate_up.bytes() + l.wo.data.len() + l.w_down.data.len())
             .sum();
         l + self.tok_embd.data.len() + self.lm_head.as_ref().map_or(0, |m| m.data.len())
     }
@@ -286,12 +342,12 @@ impl Model {
         let mut qa = QActs::default();
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, c.rms_eps, &mut xn, simd);
-            let acts = quantize_for(&l.wq, &xn, t, d, &mut qa);
-            let mut q = matmul(&l.wq, acts, t, simd);
-            let acts = quantize_for(&l.wk, &xn, t, d, &mut qa);
-            let mut k = matmul(&l.wk, acts, t, simd);
-            let acts = quantize_for(&l.wv, &xn, t, d, &mut qa);
-            let v = matmul(&l.wv, acts, t, simd);
+            let mut qkv = l.qkv.apply(&xn, t, &mut qa, simd).into_iter();
+            let (mut q, mut k, v) = (
+                qkv.next().unwrap(),
+                qkv.next().unwrap(),
+                qkv.next().unwrap(),
+            );
             rope(&mut q, c.head_dim, &cos, &sin);
             rope(&mut k, c.head_dim, &cos, &sin);
             cache.write(li, pos0, &k, &v);
@@ -309,10 +365,8 @@ impl Model {
             add_in_place(&mut x, &o);
 
             rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut xn, simd);
-            let acts = quantize_for(&l.w_gate, &xn, t, d, &mut qa);
-            let mut gate = matmul(&l.w_gate, acts, t, simd);
-            let acts = quantize_for(&l.w_up, &xn, t, d, &mut qa);
-            let up = matmul(&l.w_up, acts, t, simd);
+            let mut gu = l.gate_up.apply(&xn, t, &mut qa, simd).into_iter();
+            let (mut gate, up) = (gu.next().unwrap(), gu.next().unwrap());
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = silu(*g) * *u;
             }
@@ -358,8 +412,6 @@ fn quantize_for<'a>(
 /// Rows per parallel task. Small enough that 2-16 threads get balanced work on a 576-row
 /// matrix, large enough to amortize scheduling.
 const ROW_CHUNK: usize = 16;
-/// Activation rows computed together against one weight row (weight unpacking is shared).
-const TILE: usize = 4;
 
 /// `out[t][r] = dot(W[r], x[t])` for all rows of `m` and `t` activation rows. The work split
 /// (threads, tiles) never changes any output's operation sequence.
@@ -371,29 +423,27 @@ pub fn matmul(m: &QMatrix, acts: Acts, t: usize, simd: bool) -> Vec<f32> {
         .enumerate()
         .for_each(|(ci, chunk)| {
             let r0 = ci * ROW_CHUNK;
-            for (ri, orow) in chunk.chunks_exact_mut(t).enumerate() {
-                let w = m.row(r0 + ri);
-                let mut t0 = 0;
-                while t0 + TILE <= t {
-                    let v = kernels::dot_rows::<TILE>(m.wtype, w, acts, t0, simd);
-                    orow[t0..t0 + TILE].copy_from_slice(&v);
-                    t0 += TILE;
-                }
-                while t0 < t {
-                    orow[t0] = kernels::dot_rows::<1>(m.wtype, w, acts, t0, simd)[0];
-                    t0 += 1;
-                }
-            }
+            let n = chunk.len() / t;
+            let w = &m.data[r0 * m.row_bytes..(r0 + n) * m.row_bytes];
+            kernels::matmul_rows(m.wtype, w, m.row_bytes, acts, t, chunk, simd);
         });
     if t == 1 {
         return out_t;
     }
+    // Back to [t][row], 16 activation rows per task: reads stay within cache lines.
     let mut out = vec![0f32; rows * t];
-    for r in 0..rows {
-        for tt in 0..t {
-            out[tt * rows + r] = out_t[r * t + tt];
-        }
-    }
+    out.par_chunks_mut(16 * rows)
+        .enumerate()
+        .for_each(|(bi, block)| {
+            let t0 = bi * 16;
+            let n = block.len() / rows;
+            for r in 0..rows {
+                let src = &out_t[r * t + t0..r * t + t0 + n];
+                for (i, v) in src.iter().enumerate() {
+                    block[i * rows + r] = *v;
+                }
+            }
+        });
     out
 }
 
@@ -416,7 +466,7 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
 
 #[inline]
 fn silu(x: f32) -> f32 {
-    x / (1.0 + libm::expf(-x))
+    x / (1.0 + kernels::exp_f32(-x))
 }
 
 /// cos/sin for positions `pos0..pos0+t`, `head_dim/2` pairs each, computed in f64 with `libm`
@@ -468,30 +518,17 @@ fn attention(
     let kvd = c.kv_dim();
     let group = c.n_head / c.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-        let (t, h) = (i / c.n_head, i % c.n_head);
-        let pos = pos0 + t;
-        let qh = &q[t * c.d_model + h * hd..][..hd];
-        let kvh = (h / group) * hd;
-        let mut scores = Vec::with_capacity(pos + 1);
-        let mut max = f32::NEG_INFINITY;
-        for j in 0..=pos {
-            let s = kernels::dot_f32(qh, &keys[j * kvd + kvh..][..hd], simd) * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = libm::expf(*s - max);
-            sum += *s;
-        }
-        o.fill(0.0);
-        for (j, &w) in scores.iter().enumerate() {
-            kernels::axpy(o, w, &values[j * kvd + kvh..][..hd], simd);
-        }
-        let inv = 1.0 / sum;
-        for v in o.iter_mut() {
-            *v *= inv;
-        }
-    });
+    out.par_chunks_mut(hd)
+        .enumerate()
+        .for_each_init(Vec::new, |scores, (i, o)| {
+            let (t, h) = (i / c.n_head, i % c.n_head);
+            let g = kernels::AttnRow {
+                n_keys: pos0 + t + 1,
+                stride: kvd,
+                offset: (h / group) * hd,
+                scale,
+            };
+            let qh = &q[t * c.d_model + h * hd..][..hd];
+            kernels::attend_row(qh, keys, values, g, scores, o, simd);
+        });
 }

@@ -247,23 +247,48 @@ impl QActs {
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
         self.qs.resize(nb * QK, 0);
-        for (b, xb) in x.chunks_exact(QK).enumerate() {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            // As llama.cpp's SIMD quantizer: scale by 127/amax, round half to even.
-            let d = amax / 127.0;
-            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            let qb = &mut self.qs[b * QK..(b + 1) * QK];
-            let mut sum = 0i32;
-            for (q, v) in qb.iter_mut().zip(xb) {
-                // Ties to even, the same rounding as the SIMD conversion instructions.
-                let r = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
-                *q = r;
-                sum += r as i32;
-            }
-            self.d[b] = d;
-            self.s[b] = d * sum as f32;
+        let (d, s, qs) = (
+            &mut self.d[..nb],
+            &mut self.s[..nb],
+            &mut self.qs[..nb * QK],
+        );
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::simd_available() {
+            // SAFETY: AVX2 (which implies SSE4.1) confirmed at run time; the body is safe code.
+            unsafe { quantize_blocks_avx2(&x[..nb * QK], d, s, qs) };
+            return;
         }
+        quantize_blocks(&x[..nb * QK], d, s, qs);
     }
+}
+
+/// Per 32-element block: scale 127/amax, round half to even, clamp to ±127 (as llama.cpp's
+/// SIMD quantizer). Every operation is exactly rounded, so all code paths give the same bits.
+#[inline(always)]
+fn quantize_blocks(x: &[f32], ds: &mut [f32], ss: &mut [f32], qs: &mut [i8]) {
+    for (((xb, qb), d), s) in x
+        .chunks_exact(QK)
+        .zip(qs.chunks_exact_mut(QK))
+        .zip(ds.iter_mut())
+        .zip(ss.iter_mut())
+    {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in qb.iter_mut().zip(xb) {
+            let r = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+            *q = r;
+            sum += r as i32;
+        }
+        *d = amax / 127.0;
+        *s = *d * sum as f32;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,sse4.1")]
+unsafe fn quantize_blocks_avx2(x: &[f32], ds: &mut [f32], ss: &mut [f32], qs: &mut [i8]) {
+    quantize_blocks(x, ds, ss, qs)
 }
 
 #[cfg(test)]
