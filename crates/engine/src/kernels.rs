@@ -225,6 +225,25 @@ pub fn axpy(out: &mut [f32], w: f32, v: &[f32], simd: bool) {
     axpy_body(out, w, v)
 }
 
+#[inline(always)]
+fn swiglu_body(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp_f32(-*g)) * *u;
+    }
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`, the llama feed-forward activation.
+pub fn swiglu(gate: &mut [f32], up: &[f32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX2+FMA confirmed at run time by the caller; the body is safe code.
+        unsafe { avx2::swiglu(gate, up) };
+        return;
+    }
+    let _ = simd;
+    swiglu_body(gate, up)
+}
+
 /// Geometry of one attention row: which slice of the key/value rows belongs to this head.
 #[derive(Clone, Copy)]
 pub struct AttnRow {
@@ -564,6 +583,11 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+        swiglu_body(gate, up)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
         axpy_body(out, w, v)
     }
@@ -696,6 +720,12 @@ mod tests {
         axpy(&mut o1, 0.3, &a, false);
         axpy(&mut o2, 0.3, &a, simd_available());
         assert_eq!(o1, o2);
+        let (mut g1, mut g2) = (a.clone(), a.clone());
+        swiglu(&mut g1, &b, false);
+        swiglu(&mut g2, &b, simd_available());
+        assert_eq!(g1, g2);
+        let want = a[3] / (1.0 + (-a[3]).exp()) * b[3];
+        assert!((g1[3] - want).abs() < 1e-6);
     }
 
     #[test]

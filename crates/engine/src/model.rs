@@ -367,9 +367,7 @@ impl Model {
             rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut xn, simd);
             let mut gu = l.gate_up.apply(&xn, t, &mut qa, simd).into_iter();
             let (mut gate, up) = (gu.next().unwrap(), gu.next().unwrap());
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = silu(*g) * *u;
-            }
+            kernels::swiglu(&mut gate, &up, simd);
             let acts = quantize_for(&l.w_down, &gate, t, c.d_ff, &mut qa);
             let down = matmul(&l.w_down, acts, t, simd);
             add_in_place(&mut x, &down);
@@ -462,11 +460,6 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += *b;
     }
-}
-
-#[inline]
-fn silu(x: f32) -> f32 {
-    x / (1.0 + kernels::exp_f32(-x))
 }
 
 /// cos/sin for positions `pos0..pos0+t`, `head_dim/2` pairs each, computed in f64 with `libm`
