@@ -17,6 +17,8 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Byte budget of the prefix cache (0 disables it).
     pub prefix_cache_bytes: usize,
+    /// Use the portable kernels even where AVX2 is available (same bits, slower).
+    pub force_portable: bool,
 }
 
 impl Default for EngineConfig {
@@ -24,6 +26,7 @@ impl Default for EngineConfig {
         EngineConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             prefix_cache_bytes: 64 << 20,
+            force_portable: false,
         }
     }
 }
@@ -91,6 +94,7 @@ pub struct Engine {
     pool: rayon::ThreadPool,
     prefix: Mutex<PrefixCache>,
     threads: usize,
+    simd: bool,
 }
 
 impl Engine {
@@ -110,6 +114,7 @@ impl Engine {
             pool,
             prefix: Mutex::new(PrefixCache::new(cfg.prefix_cache_bytes)),
             threads,
+            simd: !cfg.force_portable && crate::kernels::simd_available(),
         })
     }
 
@@ -118,7 +123,11 @@ impl Engine {
     }
 
     pub fn profile(&self) -> KernelProfile {
-        KernelProfile::current()
+        let mut p = KernelProfile::current();
+        if !self.simd {
+            p.cpu_features = "portable".into();
+        }
+        p
     }
 
     /// A fresh cache able to hold `tokens` positions (bounded by the model's context).
@@ -141,7 +150,7 @@ impl Engine {
         logits_from: usize,
     ) -> Result<ForwardOut> {
         self.pool
-            .install(|| self.model.forward(tokens, cache, logits_from))
+            .install(|| self.model.forward_on(tokens, cache, logits_from, self.simd))
     }
 
     /// Validator path: one prefill over `tokens` (no prefix cache), hidden states for every

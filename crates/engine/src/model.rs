@@ -141,7 +141,7 @@ impl Proj {
         let cols = self.mats[0].cols;
         if self.mats.len() == 1 {
             let m = &self.mats[0];
-            let y = matmul(m, quantize_for(m, x, t, cols, qa), t, simd);
+            let y = matmul(m, quantize_for(m, x, t, cols, qa, simd), t, simd);
             let total = m.rows;
             let mut outs: Vec<Vec<f32>> = self
                 .widths
@@ -159,7 +159,7 @@ impl Proj {
         } else {
             self.mats
                 .iter()
-                .map(|m| matmul(m, quantize_for(m, x, t, cols, qa), t, simd))
+                .map(|m| matmul(m, quantize_for(m, x, t, cols, qa, simd), t, simd))
                 .collect()
         }
     }
@@ -311,6 +311,19 @@ impl Model {
         cache: &mut KvCache,
         logits_from: usize,
     ) -> Result<ForwardOut> {
+        self.forward_on(tokens, cache, logits_from, kernels::simd_available())
+    }
+
+    /// [`Model::forward`] on a chosen code path: `simd = false` forces the portable kernels
+    /// (same bits; used to test that claim), `true` uses AVX2 where available.
+    pub fn forward_on(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits_from: usize,
+        simd: bool,
+    ) -> Result<ForwardOut> {
+        let simd = simd && kernels::simd_available();
         let c = &self.cfg;
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt);
@@ -328,7 +341,6 @@ impl Model {
                 c.vocab
             )));
         }
-        let simd = kernels::simd_available();
         let t = tokens.len();
         let d = c.d_model;
         let pos0 = cache.len();
@@ -360,7 +372,7 @@ impl Model {
                 &mut attn,
                 simd,
             );
-            let acts = quantize_for(&l.wo, &attn, t, d, &mut qa);
+            let acts = quantize_for(&l.wo, &attn, t, d, &mut qa, simd);
             let o = matmul(&l.wo, acts, t, simd);
             add_in_place(&mut x, &o);
 
@@ -368,7 +380,7 @@ impl Model {
             let mut gu = l.gate_up.apply(&xn, t, &mut qa, simd).into_iter();
             let (mut gate, up) = (gu.next().unwrap(), gu.next().unwrap());
             kernels::swiglu(&mut gate, &up, simd);
-            let acts = quantize_for(&l.w_down, &gate, t, c.d_ff, &mut qa);
+            let acts = quantize_for(&l.w_down, &gate, t, c.d_ff, &mut qa, simd);
             let down = matmul(&l.w_down, acts, t, simd);
             add_in_place(&mut x, &down);
         }
@@ -381,7 +393,7 @@ impl Model {
             vec![]
         } else {
             let h = &hidden[logits_from * d..];
-            let acts = quantize_for(self.lm_head(), h, n, d, &mut qa);
+            let acts = quantize_for(self.lm_head(), h, n, d, &mut qa, simd);
             matmul(self.lm_head(), acts, n, simd)
         };
         Ok(ForwardOut {
@@ -398,9 +410,10 @@ fn quantize_for<'a>(
     rows: usize,
     cols: usize,
     qa: &'a mut QActs,
+    simd: bool,
 ) -> Acts<'a> {
     if m.wtype.is_quantized() {
-        qa.quantize_into(x, rows, cols);
+        qa.quantize_into(x, rows, cols, simd);
         Acts::Q(qa)
     } else {
         Acts::F(x, cols)

@@ -234,11 +234,13 @@ impl QActs {
     /// depends only on that row: this is what keeps matmuls batch-invariant.
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
         let mut q = QActs::default();
-        q.quantize_into(x, rows, cols);
+        q.quantize_into(x, rows, cols, crate::kernels::simd_available());
         q
     }
 
-    pub fn quantize_into(&mut self, x: &[f32], rows: usize, cols: usize) {
+    /// `simd`: use the AVX2 code path (only when `kernels::simd_available()`); both paths
+    /// give identical bits.
+    pub fn quantize_into(&mut self, x: &[f32], rows: usize, cols: usize, simd: bool) {
         debug_assert_eq!(cols % QK, 0);
         debug_assert_eq!(x.len(), rows * cols);
         let nb = rows * cols / QK;
@@ -253,7 +255,7 @@ impl QActs {
             &mut self.qs[..nb * QK],
         );
         #[cfg(target_arch = "x86_64")]
-        if crate::kernels::simd_available() {
+        if simd {
             // SAFETY: AVX2 (which implies SSE4.1) confirmed at run time; the body is safe code.
             unsafe { quantize_blocks_avx2(&x[..nb * QK], d, s, qs) };
             return;

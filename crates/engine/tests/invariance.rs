@@ -10,6 +10,10 @@ use deai_engine::{
 use std::io::Write;
 
 fn load(spec: &TinySpec, threads: usize, prefix_bytes: usize) -> Engine {
+    load_on(spec, threads, prefix_bytes, false)
+}
+
+fn load_on(spec: &TinySpec, threads: usize, prefix_bytes: usize, force_portable: bool) -> Engine {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     f.write_all(&tiny_model_gguf(spec)).unwrap();
     let model = Model::load(f.path()).unwrap();
@@ -18,6 +22,7 @@ fn load(spec: &TinySpec, threads: usize, prefix_bytes: usize) -> Engine {
         EngineConfig {
             threads,
             prefix_cache_bytes: prefix_bytes,
+            force_portable,
         },
     )
     .unwrap()
@@ -83,6 +88,25 @@ fn decode_prefill_and_prefix_reuse_are_bit_identical_for_every_format() {
         let o = e.prefill_all(&other, 0).unwrap();
         assert_eq!(bits(&o.hidden[..3 * 64]), full.0[..3 * 64]);
         assert_ne!(bits(&o.hidden[3 * 64..]), full.0[3 * 64..]);
+    }
+}
+
+#[test]
+fn portable_kernels_give_the_same_bits_as_simd() {
+    for wtype in [WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::F32] {
+        let spec = TinySpec {
+            wtype,
+            ..TinySpec::default()
+        };
+        let toks = tokens(23, 263);
+        let simd = load_on(&spec, 2, 0, false);
+        let portable = load_on(&spec, 2, 0, true);
+        assert_eq!(portable.profile().cpu_features, "portable");
+        assert_eq!(portable.profile().id, simd.profile().id);
+        let a = simd.prefill_all(&toks, 0).unwrap();
+        let b = portable.prefill_all(&toks, 0).unwrap();
+        assert_eq!(bits(&a.hidden), bits(&b.hidden), "{wtype:?}");
+        assert_eq!(bits(&a.logits), bits(&b.logits), "{wtype:?}");
     }
 }
 
