@@ -28,6 +28,22 @@ pub fn hsum8(l: [f32; 8]) -> f32 {
     b[0] + b[1]
 }
 
+/// Run `$fast` (a kernel of the `avx2` module) when `$simd`, else `$portable`.
+macro_rules! dispatch {
+    ($simd:expr, $fast:expr, $portable:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        if $simd {
+            // SAFETY: callers pass `simd = true` only after `simd_available()` confirmed
+            // AVX2, FMA and F16C at run time. The avx2 kernels either run the portable bodies
+            // compiled with those features, or use intrinsics that read only within the
+            // slices they are given (lengths are checked by their callers and debug asserts).
+            return unsafe { $fast };
+        }
+        let _ = $simd;
+        $portable
+    }};
+}
+
 /// Whether the AVX2+FMA+F16C kernels are usable on this CPU (and not disabled by
 /// `DEAI_FORCE_PORTABLE=1`, which tests and debugging use).
 pub fn simd_available() -> bool {
@@ -75,24 +91,17 @@ pub fn dot_rows<const N: usize>(
     t0: usize,
     simd: bool,
 ) -> [f32; N] {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is only true when `simd_available()` confirmed AVX2 and FMA at run
-        // time. The kernels read `nb` blocks of `wrow` and rows `t0..t0+N` of the activations;
-        // `matmul` guarantees both exist (row length = cols, activation rows >= t0 + N), and
-        // the debug asserts inside re-check it.
-        unsafe {
-            return match acts {
-                Acts::Q(q) => avx2::dot_q(wtype, wrow, q, t0),
-                Acts::F(x, cols) => avx2::dot_f32(wrow, x, cols, t0),
-            };
+    dispatch!(
+        simd,
+        match acts {
+            Acts::Q(q) => avx2::dot_q(wtype, wrow, q, t0),
+            Acts::F(x, cols) => avx2::dot_f32(wrow, x, cols, t0),
+        },
+        match acts {
+            Acts::Q(q) => portable::dot_q(wtype, wrow, q, t0),
+            Acts::F(x, cols) => portable::dot_f32(wrow, x, cols, t0),
         }
-    }
-    let _ = simd;
-    match acts {
-        Acts::Q(q) => portable::dot_q(wtype, wrow, q, t0),
-        Acts::F(x, cols) => portable::dot_f32(wrow, x, cols, t0),
-    }
+    )
 }
 
 /// Quantized-block integer dot for one 32-element block, as 8 lane sums of 4 elements.
@@ -202,27 +211,14 @@ fn axpy_body(out: &mut [f32], w: f32, v: &[f32]) {
 pub fn dot_f32(a: &[f32], b: &[f32], simd: bool) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     debug_assert_eq!(a.len() % 8, 0);
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: AVX2+FMA confirmed at run time by the caller (`simd_available`).
-        return unsafe { avx2::dot_ff(a, b) };
-    }
-    let _ = simd;
-    dot8_body(a, b)
+    dispatch!(simd, avx2::dot_ff(a, b), dot8_body(a, b))
 }
 
 /// `out[d] = fma(w, v[d], out[d])` for every d. Element-wise, so every path gives the same bits.
 #[inline]
 pub fn axpy(out: &mut [f32], w: f32, v: &[f32], simd: bool) {
     debug_assert_eq!(out.len(), v.len());
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: AVX2+FMA confirmed at run time by the caller.
-        unsafe { avx2::axpy(out, w, v) };
-        return;
-    }
-    let _ = simd;
-    axpy_body(out, w, v)
+    dispatch!(simd, avx2::axpy(out, w, v), axpy_body(out, w, v))
 }
 
 #[inline(always)]
@@ -234,14 +230,7 @@ fn swiglu_body(gate: &mut [f32], up: &[f32]) {
 
 /// `gate[i] = silu(gate[i]) * up[i]`, the llama feed-forward activation.
 pub fn swiglu(gate: &mut [f32], up: &[f32], simd: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: AVX2+FMA confirmed at run time by the caller; the body is safe code.
-        unsafe { avx2::swiglu(gate, up) };
-        return;
-    }
-    let _ = simd;
-    swiglu_body(gate, up)
+    dispatch!(simd, avx2::swiglu(gate, up), swiglu_body(gate, up))
 }
 
 /// Geometry of one attention row: which slice of the key/value rows belongs to this head.
@@ -379,7 +368,7 @@ fn attend_any(
 }
 
 /// One query row of causal attention: scores against keys `0..n_keys` in position order,
-/// softmax (libm `expf`, sequential sum), then the weighted sum of values in position order.
+/// softmax ([`exp_f32`], sequential sum), then the weighted sum of values in position order.
 /// The result depends only on this row's inputs: the batch-invariance of attention.
 pub fn attend_row(
     q: &[f32],
@@ -390,14 +379,11 @@ pub fn attend_row(
     out: &mut [f32],
     simd: bool,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: AVX2+FMA confirmed at run time by the caller; the body is safe code.
-        unsafe { avx2::attend_row(q, keys, values, g, scores, out) };
-        return;
-    }
-    let _ = simd;
-    attend_body(q, keys, values, g, scores, out)
+    dispatch!(
+        simd,
+        avx2::attend_row(q, keys, values, g, scores, out),
+        attend_body(q, keys, values, g, scores, out)
+    )
 }
 
 /// `out[r][t] = dot(W[r], x[t])` for the `out.len() / t` consecutive weight rows in `w`
@@ -412,21 +398,19 @@ pub fn matmul_rows(
     out: &mut [f32],
     simd: bool,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: AVX2+FMA+F16C confirmed at run time (`simd_available`); `w` holds
-        // `out.len() / t` rows of `row_bytes` and `acts` holds `t` rows (checked by `matmul`).
-        unsafe { avx2::matmul_rows(wtype, w, row_bytes, acts, t, out) };
-        return;
-    }
-    let _ = simd;
-    matmul_body(
-        w,
-        row_bytes,
-        t,
-        out,
-        |r, t0| dot_rows::<1>(wtype, r, acts, t0, false)[0],
-        |r, t0| dot_rows::<4>(wtype, r, acts, t0, false),
+    // `w` holds `out.len() / t` rows of `row_bytes` and `acts` holds `t` rows (`matmul`
+    // guarantees both).
+    dispatch!(
+        simd,
+        avx2::matmul_rows(wtype, w, row_bytes, acts, t, out),
+        matmul_body(
+            w,
+            row_bytes,
+            t,
+            out,
+            |r, t0| dot_rows::<1>(wtype, r, acts, t0, false)[0],
+            |r, t0| dot_rows::<4>(wtype, r, acts, t0, false),
+        )
     )
 }
 
