@@ -3,6 +3,7 @@
 
 use crate::gguf::{write_gguf, TensorOut, WType};
 use crate::quant::QMatrix;
+use crate::tokenizer::byte_char;
 use candle_core::quantized::gguf_file::Value;
 
 #[derive(Clone, Debug)]
@@ -34,17 +35,6 @@ impl Default for TinySpec {
 
 /// Special tokens of the tiny vocabulary (ids 0, 1, 2, as in SmolLM2).
 pub const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
-
-/// GPT-2's byte-to-unicode table: the printable character that stands for each byte.
-pub fn byte_char(b: u8) -> char {
-    let printable =
-        |c: u32| (33..=126).contains(&c) || (161..=172).contains(&c) || (174..=255).contains(&c);
-    if printable(b as u32) {
-        return char::from(b);
-    }
-    let n = (0..b as u32).filter(|c| !printable(*c)).count() as u32;
-    char::from_u32(256 + n).expect("valid code point")
-}
 
 /// Vocabulary: the 3 specials, then one token per byte, then a few merges' results.
 pub fn tiny_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {

@@ -746,6 +746,12 @@ pub fn chat_prompt(messages: &[ChatMessage], add_generation_prompt: bool) -> Str
 /// to U+0100.. in byte order.
 const BYTE_TO_CHAR: [char; 256] = byte_to_char_table();
 
+/// GPT-2's byte-to-unicode alphabet: the printable character that stands for byte `b` in a
+/// byte-level vocabulary (e.g. `Ġ` for a space).
+pub fn byte_char(b: u8) -> char {
+    BYTE_TO_CHAR[b as usize]
+}
+
 const fn byte_to_char_table() -> [char; 256] {
     let mut t = ['\0'; 256];
     let mut n = 0u32;
