@@ -16,6 +16,9 @@ use std::time::Instant;
 pub enum BenchCmd {
     /// Engine speed vs llama.cpp (llama-cpp-python) for short and long prompts, Q4_1 and Q8_0.
     Engine(EngineBench),
+    /// Receipts: tamper-detection matrix, false rejections, proof size and overhead, verify
+    /// time vs generation time.
+    Proof(crate::proof_cmd::ProofBench),
 }
 
 #[derive(Args)]
@@ -43,6 +46,7 @@ pub struct EngineBench {
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Engine(b) => engine_bench(b),
+        BenchCmd::Proof(b) => crate::proof_cmd::bench(b),
     }
 }
 

@@ -8,6 +8,7 @@
 //! (clap's convention: unknown flag, invalid value, non-UTF-8 argument).
 
 mod bench;
+mod proof_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -41,6 +42,13 @@ enum Cmd {
     /// Benchmarks that print ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Worker signing keys for receipts.
+    #[command(subcommand)]
+    Keys(proof_cmd::KeysCmd),
+    /// Verify a receipt offline with the local model (exit 0 accept, 1 reject, 2 error).
+    Verify(proof_cmd::VerifyArgs),
+    /// Pretty-print a receipt.
+    Inspect(proof_cmd::InspectArgs),
 }
 
 #[derive(Subcommand)]
@@ -75,13 +83,13 @@ struct SampleArgs {
     #[arg(long, short = 'n', default_value_t = 256)]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Keep the K most likely tokens (0 = all).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
     /// Nucleus sampling mass in (0, 1].
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     /// Sampler seed (the sampler is specified, so anyone can replay it).
     #[arg(long, default_value_t = 0)]
@@ -95,6 +103,16 @@ struct SampleArgs {
 }
 
 impl SampleArgs {
+    /// The generation parameters, checked before any model is loaded.
+    fn checked_params(&self) -> Result<GenParams> {
+        if self.max_tokens == 0 {
+            bail!("-n/--max-tokens must be at least 1");
+        }
+        let p = self.params();
+        p.sampling.validate()?;
+        Ok(p)
+    }
+
     fn params(&self) -> GenParams {
         GenParams {
             max_tokens: self.max_tokens,
@@ -123,6 +141,9 @@ struct RunArgs {
     /// Print one JSON object with tokens, text, stop reason and timings instead of streaming.
     #[arg(long)]
     json: bool,
+    /// Write a signed receipt (JSON) with an activation proof to this file.
+    #[arg(long)]
+    receipt: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -146,9 +167,24 @@ struct TokenizeArgs {
     no_special: bool,
 }
 
+/// `println!` that returns write errors (such as a closed pipe) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
+        // Whoever read our output stopped (`deai tokenize ... | head`): nothing went wrong.
+        let closed_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if closed_pipe {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -161,28 +197,28 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::Model(ModelCmd::Fetch) => {
             let m = ModelStore::open_default()?.fetch_default(true)?;
-            println!("{}  {}  {}", m.id, m.name, m.path.display());
+            outln!("{}  {}  {}", m.id, m.name, m.path.display())?;
             Ok(())
         }
         Cmd::Model(ModelCmd::List { json }) => {
             let store = ModelStore::open_default()?;
             let list = store.list()?;
             if json {
-                println!("{}", serde_json::to_string(&list)?);
+                outln!("{}", serde_json::to_string(&list)?)?;
             } else if list.is_empty() {
-                println!(
+                outln!(
                     "no models in {} (run `deai model fetch`)",
                     store.models_dir().display()
-                );
+                )?;
             } else {
                 for m in list {
-                    println!(
+                    outln!(
                         "{}  {:>6.1} MB  {}  {}",
                         m.id,
                         m.size as f64 / 1e6,
                         m.name,
                         m.path.display()
-                    );
+                    )?;
                 }
             }
             Ok(())
@@ -198,10 +234,13 @@ fn dispatch(cli: Cli) -> Result<()> {
                 "config": m.cfg,
                 "kernel_profile": deai_engine::KernelProfile::current(),
             });
-            println!("{}", serde_json::to_string_pretty(&info)?);
+            outln!("{}", serde_json::to_string_pretty(&info)?)?;
             Ok(())
         }
         Cmd::Bench(b) => bench::run(b),
+        Cmd::Keys(k) => proof_cmd::keys(k),
+        Cmd::Verify(a) => proof_cmd::verify(a),
+        Cmd::Inspect(a) => proof_cmd::inspect(a),
     }
 }
 
@@ -211,7 +250,6 @@ pub fn resolve_model(spec: Option<&str>) -> Result<std::path::PathBuf> {
 }
 
 pub fn load_engine(m: &ModelArgs) -> Result<Engine> {
-    let path = resolve_model(m.model.as_deref())?;
     let mut cfg = EngineConfig::default();
     if let Some(t) = m.threads {
         if t == 0 {
@@ -219,6 +257,7 @@ pub fn load_engine(m: &ModelArgs) -> Result<Engine> {
         }
         cfg.threads = t;
     }
+    let path = resolve_model(m.model.as_deref())?;
     Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
 }
 
@@ -250,8 +289,7 @@ fn messages(system: &Option<String>, history: &[ChatMessage]) -> Vec<ChatMessage
 
 fn run(a: RunArgs) -> Result<()> {
     let text = read_prompt(&a.prompt)?;
-    let params = a.sample.params();
-    params.sampling.validate()?;
+    let params = a.sample.checked_params()?;
     let engine = load_engine(&a.model)?;
     let prompt_text = if a.raw {
         text
@@ -270,6 +308,9 @@ fn run(a: RunArgs) -> Result<()> {
             let _ = out.flush();
         }
     })?;
+    if let Some(path) = &a.receipt {
+        proof_cmd::write_receipt(&a.model, &engine, &g, &params, path)?;
+    }
     if a.json {
         let j = serde_json::json!({
             "prompt_tokens": g.prompt_tokens,
@@ -298,8 +339,7 @@ fn run(a: RunArgs) -> Result<()> {
 }
 
 fn chat(a: ChatArgs) -> Result<()> {
-    let params = a.sample.params();
-    params.sampling.validate()?;
+    let params = a.sample.checked_params()?;
     let engine = load_engine(&a.model)?;
     let mut history: Vec<ChatMessage> = vec![];
     let stdin = std::io::stdin();
@@ -340,12 +380,12 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
     let tok = deai_engine::tokenizer::Tokenizer::from_gguf(&g)?;
     let ids = tok.encode(&a.text, !a.no_special)?;
     if a.json {
-        println!("{}", serde_json::json!({ "ids": ids }));
+        outln!("{}", serde_json::json!({ "ids": ids }))?;
     } else {
         for id in ids {
             let piece =
                 String::from_utf8_lossy(&tok.token_bytes(id).unwrap_or_default()).into_owned();
-            println!("{id:>6}  {piece:?}");
+            outln!("{id:>6}  {piece:?}")?;
         }
     }
     Ok(())

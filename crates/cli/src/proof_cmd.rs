@@ -1,0 +1,600 @@
+//! `deai run --receipt`, `deai keys`, `deai verify` and `deai inspect`: thin wrappers around
+//! `deai-proof` (receipts, activation proofs, verification).
+
+use crate::ModelArgs;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use deai_engine::{Engine, EngineConfig, GenParams, Generation};
+use deai_proof::{build_receipt, JobSpec, ProofConfig, Receipt, SigningKey};
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum KeysCmd {
+    /// Create the worker signing key ($DEAI_HOME/keys/worker.key) if it does not exist, and
+    /// print its public key.
+    New,
+    /// Print the worker's public key.
+    Show,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Receipt file written by `deai run --receipt`.
+    pub receipt: PathBuf,
+    /// Print {"verdict": ..., "checks": [...]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Model to verify with (default: the installed model whose id the receipt names).
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Kernel threads.
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Receipt file.
+    pub receipt: PathBuf,
+    /// Print the full JSON view.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn key_path() -> PathBuf {
+    deai_models::default_home().join("keys").join("worker.key")
+}
+
+fn read_key(path: &Path) -> Result<SigningKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = hex::decode(text.trim()).with_context(|| format!("{}: not hex", path.display()))?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{}: expected 32 bytes", path.display()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// The worker key, created on first use.
+pub fn load_or_create_key() -> Result<SigningKey> {
+    let path = key_path();
+    if path.exists() {
+        return read_key(&path);
+    }
+    let dir = path.parent().context("key path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = deai_proof::generate_key();
+    let tmp = dir.join(format!(".worker.key.{}", std::process::id()));
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        std::io::Write::write_all(
+            &mut f,
+            format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
+        )?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "created worker key {} (public {})",
+        path.display(),
+        hex::encode(key.verifying_key().to_bytes())
+    );
+    Ok(key)
+}
+
+pub fn keys(c: KeysCmd) -> Result<()> {
+    let key = match c {
+        KeysCmd::New => load_or_create_key()?,
+        KeysCmd::Show => read_key(&key_path()).context("no worker key (run `deai keys new`)")?,
+    };
+    println!("{}", hex::encode(key.verifying_key().to_bytes()));
+    Ok(())
+}
+
+/// Sign and write the receipt of a finished `deai run`.
+pub fn write_receipt(
+    model: &ModelArgs,
+    engine: &Engine,
+    g: &Generation,
+    params: &GenParams,
+    out: &Path,
+) -> Result<()> {
+    let key = load_or_create_key()?;
+    let path = crate::resolve_model(model.model.as_deref())?;
+    let model_id = deai_models::sha256_file(&path)?;
+    let job = JobSpec {
+        model_id,
+        prompt_tokens: g.prompt_tokens.clone(),
+        params: params.clone(),
+        nonce: deai_proof::random_nonce(),
+    };
+    let r = build_receipt(
+        &job,
+        g,
+        engine.model.cfg.d_model,
+        &engine.profile(),
+        ProofConfig::default(),
+        &key,
+    )?;
+    std::fs::write(out, r.to_json() + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "[receipt {}: job {}, proof {} bytes ({:.1} B/token)]",
+        out.display(),
+        hex::encode(&r.job_id[..6]),
+        r.proof.encoded_len(),
+        r.proof.encoded_len() as f64 / r.output_tokens.len().max(1) as f64
+    );
+    Ok(())
+}
+
+fn read_receipt(path: &Path) -> Result<Receipt> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Receipt::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// `deai verify`: exit 0 accept, 1 reject, 2 error.
+pub fn verify(a: VerifyArgs) -> ! {
+    match verify_inner(&a) {
+        Ok(true) => std::process::exit(0),
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2)
+        }
+    }
+}
+
+fn verify_inner(a: &VerifyArgs) -> Result<bool> {
+    let r = read_receipt(&a.receipt)?;
+    let spec = a.model.clone().unwrap_or_else(|| r.model_id.to_hex());
+    let store = deai_models::ModelStore::open_default()?;
+    let path = store
+        .resolve(Some(&spec), a.model.is_some(), !a.json)
+        .with_context(|| format!("model {spec} (install it or pass -m)"))?
+        .path;
+    let model_id = deai_models::sha256_file(&path)?;
+    let mut cfg = EngineConfig::default();
+    if let Some(t) = a.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        cfg.threads = t;
+    }
+    let engine = Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))?;
+    let t0 = std::time::Instant::now();
+    let rep = deai_proof::verify(&r, &engine, &model_id);
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    if a.json {
+        let checks: Vec<serde_json::Value> = rep
+            .checks
+            .iter()
+            .map(|c| serde_json::json!({"name": c.name, "ok": c.ok, "detail": c.detail}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"verdict": rep.verdict, "checks": checks})
+        );
+    } else {
+        for c in &rep.checks {
+            let pos = c.position.map(|p| format!(" (at {p})")).unwrap_or_default();
+            println!(
+                "{:>4}  {:<18} {}{pos}",
+                if c.ok { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+        }
+        match rep.first_failure() {
+            None => println!("ACCEPT ({ms:.0} ms)"),
+            Some(c) => println!("REJECT: first failing check {} ({ms:.0} ms)", c.name),
+        }
+    }
+    Ok(rep.accepted())
+}
+
+/// `deai inspect`.
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    let r = read_receipt(&a.receipt)?;
+    if a.json {
+        println!("{}", r.to_json());
+        return Ok(());
+    }
+    let sig = match r.verify_signature() {
+        Ok(()) => "valid".to_string(),
+        Err(e) => e,
+    };
+    let s = &r.sampling;
+    let n = r.output_tokens.len();
+    println!("receipt v{}", r.version);
+    println!("  job            {}", hex::encode(r.job_id));
+    println!("  model          {}", r.model_id);
+    println!("  kernel profile {} ({})", r.profile_id, r.profile_detail);
+    println!("  prompt         {} tokens", r.prompt_tokens.len());
+    println!(
+        "  output         {n} tokens, stop reason {:?}",
+        r.stop_reason
+    );
+    println!(
+        "  sampling       temperature {} top_k {} top_p {} seed {}; max_tokens {}; stop {:?}",
+        s.temperature, s.top_k, s.top_p, s.seed, r.max_tokens, r.stop
+    );
+    println!(
+        "  proof          {} chunks of {} tokens, top-k {}, {} bytes ({:.2} B/token)",
+        r.proof.chunks.len(),
+        r.proof.chunk_size,
+        r.proof.top_k,
+        r.proof.encoded_len(),
+        r.proof.encoded_len() as f64 / n.max(1) as f64
+    );
+    println!(
+        "  timings        prefill {:.1} ms, decode {:.1} ms, proof {:.2} ms",
+        r.timings.prefill_us as f64 / 1e3,
+        r.timings.decode_us as f64 / 1e3,
+        r.timings.proof_us as f64 / 1e3
+    );
+    println!("  worker         {}", hex::encode(r.worker_key));
+    println!("  signature      {sig}");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ProofBench {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Cases per tamper class (the target is 50 on the real model).
+    #[arg(long, default_value_t = 10)]
+    pub cases: usize,
+    /// Tokens to generate per run.
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    /// One JSON object per tamper class, then one summary object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const TOPICS: [&str; 10] = [
+    "a robot who learns to paint",
+    "the history of bread",
+    "why the sky is blue",
+    "a lighthouse keeper",
+    "how bees make honey",
+    "a city under the sea",
+    "the first computer",
+    "a dragon who fears fire",
+    "learning to ride a bicycle",
+    "the moon landing",
+];
+
+/// `deai bench proof`.
+pub fn bench(b: ProofBench) -> Result<()> {
+    use deai_engine::gguf::{requantize, WType};
+    use deai_engine::{SamplingParams, StopReason};
+    use deai_proof::tamper::reseal;
+    use deai_proof::verify as check;
+    use std::time::Instant;
+
+    if b.cases == 0 || b.tokens == 0 {
+        bail!("--cases and --tokens must be at least 1");
+    }
+    let path = crate::resolve_model(b.model.model.as_deref())?;
+    let model_id = deai_models::sha256_file(&path)?;
+    let threads = b
+        .model
+        .threads
+        .unwrap_or_else(|| EngineConfig::default().threads);
+    let engine_with = |p: &Path, threads: usize, prefix: usize| -> Result<Engine> {
+        Engine::load(
+            p,
+            EngineConfig {
+                threads,
+                prefix_cache_bytes: prefix,
+                ..EngineConfig::default()
+            },
+        )
+        .with_context(|| format!("loading {}", p.display()))
+    };
+    let verifier = engine_with(&path, threads, 0)?;
+    // Honest workers: threads 1 / N, prefix cache off / on.
+    let mut workers = vec![];
+    for t in [1, threads.max(2)] {
+        for prefix in [0, 64 << 20] {
+            workers.push(engine_with(&path, t, prefix)?);
+        }
+    }
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+    let other_key = SigningKey::from_bytes(&[8u8; 32]);
+    let tok = &verifier.model.tokenizer;
+    let prompt = |i: usize| -> Result<Vec<u32>> {
+        let text = format!(
+            "<|im_start|>user\nWrite a story about {} (number {i}).<|im_end|>\n<|im_start|>assistant\n",
+            TOPICS[i % TOPICS.len()]
+        );
+        Ok(tok.encode(&text, true)?)
+    };
+    let params = |i: usize| GenParams {
+        max_tokens: b.tokens,
+        sampling: if i.is_multiple_of(2) {
+            SamplingParams::default()
+        } else {
+            SamplingParams {
+                temperature: 0.8,
+                top_k: 40,
+                top_p: 0.95,
+                seed: i as u64,
+            }
+        },
+        stop: vec![],
+    };
+    let run_on =
+        |e: &Engine, id: deai_types::Hash256, i: usize, k: &SigningKey| -> Result<(Receipt, f64)> {
+            let p = prompt(i)?;
+            let gp = params(i);
+            let t0 = Instant::now();
+            let g = e.generate(&p, &gp, |_| {})?;
+            let gen_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let job = JobSpec {
+                model_id: id,
+                prompt_tokens: p,
+                params: gp,
+                nonce: [i as u8; 32],
+            };
+            let r = build_receipt(
+                &job,
+                &g,
+                e.model.cfg.d_model,
+                &e.profile(),
+                ProofConfig::default(),
+                k,
+            )?;
+            Ok((r, gen_ms))
+        };
+
+    // Honest side.
+    let (mut honest, mut false_rejects) = (vec![], 0usize);
+    let (mut gen_ms, mut verify_ms, mut proof_us, mut proof_bytes, mut out_tokens) =
+        (0.0, 0.0, 0u64, 0usize, 0usize);
+    for i in 0..b.cases {
+        for (w, e) in workers.iter().enumerate() {
+            let (r, ms) = run_on(e, model_id, i, &key)?;
+            let t0 = Instant::now();
+            let rep = check(&r, &verifier, &model_id);
+            verify_ms += t0.elapsed().as_secs_f64() * 1e3;
+            gen_ms += ms;
+            proof_us += r.timings.proof_us;
+            proof_bytes += r.proof.encoded_len();
+            out_tokens += r.output_tokens.len();
+            if !rep.accepted() {
+                false_rejects += 1;
+                eprintln!(
+                    "false reject (case {i}, worker {w}): {:?}",
+                    rep.first_failure()
+                );
+            }
+            if w == 0 {
+                honest.push(r);
+            }
+        }
+    }
+    let honest_runs = b.cases * workers.len();
+
+    // Tamper matrix.
+    type Tamper<'a> = Box<dyn Fn(usize, &Receipt) -> Result<Receipt> + 'a>;
+    let edit = |f: fn(&mut Receipt), rebuild: bool| -> Tamper {
+        let (v, k) = (&verifier, &key);
+        Box::new(move |_, r: &Receipt| {
+            let mut r = r.clone();
+            f(&mut r);
+            reseal(&mut r, rebuild.then_some(v), k).map_err(anyhow::Error::msg)?;
+            Ok(r)
+        })
+    };
+    let dir = tempfile_dir()?;
+    let q8 = dir.join("requantized-q8_0.gguf");
+    requantize(&path, &q8, WType::Q8_0)?;
+    let cheap = engine_with(&q8, threads, 0)?;
+    let _ = std::fs::remove_file(&q8);
+    let classes: Vec<(&str, Tamper)> = vec![
+        (
+            "different_weights",
+            Box::new(|i, _: &Receipt| Ok(run_on(&cheap, model_id, i, &key)?.0)),
+        ),
+        (
+            "prompt_token_changed",
+            edit(
+                |r| {
+                    let j = r.prompt_tokens.len() / 2;
+                    r.prompt_tokens[j] = other_token(r.prompt_tokens[j]);
+                },
+                false,
+            ),
+        ),
+        (
+            "prompt_token_changed_rebuilt",
+            edit(
+                |r| {
+                    let j = r.prompt_tokens.len() / 2;
+                    r.prompt_tokens[j] = other_token(r.prompt_tokens[j]);
+                },
+                true,
+            ),
+        ),
+        (
+            "output_token_replaced",
+            edit(
+                |r| {
+                    let j = r.output_tokens.len() / 2;
+                    r.output_tokens[j] = other_token(r.output_tokens[j]);
+                },
+                true,
+            ),
+        ),
+        (
+            "output_truncated",
+            edit(
+                |r| {
+                    let n = r.output_tokens.len();
+                    r.output_tokens.truncate((n / 2).max(1));
+                },
+                true,
+            ),
+        ),
+        ("output_extended", edit(|r| r.output_tokens.push(100), true)),
+        (
+            "temperature_changed",
+            edit(
+                |r| {
+                    r.sampling.temperature = if r.sampling.temperature == 0.0 {
+                        0.9
+                    } else {
+                        0.0
+                    }
+                },
+                true,
+            ),
+        ),
+        (
+            "top_p_changed",
+            edit(
+                |r| {
+                    r.sampling.temperature = r.sampling.temperature.max(0.8);
+                    r.sampling.top_p = 0.3;
+                },
+                true,
+            ),
+        ),
+        (
+            "seed_changed",
+            edit(
+                |r| {
+                    r.sampling.temperature = r.sampling.temperature.max(0.8);
+                    r.sampling.seed ^= 0x5eed;
+                },
+                true,
+            ),
+        ),
+        (
+            "stop_reason_falsified",
+            edit(
+                |r| {
+                    r.stop_reason = if r.stop_reason == StopReason::Eos {
+                        StopReason::MaxTokens
+                    } else {
+                        StopReason::Eos
+                    }
+                },
+                false,
+            ),
+        ),
+        (
+            "signature_forged",
+            Box::new(|_, r: &Receipt| {
+                let mut r = r.clone();
+                r.signature[7] ^= 0x40;
+                Ok(r)
+            }),
+        ),
+        (
+            "key_swapped",
+            Box::new(|_, r: &Receipt| {
+                let mut r = r.clone();
+                r.worker_key = other_key.verifying_key().to_bytes();
+                Ok(r)
+            }),
+        ),
+        (
+            "proof_replayed",
+            Box::new(|i, r: &Receipt| {
+                let donor = run_on(&verifier, model_id, i + 1001, &key)?.0;
+                let mut r = r.clone();
+                r.proof = donor.proof.clone();
+                if r.proof.chunks.len() != donor.proof.chunks.len()
+                    || r.output_tokens.len() != donor.output_tokens.len()
+                {
+                    r.output_tokens = donor.output_tokens.clone();
+                    r.output_commitment = deai_proof::receipt::output_commitment(&r.output_tokens);
+                }
+                r.sign(&key)?;
+                Ok(r)
+            }),
+        ),
+    ];
+    let mut rows = vec![];
+    for (name, f) in &classes {
+        let mut detected = 0;
+        for (i, r) in honest.iter().enumerate() {
+            let t = f(i, r)?;
+            let rep = check(&t, &verifier, &model_id);
+            // Detection must come from a content check unless the class is about signatures.
+            let sig_class = name.starts_with("signature") || name.starts_with("key");
+            let content = rep
+                .checks
+                .iter()
+                .any(|c| !c.ok && c.name != "signature" && c.name != "encoding");
+            if !rep.accepted() && (sig_class || content) {
+                detected += 1;
+            }
+        }
+        rows.push((name.to_string(), honest.len(), detected));
+    }
+    let _ = std::fs::remove_dir(&dir);
+
+    let bpt = proof_bytes as f64 / out_tokens.max(1) as f64;
+    let overhead = proof_us as f64 / 1e3 / gen_ms.max(1e-9) * 100.0;
+    let (vm, gm) = (verify_ms / honest_runs as f64, gen_ms / honest_runs as f64);
+    if b.json {
+        for (class, cases, detected) in &rows {
+            println!(
+                "{}",
+                serde_json::json!({"class": class, "cases": cases, "detected": detected})
+            );
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "honest_runs": honest_runs,
+                "false_rejects": false_rejects,
+                "proof_bytes_per_token": bpt,
+                "proof_overhead_pct": overhead,
+                "verify_ms": vm,
+                "generate_ms": gm,
+                "verify_over_generate": vm / gm.max(1e-9),
+            })
+        );
+    } else {
+        println!("{:<30} {:>6} {:>9}", "tamper class", "cases", "detected");
+        for (class, cases, detected) in &rows {
+            println!("{class:<30} {cases:>6} {detected:>9}");
+        }
+        println!("honest runs {honest_runs}, false rejects {false_rejects}");
+        println!("proof {bpt:.2} bytes/token, generation overhead {overhead:.3} %");
+        println!(
+            "verify {vm:.1} ms vs generate {gm:.1} ms per run: {:.3}x",
+            vm / gm.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let d = deai_models::default_home()
+        .join("tmp")
+        .join(format!("bench-proof-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    Ok(d)
+}
+
+/// A different token id that stays inside any vocabulary larger than 4.
+fn other_token(t: u32) -> u32 {
+    if t > 3 {
+        t - 1
+    } else {
+        t + 1
+    }
+}

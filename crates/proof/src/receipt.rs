@@ -1,0 +1,487 @@
+//! Receipt v1: the signed record of one run, its canonical binary encoding and its JSON view.
+//!
+//! The byte layout is specified in `docs/receipt.md`. Encoding is written by hand: versioned,
+//! little-endian, length-prefixed, with explicit maximum sizes. [`Receipt::decode`] rejects
+//! truncated input, trailing bytes, unknown versions, oversized lengths and non-canonical
+//! forms, and never panics.
+
+use crate::activation::{self, ActivationProof, ChunkProof};
+use deai_engine::{GenParams, SamplingParams, StopReason};
+use deai_types::Hash256;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// First bytes of every encoded receipt.
+pub const MAGIC: &[u8; 4] = b"DRCP";
+pub const VERSION: u16 = 1;
+/// Largest prompt and output, in tokens.
+pub const MAX_TOKENS: usize = 1 << 16;
+pub const MAX_PROFILE_ID: usize = 64;
+pub const MAX_PROFILE_DETAIL: usize = 256;
+pub const MAX_STOPS: usize = 16;
+pub const MAX_STOP_LEN: usize = 256;
+/// Largest encoded receipt (prompt + output at their maxima plus the proof, with room).
+pub const MAX_RECEIPT_BYTES: usize = 1 << 20;
+
+/// Why bytes are not a valid receipt.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("truncated: {0} needs more bytes")]
+    Truncated(&'static str),
+    #[error("not a deai receipt (bad magic)")]
+    BadMagic,
+    #[error("unknown receipt version {0}")]
+    UnknownVersion(u16),
+    #[error("{what}: length {len} is outside {min}..={max}")]
+    Length {
+        what: &'static str,
+        len: usize,
+        min: usize,
+        max: usize,
+    },
+    #[error("non-canonical {0}")]
+    NonCanonical(String),
+    #[error("{0} trailing bytes after the receipt")]
+    TrailingBytes(usize),
+    #[error("receipt is {0} bytes, more than the {MAX_RECEIPT_BYTES}-byte limit")]
+    TooLarge(usize),
+}
+
+/// Timings reported by the worker (informational; signed but not verifiable).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    pub prefill_us: u64,
+    pub decode_us: u64,
+    pub proof_us: u64,
+}
+
+/// What was asked: the job id is the hash of all of it, so a proof cannot be moved onto
+/// another job without changing the id.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub model_id: Hash256,
+    pub prompt_tokens: Vec<u32>,
+    pub params: GenParams,
+    /// Requester's randomness: two jobs with equal content still get distinct ids.
+    pub nonce: [u8; 32],
+}
+
+fn tokens_le(tokens: &[u32]) -> Vec<u8> {
+    tokens.iter().flat_map(|t| t.to_le_bytes()).collect()
+}
+
+/// SHA-256 commitment to prompt token ids (domain-separated, length-prefixed).
+pub fn prompt_commitment(tokens: &[u32]) -> [u8; 32] {
+    Hash256::digest_parts("deai-prompt-tokens-v1", &[&tokens_le(tokens)]).0
+}
+
+/// SHA-256 commitment to output token ids (domain-separated, length-prefixed).
+pub fn output_commitment(tokens: &[u32]) -> [u8; 32] {
+    Hash256::digest_parts("deai-output-tokens-v1", &[&tokens_le(tokens)]).0
+}
+
+/// The job id of a request.
+pub fn job_id(
+    model_id: &Hash256,
+    prompt_tokens: &[u32],
+    params: &GenParams,
+    nonce: &[u8; 32],
+) -> [u8; 32] {
+    let s = &params.sampling;
+    let mut stops = Vec::new();
+    for st in &params.stop {
+        stops.extend_from_slice(&(st.len() as u64).to_le_bytes());
+        stops.extend_from_slice(st.as_bytes());
+    }
+    Hash256::digest_parts(
+        "deai-job-v1",
+        &[
+            model_id.as_bytes(),
+            &prompt_commitment(prompt_tokens),
+            &s.temperature.to_bits().to_le_bytes(),
+            &(s.top_k as u64).to_le_bytes(),
+            &s.top_p.to_bits().to_le_bytes(),
+            &s.seed.to_le_bytes(),
+            &(params.max_tokens as u64).to_le_bytes(),
+            &(params.stop.len() as u64).to_le_bytes(),
+            &stops,
+            nonce,
+        ],
+    )
+    .0
+}
+
+impl JobSpec {
+    pub fn id(&self) -> [u8; 32] {
+        job_id(
+            &self.model_id,
+            &self.prompt_tokens,
+            &self.params,
+            &self.nonce,
+        )
+    }
+}
+
+/// One run, signed by the worker. The receipt carries the prompt and output token ids
+/// themselves (the verifier needs them to re-run; they are small) and the commitments bind
+/// them for records that keep only the hashes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub version: u16,
+    #[serde(with = "crate::hexser")]
+    pub job_id: [u8; 32],
+    #[serde(with = "crate::hexser")]
+    pub job_nonce: [u8; 32],
+    pub model_id: Hash256,
+    /// Kernel profile id (equal ids promise equal bits).
+    pub profile_id: String,
+    /// Informational: engine version and instruction set.
+    pub profile_detail: String,
+    pub prompt_tokens: Vec<u32>,
+    #[serde(with = "crate::hexser")]
+    pub prompt_commitment: [u8; 32],
+    /// Sampled tokens, including a final stop token.
+    pub output_tokens: Vec<u32>,
+    #[serde(with = "crate::hexser")]
+    pub output_commitment: [u8; 32],
+    pub sampling: SamplingParams,
+    pub max_tokens: u32,
+    pub stop: Vec<String>,
+    pub stop_reason: StopReason,
+    pub proof: ActivationProof,
+    pub timings: Timings,
+    #[serde(with = "crate::hexser")]
+    pub worker_key: [u8; 32],
+    #[serde(with = "crate::hexser")]
+    pub signature: [u8; 64],
+}
+
+struct W(Vec<u8>);
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v)
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes())
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes())
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes())
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b)
+    }
+    fn str16(&mut self, s: &str) {
+        self.u16(s.len().min(u16::MAX as usize) as u16);
+        self.bytes(s.as_bytes())
+    }
+    fn tokens(&mut self, t: &[u32]) {
+        self.u32(t.len().min(u32::MAX as usize) as u32);
+        for x in t {
+            self.u32(*x)
+        }
+    }
+}
+
+struct R<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or(DecodeError::Truncated(what))?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn arr<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.arr::<1>(what)?[0])
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.arr(what)?))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.arr(what)?))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.arr(what)?))
+    }
+    fn len(
+        &mut self,
+        len: usize,
+        what: &'static str,
+        min: usize,
+        max: usize,
+    ) -> Result<usize, DecodeError> {
+        if len < min || len > max {
+            return Err(DecodeError::Length {
+                what,
+                len,
+                min,
+                max,
+            });
+        }
+        Ok(len)
+    }
+    fn str16(&mut self, what: &'static str, min: usize, max: usize) -> Result<String, DecodeError> {
+        let n = self.u16(what)? as usize;
+        let n = self.len(n, what, min, max)?;
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec())
+            .map_err(|_| DecodeError::NonCanonical(format!("{what}: not UTF-8")))
+    }
+    fn tokens(&mut self, what: &'static str) -> Result<Vec<u32>, DecodeError> {
+        let n = self.u32(what)? as usize;
+        let n = self.len(n, what, 1, MAX_TOKENS)?;
+        let b = self.take(n * 4, what)?;
+        Ok(b.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+}
+
+fn stop_code(r: StopReason) -> u8 {
+    match r {
+        StopReason::Eos => 0,
+        StopReason::StopString => 1,
+        StopReason::MaxTokens => 2,
+    }
+}
+
+impl Receipt {
+    fn encode_body(&self, w: &mut W) {
+        w.bytes(MAGIC);
+        w.u16(self.version);
+        w.bytes(&self.job_id);
+        w.bytes(&self.job_nonce);
+        w.bytes(self.model_id.as_bytes());
+        w.str16(&self.profile_id);
+        w.str16(&self.profile_detail);
+        w.tokens(&self.prompt_tokens);
+        w.bytes(&self.prompt_commitment);
+        w.tokens(&self.output_tokens);
+        w.bytes(&self.output_commitment);
+        let s = &self.sampling;
+        w.u32(s.temperature.to_bits());
+        w.u32(s.top_k.min(u32::MAX as usize) as u32);
+        w.u32(s.top_p.to_bits());
+        w.u64(s.seed);
+        w.u32(self.max_tokens);
+        w.u8(self.stop.len().min(255) as u8);
+        for st in &self.stop {
+            w.str16(st);
+        }
+        w.u8(stop_code(self.stop_reason));
+        w.u16(self.proof.chunk_size);
+        w.u16(self.proof.top_k);
+        for c in &self.proof.chunks {
+            w.u16(c.m);
+            for x in &c.coeffs {
+                w.u16(*x);
+            }
+            w.bytes(&c.digest);
+        }
+        w.u64(self.timings.prefill_us);
+        w.u64(self.timings.decode_us);
+        w.u64(self.timings.proof_us);
+        w.bytes(&self.worker_key);
+    }
+
+    /// The bytes the signature covers: the canonical encoding without the signature. Errors
+    /// when a field is out of the format's range (such a receipt cannot be signed or sent).
+    pub fn signing_bytes(&self) -> Result<Vec<u8>, DecodeError> {
+        let b = self.to_bytes()?;
+        Ok(b[..b.len() - 64].to_vec())
+    }
+
+    /// Canonical encoding. Fails if the receipt would not decode back to itself (a field out
+    /// of range, a proof whose shape does not match the output length, ...).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, DecodeError> {
+        let mut w = W(Vec::new());
+        self.encode_body(&mut w);
+        w.bytes(&self.signature);
+        let back = Receipt::decode(&w.0)?;
+        if back != *self {
+            return Err(DecodeError::NonCanonical(
+                "receipt fields do not survive encoding".into(),
+            ));
+        }
+        Ok(w.0)
+    }
+
+    /// Decode canonical bytes.
+    pub fn decode(b: &[u8]) -> Result<Receipt, DecodeError> {
+        if b.len() > MAX_RECEIPT_BYTES {
+            return Err(DecodeError::TooLarge(b.len()));
+        }
+        let mut r = R { b, pos: 0 };
+        if r.take(4, "magic")? != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = r.u16("version")?;
+        if version != VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        let job_id = r.arr("job id")?;
+        let job_nonce = r.arr("job nonce")?;
+        let model_id = Hash256(r.arr("model id")?);
+        let profile_id = r.str16("profile id", 1, MAX_PROFILE_ID)?;
+        let profile_detail = r.str16("profile detail", 0, MAX_PROFILE_DETAIL)?;
+        let prompt_tokens = r.tokens("prompt tokens")?;
+        let prompt_commitment = r.arr("prompt commitment")?;
+        let output_tokens = r.tokens("output tokens")?;
+        let output_commitment = r.arr("output commitment")?;
+        let temperature = f32::from_bits(r.u32("temperature")?);
+        if !(temperature.is_finite() && temperature >= 0.0) || temperature.to_bits() == 1 << 31 {
+            return Err(DecodeError::NonCanonical(format!(
+                "temperature {temperature}"
+            )));
+        }
+        let top_k = r.u32("top_k")? as usize;
+        let top_p = f32::from_bits(r.u32("top_p")?);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(DecodeError::NonCanonical(format!("top_p {top_p}")));
+        }
+        let seed = r.u64("seed")?;
+        let max_tokens = r.u32("max_tokens")?;
+        r.len(max_tokens as usize, "max_tokens", 1, MAX_TOKENS)?;
+        let n_stop = r.u8("stop count")? as usize;
+        r.len(n_stop, "stop count", 0, MAX_STOPS)?;
+        let mut stop = Vec::with_capacity(n_stop);
+        for _ in 0..n_stop {
+            stop.push(r.str16("stop string", 1, MAX_STOP_LEN)?);
+        }
+        let stop_reason = match r.u8("stop reason")? {
+            0 => StopReason::Eos,
+            1 => StopReason::StopString,
+            2 => StopReason::MaxTokens,
+            x => return Err(DecodeError::NonCanonical(format!("stop reason {x}"))),
+        };
+        let chunk_size = r.u16("chunk size")?;
+        r.len(
+            chunk_size as usize,
+            "chunk size",
+            1,
+            activation::MAX_CHUNK as usize,
+        )?;
+        let top_k_proof = r.u16("proof top-k")?;
+        r.len(
+            top_k_proof as usize,
+            "proof top-k",
+            activation::MIN_K as usize,
+            activation::MAX_TOP_K as usize,
+        )?;
+        let n = output_tokens.len();
+        let n_chunks = activation::n_chunks(n, chunk_size);
+        let mut chunks = Vec::with_capacity(n_chunks);
+        for j in 0..n_chunks {
+            let rows = (n - j * chunk_size as usize).min(chunk_size as usize);
+            let k = activation::k_for(rows, chunk_size, top_k_proof);
+            let m = r.u16("chunk modulus")?;
+            r.len(m as usize, "chunk modulus", k, activation::P as usize)?;
+            let mut coeffs = Vec::with_capacity(k);
+            for _ in 0..k {
+                let c = r.u16("chunk coefficient")?;
+                if c as u32 >= activation::P {
+                    return Err(DecodeError::NonCanonical(format!(
+                        "coefficient {c} >= field prime"
+                    )));
+                }
+                coeffs.push(c);
+            }
+            let digest = r.arr("chunk digest")?;
+            chunks.push(ChunkProof { m, coeffs, digest });
+        }
+        let timings = Timings {
+            prefill_us: r.u64("timings")?,
+            decode_us: r.u64("timings")?,
+            proof_us: r.u64("timings")?,
+        };
+        let worker_key = r.arr("worker key")?;
+        let signature = r.arr("signature")?;
+        if r.pos != b.len() {
+            return Err(DecodeError::TrailingBytes(b.len() - r.pos));
+        }
+        Ok(Receipt {
+            version,
+            job_id,
+            job_nonce,
+            model_id,
+            profile_id,
+            profile_detail,
+            prompt_tokens,
+            prompt_commitment,
+            output_tokens,
+            output_commitment,
+            sampling: SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                seed,
+            },
+            max_tokens,
+            stop,
+            stop_reason,
+            proof: ActivationProof {
+                chunk_size,
+                top_k: top_k_proof,
+                chunks,
+            },
+            timings,
+            worker_key,
+            signature,
+        })
+    }
+
+    /// Sign (sets `worker_key` and `signature`).
+    pub fn sign(&mut self, key: &SigningKey) -> Result<(), DecodeError> {
+        self.worker_key = key.verifying_key().to_bytes();
+        self.signature = [0u8; 64];
+        let msg = self.signing_bytes()?;
+        self.signature = key.sign(&msg).to_bytes();
+        Ok(())
+    }
+
+    /// Check the signature over the re-derived canonical bytes.
+    pub fn verify_signature(&self) -> Result<(), String> {
+        let msg = self.signing_bytes().map_err(|e| e.to_string())?;
+        let vk = VerifyingKey::from_bytes(&self.worker_key)
+            .map_err(|e| format!("bad worker key: {e}"))?;
+        let sig = Signature::from_bytes(&self.signature);
+        vk.verify_strict(&msg, &sig)
+            .map_err(|e| format!("signature does not verify: {e}"))
+    }
+
+    /// The generation parameters recorded in the receipt.
+    pub fn gen_params(&self) -> GenParams {
+        GenParams {
+            max_tokens: self.max_tokens as usize,
+            sampling: self.sampling.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// The JSON view (what `out.json` holds).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Parse the JSON view. The canonical bytes are re-derived from the fields, so a JSON file
+    /// that does not map to a canonical receipt is an error.
+    pub fn from_json(s: &str) -> Result<Receipt, String> {
+        let r: Receipt = serde_json::from_str(s).map_err(|e| format!("receipt JSON: {e}"))?;
+        r.to_bytes().map_err(|e| format!("receipt: {e}"))?;
+        Ok(r)
+    }
+}

@@ -1,0 +1,202 @@
+//! The receipt decoder: canonical round trips, and errors (never panics) on malformed,
+//! truncated, oversized, unknown-version, non-canonical and trailing input.
+
+use deai_engine::{SamplingParams, StopReason};
+use deai_proof::activation::{self, ActivationProof, ChunkProof};
+use deai_proof::receipt::{DecodeError, Receipt, MAX_RECEIPT_BYTES};
+use deai_proof::{SigningKey, Timings};
+use deai_types::Hash256;
+use proptest::prelude::*;
+
+fn receipt(
+    prompt: Vec<u32>,
+    output: Vec<u32>,
+    chunk: u16,
+    top_k: u16,
+    stop: Vec<String>,
+    seed: u64,
+) -> Receipt {
+    let chunks = (0..activation::n_chunks(output.len(), chunk))
+        .map(|j| {
+            let rows = (output.len() - j * chunk as usize).min(chunk as usize);
+            let k = activation::k_for(rows, chunk, top_k);
+            ChunkProof {
+                m: 65000,
+                coeffs: (0..k)
+                    .map(|i| ((i as u64 * 7919 + seed) % 65521) as u16)
+                    .collect(),
+                digest: [j as u8; 8],
+            }
+        })
+        .collect();
+    let mut r = Receipt {
+        version: 1,
+        job_id: [1; 32],
+        job_nonce: [2; 32],
+        model_id: Hash256::digest(b"m"),
+        profile_id: "deai-cpu-bi-v1".into(),
+        profile_detail: "deai-cpu-bi-v1/0.1.0/avx2".into(),
+        prompt_commitment: deai_proof::receipt::prompt_commitment(&prompt),
+        prompt_tokens: prompt,
+        output_commitment: deai_proof::receipt::output_commitment(&output),
+        max_tokens: output.len() as u32,
+        output_tokens: output,
+        sampling: SamplingParams {
+            temperature: 0.7,
+            top_k: 40,
+            top_p: 0.9,
+            seed,
+        },
+        stop,
+        stop_reason: StopReason::MaxTokens,
+        proof: ActivationProof {
+            chunk_size: chunk,
+            top_k,
+            chunks,
+        },
+        timings: Timings {
+            prefill_us: 1,
+            decode_us: 2,
+            proof_us: 3,
+        },
+        worker_key: [0; 32],
+        signature: [0; 64],
+    };
+    r.sign(&SigningKey::from_bytes(&[5; 32])).unwrap();
+    r
+}
+
+fn sample() -> Vec<u8> {
+    receipt(
+        vec![1, 2, 3],
+        (0..40).collect(),
+        32,
+        120,
+        vec!["END".into()],
+        9,
+    )
+    .to_bytes()
+    .unwrap()
+}
+
+#[test]
+fn roundtrip_and_signature() {
+    let b = sample();
+    let r = Receipt::decode(&b).unwrap();
+    assert_eq!(r.to_bytes().unwrap(), b);
+    r.verify_signature().unwrap();
+    assert_eq!(Receipt::from_json(&r.to_json()).unwrap(), r);
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let b = sample();
+    for n in 0..b.len() {
+        assert!(Receipt::decode(&b[..n]).is_err(), "prefix {n} decoded");
+    }
+}
+
+#[test]
+fn trailing_bytes_version_magic_and_size() {
+    let mut b = sample();
+    b.push(0);
+    assert_eq!(Receipt::decode(&b), Err(DecodeError::TrailingBytes(1)));
+    let mut b = sample();
+    b[4] = 2;
+    assert_eq!(Receipt::decode(&b), Err(DecodeError::UnknownVersion(2)));
+    let mut b = sample();
+    b[0] = b'X';
+    assert_eq!(Receipt::decode(&b), Err(DecodeError::BadMagic));
+    let big = vec![0u8; MAX_RECEIPT_BYTES + 1];
+    assert!(matches!(
+        Receipt::decode(&big),
+        Err(DecodeError::TooLarge(_))
+    ));
+}
+
+/// Offset of the prompt token count in the sample (magic, version, 3 ids, 2 strings).
+fn prompt_count_at() -> usize {
+    4 + 2 + 96 + 2 + "deai-cpu-bi-v1".len() + 2 + "deai-cpu-bi-v1/0.1.0/avx2".len()
+}
+
+#[test]
+fn oversized_lengths_and_non_canonical_fields() {
+    let at = prompt_count_at();
+    let mut b = sample();
+    b[at..at + 4].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    assert!(matches!(
+        Receipt::decode(&b),
+        Err(DecodeError::Length { .. })
+    ));
+    let mut b = sample();
+    b[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+    assert!(matches!(
+        Receipt::decode(&b),
+        Err(DecodeError::Length { .. })
+    ));
+    // Temperature -0.0 and NaN.
+    let temp_at = at + 4 + 12 + 32 + 4 + 160 + 32;
+    let mut r = Receipt::decode(&sample()).unwrap();
+    assert_eq!(
+        f32::from_le_bytes(sample()[temp_at..temp_at + 4].try_into().unwrap()),
+        0.7
+    );
+    for bad in [(-0.0f32).to_bits(), f32::NAN.to_bits(), (-1.0f32).to_bits()] {
+        let mut b = sample();
+        b[temp_at..temp_at + 4].copy_from_slice(&bad.to_le_bytes());
+        assert!(matches!(
+            Receipt::decode(&b),
+            Err(DecodeError::NonCanonical(_))
+        ));
+    }
+    // Fields that cannot be encoded canonically are refused by the encoder too.
+    r.sampling.top_p = 0.0;
+    assert!(r.to_bytes().is_err());
+    let mut r = Receipt::decode(&sample()).unwrap();
+    r.proof.chunks[0].coeffs[0] = 65521;
+    assert!(r.to_bytes().is_err());
+    let mut r = Receipt::decode(&sample()).unwrap();
+    r.proof.chunks.pop();
+    assert!(r.to_bytes().is_err());
+    let mut r = Receipt::decode(&sample()).unwrap();
+    r.stop.push(String::new());
+    assert!(r.to_bytes().is_err());
+}
+
+#[test]
+fn bad_json_is_an_error() {
+    assert!(Receipt::from_json("{}").is_err());
+    assert!(Receipt::from_json("not json").is_err());
+    let r = Receipt::decode(&sample()).unwrap();
+    let j = r.to_json().replace(&hex::encode([1u8; 32]), "00");
+    assert!(Receipt::from_json(&j).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn roundtrip(prompt in prop::collection::vec(any::<u32>(), 1..50),
+                 output in prop::collection::vec(any::<u32>(), 1..80),
+                 chunk in 1u16..40, top_k in 8u16..200, seed in any::<u64>(),
+                 stop in prop::collection::vec("[a-z]{1,8}", 0..4)) {
+        let r = receipt(prompt, output, chunk, top_k, stop, seed);
+        let b = r.to_bytes().unwrap();
+        prop_assert_eq!(Receipt::decode(&b).unwrap(), r);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = Receipt::decode(&b);
+    }
+
+    #[test]
+    fn mutations_never_panic(i in any::<usize>(), v in any::<u8>()) {
+        let mut b = sample();
+        let n = b.len();
+        b[i % n] = v;
+        if let Ok(r) = Receipt::decode(&b) {
+            prop_assert_eq!(r.to_bytes().unwrap(), b);
+        }
+    }
+}
