@@ -10,6 +10,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// Upper bound on kernel threads (far above any core count this engine targets).
+pub const MAX_THREADS: usize = 256;
+
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     /// Worker threads for the kernels. Default: the cores available to this process; more
@@ -104,6 +107,12 @@ impl Engine {
 
     pub fn new(model: Model, cfg: EngineConfig) -> Result<Self> {
         let threads = cfg.threads.max(1);
+        if threads > MAX_THREADS {
+            return Err(EngineError::InvalidParam(format!(
+                "{threads} threads requested; at most {MAX_THREADS} (more than the cores \
+                 available only oversubscribes them)"
+            )));
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("deai-kernel-{i}"))
@@ -185,10 +194,10 @@ impl Engine {
         let c = &self.model.cfg;
         let d = c.d_model;
         // The last sampled token is never fed, so prompt + max_tokens - 1 positions suffice.
-        let needed = prompt.len() + params.max_tokens - 1;
+        let needed = prompt.len().saturating_add(params.max_tokens - 1);
         if prompt.len() > c.n_ctx || needed > c.n_ctx {
             return Err(EngineError::ContextOverflow {
-                needed: prompt.len() + params.max_tokens,
+                needed: prompt.len().saturating_add(params.max_tokens),
                 n_ctx: c.n_ctx,
             });
         }

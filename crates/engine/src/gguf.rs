@@ -220,14 +220,39 @@ impl GgufFile {
 }
 
 /// Candle's reader is bounded, but a zero `general.alignment` divides by zero inside it; any
-/// panic in a third-party parser becomes an error here rather than taking the process down.
+/// panic in a third-party parser becomes an error here rather than taking the process down,
+/// and is not printed (see [`quiet_catch`]).
 fn read_content(file: &mut File) -> std::result::Result<Content, String> {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(file)));
-    match r {
+    match quiet_catch(|| Content::read(file)) {
         Ok(Ok(c)) => Ok(c),
+        // Only the message: candle attaches a backtrace when RUST_BACKTRACE is set.
+        Ok(Err(candle_core::Error::WithBacktrace { inner, .. })) => Err(inner.to_string()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("malformed header (parser rejected it)".to_string()),
     }
+}
+
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `catch_unwind` that also keeps the panic hook from printing a panic raised inside `f` on
+/// this thread (the panic is an expected parse failure, reported as an error). Panics
+/// elsewhere are printed by the previous hook as usual.
+fn quiet_catch<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                prev(info)
+            }
+        }));
+    });
+    QUIET_PANICS.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(false));
+    r
 }
 
 pub fn value_as_u64(v: &Value) -> Option<u64> {

@@ -254,6 +254,27 @@ fn bad_requests_are_clear_errors() {
         e.generate(&[5], &bad, |_| {}),
         Err(EngineError::InvalidParam(_))
     ));
+    let err = e
+        .generate(
+            &[5],
+            &GenParams {
+                max_tokens: usize::MAX,
+                ..p.clone()
+            },
+            |_| {},
+        )
+        .unwrap_err();
+    assert!(matches!(err, EngineError::ContextOverflow { .. }), "{err}");
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&tiny_model_gguf(&TinySpec::default())).unwrap();
+    let cfg = EngineConfig {
+        threads: 100_000,
+        ..EngineConfig::default()
+    };
+    let err = Engine::new(Model::load(f.path()).unwrap(), cfg)
+        .err()
+        .expect("too many threads");
+    assert!(matches!(err, EngineError::InvalidParam(_)), "{err}");
     let err = e.prefill_all(&[5, 100_000], 0).unwrap_err();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
 }
