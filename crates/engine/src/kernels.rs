@@ -63,9 +63,31 @@ pub fn simd_available() -> bool {
     }
 }
 
+/// Whether the AVX512-VNNI variant of the matmul kernel is usable (on top of
+/// [`simd_available`]; `DEAI_NO_VNNI=1` disables it). Its results are bit-identical.
+pub fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAIL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAIL.get_or_init(|| {
+            std::env::var("DEAI_NO_VNNI").map_or(true, |v| v != "1")
+                && simd_available()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Name of the instruction set the kernels run on here (informational: results are equal).
 pub fn simd_name() -> &'static str {
-    if simd_available() {
+    if vnni_available() {
+        "avx2+fma+f16c+avx512vnni"
+    } else if simd_available() {
         "avx2+fma+f16c"
     } else {
         "portable"
@@ -402,7 +424,11 @@ pub fn matmul_rows(
     // guarantees both).
     dispatch!(
         simd,
-        avx2::matmul_rows(wtype, w, row_bytes, acts, t, out),
+        if vnni_available() {
+            avx2::matmul_rows_vnni(wtype, w, row_bytes, acts, t, out)
+        } else {
+            avx2::matmul_rows(wtype, w, row_bytes, acts, t, out)
+        },
         matmul_body(
             w,
             row_bytes,
@@ -475,14 +501,21 @@ mod avx2 {
     }
 
     /// 8 lane sums of 4 products each. `signed_w`: weights are i8 (sign trick), else u8.
+    /// `VNNI`: one `vpdpbusd` instead of `maddubs` + `madd`; the integer lane sums are the
+    /// same (no saturation occurs for |x| <= 127), so the results are bit-identical.
     #[inline(always)]
-    unsafe fn lanes(w: __m256i, x: __m256i, signed_w: bool) -> __m256 {
-        let p16 = if signed_w {
-            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+    unsafe fn lanes<const VNNI: bool>(w: __m256i, x: __m256i, signed_w: bool) -> __m256 {
+        let (u, s) = if signed_w {
+            (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
         } else {
-            _mm256_maddubs_epi16(w, x)
+            (w, x)
         };
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+        let i32s = if VNNI {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+        } else {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+        };
+        _mm256_cvtepi32_ps(i32s)
     }
 
     /// Exact f16 -> f32 (the same value `half` computes in software).
@@ -495,6 +528,18 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q<const N: usize>(
+        wtype: WType,
+        wrow: &[u8],
+        acts: &QActs,
+        t0: usize,
+    ) -> [f32; N] {
+        dot_q_body::<N, false>(wtype, wrow, acts, t0)
+    }
+
+    /// The quantized dot kernel; only ever inlined into functions that enable AVX2, FMA,
+    /// F16C (and AVX512-VNNI/VL when `VNNI`).
+    #[inline(always)]
+    unsafe fn dot_q_body<const N: usize, const VNNI: bool>(
         wtype: WType,
         wrow: &[u8],
         acts: &QActs,
@@ -520,7 +565,7 @@ mod avx2 {
             for i in 0..N {
                 let ab = (t0 + i) * nb + b;
                 let x = _mm256_loadu_si256(acts.qs.as_ptr().add(ab * QK) as *const __m256i);
-                let l = lanes(w, x, signed_w);
+                let l = lanes::<VNNI>(w, x, signed_w);
                 let dd = dw * *acts.d.get_unchecked(ab);
                 acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dd), l, acc[i]);
                 if wtype == WType::Q4_1 {
@@ -597,14 +642,40 @@ mod avx2 {
         t: usize,
         out: &mut [f32],
     ) {
+        matmul_rows_body::<false>(wtype, w, row_bytes, acts, t, out)
+    }
+
+    /// [`matmul_rows`] with `vpdpbusd` (AVX512-VNNI, 256-bit form): same bits, fewer
+    /// instructions per block.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
+    pub unsafe fn matmul_rows_vnni(
+        wtype: WType,
+        w: &[u8],
+        row_bytes: usize,
+        acts: Acts,
+        t: usize,
+        out: &mut [f32],
+    ) {
+        matmul_rows_body::<true>(wtype, w, row_bytes, acts, t, out)
+    }
+
+    #[inline(always)]
+    unsafe fn matmul_rows_body<const VNNI: bool>(
+        wtype: WType,
+        w: &[u8],
+        row_bytes: usize,
+        acts: Acts,
+        t: usize,
+        out: &mut [f32],
+    ) {
         match acts {
             Acts::Q(q) => matmul_body(
                 w,
                 row_bytes,
                 t,
                 out,
-                |r, t0| dot_q::<1>(wtype, r, q, t0)[0],
-                |r, t0| dot_q::<4>(wtype, r, q, t0),
+                |r, t0| dot_q_body::<1, VNNI>(wtype, r, q, t0)[0],
+                |r, t0| dot_q_body::<4, VNNI>(wtype, r, q, t0),
             ),
             Acts::F(x, cols) => matmul_body(
                 w,
@@ -684,6 +755,42 @@ mod tests {
                             assert_eq!(four[0].to_bits(), one_p.to_bits(), "{wt:?} tile");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_paths_agree_bit_for_bit() {
+        let (rows, cols, t) = (6, 128, 11);
+        let mut s = 21;
+        let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
+        let x: Vec<f32> = (0..t * cols).map(|_| lcg(&mut s) * 4.0).collect();
+        for wt in [WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::F32] {
+            let m = QMatrix::quantize(wt, rows, cols, &w).unwrap();
+            let acts = QActs::quantize(&x, t, cols);
+            let a = if wt.is_quantized() {
+                Acts::Q(&acts)
+            } else {
+                Acts::F(&x, cols)
+            };
+            let mut want = vec![0f32; rows * t];
+            matmul_rows(wt, &m.data, m.row_bytes, a, t, &mut want, false);
+            #[cfg(target_arch = "x86_64")]
+            {
+                let mut got = vec![0f32; rows * t];
+                if simd_available() {
+                    // SAFETY: features checked just above.
+                    unsafe { avx2::matmul_rows(wt, &m.data, m.row_bytes, a, t, &mut got) };
+                    assert_eq!(got, want, "{wt:?} avx2");
+                }
+                if vnni_available() {
+                    got.fill(0.0);
+                    // SAFETY: features checked just above.
+                    unsafe { avx2::matmul_rows_vnni(wt, &m.data, m.row_bytes, a, t, &mut got) };
+                    assert_eq!(got, want, "{wt:?} vnni");
+                } else {
+                    eprintln!("no AVX512-VNNI here: VNNI path not exercised");
                 }
             }
         }
