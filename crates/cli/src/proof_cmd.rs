@@ -400,10 +400,30 @@ pub fn bench(b: ProofBench) -> Result<()> {
     requantize(&path, &q8, WType::Q8_0)?;
     let cheap = engine_with(&q8, threads, 0)?;
     let _ = std::fs::remove_file(&q8);
+    // One layer's feed-forward output matrix with 2 % noise (relative to its RMS).
+    let noisy = dir.join("one-layer-noise.gguf");
+    deai_engine::gguf::perturb_tensor(&path, &noisy, "blk.15.ffn_down.weight", 0.02, 11)?;
+    let perturbed = engine_with(&noisy, threads, 0)?;
+    let _ = std::fs::remove_file(&noisy);
     let classes: Vec<(&str, Tamper)> = vec![
         (
             "different_weights",
             Box::new(|i, _: &Receipt| Ok(run_on(&cheap, model_id, i, &key)?.0)),
+        ),
+        (
+            "one_layer_perturbed",
+            Box::new(|i, _: &Receipt| Ok(run_on(&perturbed, model_id, i, &key)?.0)),
+        ),
+        (
+            "system_prompt_token_changed",
+            edit(
+                |r| {
+                    // Position 4 lies inside the system message of the chat template.
+                    let j = 4.min(r.prompt_tokens.len() - 1);
+                    r.prompt_tokens[j] = other_token(r.prompt_tokens[j]);
+                },
+                true,
+            ),
         ),
         (
             "prompt_token_changed",

@@ -396,24 +396,72 @@ pub fn write_gguf(metadata: &[(&str, Value)], tensors: &[TensorOut]) -> Result<V
 /// result to `dst`, keeping metadata and 1-D tensors. Used to benchmark other formats of the
 /// same model (e.g. the shipped Q4_1 as Q8_0).
 pub fn requantize(src: &Path, dst: &Path, to: WType) -> Result<()> {
+    rewrite(src, dst, |_, t| {
+        (t.dims.len() == 2 && t.wtype.is_quantized() && t.wtype != to).then_some((to, None))
+    })
+}
+
+/// Copy `src` to `dst` with tensor `name` perturbed: Gaussian-like noise of `rel` times the
+/// tensor's RMS added to every weight (seeded, reproducible), re-quantized to its own type.
+/// The tamper tests use it as "one layer changed by noise".
+pub fn perturb_tensor(src: &Path, dst: &Path, name: &str, rel: f32, seed: u64) -> Result<()> {
+    let mut found = false;
+    rewrite(src, dst, |n, t| {
+        (n == name).then(|| {
+            found = true;
+            (t.wtype, Some((rel, seed)))
+        })
+    })?;
+    if !found {
+        return Err(EngineError::Gguf(format!("no tensor named {name}")));
+    }
+    Ok(())
+}
+
+/// Rewrite a GGUF file tensor by tensor. `plan(name, tensor)` returns `None` to copy the tensor
+/// as is, or the type to re-quantize it into and optional noise (relative scale, seed).
+fn rewrite(
+    src: &Path,
+    dst: &Path,
+    mut plan: impl FnMut(&str, &RawTensor) -> Option<(WType, Option<(f32, u64)>)>,
+) -> Result<()> {
     let mut g = GgufFile::open(src)?;
     let mut names: Vec<String> = g.tensor_names().cloned().collect();
     names.sort();
     let mut owned = vec![];
     for name in &names {
         let t = g.read_tensor(name)?;
-        if t.dims.len() == 2 && t.wtype.is_quantized() && t.wtype != to {
-            let (rows, cols) = (t.dims[0], t.dims[1]);
-            let m = crate::quant::QMatrix::from_raw(name, t)?;
-            let mut x = vec![0f32; rows * cols];
-            for (r, row) in x.chunks_exact_mut(cols).enumerate() {
-                m.dequantize_row(r, row);
-            }
-            let q = crate::quant::QMatrix::quantize(to, rows, cols, &x)?;
-            owned.push((name.clone(), to, vec![rows, cols], q.data));
-        } else {
+        let Some((to, noise)) = plan(name, &t) else {
             owned.push((name.clone(), t.wtype, t.dims, t.data));
+            continue;
+        };
+        let dims = t.dims.clone();
+        let cols = *dims.last().unwrap_or(&1);
+        let rows = dims.iter().product::<usize>() / cols.max(1);
+        let m = crate::quant::QMatrix::new(t.wtype, rows, cols, t.data)
+            .map_err(|e| EngineError::Gguf(format!("{name}: {e}")))?;
+        let mut x = vec![0f32; rows * cols];
+        for (r, row) in x.chunks_exact_mut(cols).enumerate() {
+            m.dequantize_row(r, row);
         }
+        if let Some((rel, seed)) = noise {
+            let rms =
+                (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt();
+            let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+            for v in x.iter_mut() {
+                // Sum of 4 uniforms: roughly Gaussian, unit variance after scaling.
+                let mut u = 0.0f64;
+                for _ in 0..4 {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    u += (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                }
+                *v += (u * 3f64.sqrt() * rms * rel as f64) as f32;
+            }
+        }
+        let q = crate::quant::QMatrix::quantize(to, rows, cols, &x)?;
+        owned.push((name.clone(), to, dims, q.data));
     }
     let mut meta: Vec<(&str, Value)> = g
         .metadata()

@@ -308,6 +308,29 @@ fn different_weights_are_caught() {
 }
 
 #[test]
+fn one_layer_perturbed_by_noise_is_caught() {
+    let spec = TinySpec::default();
+    let claimed = tiny(&spec, 2, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    std::fs::write(&src, tiny_model_gguf(&spec)).unwrap();
+    assert!(deai_engine::gguf::perturb_tensor(&src, &dst, "no.such.tensor", 0.1, 1).is_err());
+    for (layer, rel) in [(0, 0.05f32), (1, 0.02)] {
+        let name = format!("blk.{layer}.ffn_down.weight");
+        deai_engine::gguf::perturb_tensor(&src, &dst, &name, rel, 7).unwrap();
+        let cheap = Tiny {
+            engine: Engine::new(Model::load(&dst).unwrap(), EngineConfig::default()).unwrap(),
+            id: claimed.id,
+        };
+        for params in [greedy(40), sampled(40, 1)] {
+            let r = run(&cheap, claimed.id, &prompt(3), &params, 1);
+            let rep = verify(&r, &claimed.engine, &claimed.id);
+            assert_caught(&rep, &["activations"]);
+        }
+    }
+}
+
+#[test]
 fn signature_forgery_key_swap_and_replay_are_caught() {
     let t = tiny(&TinySpec::default(), 2, 0);
     let e = &t.engine;
