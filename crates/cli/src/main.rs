@@ -8,6 +8,7 @@
 //! (clap's convention: unknown flag, invalid value, non-UTF-8 argument).
 
 mod bench;
+mod calibrate_cmd;
 mod proof_cmd;
 
 use anyhow::{bail, Context, Result};
@@ -49,6 +50,8 @@ enum Cmd {
     Verify(proof_cmd::VerifyArgs),
     /// Pretty-print a receipt.
     Inspect(proof_cmd::InspectArgs),
+    /// Measure honest cross-profile activation gaps (vs llama.cpp) and derive thresholds.
+    Calibrate(calibrate_cmd::CalibrateArgs),
 }
 
 #[derive(Subcommand)]
@@ -241,6 +244,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Keys(k) => proof_cmd::keys(k),
         Cmd::Verify(a) => proof_cmd::verify(a),
         Cmd::Inspect(a) => proof_cmd::inspect(a),
+        Cmd::Calibrate(a) => calibrate_cmd::calibrate(a),
     }
 }
 

@@ -400,9 +400,11 @@ pub fn bench(b: ProofBench) -> Result<()> {
     requantize(&path, &q8, WType::Q8_0)?;
     let cheap = engine_with(&q8, threads, 0)?;
     let _ = std::fs::remove_file(&q8);
-    // One layer's feed-forward output matrix with 2 % noise (relative to its RMS).
+    // The middle layer's feed-forward output matrix with 2 % noise (relative to its RMS).
     let noisy = dir.join("one-layer-noise.gguf");
-    deai_engine::gguf::perturb_tensor(&path, &noisy, "blk.15.ffn_down.weight", 0.02, 11)?;
+    let layer = verifier.model.cfg.n_layer / 2;
+    let tensor = format!("blk.{layer}.ffn_down.weight");
+    deai_engine::gguf::perturb_tensor(&path, &noisy, &tensor, 0.02, 11)?;
     let perturbed = engine_with(&noisy, threads, 0)?;
     let _ = std::fs::remove_file(&noisy);
     let classes: Vec<(&str, Tamper)> = vec![

@@ -661,3 +661,44 @@ fn chat_reuses_earlier_turns() {
     );
     assert!(cached[1].0 < cached[1].1);
 }
+
+#[test]
+fn calibrate_argument_and_missing_python_errors() {
+    let env = Env::new();
+    let tiny = env.tiny(64);
+    let m = tiny.to_str().unwrap();
+    let o = env.run(&["calibrate", "-m", m, "--prompts", "0"]);
+    fails(
+        &o,
+        1,
+        "--prompts must be between 1 and",
+        "calibrate --prompts 0",
+    );
+    let o = env.run(&["calibrate", "-m", m, "--prompts", "1000"]);
+    fails(
+        &o,
+        1,
+        "--prompts must be between 1 and",
+        "calibrate --prompts 1000",
+    );
+    let o = env.run(&["calibrate", "-m", m, "--tokens", "1"]);
+    fails(&o, 1, "--tokens must be at least 2", "calibrate --tokens 1");
+    let o = env.run(&["calibrate", "-m", m, "--threads", "0"]);
+    fails(
+        &o,
+        1,
+        "--threads must be at least 1",
+        "calibrate --threads 0",
+    );
+    let o = env.run(&["calibrate", "-m", m, "--prompts", "many"]);
+    fails(&o, 2, "invalid value", "calibrate --prompts many");
+    // No usable Python: a clear error naming the fix, before any model work.
+    let missing = env.path("no-such-python");
+    for py in [missing.to_str().unwrap(), "/bin/false"] {
+        let o = env.run(&["calibrate", "-m", m, "--baseline-python", py]);
+        fails(&o, 1, "llama-cpp-python is not importable", py);
+        let err = stderr(&o);
+        assert!(err.contains("scripts/bench-engine.sh"), "{err}");
+        assert!(err.contains("--baseline-python"), "{err}");
+    }
+}
