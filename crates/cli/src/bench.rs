@@ -9,7 +9,6 @@ use deai_engine::gguf::{requantize, WType};
 use deai_engine::tokenizer::{chat_prompt, ChatMessage};
 use deai_engine::{sampler, Engine, EngineConfig};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 #[derive(Subcommand)]
@@ -163,35 +162,10 @@ fn baseline(
     threads: usize,
     reps: usize,
 ) -> Result<Baseline> {
-    let script = std::env::var("DEAI_BENCH_SCRIPT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llamacpp_bench.py")
-        });
     let input = serde_json::json!({
         "model": model, "prompt": prompt, "gen": gen, "threads": threads, "reps": reps,
     });
-    let out = Command::new(py)
-        .arg(&script)
-        .arg(input.to_string())
-        .output()
-        .with_context(|| format!("running {} {}", py.display(), script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "llama.cpp baseline failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-    }
-    let last = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or("")
-        .to_string();
+    let last = crate::run_python_helper(py, "llamacpp_bench.py", &input, "llama.cpp baseline")?;
     serde_json::from_str(&last).with_context(|| format!("baseline printed {last:?}"))
 }
 

@@ -215,14 +215,6 @@ fn check_python(py: &Path) -> Result<()> {
     }
 }
 
-fn script_path() -> PathBuf {
-    std::env::var("DEAI_HIDDEN_SCRIPT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llamacpp_hidden.py")
-        })
-}
-
 /// One sequence for llama.cpp: its rows `from .. from + n`.
 struct Seq {
     tokens: Vec<u32>,
@@ -237,37 +229,22 @@ struct HiddenOut {
     rows: Vec<String>,
 }
 
+const HIDDEN_SCRIPT: &str = "llamacpp_hidden.py";
+
 fn llamacpp_hidden(
     py: &Path,
     model: &Path,
     threads: usize,
     seqs: &[Seq],
 ) -> Result<(String, Vec<Vec<f32>>)> {
-    let script = script_path();
     let input = json!({
         "model": model,
         "threads": threads,
         "seqs": seqs.iter().map(|s| json!({"tokens": s.tokens, "from": s.from, "n": s.n}))
             .collect::<Vec<_>>(),
     });
-    let out = Command::new(py)
-        .arg(&script)
-        .arg(input.to_string())
-        .output()
-        .with_context(|| format!("running {} {}", py.display(), script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "llama.cpp hidden states failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().last().unwrap_or("");
+    let last = crate::run_python_helper(py, HIDDEN_SCRIPT, &input, "llama.cpp hidden states")?;
+    let last = last.as_str();
     let h: HiddenOut = serde_json::from_str(last).context("parsing the llama.cpp helper output")?;
     if h.rows.len() != seqs.len() {
         bail!(
@@ -377,29 +354,13 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         bail!("--threads must be at least 1");
     }
     check_python(&a.baseline_python)?;
-    let script = script_path();
-    if !script.exists() {
-        bail!(
-            "{} not found (set DEAI_HIDDEN_SCRIPT to scripts/llamacpp_hidden.py)",
-            script.display()
-        );
-    }
+    crate::helper_script(HIDDEN_SCRIPT)?;
     let path = resolve_model(a.model.model.as_deref())?;
     let threads = a
         .model
         .threads
         .unwrap_or_else(|| EngineConfig::default().threads);
-    let engine_with = |p: &Path, threads: usize, prefix: usize| -> Result<Engine> {
-        Engine::load(
-            p,
-            EngineConfig {
-                threads,
-                prefix_cache_bytes: prefix,
-                ..EngineConfig::default()
-            },
-        )
-        .with_context(|| format!("loading {}", p.display()))
-    };
+    let engine_with = crate::engine_at;
     let worker = engine_with(&path, threads, 0)?;
     let cached = engine_with(&path, threads, 64 << 20)?;
     let other_threads = if threads == 1 { 2 } else { 1 };

@@ -253,6 +253,62 @@ pub fn resolve_model(spec: Option<&str>) -> Result<std::path::PathBuf> {
     Ok(store.resolve(spec, true, true)?.path)
 }
 
+/// An engine on the GGUF at `path` with `threads` kernel threads and a prefix cache of
+/// `prefix_bytes` (0: none).
+pub fn engine_at(path: &std::path::Path, threads: usize, prefix_bytes: usize) -> Result<Engine> {
+    let cfg = EngineConfig {
+        threads,
+        prefix_cache_bytes: prefix_bytes,
+        ..EngineConfig::default()
+    };
+    Engine::load(path, cfg).with_context(|| format!("loading {}", path.display()))
+}
+
+/// The path of a helper script in the repository's `scripts/` folder (the benchmarks and
+/// calibration drive llama.cpp through them), or an error if it is missing.
+pub fn helper_script(name: &str) -> Result<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: run deai from a checkout of its repository",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Run a helper script of `scripts/` (`py script INPUT_JSON`) and return the last line it
+/// printed, which is its JSON answer; on failure, the tail of its stderr.
+pub fn run_python_helper(
+    py: &std::path::Path,
+    script: &str,
+    input: &serde_json::Value,
+    what: &str,
+) -> Result<String> {
+    let script = helper_script(script)?;
+    let out = std::process::Command::new(py)
+        .arg(&script)
+        .arg(input.to_string())
+        .output()
+        .with_context(|| format!("running {} {}", py.display(), script.display()))?;
+    if !out.status.success() {
+        let tail: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .rev()
+            .take(5)
+            .map(str::to_string)
+            .collect();
+        bail!("{what} failed: {}", tail.join(" | "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string())
+}
+
 pub fn load_engine(m: &ModelArgs) -> Result<Engine> {
     let mut cfg = EngineConfig::default();
     if let Some(t) = m.threads {

@@ -289,17 +289,7 @@ pub fn bench(b: ProofBench) -> Result<()> {
         .model
         .threads
         .unwrap_or_else(|| EngineConfig::default().threads);
-    let engine_with = |p: &Path, threads: usize, prefix: usize| -> Result<Engine> {
-        Engine::load(
-            p,
-            EngineConfig {
-                threads,
-                prefix_cache_bytes: prefix,
-                ..EngineConfig::default()
-            },
-        )
-        .with_context(|| format!("loading {}", p.display()))
-    };
+    let engine_with = crate::engine_at;
     let verifier = engine_with(&path, threads, 0)?;
     // Honest workers: threads 1 / N, prefix cache off / on.
     let mut workers = vec![];
