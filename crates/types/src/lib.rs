@@ -4,8 +4,11 @@
 //! shares (a model is named by the SHA-256 of its weights file; receipts, jobs and blocks
 //! will be named the same way).
 //!
-//! Owns: [`Hash256`], [`ModelId`], and their text/serde forms.
+//! Owns: [`Hash256`], [`ModelId`], their text/serde forms, and the canonical binary
+//! [`codec`] that ledger transactions and blocks are encoded with.
 //! Must never depend on: any other deai crate, any I/O, clock or randomness.
+
+pub mod codec;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};

@@ -1,0 +1,529 @@
+//! Signed transactions and their canonical encoding.
+//!
+//! Wire form: `Tx` fields in order, then the 64-byte ed25519 signature. The signature covers
+//! `"deai-tx-v1" || encode(Tx)`, and `Tx` carries the chain id, so a transaction is valid
+//! on exactly one chain; the per-account nonce makes it valid exactly once.
+
+use deai_types::codec::{DecodeError, Reader, Writer};
+use deai_types::Hash256;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// An account: the raw ed25519 public key of its owner.
+pub type Address = [u8; 32];
+
+/// Largest encoded transaction accepted anywhere (mempool, block, decoder).
+pub const MAX_TX_BYTES: usize = 4096;
+/// Largest string field (profile, hardware, endpoint, pointer).
+pub const MAX_STR: usize = 256;
+/// Most models one worker may register.
+pub const MAX_MODELS: usize = 16;
+
+const SIGN_DOMAIN: &[u8] = b"deai-tx-v1";
+
+/// A governance-controlled parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Param {
+    /// Lowest price a worker may ask, per 1000 tokens.
+    PriceFloor,
+    /// Share of receipts validators sample, in basis points.
+    SampleRateBps,
+    /// Share of a cheating worker's stake that is slashed, in basis points.
+    SlashBps,
+    /// Blocks after a receipt during which it may be challenged.
+    ChallengeWindow,
+    /// Blocks after a challenge within which validators must reach a verdict.
+    VerdictWindow,
+    /// Blocks a job may wait for a receipt before the client is refunded.
+    JobTimeout,
+    /// Blocks between unstake and release of the funds.
+    UnbondingPeriod,
+    /// Treasury cut of each settled job, in basis points.
+    TreasuryBps,
+    /// Validators' fee on each settled job, in basis points.
+    ValidatorFeeBps,
+    MinWorkerStake,
+    MinValidatorStake,
+    /// Bond a challenger escrows.
+    ChallengeBond,
+    /// Lowest fee a transaction may pay.
+    MinFee,
+    /// Share of all stake that must vote for a proposal to count, in basis points.
+    QuorumBps,
+    /// Share of the votes cast that must be yes, in basis points.
+    ThresholdBps,
+    /// Blocks a proposal is open for votes.
+    VotingPeriod,
+    /// Blocks between the end of a passed vote and its execution.
+    ExecutionDelay,
+}
+
+impl Param {
+    pub const ALL: [Param; 17] = [
+        Param::PriceFloor,
+        Param::SampleRateBps,
+        Param::SlashBps,
+        Param::ChallengeWindow,
+        Param::VerdictWindow,
+        Param::JobTimeout,
+        Param::UnbondingPeriod,
+        Param::TreasuryBps,
+        Param::ValidatorFeeBps,
+        Param::MinWorkerStake,
+        Param::MinValidatorStake,
+        Param::ChallengeBond,
+        Param::MinFee,
+        Param::QuorumBps,
+        Param::ThresholdBps,
+        Param::VotingPeriod,
+        Param::ExecutionDelay,
+    ];
+
+    fn code(self) -> u8 {
+        Param::ALL.iter().position(|p| *p == self).unwrap() as u8
+    }
+
+    fn from_code(c: u8) -> Option<Param> {
+        Param::ALL.get(c as usize).copied()
+    }
+
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    pub fn parse(s: &str) -> Option<Param> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// What a governance proposal changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamChange {
+    Set { param: Param, value: u64 },
+    AllowModel { model: Hash256 },
+    DisallowModel { model: Hash256 },
+}
+
+/// What a transaction does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum TxKind {
+    Transfer {
+        #[serde(with = "hex_addr")]
+        to: Address,
+        amount: u64,
+    },
+    Stake {
+        amount: u64,
+    },
+    Unstake {
+        amount: u64,
+    },
+    RegisterWorker {
+        models: Vec<Hash256>,
+        profile: String,
+        hardware: String,
+        /// Price per 1000 tokens (prompt + output).
+        price_per_1k: u64,
+        endpoint: String,
+    },
+    RegisterValidator {
+        endpoint: String,
+    },
+    /// Escrows `escrow` for job `job` (the receipt's job id).
+    OpenJob {
+        job: Hash256,
+        model: Hash256,
+        max_tokens: u32,
+        escrow: u64,
+        #[serde(with = "hex_addr_opt")]
+        worker: Option<Address>,
+    },
+    /// The assigned worker posts the digest of its receipt and where to fetch it.
+    PostReceipt {
+        job: Hash256,
+        receipt: Hash256,
+        /// Prompt plus output tokens billed.
+        tokens: u32,
+        pointer: String,
+    },
+    /// Disputes a receipt within the challenge window, escrowing the challenge bond.
+    Challenge {
+        job: Hash256,
+    },
+    /// A validator's verdict on a receipt after re-executing it.
+    Verdict {
+        job: Hash256,
+        accept: bool,
+    },
+    Propose {
+        change: ParamChange,
+    },
+    Vote {
+        proposal: u64,
+        yes: bool,
+    },
+}
+
+/// An unsigned transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tx {
+    pub chain: Hash256,
+    #[serde(with = "hex_addr")]
+    pub from: Address,
+    pub nonce: u64,
+    pub fee: u64,
+    pub kind: TxKind,
+}
+
+/// A transaction with its signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedTx {
+    pub tx: Tx,
+    #[serde(with = "hex_sig")]
+    pub sig: [u8; 64],
+}
+
+fn put_hash(w: &mut Writer, h: &Hash256) {
+    w.raw(&h.0);
+}
+
+fn get_hash(r: &mut Reader, what: &'static str) -> Result<Hash256, DecodeError> {
+    Ok(Hash256(r.arr(what)?))
+}
+
+impl ParamChange {
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            ParamChange::Set { param, value } => {
+                w.u8(0).u8(param.code()).u64(*value);
+            }
+            ParamChange::AllowModel { model } => {
+                w.u8(1);
+                put_hash(w, model);
+            }
+            ParamChange::DisallowModel { model } => {
+                w.u8(2);
+                put_hash(w, model);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(match r.u8("param change")? {
+            0 => {
+                let c = r.u8("param")?;
+                let param = Param::from_code(c).ok_or(DecodeError::UnknownTag {
+                    what: "param",
+                    tag: c,
+                })?;
+                ParamChange::Set {
+                    param,
+                    value: r.u64("param value")?,
+                }
+            }
+            1 => ParamChange::AllowModel {
+                model: get_hash(r, "model")?,
+            },
+            2 => ParamChange::DisallowModel {
+                model: get_hash(r, "model")?,
+            },
+            t => {
+                return Err(DecodeError::UnknownTag {
+                    what: "param change",
+                    tag: t,
+                })
+            }
+        })
+    }
+}
+
+impl TxKind {
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            TxKind::Transfer { to, amount } => {
+                w.u8(0).raw(to).u64(*amount);
+            }
+            TxKind::Stake { amount } => {
+                w.u8(1).u64(*amount);
+            }
+            TxKind::Unstake { amount } => {
+                w.u8(2).u64(*amount);
+            }
+            TxKind::RegisterWorker {
+                models,
+                profile,
+                hardware,
+                price_per_1k,
+                endpoint,
+            } => {
+                w.u8(3).u32(models.len() as u32);
+                for m in models {
+                    put_hash(w, m);
+                }
+                w.str(profile)
+                    .str(hardware)
+                    .u64(*price_per_1k)
+                    .str(endpoint);
+            }
+            TxKind::RegisterValidator { endpoint } => {
+                w.u8(4).str(endpoint);
+            }
+            TxKind::OpenJob {
+                job,
+                model,
+                max_tokens,
+                escrow,
+                worker,
+            } => {
+                w.u8(5);
+                put_hash(w, job);
+                put_hash(w, model);
+                w.u32(*max_tokens).u64(*escrow);
+                match worker {
+                    None => w.u8(0),
+                    Some(a) => w.u8(1).raw(a),
+                };
+            }
+            TxKind::PostReceipt {
+                job,
+                receipt,
+                tokens,
+                pointer,
+            } => {
+                w.u8(6);
+                put_hash(w, job);
+                put_hash(w, receipt);
+                w.u32(*tokens).str(pointer);
+            }
+            TxKind::Challenge { job } => {
+                w.u8(7);
+                put_hash(w, job);
+            }
+            TxKind::Verdict { job, accept } => {
+                w.u8(8);
+                put_hash(w, job);
+                w.bool(*accept);
+            }
+            TxKind::Propose { change } => {
+                w.u8(9);
+                change.encode(w);
+            }
+            TxKind::Vote { proposal, yes } => {
+                w.u8(10).u64(*proposal).bool(*yes);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(match r.u8("tx kind")? {
+            0 => TxKind::Transfer {
+                to: r.arr("to")?,
+                amount: r.u64("amount")?,
+            },
+            1 => TxKind::Stake {
+                amount: r.u64("amount")?,
+            },
+            2 => TxKind::Unstake {
+                amount: r.u64("amount")?,
+            },
+            3 => {
+                let n = r.count("models", MAX_MODELS)?;
+                let models = (0..n)
+                    .map(|_| get_hash(r, "model"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                TxKind::RegisterWorker {
+                    models,
+                    profile: r.str("profile", MAX_STR)?,
+                    hardware: r.str("hardware", MAX_STR)?,
+                    price_per_1k: r.u64("price")?,
+                    endpoint: r.str("endpoint", MAX_STR)?,
+                }
+            }
+            4 => TxKind::RegisterValidator {
+                endpoint: r.str("endpoint", MAX_STR)?,
+            },
+            5 => TxKind::OpenJob {
+                job: get_hash(r, "job")?,
+                model: get_hash(r, "model")?,
+                max_tokens: r.u32("max tokens")?,
+                escrow: r.u64("escrow")?,
+                worker: match r.u8("worker flag")? {
+                    0 => None,
+                    1 => Some(r.arr("worker")?),
+                    t => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "worker flag",
+                            tag: t,
+                        })
+                    }
+                },
+            },
+            6 => TxKind::PostReceipt {
+                job: get_hash(r, "job")?,
+                receipt: get_hash(r, "receipt")?,
+                tokens: r.u32("tokens")?,
+                pointer: r.str("pointer", MAX_STR)?,
+            },
+            7 => TxKind::Challenge {
+                job: get_hash(r, "job")?,
+            },
+            8 => TxKind::Verdict {
+                job: get_hash(r, "job")?,
+                accept: r.bool("accept")?,
+            },
+            9 => TxKind::Propose {
+                change: ParamChange::decode(r)?,
+            },
+            10 => TxKind::Vote {
+                proposal: r.u64("proposal")?,
+                yes: r.bool("yes")?,
+            },
+            t => {
+                return Err(DecodeError::UnknownTag {
+                    what: "tx kind",
+                    tag: t,
+                })
+            }
+        })
+    }
+
+    /// A short name for logs and tables.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TxKind::Transfer { .. } => "transfer",
+            TxKind::Stake { .. } => "stake",
+            TxKind::Unstake { .. } => "unstake",
+            TxKind::RegisterWorker { .. } => "register_worker",
+            TxKind::RegisterValidator { .. } => "register_validator",
+            TxKind::OpenJob { .. } => "open_job",
+            TxKind::PostReceipt { .. } => "post_receipt",
+            TxKind::Challenge { .. } => "challenge",
+            TxKind::Verdict { .. } => "verdict",
+            TxKind::Propose { .. } => "propose",
+            TxKind::Vote { .. } => "vote",
+        }
+    }
+}
+
+impl Tx {
+    pub fn encode(&self, w: &mut Writer) {
+        put_hash(w, &self.chain);
+        w.raw(&self.from).u64(self.nonce).u64(self.fee);
+        self.kind.encode(w);
+    }
+
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Tx {
+            chain: get_hash(r, "chain id")?,
+            from: r.arr("from")?,
+            nonce: r.u64("nonce")?,
+            fee: r.u64("fee")?,
+            kind: TxKind::decode(r)?,
+        })
+    }
+
+    /// The bytes the signature covers.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(SIGN_DOMAIN);
+        self.encode(&mut w);
+        w.into_bytes()
+    }
+
+    /// Signs with `key`; `from` is set to the key's public half.
+    pub fn sign(mut self, key: &SigningKey) -> SignedTx {
+        self.from = key.verifying_key().to_bytes();
+        let sig = key.sign(&self.signing_bytes()).to_bytes();
+        SignedTx { tx: self, sig }
+    }
+}
+
+impl SignedTx {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        self.tx.encode(&mut w);
+        w.raw(&self.sig);
+        w.into_bytes()
+    }
+
+    /// Decodes the canonical form, refusing oversized, truncated, trailing or unknown input.
+    /// Does not check the signature (see [`SignedTx::verify_signature`]).
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        if b.len() > MAX_TX_BYTES {
+            return Err(DecodeError::Length {
+                what: "transaction",
+                len: b.len(),
+                min: 0,
+                max: MAX_TX_BYTES,
+            });
+        }
+        let mut r = Reader::new(b);
+        let tx = Tx::decode(&mut r)?;
+        let sig = r.arr("signature")?;
+        r.finish()?;
+        Ok(SignedTx { tx, sig })
+    }
+
+    /// The transaction id: SHA-256 of the canonical bytes.
+    pub fn id(&self) -> Hash256 {
+        Hash256::digest(&self.to_bytes())
+    }
+
+    pub fn verify_signature(&self) -> Result<(), &'static str> {
+        let key = VerifyingKey::from_bytes(&self.tx.from)
+            .map_err(|_| "sender is not a valid ed25519 key")?;
+        key.verify(&self.tx.signing_bytes(), &Signature::from_bytes(&self.sig))
+            .map_err(|_| "bad signature")
+    }
+}
+
+pub(crate) mod hex_addr {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}
+
+mod hex_addr_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.serialize_some(&hex::encode(a)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(s.trim(), &mut out).map_err(serde::de::Error::custom)?;
+            Ok(out)
+        })
+        .transpose()
+    }
+}
+
+mod hex_sig {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 64];
+        hex::decode_to_slice(s.trim(), &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,717 @@
+//! The ledger's state transition, end to end: jobs, verdicts, slashing, governance,
+//! unbonding, block validity and the supply invariant.
+
+use deai_ledger::smt;
+use deai_ledger::state::{Key, BPS};
+use deai_ledger::*;
+use deai_types::Hash256;
+use ed25519_dalek::SigningKey;
+use proptest::prelude::*;
+
+fn key(i: u8) -> SigningKey {
+    SigningKey::from_bytes(&[i; 32])
+}
+fn addr(i: u8) -> Address {
+    key(i).verifying_key().to_bytes()
+}
+
+const MODEL: Hash256 = Hash256([7; 32]);
+// Actors: 1..=4 validators, 10 client, 11 worker, 12 challenger, 13 second worker.
+const VALS: [u8; 4] = [1, 2, 3, 4];
+const CLIENT: u8 = 10;
+const WORKER: u8 = 11;
+const CHALLENGER: u8 = 12;
+
+fn genesis() -> Genesis {
+    let mut accounts: Vec<GenesisAccount> = VALS
+        .iter()
+        .map(|v| GenesisAccount {
+            address: addr(*v),
+            balance: 1_000_000,
+            stake: 50_000,
+        })
+        .collect();
+    for (i, bal) in [
+        (CLIENT, 1_000_000),
+        (WORKER, 100_000),
+        (CHALLENGER, 100_000),
+        (13, 100_000),
+    ] {
+        accounts.push(GenesisAccount {
+            address: addr(i),
+            balance: bal,
+            stake: 0,
+        });
+    }
+    Genesis {
+        chain_name: "test".into(),
+        accounts,
+        validators: VALS
+            .iter()
+            .map(|v| GenesisValidator {
+                address: addr(*v),
+                endpoint: format!("v{v}"),
+            })
+            .collect(),
+        params: Params {
+            allowed_models: vec![MODEL],
+            ..Params::default()
+        },
+    }
+}
+
+/// A chain under test: the state plus a nonce tracker.
+struct Chain {
+    s: State,
+}
+
+impl Chain {
+    fn new() -> Self {
+        Chain {
+            s: State::from_genesis(&genesis()).unwrap(),
+        }
+    }
+    fn tx(&self, who: u8, nonce_offset: u64, kind: TxKind) -> SignedTx {
+        Tx {
+            chain: self.s.chain_id(),
+            from: [0; 32],
+            nonce: self.s.account(&addr(who)).nonce + nonce_offset,
+            fee: 1,
+            kind,
+        }
+        .sign(&key(who))
+    }
+    /// Applies one block with one transaction from each (who, kind) and returns the outcomes.
+    fn block(&mut self, txs: Vec<(u8, TxKind)>) -> BlockResult {
+        let mut counts = std::collections::HashMap::new();
+        let signed: Vec<SignedTx> = txs
+            .into_iter()
+            .map(|(w, k)| {
+                let c = counts.entry(w).or_insert(0u64);
+                let t = self.tx(w, *c, k);
+                *c += 1;
+                t
+            })
+            .collect();
+        let h = self.s.height() + 1;
+        let r = self.s.apply_block(h, &signed).unwrap();
+        self.s.audit().unwrap();
+        r
+    }
+    fn ok(&mut self, who: u8, kind: TxKind) {
+        let r = self.block(vec![(who, kind)]);
+        assert_eq!(r.outcomes[0].error, None, "tx failed");
+    }
+    fn fails(&mut self, who: u8, kind: TxKind) -> String {
+        let r = self.block(vec![(who, kind)]);
+        r.outcomes[0].error.clone().expect("tx should fail")
+    }
+    fn empty_blocks(&mut self, n: u64) {
+        for _ in 0..n {
+            self.block(vec![]);
+        }
+    }
+    fn bal(&self, who: u8) -> u64 {
+        self.s.account(&addr(who)).balance
+    }
+    fn setup_worker(&mut self, who: u8, price: u64) {
+        self.ok(who, TxKind::Stake { amount: 10_000 });
+        self.ok(
+            who,
+            TxKind::RegisterWorker {
+                models: vec![MODEL],
+                profile: "deai-cpu-bi-v1".into(),
+                hardware: "2 vCPU".into(),
+                price_per_1k: price,
+                endpoint: "127.0.0.1:1".into(),
+            },
+        );
+    }
+    fn open_and_receipt(&mut self, job: Hash256, escrow: u64, tokens: u32) {
+        self.ok(
+            CLIENT,
+            TxKind::OpenJob {
+                job,
+                model: MODEL,
+                max_tokens: 100,
+                escrow,
+                worker: Some(addr(WORKER)),
+            },
+        );
+        self.ok(
+            WORKER,
+            TxKind::PostReceipt {
+                job,
+                receipt: Hash256([9; 32]),
+                tokens,
+                pointer: "http://w/receipts/1".into(),
+            },
+        );
+    }
+}
+
+#[test]
+fn unchallenged_job_settles_after_the_window() {
+    let mut c = Chain::new();
+    c.setup_worker(WORKER, 100);
+    let job = Hash256([1; 32]);
+    let client0 = c.bal(CLIENT);
+    let worker0 = c.bal(WORKER);
+    let treasury0 = c.s.meta().treasury;
+    c.open_and_receipt(job, 5_000, 2_000); // cost = 2000 tokens * 100 / 1000 = 200
+    assert_eq!(c.s.job(&job).unwrap().status, JobStatus::Receipted);
+    c.empty_blocks(c.s.params().challenge_window);
+    let j = c.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Accepted);
+    let st = j.settlement.clone().unwrap();
+    // 5 % treasury, 10 % validator fee (no voters: to treasury), rest to the worker.
+    assert_eq!(st.worker_paid, 200 - 10 - 20);
+    assert_eq!(st.client_refund, 4_800);
+    assert_eq!(c.bal(CLIENT), client0 - 1 /*fee*/ - 200);
+    assert_eq!(c.bal(WORKER), worker0 - 1 /*fee*/ + 170);
+    // Fees: stake, register, open, receipt = 4; cut 10 + unclaimed validator fee 20.
+    assert_eq!(c.s.meta().treasury, treasury0 + 2 + 30);
+    let w = c.s.worker(&addr(WORKER)).unwrap();
+    assert_eq!((w.jobs_done, w.tokens_served, w.earned), (1, 2_000, 170));
+}
+
+#[test]
+fn rejected_job_refunds_client_and_slashes_worker_to_the_challenger() {
+    let mut c = Chain::new();
+    c.setup_worker(WORKER, 100);
+    let job = Hash256([2; 32]);
+    let client0 = c.bal(CLIENT);
+    c.open_and_receipt(job, 5_000, 2_000);
+    let ch0 = c.bal(CHALLENGER);
+    c.ok(CHALLENGER, TxKind::Challenge { job });
+    assert_eq!(c.bal(CHALLENGER), ch0 - 1 - c.s.params().challenge_bond);
+    // Two of four equal validators are not a quorum (needs > 2/3).
+    c.ok(1, TxKind::Verdict { job, accept: false });
+    c.ok(2, TxKind::Verdict { job, accept: false });
+    assert_eq!(c.s.job(&job).unwrap().status, JobStatus::Challenged);
+    // A validator cannot vote twice.
+    assert!(c
+        .fails(2, TxKind::Verdict { job, accept: false })
+        .contains("already"));
+    let burned0 = c.s.meta().burned;
+    c.ok(3, TxKind::Verdict { job, accept: false });
+    let j = c.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Rejected);
+    let st = j.settlement.clone().unwrap();
+    assert_eq!(st.slashed, 10_000 * 5_000 / BPS);
+    assert_eq!(st.challenger_paid, 100 + 2_500);
+    assert_eq!(c.s.meta().burned - burned0, 2_500);
+    assert_eq!(c.bal(CLIENT), client0 - 1);
+    assert_eq!(c.bal(CHALLENGER), ch0 - 1 + 2_500);
+    assert_eq!(c.s.account(&addr(WORKER)).stake, 5_000);
+    // The slashed worker is inactive: it gets no new jobs and cannot post receipts.
+    let w = c.s.worker(&addr(WORKER)).unwrap();
+    assert!(!w.active);
+    assert_eq!(w.jobs_rejected, 1);
+    let err = c.fails(
+        CLIENT,
+        TxKind::OpenJob {
+            job: Hash256([3; 32]),
+            model: MODEL,
+            max_tokens: 10,
+            escrow: 10,
+            worker: Some(addr(WORKER)),
+        },
+    );
+    assert!(err.contains("not an active worker"), "{err}");
+    // Verdicts on a finished job are refused.
+    assert!(c
+        .fails(4, TxKind::Verdict { job, accept: true })
+        .contains("no verdict"));
+}
+
+#[test]
+fn accepted_challenge_pays_the_bond_to_the_worker_and_the_fee_to_validators() {
+    let mut c = Chain::new();
+    c.setup_worker(WORKER, 100);
+    let job = Hash256([4; 32]);
+    c.open_and_receipt(job, 5_000, 2_000);
+    c.ok(CHALLENGER, TxKind::Challenge { job });
+    let w0 = c.bal(WORKER);
+    let v0 = c.bal(1);
+    c.block(vec![
+        (1, TxKind::Verdict { job, accept: true }),
+        (2, TxKind::Verdict { job, accept: true }),
+        (3, TxKind::Verdict { job, accept: true }),
+    ]);
+    let j = c.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Accepted);
+    assert_eq!(c.bal(WORKER), w0 + 170 + 100);
+    // 20 validator fee over 3 accepting validators: 6 each, remainder 2 to the treasury.
+    assert_eq!(c.bal(1), v0 - 1 + 6);
+    assert_eq!(c.s.validator(&addr(1)).unwrap().earned, 6);
+}
+
+#[test]
+fn timeouts_refund_escrow_and_bonds() {
+    let mut c = Chain::new();
+    c.setup_worker(WORKER, 100);
+    let client0 = c.bal(CLIENT);
+    let job = Hash256([5; 32]);
+    c.ok(
+        CLIENT,
+        TxKind::OpenJob {
+            job,
+            model: MODEL,
+            max_tokens: 10,
+            escrow: 777,
+            worker: None,
+        },
+    );
+    assert_eq!(c.bal(CLIENT), client0 - 1 - 777);
+    c.empty_blocks(c.s.params().job_timeout);
+    assert_eq!(c.s.job(&job).unwrap().status, JobStatus::Expired);
+    assert_eq!(c.bal(CLIENT), client0 - 1);
+    // A late receipt is refused.
+    let err = c.fails(
+        WORKER,
+        TxKind::PostReceipt {
+            job,
+            receipt: Hash256([1; 32]),
+            tokens: 5,
+            pointer: String::new(),
+        },
+    );
+    assert!(err.contains("not open"), "{err}");
+
+    // Challenged but no quorum by the verdict deadline: everyone is refunded.
+    let job = Hash256([6; 32]);
+    let client1 = c.bal(CLIENT);
+    c.open_and_receipt(job, 1_000, 1_000);
+    let ch0 = c.bal(CHALLENGER);
+    c.ok(CHALLENGER, TxKind::Challenge { job });
+    c.ok(1, TxKind::Verdict { job, accept: false });
+    c.empty_blocks(c.s.params().verdict_window);
+    assert_eq!(c.s.job(&job).unwrap().status, JobStatus::Unresolved);
+    assert_eq!(c.bal(CLIENT), client1 - 1);
+    assert_eq!(c.bal(CHALLENGER), ch0 - 1);
+}
+
+#[test]
+fn only_the_assigned_registered_worker_may_post_and_jobs_cannot_be_replayed() {
+    let mut c = Chain::new();
+    c.setup_worker(WORKER, 100);
+    let job = Hash256([8; 32]);
+    let open = TxKind::OpenJob {
+        job,
+        model: MODEL,
+        max_tokens: 10,
+        escrow: 100,
+        worker: Some(addr(WORKER)),
+    };
+    c.ok(CLIENT, open.clone());
+    assert!(c.fails(CLIENT, open).contains("already exists"));
+    let post = TxKind::PostReceipt {
+        job,
+        receipt: Hash256([1; 32]),
+        tokens: 5,
+        pointer: String::new(),
+    };
+    assert!(c
+        .fails(13, post.clone())
+        .contains("not a registered worker"));
+    c.setup_worker(13, 100);
+    assert!(c.fails(13, post).contains("another worker"));
+    // Unknown models and prices under the floor are refused.
+    let bad = TxKind::OpenJob {
+        job: Hash256([9; 32]),
+        model: Hash256([1; 32]),
+        max_tokens: 10,
+        escrow: 100,
+        worker: None,
+    };
+    assert!(c.fails(CLIENT, bad).contains("not allowed"));
+}
+
+#[test]
+fn failed_actions_pay_the_fee_and_bump_the_nonce() {
+    let mut c = Chain::new();
+    let b0 = c.bal(CHALLENGER);
+    let n0 = c.s.account(&addr(CHALLENGER)).nonce;
+    let e = c.fails(
+        CHALLENGER,
+        TxKind::Transfer {
+            to: addr(1),
+            amount: 10_000_000,
+        },
+    );
+    assert!(e.contains("balance"), "{e}");
+    assert_eq!(c.bal(CHALLENGER), b0 - 1);
+    assert_eq!(c.s.account(&addr(CHALLENGER)).nonce, n0 + 1);
+    // An account with nothing cannot pay the fee: nonce bumps, nothing else moves.
+    let poor = 99u8;
+    let e = c.fails(poor, TxKind::Stake { amount: 1 });
+    assert!(e.contains("fee"), "{e}");
+}
+
+#[test]
+fn invalid_blocks_are_refused_whole_and_change_nothing() {
+    let mut c = Chain::new();
+    let root = c.s.root();
+    let h = c.s.height();
+    let good = c.tx(
+        CLIENT,
+        0,
+        TxKind::Transfer {
+            to: addr(1),
+            amount: 5,
+        },
+    );
+    // Bad signature.
+    let mut forged = good.clone();
+    forged.sig[0] ^= 1;
+    // Wrong nonce (a replay of an already-used nonce looks the same).
+    let stale = c.tx(
+        CLIENT,
+        5,
+        TxKind::Transfer {
+            to: addr(1),
+            amount: 5,
+        },
+    );
+    // Another chain's transaction.
+    let mut g2 = genesis();
+    g2.chain_name = "other".into();
+    let other = State::from_genesis(&g2).unwrap();
+    let foreign = Tx {
+        chain: other.chain_id(),
+        from: [0; 32],
+        nonce: 0,
+        fee: 1,
+        kind: TxKind::Stake { amount: 1 },
+    }
+    .sign(&key(CLIENT));
+    // Fee below the minimum.
+    let cheap = Tx {
+        chain: c.s.chain_id(),
+        from: [0; 32],
+        nonce: 0,
+        fee: 0,
+        kind: TxKind::Stake { amount: 1 },
+    }
+    .sign(&key(CLIENT));
+    for (bad, why) in [
+        (vec![forged], "signature"),
+        (vec![stale], "nonce"),
+        (vec![foreign], "chain"),
+        (vec![cheap], "fee"),
+        (vec![good.clone(), good.clone()], "nonce"),
+    ] {
+        let e = c.s.apply_block(h + 1, &bad).unwrap_err();
+        assert!(e.to_string().contains(why), "{e} should mention {why}");
+        assert_eq!(c.s.root(), root);
+        assert_eq!(c.s.height(), h);
+    }
+    assert!(matches!(
+        c.s.apply_block(h + 2, &[]),
+        Err(BlockError::Height { .. })
+    ));
+    // The good transaction applies once; replaying it is refused.
+    c.s.apply_block(h + 1, std::slice::from_ref(&good)).unwrap();
+    assert!(c
+        .s
+        .apply_block(h + 2, &[good])
+        .unwrap_err()
+        .to_string()
+        .contains("nonce"));
+}
+
+#[test]
+fn unbonding_releases_later_and_slashing_reaches_it() {
+    let mut c = Chain::new();
+    c.setup_worker(WORKER, 100);
+    let job = Hash256([10; 32]);
+    c.open_and_receipt(job, 1_000, 1_000);
+    // The worker tries to run with its stake before the verdict.
+    c.ok(WORKER, TxKind::Unstake { amount: 10_000 });
+    assert_eq!(c.s.account(&addr(WORKER)).stake, 0);
+    c.block(vec![
+        (1, TxKind::Verdict { job, accept: false }),
+        (2, TxKind::Verdict { job, accept: false }),
+        (3, TxKind::Verdict { job, accept: false }),
+    ]);
+    let a = c.s.account(&addr(WORKER));
+    assert_eq!(a.unbonding.iter().map(|u| u.amount).sum::<u64>(), 5_000);
+    let b0 = c.bal(WORKER);
+    c.empty_blocks(c.s.params().unbonding_period);
+    assert_eq!(c.bal(WORKER), b0 + 5_000);
+    assert!(c.s.account(&addr(WORKER)).unbonding.is_empty());
+}
+
+#[test]
+fn governance_passes_executes_later_and_respects_quorum() {
+    let mut c = Chain::new();
+    let change = ParamChange::Set {
+        param: Param::SlashBps,
+        value: 9_000,
+    };
+    c.ok(
+        1,
+        TxKind::Propose {
+            change: change.clone(),
+        },
+    );
+    c.block(vec![
+        (
+            1,
+            TxKind::Vote {
+                proposal: 1,
+                yes: true,
+            },
+        ),
+        (
+            2,
+            TxKind::Vote {
+                proposal: 1,
+                yes: true,
+            },
+        ),
+        (
+            3,
+            TxKind::Vote {
+                proposal: 1,
+                yes: false,
+            },
+        ),
+    ]);
+    // A non-staker cannot vote; a bad value cannot be proposed.
+    assert!(c
+        .fails(
+            CLIENT,
+            TxKind::Vote {
+                proposal: 1,
+                yes: true
+            }
+        )
+        .contains("stakers"));
+    let bad = ParamChange::Set {
+        param: Param::SlashBps,
+        value: 20_000,
+    };
+    assert!(c
+        .fails(1, TxKind::Propose { change: bad })
+        .contains("basis points"));
+    let p = c.s.proposal(1).unwrap();
+    let end = p.voting_end;
+    while c.s.height() < end {
+        c.block(vec![]);
+    }
+    let p = c.s.proposal(1).unwrap();
+    assert_eq!(p.status, ProposalStatus::Passed);
+    assert_eq!((p.yes_stake, p.no_stake), (100_000, 50_000));
+    assert_eq!(
+        c.s.params().slash_bps,
+        5_000,
+        "not before the execution height"
+    );
+    c.empty_blocks(c.s.params().execution_delay);
+    assert_eq!(c.s.proposal(1).unwrap().status, ProposalStatus::Executed);
+    assert_eq!(c.s.params().slash_bps, 9_000);
+
+    // One voter of four is below the 33.34 % quorum.
+    let model = Hash256([42; 32]);
+    c.ok(
+        2,
+        TxKind::Propose {
+            change: ParamChange::AllowModel { model },
+        },
+    );
+    c.ok(
+        2,
+        TxKind::Vote {
+            proposal: 2,
+            yes: true,
+        },
+    );
+    c.empty_blocks(c.s.params().voting_period + c.s.params().execution_delay);
+    assert_eq!(c.s.proposal(2).unwrap().status, ProposalStatus::Rejected);
+    assert!(!c.s.params().model_allowed(&model));
+}
+
+#[test]
+fn state_proofs_check_against_the_root() {
+    let mut c = Chain::new();
+    c.setup_worker(WORKER, 100);
+    let job = Hash256([11; 32]);
+    c.open_and_receipt(job, 1_000, 1_000);
+    let root = c.s.root();
+    let (value, proof) = c.s.prove(&Key::Job(job));
+    let value = value.unwrap();
+    let got = smt::verify(&root.0, &Key::Job(job).hash(), &proof).unwrap();
+    assert_eq!(got, Some(deai_ledger::state::value_hash(&value)));
+    let decoded: Job = postcard::from_bytes(&value).unwrap();
+    assert_eq!(decoded.status, JobStatus::Receipted);
+    // Absent keys prove absent; a proof does not carry over to another root.
+    let missing = Key::Job(Hash256([0xee; 32]));
+    let (none, p) = c.s.prove(&missing);
+    assert!(none.is_none());
+    assert_eq!(smt::verify(&root.0, &missing.hash(), &p), Ok(None));
+    c.block(vec![]);
+    assert!(smt::verify(&c.s.root().0, &Key::Job(job).hash(), &proof).is_err());
+}
+
+#[test]
+fn genesis_errors_are_clear() {
+    let mut g = genesis();
+    g.accounts[0].stake = 1;
+    assert!(State::from_genesis(&g)
+        .unwrap_err()
+        .contains("below the minimum"));
+    let mut g = genesis();
+    g.accounts.push(g.accounts[0].clone());
+    assert!(State::from_genesis(&g).unwrap_err().contains("duplicate"));
+    let mut g = genesis();
+    g.accounts[0].balance = u64::MAX;
+    assert!(State::from_genesis(&g).unwrap_err().contains("overflow"));
+    let mut g = genesis();
+    g.params.treasury_bps = 20_000;
+    assert!(State::from_genesis(&g).is_err());
+}
+
+/// A random action from a small cast, so that collisions (same job, same voter) happen.
+fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
+    let who = prop_oneof![
+        Just(1u8),
+        Just(2),
+        Just(10),
+        Just(11),
+        Just(12),
+        Just(13),
+        Just(99)
+    ];
+    let amount = prop_oneof![Just(0u64), 1u64..2_000, Just(u64::MAX)];
+    let job = (0u8..4).prop_map(|j| Hash256([j; 32]));
+    let kind = prop_oneof![
+        (0u8..14, amount.clone()).prop_map(|(t, amount)| TxKind::Transfer {
+            to: addr(t),
+            amount
+        }),
+        amount.clone().prop_map(|amount| TxKind::Stake { amount }),
+        amount.clone().prop_map(|amount| TxKind::Unstake { amount }),
+        (1u64..300).prop_map(|p| TxKind::RegisterWorker {
+            models: vec![MODEL],
+            profile: "p".into(),
+            hardware: "h".into(),
+            price_per_1k: p,
+            endpoint: "e".into(),
+        }),
+        (job.clone(), amount.clone(), any::<bool>()).prop_map(|(job, escrow, assign)| {
+            TxKind::OpenJob {
+                job,
+                model: MODEL,
+                max_tokens: 64,
+                escrow,
+                worker: assign.then(|| addr(11)),
+            }
+        }),
+        (job.clone(), 0u32..5_000).prop_map(|(job, tokens)| TxKind::PostReceipt {
+            job,
+            receipt: Hash256([1; 32]),
+            tokens,
+            pointer: "p".into(),
+        }),
+        job.clone().prop_map(|job| TxKind::Challenge { job }),
+        (job, any::<bool>()).prop_map(|(job, accept)| TxKind::Verdict { job, accept }),
+        (0u64..3, any::<bool>()).prop_map(|(proposal, yes)| TxKind::Vote { proposal, yes }),
+        Just(TxKind::Propose {
+            change: ParamChange::Set {
+                param: Param::ChallengeWindow,
+                value: 3
+            }
+        }),
+    ];
+    (who, kind)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Any sequence of blocks keeps the money invariant, is deterministic, and survives a
+    /// snapshot round trip with the same root.
+    #[test]
+    fn random_blocks_conserve_supply_and_replay_identically(
+        blocks in proptest::collection::vec(proptest::collection::vec(arb_action(), 0..6), 1..40)
+    ) {
+        let mut a = Chain::new();
+        let mut b = Chain::new();
+        // Stake two workers so that receipts can happen (the same blocks on both chains;
+        // ed25519 signatures are deterministic).
+        for c in [&mut a, &mut b] {
+            c.setup_worker(11, 50);
+            c.setup_worker(13, 50);
+        }
+        let mut replay: Vec<Vec<SignedTx>> = Vec::new();
+        for txs in blocks {
+            let mut counts = std::collections::HashMap::new();
+            let signed: Vec<SignedTx> = txs.into_iter().map(|(w, k)| {
+                let c = counts.entry(w).or_insert(0u64);
+                let t = a.tx(w, *c, k);
+                *c += 1;
+                t
+            }).collect();
+            let h = a.s.height() + 1;
+            a.s.apply_block(h, &signed).unwrap();
+            prop_assert!(a.s.audit().is_ok(), "{:?}", a.s.audit());
+            replay.push(signed);
+        }
+        let mut b = b.s;
+        for txs in &replay {
+            let h = b.height() + 1;
+            b.apply_block(h, txs).unwrap();
+        }
+        prop_assert_eq!(a.s.root(), b.root());
+        let restored = State::from_snapshot(&a.s.to_snapshot()).unwrap();
+        prop_assert_eq!(restored.root(), a.s.root());
+    }
+
+    #[test]
+    fn tx_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let _ = SignedTx::decode(&bytes);
+    }
+
+    #[test]
+    fn tx_encoding_roundtrips((who, kind) in arb_action(), nonce in any::<u64>(), fee in any::<u64>()) {
+        let t = Tx { chain: Hash256([3; 32]), from: [0; 32], nonce, fee, kind }.sign(&key(who));
+        let bytes = t.to_bytes();
+        let back = SignedTx::decode(&bytes).unwrap();
+        prop_assert_eq!(&back, &t);
+        prop_assert!(back.verify_signature().is_ok());
+        // Every strict prefix is refused, and so is a trailing byte.
+        for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+            prop_assert!(SignedTx::decode(&bytes[..cut]).is_err());
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        prop_assert!(SignedTx::decode(&long).is_err());
+        // JSON round trip too (the HTTP API's form).
+        let json = serde_json::to_string(&t).unwrap();
+        prop_assert_eq!(serde_json::from_str::<SignedTx>(&json).unwrap(), t);
+    }
+}
+
+#[test]
+fn decoder_refuses_unknown_variants_and_oversize() {
+    let t = Tx {
+        chain: Hash256([3; 32]),
+        from: [0; 32],
+        nonce: 0,
+        fee: 1,
+        kind: TxKind::Stake { amount: 5 },
+    }
+    .sign(&key(1));
+    let mut b = t.to_bytes();
+    b[32 + 32 + 16] = 200; // the kind tag
+    assert!(SignedTx::decode(&b)
+        .unwrap_err()
+        .to_string()
+        .contains("unknown tag"));
+    let huge = vec![0u8; deai_ledger::tx::MAX_TX_BYTES + 1];
+    assert!(SignedTx::decode(&huge)
+        .unwrap_err()
+        .to_string()
+        .contains("length"));
+}
