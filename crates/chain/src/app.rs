@@ -1,0 +1,403 @@
+//! The consensus application: builds and verifies blocks by executing them on the ledger,
+//! and applies finalized blocks, in order, to the finalized state.
+//!
+//! Simplex proposes on top of blocks that are notarized but not yet final, so the app keeps
+//! one ledger [`State`] per known block (cloning a state is O(1)). Verification re-executes
+//! the block on its parent's state and compares the state root, so every honest node gives
+//! the same answer. A block is final only when marshal delivers it; then its state becomes
+//! the finalized state that queries and proofs are served from.
+
+use crate::block::{from_digest, to_digest, Block, Digest, Header};
+use crate::mempool::{Mempool, Rejected};
+use commonware_actor::Feedback;
+use commonware_consensus::marshal::{ancestry::Ancestry, Update};
+use commonware_consensus::simplex::{scheme::ed25519, types::Context};
+use commonware_consensus::Reporter;
+use commonware_cryptography::{ed25519::PublicKey, Digested, Digestible};
+use commonware_utils::Acknowledgement;
+use deai_ledger::{BlockError, SignedTx, State, TxOutcome};
+use deai_types::Hash256;
+use futures::channel::mpsc;
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub type Scheme = ed25519::Scheme;
+pub type Ctx = Context<Digest, PublicKey>;
+
+/// A finalized block as the node remembers it (for the API and tests).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FinalizedBlock {
+    pub digest: Hash256,
+    pub header: Header,
+    pub txs: Vec<SignedTx>,
+    pub outcomes: Vec<TxOutcome>,
+    pub events: Vec<String>,
+}
+
+struct Entry {
+    height: u64,
+    state: State,
+    outcomes: Vec<TxOutcome>,
+    events: Vec<String>,
+}
+
+struct Inner {
+    /// Post-state of every known unfinalized block, plus the finalized tip.
+    states: HashMap<Digest, Entry>,
+    finalized: State,
+    fin_digest: Digest,
+    /// Finalized blocks, index = height (0 = genesis).
+    log: Vec<FinalizedBlock>,
+    /// Transaction id -> (height, index) of finalized transactions.
+    tx_index: HashMap<Hash256, (u64, u32)>,
+    mempool: Mempool,
+}
+
+/// The application. Clones share one state.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Mutex<Inner>>,
+    genesis: Arc<Block>,
+    max_block_txs: usize,
+}
+
+impl App {
+    pub fn new(genesis_state: State, max_block_txs: usize, mempool: Mempool) -> Self {
+        let genesis = Block::genesis(genesis_state.chain_id(), genesis_state.root());
+        let gd = to_digest(genesis.digest());
+        let mut states = HashMap::new();
+        states.insert(
+            gd,
+            Entry {
+                height: 0,
+                state: genesis_state.clone(),
+                outcomes: vec![],
+                events: vec![],
+            },
+        );
+        let log = vec![FinalizedBlock {
+            digest: genesis.digest(),
+            header: genesis.header,
+            txs: vec![],
+            outcomes: vec![],
+            events: vec!["genesis".into()],
+        }];
+        App {
+            inner: Arc::new(Mutex::new(Inner {
+                states,
+                finalized: genesis_state,
+                fin_digest: gd,
+                log,
+                tx_index: HashMap::new(),
+                mempool,
+            })),
+            genesis: Arc::new(genesis),
+            max_block_txs: max_block_txs.min(deai_ledger::state::MAX_BLOCK_TXS),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock is a bug; the state it guards is still consistent
+        // (every mutation below is completed before the guard drops), so keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn genesis_block(&self) -> Block {
+        (*self.genesis).clone()
+    }
+
+    /// The finalized state (an O(1) clone).
+    pub fn finalized_state(&self) -> State {
+        self.lock().finalized.clone()
+    }
+
+    pub fn finalized_height(&self) -> u64 {
+        self.lock().finalized.height()
+    }
+
+    /// Finalized block at `height` (0 = genesis).
+    pub fn block(&self, height: u64) -> Option<FinalizedBlock> {
+        self.lock().log.get(height as usize).cloned()
+    }
+
+    /// Finalized blocks `from..to` (clamped).
+    pub fn blocks(&self, from: u64, to: u64) -> Vec<FinalizedBlock> {
+        let inner = self.lock();
+        let to = (to as usize).min(inner.log.len());
+        let from = (from as usize).min(to);
+        inner.log[from..to].to_vec()
+    }
+
+    /// Where a finalized transaction landed, and what it did.
+    pub fn tx_status(&self, id: &Hash256) -> Option<(u64, TxOutcome)> {
+        let inner = self.lock();
+        let (h, i) = *inner.tx_index.get(id)?;
+        let out = inner.log.get(h as usize)?.outcomes.get(i as usize)?.clone();
+        Some((h, out))
+    }
+
+    pub fn is_pending(&self, id: &Hash256) -> bool {
+        self.lock().mempool.contains(id)
+    }
+
+    pub fn mempool_len(&self) -> usize {
+        self.lock().mempool.len()
+    }
+
+    /// Admits a transaction to this node's mempool (checked against the finalized state).
+    pub fn submit(&self, tx: SignedTx) -> Result<Hash256, Rejected> {
+        let mut inner = self.lock();
+        let id = tx.id();
+        if inner.tx_index.contains_key(&id) {
+            return Err(Rejected::Stale {
+                got: tx.tx.nonce,
+                next: inner.finalized.account(&tx.tx.from).nonce,
+            });
+        }
+        let state = inner.finalized.clone();
+        inner.mempool.insert(tx, &state)
+    }
+
+    /// The state after `ancestry`'s first block, executing any blocks we have not seen
+    /// (e.g. after a restart or a partition) from the nearest known ancestor.
+    async fn state_of(&self, mut ancestry: impl Ancestry<Block>) -> Option<State> {
+        let mut chain: Vec<Digested<Block>> = Vec::new();
+        let base = loop {
+            let b = ancestry.next().await?;
+            {
+                let inner = self.lock();
+                if let Some(e) = inner.states.get(&b.digest()) {
+                    break e.state.clone();
+                }
+                if b.inner().height() <= inner.finalized.height() {
+                    // Conflicts with (or predates) the finalized chain.
+                    return None;
+                }
+            }
+            chain.push(b);
+        };
+        let mut state = base;
+        for b in chain.into_iter().rev() {
+            let (outcomes, events) = execute(&mut state, b.inner()).ok()?;
+            self.remember(b.digest(), &state, outcomes, events);
+        }
+        Some(state)
+    }
+
+    fn remember(
+        &self,
+        digest: Digest,
+        state: &State,
+        outcomes: Vec<TxOutcome>,
+        events: Vec<String>,
+    ) {
+        self.lock().states.insert(
+            digest,
+            Entry {
+                height: state.height(),
+                state: state.clone(),
+                outcomes,
+                events,
+            },
+        );
+    }
+
+    /// Builds a block on the first block of `ancestry` from this node's mempool.
+    async fn build(&self, view: u64, ancestry: impl Ancestry<Block>) -> Option<Digested<Block>> {
+        let parent = ancestry.peek()?.clone();
+        let parent_state = self.state_of(ancestry).await?;
+        let height = parent.inner().height() + 1;
+        let mut txs = self
+            .lock()
+            .mempool
+            .select(&parent_state, self.max_block_txs);
+        // The mempool admitted these against an older state; drop any that no longer fit
+        // (e.g. governance raised the minimum fee) rather than propose an invalid block.
+        let (state, result) = loop {
+            let mut s = parent_state.clone();
+            match s.apply_block(height, &txs) {
+                Ok(r) => break (s, r),
+                Err(BlockError::Tx { index, reason }) => {
+                    tracing::debug!(index, reason, "dropping transaction from proposal");
+                    let bad = txs[index].tx.clone();
+                    self.lock().mempool.evict_from(&bad.from, bad.nonce);
+                    txs.retain(|t| !(t.tx.from == bad.from && t.tx.nonce >= bad.nonce));
+                }
+                Err(e) => {
+                    tracing::warn!(%e, "cannot build on parent");
+                    return None;
+                }
+            }
+        };
+        let block = Block::new(
+            from_digest(&parent.digest()),
+            height,
+            view,
+            txs,
+            result.state_root,
+        );
+        let digest = to_digest(block.digest());
+        self.remember(digest, &state, result.outcomes, result.events);
+        Some(Digested::precomputed(block, digest))
+    }
+
+    /// Verifies the first block of `ancestry` against its parent's state.
+    async fn check(&self, mut ancestry: impl Ancestry<Block>) -> bool {
+        let Some(block) = ancestry.next().await else {
+            return false;
+        };
+        if self.lock().states.contains_key(&block.digest()) {
+            return true;
+        }
+        let Some(parent) = ancestry.peek().cloned() else {
+            return false;
+        };
+        if block.inner().height() != parent.inner().height() + 1
+            || block.inner().parent() != from_digest(&parent.digest())
+        {
+            return false;
+        }
+        let Some(mut state) = self.state_of(ancestry).await else {
+            return false;
+        };
+        match execute(&mut state, block.inner()) {
+            Ok((outcomes, events)) => {
+                self.remember(block.digest(), &state, outcomes, events);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(height = block.inner().height(), e, "rejecting block");
+                false
+            }
+        }
+    }
+
+    /// Applies the next finalized block. Blocks at or below the finalized height are ignored
+    /// (marshal may redeliver after a restart).
+    pub fn apply_finalized(&self, b: &Block) -> Result<(), String> {
+        let digest = to_digest(b.digest());
+        let mut inner = self.lock();
+        let fh = inner.finalized.height();
+        if b.height() <= fh {
+            return Ok(());
+        }
+        if b.height() != fh + 1 || to_digest(b.parent()) != inner.fin_digest {
+            return Err(format!(
+                "finalized block {} does not extend the finalized tip {fh}",
+                b.height()
+            ));
+        }
+        let (state, outcomes, events) = match inner.states.get(&digest) {
+            Some(e) => (e.state.clone(), e.outcomes.clone(), e.events.clone()),
+            None => {
+                let mut s = inner.finalized.clone();
+                let (o, ev) = execute(&mut s, b)?;
+                (s, o, ev)
+            }
+        };
+        for (i, t) in b.txs.iter().enumerate() {
+            inner.tx_index.insert(t.id(), (b.height(), i as u32));
+        }
+        inner.mempool.prune(&state);
+        inner.finalized = state.clone();
+        inner.fin_digest = digest;
+        inner.log.push(FinalizedBlock {
+            digest: b.digest(),
+            header: b.header,
+            txs: b.txs.clone(),
+            outcomes,
+            events,
+        });
+        let h = b.height();
+        inner.states.retain(|_, e| e.height > h);
+        inner.states.insert(
+            digest,
+            Entry {
+                height: h,
+                state,
+                outcomes: vec![],
+                events: vec![],
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Executes `b` on `state` (which must be its parent's post-state) and checks the root.
+fn execute(state: &mut State, b: &Block) -> Result<(Vec<TxOutcome>, Vec<String>), String> {
+    let r = state
+        .apply_block(b.height(), &b.txs)
+        .map_err(|e| e.to_string())?;
+    if r.state_root != b.header.state_root {
+        return Err(format!(
+            "state root {} but the block claims {}",
+            r.state_root.short(),
+            b.header.state_root.short()
+        ));
+    }
+    Ok((r.outcomes, r.events))
+}
+
+impl<E: Send + 'static> commonware_consensus::Application<E> for App {
+    type SigningScheme = Scheme;
+    type Context = Ctx;
+    type Block = Block;
+    type Input = ();
+
+    async fn propose(
+        &mut self,
+        context: (E, Ctx),
+        ancestry: impl Ancestry<Block>,
+        _input: (),
+    ) -> Option<Digested<Block>> {
+        self.build(context.1.round.view().get(), ancestry).await
+    }
+
+    async fn verify(&mut self, _context: (E, Ctx), ancestry: impl Ancestry<Block>) -> bool {
+        self.check(ancestry).await
+    }
+}
+
+/// Marshal's reporter: forwards finalized blocks to [`run_finalizer`].
+#[derive(Clone)]
+pub struct Finalizer {
+    tx: mpsc::UnboundedSender<Update<Block>>,
+}
+
+impl Finalizer {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<Update<Block>>) {
+        let (tx, rx) = mpsc::unbounded();
+        (Finalizer { tx }, rx)
+    }
+}
+
+impl Reporter for Finalizer {
+    type Activity = Update<Block>;
+    fn report(&mut self, activity: Update<Block>) -> Feedback {
+        // A closed receiver means the node is shutting down; the block stays unacknowledged
+        // and marshal redelivers it after a restart.
+        let _ = self.tx.unbounded_send(activity);
+        Feedback::Ok
+    }
+}
+
+/// Applies marshal's finalized blocks in order, acknowledging each after it is applied (so a
+/// crash before the acknowledgement replays it).
+pub async fn run_finalizer(app: App, mut rx: mpsc::UnboundedReceiver<Update<Block>>) {
+    while let Some(update) = rx.next().await {
+        if let Update::Block(b, ack) = update {
+            match app.apply_finalized(b.inner()) {
+                Ok(()) => ack.acknowledge(),
+                // Cannot happen with honest 2f+1: consensus finalized a block whose
+                // execution fails here. Stop applying rather than diverge; the node keeps
+                // serving the last good state.
+                Err(e) => {
+                    tracing::error!(e, "finalized block failed to apply; halting execution");
+                    return;
+                }
+            }
+        }
+    }
+}

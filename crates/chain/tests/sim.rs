@@ -1,0 +1,324 @@
+//! Four validators on commonware's deterministic runtime and simulated network, running the
+//! real ledger: finality with transactions, a crashed validator, a partition that heals, and
+//! a restart from disk. Every run is reproducible from its seed.
+
+use commonware_cryptography::Signer;
+use commonware_p2p::simulated::{self, Link, Network, Oracle};
+use commonware_runtime::{deterministic, Clock, Handle, Quota, Runner, Spawner, Supervisor};
+use commonware_utils::{NZUsize, NZU32};
+use deai_chain::node::{self, Channels, Node, NodeConfig};
+use deai_chain::{FinalizedBlock, Mempool};
+use deai_ledger::*;
+use deai_types::Hash256;
+use ed25519_dalek::SigningKey;
+use futures::channel::oneshot;
+use std::time::Duration;
+
+type PublicKey = commonware_cryptography::ed25519::PublicKey;
+const N: u8 = 4;
+const QUOTA: Quota = Quota::per_second(NZU32!(10_000));
+
+fn seed(i: u8) -> [u8; 32] {
+    [i + 1; 32]
+}
+fn addr(i: u8) -> Address {
+    SigningKey::from_bytes(&seed(i)).verifying_key().to_bytes()
+}
+const CLIENT: u8 = 50;
+
+fn genesis_state() -> State {
+    let mut accounts: Vec<GenesisAccount> = (0..N)
+        .map(|i| GenesisAccount {
+            address: addr(i),
+            balance: 1_000_000,
+            stake: 100_000,
+        })
+        .collect();
+    accounts.push(GenesisAccount {
+        address: addr(CLIENT),
+        balance: 1_000_000,
+        stake: 0,
+    });
+    State::from_genesis(&Genesis {
+        chain_name: "sim".into(),
+        accounts,
+        validators: (0..N)
+            .map(|i| GenesisValidator {
+                address: addr(i),
+                endpoint: String::new(),
+            })
+            .collect(),
+        params: Params::default(),
+    })
+    .unwrap()
+}
+
+fn transfer(chain: Hash256, nonce: u64, amount: u64) -> SignedTx {
+    Tx {
+        chain,
+        from: [0; 32],
+        nonce,
+        fee: 1,
+        kind: TxKind::Transfer {
+            to: addr(0),
+            amount,
+        },
+    }
+    .sign(&SigningKey::from_bytes(&seed(CLIENT)))
+}
+
+fn link() -> Link {
+    Link {
+        latency: Duration::from_millis(10),
+        jitter: Duration::from_millis(3),
+        success_rate: commonware_utils::probability!(1.0),
+    }
+}
+
+fn pk(i: u8) -> PublicKey {
+    node::private_key(&seed(i)).public_key()
+}
+
+async fn network(ctx: &deterministic::Context) -> Oracle<PublicKey, deterministic::Context> {
+    let (net, oracle) = Network::new_with_peers(
+        ctx.child("network"),
+        simulated::Config {
+            max_size: 4 * 1024 * 1024,
+            max_peers_per_set: NZUsize!(N as usize),
+            disconnect_on_block: true,
+            tracked_peer_sets: NZUsize!(1),
+        },
+        (0..N).map(pk).collect::<Vec<_>>(),
+    )
+    .await;
+    net.start();
+    oracle
+}
+
+async fn link_all(oracle: &Oracle<PublicKey, deterministic::Context>, l: Link) {
+    for a in 0..N {
+        for b in 0..N {
+            if a != b {
+                let _ = oracle.add_link(pk(a), pk(b), l.clone()).await;
+            }
+        }
+    }
+}
+
+async fn isolate(oracle: &Oracle<PublicKey, deterministic::Context>, i: u8) {
+    for j in 0..N {
+        if j != i {
+            let _ = oracle.remove_link(pk(i), pk(j)).await;
+            let _ = oracle.remove_link(pk(j), pk(i)).await;
+        }
+    }
+}
+
+async fn spawn_validator(
+    ctx: &deterministic::Context,
+    oracle: &Oracle<PublicKey, deterministic::Context>,
+    i: u8,
+    incarnation: u32,
+) -> (Handle<()>, Node) {
+    let (tx, rx) = oneshot::channel();
+    let oracle = oracle.clone();
+    let handle = ctx
+        .child("validator")
+        .with_attribute("index", i)
+        .with_attribute("incarnation", incarnation)
+        .spawn(move |ctx| async move {
+            let signer = node::private_key(&seed(i));
+            let control = oracle.control(signer.public_key());
+            let mut reg = Vec::new();
+            for ch in node::CHANNELS {
+                reg.push(control.register(ch, QUOTA).await.expect("register"));
+            }
+            let mut reg = reg.into_iter();
+            let channels = Channels {
+                votes: reg.next().unwrap(),
+                certs: reg.next().unwrap(),
+                resolver: reg.next().unwrap(),
+                backfill: reg.next().unwrap(),
+                broadcast: reg.next().unwrap(),
+            };
+            let genesis = genesis_state();
+            let n = node::start_node(
+                ctx,
+                NodeConfig {
+                    signer,
+                    participants: node::participants(&genesis),
+                    partition: format!("validator-{i}"),
+                    genesis_state: genesis,
+                    mempool: Mempool::new(10_000, 1_000),
+                    max_block_txs: 1_000,
+                    leader_timeout: Duration::from_secs(1),
+                },
+                channels,
+                oracle.manager(),
+                control,
+            )
+            .await;
+            let _ = tx.send(n);
+            futures::future::pending::<()>().await;
+        });
+    (handle, rx.await.expect("validator started"))
+}
+
+async fn wait_height(ctx: &deterministic::Context, nodes: &[&Node], h: u64) {
+    while !nodes.iter().all(|n| n.app.finalized_height() >= h) {
+        ctx.sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// All nodes hold identical finalized blocks (digests, txs, outcomes, roots) up to `h`.
+fn assert_agree(nodes: &[&Node], h: u64) -> Vec<FinalizedBlock> {
+    let reference = nodes[0].app.blocks(0, h + 1);
+    assert_eq!(reference.len() as u64, h + 1);
+    for (i, b) in reference.iter().enumerate() {
+        assert_eq!(b.header.height, i as u64);
+    }
+    for n in nodes {
+        assert_eq!(n.app.blocks(0, h + 1), reference);
+    }
+    reference
+}
+
+#[test]
+fn four_validators_finalize_ledger_transactions() {
+    deterministic::Runner::timed(Duration::from_secs(120)).start(|ctx| async move {
+        let oracle = network(&ctx).await;
+        link_all(&oracle, link()).await;
+        let mut nodes = Vec::new();
+        for i in 0..N {
+            nodes.push(spawn_validator(&ctx, &oracle, i, 0).await);
+        }
+        let chain = nodes[0].1.app.finalized_state().chain_id();
+        // Twelve transfers, spread over the validators' mempools in nonce order per node.
+        let txs: Vec<SignedTx> = (0..12).map(|n| transfer(chain, n, 10 + n)).collect();
+        for t in &txs {
+            nodes[0].1.app.submit(t.clone()).unwrap();
+        }
+        // A replayed or forged transaction is refused at the door.
+        assert!(nodes[0].1.app.submit(txs[0].clone()).is_err());
+        let mut forged = transfer(chain, 12, 5);
+        forged.sig[3] ^= 1;
+        assert!(nodes[0].1.app.submit(forged).is_err());
+        let refs: Vec<&Node> = nodes.iter().map(|(_, n)| n).collect();
+        wait_height(&ctx, &refs, 15).await;
+        let log = assert_agree(&refs, 15);
+        let included: usize = log.iter().map(|b| b.txs.len()).sum();
+        assert_eq!(included, 12, "each transaction finalized exactly once");
+        for t in &txs {
+            let (_, outcome) = refs[1].app.tx_status(&t.id()).expect("finalized");
+            assert_eq!(outcome.error, None);
+        }
+        let s = refs[2].app.finalized_state();
+        let sent: u64 = (0..12).map(|n| 10 + n).sum();
+        assert_eq!(s.account(&addr(CLIENT)).balance, 1_000_000 - sent - 12);
+        assert_eq!(s.account(&addr(CLIENT)).nonce, 12);
+        s.audit().unwrap();
+        // Headers commit to the state root each node computed itself.
+        assert_eq!(
+            log[15].header.state_root,
+            refs[3].app.blocks(15, 16)[0].header.state_root
+        );
+    });
+}
+
+#[test]
+fn one_crashed_validator_of_four_does_not_stop_finality() {
+    deterministic::Runner::timed(Duration::from_secs(300)).start(|ctx| async move {
+        let oracle = network(&ctx).await;
+        link_all(&oracle, link()).await;
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            nodes.push(spawn_validator(&ctx, &oracle, i, 0).await);
+        }
+        let refs: Vec<&Node> = nodes.iter().map(|(_, n)| n).collect();
+        wait_height(&ctx, &refs, 15).await;
+        assert_agree(&refs, 15);
+    });
+}
+
+#[test]
+fn lossy_links_and_a_healed_partition_converge() {
+    deterministic::Runner::timed(Duration::from_secs(600)).start(|ctx| async move {
+        let oracle = network(&ctx).await;
+        // 10 % loss, 50 ms +- 40 ms latency (reordering).
+        let lossy = Link {
+            latency: Duration::from_millis(50),
+            jitter: Duration::from_millis(40),
+            success_rate: commonware_utils::probability!(0.9),
+        };
+        link_all(&oracle, lossy.clone()).await;
+        let mut nodes = Vec::new();
+        for i in 0..N {
+            nodes.push(spawn_validator(&ctx, &oracle, i, 0).await);
+        }
+        let chain = nodes[0].1.app.finalized_state().chain_id();
+        let refs: Vec<&Node> = nodes.iter().map(|(_, n)| n).collect();
+        wait_height(&ctx, &refs, 3).await;
+        isolate(&oracle, 3).await;
+        // Transactions keep finalizing without validator 3.
+        for n in 0..5 {
+            refs[1].app.submit(transfer(chain, n, 1)).unwrap();
+        }
+        let stuck = refs[3].app.finalized_height();
+        wait_height(&ctx, &refs[..3], stuck + 20).await;
+        assert!(refs[3].app.finalized_height() <= stuck + 1);
+        link_all(&oracle, lossy).await;
+        let target = refs[0].app.finalized_height();
+        wait_height(&ctx, &refs, target).await;
+        assert_agree(&refs, target);
+        assert_eq!(
+            refs[3].app.finalized_state().account(&addr(CLIENT)).nonce,
+            5
+        );
+    });
+}
+
+#[test]
+fn a_restarted_validator_recovers_its_finalized_state_from_disk() {
+    deterministic::Runner::timed(Duration::from_secs(300)).start(|ctx| async move {
+        let oracle = network(&ctx).await;
+        link_all(&oracle, link()).await;
+        let mut nodes = Vec::new();
+        for i in 0..N {
+            nodes.push(spawn_validator(&ctx, &oracle, i, 0).await);
+        }
+        let chain = nodes[0].1.app.finalized_state().chain_id();
+        for n in 0..6 {
+            nodes[3].1.app.submit(transfer(chain, n, 2)).unwrap();
+        }
+        {
+            let refs: Vec<&Node> = nodes.iter().map(|(_, n)| n).collect();
+            wait_height(&ctx, &refs, 10).await;
+        }
+        let (handle, old) = nodes.pop().unwrap();
+        let before_root = old.app.finalized_state().root();
+        let before_h = old.app.finalized_height();
+        handle.abort();
+        let _ = handle.await;
+        drop(old);
+        ctx.sleep(Duration::from_secs(3)).await;
+        let (h2, restarted) = spawn_validator(&ctx, &oracle, 3, 1).await;
+        // Replayed from its own archive before talking to anyone.
+        let replayed = restarted.app.finalized_height();
+        assert!(
+            replayed > 0 && replayed <= before_h,
+            "replayed {replayed} of {before_h}"
+        );
+        if replayed == before_h {
+            assert_eq!(restarted.app.finalized_state().root(), before_root);
+        }
+        nodes.push((h2, restarted));
+        let refs: Vec<&Node> = nodes.iter().map(|(_, n)| n).collect();
+        let target = refs[0].app.finalized_height() + 5;
+        wait_height(&ctx, &refs, target).await;
+        assert_agree(&refs, target);
+        assert_eq!(
+            refs[3].app.finalized_state().account(&addr(CLIENT)).nonce,
+            6
+        );
+    });
+}
