@@ -11,8 +11,11 @@
 //! Must never depend on: the inference engine, proofs of inference, or the CLI. The ledger
 //! below it never sees consensus types.
 
+pub mod api;
 pub mod app;
 pub mod block;
+pub mod lightclient;
+pub mod local;
 pub mod mempool;
 pub mod node;
 

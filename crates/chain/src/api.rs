@@ -1,0 +1,282 @@
+//! The node's HTTP/JSON API (versioned under `/v1`): submit transactions, query finalized
+//! state and blocks, and fetch state proofs with finality certificates.
+//!
+//! Every error is a JSON body `{"error": "..."}` with a 4xx/5xx status; bad paths, bodies
+//! and ids never panic the node.
+
+use crate::app::{App, Scheme};
+use crate::block::Block;
+use crate::lightclient::{encode_certificate, StateProof};
+use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use commonware_consensus::marshal;
+use commonware_consensus::types::Height;
+use deai_ledger::state::Key;
+use deai_ledger::{Address, SignedTx};
+use deai_types::Hash256;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub type Marshal = marshal::core::Mailbox<Scheme, marshal::standard::Standard<Block>>;
+
+#[derive(Clone)]
+pub struct Api {
+    pub app: App,
+    pub marshal: Marshal,
+    /// This node's validator address.
+    pub me: Address,
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn not_found(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, msg.into())
+}
+
+type R = Result<Json<Value>, ApiError>;
+
+fn parse_addr(s: &str) -> Result<Address, ApiError> {
+    let mut a = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut a)
+        .map_err(|_| bad("an address is 64 hex characters (an ed25519 public key)"))?;
+    Ok(a)
+}
+
+fn parse_hash(s: &str) -> Result<Hash256, ApiError> {
+    s.parse::<Hash256>()
+        .map_err(|e| bad(format!("bad id: {e}")))
+}
+
+/// Transactions are accepted as JSON `{"tx": {...}}` or `{"hex": "..."}`.
+#[derive(Deserialize)]
+struct Submit {
+    tx: Option<SignedTx>,
+    hex: Option<String>,
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/tx", post(submit))
+        .route("/v1/tx/{id}", get(tx_status))
+        .route("/v1/account/{addr}", get(account))
+        .route("/v1/worker/{addr}", get(worker))
+        .route("/v1/workers", get(workers))
+        .route("/v1/validators", get(validators))
+        .route("/v1/job/{id}", get(job))
+        .route("/v1/proposal/{id}", get(proposal))
+        .route("/v1/params", get(params))
+        .route("/v1/block/{height}", get(block))
+        .route("/v1/blocks", get(blocks))
+        .route("/v1/proof/{kind}/{id}", get(proof))
+        .fallback(|| async { not_found("no such route; see /v1/status") })
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(api)
+}
+
+async fn status(AxState(api): AxState<Api>) -> R {
+    let s = api.app.finalized_state();
+    let last = api.app.block(s.height());
+    Ok(Json(json!({
+        "chain_id": s.chain_id(),
+        "height": s.height(),
+        "state_root": s.root(),
+        "block_digest": last.map(|b| b.digest),
+        "node": hex::encode(api.me),
+        "mempool": api.app.mempool_len(),
+        "validators": s.active_validators().iter().map(|(a, st)| json!({"address": hex::encode(a), "stake": st})).collect::<Vec<_>>(),
+        "supply": s.meta().supply,
+        "burned": s.meta().burned,
+        "treasury": s.meta().treasury,
+        "total_stake": s.meta().total_stake,
+    })))
+}
+
+async fn submit(
+    AxState(api): AxState<Api>,
+    body: Result<Json<Submit>, axum::extract::rejection::JsonRejection>,
+) -> R {
+    let Json(body) = body.map_err(|e| bad(format!("body: {e}")))?;
+    let tx = match (body.tx, body.hex) {
+        (Some(t), None) => t,
+        (None, Some(h)) => {
+            let bytes = hex::decode(h.trim()).map_err(|e| bad(format!("hex: {e}")))?;
+            SignedTx::decode(&bytes).map_err(|e| bad(format!("transaction: {e}")))?
+        }
+        _ => {
+            return Err(bad(
+                "give exactly one of \"tx\" (JSON) or \"hex\" (canonical bytes)",
+            ))
+        }
+    };
+    let id = api.app.submit(tx).map_err(|e| bad(e.to_string()))?;
+    Ok(Json(json!({ "id": id })))
+}
+
+async fn tx_status(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
+    let id = parse_hash(&id)?;
+    if let Some((height, outcome)) = api.app.tx_status(&id) {
+        return Ok(Json(json!({
+            "id": id, "status": "finalized", "height": height, "error": outcome.error,
+        })));
+    }
+    if api.app.is_pending(&id) {
+        return Ok(Json(json!({ "id": id, "status": "pending" })));
+    }
+    Err(not_found(format!(
+        "transaction {id} is neither pending here nor finalized"
+    )))
+}
+
+async fn account(AxState(api): AxState<Api>, Path(a): Path<String>) -> R {
+    let a = parse_addr(&a)?;
+    let s = api.app.finalized_state();
+    Ok(Json(
+        json!({ "height": s.height(), "address": hex::encode(a), "account": s.account(&a) }),
+    ))
+}
+
+async fn worker(AxState(api): AxState<Api>, Path(a): Path<String>) -> R {
+    let a = parse_addr(&a)?;
+    let s = api.app.finalized_state();
+    let w = s.worker(&a).ok_or_else(|| not_found("no such worker"))?;
+    Ok(Json(
+        json!({ "height": s.height(), "address": hex::encode(a), "worker": w, "stake": s.account(&a).stake }),
+    ))
+}
+
+async fn workers(AxState(api): AxState<Api>) -> R {
+    let s = api.app.finalized_state();
+    let list: Vec<Value> = s
+        .workers()
+        .map(
+            |(a, w)| json!({ "address": hex::encode(a), "worker": w, "stake": s.account(a).stake }),
+        )
+        .collect();
+    Ok(Json(json!({ "height": s.height(), "workers": list })))
+}
+
+async fn validators(AxState(api): AxState<Api>) -> R {
+    let s = api.app.finalized_state();
+    let list: Vec<Value> = s
+        .validators()
+        .map(|(a, v)| json!({ "address": hex::encode(a), "validator": v, "stake": s.account(a).stake }))
+        .collect();
+    Ok(Json(json!({ "height": s.height(), "validators": list })))
+}
+
+async fn job(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
+    let id = parse_hash(&id)?;
+    let s = api.app.finalized_state();
+    let j = s
+        .job(&id)
+        .ok_or_else(|| not_found(format!("no job {id}")))?;
+    Ok(Json(json!({ "height": s.height(), "id": id, "job": j })))
+}
+
+async fn proposal(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
+    let id: u64 = id.parse().map_err(|_| bad("a proposal id is a number"))?;
+    let s = api.app.finalized_state();
+    let p = s
+        .proposal(id)
+        .ok_or_else(|| not_found(format!("no proposal {id}")))?;
+    Ok(Json(json!({ "height": s.height(), "proposal": p })))
+}
+
+async fn params(AxState(api): AxState<Api>) -> R {
+    let s = api.app.finalized_state();
+    Ok(Json(json!({ "height": s.height(), "params": s.params() })))
+}
+
+async fn block(AxState(api): AxState<Api>, Path(h): Path<String>) -> R {
+    let h: u64 = h.parse().map_err(|_| bad("a height is a number"))?;
+    let b = api
+        .app
+        .block(h)
+        .ok_or_else(|| not_found(format!("no finalized block at height {h}")))?;
+    Ok(Json(serde_json::to_value(b).map_err(|e| {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    })?))
+}
+
+#[derive(Deserialize)]
+struct Range {
+    from: Option<u64>,
+    limit: Option<u64>,
+}
+
+async fn blocks(
+    AxState(api): AxState<Api>,
+    q: Result<Query<Range>, axum::extract::rejection::QueryRejection>,
+) -> R {
+    let Query(q) = q.map_err(|e| bad(e.to_string()))?;
+    let tip = api.app.finalized_height();
+    let limit = q.limit.unwrap_or(20).min(100);
+    let from = q
+        .from
+        .unwrap_or(tip.saturating_sub(limit.saturating_sub(1)));
+    let list: Vec<Value> = api
+        .app
+        .blocks(from, from.saturating_add(limit))
+        .into_iter()
+        .map(|b| {
+            json!({
+                "height": b.header.height, "digest": b.digest, "state_root": b.header.state_root,
+                "txs": b.txs.len(), "events": b.events,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tip": tip, "blocks": list })))
+}
+
+/// `GET /v1/proof/{account|worker|validator|job|proposal|meta}/{id}`.
+async fn proof(AxState(api): AxState<Api>, Path((kind, id)): Path<(String, String)>) -> R {
+    let key = match kind.as_str() {
+        "account" => Key::Account(parse_addr(&id)?),
+        "worker" => Key::Worker(parse_addr(&id)?),
+        "validator" => Key::Validator(parse_addr(&id)?),
+        "job" => Key::Job(parse_hash(&id)?),
+        "proposal" => Key::Proposal(id.parse().map_err(|_| bad("a proposal id is a number"))?),
+        "meta" => Key::Meta,
+        other => return Err(bad(format!("unknown record kind {other:?}"))),
+    };
+    let s = api.app.finalized_state();
+    let h = s.height();
+    if h == 0 {
+        return Err(not_found("nothing finalized yet"));
+    }
+    let header = api
+        .app
+        .block(h)
+        .ok_or_else(|| not_found("block missing"))?
+        .header;
+    let cert = api
+        .marshal
+        .get_finalization(Height::new(h))
+        .await
+        .ok_or_else(|| not_found(format!("no finality certificate stored for height {h}")))?;
+    let (value, proof) = s.prove(&key);
+    let p = StateProof {
+        height: h,
+        header: hex::encode(header.to_bytes()),
+        certificate: encode_certificate(&cert),
+        value: value.map(hex::encode),
+        proof,
+    };
+    Ok(Json(serde_json::to_value(p).map_err(|e| {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    })?))
+}

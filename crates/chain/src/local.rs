@@ -1,0 +1,329 @@
+//! A chain directory (genesis, keys, addresses) and running its validators on the tokio
+//! runtime with authenticated p2p on loopback (or any address) and the HTTP API.
+//!
+//! ```text
+//! DIR/genesis.json          the genesis (its hash is the chain id)
+//! DIR/network.json          every validator's address, p2p and HTTP endpoints
+//! DIR/keys/validator-N.key  hex ed25519 seeds (mode 0600)
+//! DIR/keys/faucet.key       a funded account for devnets
+//! DIR/data/                 the validators' storage (blocks, certificates, consensus journal)
+//! ```
+
+use crate::api::{self, Api};
+use crate::app::App;
+use crate::mempool::Mempool;
+use crate::node::{self, Channels, NodeConfig};
+use anyhow::{bail, Context, Result};
+use commonware_cryptography::ChaCha20Poly1305;
+use commonware_p2p::authenticated::lookup;
+use commonware_p2p::AddressableManager;
+use commonware_runtime::{tokio as cw_tokio, Quota, Spawner, Supervisor};
+use commonware_stream::cups::{self, Cups};
+use commonware_stream::sake::{self, Sake};
+use commonware_utils::{ordered::Map, NZUsize, NZU32};
+use deai_ledger::{Address, Genesis, GenesisAccount, GenesisValidator, Params, State};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ValidatorInfo {
+    pub index: usize,
+    #[serde(with = "hex_addr")]
+    pub address: Address,
+    pub p2p: SocketAddr,
+    pub http: SocketAddr,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Network {
+    pub validators: Vec<ValidatorInfo>,
+}
+
+mod hex_addr {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}
+
+/// What `deai chain init` writes.
+pub struct InitOptions {
+    pub validators: usize,
+    pub base_p2p_port: u16,
+    pub base_http_port: u16,
+    pub faucet_balance: u64,
+    pub validator_stake: u64,
+    pub params: Params,
+    pub chain_name: String,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            validators: 4,
+            base_p2p_port: 27_000,
+            base_http_port: 27_100,
+            faucet_balance: 1_000_000_000_000,
+            validator_stake: 1_000_000,
+            params: Params::default(),
+            chain_name: "deai-devnet".into(),
+        }
+    }
+}
+
+pub fn write_key(path: &Path, seed: &[u8; 32]) -> Result<()> {
+    let dir = path.parent().context("key path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        std::io::Write::write_all(&mut f, format!("{}\n", hex::encode(seed)).as_bytes())?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn read_key(path: &Path) -> Result<[u8; 32]> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed)
+        .with_context(|| format!("{}: expected 64 hex characters", path.display()))?;
+    Ok(seed)
+}
+
+pub fn address_of(seed: &[u8; 32]) -> Address {
+    ed25519_dalek::SigningKey::from_bytes(seed)
+        .verifying_key()
+        .to_bytes()
+}
+
+fn random_seed() -> [u8; 32] {
+    use rand_core_cw::Rng;
+    let mut rng = commonware_utils::rng::sys_rng();
+    let mut s = [0u8; 32];
+    rng.fill_bytes(&mut s);
+    s
+}
+
+/// Creates a chain directory with fresh keys. Refuses to overwrite an existing genesis.
+pub fn init(dir: &Path, o: &InitOptions) -> Result<Genesis> {
+    if o.validators == 0 || o.validators > 64 {
+        bail!("--validators must be 1..=64, got {}", o.validators);
+    }
+    if dir.join("genesis.json").exists() {
+        bail!(
+            "{} already holds a chain (genesis.json exists)",
+            dir.display()
+        );
+    }
+    let mut accounts = Vec::new();
+    let mut validators = Vec::new();
+    let mut infos = Vec::new();
+    for i in 0..o.validators {
+        let seed = random_seed();
+        write_key(&dir.join("keys").join(format!("validator-{i}.key")), &seed)?;
+        let address = address_of(&seed);
+        accounts.push(GenesisAccount {
+            address,
+            balance: 1_000_000,
+            stake: o.validator_stake.max(o.params.min_validator_stake),
+        });
+        validators.push(GenesisValidator {
+            address,
+            endpoint: format!("127.0.0.1:{}", o.base_http_port as usize + i),
+        });
+        infos.push(ValidatorInfo {
+            index: i,
+            address,
+            p2p: SocketAddr::from(([127, 0, 0, 1], o.base_p2p_port + i as u16)),
+            http: SocketAddr::from(([127, 0, 0, 1], o.base_http_port + i as u16)),
+        });
+    }
+    let faucet = random_seed();
+    write_key(&dir.join("keys").join("faucet.key"), &faucet)?;
+    accounts.push(GenesisAccount {
+        address: address_of(&faucet),
+        balance: o.faucet_balance,
+        stake: 0,
+    });
+    let genesis = Genesis {
+        chain_name: o.chain_name.clone(),
+        accounts,
+        validators,
+        params: o.params.clone(),
+    };
+    State::from_genesis(&genesis).map_err(|e| anyhow::anyhow!("genesis: {e}"))?;
+    std::fs::write(
+        dir.join("genesis.json"),
+        serde_json::to_string_pretty(&genesis)?,
+    )?;
+    std::fs::write(
+        dir.join("network.json"),
+        serde_json::to_string_pretty(&Network { validators: infos })?,
+    )?;
+    Ok(genesis)
+}
+
+pub fn load(dir: &Path) -> Result<(Genesis, Network)> {
+    let g: Genesis = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("genesis.json"))
+            .with_context(|| format!("no chain in {} (run `deai chain init`)", dir.display()))?,
+    )
+    .context("genesis.json")?;
+    let n: Network = serde_json::from_str(&std::fs::read_to_string(dir.join("network.json"))?)
+        .context("network.json")?;
+    Ok((g, n))
+}
+
+/// A validator started by [`start_validators`].
+pub struct Running {
+    pub index: usize,
+    pub app: App,
+    pub marshal: api::Marshal,
+    pub http: SocketAddr,
+}
+
+/// Tuning for [`start_validators`].
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub max_block_txs: usize,
+    pub leader_timeout: Duration,
+    pub serve_http: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            max_block_txs: 5_000,
+            leader_timeout: Duration::from_secs(1),
+            serve_http: true,
+        }
+    }
+}
+
+/// Starts validators `which` of the chain in `dir` inside a running tokio commonware runtime.
+pub async fn start_validators(
+    ctx: &cw_tokio::Context,
+    dir: &Path,
+    which: &[usize],
+    opts: &RunOptions,
+) -> Result<Vec<Running>> {
+    let (genesis, net) = load(dir)?;
+    let state = State::from_genesis(&genesis).map_err(|e| anyhow::anyhow!("genesis: {e}"))?;
+    let participants = node::participants(&state);
+    if participants.len() != net.validators.len() {
+        bail!("network.json and genesis.json disagree on the validator set");
+    }
+    let peers: Map<_, commonware_p2p::Address> = net
+        .validators
+        .iter()
+        .map(|v| {
+            Ok((
+                node::public_key(&v.address).context("bad validator key")?,
+                v.p2p.into(),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("duplicate validator in network.json"))?;
+    let mut out = Vec::new();
+    for &i in which {
+        let info = net
+            .validators
+            .get(i)
+            .with_context(|| format!("no validator {i} in network.json"))?;
+        let seed = read_key(&dir.join("keys").join(format!("validator-{i}.key")))?;
+        if address_of(&seed) != info.address {
+            bail!("keys/validator-{i}.key does not match network.json");
+        }
+        let signer = node::private_key(&seed);
+        let vctx = ctx.child("validator").with_attribute("index", i);
+        let mut p2p_cfg = lookup::Config::local(
+            Cups::<_, ChaCha20Poly1305>::new(
+                Sake {
+                    signer: signer.clone(),
+                    synchrony_bound: Duration::from_secs(5),
+                    max_handshake_age: Duration::from_secs(10),
+                    version: sake::Version::V1,
+                },
+                cups::Version::V1,
+            ),
+            node::NAMESPACE,
+            info.p2p,
+            NZUsize!(net.validators.len().max(1)),
+            8 * 1024 * 1024,
+            NZUsize!(10_000),
+        );
+        p2p_cfg.tracked_peer_sets = NZUsize!(1);
+        let (mut network, mut oracle) = lookup::Network::new(vctx.child("network"), p2p_cfg);
+        oracle.track(0, peers.clone());
+        // Channel mailboxes are sized from the quota burst: keep it modest.
+        let quota = Quota::per_second(NZU32!(2_000));
+        let channels = Channels {
+            votes: network.register(node::CH_VOTES, quota),
+            certs: network.register(node::CH_CERTS, quota),
+            resolver: network.register(node::CH_RESOLVER, quota),
+            backfill: network.register(node::CH_BACKFILL, quota),
+            broadcast: network.register(node::CH_BROADCAST, quota),
+        };
+        network.start();
+        let n = node::start_node(
+            vctx.child("node"),
+            NodeConfig {
+                signer,
+                participants: participants.clone(),
+                partition: format!("validator-{i}"),
+                genesis_state: state.clone(),
+                mempool: Mempool::new(100_000, 10_000),
+                max_block_txs: opts.max_block_txs,
+                leader_timeout: opts.leader_timeout,
+            },
+            channels,
+            oracle.clone(),
+            oracle,
+        )
+        .await;
+        if opts.serve_http {
+            let router = api::router(Api {
+                app: n.app.clone(),
+                marshal: n.marshal.clone(),
+                me: info.address,
+            });
+            let listener = tokio::net::TcpListener::bind(info.http)
+                .await
+                .with_context(|| format!("binding the HTTP API on {}", info.http))?;
+            vctx.child("http").spawn(move |_| async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(%e, "HTTP API stopped");
+                }
+            });
+        }
+        out.push(Running {
+            index: i,
+            app: n.app,
+            marshal: n.marshal,
+            http: info.http,
+        });
+    }
+    Ok(out)
+}
+
+/// A tokio commonware runner whose storage lives in `dir/data`.
+pub fn runner(dir: &Path) -> cw_tokio::Runner {
+    let data: PathBuf = dir.join("data");
+    cw_tokio::Runner::new(cw_tokio::Config::new().with_storage_directory(data))
+}

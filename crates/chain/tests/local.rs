@@ -1,0 +1,163 @@
+//! Four validators on the real tokio runtime with authenticated p2p on loopback and the
+//! HTTP API, driven by a real HTTP client: submit, finalize, query, and check a state proof
+//! against the finality certificate with no trust in the serving node.
+
+use commonware_runtime::Runner;
+use deai_chain::lightclient::{verify_state_proof, StateProof};
+use deai_chain::local::{self, InitOptions, RunOptions};
+use deai_ledger::state::Key;
+use deai_ledger::{Account, SignedTx, Tx, TxKind};
+use std::time::{Duration, Instant};
+
+fn free_port_block(n: u16) -> u16 {
+    // Find n consecutive free ports (racy but fine for tests).
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = l.local_addr().unwrap().port();
+        drop(l);
+        if base < 60_000
+            && (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+#[test]
+fn devnet_over_http_finalizes_and_proves() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_block(8);
+    let genesis = local::init(
+        dir.path(),
+        &InitOptions {
+            base_p2p_port: base,
+            base_http_port: base + 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // A second init over the same directory is refused.
+    assert!(local::init(dir.path(), &InitOptions::default()).is_err());
+    let faucet = local::read_key(&dir.path().join("keys/faucet.key")).unwrap();
+    let faucet_key = ed25519_dalek::SigningKey::from_bytes(&faucet);
+    let validators: Vec<[u8; 32]> = genesis.validators.iter().map(|v| v.address).collect();
+    let path = dir.path().to_path_buf();
+    local::runner(dir.path()).start(|ctx| async move {
+        let nodes = local::start_validators(&ctx, &path, &[0, 1, 2, 3], &RunOptions::default())
+            .await
+            .unwrap();
+        let url = format!("http://{}", nodes[1].http);
+        let chain = nodes[0].app.finalized_state().chain_id();
+        let (res_tx, res_rx) = std::sync::mpsc::channel();
+        // Drive the HTTP client from a plain thread (reqwest blocking).
+        std::thread::spawn(move || {
+            let c = reqwest::blocking::Client::new();
+            let to = [9u8; 32];
+            let tx = Tx {
+                chain,
+                from: [0; 32],
+                nonce: 0,
+                fee: 1,
+                kind: TxKind::Transfer { to, amount: 1234 },
+            }
+            .sign(&faucet_key);
+            let r: serde_json::Value = c
+                .post(format!("{url}/v1/tx"))
+                .json(&serde_json::json!({ "tx": tx }))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            let id = r["id"].as_str().expect("tx id").to_string();
+            // Malformed input gets a 400 with a reason.
+            let bad = c
+                .post(format!("{url}/v1/tx"))
+                .json(&serde_json::json!({ "hex": "00ff" }))
+                .send()
+                .unwrap();
+            assert_eq!(bad.status(), 400);
+            assert!(bad.text().unwrap().contains("error"));
+            let replay = c
+                .post(format!("{url}/v1/tx"))
+                .json(&serde_json::json!({ "hex": hex::encode(tx.to_bytes()) }))
+                .send()
+                .unwrap();
+            assert_eq!(replay.status(), 400, "duplicate submission refused");
+            assert_eq!(
+                c.get(format!("{url}/v1/account/zz"))
+                    .send()
+                    .unwrap()
+                    .status(),
+                400
+            );
+            assert_eq!(
+                c.get(format!("{url}/v1/nope")).send().unwrap().status(),
+                404
+            );
+            let t0 = Instant::now();
+            let height = loop {
+                let s: serde_json::Value = c
+                    .get(format!("{url}/v1/tx/{id}"))
+                    .send()
+                    .unwrap()
+                    .json()
+                    .unwrap();
+                if s["status"] == "finalized" {
+                    assert!(s["error"].is_null(), "{s}");
+                    break s["height"].as_u64().unwrap();
+                }
+                assert!(t0.elapsed() < Duration::from_secs(60), "not finalized: {s}");
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let acct: serde_json::Value = c
+                .get(format!("{url}/v1/account/{}", hex::encode(to)))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            let account: Account = serde_json::from_value(acct["account"].clone()).unwrap();
+            assert_eq!(account.balance, 1234);
+            let block: serde_json::Value = c
+                .get(format!("{url}/v1/block/{height}"))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            let txs: Vec<SignedTx> = serde_json::from_value(block["txs"].clone()).unwrap();
+            assert!(txs.iter().any(|t| t.id().to_hex() == id));
+            let proof: StateProof = c
+                .get(format!("{url}/v1/proof/account/{}", hex::encode(to)))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            res_tx.send(proof).unwrap();
+        });
+        let proof = loop {
+            if let Ok(p) = res_rx.try_recv() {
+                break p;
+            }
+            commonware_runtime::Clock::sleep(&ctx, Duration::from_millis(50)).await;
+        };
+        let key = Key::Account([9u8; 32]);
+        let proven = verify_state_proof(&validators, &key, &proof).unwrap();
+        let acct: Account = postcard::from_bytes(proven.value.as_ref().unwrap()).unwrap();
+        assert_eq!(acct.balance, 1234);
+        // Tampering with any layer is caught.
+        let mut p = proof.clone();
+        let mut v = hex::decode(p.value.as_ref().unwrap()).unwrap();
+        v[0] ^= 1;
+        p.value = Some(hex::encode(v));
+        assert!(verify_state_proof(&validators, &key, &p).is_err());
+        let mut p = proof.clone();
+        let mut h = hex::decode(&p.header).unwrap();
+        h[50] ^= 1;
+        p.header = hex::encode(h);
+        assert!(verify_state_proof(&validators, &key, &p).is_err());
+        let mut other = validators.clone();
+        other[0] = [7u8; 32];
+        other[0] = local::address_of(&[7u8; 32]);
+        assert!(verify_state_proof(&other[..1], &key, &proof).is_err());
+        assert!(verify_state_proof(&validators, &Key::Account([8u8; 32]), &proof).is_err());
+    });
+}
