@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod block;
 pub mod lightclient;
 pub mod local;

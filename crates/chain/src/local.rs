@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use commonware_cryptography::ChaCha20Poly1305;
 use commonware_p2p::authenticated::lookup;
 use commonware_p2p::AddressableManager;
-use commonware_runtime::{tokio as cw_tokio, Quota, Spawner, Supervisor};
+use commonware_runtime::{tokio as cw_tokio, Quota, Runner, Spawner, Supervisor};
 use commonware_stream::cups::{self, Cups};
 use commonware_stream::sake::{self, Sake};
 use commonware_utils::{ordered::Map, NZUsize, NZU32};
@@ -121,6 +121,11 @@ fn random_seed() -> [u8; 32] {
 
 /// Creates a chain directory with fresh keys. Refuses to overwrite an existing genesis.
 pub fn init(dir: &Path, o: &InitOptions) -> Result<Genesis> {
+    init_with(dir, o, Vec::new())
+}
+
+/// [`init`] with extra funded genesis accounts.
+pub fn init_with(dir: &Path, o: &InitOptions, extra: Vec<GenesisAccount>) -> Result<Genesis> {
     if o.validators == 0 || o.validators > 64 {
         bail!("--validators must be 1..=64, got {}", o.validators);
     }
@@ -160,6 +165,7 @@ pub fn init(dir: &Path, o: &InitOptions) -> Result<Genesis> {
         balance: o.faucet_balance,
         stake: 0,
     });
+    accounts.extend(extra);
     let genesis = Genesis {
         chain_name: o.chain_name.clone(),
         accounts,
@@ -326,4 +332,48 @@ pub async fn start_validators(
 pub fn runner(dir: &Path) -> cw_tokio::Runner {
     let data: PathBuf = dir.join("data");
     cw_tokio::Runner::new(cw_tokio::Config::new().with_storage_directory(data))
+}
+
+/// Runs validators `which` of the chain in `dir` until Ctrl-C (or `stop_after` finalized
+/// blocks, for scripts), printing one status line per `every`.
+pub fn run_blocking(
+    dir: &Path,
+    which: &[usize],
+    opts: &RunOptions,
+    every: Duration,
+    stop_after: Option<u64>,
+) -> Result<()> {
+    let path = dir.to_path_buf();
+    let which = which.to_vec();
+    let opts = opts.clone();
+    runner(dir).start(|ctx| async move {
+        let nodes = start_validators(&ctx, &path, &which, &opts).await?;
+        for n in &nodes {
+            eprintln!("validator {} up: HTTP API at http://{}", n.index, n.http);
+        }
+        let start_h = nodes[0].app.finalized_height();
+        let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+        loop {
+            let sleep = commonware_runtime::Clock::sleep(&ctx, every);
+            tokio::select! {
+                _ = &mut ctrl_c => {
+                    eprintln!("stopping (finalized state is on disk; restart resumes it)");
+                    return Ok(());
+                }
+                _ = sleep => {}
+            }
+            let s = nodes[0].app.finalized_state();
+            eprintln!(
+                "height {} root {} mempool {}",
+                s.height(),
+                s.root().short(),
+                nodes.iter().map(|n| n.app.mempool_len()).sum::<usize>()
+            );
+            if let Some(n) = stop_after {
+                if s.height() >= start_h + n {
+                    return Ok(());
+                }
+            }
+        }
+    })
 }

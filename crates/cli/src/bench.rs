@@ -18,6 +18,9 @@ pub enum BenchCmd {
     /// Receipts: tamper-detection matrix, false rejections, proof size and overhead, verify
     /// time vs generation time.
     Proof(crate::proof_cmd::ProofBench),
+    /// The ledger on consensus: finalized transfers and receipts per second, finality latency
+    /// (p50/p99), and state-root cost at 10k vs 1M accounts; validators on loopback.
+    Chain(crate::chain_cmd::BenchChainArgs),
 }
 
 #[derive(Args)]
@@ -46,6 +49,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Engine(b) => engine_bench(b),
         BenchCmd::Proof(b) => crate::proof_cmd::bench(b),
+        BenchCmd::Chain(b) => crate::chain_cmd::bench_chain(b),
     }
 }
 

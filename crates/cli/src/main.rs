@@ -9,6 +9,7 @@
 
 mod bench;
 mod calibrate_cmd;
+mod chain_cmd;
 mod proof_cmd;
 
 use anyhow::{bail, Context, Result};
@@ -52,6 +53,11 @@ enum Cmd {
     Inspect(proof_cmd::InspectArgs),
     /// Measure honest cross-profile activation gaps (vs llama.cpp) and derive thresholds.
     Calibrate(calibrate_cmd::CalibrateArgs),
+    /// The replicated ledger: create a chain, run validators, show status.
+    #[command(subcommand)]
+    Chain(chain_cmd::ChainCmd),
+    /// Sign and submit a ledger transaction to a node, and wait for finality.
+    Tx(chain_cmd::TxArgs),
 }
 
 #[derive(Subcommand)]
@@ -245,6 +251,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Verify(a) => proof_cmd::verify(a),
         Cmd::Inspect(a) => proof_cmd::inspect(a),
         Cmd::Calibrate(a) => calibrate_cmd::calibrate(a),
+        Cmd::Chain(c) => chain_cmd::chain(c),
+        Cmd::Tx(a) => chain_cmd::tx(a),
     }
 }
 

@@ -1,0 +1,438 @@
+//! `deai chain ...`, `deai tx ...` and `deai bench chain`: thin wrappers around `deai-chain`
+//! (validators, HTTP API) and `deai-ledger` (transactions).
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use deai_chain::local::{self, InitOptions, RunOptions};
+use deai_ledger::{Param, ParamChange, Tx, TxKind};
+use deai_types::Hash256;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn default_dir() -> PathBuf {
+    deai_models::default_home().join("chain")
+}
+
+#[derive(Subcommand)]
+pub enum ChainCmd {
+    /// Create a chain directory: genesis, validator keys, a funded faucet key, addresses.
+    Init {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        /// First p2p port (validator i listens on PORT+i on 127.0.0.1).
+        #[arg(long, default_value_t = 27_000)]
+        p2p_port: u16,
+        /// First HTTP API port.
+        #[arg(long, default_value_t = 27_100)]
+        http_port: u16,
+    },
+    /// Run validators of the chain in DIR in this process until Ctrl-C.
+    Run {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Which validators, e.g. "0,1" (default: all, in one process).
+        #[arg(long)]
+        only: Option<String>,
+        /// Exit after this many more finalized blocks (for scripts).
+        #[arg(long)]
+        blocks: Option<u64>,
+    },
+    /// Print a node's status (height, state root, validators, supply).
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:27100")]
+        url: String,
+    },
+}
+
+#[derive(Args)]
+pub struct TxArgs {
+    /// A node's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:27100", global = true)]
+    url: String,
+    /// Signing key file (hex seed); default: the chain directory's faucet key.
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    /// Fee to pay.
+    #[arg(long, default_value_t = 1, global = true)]
+    fee: u64,
+    /// Return once submitted instead of waiting for finality.
+    #[arg(long, global = true)]
+    no_wait: bool,
+    #[command(subcommand)]
+    kind: TxCmd,
+}
+
+#[derive(Subcommand)]
+pub enum TxCmd {
+    Transfer {
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: u64,
+    },
+    Stake {
+        #[arg(long)]
+        amount: u64,
+    },
+    Unstake {
+        #[arg(long)]
+        amount: u64,
+    },
+    RegisterWorker {
+        /// Model ids (SHA-256 of the weights), comma separated.
+        #[arg(long)]
+        models: String,
+        #[arg(long, default_value = "deai-cpu-bi-v1")]
+        profile: String,
+        #[arg(long, default_value = "cpu")]
+        hardware: String,
+        #[arg(long)]
+        price_per_1k: u64,
+        #[arg(long, default_value = "")]
+        endpoint: String,
+    },
+    RegisterValidator {
+        #[arg(long, default_value = "")]
+        endpoint: String,
+    },
+    OpenJob {
+        #[arg(long)]
+        job: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: u32,
+        #[arg(long)]
+        escrow: u64,
+        #[arg(long)]
+        worker: Option<String>,
+    },
+    PostReceipt {
+        #[arg(long)]
+        job: String,
+        /// SHA-256 of the receipt's canonical bytes.
+        #[arg(long)]
+        receipt: String,
+        #[arg(long)]
+        tokens: u32,
+        #[arg(long, default_value = "")]
+        pointer: String,
+    },
+    Challenge {
+        #[arg(long)]
+        job: String,
+    },
+    Verdict {
+        #[arg(long)]
+        job: String,
+        /// accept or reject
+        #[arg(long)]
+        verdict: String,
+    },
+    Propose {
+        /// A parameter name (e.g. slash_bps) with --value, or allow_model / disallow_model
+        /// with --model.
+        #[arg(long)]
+        param: String,
+        #[arg(long)]
+        value: Option<u64>,
+        #[arg(long)]
+        model: Option<String>,
+    },
+    Vote {
+        #[arg(long)]
+        proposal: u64,
+        /// yes or no
+        #[arg(long)]
+        vote: String,
+    },
+}
+
+#[derive(Args)]
+pub struct BenchChainArgs {
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Offered transfers per second.
+    #[arg(long, default_value_t = 3_000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 28_000)]
+    port: u16,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_addr(s: &str) -> Result<[u8; 32]> {
+    let mut a = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut a)
+        .with_context(|| format!("{s:?} is not an address (64 hex characters)"))?;
+    Ok(a)
+}
+
+fn parse_hash(s: &str) -> Result<Hash256> {
+    s.parse().map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
+}
+
+fn client() -> Result<reqwest::blocking::Client> {
+    Ok(reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+fn get(url: &str) -> Result<Value> {
+    let r = client()?
+        .get(url)
+        .send()
+        .with_context(|| format!("cannot reach {url} (is `deai chain run` up?)"))?;
+    let status = r.status();
+    let v: Value = r.json().with_context(|| format!("{url}: not JSON"))?;
+    if !status.is_success() {
+        bail!("{url}: {}", v["error"].as_str().unwrap_or("error"));
+    }
+    Ok(v)
+}
+
+pub fn chain(c: ChainCmd) -> Result<()> {
+    match c {
+        ChainCmd::Init {
+            dir,
+            validators,
+            p2p_port,
+            http_port,
+        } => {
+            let dir = dir.unwrap_or_else(default_dir);
+            let g = local::init(
+                &dir,
+                &InitOptions {
+                    validators,
+                    base_p2p_port: p2p_port,
+                    base_http_port: http_port,
+                    ..Default::default()
+                },
+            )?;
+            println!("chain {} in {}", g.chain_id(), dir.display());
+            println!(
+                "{validators} validators; faucet key {}",
+                dir.join("keys/faucet.key").display()
+            );
+            println!("run it with: deai chain run --dir {}", dir.display());
+            Ok(())
+        }
+        ChainCmd::Run { dir, only, blocks } => {
+            let dir = dir.unwrap_or_else(default_dir);
+            let (_, net) = local::load(&dir)?;
+            let which: Vec<usize> = match only {
+                None => (0..net.validators.len()).collect(),
+                Some(s) => s
+                    .split(',')
+                    .map(|x| {
+                        x.trim()
+                            .parse()
+                            .with_context(|| format!("--only: {x:?} is not an index"))
+                    })
+                    .collect::<Result<_>>()?,
+            };
+            local::run_blocking(
+                &dir,
+                &which,
+                &RunOptions::default(),
+                Duration::from_secs(5),
+                blocks,
+            )
+        }
+        ChainCmd::Status { url } => {
+            let v = get(&format!("{}/v1/status", url.trim_end_matches('/')))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+    }
+}
+
+pub fn tx(a: TxArgs) -> Result<()> {
+    let url = a.url.trim_end_matches('/').to_string();
+    let key_path = a
+        .key
+        .unwrap_or_else(|| default_dir().join("keys/faucet.key"));
+    let seed = local::read_key(&key_path)?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let from = key.verifying_key().to_bytes();
+    let kind = match a.kind {
+        TxCmd::Transfer { to, amount } => TxKind::Transfer {
+            to: parse_addr(&to)?,
+            amount,
+        },
+        TxCmd::Stake { amount } => TxKind::Stake { amount },
+        TxCmd::Unstake { amount } => TxKind::Unstake { amount },
+        TxCmd::RegisterWorker {
+            models,
+            profile,
+            hardware,
+            price_per_1k,
+            endpoint,
+        } => TxKind::RegisterWorker {
+            models: models.split(',').map(parse_hash).collect::<Result<_>>()?,
+            profile,
+            hardware,
+            price_per_1k,
+            endpoint,
+        },
+        TxCmd::RegisterValidator { endpoint } => TxKind::RegisterValidator { endpoint },
+        TxCmd::OpenJob {
+            job,
+            model,
+            max_tokens,
+            escrow,
+            worker,
+        } => TxKind::OpenJob {
+            job: parse_hash(&job)?,
+            model: parse_hash(&model)?,
+            max_tokens,
+            escrow,
+            worker: worker.as_deref().map(parse_addr).transpose()?,
+        },
+        TxCmd::PostReceipt {
+            job,
+            receipt,
+            tokens,
+            pointer,
+        } => TxKind::PostReceipt {
+            job: parse_hash(&job)?,
+            receipt: parse_hash(&receipt)?,
+            tokens,
+            pointer,
+        },
+        TxCmd::Challenge { job } => TxKind::Challenge {
+            job: parse_hash(&job)?,
+        },
+        TxCmd::Verdict { job, verdict } => TxKind::Verdict {
+            job: parse_hash(&job)?,
+            accept: match verdict.as_str() {
+                "accept" => true,
+                "reject" => false,
+                v => bail!("--verdict must be accept or reject, not {v:?}"),
+            },
+        },
+        TxCmd::Propose {
+            param,
+            value,
+            model,
+        } => {
+            let change = match (param.as_str(), value, model) {
+                ("allow_model", None, Some(m)) => ParamChange::AllowModel {
+                    model: parse_hash(&m)?,
+                },
+                ("disallow_model", None, Some(m)) => ParamChange::DisallowModel {
+                    model: parse_hash(&m)?,
+                },
+                (p, Some(v), None) => ParamChange::Set {
+                    param: Param::parse(p).with_context(|| {
+                        let names: Vec<String> = Param::ALL.iter().map(|p| p.name()).collect();
+                        format!("unknown parameter {p:?}; known: {}", names.join(", "))
+                    })?,
+                    value: v,
+                },
+                _ => bail!(
+                    "give --param NAME --value V, or --param allow_model|disallow_model --model ID"
+                ),
+            };
+            TxKind::Propose { change }
+        }
+        TxCmd::Vote { proposal, vote } => TxKind::Vote {
+            proposal,
+            yes: match vote.as_str() {
+                "yes" => true,
+                "no" => false,
+                v => bail!("--vote must be yes or no, not {v:?}"),
+            },
+        },
+    };
+    let status = get(&format!("{url}/v1/status"))?;
+    let chain = parse_hash(
+        status["chain_id"]
+            .as_str()
+            .context("status has no chain_id")?,
+    )?;
+    let acct = get(&format!("{url}/v1/account/{}", hex::encode(from)))?;
+    let nonce = acct["account"]["nonce"]
+        .as_u64()
+        .context("account has no nonce")?;
+    let t = Tx {
+        chain,
+        from,
+        nonce,
+        fee: a.fee,
+        kind,
+    }
+    .sign(&key);
+    let r = client()?
+        .post(format!("{url}/v1/tx"))
+        .json(&serde_json::json!({ "tx": t }))
+        .send()
+        .with_context(|| format!("cannot reach {url}"))?;
+    let ok = r.status().is_success();
+    let v: Value = r.json()?;
+    if !ok {
+        bail!("refused: {}", v["error"].as_str().unwrap_or("error"));
+    }
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    println!("submitted {} {id}", t.tx.kind.name());
+    if a.no_wait {
+        return Ok(());
+    }
+    let t0 = Instant::now();
+    loop {
+        let s = get(&format!("{url}/v1/tx/{id}"))?;
+        if s["status"] == "finalized" {
+            match s["error"].as_str() {
+                None => println!("finalized at height {}", s["height"]),
+                Some(e) => bail!("finalized at height {} but failed: {e}", s["height"]),
+            }
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("not finalized after 60 s (still {})", s["status"]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn bench_chain(a: BenchChainArgs) -> Result<()> {
+    if a.validators == 0 || a.rate == 0 || a.seconds == 0 {
+        bail!("--validators, --rate and --seconds must be positive");
+    }
+    let r = deai_chain::bench::run(&deai_chain::bench::BenchOptions {
+        validators: a.validators,
+        rate: a.rate,
+        seconds: a.seconds,
+        base_port: a.port,
+        ..Default::default()
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("validators            {}", r.validators);
+        println!("offered               {} tx/s", r.offered_tx_per_s);
+        println!(
+            "transfers finalized   {:.0} tx/s (target >= 2000)",
+            r.tx_per_s
+        );
+        println!(
+            "receipts finalized    {:.0} /s (target >= 500)",
+            r.receipts_per_s
+        );
+        println!(
+            "finality p50 / p99    {:.0} / {:.0} ms (targets 300 / 1000)",
+            r.finality_p50_ms, r.finality_p99_ms
+        );
+        println!("blocks                {:.1} /s", r.blocks_per_s);
+        println!(
+            "state root, 1000-tx block: {:.0} us at 10k accounts, {:.0} us at 1M ({:.2}x)",
+            r.root_us_10k_accounts, r.root_us_1m_accounts, r.root_cost_ratio
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! `deai chain` and `deai tx` as separate processes: a 4-validator chain in a child process,
+//! transactions through the CLI, a kill and restart that keeps finalized state, and clear
+//! errors for bad input.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn deai(home: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deai"))
+        .args(args)
+        .env("DEAI_HOME", home)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn free_base() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = l.local_addr().unwrap().port();
+        drop(l);
+        if base < 60_000
+            && (0..8).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+struct Node(Child);
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(home: &std::path::Path, dir: &str) -> Node {
+    Node(
+        Command::new(env!("CARGO_BIN_EXE_deai"))
+            .args(["chain", "run", "--dir", dir])
+            .env("DEAI_HOME", home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn status(home: &std::path::Path, url: &str) -> Option<serde_json::Value> {
+    let o = deai(home, &["chain", "status", "--url", url]);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
+}
+
+fn wait_height(home: &std::path::Path, url: &str, h: u64) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = status(home, url) {
+            if s["height"].as_u64().unwrap_or(0) >= h {
+                return s;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "chain not at height {h}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn chain_runs_takes_transactions_and_survives_a_kill() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("chain");
+    let dir_s = dir.to_str().unwrap();
+    let base = free_base();
+    let (p2p, http) = (base.to_string(), (base + 4).to_string());
+    let o = deai(
+        home.path(),
+        &[
+            "chain",
+            "init",
+            "--dir",
+            dir_s,
+            "--p2p-port",
+            &p2p,
+            "--http-port",
+            &http,
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // A second init is refused, with a reason.
+    let o = deai(home.path(), &["chain", "init", "--dir", dir_s]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("already holds a chain"), "{}", text(&o));
+
+    let url = format!("http://127.0.0.1:{http}");
+    let key = dir.join("keys/faucet.key");
+    let key_s = key.to_str().unwrap();
+    let to = "11".repeat(32);
+    let node = start(home.path(), dir_s);
+    wait_height(home.path(), &url, 1);
+    let o = deai(
+        home.path(),
+        &[
+            "tx", "--url", &url, "--key", key_s, "transfer", "--to", &to, "--amount", "777",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("finalized at height"), "{}", text(&o));
+    // An action that fails on chain is reported as such (stake more than the balance).
+    let o = deai(
+        home.path(),
+        &[
+            "tx",
+            "--url",
+            &url,
+            "--key",
+            key_s,
+            "stake",
+            "--amount",
+            "18446744073709551615",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("failed"), "{}", text(&o));
+    // Bad input: a clear message and a failing exit code, no panic.
+    for (args, want) in [
+        (
+            vec![
+                "tx", "--url", &url, "--key", key_s, "transfer", "--to", "zz", "--amount", "1",
+            ],
+            "not an address",
+        ),
+        (
+            vec![
+                "tx",
+                "--url",
+                &url,
+                "--key",
+                key_s,
+                "verdict",
+                "--job",
+                &to,
+                "--verdict",
+                "maybe",
+            ],
+            "accept or reject",
+        ),
+        (
+            vec![
+                "tx", "--url", &url, "--key", key_s, "propose", "--param", "nope", "--value", "1",
+            ],
+            "unknown parameter",
+        ),
+        (
+            vec![
+                "tx",
+                "--url",
+                "http://127.0.0.1:1",
+                "--key",
+                key_s,
+                "stake",
+                "--amount",
+                "1",
+            ],
+            "cannot reach",
+        ),
+        (
+            vec![
+                "tx",
+                "--url",
+                &url,
+                "--key",
+                "/nonexistent/key",
+                "stake",
+                "--amount",
+                "1",
+            ],
+            "reading",
+        ),
+        (
+            vec!["chain", "run", "--dir", "/nonexistent/chain"],
+            "no chain",
+        ),
+    ] {
+        let o = deai(home.path(), &args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+        assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    }
+    let before = status(home.path(), &url).unwrap();
+    let h_before = before["height"].as_u64().unwrap();
+    // Kill the whole process (all four validators) and restart it on the same directory.
+    drop(node);
+    let _node = start(home.path(), dir_s);
+    let after = wait_height(home.path(), &url, h_before + 1);
+    let acct = deai(home.path(), &["chain", "status", "--url", &url]);
+    assert!(acct.status.success());
+    // The transfer is still there, and the chain moved on from where it was.
+    let c = reqwest::blocking::get(format!("{url}/v1/account/{to}")).unwrap();
+    let v: serde_json::Value = c.json().unwrap();
+    assert_eq!(v["account"]["balance"], 777, "{v}");
+    assert_eq!(after["chain_id"], before["chain_id"]);
+    assert_eq!(after["supply"], before["supply"]);
+}
