@@ -28,6 +28,7 @@ pub struct Api {
     pub marshal: Marshal,
     /// This node's validator address.
     pub me: Address,
+    pub evidence: crate::node::EvidenceRecorder,
 }
 
 struct ApiError(StatusCode, String);
@@ -82,6 +83,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/block/{height}", get(block))
         .route("/v1/blocks", get(blocks))
         .route("/v1/proof/{kind}/{id}", get(proof))
+        .route("/v1/evidence", get(evidence))
         .fallback(|| async { not_found("no such route; see /v1/status") })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(api)
@@ -279,4 +281,9 @@ async fn proof(AxState(api): AxState<Api>, Path((kind, id)): Path<(String, Strin
     Ok(Json(serde_json::to_value(p).map_err(|e| {
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     })?))
+}
+
+/// Equivocation evidence this node's consensus engine has seen.
+async fn evidence(AxState(api): AxState<Api>) -> R {
+    Ok(Json(json!({ "evidence": api.evidence.evidence() })))
 }

@@ -61,6 +61,8 @@ pub struct App {
     inner: Arc<Mutex<Inner>>,
     genesis: Arc<Block>,
     max_block_txs: usize,
+    /// Fault injection for tests: propose blocks whose state root is wrong.
+    bad_proposer: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl App {
@@ -95,7 +97,15 @@ impl App {
             })),
             genesis: Arc::new(genesis),
             max_block_txs: max_block_txs.min(deai_ledger::state::MAX_BLOCK_TXS),
+            bad_proposer: Default::default(),
         }
+    }
+
+    /// Fault injection (tests and fault drills): from now on this node proposes blocks with a
+    /// corrupted state root, which honest validators must refuse to vote for.
+    pub fn inject_bad_proposals(&self, on: bool) {
+        self.bad_proposer
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -308,6 +308,7 @@ pub async fn start_validators(
                 app: n.app.clone(),
                 marshal: n.marshal.clone(),
                 me: info.address,
+                evidence: n.evidence.clone(),
             });
             let listener = tokio::net::TcpListener::bind(info.http)
                 .await

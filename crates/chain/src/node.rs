@@ -90,8 +90,73 @@ pub struct NodeConfig {
     pub leader_timeout: Duration,
 }
 
+/// Proof that a validator signed two conflicting messages in one view, as simplex reported
+/// it (the commonware encoding of the activity, which anyone can re-verify).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Evidence {
+    #[serde(with = "hex_bytes32")]
+    pub offender: [u8; 32],
+    pub kind: &'static str,
+    pub view: u64,
+    pub encoded: String,
+}
+
+mod hex_bytes32 {
+    pub fn serialize<S: serde::Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+}
+
+/// A simplex reporter that keeps equivocation evidence.
+#[derive(Clone)]
+pub struct EvidenceRecorder {
+    participants: Set<PublicKey>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Evidence>>>,
+}
+
+impl EvidenceRecorder {
+    pub fn evidence(&self) -> Vec<Evidence> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl commonware_consensus::Reporter for EvidenceRecorder {
+    type Activity = simplex::types::Activity<Scheme, Digest>;
+    fn report(&mut self, a: Self::Activity) -> commonware_actor::Feedback {
+        use commonware_consensus::simplex::types::Attributable;
+        use commonware_consensus::Viewable;
+        use simplex::types::Activity;
+        let (kind, signer, view) = match &a {
+            Activity::ConflictingNotarize(c) => ("conflicting_notarize", c.signer(), c.view()),
+            Activity::ConflictingFinalize(c) => ("conflicting_finalize", c.signer(), c.view()),
+            Activity::NullifyFinalize(c) => ("nullify_finalize", c.signer(), c.view()),
+            _ => return commonware_actor::Feedback::Ok,
+        };
+        let Some(pk) = self.participants.get(signer.get() as usize) else {
+            return commonware_actor::Feedback::Ok;
+        };
+        let e = Evidence {
+            offender: address(pk),
+            kind,
+            view: view.get(),
+            encoded: hex::encode(commonware_codec::Encode::encode(&a)),
+        };
+        tracing::warn!(
+            offender = hex::encode(e.offender),
+            kind,
+            view = e.view,
+            "equivocation evidence"
+        );
+        if let Ok(mut l) = self.log.lock() {
+            l.push(e);
+        }
+        commonware_actor::Feedback::Ok
+    }
+}
+
 pub struct Node {
     pub app: App,
+    pub evidence: EvidenceRecorder,
     pub marshal: marshal::core::Mailbox<Scheme, marshal::standard::Standard<Block>>,
     pub handles: Vec<Handle<()>>,
 }
@@ -252,6 +317,10 @@ where
     });
 
     // --- simplex ---
+    let evidence = EvidenceRecorder {
+        participants: cfg.participants.clone(),
+        log: Default::default(),
+    };
     let wrapper = Inline::new(
         context.child("inline"),
         app.clone(),
@@ -267,7 +336,7 @@ where
             blocker,
             automaton: wrapper.clone(),
             relay: wrapper.clone(),
-            reporter: wrapper,
+            reporter: commonware_consensus::Reporters::from((wrapper, evidence.clone())),
             track_historical_votes: false,
             strategy: Sequential,
             partition: format!("{prefix}-simplex"),
@@ -294,6 +363,7 @@ where
 
     Node {
         app,
+        evidence,
         marshal: marshal_mailbox,
         handles: vec![
             broadcast_handle,

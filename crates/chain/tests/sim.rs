@@ -322,3 +322,75 @@ fn a_restarted_validator_recovers_its_finalized_state_from_disk() {
         );
     });
 }
+
+#[test]
+fn a_proposer_with_a_wrong_state_root_is_outvoted() {
+    deterministic::Runner::timed(Duration::from_secs(300)).start(|ctx| async move {
+        let oracle = network(&ctx).await;
+        link_all(&oracle, link()).await;
+        let mut nodes = Vec::new();
+        for i in 0..N {
+            nodes.push(spawn_validator(&ctx, &oracle, i, 0).await);
+        }
+        nodes[0].1.app.inject_bad_proposals(true);
+        let chain = nodes[0].1.app.finalized_state().chain_id();
+        // Transactions sent to the faulty proposer's mempool never finalize through it, but
+        // those sent to honest nodes do.
+        for n in 0..4 {
+            nodes[1].1.app.submit(transfer(chain, n, 3)).unwrap();
+        }
+        let refs: Vec<&Node> = nodes.iter().map(|(_, n)| n).collect();
+        wait_height(&ctx, &refs, 12).await;
+        let log = assert_agree(&refs, 12);
+        // Every finalized header's root is what honest execution gives (each node checked it
+        // when applying); none came from the faulty proposer's corrupted blocks.
+        let mut s = genesis_state();
+        for b in &log[1..] {
+            let r = s.apply_block(b.header.height, &b.txs).unwrap();
+            assert_eq!(r.state_root, b.header.state_root);
+        }
+        assert_eq!(
+            refs[2].app.finalized_state().account(&addr(CLIENT)).nonce,
+            4
+        );
+    });
+}
+
+#[test]
+fn an_equivocating_validator_cannot_split_finality_and_leaves_evidence() {
+    use commonware_consensus::simplex::mocks::conflicter::{Config, Conflicter};
+    deterministic::Runner::timed(Duration::from_secs(300)).start(|ctx| async move {
+        let oracle = network(&ctx).await;
+        link_all(&oracle, link()).await;
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            nodes.push(spawn_validator(&ctx, &oracle, i, 0).await);
+        }
+        // Validator 3 signs conflicting notarize/finalize votes for every proposal it sees.
+        let signer = node::private_key(&seed(3));
+        let control = oracle.control(signer.public_key());
+        let votes = control.register(node::CH_VOTES, QUOTA).await.unwrap();
+        let scheme = deai_chain::app::Scheme::signer(
+            node::NAMESPACE,
+            node::participants(&genesis_state()),
+            signer,
+        )
+        .unwrap();
+        Conflicter::<_, _, commonware_cryptography::Sha256>::new(
+            ctx.child("conflicter"),
+            Config { scheme },
+        )
+        .start(votes);
+        let refs: Vec<&Node> = nodes.iter().map(|(_, n)| n).collect();
+        wait_height(&ctx, &refs, 12).await;
+        // Safety: the honest nodes finalized exactly the same blocks.
+        assert_agree(&refs, 12);
+        // The equivocation was detected and attributed to validator 3.
+        let evidence: Vec<_> = refs.iter().flat_map(|n| n.evidence.evidence()).collect();
+        assert!(!evidence.is_empty(), "no equivocation evidence recorded");
+        assert!(
+            evidence.iter().all(|e| e.offender == addr(3)),
+            "{evidence:?}"
+        );
+    });
+}
