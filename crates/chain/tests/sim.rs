@@ -394,3 +394,32 @@ fn an_equivocating_validator_cannot_split_finality_and_leaves_evidence() {
         );
     });
 }
+
+#[test]
+fn a_validator_that_joins_late_syncs_and_verifies_the_history() {
+    deterministic::Runner::timed(Duration::from_secs(300)).start(|ctx| async move {
+        let oracle = network(&ctx).await;
+        link_all(&oracle, link()).await;
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            nodes.push(spawn_validator(&ctx, &oracle, i, 0).await);
+        }
+        let chain = nodes[0].1.app.finalized_state().chain_id();
+        for n in 0..5 {
+            nodes[2].1.app.submit(transfer(chain, n, 4)).unwrap();
+        }
+        {
+            let refs: Vec<&Node> = nodes.iter().map(|(_, n)| n).collect();
+            wait_height(&ctx, &refs, 20).await;
+        }
+        // Validator 3 starts with empty storage: it must fetch and re-execute every block.
+        nodes.push(spawn_validator(&ctx, &oracle, 3, 0).await);
+        let refs: Vec<&Node> = nodes.iter().map(|(_, n)| n).collect();
+        let target = refs[0].app.finalized_height() + 3;
+        wait_height(&ctx, &refs, target).await;
+        assert_agree(&refs, target);
+        let s = refs[3].app.finalized_state();
+        assert_eq!(s.account(&addr(CLIENT)).nonce, 5);
+        s.audit().unwrap();
+    });
+}

@@ -180,8 +180,9 @@ pub struct Account {
 }
 
 impl Account {
-    fn unbonding_total(&self) -> u64 {
-        self.unbonding.iter().map(|u| u.amount).sum()
+    /// In u128: a snapshot from elsewhere could hold entries whose sum overflows u64.
+    fn unbonding_total(&self) -> u128 {
+        self.unbonding.iter().map(|u| u.amount as u128).sum()
     }
 }
 
@@ -305,6 +306,9 @@ pub enum ProposalStatus {
     Passed,
     Rejected,
     Executed,
+    /// Passed, but the change would have made the parameter set invalid in combination
+    /// with parameters in force at execution time; nothing changed.
+    Failed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -711,7 +715,7 @@ impl State {
         let mut total: u128 = self.meta.treasury as u128;
         let mut stake: u128 = 0;
         for a in self.accounts.values() {
-            total += a.balance as u128 + a.stake as u128 + a.unbonding_total() as u128;
+            total += a.balance as u128 + a.stake as u128 + a.unbonding_total();
             stake += a.stake as u128;
         }
         for j in self.jobs.values() {
@@ -1120,8 +1124,10 @@ impl State {
         let r = j.receipt.clone().expect("accepted jobs have receipts");
         let p = &self.meta.params;
         let cost = r.cost.min(j.escrow);
-        let treasury_cut = bps_of(cost, p.treasury_bps);
-        let mut validator_fee = bps_of(cost, p.validator_fee_bps);
+        // Params::validate keeps the two shares within the cost; the clamps make that
+        // impossible to break even if a bad parameter set slipped through.
+        let treasury_cut = bps_of(cost, p.treasury_bps).min(cost);
+        let mut validator_fee = bps_of(cost, p.validator_fee_bps).min(cost - treasury_cut);
         let worker_paid = cost - treasury_cut - validator_fee;
         let refund = j.escrow - cost;
         let voters: Vec<Address> = j
@@ -1181,10 +1187,8 @@ impl State {
         let j = self.jobs[&id].clone();
         let worker = j.worker.expect("rejected jobs have a worker");
         let acct = self.account(&worker);
-        let slash = bps_of(
-            acct.stake + acct.unbonding_total(),
-            self.meta.params.slash_bps,
-        );
+        let held = (acct.stake as u128 + acct.unbonding_total()).min(u64::MAX as u128) as u64;
+        let slash = bps_of(held, self.meta.params.slash_bps);
         // Take the slash from stake, then from the newest unbonding entries.
         let mut left = slash;
         let a = self.acct_mut(&worker);
@@ -1373,6 +1377,7 @@ impl State {
         if p.status != ProposalStatus::Passed {
             return;
         }
+        let before = self.meta.params.clone();
         let params = &mut self.meta.params;
         match p.change {
             ParamChange::Set { param, value } => *params.slot(param) = value,
@@ -1385,12 +1390,15 @@ impl State {
                 params.allowed_models.retain(|m| *m != model);
             }
         }
-        // A combination the single-parameter check could not see: undo it.
+        self.dirty.insert(Key::Proposal(id));
+        // A combination the single-parameter check could not see: undo it, and close the
+        // proposal so that nothing (a restart included) retries it.
         if let Err(e) = self.meta.params.validate() {
-            self.events.push(format!("proposal {id} not executed: {e}"));
+            self.meta.params = before;
+            self.proposals.get_mut(&id).expect("exists").status = ProposalStatus::Failed;
+            self.events.push(format!("proposal {id} failed: {e}"));
             return;
         }
-        self.dirty.insert(Key::Proposal(id));
         self.proposals.get_mut(&id).expect("exists").status = ProposalStatus::Executed;
         self.events.push(format!("proposal {id} executed"));
     }

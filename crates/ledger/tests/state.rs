@@ -715,3 +715,65 @@ fn decoder_refuses_unknown_variants_and_oversize() {
         .to_string()
         .contains("length"));
 }
+
+/// Regression (found while writing the `ledger_state` fuzz target): a change that passes the
+/// per-parameter check but breaks a cross-parameter rule used to stay in force, be retried
+/// after a snapshot reload, and underflow the settlement of the next accepted job.
+#[test]
+fn a_passed_change_that_breaks_the_parameter_set_fails_and_changes_nothing() {
+    let mut c = Chain::new();
+    c.setup_worker(WORKER, 100);
+    let change = ParamChange::Set {
+        param: Param::ValidatorFeeBps,
+        value: 10_000, // with treasury_bps 500, the shares would exceed the cost
+    };
+    c.ok(1, TxKind::Propose { change });
+    c.block(vec![
+        (
+            1,
+            TxKind::Vote {
+                proposal: 1,
+                yes: true,
+            },
+        ),
+        (
+            2,
+            TxKind::Vote {
+                proposal: 1,
+                yes: true,
+            },
+        ),
+        (
+            3,
+            TxKind::Vote {
+                proposal: 1,
+                yes: true,
+            },
+        ),
+    ]);
+    let params_before = c.s.params().clone();
+    let p = c.s.proposal(1).unwrap().clone();
+    while c.s.height() < p.voting_end + c.s.params().execution_delay {
+        c.block(vec![]);
+    }
+    assert_eq!(c.s.proposal(1).unwrap().status, ProposalStatus::Failed);
+    assert_eq!(
+        c.s.params(),
+        &params_before,
+        "the invalid change was rolled back"
+    );
+    // A reloaded node does not retry it and stays in step.
+    let mut reloaded = State::from_snapshot(&c.s.to_snapshot()).unwrap();
+    for _ in 0..3 {
+        let h = c.s.height() + 1;
+        c.s.apply_block(h, &[]).unwrap();
+        reloaded.apply_block(h, &[]).unwrap();
+        assert_eq!(reloaded.root(), c.s.root());
+    }
+    // Jobs still settle with supply conserved.
+    let job = Hash256([12; 32]);
+    c.open_and_receipt(job, 5_000, 2_000);
+    c.empty_blocks(c.s.params().challenge_window);
+    assert_eq!(c.s.job(&job).unwrap().status, JobStatus::Accepted);
+    c.s.audit().unwrap();
+}
