@@ -30,7 +30,7 @@ use std::time::Duration;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ValidatorInfo {
     pub index: usize,
-    #[serde(with = "hex_addr")]
+    #[serde(with = "deai_ledger::tx::hex_addr")]
     pub address: Address,
     pub p2p: SocketAddr,
     pub http: SocketAddr,
@@ -39,19 +39,6 @@ pub struct ValidatorInfo {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Network {
     pub validators: Vec<ValidatorInfo>,
-}
-
-mod hex_addr {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(v))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let s = String::deserialize(d)?;
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut out).map_err(serde::de::Error::custom)?;
-        Ok(out)
-    }
 }
 
 /// What `deai chain init` writes.

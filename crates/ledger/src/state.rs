@@ -286,7 +286,7 @@ pub struct Job {
     pub model: Hash256,
     pub max_tokens: u32,
     pub escrow: u64,
-    #[serde(with = "opt_addr")]
+    #[serde(with = "crate::tx::hex_addr_opt")]
     pub worker: Option<Address>,
     pub opened_at: u64,
     /// The height at whose end the current phase times out.
@@ -1543,23 +1543,4 @@ fn verify_signatures(txs: &[SignedTx]) -> Result<(), BlockError> {
         index: 0,
         reason: "batch signature check failed".into(),
     })
-}
-
-mod opt_addr {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(a) => s.serialize_some(&hex::encode(a)),
-            None => s.serialize_none(),
-        }
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
-        let s = Option::<String>::deserialize(d)?;
-        s.map(|s| {
-            let mut out = [0u8; 32];
-            hex::decode_to_slice(s.trim(), &mut out).map_err(serde::de::Error::custom)?;
-            Ok(out)
-        })
-        .transpose()
-    }
 }

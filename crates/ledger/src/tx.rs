@@ -483,7 +483,9 @@ impl SignedTx {
     }
 }
 
-pub(crate) mod hex_addr {
+/// Serde for 32-byte addresses as 64 hex characters (shared by ledger records and the
+/// chain's files).
+pub mod hex_addr {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(v))
@@ -496,7 +498,8 @@ pub(crate) mod hex_addr {
     }
 }
 
-mod hex_addr_opt {
+/// [`hex_addr`] for `Option<Address>`.
+pub mod hex_addr_opt {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
         match v {
