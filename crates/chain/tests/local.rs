@@ -51,7 +51,10 @@ fn devnet_over_http_finalizes_and_proves() {
         let (res_tx, res_rx) = std::sync::mpsc::channel();
         // Drive the HTTP client from a plain thread (reqwest blocking).
         std::thread::spawn(move || {
-            let c = reqwest::blocking::Client::new();
+            let c = reqwest::blocking::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap();
             let to = [9u8; 32];
             let tx = Tx {
                 chain,

@@ -177,14 +177,33 @@ fn parse_hash(s: &str) -> Result<Hash256> {
     s.parse().map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
 }
 
-fn client() -> Result<reqwest::blocking::Client> {
-    Ok(reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?)
+/// An HTTP client for talking to a node at `url`. Loopback nodes are reached directly even
+/// when `HTTP_PROXY` is set without a matching `NO_PROXY` (as on hosts that reach the
+/// internet only through a proxy): a proxy cannot reach this machine's loopback.
+pub fn client(url: &str) -> Result<reqwest::blocking::Client> {
+    let mut b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10));
+    if is_loopback_url(url) {
+        b = b.no_proxy();
+    }
+    Ok(b.build()?)
+}
+
+/// True when `url`'s host is `localhost` or a loopback IP address.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = u.host_str().unwrap_or_default();
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn get(url: &str) -> Result<Value> {
-    let r = client()?
+    let r = client(url)?
         .get(url)
         .send()
         .with_context(|| format!("cannot reach {url} (is `deai chain run` up?)"))?;
@@ -368,7 +387,7 @@ pub fn tx(a: TxArgs) -> Result<()> {
         kind,
     }
     .sign(&key);
-    let r = client()?
+    let r = client(&url)?
         .post(format!("{url}/v1/tx"))
         .json(&serde_json::json!({ "tx": t }))
         .send()
@@ -435,4 +454,32 @@ pub fn bench_chain(a: BenchChainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_url;
+
+    #[test]
+    fn loopback_urls_are_recognised() {
+        for u in [
+            "http://127.0.0.1:27100",
+            "http://127.9.9.9/",
+            "http://localhost:80/v1",
+            "http://LOCALHOST",
+            "http://[::1]:8080/x",
+        ] {
+            assert!(is_loopback_url(u), "{u}");
+        }
+        for u in [
+            "http://10.0.0.1:27100",
+            "https://example.com",
+            "http://localhost.example.com",
+            "http://[::2]:1",
+            "not a url",
+            "",
+        ] {
+            assert!(!is_loopback_url(u), "{u}");
+        }
+    }
 }

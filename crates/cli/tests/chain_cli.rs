@@ -2,13 +2,21 @@
 //! transactions through the CLI, a kill and restart that keeps finalized state, and clear
 //! errors for bad input.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
+
+/// Every child runs with a dead HTTP proxy in its environment (as on hosts that reach the
+/// internet through a proxy): the CLI must still reach a node on loopback.
+const DEAD_PROXY: &str = "http://127.0.0.1:9";
 
 fn deai(home: &std::path::Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_deai"))
         .args(args)
         .env("DEAI_HOME", home)
+        .env("HTTP_PROXY", DEAD_PROXY)
+        .env("http_proxy", DEAD_PROXY)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
         .output()
         .unwrap()
 }
@@ -42,13 +50,19 @@ impl Drop for Node {
     }
 }
 
+/// Starts `deai chain run`; its output goes to `node.log` in `home`, shown when a wait fails.
 fn start(home: &std::path::Path, dir: &str) -> Node {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("node.log"))
+        .unwrap();
     Node(
         Command::new(env!("CARGO_BIN_EXE_deai"))
             .args(["chain", "run", "--dir", dir])
             .env("DEAI_HOME", home)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap(),
     )
@@ -70,10 +84,15 @@ fn wait_height(home: &std::path::Path, url: &str, h: u64) -> serde_json::Value {
                 return s;
             }
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(90),
-            "chain not at height {h}"
-        );
+        if t0.elapsed() > Duration::from_secs(90) {
+            let last = deai(home, &["chain", "status", "--url", url]);
+            let log = std::fs::read_to_string(home.join("node.log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+            panic!(
+                "chain not at height {h} after 90 s\nlast `deai chain status`: {}\nnode log (last lines, newest first):\n{tail}",
+                text(&last)
+            );
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
 }
