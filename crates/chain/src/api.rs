@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use commonware_consensus::marshal;
 use commonware_consensus::types::Height;
-use deai_ledger::state::Key;
+use deai_ledger::state::{JobStatus, Key};
 use deai_ledger::{Address, SignedTx};
 use deai_types::Hash256;
 use serde::Deserialize;
@@ -78,6 +78,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/workers", get(workers))
         .route("/v1/validators", get(validators))
         .route("/v1/job/{id}", get(job))
+        .route("/v1/jobs", get(jobs))
         .route("/v1/proposal/{id}", get(proposal))
         .route("/v1/params", get(params))
         .route("/v1/block/{height}", get(block))
@@ -187,6 +188,53 @@ async fn job(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
         .job(&id)
         .ok_or_else(|| not_found(format!("no job {id}")))?;
     Ok(Json(json!({ "height": s.height(), "id": id, "job": j })))
+}
+
+#[derive(Deserialize)]
+struct JobQuery {
+    /// Only jobs in this status (`open`, `receipted`, `challenged`, `accepted`, ...).
+    status: Option<String>,
+    /// Only jobs of this client or worker (hex address).
+    account: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/jobs?status=receipted&account=HEX&limit=N`: finalized jobs, newest first.
+async fn jobs(
+    AxState(api): AxState<Api>,
+    q: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+) -> R {
+    let Query(q) = q.map_err(|e| bad(e.to_string()))?;
+    let status: Option<JobStatus> = q
+        .status
+        .as_deref()
+        .map(|st| {
+            serde_json::from_value(Value::String(st.to_string())).map_err(|_| {
+                bad(format!(
+                    "unknown status {st:?}: open, receipted, challenged, accepted, rejected, \
+                     expired or unresolved"
+                ))
+            })
+        })
+        .transpose()?;
+    let account = q.account.as_deref().map(parse_addr).transpose()?;
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let s = api.app.finalized_state();
+    let mut list: Vec<(&Hash256, &deai_ledger::state::Job)> = s
+        .jobs()
+        .filter(|(_, j)| status.is_none_or(|st| j.status == st))
+        .filter(|(_, j)| account.is_none_or(|a| j.client == a || j.worker == Some(a)))
+        .collect();
+    list.sort_by_key(|(id, j)| (std::cmp::Reverse(j.opened_at), **id));
+    let total = list.len();
+    let list: Vec<Value> = list
+        .into_iter()
+        .take(limit)
+        .map(|(id, j)| json!({ "id": id, "job": j }))
+        .collect();
+    Ok(Json(
+        json!({ "height": s.height(), "total": total, "jobs": list }),
+    ))
 }
 
 async fn proposal(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {

@@ -202,7 +202,7 @@ pub fn is_loopback_url(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn get(url: &str) -> Result<Value> {
+pub fn get(url: &str) -> Result<Value> {
     let r = client(url)?
         .get(url)
         .send()

@@ -10,6 +10,7 @@
 mod bench;
 mod calibrate_cmd;
 mod chain_cmd;
+mod devnet_cmd;
 mod proof_cmd;
 
 use anyhow::{bail, Context, Result};
@@ -58,6 +59,9 @@ enum Cmd {
     Chain(chain_cmd::ChainCmd),
     /// Sign and submit a ledger transaction to a node, and wait for finality.
     Tx(chain_cmd::TxArgs),
+    /// The whole network in one process on loopback: 4 validators, workers with the real
+    /// model, an OpenAI-compatible gateway (`--demo` sends one request and follows it).
+    Devnet(devnet_cmd::DevnetArgs),
 }
 
 #[derive(Subcommand)]
@@ -253,6 +257,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Calibrate(a) => calibrate_cmd::calibrate(a),
         Cmd::Chain(c) => chain_cmd::chain(c),
         Cmd::Tx(a) => chain_cmd::tx(a),
+        Cmd::Devnet(a) => devnet_cmd::devnet(a),
     }
 }
 

@@ -1,0 +1,258 @@
+//! `deai devnet`: the whole network in one process on loopback — a 4-validator chain
+//! (commonware simplex, real p2p on loopback ports, on-disk storage), workers serving the
+//! real model, every chain validator also verifying receipts, and an OpenAI-compatible
+//! gateway. Its directory holds everything; starting again on the same directory resumes it
+//! (same keys, same API key, finalized state replayed from disk).
+
+use crate::gateway::{CatalogEntry, Gateway, GatewayConfig};
+use crate::ledger_client::{LedgerClient, Signer};
+use crate::verifier::Verifier;
+use crate::worker::{Behavior, Worker, WorkerConfig};
+use anyhow::{Context, Result};
+use commonware_runtime::tokio as cw_tokio;
+use deai_chain::local::{self, InitOptions, RunOptions};
+use deai_engine::Engine;
+use deai_ledger::state::{GenesisAccount, Params};
+use deai_ledger::Address;
+use deai_types::Hash256;
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `devnet.json` records: where everything listens and the client's API key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevnetInfo {
+    pub gateway: String,
+    pub chain: Vec<String>,
+    pub api_key: String,
+    pub model: String,
+    pub model_id: Hash256,
+    pub workers: Vec<String>,
+    #[serde(with = "deai_ledger::tx::hex_addr")]
+    pub client: Address,
+}
+
+pub struct DevnetOptions {
+    pub dir: PathBuf,
+    pub model_path: PathBuf,
+    pub model_name: String,
+    /// Chain p2p on `base_port..+4`, chain HTTP on `+100..`, gateway on `+200`, workers on
+    /// `+201..`.
+    pub base_port: u16,
+    /// One entry per worker.
+    pub workers: Vec<Behavior>,
+    /// Price per 1000 tokens of each worker (the same for all).
+    pub price_per_1k: u64,
+    pub engine: Arc<Engine>,
+    pub model_id: Hash256,
+    /// Chain parameters for a new devnet (ignored when resuming).
+    pub params: Params,
+}
+
+/// Chain parameters for a devnet: every receipt is verified (a small network can afford it)
+/// and windows are long enough for CPU verification at devnet block rates.
+pub fn devnet_params() -> Params {
+    Params {
+        sample_rate_bps: 10_000,
+        challenge_window: 600,
+        verdict_window: 600,
+        job_timeout: 600,
+        ..Params::default()
+    }
+}
+
+pub struct Devnet {
+    pub info: DevnetInfo,
+    pub workers: Vec<Worker>,
+    pub verifiers: Vec<Arc<Verifier>>,
+    pub gateway: Gateway,
+    pub ledger: LedgerClient,
+}
+
+const CLIENT_BALANCE: u64 = 1_000_000_000;
+const WORKER_BALANCE: u64 = 1_000_000;
+
+fn key_at(dir: &Path, name: &str) -> Result<SigningKey> {
+    Ok(SigningKey::from_bytes(&local::read_key(
+        &dir.join("keys").join(name),
+    )?))
+}
+
+async fn serve(addr: SocketAddr, router: axum::Router) -> Result<SocketAddr> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = l.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, router).await {
+            tracing::error!("HTTP server on {bound} stopped: {e}");
+        }
+    });
+    Ok(bound)
+}
+
+/// Creates the devnet directory if it is new: chain genesis (validators staked, the client and
+/// the workers funded), keys, and the API key.
+fn init(opts: &DevnetOptions) -> Result<()> {
+    let dir = &opts.dir;
+    if dir.join("genesis.json").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir.join("keys"))?;
+    let mut extra = Vec::new();
+    let fund = |name: &str, balance: u64, extra: &mut Vec<GenesisAccount>| -> Result<()> {
+        let seed = deai_proof::random_nonce();
+        local::write_key(&dir.join("keys").join(name), &seed)?;
+        extra.push(GenesisAccount {
+            address: local::address_of(&seed),
+            balance,
+            stake: 0,
+        });
+        Ok(())
+    };
+    fund("client.key", CLIENT_BALANCE, &mut extra)?;
+    for i in 0..opts.workers.len() {
+        fund(&format!("worker-{i}.key"), WORKER_BALANCE, &mut extra)?;
+    }
+    let api_key = format!("sk-deai-{}", hex::encode(&deai_proof::random_nonce()[..16]));
+    std::fs::write(dir.join("keys/api.key"), &api_key)?;
+    let mut params = opts.params.clone();
+    if !params.model_allowed(&opts.model_id) {
+        params.allowed_models.push(opts.model_id);
+        params.allowed_models.sort();
+    }
+    local::init_with(
+        dir,
+        &InitOptions {
+            base_p2p_port: opts.base_port,
+            base_http_port: opts.base_port + 100,
+            params,
+            ..InitOptions::default()
+        },
+        extra,
+    )?;
+    Ok(())
+}
+
+/// Starts the devnet inside a running commonware tokio runtime.
+pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devnet> {
+    init(&opts)?;
+    let dir = opts.dir.clone();
+    let nodes = local::start_validators(ctx, &dir, &[0, 1, 2, 3], &RunOptions::default()).await?;
+    let chain: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
+    let ledger = LedgerClient::new(&chain[0]);
+    // Wait for the chain to finalize its first block (peers connected).
+    let t0 = tokio::time::Instant::now();
+    while ledger.height().await.unwrap_or(0) < 1 {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the chain did not start within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let chain_id = ledger.chain_id().await?;
+    let fee = ledger.params().await?.min_fee;
+    // Each role talks to its own chain node, as separate hosts would.
+    let signer = |key: SigningKey, i: usize| {
+        Signer::new(
+            key,
+            chain_id,
+            fee,
+            LedgerClient::new(&chain[i % chain.len()]),
+        )
+    };
+
+    let mut verifiers = Vec::new();
+    for i in 0..nodes.len() {
+        let v = Arc::new(Verifier::new(
+            signer(key_at(&dir, &format!("validator-{i}.key"))?, i),
+            opts.engine.clone(),
+            opts.model_id,
+        ));
+        tokio::spawn(v.clone().run(Duration::from_millis(200)));
+        verifiers.push(v);
+    }
+
+    let mut workers = Vec::new();
+    for (i, behavior) in opts.workers.iter().enumerate() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], opts.base_port + 201 + i as u16));
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding worker {i} on {addr}"))?;
+        drop(listener);
+        let url = format!("http://{addr}");
+        let w = Worker::new(
+            WorkerConfig {
+                model_id: opts.model_id,
+                price_per_1k: opts.price_per_1k,
+                hardware: format!("cpu x{}", opts.engine.threads()),
+                dir: dir.join(format!("worker-{i}")),
+                behavior: behavior.clone(),
+                post_timeout: Duration::from_secs(60),
+            },
+            opts.engine.clone(),
+            signer(key_at(&dir, &format!("worker-{i}.key"))?, i + 1),
+            url,
+        )?;
+        serve(addr, w.router()).await?;
+        w.join()
+            .await
+            .with_context(|| format!("worker {i} joining"))?;
+        workers.push(w);
+    }
+
+    let api_key = std::fs::read_to_string(dir.join("keys/api.key"))?
+        .trim()
+        .to_string();
+    let client = Arc::new(signer(key_at(&dir, "client.key")?, 0));
+    let client_addr = client.address();
+    let gateway = Gateway::new(
+        GatewayConfig {
+            models: vec![CatalogEntry {
+                name: opts.model_name.clone(),
+                id: opts.model_id,
+                tokenizer: Arc::new(opts.engine.model.tokenizer.clone()),
+                n_ctx: opts.engine.model.cfg.n_ctx,
+            }],
+            api_keys: vec![(api_key.clone(), client)],
+            attempts: 3,
+            worker_timeout: Duration::from_secs(120),
+            dir: dir.join("gateway"),
+        },
+        LedgerClient::new(&chain[0]),
+    )?;
+    let gw = serve(
+        SocketAddr::from(([127, 0, 0, 1], opts.base_port + 200)),
+        gateway.router(),
+    )
+    .await?;
+    let info = DevnetInfo {
+        gateway: format!("http://{gw}"),
+        chain,
+        api_key,
+        model: opts.model_name.clone(),
+        model_id: opts.model_id,
+        workers: workers.iter().map(|w| w.url().to_string()).collect(),
+        client: client_addr,
+    };
+    std::fs::write(
+        dir.join("devnet.json"),
+        serde_json::to_string_pretty(&info)?,
+    )?;
+    Ok(Devnet {
+        info,
+        workers,
+        verifiers,
+        gateway,
+        ledger,
+    })
+}
+
+pub use commonware_runtime::Runner;
+
+/// A commonware tokio runner whose storage lives under the devnet directory.
+pub fn runner(dir: &Path) -> cw_tokio::Runner {
+    local::runner(dir)
+}

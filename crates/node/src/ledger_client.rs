@@ -1,0 +1,296 @@
+//! A client of a chain node's HTTP API (`deai-chain`'s `/v1/...`), and a transaction signer
+//! that keeps its own nonce so that one account can have many transactions in flight.
+//!
+//! Roles never link the consensus code: they talk to any validator over HTTP, as an
+//! external worker or gateway on another host would.
+
+use anyhow::{bail, Context, Result};
+use deai_ledger::state::{Job, Params, Worker};
+use deai_ledger::{Address, SignedTx, Tx, TxKind};
+use deai_types::Hash256;
+use ed25519_dalek::SigningKey;
+use serde_json::Value;
+use std::time::Duration;
+
+/// The chain API at `url` (for example `http://127.0.0.1:27100`).
+#[derive(Clone)]
+pub struct LedgerClient {
+    url: String,
+    http: reqwest::Client,
+}
+
+/// How a submitted transaction ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finalized {
+    pub height: u64,
+    /// `None` when the action took effect; else why not (the fee was still paid).
+    pub error: Option<String>,
+}
+
+/// A registered worker as the ledger sees it.
+#[derive(Clone, Debug)]
+pub struct WorkerEntry {
+    pub address: Address,
+    pub worker: Worker,
+    pub stake: u64,
+}
+
+impl LedgerClient {
+    pub fn new(url: &str) -> Self {
+        LedgerClient {
+            url: url.trim_end_matches('/').to_string(),
+            http: crate::http_client(url, Duration::from_secs(10)),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn get(&self, path: &str) -> Result<Option<Value>> {
+        let url = format!("{}{path}", self.url);
+        let r = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the chain at {}", self.url))?;
+        let status = r.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let v: Value = r.json().await.with_context(|| format!("{url}: not JSON"))?;
+        if !status.is_success() {
+            bail!("{url}: {}", v["error"].as_str().unwrap_or("error"));
+        }
+        Ok(Some(v))
+    }
+
+    async fn get_some(&self, path: &str) -> Result<Value> {
+        self.get(path)
+            .await?
+            .with_context(|| format!("{}{path}: not found", self.url))
+    }
+
+    pub async fn status(&self) -> Result<Value> {
+        self.get_some("/v1/status").await
+    }
+
+    pub async fn chain_id(&self) -> Result<Hash256> {
+        let s = self.status().await?;
+        serde_json::from_value(s["chain_id"].clone()).context("status has no chain_id")
+    }
+
+    pub async fn height(&self) -> Result<u64> {
+        Ok(self.status().await?["height"].as_u64().unwrap_or(0))
+    }
+
+    /// (balance, stake, nonce) of `a` in finalized state.
+    pub async fn account(&self, a: &Address) -> Result<(u64, u64, u64)> {
+        let v = self
+            .get_some(&format!("/v1/account/{}", hex::encode(a)))
+            .await?;
+        let acc = &v["account"];
+        Ok((
+            acc["balance"].as_u64().unwrap_or(0),
+            acc["stake"].as_u64().unwrap_or(0),
+            acc["nonce"].as_u64().unwrap_or(0),
+        ))
+    }
+
+    pub async fn params(&self) -> Result<Params> {
+        let v = self.get_some("/v1/params").await?;
+        serde_json::from_value(v["params"].clone()).context("bad params JSON")
+    }
+
+    pub async fn job(&self, id: &Hash256) -> Result<Option<Job>> {
+        match self.get(&format!("/v1/job/{id}")).await? {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                serde_json::from_value(v["job"].clone()).context("bad job JSON")?,
+            )),
+        }
+    }
+
+    /// Finalized jobs in `status` (`receipted`, `challenged`, ...), newest first.
+    pub async fn jobs(&self, status: &str, limit: usize) -> Result<Vec<(Hash256, Job)>> {
+        let v = self
+            .get_some(&format!("/v1/jobs?status={status}&limit={limit}"))
+            .await?;
+        let mut out = Vec::new();
+        for j in v["jobs"].as_array().into_iter().flatten() {
+            out.push((
+                serde_json::from_value(j["id"].clone()).context("bad job id")?,
+                serde_json::from_value(j["job"].clone()).context("bad job JSON")?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The digest of the finalized block at `height`.
+    pub async fn block_digest(&self, height: u64) -> Result<Option<Hash256>> {
+        match self.get(&format!("/v1/block/{height}")).await? {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                serde_json::from_value(v["digest"].clone()).context("block has no digest")?,
+            )),
+        }
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerEntry>> {
+        let v = self.get_some("/v1/workers").await?;
+        let mut out = Vec::new();
+        for w in v["workers"].as_array().into_iter().flatten() {
+            let mut address = [0u8; 32];
+            hex::decode_to_slice(w["address"].as_str().unwrap_or_default(), &mut address)
+                .context("bad worker address")?;
+            out.push(WorkerEntry {
+                address,
+                worker: serde_json::from_value(w["worker"].clone()).context("bad worker")?,
+                stake: w["stake"].as_u64().unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Submits a signed transaction to the node's mempool; returns its id.
+    pub async fn submit(&self, tx: &SignedTx) -> Result<Hash256> {
+        let url = format!("{}/v1/tx", self.url);
+        let r = self
+            .http
+            .post(&url)
+            .json(&serde_json::json!({ "tx": tx }))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the chain at {}", self.url))?;
+        let ok = r.status().is_success();
+        let v: Value = r.json().await.context("submit: not JSON")?;
+        if !ok {
+            bail!(
+                "transaction refused: {}",
+                v["error"].as_str().unwrap_or("error")
+            );
+        }
+        serde_json::from_value(v["id"].clone()).context("submit: no id")
+    }
+
+    /// `Some` once transaction `id` is finalized.
+    pub async fn tx_status(&self, id: &Hash256) -> Result<Option<Finalized>> {
+        let Some(v) = self.get(&format!("/v1/tx/{id}")).await? else {
+            return Ok(None);
+        };
+        if v["status"] != "finalized" {
+            return Ok(None);
+        }
+        Ok(Some(Finalized {
+            height: v["height"].as_u64().unwrap_or(0),
+            error: v["error"].as_str().map(str::to_string),
+        }))
+    }
+
+    /// Waits up to `timeout` for transaction `id` to be finalized.
+    pub async fn wait(&self, id: &Hash256, timeout: Duration) -> Result<Finalized> {
+        let t0 = tokio::time::Instant::now();
+        loop {
+            if let Some(f) = self.tx_status(id).await? {
+                return Ok(f);
+            }
+            if t0.elapsed() > timeout {
+                bail!("transaction {id} not finalized after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Signs and submits transactions for one account, numbering them itself so that many can
+/// be pending at once. After a refusal it re-reads the account nonce.
+pub struct Signer {
+    key: SigningKey,
+    chain: Hash256,
+    fee: u64,
+    ledger: LedgerClient,
+    next: tokio::sync::Mutex<Option<u64>>,
+}
+
+impl Signer {
+    pub fn new(key: SigningKey, chain: Hash256, fee: u64, ledger: LedgerClient) -> Self {
+        Signer {
+            key,
+            chain,
+            fee,
+            ledger,
+            next: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn address(&self) -> Address {
+        self.key.verifying_key().to_bytes()
+    }
+
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    pub fn ledger(&self) -> &LedgerClient {
+        &self.ledger
+    }
+
+    /// Signs `kind` with the next nonce without submitting it (the caller hands it on).
+    /// The nonce is consumed: submit the transaction or the account stalls.
+    pub async fn sign(&self, kind: TxKind) -> Result<SignedTx> {
+        let mut next = self.next.lock().await;
+        let nonce = match *next {
+            Some(n) => n,
+            None => self.ledger.account(&self.address()).await?.2,
+        };
+        *next = Some(nonce + 1);
+        Ok(self.tx(nonce, kind))
+    }
+
+    fn tx(&self, nonce: u64, kind: TxKind) -> SignedTx {
+        Tx {
+            chain: self.chain,
+            from: self.address(),
+            nonce,
+            fee: self.fee,
+            kind,
+        }
+        .sign(&self.key)
+    }
+
+    /// Signs and submits `kind`; returns the transaction id.
+    pub async fn submit(&self, kind: TxKind) -> Result<Hash256> {
+        let mut next = self.next.lock().await;
+        for attempt in 0..2 {
+            let nonce = match *next {
+                Some(n) => n,
+                None => self.ledger.account(&self.address()).await?.2,
+            };
+            let tx = self.tx(nonce, kind.clone());
+            match self.ledger.submit(&tx).await {
+                Ok(id) => {
+                    *next = Some(nonce + 1);
+                    return Ok(id);
+                }
+                Err(e) if attempt == 0 && e.to_string().contains("nonce") => {
+                    // Our count drifted (a restart, or a transaction lost): re-read it.
+                    *next = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// Submits `kind` and waits for finality; an action that failed on chain is an error.
+    pub async fn submit_wait(&self, kind: TxKind, timeout: Duration) -> Result<Finalized> {
+        let name = kind.name();
+        let id = self.submit(kind).await?;
+        let f = self.ledger.wait(&id, timeout).await?;
+        if let Some(e) = &f.error {
+            bail!("{name} failed on chain at height {}: {e}", f.height);
+        }
+        Ok(f)
+    }
+}

@@ -1,0 +1,100 @@
+//! The network roles of a deai node: **worker** (runs a model for pay and signs receipts),
+//! **validator** duties (re-checks sampled and challenged receipts, posts verdicts),
+//! **gateway** (OpenAI-compatible HTTP API that escrows, routes and fails over), and
+//! **devnet** (all of them plus a 4-validator chain in one process on loopback).
+//!
+//! Owns: the gateway/worker protocol, routing, the roles' HTTP APIs and their assembly.
+//! Talks to the ledger only through a chain node's HTTP API ([`ledger_client`]), as a role on
+//! another host would; links `deai-chain` only to start the chain inside `devnet`.
+//! Must never depend on the CLI.
+
+pub mod devnet;
+pub mod gateway;
+pub mod ledger_client;
+pub mod proto;
+pub mod verifier;
+pub mod worker;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+/// Largest request body a role accepts (prompts are far smaller; receipts too).
+pub const MAX_BODY: usize = 4 << 20;
+
+/// An HTTP client for a peer at `url`. Loopback peers are reached directly even when
+/// `HTTP_PROXY` is set (a proxy cannot reach this machine's loopback).
+pub fn http_client(url: &str, timeout: Duration) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(timeout);
+    if is_loopback_url(url) {
+        b = b.no_proxy();
+    }
+    b.build()
+        .expect("a client with these options always builds")
+}
+
+/// True when `url`'s host is `localhost` or a loopback IP address.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = u.host_str().unwrap_or_default();
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A JSON error `{"error": {"message", "type", "code"}}` (OpenAI's shape) with a status.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub message: String,
+    pub code: &'static str,
+}
+
+pub fn http_error(status: StatusCode, message: impl Into<String>) -> HttpError {
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "invalid_api_key",
+        StatusCode::PAYMENT_REQUIRED => "insufficient_quota",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::CONFLICT => "replayed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::BAD_REQUEST => "invalid_request",
+        _ => "server_error",
+    };
+    HttpError {
+        status,
+        message: message.into(),
+        code,
+    }
+}
+
+impl HttpError {
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let kind = match self.status.as_u16() {
+            401 => "authentication_error",
+            402 | 429 => "insufficient_quota",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        };
+        (
+            self.status,
+            axum::Json(serde_json::json!({
+                "error": { "message": self.message, "type": kind, "param": null, "code": self.code }
+            })),
+        )
+            .into_response()
+    }
+}

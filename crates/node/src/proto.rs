@@ -1,0 +1,82 @@
+//! What a gateway and a worker say to each other over HTTP (JSON): the job to run, with the
+//! client's signed `OpenJob` transaction as proof of escrow, and the worker's stream of
+//! newline-delimited events back.
+
+use deai_engine::{GenParams, StopReason};
+use deai_ledger::SignedTx;
+use deai_proof::JobSpec;
+use deai_types::Hash256;
+use serde::{Deserialize, Serialize};
+
+/// `POST /worker/v1/run`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub model_id: Hash256,
+    pub prompt_tokens: Vec<u32>,
+    pub params: GenParams,
+    #[serde(with = "hex32")]
+    pub nonce: [u8; 32],
+    /// The client's signed `OpenJob` for this job (id = hash of the fields above): the
+    /// worker checks it and submits it too, so escrow does not depend on one relay.
+    pub open_job: SignedTx,
+}
+
+impl RunRequest {
+    pub fn spec(&self) -> JobSpec {
+        JobSpec {
+            model_id: self.model_id,
+            prompt_tokens: self.prompt_tokens.clone(),
+            params: self.params.clone(),
+            nonce: self.nonce,
+        }
+    }
+
+    pub fn job_id(&self) -> Hash256 {
+        Hash256(self.spec().id())
+    }
+}
+
+/// One line of the worker's response stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// Text that became final with one more token.
+    Token {
+        token: u32,
+        text: String,
+    },
+    /// The run is over; the receipt is stored and will be posted on chain.
+    Done {
+        job: Hash256,
+        stop_reason: StopReason,
+        prompt_tokens: usize,
+        output_tokens: usize,
+        /// The receipt's JSON view (what `deai verify` reads).
+        receipt: serde_json::Value,
+        /// SHA-256 of the receipt's canonical bytes, as posted on chain.
+        receipt_digest: Hash256,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// The digest a worker posts on chain for receipt bytes.
+pub fn receipt_digest(receipt_bytes: &[u8]) -> Hash256 {
+    Hash256::digest_parts("deai-receipt-v1", &[receipt_bytes])
+}
+
+pub(crate) mod hex32 {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut b).map_err(D::Error::custom)?;
+        Ok(b)
+    }
+}

@@ -1,0 +1,413 @@
+//! The worker role: serves one model for pay. It checks that a job is escrowed by a signed
+//! `OpenJob` naming it, runs the engine, streams tokens back, stores the signed receipt on
+//! disk, and posts the receipt's digest and address on chain once the job is finalized.
+//!
+//! A worker can be told to cheat ([`Behavior`]) so that tests and the demo can show the
+//! validators catching it; honest is the default.
+
+use crate::ledger_client::Signer;
+use crate::proto::{receipt_digest, RunEvent, RunRequest};
+use crate::{http_error, HttpError};
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::extract::{Path, State as AxState};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use deai_engine::Engine;
+use deai_ledger::{Address, TxKind};
+use deai_proof::{build_receipt, ProofConfig, Receipt};
+use deai_types::Hash256;
+use serde_json::json;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a worker treats its jobs.
+#[derive(Clone)]
+pub enum Behavior {
+    Honest,
+    /// Replaces one output token (text and receipt) and re-signs the receipt.
+    AlterOutput,
+    /// Sends a receipt whose activation proof was not computed (zeroed commitments).
+    FakeProof,
+    /// Runs other weights (e.g. one layer perturbed) while claiming the registered model.
+    OtherWeights(Arc<Engine>),
+}
+
+impl std::fmt::Debug for Behavior {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Behavior::Honest => "honest",
+            Behavior::AlterOutput => "alter-output",
+            Behavior::FakeProof => "fake-proof",
+            Behavior::OtherWeights(_) => "other-weights",
+        })
+    }
+}
+
+pub struct WorkerConfig {
+    pub model_id: Hash256,
+    /// Price per 1000 tokens (prompt + output).
+    pub price_per_1k: u64,
+    pub hardware: String,
+    /// Receipts are stored under `dir/receipts/`.
+    pub dir: PathBuf,
+    pub behavior: Behavior,
+    /// How long to wait for a job's escrow to be finalized before giving up on posting.
+    pub post_timeout: Duration,
+}
+
+struct Inner {
+    cfg: WorkerConfig,
+    engine: Arc<Engine>,
+    signer: Signer,
+    /// This worker's public base URL (receipt pointers are built from it).
+    url: String,
+    /// Jobs this worker has run or is running: a replayed request is refused.
+    seen: Mutex<HashSet<Hash256>>,
+    /// One run at a time on this worker's engine; `busy` counts waiting + running.
+    gate: tokio::sync::Semaphore,
+    busy: AtomicU64,
+    served: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Worker(Arc<Inner>);
+
+impl Worker {
+    pub fn new(
+        cfg: WorkerConfig,
+        engine: Arc<Engine>,
+        signer: Signer,
+        url: String,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(cfg.dir.join("receipts"))
+            .with_context(|| format!("creating {}", cfg.dir.display()))?;
+        Ok(Worker(Arc::new(Inner {
+            cfg,
+            engine,
+            signer,
+            url,
+            seen: Mutex::new(HashSet::new()),
+            gate: tokio::sync::Semaphore::new(1),
+            busy: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+        })))
+    }
+
+    pub fn address(&self) -> Address {
+        self.0.signer.address()
+    }
+
+    pub fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    /// Stakes the minimum and registers on the ledger (idempotent: skips what is done).
+    pub async fn join(&self) -> Result<()> {
+        let s = &self.0.signer;
+        let ledger = s.ledger();
+        let params = ledger.params().await?;
+        let (_, stake, _) = ledger.account(&s.address()).await?;
+        let t = Duration::from_secs(60);
+        if stake < params.min_worker_stake {
+            s.submit_wait(
+                TxKind::Stake {
+                    amount: params.min_worker_stake - stake,
+                },
+                t,
+            )
+            .await?;
+        }
+        let registered = ledger
+            .workers()
+            .await?
+            .into_iter()
+            .any(|w| w.address == s.address() && w.worker.endpoint == self.0.url);
+        if !registered {
+            s.submit_wait(
+                TxKind::RegisterWorker {
+                    models: vec![self.0.cfg.model_id],
+                    profile: self.0.engine.profile().id,
+                    hardware: self.0.cfg.hardware.clone(),
+                    price_per_1k: self.0.cfg.price_per_1k,
+                    endpoint: self.0.url.clone(),
+                },
+                t,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/worker/v1/run", post(run))
+            .route("/worker/v1/receipts/{job}", get(receipt))
+            .route("/worker/v1/health", get(health))
+            .layer(axum::extract::DefaultBodyLimit::max(crate::MAX_BODY))
+            .with_state(self.clone())
+    }
+
+    fn receipt_path(&self, job: &Hash256) -> PathBuf {
+        self.0.cfg.dir.join("receipts").join(format!("{job}.json"))
+    }
+
+    /// Checks that `req` is a job this worker should run: its model, a valid signed
+    /// `OpenJob` naming exactly this job, this worker and enough escrow, from a client
+    /// whose finalized balance covers it, and not seen before.
+    async fn admit(&self, req: &RunRequest) -> Result<Hash256, HttpError> {
+        let i = &self.0;
+        if req.model_id != i.cfg.model_id {
+            return Err(http_error(
+                StatusCode::NOT_FOUND,
+                "this worker does not serve that model",
+            ));
+        }
+        let job = req.job_id();
+        let tx = &req.open_job;
+        tx.verify_signature()
+            .map_err(|e| http_error(StatusCode::BAD_REQUEST, format!("open_job: {e}")))?;
+        let TxKind::OpenJob {
+            job: j,
+            model,
+            max_tokens,
+            escrow,
+            worker,
+        } = &tx.tx.kind
+        else {
+            return Err(http_error(
+                StatusCode::BAD_REQUEST,
+                "open_job is not an OpenJob transaction",
+            ));
+        };
+        let bad = |m: &str| Err(http_error(StatusCode::BAD_REQUEST, m.to_string()));
+        if *j != job {
+            return bad("open_job names another job");
+        }
+        if *model != i.cfg.model_id || *worker != Some(self.address()) {
+            return bad("open_job is for another model or worker");
+        }
+        if (*max_tokens as usize) < req.params.max_tokens {
+            return bad("open_job escrows fewer tokens than max_tokens");
+        }
+        let need = job_cost(
+            req.prompt_tokens.len() + req.params.max_tokens,
+            i.cfg.price_per_1k,
+        );
+        if *escrow < need {
+            return Err(http_error(
+                StatusCode::PAYMENT_REQUIRED,
+                format!("escrow {escrow} is below this worker's price for the job ({need})"),
+            ));
+        }
+        let (balance, _, _) = i
+            .signer
+            .ledger()
+            .account(&tx.tx.from)
+            .await
+            .map_err(|e| http_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let on_chain = i.signer.ledger().job(&job).await.ok().flatten().is_some();
+        if balance < escrow.saturating_add(tx.tx.fee) && !on_chain {
+            return Err(http_error(
+                StatusCode::PAYMENT_REQUIRED,
+                "the client's balance does not cover the escrow",
+            ));
+        }
+        if !i.seen.lock().unwrap().insert(job) || self.receipt_path(&job).exists() {
+            return Err(http_error(
+                StatusCode::CONFLICT,
+                format!("job {job} was already run (replay)"),
+            ));
+        }
+        Ok(job)
+    }
+}
+
+/// What `tokens` tokens cost at `price_per_1k` (rounded up, as the ledger bills).
+pub fn job_cost(tokens: usize, price_per_1k: u64) -> u64 {
+    ((tokens as u128 * price_per_1k as u128).div_ceil(1000)).min(u64::MAX as u128) as u64
+}
+
+async fn health(AxState(w): AxState<Worker>) -> Json<serde_json::Value> {
+    Json(json!({
+        "address": hex::encode(w.address()),
+        "model_id": w.0.cfg.model_id,
+        "profile": w.0.engine.profile().id,
+        "price_per_1k": w.0.cfg.price_per_1k,
+        "busy": w.0.busy.load(Ordering::Relaxed),
+        "served": w.0.served.load(Ordering::Relaxed),
+    }))
+}
+
+async fn receipt(
+    AxState(w): AxState<Worker>,
+    Path(job): Path<String>,
+) -> Result<Response, HttpError> {
+    let job: Hash256 = job
+        .parse()
+        .map_err(|e| http_error(StatusCode::BAD_REQUEST, format!("bad job id: {e}")))?;
+    let text = tokio::fs::read_to_string(w.receipt_path(&job))
+        .await
+        .map_err(|_| http_error(StatusCode::NOT_FOUND, format!("no receipt for job {job}")))?;
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(text))
+        .expect("static response parts"))
+}
+
+async fn run(
+    AxState(w): AxState<Worker>,
+    body: Result<Json<RunRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, HttpError> {
+    let Json(req) = body.map_err(|e| http_error(StatusCode::BAD_REQUEST, e.body_text()))?;
+    req.params
+        .sampling
+        .validate()
+        .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let job = w.admit(&req).await?;
+    // Make sure the escrow reaches the chain even if the gateway's copy was lost.
+    let _ = w.0.signer.ledger().submit(&req.open_job).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<RunEvent>(256);
+    w.0.busy.fetch_add(1, Ordering::Relaxed);
+    let w2 = w.clone();
+    tokio::spawn(async move {
+        let permit = w2.0.gate.acquire().await.expect("semaphore never closed");
+        let w3 = w2.clone();
+        let tx2 = tx.clone();
+        let out = tokio::task::spawn_blocking(move || execute(&w3, &req, job, &tx2)).await;
+        drop(permit);
+        w2.0.busy.fetch_sub(1, Ordering::Relaxed);
+        match out {
+            Ok(Ok((bytes, tokens))) => {
+                w2.0.served.fetch_add(1, Ordering::Relaxed);
+                post_receipt(&w2, job, receipt_digest(&bytes), tokens).await;
+            }
+            Ok(Err(e)) => {
+                let _ = tx
+                    .send(RunEvent::Error {
+                        message: format!("{e:#}"),
+                    })
+                    .await;
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(RunEvent::Error {
+                        message: format!("worker task failed: {e}"),
+                    })
+                    .await;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let ev = rx.recv().await?;
+        let mut line = serde_json::to_vec(&ev).expect("events serialize");
+        line.push(b'\n');
+        Some((
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)),
+            rx,
+        ))
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .header("x-deai-job", job.to_string())
+        .body(Body::from_stream(stream))
+        .expect("static response parts"))
+}
+
+/// Runs the job on the engine (blocking), streaming tokens into `tx`; stores the receipt and
+/// returns its canonical bytes and the billed token count.
+fn execute(
+    w: &Worker,
+    req: &RunRequest,
+    job: Hash256,
+    tx: &tokio::sync::mpsc::Sender<RunEvent>,
+) -> Result<(Vec<u8>, u32)> {
+    let i = &w.0;
+    let engine: &Engine = match &i.cfg.behavior {
+        Behavior::OtherWeights(e) => e,
+        _ => &i.engine,
+    };
+    let alter = matches!(i.cfg.behavior, Behavior::AlterOutput);
+    let mut g = engine.generate(&req.prompt_tokens, &req.params, |ev| {
+        if !alter {
+            let _ = tx.blocking_send(RunEvent::Token {
+                token: ev.token,
+                text: ev.text.to_string(),
+            });
+        }
+    })?;
+    if alter {
+        // Swap the first output token for another one and tell the client the altered text.
+        if let Some(t) = g.output_tokens.first_mut() {
+            *t = (*t + 1) % engine.model.tokenizer.vocab_size() as u32;
+        }
+        g.text = engine.model.tokenizer.decode(&g.output_tokens);
+        let _ = tx.blocking_send(RunEvent::Token {
+            token: g.output_tokens[0],
+            text: g.text.clone(),
+        });
+    }
+    let mut r: Receipt = build_receipt(
+        &req.spec(),
+        &g,
+        engine.model.cfg.d_model,
+        &engine.profile(),
+        ProofConfig::default(),
+        i.signer.key(),
+    )?;
+    if matches!(i.cfg.behavior, Behavior::FakeProof) {
+        for c in &mut r.proof.chunks {
+            c.digest = [0; 8];
+            c.coeffs.iter_mut().for_each(|x| *x = 0);
+        }
+        r.sign(i.signer.key())?;
+    }
+    let bytes = r.to_bytes()?;
+    let json = r.to_json();
+    let path = w.receipt_path(&job);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("storing {}", path.display()))?;
+    let tokens = (r.prompt_tokens.len() + r.output_tokens.len()) as u32;
+    let _ = tx.blocking_send(RunEvent::Done {
+        job,
+        stop_reason: r.stop_reason,
+        prompt_tokens: r.prompt_tokens.len(),
+        output_tokens: r.output_tokens.len(),
+        receipt: serde_json::from_str(&json)?,
+        receipt_digest: receipt_digest(&bytes),
+    });
+    Ok((bytes, tokens))
+}
+
+/// Waits for the job's escrow to be finalized, then posts the receipt digest and pointer.
+async fn post_receipt(w: &Worker, job: Hash256, digest: Hash256, tokens: u32) {
+    let ledger = w.0.signer.ledger();
+    let t0 = tokio::time::Instant::now();
+    loop {
+        match ledger.job(&job).await {
+            Ok(Some(_)) => break,
+            _ if t0.elapsed() > w.0.cfg.post_timeout => {
+                tracing::warn!(%job, "escrow never finalized; receipt not posted");
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let pointer = format!("{}/worker/v1/receipts/{job}", w.0.url);
+    let kind = TxKind::PostReceipt {
+        job,
+        receipt: digest,
+        tokens,
+        pointer,
+    };
+    match w.0.signer.submit_wait(kind, Duration::from_secs(60)).await {
+        Ok(f) => tracing::info!(%job, height = f.height, "receipt posted"),
+        Err(e) => tracing::warn!(%job, "posting the receipt failed: {e:#}"),
+    }
+}
