@@ -63,6 +63,8 @@ struct Inner {
     load: Mutex<HashMap<Address, u64>>,
     /// Failures per worker seen by this gateway.
     failures: Mutex<HashMap<Address, u64>>,
+    /// Jobs sent per worker: among equals, the least used goes first.
+    assigned: Mutex<HashMap<Address, u64>>,
     /// Request id -> job id of the attempt that answered.
     answered: Mutex<HashMap<Hash256, Hash256>>,
 }
@@ -92,6 +94,7 @@ impl Gateway {
             registry: tokio::sync::Mutex::new(None),
             load: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            assigned: Mutex::new(HashMap::new()),
             answered: Mutex::new(HashMap::new()),
         })))
     }
@@ -161,6 +164,7 @@ impl Gateway {
         let min_stake = 1; // the ledger enforces its own minimum at registration
         let load = self.0.load.lock().unwrap().clone();
         let fails = self.0.failures.lock().unwrap().clone();
+        let assigned = self.0.assigned.lock().unwrap().clone();
         let mut c: Vec<WorkerEntry> = reg
             .as_ref()
             .map(|(_, l)| l.clone())
@@ -174,6 +178,7 @@ impl Gateway {
                 w.worker.jobs_rejected,
                 load.get(&w.address).copied().unwrap_or(0),
                 w.worker.price_per_1k,
+                assigned.get(&w.address).copied().unwrap_or(0),
                 w.address,
             )
         });
@@ -262,6 +267,13 @@ impl Gateway {
         let mut errors = Vec::new();
         for w in workers.iter().take(self.0.cfg.attempts.max(1)) {
             *self.0.load.lock().unwrap().entry(w.address).or_default() += 1;
+            *self
+                .0
+                .assigned
+                .lock()
+                .unwrap()
+                .entry(w.address)
+                .or_default() += 1;
             let r = self
                 .attempt(&client, model, &prompt_tokens, &params, w, &mut sent, &out)
                 .await;

@@ -36,6 +36,9 @@ pub enum Behavior {
     FakeProof,
     /// Runs other weights (e.g. one layer perturbed) while claiming the registered model.
     OtherWeights(Arc<Engine>),
+    /// Drops the connection after this many tokens, as a killed process would, and never
+    /// posts a receipt.
+    DieAfter(usize),
 }
 
 impl std::fmt::Debug for Behavior {
@@ -45,6 +48,7 @@ impl std::fmt::Debug for Behavior {
             Behavior::AlterOutput => "alter-output",
             Behavior::FakeProof => "fake-proof",
             Behavior::OtherWeights(_) => "other-weights",
+            Behavior::DieAfter(_) => "die-after",
         })
     }
 }
@@ -272,7 +276,8 @@ async fn run(
     let job = w.admit(&req).await?;
     // Make sure the escrow reaches the chain even if the gateway's copy was lost.
     let _ = w.0.signer.ledger().submit(&req.open_job).await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<RunEvent>(256);
+    // `None` on the channel aborts the response mid-stream (a simulated crash).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Option<RunEvent>>(256);
     w.0.busy.fetch_add(1, Ordering::Relaxed);
     let w2 = w.clone();
     tokio::spawn(async move {
@@ -289,16 +294,16 @@ async fn run(
             }
             Ok(Err(e)) => {
                 let _ = tx
-                    .send(RunEvent::Error {
+                    .send(Some(RunEvent::Error {
                         message: format!("{e:#}"),
-                    })
+                    }))
                     .await;
             }
             Err(e) => {
                 let _ = tx
-                    .send(RunEvent::Error {
+                    .send(Some(RunEvent::Error {
                         message: format!("worker task failed: {e}"),
-                    })
+                    }))
                     .await;
             }
         }
@@ -325,7 +330,7 @@ fn execute(
     w: &Worker,
     req: &RunRequest,
     job: Hash256,
-    tx: &tokio::sync::mpsc::Sender<RunEvent>,
+    tx: &tokio::sync::mpsc::Sender<Option<RunEvent>>,
 ) -> Result<(Vec<u8>, u32)> {
     let i = &w.0;
     let engine: &Engine = match &i.cfg.behavior {
@@ -333,24 +338,39 @@ fn execute(
         _ => &i.engine,
     };
     let alter = matches!(i.cfg.behavior, Behavior::AlterOutput);
+    let die_after = match i.cfg.behavior {
+        Behavior::DieAfter(n) => Some(n),
+        _ => None,
+    };
+    let mut sent = 0usize;
     let mut g = engine.generate(&req.prompt_tokens, &req.params, |ev| {
+        if die_after.is_some_and(|n| sent >= n) {
+            return;
+        }
         if !alter {
-            let _ = tx.blocking_send(RunEvent::Token {
+            let _ = tx.blocking_send(Some(RunEvent::Token {
                 token: ev.token,
                 text: ev.text.to_string(),
-            });
+            }));
+            sent += 1;
+            if die_after == Some(sent) {
+                let _ = tx.blocking_send(None);
+            }
         }
     })?;
+    if die_after.is_some() {
+        anyhow::bail!("simulated crash mid-stream");
+    }
     if alter {
         // Swap the first output token for another one and tell the client the altered text.
         if let Some(t) = g.output_tokens.first_mut() {
             *t = (*t + 1) % engine.model.tokenizer.vocab_size() as u32;
         }
         g.text = engine.model.tokenizer.decode(&g.output_tokens);
-        let _ = tx.blocking_send(RunEvent::Token {
+        let _ = tx.blocking_send(Some(RunEvent::Token {
             token: g.output_tokens[0],
             text: g.text.clone(),
-        });
+        }));
     }
     let mut r: Receipt = build_receipt(
         &req.spec(),
@@ -374,14 +394,14 @@ fn execute(
     std::fs::write(&tmp, json.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("storing {}", path.display()))?;
     let tokens = (r.prompt_tokens.len() + r.output_tokens.len()) as u32;
-    let _ = tx.blocking_send(RunEvent::Done {
+    let _ = tx.blocking_send(Some(RunEvent::Done {
         job,
         stop_reason: r.stop_reason,
         prompt_tokens: r.prompt_tokens.len(),
         output_tokens: r.output_tokens.len(),
         receipt: serde_json::from_str(&json)?,
         receipt_digest: receipt_digest(&bytes),
-    });
+    }));
     Ok((bytes, tokens))
 }
 

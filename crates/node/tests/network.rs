@@ -1,0 +1,587 @@
+//! The network end to end, in one process per test (`deai_node::devnet`): a 4-validator
+//! chain on loopback, workers running the real SmolLM2 model, every validator verifying
+//! receipts, and the OpenAI-compatible gateway, driven by a real HTTP client.
+//!
+//! - cheating workers (altered output, fake activation proof, other weights) are rejected
+//!   by a validator quorum, slashed and dropped from routing while an honest worker is paid;
+//! - a worker that dies mid-stream is replaced, the client's stream has no gap or repeat,
+//!   and the dead worker's escrow comes back: no funds are lost;
+//! - malformed, unauthenticated, oversized, forged and replayed requests get clear errors.
+//!
+//! Needs `DEAI_MODEL_PATH` (set by `scripts/test.sh`); without it each test prints SKIPPED.
+
+use deai_engine::{Engine, EngineConfig};
+use deai_ledger::state::{JobStatus, Params};
+use deai_ledger::{Address, TxKind};
+use deai_node::devnet::{self, Devnet, DevnetOptions, Runner as _};
+use deai_node::ledger_client::{LedgerClient, Signer};
+use deai_node::proto::RunRequest;
+use deai_node::worker::Behavior;
+use deai_types::Hash256;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The devnets of these tests share two cores: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn model_path(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("DEAI_MODEL_PATH") {
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "DEAI_MODEL_PATH={} is not a file", p.display());
+            Some(p)
+        }
+        _ => {
+            eprintln!("SKIPPED: set DEAI_MODEL_PATH to the SmolLM2-135M-Instruct GGUF ({test})");
+            None
+        }
+    }
+}
+
+fn engine(path: &std::path::Path) -> Arc<Engine> {
+    Arc::new(Engine::load(path, EngineConfig::default()).unwrap())
+}
+
+/// A port base with every port the devnet uses free.
+fn free_base() -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = l.local_addr().unwrap().port();
+        drop(l);
+        if base > 20_000
+            && base < 60_000
+            && (0..4).all(|i| free(base + i))
+            && (100..104).all(|i| free(base + i))
+            && (200..210).all(|i| free(base + i))
+        {
+            return base;
+        }
+    }
+}
+
+/// Chain parameters for tests: every receipt verified, short windows.
+fn params() -> Params {
+    Params {
+        job_timeout: 150,
+        challenge_window: 150,
+        verdict_window: 150,
+        ..devnet::devnet_params()
+    }
+}
+
+/// Runs `f` against a fresh devnet with `workers`.
+fn with_devnet<F, Fut>(test: &str, workers: impl FnOnce(&std::path::Path) -> Vec<Behavior>, f: F)
+where
+    F: FnOnce(Devnet, PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let Some(path) = model_path(test) else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("devnet");
+    let workers = workers(tmp.path());
+    let opts = DevnetOptions {
+        dir: dir.clone(),
+        model_path: path.clone(),
+        model_name: "SmolLM2-135M-Instruct".into(),
+        base_port: free_base(),
+        workers,
+        price_per_1k: 1_000,
+        engine: engine(&path),
+        model_id: deai_models_sha256(&path),
+        params: params(),
+    };
+    devnet::runner(&dir).start(|ctx| async move {
+        let net = devnet::start(&ctx, opts).await.expect("devnet starts");
+        f(net, dir).await;
+    });
+}
+
+fn deai_models_sha256(path: &std::path::Path) -> Hash256 {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).unwrap();
+    Hash256(Sha256::digest(&bytes).into())
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap()
+}
+
+/// One non-streaming chat request; returns the response body (asserting 200).
+async fn chat(net: &Devnet, content: &str, seed: u64) -> Value {
+    let r = http()
+        .post(format!("{}/v1/chat/completions", net.info.gateway))
+        .bearer_auth(&net.info.api_key)
+        .json(&json!({
+            "model": net.info.model,
+            "messages": [{ "role": "user", "content": content }],
+            "max_tokens": 24, "seed": seed,
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let receipt = r.headers().get("x-deai-receipt").cloned();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        receipt.unwrap().to_str().unwrap(),
+        v["deai"]["receipt_id"].as_str().unwrap(),
+        "the header names the receipt"
+    );
+    v
+}
+
+fn job_of(v: &Value) -> Hash256 {
+    v["deai"]["job"].as_str().unwrap().parse().unwrap()
+}
+
+/// Waits until every job in `jobs` is final on chain; returns their records.
+async fn wait_final(
+    ledger: &LedgerClient,
+    jobs: &[Hash256],
+    secs: u64,
+) -> HashMap<Hash256, deai_ledger::state::Job> {
+    let t0 = tokio::time::Instant::now();
+    loop {
+        let mut all = HashMap::new();
+        for j in jobs {
+            if let Some(job) = ledger.job(j).await.unwrap() {
+                if job.status.is_final() {
+                    all.insert(*j, job);
+                }
+            }
+        }
+        if all.len() == jobs.len() {
+            return all;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "{} of {} jobs final after {secs} s",
+            all.len(),
+            jobs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[test]
+fn cheaters_are_rejected_slashed_and_dropped_while_the_honest_worker_is_paid() {
+    let workers = |tmp: &std::path::Path| {
+        let path = model_path("cheaters").unwrap();
+        let noisy = tmp.join("noisy.gguf");
+        deai_engine::gguf::perturb_tensor(&path, &noisy, "blk.0.ffn_down.weight", 0.02, 7).unwrap();
+        vec![
+            Behavior::Honest,
+            Behavior::AlterOutput,
+            Behavior::FakeProof,
+            Behavior::OtherWeights(engine(&noisy)),
+        ]
+    };
+    with_devnet("cheaters", workers, |net, _dir| async move {
+        let addr: Vec<Address> = net.workers.iter().map(|w| w.address()).collect();
+        let honest = addr[0];
+        let stake0: Vec<u64> = {
+            let mut v = Vec::new();
+            for a in &addr {
+                v.push(net.ledger.account(a).await.unwrap().1);
+            }
+            v
+        };
+        // Round-robin routing among equals: the first four requests reach all four workers.
+        let mut jobs: Vec<(Hash256, Address)> = Vec::new();
+        for i in 0..4 {
+            let v = chat(&net, &format!("Name a color. Request {i}."), i).await;
+            let mut w = [0u8; 32];
+            hex::decode_to_slice(v["deai"]["worker"].as_str().unwrap(), &mut w).unwrap();
+            jobs.push((job_of(&v), w));
+        }
+        let served: std::collections::HashSet<Address> = jobs.iter().map(|j| j.1).collect();
+        assert_eq!(served.len(), 4, "each worker got a job");
+        let ids: Vec<Hash256> = jobs.iter().map(|j| j.0).collect();
+        let done = wait_final(&net.ledger, &ids, 120).await;
+        for (job, w) in &jobs {
+            let status = done[job].status;
+            if *w == honest {
+                assert_eq!(status, JobStatus::Accepted, "the honest job is accepted");
+                let s = done[job].settlement.as_ref().unwrap();
+                assert!(s.worker_paid > 0 && s.slashed == 0);
+            } else {
+                assert_eq!(status, JobStatus::Rejected, "a cheater's job is rejected");
+                let s = done[job].settlement.as_ref().unwrap();
+                assert_eq!(s.worker_paid, 0);
+                assert!(s.slashed > 0 && s.burned > 0);
+                assert_eq!(
+                    s.client_refund, done[job].escrow,
+                    "the client gets it all back"
+                );
+            }
+        }
+        // What each validator found: content checks, not the signature, caught the cheats.
+        for v in &net.verifiers {
+            for f in v.findings.lock().unwrap().iter().filter(|f| !f.accept) {
+                let reason = f.reason.clone().unwrap();
+                eprintln!("rejected {}: {reason}", f.job);
+                assert!(!reason.starts_with("signature"), "{reason}");
+            }
+        }
+        let on_chain = net.ledger.workers().await.unwrap();
+        for (k, a) in addr.iter().enumerate() {
+            let w = on_chain.iter().find(|w| w.address == *a).unwrap();
+            let stake = net.ledger.account(a).await.unwrap().1;
+            if *a == honest {
+                assert!(w.worker.active && w.worker.earned > 0 && w.worker.slashed == 0);
+                assert_eq!(stake, stake0[k]);
+            } else {
+                assert!(!w.worker.active, "worker {k} is deactivated");
+                assert!(
+                    w.worker.slashed > 0 && stake < stake0[k],
+                    "worker {k} lost stake"
+                );
+            }
+        }
+        // From now on only the honest worker gets jobs, and they are paid.
+        let mut more = Vec::new();
+        for i in 0..3 {
+            let v = chat(&net, "Say hello.", 100 + i).await;
+            assert_eq!(v["deai"]["worker"].as_str().unwrap(), hex::encode(honest));
+            more.push(job_of(&v));
+        }
+        let done = wait_final(&net.ledger, &more, 120).await;
+        assert!(done.values().all(|j| j.status == JobStatus::Accepted));
+    });
+}
+
+/// Reads an SSE response; returns the concatenated content and the final chunk.
+async fn read_sse(r: reqwest::Response) -> (String, Value) {
+    let body = r.text().await.unwrap();
+    let mut text = String::new();
+    let mut last = Value::Null;
+    let mut done = false;
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        assert!(!done, "nothing after [DONE]");
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert!(v.get("error").is_none(), "stream error: {v}");
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        if !v["choices"][0]["finish_reason"].is_null() {
+            last = v;
+        }
+    }
+    assert!(done, "the stream ends with [DONE]: {body}");
+    (text, last)
+}
+
+#[test]
+fn a_worker_dying_mid_stream_is_replaced_and_no_escrow_is_lost() {
+    with_devnet(
+        "failover",
+        |_| vec![Behavior::DieAfter(3), Behavior::Honest],
+        |net, _dir| async move {
+            let dying = net.workers[0].address();
+            let client = net.info.client;
+            let (balance0, _, nonce0) = net.ledger.account(&client).await.unwrap();
+            let req = json!({
+                "model": net.info.model,
+                "messages": [{ "role": "user", "content": "Write a short sentence about the sea." }],
+                "max_tokens": 24, "seed": 7, "stream": true,
+            });
+            // Two streams: whichever order routing picks, one of them meets the dying worker.
+            let mut texts = Vec::new();
+            let mut jobs = Vec::new();
+            for _ in 0..2 {
+                let r = http()
+                    .post(format!("{}/v1/chat/completions", net.info.gateway))
+                    .bearer_auth(&net.info.api_key)
+                    .json(&req)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                assert!(r.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/event-stream"));
+                let (text, last) = read_sse(r).await;
+                assert!(!text.is_empty());
+                assert!(last["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+                assert_ne!(last["deai"]["worker"].as_str().unwrap(), hex::encode(dying));
+                jobs.push(
+                    last["deai"]["job"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<Hash256>()
+                        .unwrap(),
+                );
+                texts.push(text);
+            }
+            // The same seeded request, non-streaming: the failed-over stream lost and
+            // repeated nothing.
+            let mut plain = req.clone();
+            plain["stream"] = json!(false);
+            let r = http()
+                .post(format!("{}/v1/chat/completions", net.info.gateway))
+                .bearer_auth(&net.info.api_key)
+                .json(&plain)
+                .send()
+                .await
+                .unwrap();
+            let v: Value = r.json().await.unwrap();
+            let reference = v["choices"][0]["message"]["content"].as_str().unwrap();
+            assert_eq!(texts[0], reference);
+            assert_eq!(texts[1], reference);
+            jobs.push(job_of(&v));
+            // The job given to the dying worker expires and its escrow comes back.
+            let dead: Vec<Hash256> = net
+                .ledger
+                .jobs("open", 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|(_, j)| j.worker == Some(dying))
+                .map(|(id, _)| id)
+                .collect();
+            assert_eq!(dead.len(), 1, "exactly one job went to the dying worker");
+            let mut all = jobs.clone();
+            all.extend(&dead);
+            let done = wait_final(&net.ledger, &all, 180).await;
+            let d = &done[&dead[0]];
+            assert_eq!(d.status, JobStatus::Expired);
+            assert_eq!(d.settlement.as_ref().unwrap().client_refund, d.escrow);
+            for j in &jobs {
+                assert_eq!(done[j].status, JobStatus::Accepted);
+            }
+            // Conservation for the client: what left its balance is exactly the fees plus
+            // what its jobs cost; every unspent escrow came back.
+            let (balance1, _, nonce1) = net.ledger.account(&client).await.unwrap();
+            let fees = (nonce1 - nonce0) * net.ledger.params().await.unwrap().min_fee;
+            let spent: u64 = done
+                .values()
+                .map(|j| j.escrow - j.settlement.as_ref().unwrap().client_refund)
+                .sum();
+            assert_eq!(balance0 - balance1, fees + spent);
+        },
+    );
+}
+
+#[test]
+fn gateway_and_worker_refuse_bad_input_with_clear_errors() {
+    with_devnet(
+        "bad input",
+        |_| vec![Behavior::Honest],
+        |net, dir| async move {
+            let g = &net.info.gateway;
+            let c = http();
+            let post = |body: Value, key: Option<&str>| {
+                let mut r = c.post(format!("{g}/v1/chat/completions")).json(&body);
+                if let Some(k) = key {
+                    r = r.bearer_auth(k);
+                }
+                r.send()
+            };
+            let key = net.info.api_key.as_str();
+            let ok = json!({ "model": net.info.model, "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 4 });
+            let with = |k: &str, v: Value| {
+                let mut b = ok.clone();
+                b[k] = v;
+                b
+            };
+            let long = "word ".repeat(9000);
+            let cases: Vec<(Value, Option<&str>, u16, &str)> = vec![
+                (ok.clone(), None, 401, "invalid_api_key"),
+                (ok.clone(), Some("sk-wrong"), 401, "invalid_api_key"),
+                (
+                    with("model", json!("gpt-9")),
+                    Some(key),
+                    404,
+                    "model_not_found",
+                ),
+                (
+                    with("temperature", json!(5)),
+                    Some(key),
+                    400,
+                    "invalid_request",
+                ),
+                (with("top_p", json!(0)), Some(key), 400, "invalid_request"),
+                (with("n", json!(2)), Some(key), 400, "invalid_request"),
+                (
+                    with("max_tokens", json!(0)),
+                    Some(key),
+                    400,
+                    "invalid_request",
+                ),
+                (
+                    with("stop", json!(["a", "b", "c", "d", "e"])),
+                    Some(key),
+                    400,
+                    "invalid_request",
+                ),
+                (with("stop", json!(7)), Some(key), 400, "invalid_request"),
+                (
+                    with("messages", json!([])),
+                    Some(key),
+                    400,
+                    "invalid_request",
+                ),
+                (
+                    with("messages", json!([{ "role": "wizard", "content": "x" }])),
+                    Some(key),
+                    400,
+                    "invalid_request",
+                ),
+                (
+                    with("messages", json!([{ "role": "user", "content": long }])),
+                    Some(key),
+                    400,
+                    "context_length_exceeded",
+                ),
+                (
+                    json!({ "model": net.info.model }),
+                    Some(key),
+                    400,
+                    "invalid_request",
+                ),
+            ];
+            for (body, k, status, code) in cases {
+                let r = post(body.clone(), k).await.unwrap();
+                assert_eq!(r.status().as_u16(), status, "{body}");
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["error"]["code"], code, "{v}");
+                assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+            }
+            // Malformed JSON and an oversized body.
+            let r = c
+                .post(format!("{g}/v1/chat/completions"))
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body("{\"model\": ")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400);
+            let r = c
+                .post(format!("{g}/v1/chat/completions"))
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 5 << 20])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 413);
+            // Unknown and malformed receipt ids.
+            let r = c
+                .get(format!("{g}/v1/receipts/{}", "ab".repeat(32)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404);
+            let r = c.get(format!("{g}/v1/receipts/zz")).send().await.unwrap();
+            assert_eq!(r.status(), 400);
+
+            // A worker refuses forged, underpaid, misdirected and replayed jobs.
+            let worker = &net.workers[0];
+            let chain = net.ledger.chain_id().await.unwrap();
+            let key_bytes = deai_chain::local::read_key(&dir.join("keys/client.key")).unwrap();
+            let client = Signer::new(
+                ed25519_dalek::SigningKey::from_bytes(&key_bytes),
+                chain,
+                1,
+                net.ledger.clone(),
+            );
+            let model_id = net.info.model_id;
+            let make = |nonce: u8| {
+                let params = deai_engine::GenParams {
+                    max_tokens: 4,
+                    ..Default::default()
+                };
+                let spec = deai_proof::JobSpec {
+                    model_id,
+                    prompt_tokens: vec![1, 2, 3],
+                    params: params.clone(),
+                    nonce: [nonce; 32],
+                };
+                (Hash256(spec.id()), params)
+            };
+            let run = |req: RunRequest| {
+                c.post(format!("{}/worker/v1/run", worker.url()))
+                    .json(&req)
+                    .send()
+            };
+            let open = |job: Hash256, escrow: u64, to: Address| TxKind::OpenJob {
+                job,
+                model: model_id,
+                max_tokens: 4,
+                escrow,
+                worker: Some(to),
+            };
+            let (job, params) = make(1);
+            let signed = client.sign(open(job, 100, worker.address())).await.unwrap();
+            let req = RunRequest {
+                model_id,
+                prompt_tokens: vec![1, 2, 3],
+                params: params.clone(),
+                nonce: [1; 32],
+                open_job: signed.clone(),
+            };
+            // Forged: the escrow edited after signing.
+            let mut forged = req.clone();
+            if let TxKind::OpenJob { escrow, .. } = &mut forged.open_job.tx.kind {
+                *escrow = 1_000_000;
+            }
+            assert_eq!(run(forged).await.unwrap().status(), 400);
+            // Another job's escrow.
+            let mut other = req.clone();
+            other.nonce = [2; 32];
+            assert_eq!(run(other).await.unwrap().status(), 400);
+            // The real one runs; a replay is refused.
+            let r = run(req.clone()).await.unwrap();
+            assert_eq!(r.status(), 200);
+            let body = r.text().await.unwrap();
+            assert!(body.lines().last().unwrap().contains("\"done\""), "{body}");
+            let r = run(req.clone()).await.unwrap();
+            assert_eq!(r.status(), 409);
+            // Escrow below the worker's price, and a job for someone else.
+            let (job3, _) = make(3);
+            let cheap = client.sign(open(job3, 1, worker.address())).await.unwrap();
+            let r = run(RunRequest {
+                nonce: [3; 32],
+                open_job: cheap,
+                ..req.clone()
+            })
+            .await
+            .unwrap();
+            assert_eq!(r.status(), 402);
+            let (job4, _) = make(4);
+            let misdirected = client.sign(open(job4, 100, [9; 32])).await.unwrap();
+            let r = run(RunRequest {
+                nonce: [4; 32],
+                open_job: misdirected,
+                ..req.clone()
+            })
+            .await
+            .unwrap();
+            assert_eq!(r.status(), 400);
+            // After all that the network still answers, and the job run directly is settled.
+            let v = chat(&net, "Say yes.", 1).await;
+            let done = wait_final(&net.ledger, &[job, job_of(&v)], 120).await;
+            assert!(done.values().all(|j| j.status == JobStatus::Accepted));
+            let _ = c;
+        },
+    );
+}
