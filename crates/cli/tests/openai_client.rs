@@ -1,0 +1,199 @@
+//! The gateway of `deai devnet` through the unmodified `openai` Python package: a devnet in a
+//! child process (4 validators, 2 workers on the default model, the gateway), then
+//! `scripts/openai_client_test.py` against it (models, chat with and without streaming,
+//! legacy completions, OpenAI errors, and the receipt accepted by the validators).
+//!
+//! Needs `python3` with `openai` installed (`pip install openai`); without it the test prints
+//! `skipping: pip install openai` and passes, unless `DEAI_REQUIRE_OPENAI=1` (set by CI), which
+//! makes it fail. The model comes from `DEAI_HOME` (set by `scripts/test.sh`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the devnet may take to answer `/v1/models` (loads the model, starts the chain).
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the Python checks may take (generation on a small CPU plus the verdicts).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A port base with the devnet's ports free: chain p2p on `base..base+4`, chain HTTP on
+/// `base+100..+104`, gateway and workers on `base+200..+203`.
+fn free_base() -> u16 {
+    let offsets = (0..5).chain(100..105).chain(200..204);
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = l.local_addr().unwrap().port();
+        drop(l);
+        if base < 60_000
+            && offsets
+                .clone()
+                .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+/// The devnet process, killed when the test ends (passing or not).
+struct Devnet(Child);
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether `python3` can import `openai`; prints the reason when it cannot.
+fn have_openai() -> bool {
+    match Command::new("python3")
+        .args(["-c", "import openai; print(openai.__version__)"])
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            eprintln!(
+                "python3 has openai {}",
+                String::from_utf8_lossy(&o.stdout).trim()
+            );
+            true
+        }
+        Ok(o) => {
+            eprintln!(
+                "`python3 -c 'import openai'` failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("cannot run python3: {e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn openai_python_client_talks_to_the_devnet_gateway() {
+    if !have_openai() {
+        if std::env::var("DEAI_REQUIRE_OPENAI").as_deref() == Ok("1") {
+            panic!(
+                "DEAI_REQUIRE_OPENAI=1 but python3 cannot import the `openai` package: \
+                 run `python3 -m pip install openai` (.ci/run does)"
+            );
+        }
+        eprintln!("skipping: pip install openai");
+        return;
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = repo.join("scripts/openai_client_test.py");
+    assert!(script.is_file(), "{} is missing", script.display());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("devnet");
+    let log_path = tmp.path().join("devnet.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let base = free_base();
+    let t0 = Instant::now();
+    let mut devnet = Devnet(
+        Command::new(env!("CARGO_BIN_EXE_deai"))
+            .args(["devnet", "--dir", dir.to_str().unwrap()])
+            .args(["--port-base", &base.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+
+    // Wait for devnet.json and a gateway that answers /v1/models.
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let info: serde_json::Value = loop {
+        if let Some(status) = devnet.0.try_wait().unwrap() {
+            panic!(
+                "`deai devnet` exited early ({status})\ndevnet log (last lines):\n{}",
+                log_tail(&log_path, 60)
+            );
+        }
+        let info = std::fs::read(dir.join("devnet.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if let Some(info) = info {
+            let gateway = info["gateway"].as_str().unwrap_or_default();
+            let ok = http
+                .get(format!("{gateway}/v1/models"))
+                .send()
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                break info;
+            }
+        }
+        if t0.elapsed() > START_TIMEOUT {
+            panic!(
+                "the devnet's gateway did not answer /v1/models within {START_TIMEOUT:?}\n\
+                 devnet log (last lines):\n{}",
+                log_tail(&log_path, 60)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let started = t0.elapsed();
+    let gateway = info["gateway"].as_str().expect("devnet.json: gateway");
+    let api_key = info["api_key"].as_str().expect("devnet.json: api_key");
+    let model = info["model"].as_str().expect("devnet.json: model");
+    eprintln!("devnet up in {started:.1?}: gateway {gateway}, model {model}");
+
+    // The checks, with their output in a file (read after they end, so a full pipe cannot
+    // stall them) and a time limit.
+    let out_path = tmp.path().join("client.log");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let t1 = Instant::now();
+    let mut client = Command::new("python3")
+        .arg(&script)
+        .args([gateway, api_key, model])
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = client.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t1.elapsed() > CLIENT_TIMEOUT {
+            let _ = client.kill();
+            let _ = client.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    println!("{output}");
+    eprintln!(
+        "openai client checks took {:.1?} (devnet start {started:.1?})",
+        t1.elapsed()
+    );
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!(
+            "scripts/openai_client_test.py failed ({s}):\n{output}\n\
+             devnet log (last lines):\n{}",
+            log_tail(&log_path, 80)
+        ),
+        None => panic!(
+            "scripts/openai_client_test.py did not finish within {CLIENT_TIMEOUT:?}:\n{output}\n\
+             devnet log (last lines):\n{}",
+            log_tail(&log_path, 80)
+        ),
+    }
+}

@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Checks a deai gateway with the unmodified `openai` package from PyPI.
+
+Usage: python3 scripts/openai_client_test.py [GATEWAY [API_KEY [MODEL]]]
+
+GATEWAY is the gateway's base URL with or without the trailing /v1 (devnet.json's
+"gateway" field, or the `gateway:` line `deai devnet` prints); API_KEY is its `api key:`.
+Each may come from the environment instead (DEAI_GATEWAY, DEAI_API_KEY, DEAI_MODEL); the
+model defaults to SmolLM2-135M-Instruct (devnet.json's "model").
+
+Prints one line per check and exits nonzero if any check failed.
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+import urllib.parse
+import urllib.request
+
+# Requests to the gateway go to loopback: bypass any HTTP proxy the host sets (CI machines
+# reach the internet through one). Set before any client is created.
+_LOOPBACK = ["127.0.0.1", "localhost", "::1"]
+for _var in ("NO_PROXY", "no_proxy"):
+    _have = [h for h in os.environ.get(_var, "").split(",") if h.strip()]
+    os.environ[_var] = ",".join(_have + [h for h in _LOOPBACK if h not in _have])
+
+import openai  # noqa: E402  (after the proxy settings on purpose)
+from openai import OpenAI  # noqa: E402
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+FAILURES = []
+
+
+def check(name, fn):
+    """Runs one check; prints `ok` or `FAIL` with the reason. Returns fn's result or None."""
+    t0 = time.monotonic()
+    try:
+        result, detail = fn()
+    except Exception as e:  # noqa: BLE001 (a failed check of any kind is reported)
+        FAILURES.append(name)
+        msg = str(e) if isinstance(e, AssertionError) else f"{type(e).__name__}: {e}"
+        if e.__cause__ is not None:
+            msg += f" (caused by {type(e.__cause__).__name__}: {e.__cause__})"
+        print(f"FAIL {name}: {msg}", flush=True)
+        if not isinstance(e, (AssertionError, openai.APIError)):
+            traceback.print_exc(file=sys.stdout)  # a bug in this script, or a client crash
+        sys.stdout.flush()
+        return None
+    print(f"ok   {name} ({time.monotonic() - t0:.2f} s){': ' + detail if detail else ''}", flush=True)
+    return result
+
+
+def main():
+    args = sys.argv[1:]
+    gateway = args[0] if len(args) > 0 else os.environ.get("DEAI_GATEWAY")
+    api_key = args[1] if len(args) > 1 else os.environ.get("DEAI_API_KEY")
+    want = (args[2] if len(args) > 2 else os.environ.get("DEAI_MODEL")) or DEFAULT_MODEL
+    if not gateway or not api_key:
+        print(__doc__, file=sys.stderr)
+        print("error: need the gateway URL and the API key (argv or DEAI_GATEWAY/DEAI_API_KEY)",
+              file=sys.stderr)
+        return 2
+    root = gateway.rstrip("/")
+    if root.endswith("/v1"):
+        root = root[: -len("/v1")]
+    base_url = root + "/v1"
+    print(f"openai {openai.__version__}; gateway {base_url}", flush=True)
+
+    # No retries: a retried request would hide a failure (and open a second paid job).
+    client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    # --- models.list ---------------------------------------------------------------------
+    def models():
+        ids = [m.id for m in client.models.list()]
+        assert ids, "GET /v1/models listed no model"
+        assert want in ids, f"model {want!r} not in /v1/models: {ids}"
+        return want, f"{ids}"
+
+    model = check("models.list() contains the model", models)
+    if model is None:
+        print("cannot go on without a model", flush=True)
+        return 1
+
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    request = dict(model=model, messages=messages, seed=42, max_tokens=32, temperature=0)
+
+    # --- non-streaming chat ---------------------------------------------------------------
+    def chat():
+        raw = client.chat.completions.with_raw_response.create(**request)
+        receipt_id = raw.headers.get("x-deai-receipt")
+        r = raw.parse()
+        assert receipt_id, f"no x-deai-receipt header; headers: {dict(raw.headers)}"
+        assert r.choices, f"no choices in {r}"
+        c = r.choices[0]
+        text = c.message.content
+        assert text and text.strip(), f"empty answer: {r}"
+        assert c.message.role == "assistant", f"role {c.message.role!r}"
+        assert c.finish_reason in ("stop", "length"), f"finish_reason {c.finish_reason!r}"
+        assert r.usage is not None, f"no usage in {r}"
+        assert r.usage.prompt_tokens > 0, f"usage.prompt_tokens {r.usage.prompt_tokens}"
+        assert r.usage.completion_tokens > 0, f"usage.completion_tokens {r.usage.completion_tokens}"
+        assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, \
+            f"usage.total_tokens {r.usage.total_tokens} != prompt + completion in {r.usage}"
+        assert r.usage.completion_tokens <= 32, \
+            f"{r.usage.completion_tokens} completion tokens with max_tokens=32"
+        deai = (r.model_extra or {}).get("deai")
+        assert isinstance(deai, dict), f"no `deai` field in the answer: {r}"
+        assert deai.get("receipt_id") == receipt_id, \
+            f"deai.receipt_id {deai.get('receipt_id')!r} != header {receipt_id!r}"
+        return (text, receipt_id), (f"{c.finish_reason}, {r.usage.prompt_tokens}+"
+                                    f"{r.usage.completion_tokens} tokens, receipt {receipt_id[:16]}…, "
+                                    f"text {text!r}")
+
+    chat_result = check("chat.completions.create (stream=false, seed=42, temperature=0)", chat)
+
+    # --- streaming chat -------------------------------------------------------------------
+    def chat_stream():
+        pieces, finish, usage, deai, n = [], None, None, None, 0
+        for chunk in client.chat.completions.create(**request, stream=True):
+            n += 1
+            assert chunk.object == "chat.completion.chunk", f"chunk object {chunk.object!r}"
+            for c in chunk.choices:
+                if c.delta and c.delta.content:
+                    pieces.append(c.delta.content)
+                if c.finish_reason is not None:
+                    assert finish is None, f"two finish_reasons: {finish!r}, {c.finish_reason!r}"
+                    finish = c.finish_reason
+            if chunk.usage is not None:
+                usage = chunk.usage
+            if (chunk.model_extra or {}).get("deai"):
+                deai = chunk.model_extra["deai"]
+        text = "".join(pieces)
+        assert text.strip(), f"empty streamed answer ({n} chunks)"
+        assert finish in ("stop", "length"), f"stream ended without a finish_reason (last {finish!r})"
+        assert usage is not None and usage.completion_tokens > 0, f"final chunk usage {usage}"
+        assert isinstance(deai, dict) and deai.get("receipt_id"), f"no `deai` in the final chunk: {deai}"
+        if chat_result is not None:
+            assert text == chat_result[0], \
+                f"streamed text differs from the non-streaming one:\n  stream: {text!r}\n  plain:  {chat_result[0]!r}"
+        else:
+            raise AssertionError("the non-streaming check failed, nothing to compare with")
+        return (text, deai["receipt_id"]), f"{n} chunks, {finish}, same text, receipt {deai['receipt_id'][:16]}…"
+
+    stream_result = check("chat.completions.create (stream=true) gives the same text", chat_stream)
+
+    # --- legacy completions ---------------------------------------------------------------
+    def completions():
+        r = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8)
+        assert r.choices, f"no choices in {r}"
+        text = r.choices[0].text
+        assert text and text.strip(), f"empty completion: {r}"
+        assert r.choices[0].finish_reason in ("stop", "length"), f"finish_reason {r.choices[0].finish_reason!r}"
+        assert r.usage is not None and 0 < r.usage.completion_tokens <= 8, f"usage {r.usage}"
+        return None, repr(text)
+
+    check("completions.create (legacy endpoint)", completions)
+
+    # --- errors ---------------------------------------------------------------------------
+    def expect(exc, **kw):
+        def run():
+            c = kw.pop("client", client)
+            try:
+                c.chat.completions.create(**{**request, **kw})
+            except exc as e:
+                body = e.body if isinstance(e.body, dict) else {}
+                assert body.get("message"), f"{exc.__name__} without an error message: {e.body!r}"
+                return None, f"HTTP {e.status_code}, code {body.get('code')!r}: {body.get('message')}"
+            raise AssertionError(f"no {exc.__name__} was raised")
+        return run
+
+    bad_key = OpenAI(base_url=base_url, api_key="sk-wrong", max_retries=0, timeout=60)
+    check("wrong API key raises AuthenticationError",
+          expect(openai.AuthenticationError, client=bad_key))
+    check("unknown model raises NotFoundError",
+          expect(openai.NotFoundError, model="no-such-model"))
+    check("temperature=5 raises BadRequestError",
+          expect(openai.BadRequestError, temperature=5))
+
+    # --- receipts -------------------------------------------------------------------------
+    def verdict(receipt_id, timeout=120.0):
+        def run():
+            assert receipt_id, "no receipt id (the request failed above)"
+            url = f"{root}/v1/receipts/{urllib.parse.quote(receipt_id)}"
+            t0, last = time.monotonic(), None
+            while True:
+                with direct.open(url, timeout=30) as resp:
+                    view = json.loads(resp.read())
+                last = view.get("verification")
+                if last != "pending":
+                    break
+                assert time.monotonic() - t0 < timeout, \
+                    f"still pending after {timeout:.0f} s: {json.dumps(view)[:2000]}"
+                time.sleep(0.5)
+            assert last == "accepted", \
+                f"verification {last!r}, expected 'accepted': {json.dumps(view.get('ledger'))[:2000]}"
+            assert view.get("receipt"), "the receipt view has no receipt"
+            ledger = view.get("ledger") or {}
+            return None, (f"accepted after {time.monotonic() - t0:.1f} s, "
+                          f"{len(ledger.get('verdicts') or [])} verdicts")
+        return run
+
+    check("GET /v1/receipts/{id} of the chat answer is accepted",
+          verdict(chat_result[1] if chat_result else None))
+    check("GET /v1/receipts/{id} of the streamed answer is accepted",
+          verdict(stream_result[1] if stream_result else None))
+
+    if FAILURES:
+        print(f"{len(FAILURES)} check(s) failed: {', '.join(FAILURES)}", flush=True)
+        return 1
+    print("all checks passed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
