@@ -30,6 +30,15 @@ pub struct VerifyArgs {
     /// Kernel threads.
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
+    /// Also check the ledger at this chain node: a state proof of the job, checked against
+    /// the validators' finality certificate, shows the receipt's digest, worker and model on
+    /// chain and the job's settlement.
+    #[arg(long, value_name = "URL")]
+    pub onchain: Option<String>,
+    /// The chain's genesis.json: the validator set the proof must be signed by (default:
+    /// ask the node, which then has to be trusted for the validator set).
+    #[arg(long, requires = "onchain")]
+    pub genesis: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -169,8 +178,15 @@ fn verify_inner(a: &VerifyArgs) -> Result<bool> {
     }
     let engine = Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))?;
     let t0 = std::time::Instant::now();
-    let rep = deai_proof::verify(&r, &engine, &model_id);
+    let mut rep = deai_proof::verify(&r, &engine, &model_id);
     let ms = t0.elapsed().as_secs_f64() * 1e3;
+    if let Some(url) = &a.onchain {
+        let checks = onchain_checks(&r, url.trim_end_matches('/'), a.genesis.as_deref())?;
+        if checks.iter().any(|c| !c.ok) {
+            rep.verdict = deai_proof::Verdict::Reject;
+        }
+        rep.checks.extend(checks);
+    }
     if a.json {
         let checks: Vec<serde_json::Value> = rep
             .checks
@@ -197,6 +213,123 @@ fn verify_inner(a: &VerifyArgs) -> Result<bool> {
         }
     }
     Ok(rep.accepted())
+}
+
+/// The ledger side of `deai verify --onchain`: the job's record, proven against the
+/// finality certificate of a validator quorum, must carry this receipt's digest, worker and
+/// model, and must not have been rejected.
+fn onchain_checks(
+    r: &Receipt,
+    url: &str,
+    genesis: Option<&Path>,
+) -> Result<Vec<deai_proof::Check>> {
+    let validators: Vec<[u8; 32]> = match genesis {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let g: deai_ledger::state::Genesis = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a genesis file", p.display()))?;
+            g.validators.iter().map(|v| v.address).collect()
+        }
+        None => {
+            eprintln!("note: validator set taken from {url} (pass --genesis to pin it)");
+            let s = crate::chain_cmd::get(&format!("{url}/v1/status"))?;
+            s["validators"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    let mut a = [0u8; 32];
+                    hex::decode_to_slice(v["address"].as_str().unwrap_or_default(), &mut a)
+                        .map(|_| a)
+                        .context("bad validator address from the node")
+                })
+                .collect::<Result<_>>()?
+        }
+    };
+    let job = deai_types::Hash256(r.job_id);
+    let key = deai_ledger::state::Key::Job(job);
+    let check = |name: &str, ok: bool, detail: String| deai_proof::Check {
+        name: name.into(),
+        ok,
+        detail,
+        position: None,
+    };
+    let v = crate::chain_cmd::get(&format!("{url}/v1/proof/job/{job}"))?;
+    let sp: deai_chain::lightclient::StateProof =
+        serde_json::from_value(v).context("the node's state proof is malformed")?;
+    let proven = match deai_chain::lightclient::verify_state_proof(&validators, &key, &sp) {
+        Ok(p) => p,
+        Err(e) => return Ok(vec![check("onchain_proof", false, e)]),
+    };
+    let Some(bytes) = proven.value else {
+        return Ok(vec![check(
+            "onchain_proof",
+            false,
+            format!(
+                "the finalized state at height {} proves job {job} absent",
+                proven.height
+            ),
+        )]);
+    };
+    let mut out = vec![check(
+        "onchain_proof",
+        true,
+        format!(
+            "job record proven at height {} (state root {}) by a quorum of {} validators",
+            proven.height,
+            proven.state_root.short(),
+            validators.len()
+        ),
+    )];
+    let j: deai_ledger::state::Job =
+        deai_ledger::state::decode_record(&bytes).map_err(|e| anyhow::anyhow!(e))?;
+    let digest = deai_node::proto::receipt_digest(&r.to_bytes()?);
+    out.push(match &j.receipt {
+        None => check(
+            "onchain_receipt",
+            false,
+            "no receipt posted for the job".into(),
+        ),
+        Some(rec) if rec.digest != digest => check(
+            "onchain_receipt",
+            false,
+            format!(
+                "the chain holds receipt digest {}, this receipt is {}",
+                rec.digest.short(),
+                digest.short()
+            ),
+        ),
+        Some(rec) if rec.worker != r.worker_key => check(
+            "onchain_receipt",
+            false,
+            "posted by another worker than the receipt's signer".into(),
+        ),
+        Some(_) if j.model != r.model_id => check(
+            "onchain_receipt",
+            false,
+            "the job names another model".into(),
+        ),
+        Some(rec) => check(
+            "onchain_receipt",
+            true,
+            format!(
+                "digest {} posted by the signer at height {}",
+                rec.digest.short(),
+                rec.posted_at
+            ),
+        ),
+    });
+    use deai_ledger::state::JobStatus;
+    let (ok, detail) = match j.status {
+        JobStatus::Accepted => (true, format!("accepted and settled: {:?}", j.settlement)),
+        JobStatus::Receipted | JobStatus::Challenged => {
+            (true, format!("{:?}: verdicts pending", j.status))
+        }
+        s => (false, format!("{s:?}")),
+    };
+    out.push(check("onchain_status", ok, detail));
+    Ok(out)
 }
 
 /// `deai inspect`.

@@ -1,7 +1,10 @@
 //! The gateway of `deai devnet` through the unmodified `openai` Python package: a devnet in a
 //! child process (4 validators, 2 workers on the default model, the gateway), then
 //! `scripts/openai_client_test.py` against it (models, chat with and without streaming,
-//! legacy completions, OpenAI errors, and the receipt accepted by the validators).
+//! legacy completions, OpenAI errors, and the receipt accepted by the validators); then, on
+//! the same devnet, `deai verify --onchain` on a receipt the gateway served (accepted, with
+//! the job proven against the finality certificate), against another chain's validators
+//! (rejected) and on a receipt that never went on chain (rejected).
 //!
 //! Needs `python3` with `openai` installed (`pip install openai`); without it the test prints
 //! `skipping: pip install openai` and passes, unless `DEAI_REQUIRE_OPENAI=1` (set by CI), which
@@ -196,4 +199,83 @@ fn openai_python_client_talks_to_the_devnet_gateway() {
             log_tail(&log_path, 80)
         ),
     }
+
+    // `deai verify --onchain`: a receipt served by the gateway, checked offline and against
+    // the chain with a state proof signed by the genesis validators.
+    let chain = info["chain"][0].as_str().expect("devnet.json: chain");
+    let r: serde_json::Value = http
+        .post(format!("{gateway}/v1/chat/completions"))
+        .bearer_auth(api_key)
+        .json(&serde_json::json!({
+            "model": model, "max_tokens": 12, "seed": 3,
+            "messages": [{ "role": "user", "content": "Name a fruit." }],
+        }))
+        .timeout(Duration::from_secs(300))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = r["deai"]["receipt_id"]
+        .as_str()
+        .expect("receipt id")
+        .to_string();
+    let t2 = Instant::now();
+    let view: serde_json::Value = loop {
+        let v: serde_json::Value = http
+            .get(format!("{gateway}/v1/receipts/{id}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if v["verification"] != "pending" {
+            break v;
+        }
+        assert!(t2.elapsed() < Duration::from_secs(180), "no verdict: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(view["verification"], "accepted", "{view}");
+    let receipt_path = tmp.path().join("receipt.json");
+    std::fs::write(&receipt_path, view["receipt"].to_string()).unwrap();
+    let verify = |receipt: &Path, genesis: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_deai"))
+            .arg("verify")
+            .arg(receipt)
+            .args(["--onchain", chain, "--genesis"])
+            .arg(genesis)
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let o = verify(&receipt_path, &dir.join("genesis.json"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("onchain_proof") && text(&o).contains("accepted and settled"));
+    // Another chain's validators did not sign this chain's blocks.
+    let other = tmp.path().join("other-chain");
+    let o = Command::new(env!("CARGO_BIN_EXE_deai"))
+        .args(["chain", "init", "--dir"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = verify(&receipt_path, &other.join("genesis.json"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("does not verify"), "{}", text(&o));
+    // A receipt made offline was never on chain: the proof shows the job absent.
+    let offline = tmp.path().join("offline.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_deai"))
+        .args(["run", "Name a fruit.", "-n", "4", "--receipt"])
+        .arg(&offline)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = verify(&offline, &dir.join("genesis.json"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("absent"), "{}", text(&o));
 }

@@ -368,6 +368,12 @@ impl Key {
 }
 
 /// The leaf value committed for an encoded record.
+/// Decodes a record's canonical bytes (as [`State::encode_record`] writes them and state
+/// proofs carry them), e.g. a [`Job`] proven by a light client.
+pub fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("record does not decode: {e}"))
+}
+
 pub fn value_hash(encoded: &[u8]) -> [u8; 32] {
     Hash256::digest_parts("deai-state-value", &[encoded]).0
 }

@@ -65,8 +65,6 @@ struct Inner {
     failures: Mutex<HashMap<Address, u64>>,
     /// Jobs sent per worker: among equals, the least used goes first.
     assigned: Mutex<HashMap<Address, u64>>,
-    /// Request id -> job id of the attempt that answered.
-    answered: Mutex<HashMap<Hash256, Hash256>>,
 }
 
 #[derive(Clone)]
@@ -88,6 +86,7 @@ enum Out {
 impl Gateway {
     pub fn new(cfg: GatewayConfig, ledger: LedgerClient) -> anyhow::Result<Self> {
         std::fs::create_dir_all(cfg.dir.join("receipts"))?;
+        std::fs::create_dir_all(cfg.dir.join("requests"))?;
         Ok(Gateway(Arc::new(Inner {
             cfg,
             ledger,
@@ -95,16 +94,19 @@ impl Gateway {
             load: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             assigned: Mutex::new(HashMap::new()),
-            answered: Mutex::new(HashMap::new()),
         })))
     }
 
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/models", get(models))
+            .route("/v1/models/{id}", get(model_info))
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/completions", post(completions))
             .route("/v1/receipts/{id}", get(receipt))
+            .fallback(|| async {
+                http_error(StatusCode::NOT_FOUND, "no such route; see docs/api.md")
+            })
             .layer(axum::extract::DefaultBodyLimit::max(crate::MAX_BODY))
             .with_state(self.clone())
     }
@@ -275,14 +277,20 @@ impl Gateway {
                 .entry(w.address)
                 .or_default() += 1;
             let r = self
-                .attempt(&client, model, &prompt_tokens, &params, w, &mut sent, &out)
+                .attempt(
+                    request,
+                    &client,
+                    model,
+                    &prompt_tokens,
+                    &params,
+                    w,
+                    &mut sent,
+                    &out,
+                )
                 .await;
             *self.0.load.lock().unwrap().entry(w.address).or_default() -= 1;
             match r {
-                Ok(job) => {
-                    self.0.answered.lock().unwrap().insert(request, job);
-                    return;
-                }
+                Ok(_job) => return,
                 Err(e) => {
                     tracing::warn!(worker = %hex::encode(&w.address[..6]), "attempt failed: {e:#}");
                     *self
@@ -308,6 +316,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
+        request: Hash256,
         client: &Signer,
         model: Hash256,
         prompt_tokens: &[u32],
@@ -399,8 +408,12 @@ impl Gateway {
                         if done_job != job {
                             anyhow::bail!("worker answered for another job");
                         }
-                        let path = self.0.cfg.dir.join("receipts").join(format!("{job}.json"));
-                        let _ = tokio::fs::write(&path, serde_json::to_vec_pretty(&receipt)?).await;
+                        let dir = &self.0.cfg.dir;
+                        let path = dir.join("receipts").join(format!("{job}.json"));
+                        tokio::fs::write(&path, serde_json::to_vec_pretty(&receipt)?).await?;
+                        // Request id -> the job that answered it (survives restarts).
+                        let req_path = dir.join("requests").join(request.to_string());
+                        tokio::fs::write(&req_path, job.to_string()).await?;
                         let _ = out
                             .send(Out::Done {
                                 job,
@@ -420,13 +433,10 @@ impl Gateway {
 
     /// The receipt of request or job `id`, with its ledger record and verification status.
     async fn receipt_view(&self, id: Hash256) -> Result<Value, HttpError> {
-        let job = self
-            .0
-            .answered
-            .lock()
-            .unwrap()
-            .get(&id)
-            .copied()
+        let job = tokio::fs::read_to_string(self.0.cfg.dir.join("requests").join(id.to_string()))
+            .await
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
             .unwrap_or(id);
         let path = self.0.cfg.dir.join("receipts").join(format!("{job}.json"));
         let receipt: Option<Value> = tokio::fs::read(&path)
@@ -561,7 +571,10 @@ impl Common {
                 temperature: temperature as f32,
                 top_k: 0,
                 top_p: top_p as f32,
-                seed: self.seed.unwrap_or(0),
+                // No seed asked: draw one (it is in the receipt, so the run stays checkable).
+                seed: self.seed.unwrap_or_else(|| {
+                    u64::from_le_bytes(deai_proof::random_nonce()[..8].try_into().expect("8 bytes"))
+                }),
             },
             stop,
         })
@@ -621,16 +634,28 @@ fn finish_reason(s: StopReason) -> &'static str {
 
 // ---- handlers ----------------------------------------------------------------------------
 
+/// A model's entry in OpenAI's shape, with deai's extras.
+fn model_json(m: &CatalogEntry, workers: usize) -> Value {
+    json!({
+        "id": m.name, "object": "model", "created": 0, "owned_by": "deai",
+        "deai": { "model_id": m.id, "workers": workers, "context_length": m.n_ctx },
+    })
+}
+
 async fn models(AxState(g): AxState<Gateway>) -> Result<Json<Value>, HttpError> {
     let mut data = Vec::new();
     for m in &g.0.cfg.models {
-        let workers = g.candidates(&m.id).await?.len();
-        data.push(json!({
-            "id": m.name, "object": "model", "created": 0, "owned_by": "deai",
-            "deai": { "model_id": m.id, "workers": workers, "context_length": m.n_ctx },
-        }));
+        data.push(model_json(m, g.candidates(&m.id).await?.len()));
     }
     Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+async fn model_info(
+    AxState(g): AxState<Gateway>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    let m = g.model(&id)?;
+    Ok(Json(model_json(m, g.candidates(&m.id).await?.len())))
 }
 
 async fn receipt(
