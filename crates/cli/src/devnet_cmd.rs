@@ -167,6 +167,14 @@ fn run_demo(i: &devnet::DevnetInfo, prompt: &str) -> Result<()> {
             w["address"].as_str().unwrap_or_default().to_string(),
         ));
     }
+    let vals = chain_cmd::get(&format!("{chain}/v1/validators"))?;
+    let vnames = ["validator-0", "validator-1", "validator-2", "validator-3"];
+    for (k, v) in vals["validators"].as_array().into_iter().flatten().enumerate() {
+        who.push((
+            vnames.get(k).copied().unwrap_or("validator"),
+            v["address"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
     let before = balances(chain, &who)?;
     let http = reqwest::blocking::Client::builder()
         .no_proxy()
@@ -273,11 +281,13 @@ fn run_demo(i: &devnet::DevnetInfo, prompt: &str) -> Result<()> {
     let after = balances(chain, &who)?;
     println!("\nbalances that moved:");
     for ((name, b0, s0), (_, b1, s1)) in before.iter().zip(&after) {
-        if b0 != b1 || s0 != s1 {
-            println!(
-                "  {name:<9} {b0:>14} -> {b1:>14}  ({:+})",
-                *b1 as i128 - *b0 as i128
-            );
+        if b0 != b1 {
+            let d = *b1 as i128 - *b0 as i128;
+            println!("  {name:<12} balance {b0:>12} -> {b1:>12}  ({d:+})");
+        }
+        if s0 != s1 {
+            let d = *s1 as i128 - *s0 as i128;
+            println!("  {name:<12} stake   {s0:>12} -> {s1:>12}  ({d:+})");
         }
     }
     if view["verification"] != "accepted" {

@@ -1,0 +1,92 @@
+//! The README's first command, `deai devnet --demo`, as a process: the whole network comes
+//! up, answers one chat request, and the validators accept the receipt and settle the job.
+//! With `--cheater fake-proof` and one worker, the same demo ends with a rejected receipt
+//! and a failing exit code.
+//!
+//! Needs the real model (`DEAI_MODEL_PATH`, set by `scripts/test.sh`; `DEAI_HOME` holds it).
+
+use std::process::{Command, Output};
+
+fn model_available() -> bool {
+    match std::env::var_os("DEAI_MODEL_PATH") {
+        Some(p) if !p.is_empty() => true,
+        _ => {
+            eprintln!("SKIPPED: set DEAI_MODEL_PATH (and DEAI_HOME) to run the devnet demo");
+            false
+        }
+    }
+}
+
+/// A port base with the devnet's ports free (p2p +0..4, chain HTTP +100..104, +200..203).
+fn free_base() -> u16 {
+    let offsets = (0..5).chain(100..105).chain(200..204);
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = l.local_addr().unwrap().port();
+        drop(l);
+        if base < 60_000
+            && offsets
+                .clone()
+                .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+fn demo(extra: &[&str]) -> (Output, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_deai"))
+        .args(["devnet", "--demo", "--port-base", &free_base().to_string()])
+        .args(extra)
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o, text)
+}
+
+#[test]
+fn devnet_demo_answers_and_settles() {
+    if !model_available() {
+        return;
+    }
+    let (o, text) = demo(&[]);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("Paris"), "{text}");
+    for want in [
+        "validators' verdict: \"accepted\"",
+        "receipt digest on chain matches: true",
+        "finalized at height",
+        "balances that moved",
+        "worker-",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    // At least three of the four validators accepted (quorum is > 2/3 of stake).
+    assert!(text.matches("  accept").count() >= 3, "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn devnet_demo_with_a_cheating_worker_shows_the_rejection() {
+    if !model_available() {
+        return;
+    }
+    let (o, text) = demo(&["--workers", "1", "--cheater", "fake-proof"]);
+    assert!(!o.status.success(), "{text}");
+    assert!(text.contains("validators' verdict: \"rejected\""), "{text}");
+    assert!(text.contains("the receipt was \"rejected\""), "{text}");
+    // The client got its escrow back except the fee; the worker lost stake.
+    assert!(text.contains("balances that moved"), "{text}");
+    // Bad flags are refused before anything starts.
+    let (o, text) = demo(&["--cheater", "nope"]);
+    assert!(!o.status.success());
+    assert!(text.contains("unknown --cheater"), "{text}");
+    let (o, text) = demo(&["--workers", "0"]);
+    assert!(!o.status.success());
+    assert!(text.contains("--workers must be"), "{text}");
+}
