@@ -28,6 +28,13 @@ pub enum ChainCmd {
         /// First HTTP API port.
         #[arg(long, default_value_t = 27_100)]
         http_port: u16,
+        /// A model jobs may use (its id, an installed model's id prefix, a GGUF path, or
+        /// "default"); repeatable. Without any, governance must allow models later.
+        #[arg(long)]
+        allow_model: Vec<String>,
+        /// Share of receipts validators re-check, in basis points (10000 = all).
+        #[arg(long)]
+        sample_rate_bps: Option<u64>,
     },
     /// Run validators of the chain in DIR in this process until Ctrl-C.
     Run {
@@ -222,14 +229,32 @@ pub fn chain(c: ChainCmd) -> Result<()> {
             validators,
             p2p_port,
             http_port,
+            allow_model,
+            sample_rate_bps,
         } => {
             let dir = dir.unwrap_or_else(default_dir);
+            let mut params = deai_ledger::state::Params::default();
+            for m in &allow_model {
+                let id = match m.parse::<Hash256>() {
+                    Ok(id) => id,
+                    Err(_) => deai_models::sha256_file(&crate::resolve_model(Some(m))?)?,
+                };
+                params.allowed_models.push(id);
+            }
+            params.allowed_models.sort();
+            params.allowed_models.dedup();
+            if let Some(r) = sample_rate_bps {
+                deai_ledger::state::Params::check(deai_ledger::Param::SampleRateBps, r)
+                    .map_err(|e| anyhow::anyhow!("--sample-rate-bps: {e}"))?;
+                params.sample_rate_bps = r;
+            }
             let g = local::init(
                 &dir,
                 &InitOptions {
                     validators,
                     base_p2p_port: p2p_port,
                     base_http_port: http_port,
+                    params,
                     ..Default::default()
                 },
             )?;

@@ -83,16 +83,7 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let name = model_path
-        .file_stem()
-        .map(|s| {
-            s.to_string_lossy()
-                .split('.')
-                .next()
-                .unwrap_or("model")
-                .to_string()
-        })
-        .unwrap_or_else(|| "model".into());
+    let name = model_name(&model_path);
     let opts = DevnetOptions {
         dir: dir.clone(),
         model_path,
@@ -134,6 +125,21 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
     })
 }
 
+/// A model's public name: the GGUF file name up to its first dot
+/// (`SmolLM2-135M-Instruct.Q4_1.gguf` -> `SmolLM2-135M-Instruct`).
+pub fn model_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|s| {
+            s.to_string_lossy()
+                .split('.')
+                .next()
+                .unwrap_or("model")
+                .to_string()
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "model".into())
+}
+
 fn balances(chain: &str, who: &[(&str, String)]) -> Result<Vec<(String, u64, u64)>> {
     let mut out = Vec::new();
     for (name, addr) in who {
@@ -169,7 +175,12 @@ fn run_demo(i: &devnet::DevnetInfo, prompt: &str) -> Result<()> {
     }
     let vals = chain_cmd::get(&format!("{chain}/v1/validators"))?;
     let vnames = ["validator-0", "validator-1", "validator-2", "validator-3"];
-    for (k, v) in vals["validators"].as_array().into_iter().flatten().enumerate() {
+    for (k, v) in vals["validators"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         who.push((
             vnames.get(k).copied().unwrap_or("validator"),
             v["address"].as_str().unwrap_or_default().to_string(),

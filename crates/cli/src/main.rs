@@ -11,6 +11,7 @@ mod bench;
 mod calibrate_cmd;
 mod chain_cmd;
 mod devnet_cmd;
+mod node_cmd;
 mod proof_cmd;
 
 use anyhow::{bail, Context, Result};
@@ -62,6 +63,8 @@ enum Cmd {
     /// The whole network in one process on loopback: 4 validators, workers with the real
     /// model, an OpenAI-compatible gateway (`--demo` sends one request and follows it).
     Devnet(devnet_cmd::DevnetArgs),
+    /// Run network roles (worker, validator, gateway; any combination) against a chain.
+    Node(node_cmd::NodeArgs),
 }
 
 #[derive(Subcommand)]
@@ -258,6 +261,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Chain(c) => chain_cmd::chain(c),
         Cmd::Tx(a) => chain_cmd::tx(a),
         Cmd::Devnet(a) => devnet_cmd::devnet(a),
+        Cmd::Node(a) => node_cmd::node(a),
     }
 }
 

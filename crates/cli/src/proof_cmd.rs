@@ -10,11 +10,18 @@ use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum KeysCmd {
-    /// Create the worker signing key ($DEAI_HOME/keys/worker.key) if it does not exist, and
-    /// print its public key.
-    New,
-    /// Print the worker's public key.
-    Show,
+    /// Create a signing key (default: the worker key $DEAI_HOME/keys/worker.key, kept if it
+    /// exists) and print its public key, which is also the node's ledger address.
+    New {
+        /// Write a new key here instead (refuses to overwrite an existing file).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print a key's public key (default: the worker key).
+    Show {
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -98,8 +105,19 @@ pub fn load_or_create_key() -> Result<SigningKey> {
 
 pub fn keys(c: KeysCmd) -> Result<()> {
     let key = match c {
-        KeysCmd::New => load_or_create_key()?,
-        KeysCmd::Show => read_key(&key_path()).context("no worker key (run `deai keys new`)")?,
+        KeysCmd::New { out: None } => load_or_create_key()?,
+        KeysCmd::New { out: Some(path) } => {
+            if path.exists() {
+                bail!("{} exists; not overwriting a key", path.display());
+            }
+            let key = deai_proof::generate_key();
+            deai_chain::local::write_key(&path, &key.to_bytes())?;
+            key
+        }
+        KeysCmd::Show { key: None } => {
+            read_key(&key_path()).context("no worker key (run `deai keys new`)")?
+        }
+        KeysCmd::Show { key: Some(path) } => read_key(&path)?,
     };
     println!("{}", hex::encode(key.verifying_key().to_bytes()));
     Ok(())

@@ -81,19 +81,6 @@ fn key_at(dir: &Path, name: &str) -> Result<SigningKey> {
     )?))
 }
 
-async fn serve(addr: SocketAddr, router: axum::Router) -> Result<SocketAddr> {
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let bound = l.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(l, router).await {
-            tracing::error!("HTTP server on {bound} stopped: {e}");
-        }
-    });
-    Ok(bound)
-}
-
 /// Creates the devnet directory if it is new: chain genesis (validators staked, the client and
 /// the workers funded), keys, and the API key.
 fn init(opts: &DevnetOptions) -> Result<()> {
@@ -196,7 +183,7 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
             signer(key_at(&dir, &format!("worker-{i}.key"))?, i + 1),
             url,
         )?;
-        serve(addr, w.router()).await?;
+        crate::serve(addr, w.router()).await?;
         w.join()
             .await
             .with_context(|| format!("worker {i} joining"))?;
@@ -223,7 +210,7 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
         },
         LedgerClient::new(&chain[0]),
     )?;
-    let gw = serve(
+    let gw = crate::serve(
         SocketAddr::from(([127, 0, 0, 1], opts.base_port + 200)),
         gateway.router(),
     )

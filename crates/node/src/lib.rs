@@ -11,6 +11,7 @@
 pub mod devnet;
 pub mod gateway;
 pub mod ledger_client;
+pub mod node;
 pub mod proto;
 pub mod verifier;
 pub mod worker;
@@ -47,6 +48,24 @@ pub fn is_loopback_url(url: &str) -> bool {
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Serves `router` on `addr` in the background; returns the bound address.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use anyhow::Context;
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = l.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, router).await {
+            tracing::error!("HTTP server on {bound} stopped: {e}");
+        }
+    });
+    Ok(bound)
 }
 
 /// A JSON error `{"error": {"message", "type", "code"}}` (OpenAI's shape) with a status.

@@ -485,19 +485,26 @@ fn gateway_and_worker_refuse_bad_input_with_clear_errors() {
                 .unwrap();
             assert_eq!(r.status(), 413);
             // Model lookup and unknown routes answer in the same error shape.
-        let r = c.get(format!("{g}/v1/models/{}", net.info.model)).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        let v: Value = r.json().await.unwrap();
-        assert_eq!(v["deai"]["workers"], 1);
-        let r = c.get(format!("{g}/v1/models/gpt-9")).send().await.unwrap();
-        assert_eq!(r.status(), 404);
-        let v: Value = r.json().await.unwrap();
-        assert_eq!(v["error"]["code"], "model_not_found");
-        let r = c.get(format!("{g}/v1/nothing/here")).send().await.unwrap();
-        assert_eq!(r.status(), 404);
-        let v: Value = r.json().await.unwrap();
-        assert!(v["error"]["message"].as_str().unwrap().contains("no such route"));
-        // Unknown and malformed receipt ids.
+            let r = c
+                .get(format!("{g}/v1/models/{}", net.info.model))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["deai"]["workers"], 1);
+            let r = c.get(format!("{g}/v1/models/gpt-9")).send().await.unwrap();
+            assert_eq!(r.status(), 404);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "model_not_found");
+            let r = c.get(format!("{g}/v1/nothing/here")).send().await.unwrap();
+            assert_eq!(r.status(), 404);
+            let v: Value = r.json().await.unwrap();
+            assert!(v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no such route"));
+            // Unknown and malformed receipt ids.
             let r = c
                 .get(format!("{g}/v1/receipts/{}", "ab".repeat(32)))
                 .send()

@@ -1,0 +1,279 @@
+//! `deai node` joining a chain run by `deai chain run`, each a separate process: a new key
+//! funded by the faucet becomes a staked, registered worker with a gateway in one node,
+//! three genesis validators run the validator role in their own nodes, and a chat request
+//! through the gateway is answered and accepted on chain. Bad configurations get clear
+//! errors.
+//!
+//! Needs the real model (`DEAI_MODEL_PATH`, set by `scripts/test.sh`; `DEAI_HOME` holds it).
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DEAD_PROXY: &str = "http://127.0.0.1:9";
+
+fn deai(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deai"))
+        .args(args)
+        .env("HTTP_PROXY", DEAD_PROXY)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = l.local_addr().unwrap().port();
+        drop(l);
+        if base < 60_000
+            && (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+struct Proc(Child, std::path::PathBuf);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(log: &Path, args: &[&str]) -> Proc {
+    let f = std::fs::File::create(log).unwrap();
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_deai"))
+            .args(args)
+            .env("HTTP_PROXY", DEAD_PROXY)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap(),
+        log.to_path_buf(),
+    )
+}
+
+fn logs(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| {
+            format!(
+                "--- {}\n{}",
+                p.1.display(),
+                std::fs::read_to_string(&p.1).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn nodes_join_a_chain_and_serve_a_verified_answer() {
+    if std::env::var_os("DEAI_MODEL_PATH").is_none_or(|p| p.is_empty()) {
+        eprintln!("SKIPPED: set DEAI_MODEL_PATH (and DEAI_HOME) to run the node roles test");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let chain_dir = t.join("chain");
+    let c = chain_dir.to_str().unwrap();
+    let base = free_ports(12);
+    let (p2p, http_port) = (base, base + 4);
+    let o = deai(&[
+        "chain",
+        "init",
+        "--dir",
+        c,
+        "--p2p-port",
+        &p2p.to_string(),
+        "--http-port",
+        &http_port.to_string(),
+        "--allow-model",
+        "default",
+        "--sample-rate-bps",
+        "10000",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let chain = spawn(&t.join("chain.log"), &["chain", "run", "--dir", c]);
+    let url = format!("http://127.0.0.1:{http_port}");
+    let t0 = Instant::now();
+    while deai(&["chain", "status", "--url", &url]).status.code() != Some(0)
+        || !text(&deai(&["chain", "status", "--url", &url])).contains("\"height\"")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{}",
+            logs(&[&chain])
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // A fresh key: refused as a worker until funded, refused as a validator.
+    let wkey = t.join("worker.key");
+    let o = deai(&["keys", "new", "--out", wkey.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let addr = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert_eq!(addr.len(), 64, "{addr}");
+    let o = deai(&["keys", "new", "--out", wkey.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && text(&o).contains("not overwriting"),
+        "{}",
+        text(&o)
+    );
+    let wk = wkey.to_str().unwrap();
+    let o = deai(&["node", "--role", "worker", "--chain", &url, "--key", wk]);
+    assert!(
+        !o.status.success() && text(&o).contains("fund it"),
+        "{}",
+        text(&o)
+    );
+    let o = deai(&["node", "--role", "validator", "--chain", &url, "--key", wk]);
+    assert!(
+        !o.status.success() && text(&o).contains("not an active validator"),
+        "{}",
+        text(&o)
+    );
+    let o = deai(&["node", "--role", "wizard", "--key", wk]);
+    assert!(
+        !o.status.success() && text(&o).contains("unknown role"),
+        "{}",
+        text(&o)
+    );
+    let bad_cfg = t.join("bad.toml");
+    std::fs::write(
+        &bad_cfg,
+        "chain = \"x\"\nroles = [\"worker\"]\ncolour = 1\n",
+    )
+    .unwrap();
+    let o = deai(&["node", "--config", bad_cfg.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && text(&o).contains("colour"),
+        "{}",
+        text(&o)
+    );
+    let faucet = chain_dir.join("keys/faucet.key");
+    let o = deai(&[
+        "tx",
+        "--url",
+        &url,
+        "--key",
+        faucet.to_str().unwrap(),
+        "transfer",
+        "--to",
+        &addr,
+        "--amount",
+        "100000",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // The worker + gateway node, from a config file.
+    let (wport, gport) = (base + 8, base + 9);
+    let cfg = t.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "chain = \"{url}\"\nkey = \"{wk}\"\nroles = [\"worker\", \"gateway\"]\ndata = \"{}\"\n\
+             [worker]\nlisten = \"127.0.0.1:{wport}\"\nprice_per_1k = 500\n\
+             [gateway]\nlisten = \"127.0.0.1:{gport}\"\n\
+             [[gateway.api_keys]]\nkey = \"sk-test-node-roles\"\naccount_key = \"{}\"\n",
+            t.join("data").display(),
+            faucet.display()
+        ),
+    )
+    .unwrap();
+    let node = spawn(
+        &t.join("node.log"),
+        &["node", "--config", cfg.to_str().unwrap()],
+    );
+    let validators: Vec<Proc> = (0..3)
+        .map(|i| {
+            let k = chain_dir.join(format!("keys/validator-{i}.key"));
+            spawn(
+                &t.join(format!("validator-{i}.log")),
+                &[
+                    "node",
+                    "--role",
+                    "validator",
+                    "--chain",
+                    &url,
+                    "--key",
+                    k.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    let all = || {
+        let mut v = vec![&chain, &node];
+        v.extend(validators.iter());
+        logs(&v)
+    };
+    let gw = format!("http://127.0.0.1:{gport}");
+    let c = http();
+    let t0 = Instant::now();
+    loop {
+        let ok = c
+            .get(format!("{gw}/v1/models"))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<serde_json::Value>().ok())
+            .is_some_and(|v| v["data"][0]["deai"]["workers"] == 1);
+        if ok {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{}", all());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r: serde_json::Value = c
+        .post(format!("{gw}/v1/chat/completions"))
+        .bearer_auth("sk-test-node-roles")
+        .json(&serde_json::json!({
+            "model": "SmolLM2-135M-Instruct", "max_tokens": 12, "seed": 1,
+            "messages": [{ "role": "user", "content": "What is 2+2?" }],
+        }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r["deai"]["worker"], addr, "{r}\n{}", all());
+    let id = r["deai"]["receipt_id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    let view = loop {
+        let v: serde_json::Value = c
+            .get(format!("{gw}/v1/receipts/{id}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if v["verification"] != "pending" {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{v}\n{}", all());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(view["verification"], "accepted", "{view}\n{}", all());
+    let s = &view["ledger"]["settlement"];
+    assert!(s["worker_paid"].as_u64().unwrap() > 0, "{view}");
+    // Three verdicts, all from the validator nodes.
+    assert!(
+        view["ledger"]["verdicts"].as_array().unwrap().len() >= 3,
+        "{view}"
+    );
+}
