@@ -13,6 +13,7 @@ mod chain_cmd;
 mod devnet_cmd;
 mod node_cmd;
 mod proof_cmd;
+mod status_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -65,6 +66,9 @@ enum Cmd {
     Devnet(devnet_cmd::DevnetArgs),
     /// Run network roles (worker, validator, gateway; any combination) against a chain.
     Node(node_cmd::NodeArgs),
+    /// The network's economics: validators, workers (earnings, slashes, revenue per
+    /// compute-hour), jobs by status, supply, treasury and burns.
+    Status(status_cmd::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -262,6 +266,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Tx(a) => chain_cmd::tx(a),
         Cmd::Devnet(a) => devnet_cmd::devnet(a),
         Cmd::Node(a) => node_cmd::node(a),
+        Cmd::Status(a) => status_cmd::status(a),
     }
 }
 

@@ -276,4 +276,32 @@ fn nodes_join_a_chain_and_serve_a_verified_answer() {
         view["ledger"]["verdicts"].as_array().unwrap().len() >= 3,
         "{view}"
     );
+
+    // `deai status` shows the money: the worker earned, at a positive revenue per
+    // compute-hour, and the job is counted as accepted.
+    let o = deai(&["status", "--url", &url, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(st["jobs"]["accepted"].as_u64().unwrap() >= 1, "{st}");
+    let w = &st["workers"][0];
+    assert_eq!(w["address"], addr, "{st}");
+    assert!(w["earned"].as_u64().unwrap() > 0, "{st}");
+    assert!(w["compute_ms"].as_u64().unwrap() > 0, "{st}");
+    assert!(
+        w["revenue_per_compute_hour"].as_f64().unwrap() > 0.0,
+        "{st}"
+    );
+    assert_eq!(st["validators"].as_array().unwrap().len(), 4, "{st}");
+    let o = deai(&["status", "--url", &url]);
+    assert!(
+        o.status.success() && text(&o).contains("revenue/compute-hour"),
+        "{}",
+        text(&o)
+    );
+    let o = deai(&["status", "--url", "http://127.0.0.1:1"]);
+    assert!(
+        !o.status.success() && text(&o).contains("cannot reach"),
+        "{}",
+        text(&o)
+    );
 }

@@ -77,6 +77,8 @@ struct Inner {
     gate: tokio::sync::Semaphore,
     busy: AtomicU64,
     served: AtomicU64,
+    /// Wall time spent running jobs (generation + proof), for revenue per compute-hour.
+    compute_us: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -100,6 +102,7 @@ impl Worker {
             gate: tokio::sync::Semaphore::new(1),
             busy: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            compute_us: AtomicU64::new(0),
         })))
     }
 
@@ -245,6 +248,7 @@ async fn health(AxState(w): AxState<Worker>) -> Json<serde_json::Value> {
         "price_per_1k": w.0.cfg.price_per_1k,
         "busy": w.0.busy.load(Ordering::Relaxed),
         "served": w.0.served.load(Ordering::Relaxed),
+        "compute_ms": w.0.compute_us.load(Ordering::Relaxed) / 1000,
     }))
 }
 
@@ -284,7 +288,10 @@ async fn run(
         let permit = w2.0.gate.acquire().await.expect("semaphore never closed");
         let w3 = w2.clone();
         let tx2 = tx.clone();
+        let t0 = std::time::Instant::now();
         let out = tokio::task::spawn_blocking(move || execute(&w3, &req, job, &tx2)).await;
+        w2.0.compute_us
+            .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         drop(permit);
         w2.0.busy.fetch_sub(1, Ordering::Relaxed);
         match out {

@@ -1,0 +1,115 @@
+//! `deai status`: the network's economics from a chain node (and each worker's own
+//! compute-time counter): validators, workers with their earnings, slashes and revenue per
+//! compute-hour, jobs by status, supply, treasury and burns.
+
+use crate::chain_cmd;
+use anyhow::Result;
+use clap::Args;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// A chain node's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:27100")]
+    url: String,
+    #[arg(long)]
+    json: bool,
+}
+
+const STATUSES: [&str; 7] = [
+    "open",
+    "receipted",
+    "challenged",
+    "accepted",
+    "rejected",
+    "expired",
+    "unresolved",
+];
+
+/// Milliseconds a worker reports having spent on jobs, if it answers.
+fn compute_ms(endpoint: &str) -> Option<u64> {
+    let url = format!("{}/worker/v1/health", endpoint.trim_end_matches('/'));
+    let c = chain_cmd::client(&url).ok()?;
+    let r = c.get(&url).timeout(Duration::from_secs(3)).send().ok()?;
+    r.json::<Value>().ok()?["compute_ms"].as_u64()
+}
+
+pub fn status(a: StatusArgs) -> Result<()> {
+    let url = a.url.trim_end_matches('/');
+    let s = chain_cmd::get(&format!("{url}/v1/status"))?;
+    let vals = chain_cmd::get(&format!("{url}/v1/validators"))?;
+    let workers = chain_cmd::get(&format!("{url}/v1/workers"))?;
+    let mut jobs = serde_json::Map::new();
+    for st in STATUSES {
+        let v = chain_cmd::get(&format!("{url}/v1/jobs?status={st}&limit=1"))?;
+        jobs.insert(st.into(), v["total"].clone());
+    }
+    let mut wl = Vec::new();
+    for w in workers["workers"].as_array().into_iter().flatten() {
+        let rec = &w["worker"];
+        let earned = rec["earned"].as_u64().unwrap_or(0);
+        let ms = compute_ms(rec["endpoint"].as_str().unwrap_or_default());
+        let per_hour = ms
+            .filter(|&m| m > 0)
+            .map(|m| earned as f64 / (m as f64 / 3.6e6));
+        wl.push(json!({
+            "address": w["address"], "active": rec["active"], "stake": w["stake"],
+            "price_per_1k": rec["price_per_1k"], "jobs_done": rec["jobs_done"],
+            "jobs_rejected": rec["jobs_rejected"], "tokens_served": rec["tokens_served"],
+            "earned": earned, "slashed": rec["slashed"], "compute_ms": ms,
+            "revenue_per_compute_hour": per_hour, "endpoint": rec["endpoint"],
+        }));
+    }
+    let vl: Vec<Value> = vals["validators"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            json!({ "address": v["address"], "stake": v["stake"],
+                    "verdicts": v["validator"]["verdicts"], "earned": v["validator"]["earned"] })
+        })
+        .collect();
+    let out = json!({
+        "height": s["height"], "supply": s["supply"], "treasury": s["treasury"],
+        "burned": s["burned"], "total_stake": s["total_stake"],
+        "validators": vl, "workers": wl, "jobs": jobs,
+    });
+    if a.json {
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "height {}  supply {}  treasury {}  burned {}  staked {}",
+        s["height"], s["supply"], s["treasury"], s["burned"], s["total_stake"]
+    );
+    println!("jobs: {}", Value::Object(jobs));
+    println!("\nvalidators:");
+    for v in &vl {
+        println!(
+            "  {}…  stake {:>10}  verdicts {:>6}  earned {:>10}",
+            &v["address"].as_str().unwrap_or_default()[..12],
+            v["stake"],
+            v["verdicts"],
+            v["earned"]
+        );
+    }
+    println!("\nworkers:");
+    for w in &wl {
+        let rate = w["revenue_per_compute_hour"]
+            .as_f64()
+            .map_or("-".to_string(), |r| format!("{r:.0}"));
+        println!(
+            "  {}…  {:<8} stake {:>8}  jobs {:>5} ok / {:>3} rejected  tokens {:>8}  earned {:>8}  slashed {:>6}  revenue/compute-hour {rate}",
+            &w["address"].as_str().unwrap_or_default()[..12],
+            if w["active"] == true { "active" } else { "inactive" },
+            w["stake"],
+            w["jobs_done"],
+            w["jobs_rejected"],
+            w["tokens_served"],
+            w["earned"],
+            w["slashed"],
+        );
+    }
+    Ok(())
+}
