@@ -21,6 +21,10 @@ pub enum BenchCmd {
     /// The ledger on consensus: finalized transfers and receipts per second, finality latency
     /// (p50/p99), and state-root cost at 10k vs 1M accounts; validators on loopback.
     Chain(crate::chain_cmd::BenchChainArgs),
+    /// The network end to end: a devnet in this process (4 validators, workers, gateway);
+    /// streaming tokens/s and time to first token through the gateway vs the bare engine,
+    /// concurrent streaming clients (lost, duplicated, throughput), and every job settled.
+    Network(crate::bench_network::NetworkBench),
 }
 
 #[derive(Args)]
@@ -50,6 +54,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Engine(b) => engine_bench(b),
         BenchCmd::Proof(b) => crate::proof_cmd::bench(b),
         BenchCmd::Chain(b) => crate::chain_cmd::bench_chain(b),
+        BenchCmd::Network(b) => crate::bench_network::bench(b),
     }
 }
 

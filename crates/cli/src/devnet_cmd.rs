@@ -25,6 +25,10 @@ pub struct DevnetArgs {
     /// Number of workers.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Blocks a job may wait for its receipt before its escrow is refunded (a new devnet
+    /// only; default 12000, about 5-20 minutes at devnet block rates).
+    #[arg(long)]
+    job_timeout: Option<u64>,
     /// Make the last worker cheat: alter-output, fake-proof or other-weights.
     #[arg(long)]
     cheater: Option<String>,
@@ -48,6 +52,10 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
     }
     if a.port_base == 0 || a.port_base > 65_000 {
         bail!("--port-base must be in 1..=65000 (the devnet uses ports up to BASE+216)");
+    }
+    if let Some(t) = a.job_timeout {
+        deai_ledger::state::Params::check(deai_ledger::Param::JobTimeout, t)
+            .map_err(|e| anyhow::anyhow!("--job-timeout: {e}"))?;
     }
     let model_path = resolve_model(a.model.model.as_deref())?;
     let engine = Arc::new(crate::load_engine(&a.model)?);
@@ -90,10 +98,14 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
         model_name: name,
         base_port: a.port_base,
         workers: behaviors,
+        cheaters_pass_challenge: true,
         price_per_1k: 1_000,
         engine,
         model_id,
-        params: devnet::devnet_params(),
+        params: deai_ledger::state::Params {
+            job_timeout: a.job_timeout.unwrap_or(devnet::devnet_params().job_timeout),
+            ..devnet::devnet_params()
+        },
     };
     let demo = a.demo;
     let prompt = a.prompt.clone();

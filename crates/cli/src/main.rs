@@ -8,6 +8,7 @@
 //! (clap's convention: unknown flag, invalid value, non-UTF-8 argument).
 
 mod bench;
+mod bench_network;
 mod calibrate_cmd;
 mod chain_cmd;
 mod devnet_cmd;
@@ -195,6 +196,15 @@ macro_rules! outln {
 }
 
 fn main() {
+    // Warnings of the network roles and the chain go to stderr; RUST_LOG overrides
+    // (e.g. RUST_LOG=deai_node=info shows every verdict and capability challenge).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("error,deai_node=warn,deai_chain=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
         // Whoever read our output stopped (`deai tokenize ... | head`): nothing went wrong.

@@ -1,6 +1,6 @@
 //! `deai node` joining a chain run by `deai chain run`, each a separate process: a new key
 //! funded by the faucet becomes a staked, registered worker with a gateway in one node,
-//! three genesis validators run the validator role in their own nodes, and a chat request
+//! the four genesis validators run the validator role in their own nodes, and a chat request
 //! through the gateway is answered and accepted on chain. Bad configurations get clear
 //! errors.
 //!
@@ -203,7 +203,7 @@ fn nodes_join_a_chain_and_serve_a_verified_answer() {
         &t.join("node.log"),
         &["node", "--config", cfg.to_str().unwrap()],
     );
-    let validators: Vec<Proc> = (0..3)
+    let validators: Vec<Proc> = (0..4)
         .map(|i| {
             let k = chain_dir.join(format!("keys/validator-{i}.key"));
             spawn(

@@ -731,6 +731,20 @@ impl State {
                     total += c.bond as u128;
                 }
             }
+            // An accepted job's settlement record accounts for its escrow exactly.
+            if let (JobStatus::Accepted, Some(s)) = (j.status, &j.settlement) {
+                let bond = j.challenge.as_ref().map_or(0, |c| c.bond as u128);
+                let parts = s.worker_paid as u128
+                    + s.validator_fee as u128
+                    + s.treasury_cut as u128
+                    + s.client_refund as u128;
+                if parts != j.escrow as u128 + bond {
+                    return err(format!(
+                        "job settlement parts {parts} != escrow {} + bond {bond}",
+                        j.escrow
+                    ));
+                }
+            }
         }
         if total + self.meta.burned as u128 != self.meta.supply as u128 {
             return err(format!(
@@ -1149,6 +1163,8 @@ impl State {
         } else {
             let each = validator_fee / voters.len() as u64;
             treasury += validator_fee - each * voters.len() as u64;
+            // What the validators actually got; the remainder went to the treasury.
+            validator_fee = each * voters.len() as u64;
             for v in &voters {
                 self.credit(v, each);
                 if let Some(val) = self.validators.get_mut(v) {

@@ -44,6 +44,9 @@ pub struct DevnetOptions {
     pub base_port: u16,
     /// One entry per worker.
     pub workers: Vec<Behavior>,
+    /// Cheating workers answer their capability challenge honestly and cheat afterwards
+    /// (true), or cheat from their first job (false).
+    pub cheaters_pass_challenge: bool,
     /// Price per 1000 tokens of each worker (the same for all).
     pub price_per_1k: u64,
     pub engine: Arc<Engine>,
@@ -53,13 +56,15 @@ pub struct DevnetOptions {
 }
 
 /// Chain parameters for a devnet: every receipt is verified (a small network can afford it)
-/// and windows are long enough for CPU verification at devnet block rates.
+/// and windows are long enough for CPU verification at devnet block rates (10-40 blocks/s):
+/// a job may wait in a busy worker's queue for the gateway's whole worker timeout, and
+/// `deai bench network` saw answered jobs expire with a 600-block timeout.
 pub fn devnet_params() -> Params {
     Params {
         sample_rate_bps: 10_000,
-        challenge_window: 600,
-        verdict_window: 600,
-        job_timeout: 600,
+        challenge_window: 3_000,
+        verdict_window: 3_000,
+        job_timeout: 12_000,
         ..Params::default()
     }
 }
@@ -152,17 +157,6 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
         )
     };
 
-    let mut verifiers = Vec::new();
-    for i in 0..nodes.len() {
-        let v = Arc::new(Verifier::new(
-            signer(key_at(&dir, &format!("validator-{i}.key"))?, i),
-            opts.engine.clone(),
-            opts.model_id,
-        ));
-        tokio::spawn(v.clone().run(Duration::from_millis(200)));
-        verifiers.push(v);
-    }
-
     let mut workers = Vec::new();
     for (i, behavior) in opts.workers.iter().enumerate() {
         let addr = SocketAddr::from(([127, 0, 0, 1], opts.base_port + 201 + i as u16));
@@ -178,6 +172,7 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
                 dir: dir.join(format!("worker-{i}")),
                 behavior: behavior.clone(),
                 post_timeout: Duration::from_secs(60),
+                honest_jobs: u64::from(opts.cheaters_pass_challenge),
             },
             opts.engine.clone(),
             signer(key_at(&dir, &format!("worker-{i}.key"))?, i + 1),
@@ -190,6 +185,37 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
         workers.push(w);
     }
 
+    // Verifiers start once the workers serve: after a restart they fetch receipts at once.
+    let mut verifiers = Vec::new();
+    for i in 0..nodes.len() {
+        let v = Arc::new(Verifier::new(
+            signer(key_at(&dir, &format!("validator-{i}.key"))?, i),
+            opts.engine.clone(),
+            opts.model_id,
+        ));
+        tokio::spawn(v.clone().run(Duration::from_millis(200)));
+        verifiers.push(v);
+    }
+
+    // Wait until every worker has passed (an accepted job) or failed (inactive) its
+    // capability challenge, so the gateway has someone to route to.
+    let t0 = tokio::time::Instant::now();
+    loop {
+        let reg = ledger.workers().await?;
+        let settled = workers.iter().all(|w| {
+            reg.iter()
+                .find(|e| e.address == w.address())
+                .is_some_and(|e| e.worker.jobs_done > 0 || !e.worker.active)
+        });
+        if settled {
+            break;
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(180),
+            "workers did not finish their capability challenges within 180 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let api_key = std::fs::read_to_string(dir.join("keys/api.key"))?
         .trim()
         .to_string();
@@ -207,6 +233,7 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
             attempts: 3,
             worker_timeout: Duration::from_secs(120),
             dir: dir.join("gateway"),
+            require_qualified: true,
         },
         LedgerClient::new(&chain[0]),
     )?;

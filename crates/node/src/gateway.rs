@@ -53,6 +53,9 @@ pub struct GatewayConfig {
     pub worker_timeout: Duration,
     /// Receipts relayed by this gateway are kept under `dir/receipts/`.
     pub dir: PathBuf,
+    /// Route only to workers with at least one accepted job on chain (their capability
+    /// challenge, see `verifier`).
+    pub require_qualified: bool,
 }
 
 struct Inner {
@@ -173,6 +176,7 @@ impl Gateway {
             .unwrap_or_default()
             .into_iter()
             .filter(|w| w.worker.active && w.stake >= min_stake && w.worker.models.contains(model))
+            .filter(|w| !self.0.cfg.require_qualified || w.worker.jobs_done > 0)
             .collect();
         c.sort_by_key(|w| {
             (

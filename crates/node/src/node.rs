@@ -232,6 +232,7 @@ pub async fn start(
                 dir: data.join("worker"),
                 behavior: Behavior::Honest,
                 post_timeout: Duration::from_secs(120),
+                honest_jobs: 0,
             },
             engine.clone(),
             signer(),
@@ -276,6 +277,7 @@ pub async fn start(
                 attempts: 3,
                 worker_timeout: Duration::from_secs(120),
                 dir: data.join("gateway"),
+                require_qualified: true,
             },
             ledger.clone(),
         )?;

@@ -5,17 +5,37 @@
 //! Which receipts are sampled is decided by the digest of the block that finalized the
 //! receipt, which the worker does not know when it answers, and is the same for every
 //! validator, so that a quorum forms on the same jobs.
+//!
+//! **Capability challenge.** A newly registered worker gets no client jobs (gateways route
+//! only to workers with an accepted job) until it answers a challenge: one validator,
+//! picked by the worker's address, pays for a job on a prompt with a random code in it, gives
+//! the worker a deadline, and verifies the receipt itself. The job then goes through the
+//! ledger like any other (verified by the quorum, settled, counted in `jobs_done`); a failed
+//! challenge is also challenged on chain, so the quorum rejects it and slashes the worker
+//! even where the sample rate would skip it.
 
-use crate::ledger_client::Signer;
-use crate::proto::receipt_digest;
+use crate::ledger_client::{Signer, WorkerEntry};
+use crate::proto::{receipt_digest, RunEvent, RunRequest};
+use deai_engine::tokenizer::{chat_prompt, ChatMessage};
 use deai_engine::Engine;
+use deai_engine::GenParams;
 use deai_ledger::state::{Job, JobStatus, BPS};
+use deai_ledger::Address;
 use deai_ledger::TxKind;
 use deai_proof::Receipt;
 use deai_types::Hash256;
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The outcome of trying to check one receipt.
+#[derive(Clone, Debug)]
+pub enum Check {
+    Done(Finding),
+    /// The receipt could not be fetched (worker down or restarting).
+    Unavailable(String),
+}
 
 /// What one verification found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +53,16 @@ pub struct Verifier {
     done: Mutex<HashSet<Hash256>>,
     /// Every verdict this validator gave, newest last (for status pages and tests).
     pub findings: Mutex<Vec<Finding>>,
+    /// Capability challenges this validator ran: worker -> passed (None while running).
+    pub probes: Mutex<HashMap<Address, Option<bool>>>,
 }
+
+/// How long a worker has to answer its capability challenge.
+pub const CHALLENGE_DEADLINE: Duration = Duration::from_secs(60);
+/// Blocks after registration when any validator may challenge a still-unqualified worker.
+const CHALLENGE_FALLBACK_BLOCKS: u64 = 100;
+/// Tokens a capability challenge asks for.
+const CHALLENGE_TOKENS: usize = 16;
 
 /// True when the receipt of `job`, finalized in the block with digest `block`, falls in the
 /// sample at `rate_bps`.
@@ -51,13 +80,160 @@ impl Verifier {
             model_id,
             done: Mutex::new(HashSet::new()),
             findings: Mutex::new(Vec::new()),
+            probes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Starts a capability challenge for each new worker of this model that this validator
+    /// is the designated challenger of.
+    pub async fn challenge_new_workers(self: &Arc<Self>) -> anyhow::Result<()> {
+        let ledger = self.signer.ledger();
+        let me = hex::encode(self.signer.address());
+        let status = ledger.status().await?;
+        let height = status["height"].as_u64().unwrap_or(0);
+        let mut vals: Vec<String> = status["validators"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["address"].as_str().map(str::to_string))
+            .collect();
+        vals.sort();
+        if vals.is_empty() {
+            return Ok(());
+        }
+        for w in ledger.workers().await? {
+            let fresh = w.worker.active && w.worker.jobs_done == 0;
+            if !fresh || !w.worker.models.contains(&self.model_id) {
+                continue;
+            }
+            // One designated challenger; if it has not qualified the worker after
+            // `CHALLENGE_FALLBACK_BLOCKS` (it may be offline), any validator may.
+            let pick = Hash256::digest_parts("deai-challenger-v1", &[&w.address]).0[0] as usize;
+            let late = height.saturating_sub(w.worker.registered_at) > CHALLENGE_FALLBACK_BLOCKS;
+            if vals[pick % vals.len()] != me && !late {
+                continue;
+            }
+            if self.probes.lock().unwrap().contains_key(&w.address) {
+                continue;
+            }
+            self.probes.lock().unwrap().insert(w.address, None);
+            let v = self.clone();
+            tokio::spawn(async move {
+                let passed = match v.run_challenge(&w).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(worker = %hex::encode(&w.address[..6]), "capability challenge: {e:#}");
+                        false
+                    }
+                };
+                tracing::info!(worker = %hex::encode(&w.address[..6]), passed, "capability challenge");
+                v.probes.lock().unwrap().insert(w.address, Some(passed));
+            });
+        }
+        Ok(())
+    }
+
+    /// One capability challenge; true when the worker answered in time with a receipt that
+    /// verifies. A bad receipt is also challenged on chain.
+    async fn run_challenge(&self, w: &WorkerEntry) -> anyhow::Result<bool> {
+        let nonce = deai_proof::random_nonce();
+        let code = hex::encode(&nonce[..4]);
+        let msgs = [ChatMessage {
+            role: "user".into(),
+            content: format!("Repeat the code {code}, then count from one to five."),
+        }];
+        let prompt_tokens = self
+            .engine
+            .model
+            .tokenizer
+            .encode(&chat_prompt(&msgs, true), true)?;
+        let params = GenParams {
+            max_tokens: CHALLENGE_TOKENS,
+            ..GenParams::default()
+        };
+        let spec = deai_proof::JobSpec {
+            model_id: self.model_id,
+            prompt_tokens: prompt_tokens.clone(),
+            params: params.clone(),
+            nonce,
+        };
+        let job = Hash256(spec.id());
+        let escrow = crate::worker::job_cost(
+            prompt_tokens.len() + CHALLENGE_TOKENS,
+            w.worker.price_per_1k,
+        );
+        let open_job = self
+            .signer
+            .sign(TxKind::OpenJob {
+                job,
+                model: self.model_id,
+                max_tokens: CHALLENGE_TOKENS as u32,
+                escrow,
+                worker: Some(w.address),
+            })
+            .await?;
+        let _ = self.signer.ledger().submit(&open_job).await;
+        let req = RunRequest {
+            model_id: self.model_id,
+            prompt_tokens,
+            params,
+            nonce,
+            open_job,
+        };
+        let url = format!("{}/worker/v1/run", w.worker.endpoint.trim_end_matches('/'));
+        let answer = async {
+            let r = crate::http_client(&url, CHALLENGE_DEADLINE)
+                .post(&url)
+                .json(&req)
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
+            Ok::<_, anyhow::Error>(r.text().await?)
+        };
+        let body = match tokio::time::timeout(CHALLENGE_DEADLINE, answer).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => anyhow::bail!("no answer: {e:#}"),
+            Err(_) => anyhow::bail!("no answer within {CHALLENGE_DEADLINE:?}"),
+        };
+        let receipt = body
+            .lines()
+            .filter_map(|l| serde_json::from_str::<RunEvent>(l).ok())
+            .find_map(|ev| match ev {
+                RunEvent::Done { receipt, .. } => Some(receipt),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow::anyhow!("the answer has no receipt"))?;
+        let r = Receipt::from_json(&receipt.to_string()).map_err(|e| anyhow::anyhow!(e))?;
+        let engine = self.engine.clone();
+        let model_id = self.model_id;
+        let same_job = r.job_id == job.0 && r.worker_key == w.address;
+        let report =
+            tokio::task::spawn_blocking(move || deai_proof::verify(&r, &engine, &model_id)).await?;
+        let passed = same_job && report.accepted();
+        if !passed {
+            // Make the quorum look at it whatever the sample rate: challenge it on chain once
+            // the worker's receipt is there.
+            let ledger = self.signer.ledger();
+            let t0 = tokio::time::Instant::now();
+            while t0.elapsed() < CHALLENGE_DEADLINE {
+                match ledger.job(&job).await? {
+                    Some(j) if j.status == JobStatus::Receipted => {
+                        self.signer.submit(TxKind::Challenge { job }).await?;
+                        break;
+                    }
+                    Some(j) if j.status.is_final() => break,
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+        Ok(passed)
     }
 
     /// Checks once for receipts to verify; returns what it verified.
     pub async fn tick(&self) -> anyhow::Result<Vec<Finding>> {
         let ledger = self.signer.ledger();
         let params = ledger.params().await?;
+        let height = ledger.height().await?;
         let me = self.signer.address();
         let mut todo: Vec<(Hash256, Job)> = ledger.jobs("challenged", 200).await?;
         todo.extend(ledger.jobs("receipted", 200).await?);
@@ -80,7 +256,23 @@ impl Verifier {
                     continue;
                 }
             }
-            let finding = self.check(&id, &job).await;
+            let finding = match self.check(&id, &job).await {
+                Check::Done(f) => f,
+                Check::Unavailable(why) => {
+                    // The worker may be restarting: ask again later, and reject only once
+                    // half the challenge window has passed without the receipt.
+                    let patience = params.challenge_window / 2;
+                    if height < rec.posted_at.saturating_add(patience) {
+                        tracing::debug!(job = %id, "receipt not available yet: {why}");
+                        continue;
+                    }
+                    Finding {
+                        job: id,
+                        accept: false,
+                        reason: Some(why),
+                    }
+                }
+            };
             self.done.lock().unwrap().insert(id);
             let kind = TxKind::Verdict {
                 job: id,
@@ -101,6 +293,9 @@ impl Verifier {
     /// Runs until the process ends, checking every `every`.
     pub async fn run(self: Arc<Self>, every: Duration) {
         loop {
+            if let Err(e) = self.challenge_new_workers().await {
+                tracing::debug!("capability challenges: {e:#}");
+            }
             if let Err(e) = self.tick().await {
                 tracing::debug!("verifier: {e:#}");
             }
@@ -109,19 +304,24 @@ impl Verifier {
     }
 
     /// Fetches and checks the receipt of `job`. Any failure to produce a matching, valid
-    /// receipt is a reject.
-    pub async fn check(&self, id: &Hash256, job: &Job) -> Finding {
-        let reject = |reason: String| Finding {
-            job: *id,
-            accept: false,
-            reason: Some(reason),
+    /// receipt is a reject; a receipt that cannot be fetched is reported as such (the caller
+    /// retries for a while before rejecting).
+    pub async fn check(&self, id: &Hash256, job: &Job) -> Check {
+        let reject = |reason: String| {
+            Check::Done(Finding {
+                job: *id,
+                accept: false,
+                reason: Some(reason),
+            })
         };
         let Some(rec) = &job.receipt else {
             return reject("no receipt posted".into());
         };
         let text = match self.fetch(&rec.pointer).await {
             Ok(t) => t,
-            Err(e) => return reject(format!("receipt unavailable at {}: {e:#}", rec.pointer)),
+            Err(e) => {
+                return Check::Unavailable(format!("receipt unavailable at {}: {e:#}", rec.pointer))
+            }
         };
         let r = match Receipt::from_json(&text) {
             Ok(r) => r,
@@ -148,11 +348,11 @@ impl Verifier {
         let report =
             tokio::task::spawn_blocking(move || deai_proof::verify(&r, &engine, &model_id)).await;
         match report {
-            Ok(rep) if rep.accepted() => Finding {
+            Ok(rep) if rep.accepted() => Check::Done(Finding {
                 job: *id,
                 accept: true,
                 reason: None,
-            },
+            }),
             Ok(rep) => reject(
                 rep.first_failure()
                     .map(|c| format!("{}: {}", c.name, c.detail))

@@ -73,9 +73,22 @@ fn params() -> Params {
     }
 }
 
-/// Runs `f` against a fresh devnet with `workers`.
+/// Runs `f` against a fresh devnet with `workers` (cheaters pass their capability challenge
+/// and cheat afterwards).
 fn with_devnet<F, Fut>(test: &str, workers: impl FnOnce(&std::path::Path) -> Vec<Behavior>, f: F)
 where
+    F: FnOnce(Devnet, PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    with_devnet_opts(test, workers, true, f)
+}
+
+fn with_devnet_opts<F, Fut>(
+    test: &str,
+    workers: impl FnOnce(&std::path::Path) -> Vec<Behavior>,
+    cheaters_pass_challenge: bool,
+    f: F,
+) where
     F: FnOnce(Devnet, PathBuf) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
@@ -90,6 +103,7 @@ where
         model_name: "SmolLM2-135M-Instruct".into(),
         base_port: free_base(),
         workers,
+        cheaters_pass_challenge,
         price_per_1k: 1_000,
         engine: engine(&path),
         model_id: deai_models_sha256(&path),
@@ -602,6 +616,55 @@ fn gateway_and_worker_refuse_bad_input_with_clear_errors() {
             let done = wait_final(&net.ledger, &[job, job_of(&v)], 120).await;
             assert!(done.values().all(|j| j.status == JobStatus::Accepted));
             let _ = c;
+        },
+    );
+}
+
+#[test]
+fn a_worker_without_the_model_fails_its_capability_challenge_and_gets_no_jobs() {
+    let workers = |tmp: &std::path::Path| {
+        let path = model_path("capability challenge").unwrap();
+        let noisy = tmp.join("noisy.gguf");
+        deai_engine::gguf::perturb_tensor(&path, &noisy, "blk.3.attn_q.weight", 0.02, 9).unwrap();
+        vec![Behavior::Honest, Behavior::OtherWeights(engine(&noisy))]
+    };
+    with_devnet_opts(
+        "capability challenge",
+        workers,
+        false,
+        |net, _dir| async move {
+            let (honest, impostor) = (net.workers[0].address(), net.workers[1].address());
+            let reg = net.ledger.workers().await.unwrap();
+            let w = |a: Address| reg.iter().find(|e| e.address == a).unwrap().worker.clone();
+            // The devnet waited for both challenges: the honest worker qualified with one
+            // accepted job; the impostor's challenge was rejected and it was slashed.
+            assert!(
+                w(honest).active && w(honest).jobs_done == 1,
+                "{:?}",
+                w(honest)
+            );
+            let imp = w(impostor);
+            assert!(
+                !imp.active && imp.jobs_done == 0 && imp.jobs_rejected == 1,
+                "{imp:?}"
+            );
+            assert!(imp.slashed > 0);
+            // Exactly one validator ran each challenge, and the impostor's failed.
+            let mut ran: HashMap<Address, Vec<bool>> = HashMap::new();
+            for v in &net.verifiers {
+                for (a, r) in v.probes.lock().unwrap().iter() {
+                    ran.entry(*a)
+                        .or_default()
+                        .push(r.expect("challenge finished"));
+                }
+            }
+            assert_eq!(ran[&honest], vec![true]);
+            assert_eq!(ran[&impostor], vec![false]);
+            // Clients only ever reach the honest worker.
+            for i in 0..3 {
+                let v = chat(&net, "Say hi.", i).await;
+                assert_eq!(v["deai"]["worker"].as_str().unwrap(), hex::encode(honest));
+            }
         },
     );
 }
