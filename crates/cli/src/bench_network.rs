@@ -676,16 +676,7 @@ pub fn bench(a: NetworkBench) -> Result<()> {
         .prefix("deai-bench-network-")
         .tempdir()?;
     let dir = tmp.path().to_path_buf();
-    let name = model_path
-        .file_stem()
-        .map(|s| {
-            s.to_string_lossy()
-                .split('.')
-                .next()
-                .unwrap_or("model")
-                .to_string()
-        })
-        .unwrap_or_else(|| "model".into());
+    let name = crate::devnet_cmd::model_name(&model_path);
     let opts = DevnetOptions {
         dir: dir.clone(),
         model_path,

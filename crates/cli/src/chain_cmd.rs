@@ -189,24 +189,10 @@ fn parse_hash(s: &str) -> Result<Hash256> {
 /// internet only through a proxy): a proxy cannot reach this machine's loopback.
 pub fn client(url: &str) -> Result<reqwest::blocking::Client> {
     let mut b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10));
-    if is_loopback_url(url) {
+    if deai_node::is_loopback_url(url) {
         b = b.no_proxy();
     }
     Ok(b.build()?)
-}
-
-/// True when `url`'s host is `localhost` or a loopback IP address.
-pub fn is_loopback_url(url: &str) -> bool {
-    let Ok(u) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    let host = u.host_str().unwrap_or_default();
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 pub fn get(url: &str) -> Result<Value> {
@@ -483,7 +469,7 @@ pub fn bench_chain(a: BenchChainArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_url;
+    use deai_node::is_loopback_url;
 
     #[test]
     fn loopback_urls_are_recognised() {

@@ -5,6 +5,8 @@
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// Every child runs with a dead HTTP proxy in its environment (as on hosts that reach the
 /// internet through a proxy): the CLI must still reach a node on loopback.
 const DEAD_PROXY: &str = "http://127.0.0.1:9";
@@ -27,19 +29,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn free_base() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base < 60_000
-            && (0..8).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
 }
 
 struct Node(Child);
@@ -102,7 +91,7 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
     let home = tempfile::tempdir().unwrap();
     let dir = home.path().join("chain");
     let dir_s = dir.to_str().unwrap();
-    let base = free_base();
+    let base = common::free_ports(8);
     let (p2p, http) = (base.to_string(), (base + 4).to_string());
     let o = deai(
         home.path(),

@@ -7,6 +7,8 @@
 
 use std::process::{Command, Output};
 
+mod common;
+
 fn model_available() -> bool {
     match std::env::var_os("DEAI_MODEL_PATH") {
         Some(p) if !p.is_empty() => true,
@@ -17,26 +19,14 @@ fn model_available() -> bool {
     }
 }
 
-/// A port base with the devnet's ports free (p2p +0..4, chain HTTP +100..104, +200..203).
-fn free_base() -> u16 {
-    let offsets = (0..5).chain(100..105).chain(200..204);
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base < 60_000
-            && offsets
-                .clone()
-                .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-}
-
 fn demo(extra: &[&str]) -> (Output, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_deai"))
-        .args(["devnet", "--demo", "--port-base", &free_base().to_string()])
+        .args([
+            "devnet",
+            "--demo",
+            "--port-base",
+            &common::free_devnet_base().to_string(),
+        ])
         .args(extra)
         .env("HTTP_PROXY", "http://127.0.0.1:9")
         .output()

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// Every child runs with a dead HTTP proxy in its environment: loopback traffic (CLI to
 /// chain, gateway to workers, verifiers to receipts) must not go through it.
 const DEAD_PROXY: &str = "http://127.0.0.1:9";
@@ -36,30 +38,6 @@ const SEED: u64 = 11;
 const MAX_TOKENS: u64 = 16;
 /// The orphan job's escrow and token limit.
 const ORPHAN_ESCROW: u64 = 77;
-
-/// A port base with the devnet's ports free: chain p2p on `base..base+4`, chain HTTP on
-/// `base+100..+104`, gateway and workers on `base+200..+203`.
-fn free_base() -> u16 {
-    let offsets = (0..5).chain(100..105).chain(200..204);
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base < 60_000
-            && offsets
-                .clone()
-                .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = log.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 fn text(o: &Output) -> String {
     format!(
@@ -89,7 +67,7 @@ impl Drop for Devnet {
             eprintln!(
                 "devnet log {} (last lines):\n{}",
                 self.log.display(),
-                log_tail(&self.log, 80)
+                common::log_tail(&self.log, 80)
             );
         }
     }
@@ -309,7 +287,7 @@ fn devnet_restart_loses_no_finalized_state_or_escrow() {
     let mut net = Devnet {
         dir: tmp.path().join("devnet"),
         log: tmp.path().join("devnet.log"),
-        base: free_base(),
+        base: common::free_devnet_base(),
         model,
         http: reqwest::blocking::Client::builder()
             .no_proxy()

@@ -10,6 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const DEAD_PROXY: &str = "http://127.0.0.1:9";
 
 fn deai(args: &[&str]) -> Output {
@@ -26,19 +28,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn free_ports(n: u16) -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base < 60_000
-            && (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
 }
 
 struct Proc(Child, std::path::PathBuf);
@@ -95,7 +84,7 @@ fn nodes_join_a_chain_and_serve_a_verified_answer() {
     let t = tmp.path();
     let chain_dir = t.join("chain");
     let c = chain_dir.to_str().unwrap();
-    let base = free_ports(12);
+    let base = common::free_ports(12);
     let (p2p, http_port) = (base, base + 4);
     let o = deai(&[
         "chain",

@@ -14,28 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// How long the devnet may take to answer `/v1/models` (loads the model, starts the chain).
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the Python checks may take (generation on a small CPU plus the verdicts).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// A port base with the devnet's ports free: chain p2p on `base..base+4`, chain HTTP on
-/// `base+100..+104`, gateway and workers on `base+200..+203`.
-fn free_base() -> u16 {
-    let offsets = (0..5).chain(100..105).chain(200..204);
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base < 60_000
-            && offsets
-                .clone()
-                .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-}
 
 /// The devnet process, killed when the test ends (passing or not).
 struct Devnet(Child);
@@ -44,12 +28,6 @@ impl Drop for Devnet {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = log.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Whether `python3` can import `openai`; prints the reason when it cannot.
@@ -99,7 +77,7 @@ fn openai_python_client_talks_to_the_devnet_gateway() {
     let dir = tmp.path().join("devnet");
     let log_path = tmp.path().join("devnet.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let base = free_base();
+    let base = common::free_devnet_base();
     let t0 = Instant::now();
     let mut devnet = Devnet(
         Command::new(env!("CARGO_BIN_EXE_deai"))
@@ -122,7 +100,7 @@ fn openai_python_client_talks_to_the_devnet_gateway() {
         if let Some(status) = devnet.0.try_wait().unwrap() {
             panic!(
                 "`deai devnet` exited early ({status})\ndevnet log (last lines):\n{}",
-                log_tail(&log_path, 60)
+                common::log_tail(&log_path, 60)
             );
         }
         let info = std::fs::read(dir.join("devnet.json"))
@@ -142,7 +120,7 @@ fn openai_python_client_talks_to_the_devnet_gateway() {
             panic!(
                 "the devnet's gateway did not answer /v1/models within {START_TIMEOUT:?}\n\
                  devnet log (last lines):\n{}",
-                log_tail(&log_path, 60)
+                common::log_tail(&log_path, 60)
             );
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -191,12 +169,12 @@ fn openai_python_client_talks_to_the_devnet_gateway() {
         Some(s) => panic!(
             "scripts/openai_client_test.py failed ({s}):\n{output}\n\
              devnet log (last lines):\n{}",
-            log_tail(&log_path, 80)
+            common::log_tail(&log_path, 80)
         ),
         None => panic!(
             "scripts/openai_client_test.py did not finish within {CLIENT_TIMEOUT:?}:\n{output}\n\
              devnet log (last lines):\n{}",
-            log_tail(&log_path, 80)
+            common::log_tail(&log_path, 80)
         ),
     }
 
