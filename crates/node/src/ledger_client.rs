@@ -127,6 +127,22 @@ impl LedgerClient {
         Ok(out)
     }
 
+    /// Whether any job assigned to (or opened by) `a` is open, receipted or challenged.
+    pub async fn has_jobs_in_flight(&self, a: &Address) -> Result<bool> {
+        for st in ["open", "receipted", "challenged"] {
+            let v = self
+                .get_some(&format!(
+                    "/v1/jobs?status={st}&account={}&limit=1",
+                    hex::encode(a)
+                ))
+                .await?;
+            if v["total"].as_u64().unwrap_or(0) > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The digest of the finalized block at `height`.
     pub async fn block_digest(&self, height: u64) -> Result<Option<Hash256>> {
         match self.get(&format!("/v1/block/{height}")).await? {

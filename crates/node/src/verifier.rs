@@ -60,7 +60,7 @@ pub struct Verifier {
 /// How long a worker has to answer its capability challenge.
 pub const CHALLENGE_DEADLINE: Duration = Duration::from_secs(60);
 /// Blocks after registration when any validator may challenge a still-unqualified worker.
-const CHALLENGE_FALLBACK_BLOCKS: u64 = 100;
+const CHALLENGE_FALLBACK_BLOCKS: u64 = 1_000;
 /// Tokens a capability challenge asks for.
 const CHALLENGE_TOKENS: usize = 16;
 
@@ -114,6 +114,11 @@ impl Verifier {
                 continue;
             }
             if self.probes.lock().unwrap().contains_key(&w.address) {
+                continue;
+            }
+            // A fallback challenger stays out while any job of this worker is in flight
+            // (another validator's challenge): one challenge at a time.
+            if vals[pick % vals.len()] != me && ledger.has_jobs_in_flight(&w.address).await? {
                 continue;
             }
             self.probes.lock().unwrap().insert(w.address, None);
