@@ -200,7 +200,7 @@ impl Gateway {
         prompt_tokens: Vec<u32>,
         params: GenParams,
     ) -> Result<(Hash256, tokio::sync::mpsc::Receiver<Out>), HttpError> {
-        let total = prompt_tokens.len() + params.max_tokens;
+        let total = prompt_tokens.len().saturating_add(params.max_tokens);
         if total > model.n_ctx {
             return Err(http_error(
                 StatusCode::BAD_REQUEST,

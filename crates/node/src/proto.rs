@@ -14,7 +14,7 @@ pub struct RunRequest {
     pub model_id: Hash256,
     pub prompt_tokens: Vec<u32>,
     pub params: GenParams,
-    #[serde(with = "hex32")]
+    #[serde(with = "deai_ledger::tx::hex_addr")]
     pub nonce: [u8; 32],
     /// The client's signed `OpenJob` for this job (id = hash of the fields above): the
     /// worker checks it and submits it too, so escrow does not depend on one relay.
@@ -64,19 +64,4 @@ pub enum RunEvent {
 /// The digest a worker posts on chain for receipt bytes.
 pub fn receipt_digest(receipt_bytes: &[u8]) -> Hash256 {
     Hash256::digest_parts("deai-receipt-v1", &[receipt_bytes])
-}
-
-pub(crate) mod hex32 {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(v))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let s = String::deserialize(d)?;
-        let mut b = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut b).map_err(D::Error::custom)?;
-        Ok(b)
-    }
 }

@@ -246,7 +246,9 @@ impl Worker {
             return bad("open_job escrows fewer tokens than max_tokens");
         }
         let need = job_cost(
-            req.prompt_tokens.len() + req.params.max_tokens,
+            req.prompt_tokens
+                .len()
+                .saturating_add(req.params.max_tokens),
             i.cfg.price_per_1k,
         );
         if *escrow < need {
@@ -261,8 +263,10 @@ impl Worker {
             .account(&tx.tx.from)
             .await
             .map_err(|e| http_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        let on_chain = i.signer.ledger().job(&job).await.ok().flatten().is_some();
-        if balance < escrow.saturating_add(tx.tx.fee) && !on_chain {
+        // Only when the balance looks short: the escrow may already be taken (finalized).
+        if balance < escrow.saturating_add(tx.tx.fee)
+            && i.signer.ledger().job(&job).await.ok().flatten().is_none()
+        {
             return Err(http_error(
                 StatusCode::PAYMENT_REQUIRED,
                 "the client's balance does not cover the escrow",

@@ -441,6 +441,12 @@ fn gateway_and_worker_refuse_bad_input_with_clear_errors() {
                     "invalid_request",
                 ),
                 (
+                    with("max_tokens", json!(u64::MAX)),
+                    Some(key),
+                    400,
+                    "context_length_exceeded",
+                ),
+                (
                     with("stop", json!(["a", "b", "c", "d", "e"])),
                     Some(key),
                     400,
