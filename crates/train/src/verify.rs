@@ -1,0 +1,474 @@
+//! Checking contributions before they count, and the round coordinator that merges them.
+//!
+//! Free checks (no model compute) catch replays, stale checkpoints, wrong shards and bad
+//! signatures. A challenge then re-executes `verify_steps` consecutive inner steps chosen
+//! from randomness the worker could not know when it committed, from the worker's own
+//! opened state, and compares every resulting state hash with the committed leaves exactly
+//! (same kernel profile). A mismatch is narrowed by bisection over the committed leaves to
+//! the first step whose re-execution disagrees, so a third party can settle the dispute by
+//! re-running that one step. Finally the worker opens its end state, which must hash to the
+//! last leaf and reproduce the pseudo-gradient bit for bit.
+
+use crate::data::Shard;
+use crate::diloco::{Contribution, Int8Delta, JobSpec, Opener, RoundSpec};
+use crate::model::{Net, Weights};
+use crate::optim::{train_step, Nesterov, TrainState};
+use crate::{Result, TrainError};
+use deai_types::Hash256;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+
+/// Why a contribution was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    BadSignature,
+    WrongJob,
+    /// Not this round's: a late or replayed contribution.
+    WrongRound,
+    /// This worker already contributed this round, or these exact bytes were seen.
+    Duplicate,
+    StaleCheckpoint,
+    WrongShard,
+    Malformed,
+    /// The worker could not open a committed state, or the opening does not hash to it.
+    BadOpening,
+    /// Re-executing the step does not give the committed state.
+    StepMismatch,
+    /// The pseudo-gradient is not the quantized difference of the committed states.
+    DeltaMismatch,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+    /// First inner step (1-based) whose re-execution disagrees, when one was found.
+    pub first_bad_step: Option<u32>,
+}
+
+impl Rejection {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+            first_bad_step: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.reason, self.detail)?;
+        if let Some(s) = self.first_bad_step {
+            write!(f, " (first bad step {s})")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a passed challenge cost the validator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ChallengeCost {
+    /// Inner steps re-executed.
+    pub steps: u32,
+    /// Bytes of openings received.
+    pub opening_bytes: u64,
+}
+
+/// A round's public inputs, as a validator holds them.
+pub struct RoundCheck<'a> {
+    pub job: &'a JobSpec,
+    pub round: &'a RoundSpec,
+    pub checkpoint: &'a Weights,
+    /// The job's training shards, in job order.
+    pub shards: &'a [Shard],
+    /// Hash of the fresh train state at `checkpoint` (every leaf 0).
+    pub start_leaf: Hash256,
+}
+
+impl<'a> RoundCheck<'a> {
+    pub fn new(
+        job: &'a JobSpec,
+        round: &'a RoundSpec,
+        checkpoint: &'a Weights,
+        shards: &'a [Shard],
+    ) -> Self {
+        RoundCheck {
+            job,
+            round,
+            checkpoint,
+            shards,
+            start_leaf: TrainState::fresh(checkpoint.clone()).hash(),
+        }
+    }
+
+    fn assigned(&self, c: &Contribution) -> &Shard {
+        &self.shards[self.round.shard_index(&c.worker, self.shards.len())]
+    }
+
+    /// Checks that need no model compute.
+    pub fn precheck(&self, c: &Contribution) -> std::result::Result<(), Rejection> {
+        use Reason::*;
+        c.verify_signature()
+            .map_err(|e| Rejection::new(BadSignature, e.to_string()))?;
+        if c.job != self.round.job {
+            return Err(Rejection::new(WrongJob, format!("job {}", c.job.short())));
+        }
+        if c.round != self.round.round {
+            return Err(Rejection::new(
+                WrongRound,
+                format!(
+                    "contribution for round {}, this is round {}",
+                    c.round, self.round.round
+                ),
+            ));
+        }
+        if c.checkpoint != self.round.checkpoint {
+            return Err(Rejection::new(
+                StaleCheckpoint,
+                format!(
+                    "started from {}, the round's checkpoint is {}",
+                    c.checkpoint.short(),
+                    self.round.checkpoint.short()
+                ),
+            ));
+        }
+        let want = self.assigned(c).id();
+        if c.shard != want {
+            return Err(Rejection::new(
+                WrongShard,
+                format!("trained on {}, assigned {}", c.shard.short(), want.short()),
+            ));
+        }
+        let h = self.job.inner_steps as usize;
+        if c.leaves.len() != h + 1 {
+            return Err(Rejection::new(
+                Malformed,
+                format!("{} leaves for {h} inner steps", c.leaves.len()),
+            ));
+        }
+        if c.leaves[0] != self.start_leaf {
+            return Err(Rejection::new(
+                StaleCheckpoint,
+                "the first committed state is not the round's checkpoint with fresh moments",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The first re-executed step of a challenge: `1..=H-k+1`, drawn from `randomness`
+    /// (published after the contribution was committed) and the contribution's id.
+    pub fn challenged_start(&self, c: &Contribution, randomness: Hash256) -> u32 {
+        let h = Hash256::digest_parts(
+            "deai-train-challenge-v1",
+            &[randomness.as_bytes(), c.id().as_bytes()],
+        );
+        let span = (self.job.inner_steps - self.job.verify_steps + 1) as u64;
+        1 + (u64::from_le_bytes(h.0[..8].try_into().expect("8 bytes")) % span) as u32
+    }
+
+    fn opened(
+        &self,
+        c: &Contribution,
+        opener: &dyn Opener,
+        step: u32,
+        cost: &mut ChallengeCost,
+    ) -> std::result::Result<TrainState, Rejection> {
+        if step == 0 {
+            return Ok(TrainState::fresh(self.checkpoint.clone()));
+        }
+        let b = opener
+            .open(step)
+            .map_err(|e| Rejection::new(Reason::BadOpening, format!("opening step {step}: {e}")))?;
+        cost.opening_bytes += b.len() as u64;
+        let s = TrainState::from_bytes(&b, &self.job.model)
+            .map_err(|e| Rejection::new(Reason::BadOpening, format!("opening step {step}: {e}")))?;
+        if s.hash() != c.leaves[step as usize] || s.step != step as u64 {
+            return Err(Rejection::new(
+                Reason::BadOpening,
+                format!("the state opened for step {step} is not the committed one"),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// Re-executes the challenged steps and checks the end state and pseudo-gradient.
+    /// Call [`RoundCheck::precheck`] first.
+    pub fn challenge(
+        &self,
+        c: &Contribution,
+        opener: &dyn Opener,
+        randomness: Hash256,
+    ) -> std::result::Result<ChallengeCost, Rejection> {
+        let mut cost = ChallengeCost::default();
+        let k = self.job.verify_steps;
+        let s = self.challenged_start(c, randomness);
+        let mut state = self.opened(c, opener, s - 1, &mut cost)?;
+        let net = Net::new(&state.weights)
+            .map_err(|e| Rejection::new(Reason::BadOpening, e.to_string()))?;
+        let shard = self.assigned(c);
+        let seed = self.round.seed(&c.worker);
+        let mut mine = Vec::with_capacity(k as usize);
+        for h in s..s + k {
+            let g = self.round.global_step(self.job, h - 1);
+            if let Err(e) = train_step(&net, &mut state, shard, &self.job.train, seed, g) {
+                // The honest step from the worker's own committed state fails (e.g. NaN).
+                mine.push(Hash256([0; 32]));
+                tracing::debug!("re-execution of step {h} failed: {e}");
+                break;
+            }
+            mine.push(state.hash());
+            cost.steps += 1;
+        }
+        // Bisection: once re-execution diverges from the committed chain it stays diverged
+        // (the next step starts from a different state), so the first bad step is the
+        // partition point of "agrees with the committed leaf".
+        let agrees = |i: usize| mine.get(i) == Some(&c.leaves[s as usize + i]);
+        if !agrees(k as usize - 1) {
+            let (mut lo, mut hi) = (0usize, k as usize - 1);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if agrees(mid) {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            let step = s + lo as u32;
+            return Err(Rejection {
+                reason: Reason::StepMismatch,
+                detail: format!("re-executing inner step {step} does not give the committed state"),
+                first_bad_step: Some(step),
+            });
+        }
+        let end = self.opened(c, opener, self.job.inner_steps, &mut cost)?;
+        if Int8Delta::between(self.checkpoint, &end.weights) != c.delta {
+            return Err(Rejection::new(
+                Reason::DeltaMismatch,
+                "the pseudo-gradient is not the quantized difference between the checkpoint and the committed end state",
+            ));
+        }
+        Ok(cost)
+    }
+}
+
+/// What happened in one round.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundReport {
+    pub round: u32,
+    /// The checkpoint the round started from and the one it produced.
+    pub checkpoint: Hash256,
+    pub next_checkpoint: Hash256,
+    pub accepted: Vec<String>,
+    pub rejected: Vec<(String, Rejection)>,
+    pub eval_loss: f32,
+    /// Mean reported inner loss of accepted contributions.
+    pub train_loss: f32,
+    /// Bytes of accepted contributions (what crossed the network to the aggregator).
+    pub contribution_bytes: u64,
+    pub verify: ChallengeCost,
+    pub reward_each: u64,
+}
+
+/// The aggregator: holds the global weights and outer optimizer, admits contributions,
+/// challenges them, and applies the outer Nesterov step to the average of accepted ones.
+pub struct Coordinator {
+    pub job: JobSpec,
+    pub weights: Weights,
+    pub previous: Option<Weights>,
+    outer: Nesterov,
+    pub round: u32,
+    shards: Vec<Shard>,
+    val: Shard,
+    seen: HashSet<Hash256>,
+    pending: BTreeMap<[u8; 32], Contribution>,
+    early_rejects: Vec<(String, Rejection)>,
+    pub reports: Vec<RoundReport>,
+    /// Evaluation windows per round (bounded for speed).
+    pub eval_windows: usize,
+}
+
+fn who(w: &[u8; 32]) -> String {
+    hex::encode(&w[..6])
+}
+
+impl Coordinator {
+    pub fn new(job: JobSpec, init: Weights, shards: Vec<Shard>, val: Shard) -> Result<Self> {
+        job.validate()?;
+        init.check()?;
+        if init.cfg != job.model {
+            return Err(TrainError::Config(
+                "initial weights are for another model config".into(),
+            ));
+        }
+        let ids: Vec<Hash256> = shards.iter().map(|s| s.id()).collect();
+        if ids != job.shards || val.id() != job.val_shard {
+            return Err(TrainError::Config(
+                "shards do not match the job's shard list".into(),
+            ));
+        }
+        Ok(Coordinator {
+            outer: Nesterov::new(&init, job.outer_lr, job.outer_momentum),
+            job,
+            weights: init,
+            previous: None,
+            round: 0,
+            shards,
+            val,
+            seen: HashSet::new(),
+            pending: BTreeMap::new(),
+            early_rejects: vec![],
+            reports: vec![],
+            eval_windows: 64,
+        })
+    }
+
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// This round's public inputs. Locally the randomness is derived from the job and the
+    /// checkpoint; on a network it is a finalized block digest.
+    pub fn round_spec(&self) -> RoundSpec {
+        let job = self.job.id();
+        let checkpoint = self.weights.hash();
+        RoundSpec {
+            job,
+            round: self.round,
+            checkpoint,
+            randomness: Hash256::digest_parts(
+                "deai-train-round-v1",
+                &[
+                    job.as_bytes(),
+                    &self.round.to_le_bytes(),
+                    checkpoint.as_bytes(),
+                ],
+            ),
+        }
+    }
+
+    /// Admits a contribution's bytes for this round (free checks only). A rejected one is
+    /// recorded in the round's report; nothing already admitted changes.
+    pub fn submit(&mut self, bytes: &[u8]) -> std::result::Result<(), Rejection> {
+        let r = self.admit(bytes);
+        if let Err(e) = &r {
+            // The worker key sits at bytes 40..72 (after magic, job and round).
+            let w = match bytes.get(40..72) {
+                Some(k) => who(k.try_into().expect("32 bytes")),
+                None => "?".into(),
+            };
+            self.early_rejects.push((w, e.clone()));
+        }
+        r
+    }
+
+    fn admit(&mut self, bytes: &[u8]) -> std::result::Result<(), Rejection> {
+        let c = Contribution::from_bytes(bytes, &self.job.model)
+            .map_err(|e| Rejection::new(Reason::Malformed, e.to_string()))?;
+        let id = c.id();
+        if self.seen.contains(&id) {
+            return Err(Rejection::new(
+                Reason::Duplicate,
+                "these exact bytes were already submitted",
+            ));
+        }
+        let spec = self.round_spec();
+        RoundCheck::new(&self.job, &spec, &self.weights, &self.shards).precheck(&c)?;
+        if self.pending.contains_key(&c.worker) {
+            return Err(Rejection::new(
+                Reason::Duplicate,
+                "this worker already contributed this round",
+            ));
+        }
+        self.seen.insert(id);
+        self.pending.insert(c.worker, c);
+        Ok(())
+    }
+
+    /// Workers whose contributions wait for the round to close.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Challenges every admitted contribution (openings through `openers`; a worker with no
+    /// opener fails its challenge), merges the accepted ones, evaluates, and opens the next
+    /// round. A round with no accepted contribution keeps the weights.
+    pub fn close_round(
+        &mut self,
+        openers: &[([u8; 32], &dyn Opener)],
+        randomness: Hash256,
+    ) -> Result<RoundReport> {
+        let spec = self.round_spec();
+        let pending = std::mem::take(&mut self.pending);
+        let mut rejected = std::mem::take(&mut self.early_rejects);
+        let mut accepted = vec![];
+        let mut verify = ChallengeCost::default();
+        {
+            let check = RoundCheck::new(&self.job, &spec, &self.weights, &self.shards);
+            for (w, c) in pending {
+                let res = match openers.iter().find(|(k, _)| *k == w) {
+                    Some((_, o)) => check.challenge(&c, *o, randomness),
+                    None => Err(Rejection::new(
+                        Reason::BadOpening,
+                        "the worker is unreachable",
+                    )),
+                };
+                match res {
+                    Ok(cost) => {
+                        verify.steps += cost.steps;
+                        verify.opening_bytes += cost.opening_bytes;
+                        accepted.push(c);
+                    }
+                    Err(e) => rejected.push((who(&w), e)),
+                }
+            }
+        }
+        let old = self.weights.clone();
+        if !accepted.is_empty() {
+            let n = accepted.len() as f64;
+            let mut sum: Vec<Vec<f64>> = old.tensors.iter().map(|t| vec![0.0; t.len()]).collect();
+            for c in &accepted {
+                for (s, d) in sum.iter_mut().zip(c.delta.dequantize()) {
+                    s.iter_mut().zip(d).for_each(|(a, b)| *a += b as f64);
+                }
+            }
+            let avg: Vec<Vec<f32>> = sum
+                .into_iter()
+                .map(|t| t.into_iter().map(|v| (v / n) as f32).collect())
+                .collect();
+            self.outer.step(&mut self.weights, &avg);
+            self.weights.check()?;
+        }
+        let eval_loss = self.eval()?;
+        let report = RoundReport {
+            round: self.round,
+            checkpoint: spec.checkpoint,
+            next_checkpoint: self.weights.hash(),
+            train_loss: if accepted.is_empty() {
+                f32::NAN
+            } else {
+                accepted.iter().map(|c| c.mean_loss).sum::<f32>() / accepted.len() as f32
+            },
+            contribution_bytes: accepted.iter().map(|c| c.to_bytes().len() as u64).sum(),
+            reward_each: self.job.reward_per_round / accepted.len().max(1) as u64,
+            accepted: accepted.iter().map(|c| who(&c.worker)).collect(),
+            rejected,
+            eval_loss,
+            verify,
+        };
+        self.previous = Some(old);
+        self.round += 1;
+        self.reports.push(report.clone());
+        Ok(report)
+    }
+
+    /// Validation loss of the current weights.
+    pub fn eval(&self) -> Result<f32> {
+        let net = Net::new(&self.weights)?;
+        let b = self
+            .val
+            .eval_batches(self.job.model.seq_len, 16, self.eval_windows);
+        net.eval_loss(&b)
+    }
+}
