@@ -25,6 +25,10 @@ pub enum BenchCmd {
     /// streaming tokens/s and time to first token through the gateway vs the bare engine,
     /// concurrent streaming clients (lost, duplicated, throughput), and every job settled.
     Network(crate::bench_network::NetworkBench),
+    /// Training: DiLoCo vs single-worker AdamW loss at equal tokens, communication ratio,
+    /// verification cost, cheater detection, false accusations across thread counts, and
+    /// throughput vs a plain candle loop.
+    Train(crate::train_cmd::TrainBench),
 }
 
 #[derive(Args)]
@@ -55,6 +59,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Proof(b) => crate::proof_cmd::bench(b),
         BenchCmd::Chain(b) => crate::chain_cmd::bench_chain(b),
         BenchCmd::Network(b) => crate::bench_network::bench(b),
+        BenchCmd::Train(b) => crate::train_cmd::bench(b),
     }
 }
 

@@ -15,6 +15,7 @@ mod devnet_cmd;
 mod node_cmd;
 mod proof_cmd;
 mod status_cmd;
+mod train_cmd;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -70,6 +71,9 @@ enum Cmd {
     /// The network's economics: validators, workers (earnings, slashes, revenue per
     /// compute-hour), jobs by status, supply, treasury and burns.
     Status(status_cmd::StatusArgs),
+    /// Train a model: DiLoCo rounds across workers whose contributions are verified by
+    /// re-execution before they are merged (`--local`: the single-worker baseline).
+    Train(train_cmd::TrainArgs),
 }
 
 #[derive(Subcommand)]
@@ -86,6 +90,9 @@ enum ModelCmd {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Write a trained checkpoint as a GGUF model that `deai run` serves and `deai verify`
+    /// verifies.
+    Export(train_cmd::ExportArgs),
 }
 
 #[derive(Args, Clone)]
@@ -277,6 +284,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Devnet(a) => devnet_cmd::devnet(a),
         Cmd::Node(a) => node_cmd::node(a),
         Cmd::Status(a) => status_cmd::status(a),
+        Cmd::Train(a) => train_cmd::train(a),
+        Cmd::Model(ModelCmd::Export(a)) => train_cmd::export(a),
     }
 }
 

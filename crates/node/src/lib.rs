@@ -1,7 +1,8 @@
 //! The network roles of a deai node: **worker** (runs a model for pay and signs receipts),
 //! **validator** duties (re-checks sampled and challenged receipts, posts verdicts),
 //! **gateway** (OpenAI-compatible HTTP API that escrows, routes and fails over), and
-//! **devnet** (all of them plus a 4-validator chain in one process on loopback).
+//! **devnet** (all of them plus a 4-validator chain in one process on loopback), and the
+//! **training** coordinator and workers (DiLoCo rounds over HTTP, `deai-train` inside).
 //!
 //! Owns: the gateway/worker protocol, routing, the roles' HTTP APIs and their assembly.
 //! Talks to the ledger only through a chain node's HTTP API ([`ledger_client`]), as a role on
@@ -13,6 +14,7 @@ pub mod gateway;
 pub mod ledger_client;
 pub mod node;
 pub mod proto;
+pub mod training;
 pub mod verifier;
 pub mod worker;
 

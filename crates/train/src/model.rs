@@ -254,6 +254,16 @@ impl Net {
         Ok((lse - picked)?.mean_all()?)
     }
 
+    /// The graph's parameters, in canonical order.
+    pub fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+
+    /// Backward pass of `batch`'s loss, as candle's gradient store (for plain candle loops).
+    pub fn loss_grad_store(&self, batch: &Batch) -> Result<candle_core::backprop::GradStore> {
+        Ok(self.loss_tensor(batch)?.backward()?)
+    }
+
     /// Mean cross-entropy of `batch` and the gradient of every tensor (canonical order).
     pub fn loss_and_grads(&self, batch: &Batch) -> Result<(f32, Vec<Vec<f32>>)> {
         let loss = self.loss_tensor(batch)?;

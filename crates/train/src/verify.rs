@@ -386,6 +386,11 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Contributions admitted this round, by worker key.
+    pub fn pending_contributions(&self) -> impl Iterator<Item = &Contribution> {
+        self.pending.values()
+    }
+
     /// Workers whose contributions wait for the round to close.
     pub fn pending(&self) -> usize {
         self.pending.len()

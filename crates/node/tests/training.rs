@@ -1,0 +1,220 @@
+//! DiLoCo over HTTP on loopback: a coordinator and training workers in one process, with a
+//! cheater, a worker that leaves, and bad input sent to the coordinator's API.
+
+use deai_node::training::{serve_worker, RoundInfo, TrainCoordinator, TrainWorker};
+use deai_train::data::{encode_bytes, synthetic_text, Dataset};
+use deai_train::diloco::{Behavior, JobSpec};
+use deai_train::{checkpoint, Coordinator, ModelConfig, TrainConfig, Weights};
+use ed25519_dalek::SigningKey;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn setup(workers: u32, rounds: u32) -> (JobSpec, Dataset, Weights) {
+    let model = ModelConfig::preset("tiny").unwrap();
+    let tokens = encode_bytes(&synthetic_text(40_000, 3));
+    let d = Dataset::split(&tokens, 4, 0.05, model.seq_len).unwrap();
+    let job = JobSpec {
+        model: model.clone(),
+        train: TrainConfig {
+            batch: 4,
+            lr: 3e-3,
+            warmup_steps: 2,
+            total_steps: 4 * rounds as u64,
+            ..TrainConfig::default()
+        },
+        inner_steps: 4,
+        rounds,
+        workers,
+        outer_lr: 0.7,
+        outer_momentum: 0.9,
+        shards: d.train.iter().map(|s| s.id()).collect(),
+        val_shard: d.val.id(),
+        verify_steps: 1,
+        reward_per_round: 900,
+    };
+    let init = Weights::init(&model, 1).unwrap();
+    (job, d, init)
+}
+
+fn key(i: u8) -> SigningKey {
+    SigningKey::from_bytes(&[i; 32])
+}
+
+fn short(k: &SigningKey) -> String {
+    hex::encode(&k.verifying_key().to_bytes()[..6])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
+    // The job expects 4 contributions a round: 2 honest workers stay, 1 honest worker leaves
+    // after round 1, and a wrong-shard cheater stays. From round 2 on only 3 arrive, so the
+    // deadline closes the round: a missing worker does not stall it.
+    let (job, d, init) = setup(4, 3);
+    let mut co =
+        Coordinator::new(job.clone(), init.clone(), d.train.clone(), d.val.clone()).unwrap();
+    co.eval_windows = 4;
+    let coord = TrainCoordinator::new(co, Duration::from_secs(8)).unwrap();
+    let addr = deai_node::serve("127.0.0.1:0".parse().unwrap(), coord.router())
+        .await
+        .unwrap();
+    let url = format!("http://{addr}");
+    let runner = tokio::spawn({
+        let c = coord.clone();
+        async move { c.run().await }
+    });
+    let steps = Arc::new(AtomicU64::new(0));
+    let mut handles = vec![];
+    let specs = [
+        (key(1), Behavior::Honest, None),
+        (key(2), Behavior::Honest, None),
+        (key(3), Behavior::Honest, Some(1)),
+        (key(4), Behavior::WrongShard, None),
+    ];
+    for (k, b, max) in specs.iter().cloned() {
+        let mut w = TrainWorker::new(k, &url, b, "");
+        w.max_rounds = max;
+        let w = serve_worker(w, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let steps = steps.clone();
+        handles.push(tokio::spawn(async move {
+            w.run(Arc::new(move |_, _, _| {
+                steps.fetch_add(1, Ordering::Relaxed);
+            }))
+            .await
+        }));
+    }
+    let done = tokio::time::timeout(Duration::from_secs(240), runner).await;
+    assert!(done.is_ok(), "the job did not finish: {:?}", coord.info());
+    done.unwrap().unwrap().unwrap();
+    for h in handles {
+        let n = h.await.unwrap().unwrap();
+        assert!(n >= 1);
+    }
+    let reports = coord.reports();
+    assert_eq!(reports.len(), 3);
+    let honest: Vec<String> = [key(1), key(2)].iter().map(short).collect();
+    for r in &reports {
+        for h in &honest {
+            assert!(
+                r.accepted.contains(h),
+                "round {}: {:?} / {:?}",
+                r.round,
+                r.accepted,
+                r.rejected
+            );
+        }
+        let cheater = short(&key(4));
+        assert!(
+            r.rejected
+                .iter()
+                .any(|(w, e)| *w == cheater && e.reason == deai_train::Reason::StepMismatch),
+            "round {}: {:?}",
+            r.round,
+            r.rejected
+        );
+        assert!(!r.accepted.contains(&cheater));
+    }
+    assert!(reports[0].accepted.contains(&short(&key(3))));
+    assert!(
+        !reports[1].accepted.contains(&short(&key(3))),
+        "the leaver is gone"
+    );
+    assert_eq!(
+        reports[1].reward_each, 450,
+        "the reward is split among accepted work only"
+    );
+    assert!(steps.load(Ordering::Relaxed) >= 4 * 4 * 2);
+
+    // The final checkpoint is served by hash and checks out; another hash is a 404.
+    let info: RoundInfo = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{url}/train/v1/round"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(info.done);
+    assert_eq!(info.spec.checkpoint, coord.weights().hash());
+    assert_eq!(info.spec.checkpoint, reports[2].next_checkpoint);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let b = client
+        .get(format!(
+            "{url}/train/v1/checkpoints/{}",
+            info.spec.checkpoint
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        checkpoint::from_safetensors(&b, Some(info.spec.checkpoint)).unwrap(),
+        coord.weights()
+    );
+    let missing = client
+        .get(format!("{url}/train/v1/checkpoints/{}", init.hash()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_refuses_bad_input_with_reasons() {
+    let (job, d, init) = setup(2, 1);
+    let co = Coordinator::new(job, init, d.train.clone(), d.val.clone()).unwrap();
+    let coord = TrainCoordinator::new(co, Duration::from_secs(600)).unwrap();
+    let addr = deai_node::serve("127.0.0.1:0".parse().unwrap(), coord.router())
+        .await
+        .unwrap();
+    let url = format!("http://{addr}");
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let post = |body: Vec<u8>, worker_url: &str| {
+        c.post(format!("{url}/train/v1/contributions"))
+            .header("x-deai-worker-url", worker_url)
+            .body(body)
+            .send()
+    };
+    let r = post(b"garbage".to_vec(), "http://127.0.0.1:9")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let j: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(j["error"]["reason"], "malformed", "{j}");
+    let r = post(vec![], "not a url").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post(vec![0; (64 << 20) + 1], "http://127.0.0.1:9")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = c
+        .get(format!("{url}/train/v1/shards/xyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .get(format!("{url}/train/v1/shards/{}", d.val.id()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "the validation shard is not handed to workers"
+    );
+    let r = c
+        .get(format!("{url}/train/v1/shards/{}", d.train[1].id()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), d.train[1].to_bytes());
+    assert_eq!(coord.info().pending, 0, "nothing was admitted");
+}
