@@ -112,10 +112,16 @@ impl LedgerClient {
         }
     }
 
-    /// Finalized jobs in `status` (`receipted`, `challenged`, ...), newest first.
+    /// Finalized jobs in `status` (`receipted`, `challenged`, ...; every status when empty),
+    /// newest first, at most `limit`.
     pub async fn jobs(&self, status: &str, limit: usize) -> Result<Vec<(Hash256, Job)>> {
+        let filter = if status.is_empty() {
+            String::new()
+        } else {
+            format!("status={status}&")
+        };
         let v = self
-            .get_some(&format!("/v1/jobs?status={status}&limit={limit}"))
+            .get_some(&format!("/v1/jobs?{filter}limit={limit}"))
             .await?;
         let mut out = Vec::new();
         for j in v["jobs"].as_array().into_iter().flatten() {

@@ -59,8 +59,12 @@ pub struct Verifier {
 
 /// How long a worker has to answer its capability challenge.
 pub const CHALLENGE_DEADLINE: Duration = Duration::from_secs(60);
-/// Blocks after registration when any validator may challenge a still-unqualified worker.
-const CHALLENGE_FALLBACK_BLOCKS: u64 = 1_000;
+/// Blocks each validator in turn is the designated challenger of a still-unqualified worker
+/// (the duty rotates, so an offline validator delays a worker by one slot at most).
+const CHALLENGE_SLOT_BLOCKS: u64 = 1_000;
+/// A designated challenger starts only in the first half of its slot, so that its job is on
+/// chain (in flight) long before the next one's slot begins (devnet blocks can be a few ms).
+const CHALLENGE_SLOT_GUARD: u64 = CHALLENGE_SLOT_BLOCKS / 2;
 /// Tokens a capability challenge asks for.
 const CHALLENGE_TOKENS: usize = 16;
 
@@ -106,19 +110,22 @@ impl Verifier {
             if !fresh || !w.worker.models.contains(&self.model_id) {
                 continue;
             }
-            // One designated challenger; if it has not qualified the worker after
-            // `CHALLENGE_FALLBACK_BLOCKS` (it may be offline), any validator may.
+            // Exactly one designated challenger at any height: the duty rotates every
+            // `CHALLENGE_SLOT_BLOCKS` after registration, starting from a validator picked by
+            // the worker's address. One challenge at a time: none while a job of the worker
+            // is in flight (the previous designee's).
             let pick = Hash256::digest_parts("deai-challenger-v1", &[&w.address]).0[0] as usize;
-            let late = height.saturating_sub(w.worker.registered_at) > CHALLENGE_FALLBACK_BLOCKS;
-            if vals[pick % vals.len()] != me && !late {
+            let age = height.saturating_sub(w.worker.registered_at);
+            let slot = (age / CHALLENGE_SLOT_BLOCKS) as usize;
+            if vals[(pick + slot) % vals.len()] != me
+                || age % CHALLENGE_SLOT_BLOCKS >= CHALLENGE_SLOT_BLOCKS - CHALLENGE_SLOT_GUARD
+            {
                 continue;
             }
             if self.probes.lock().unwrap().contains_key(&w.address) {
                 continue;
             }
-            // A fallback challenger stays out while any job of this worker is in flight
-            // (another validator's challenge): one challenge at a time.
-            if vals[pick % vals.len()] != me && ledger.has_jobs_in_flight(&w.address).await? {
+            if ledger.has_jobs_in_flight(&w.address).await? {
                 continue;
             }
             self.probes.lock().unwrap().insert(w.address, None);
