@@ -53,6 +53,9 @@ pub struct TrainArgs {
     /// poisoned-shard, stale-checkpoint or replay.
     #[arg(long)]
     cheater: Option<String>,
+    /// A round closes at this many seconds even if some workers have not contributed.
+    #[arg(long, default_value_t = 600)]
+    round_deadline: u64,
     /// Validation windows evaluated per round.
     #[arg(long, default_value_t = 64)]
     eval_windows: usize,
@@ -85,15 +88,19 @@ pub struct TrainBench {
     preset: String,
     #[arg(long, default_value_t = 4)]
     workers: u32,
-    #[arg(long, default_value_t = 25)]
+    /// Inner steps per round (the communication ratio grows with it: >= 27 for 100x).
+    #[arg(long, default_value_t = 30)]
     inner_steps: u32,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     rounds: u32,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Rounds per cheater class (each with a different challenge draw).
+    /// Trials per cheater class (each with other keys, so another challenged step).
     #[arg(long, default_value_t = 3)]
     trials: u32,
+    /// Inner steps per round in the cheater and false-accusation trials.
+    #[arg(long, default_value_t = 4)]
+    trial_inner_steps: u32,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -198,7 +205,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let s = setup(
         &a.corpus,
         &a.preset,
-        a.workers,
+        a.workers + u32::from(a.cheater.is_some()),
         a.inner_steps,
         a.rounds,
         a.batch,
@@ -265,6 +272,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
             .collect();
         (r.weights, curve)
     } else {
+        let cheater = match &a.cheater {
+            Some(c) => Some(
+                Behavior::parse(c)
+                    .filter(|b| *b != Behavior::Honest)
+                    .with_context(|| format!("unknown cheater {c:?}"))?,
+            ),
+            None => None,
+        };
         let mut co = Coordinator::new(
             s.job.clone(),
             s.init.clone(),
@@ -272,73 +287,29 @@ pub fn train(a: TrainArgs) -> Result<()> {
             s.data.val.clone(),
         )?;
         co.eval_windows = a.eval_windows;
-        let mut workers: Vec<LocalWorker> = worker_keys(a.workers, a.seed)
-            .into_iter()
-            .map(|k| LocalWorker::new(k, Behavior::Honest))
-            .collect();
-        if let Some(c) = &a.cheater {
-            let b = Behavior::parse(c)
-                .filter(|b| *b != Behavior::Honest)
-                .with_context(|| format!("unknown cheater {c:?}"))?;
-            workers.push(LocalWorker::new(
-                worker_keys(a.workers + 1, a.seed ^ 0xc4ea7)[a.workers as usize].clone(),
-                b,
-            ));
-        }
-        let n = workers.len() as u64;
-        let pb = bar(a.rounds as u64 * n * a.inner_steps as u64, a.json);
         let start_loss = co.eval()?;
-        let mut curve = vec![(0.0, start_loss as f64)];
-        let mut done = 0u64;
-        run::train_diloco(&mut co, &mut workers, |e| match e {
-            Event::Step {
-                round,
-                worker,
-                step,
-                loss,
-            } => {
-                done += 1;
-                pb.set_position(done);
-                let tps = done as f64 * tokens_per_step / t0.elapsed().as_secs_f64();
-                pb.set_message(format!(
-                    "round {}/{}  worker {}  step {step}  loss {loss:.3}  {tps:.0} tok/s",
-                    round + 1,
-                    a.rounds,
-                    worker + 1
-                ));
-            }
-            Event::Round(r) => {
-                curve.push((
-                    (r.round + 1) as f64 * a.inner_steps as f64,
-                    r.eval_loss as f64,
-                ));
-                let line = if a.json {
-                    serde_json::to_string(r).unwrap_or_default()
-                } else {
-                    let rej: Vec<String> = r
-                        .rejected
-                        .iter()
-                        .map(|(w, e)| format!("{w}: {e}"))
-                        .collect();
-                    format!(
-                        "round {:>3}  eval loss {:.4}  accepted {}  rejected {}{}  checkpoint {}  {} KB in",
-                        r.round + 1,
-                        r.eval_loss,
-                        r.accepted.len(),
-                        r.rejected.len(),
-                        if rej.is_empty() { String::new() } else { format!(" [{}]", rej.join("; ")) },
-                        r.next_checkpoint.short(),
-                        r.contribution_bytes / 1024
-                    )
-                };
-                pb.suspend(|| {
-                    let _ = writeln!(stdout, "{line}");
-                });
-            }
-            Event::Eval { .. } => {}
-        })?;
+        let n = a.workers as u64 + u64::from(cheater.is_some());
+        let pb = bar(a.rounds as u64 * n * a.inner_steps as u64, a.json);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let (weights, reports) = rt.block_on(network_rounds(
+            co,
+            &a,
+            cheater,
+            pb.clone(),
+            tokens_per_step,
+            &mut stdout,
+        ))?;
         pb.finish_and_clear();
-        (co.weights.clone(), curve)
+        let mut curve = vec![(0.0, start_loss as f64)];
+        curve.extend(reports.iter().map(|r| {
+            (
+                (r.round + 1) as f64 * a.inner_steps as f64,
+                r.eval_loss as f64,
+            )
+        }));
+        (weights, curve)
     };
     let ckpt = out.join("checkpoint.safetensors");
     let hash = checkpoint::save(&weights, &ckpt)?;
@@ -374,6 +345,97 @@ pub fn train(a: TrainArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The rounds over HTTP on loopback: a coordinator and one training worker per key, each
+/// with its own server (openings), as on separate hosts. Prints each round's report.
+async fn network_rounds(
+    co: Coordinator,
+    a: &TrainArgs,
+    cheater: Option<Behavior>,
+    pb: ProgressBar,
+    tokens_per_step: f64,
+    out: &mut impl Write,
+) -> Result<(Weights, Vec<deai_train::RoundReport>)> {
+    use deai_node::training::{serve_worker, TrainCoordinator, TrainWorker};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let coord = TrainCoordinator::new(co, std::time::Duration::from_secs(a.round_deadline))?;
+    let addr = deai_node::serve("127.0.0.1:0".parse()?, coord.router()).await?;
+    let url = format!("http://{addr}");
+    eprintln!("coordinator on {url}");
+    let runner = tokio::spawn({
+        let c = coord.clone();
+        async move { c.run().await }
+    });
+    let mut keys: Vec<(SigningKey, Behavior)> = worker_keys(a.workers, a.seed)
+        .into_iter()
+        .map(|k| (k, Behavior::Honest))
+        .collect();
+    if let Some(b) = cheater {
+        keys.push((
+            worker_keys(a.workers + 1, a.seed ^ 0xc4ea7)[a.workers as usize].clone(),
+            b,
+        ));
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut handles = vec![];
+    for (k, b) in keys {
+        let w = serve_worker(TrainWorker::new(k, &url, b, ""), "127.0.0.1:0".parse()?).await?;
+        let (done, pb) = (done.clone(), pb.clone());
+        let rounds = a.rounds;
+        let on_step = Arc::new(move |round: u32, step: u32, loss: f32| {
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            pb.set_position(n);
+            let tps = n as f64 * tokens_per_step / t0.elapsed().as_secs_f64();
+            pb.set_message(format!(
+                "round {}/{rounds}  step {step}  loss {loss:.3}  {tps:.0} tok/s",
+                round + 1
+            ));
+        });
+        handles.push(tokio::spawn(async move { w.run(on_step).await }));
+    }
+    let mut printed = 0;
+    loop {
+        // Read "finished" first, so the reports read after it include the last round.
+        let finished = runner.is_finished();
+        let reports = coord.reports();
+        for r in &reports[printed..] {
+            let line = if a.json {
+                serde_json::to_string(r)?
+            } else {
+                let rej: Vec<String> = r
+                    .rejected
+                    .iter()
+                    .map(|(w, e)| format!("{w}: {e}"))
+                    .collect();
+                format!(
+                    "round {:>3}  eval loss {:.4}  accepted {}  rejected {}{}  checkpoint {}  {} KB in",
+                    r.round + 1,
+                    r.eval_loss,
+                    r.accepted.len(),
+                    r.rejected.len(),
+                    if rej.is_empty() { String::new() } else { format!(" [{}]", rej.join("; ")) },
+                    r.next_checkpoint.short(),
+                    r.contribution_bytes / 1024
+                )
+            };
+            pb.suspend(|| writeln!(out, "{line}"))?;
+        }
+        printed = reports.len();
+        if finished {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    runner.await??;
+    for h in handles {
+        if let Err(e) = h.await? {
+            tracing::warn!("a training worker stopped: {e:#}");
+        }
+    }
+    Ok((coord.weights(), coord.reports()))
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
@@ -466,11 +528,17 @@ pub fn bench(b: TrainBench) -> Result<()> {
     let fp32_per_round = 4.0 * s.init.n_params() as f64 * b.inner_steps as f64;
     let comm_ratio = fp32_per_round / bytes_per_contribution;
     let worker_tok_s = contributions as f64 * b.inner_steps as f64 * tokens_per_step / compute;
-    let verify_time = diloco_s - compute;
+    let verify_time: f64 = co.reports.iter().map(|r| r.verify_seconds).sum();
+    let _ = diloco_s;
 
     // 3. Plain candle loop (tensor AdamW, no commitments) for throughput.
     let plain_tok_s = plain_candle_tok_s(&s, 20)?;
-    // 4. Cheaters and false accusations.
+    // 4. Cheaters and false accusations, on a shorter round (the same model and data).
+    let mut trial = s;
+    trial.job.inner_steps = b.trial_inner_steps;
+    trial.job.train.warmup_steps = 1;
+    trial.job.validate()?;
+    let s = &trial;
     let mut caught = 0;
     let mut total = 0;
     let mut per_class = serde_json::Map::new();
@@ -478,7 +546,7 @@ pub fn bench(b: TrainBench) -> Result<()> {
         let mut c = 0;
         for trial in 0..b.trials {
             total += 1;
-            if cheater_caught(&s, class, trial)? {
+            if cheater_caught(s, class, trial)? {
                 c += 1;
                 caught += 1;
             }
@@ -489,7 +557,7 @@ pub fn bench(b: TrainBench) -> Result<()> {
             serde_json::json!(format!("{c}/{}", b.trials)),
         );
     }
-    let (false_acc, honest_checked) = false_accusations(&s, b.trials)?;
+    let (false_acc, honest_checked) = false_accusations(s, b.trials)?;
 
     let json = serde_json::json!({
         "preset": b.preset,

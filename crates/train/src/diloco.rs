@@ -53,8 +53,6 @@ impl JobSpec {
     }
 
     pub fn validate(&self) -> Result<()> {
-        self.model.validate()?;
-        self.train.validate()?;
         let bad = |s: String| Err(TrainError::Config(s));
         if self.inner_steps == 0 || self.inner_steps > MAX_INNER_STEPS {
             return bad(format!(
@@ -71,6 +69,8 @@ impl JobSpec {
         if self.rounds == 0 || self.workers == 0 || self.shards.is_empty() {
             return bad("rounds, workers and shards must be non-zero".into());
         }
+        self.model.validate()?;
+        self.train.validate()?;
         let ok = |v: f32| v.is_finite() && v >= 0.0;
         if !ok(self.outer_lr) || !ok(self.outer_momentum) || self.outer_momentum >= 1.0 {
             return bad(format!(

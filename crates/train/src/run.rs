@@ -38,6 +38,7 @@ pub struct BaselineRun {
 
 /// Plain AdamW on `data` for `steps` steps (batch and schedule from `job.train`, batch
 /// multiplied by `batch_mult`), evaluating every `eval_every` steps.
+#[allow(clippy::too_many_arguments)]
 pub fn train_baseline(
     job: &JobSpec,
     init: &Weights,

@@ -268,6 +268,8 @@ pub struct RoundReport {
     /// Bytes of accepted contributions (what crossed the network to the aggregator).
     pub contribution_bytes: u64,
     pub verify: ChallengeCost,
+    /// Wall time of the challenges (re-execution and checks, not evaluation).
+    pub verify_seconds: f64,
     pub reward_each: u64,
 }
 
@@ -284,6 +286,8 @@ pub struct Coordinator {
     seen: HashSet<Hash256>,
     pending: BTreeMap<[u8; 32], Contribution>,
     early_rejects: Vec<(String, Rejection)>,
+    /// Workers that submitted anything this round (admitted or refused).
+    attempted: HashSet<[u8; 32]>,
     pub reports: Vec<RoundReport>,
     /// Evaluation windows per round (bounded for speed).
     pub eval_windows: usize,
@@ -319,6 +323,7 @@ impl Coordinator {
             seen: HashSet::new(),
             pending: BTreeMap::new(),
             early_rejects: vec![],
+            attempted: HashSet::new(),
             reports: vec![],
             eval_windows: 64,
         })
@@ -351,6 +356,9 @@ impl Coordinator {
     /// Admits a contribution's bytes for this round (free checks only). A rejected one is
     /// recorded in the round's report; nothing already admitted changes.
     pub fn submit(&mut self, bytes: &[u8]) -> std::result::Result<(), Rejection> {
+        if let Some(k) = bytes.get(40..72) {
+            self.attempted.insert(k.try_into().expect("32 bytes"));
+        }
         let r = self.admit(bytes);
         if let Err(e) = &r {
             // The worker key sits at bytes 40..72 (after magic, job and round).
@@ -391,6 +399,12 @@ impl Coordinator {
         self.pending.values()
     }
 
+    /// Distinct workers that submitted anything this round, admitted or refused (a round
+    /// need not wait for a worker whose contribution was already refused).
+    pub fn attempted(&self) -> usize {
+        self.attempted.len()
+    }
+
     /// Workers whose contributions wait for the round to close.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -406,9 +420,11 @@ impl Coordinator {
     ) -> Result<RoundReport> {
         let spec = self.round_spec();
         let pending = std::mem::take(&mut self.pending);
+        self.attempted.clear();
         let mut rejected = std::mem::take(&mut self.early_rejects);
         let mut accepted = vec![];
         let mut verify = ChallengeCost::default();
+        let t_verify = std::time::Instant::now();
         {
             let check = RoundCheck::new(&self.job, &spec, &self.weights, &self.shards);
             for (w, c) in pending {
@@ -429,6 +445,7 @@ impl Coordinator {
                 }
             }
         }
+        let verify_seconds = t_verify.elapsed().as_secs_f64();
         let old = self.weights.clone();
         if !accepted.is_empty() {
             let n = accepted.len() as f64;
@@ -461,6 +478,7 @@ impl Coordinator {
             rejected,
             eval_loss,
             verify,
+            verify_seconds,
         };
         self.previous = Some(old);
         self.round += 1;

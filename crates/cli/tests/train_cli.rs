@@ -1,0 +1,243 @@
+//! `deai train`, `deai model export` and `deai bench train` as processes, on a tiny model and
+//! synthetic data (no network): DiLoCo over loopback HTTP with a cheater, the exported model
+//! served and its receipt verified, the same checkpoint at 1 and 2 threads, and bad flags.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn deai(home: &Path, args: &[&str], threads: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_deai"));
+    c.args(args)
+        .env("DEAI_HOME", home)
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("http_proxy", "http://127.0.0.1:9");
+    if let Some(t) = threads {
+        c.env("RAYON_NUM_THREADS", t);
+    }
+    c.output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{out}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+const TINY: [&str; 10] = [
+    "--corpus",
+    "synthetic",
+    "--preset",
+    "tiny",
+    "--workers",
+    "2",
+    "--inner-steps",
+    "3",
+    "--batch",
+    "4",
+];
+
+#[test]
+fn diloco_over_http_rejects_the_cheater_and_the_model_serves_and_verifies() {
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("run");
+    let mut args = vec!["train"];
+    args.extend(TINY);
+    args.extend([
+        "--rounds",
+        "2",
+        "--cheater",
+        "wrong-shard",
+        "--json",
+        "--out",
+    ]);
+    let out_s = out.to_str().unwrap();
+    args.push(out_s);
+    let stdout = ok(&deai(home.path(), &args, None));
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "two round reports and a summary: {stdout}");
+    for r in &lines[..2] {
+        assert_eq!(r["accepted"].as_array().unwrap().len(), 2, "{r}");
+        let rej = r["rejected"].as_array().unwrap();
+        assert_eq!(rej.len(), 1, "{r}");
+        assert_eq!(rej[0][1]["reason"], "step-mismatch", "{r}");
+        assert!(rej[0][1]["first_bad_step"].as_u64().unwrap() >= 1);
+    }
+    let summary = &lines[2];
+    let ckpt = summary["checkpoint"].as_str().unwrap();
+    assert_eq!(summary["checkpoint_hash"], lines[1]["next_checkpoint"]);
+    let svg = std::fs::read_to_string(out.join("loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+
+    // Export, serve with a receipt, verify offline.
+    let gguf = out.join("model.gguf");
+    ok(&deai(
+        home.path(),
+        &[
+            "model",
+            "export",
+            "--checkpoint",
+            ckpt,
+            "--out",
+            gguf.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let receipt = out.join("r.json");
+    let gen = ok(&deai(
+        home.path(),
+        &[
+            "run",
+            "-m",
+            gguf.to_str().unwrap(),
+            "--raw",
+            "-n",
+            "6",
+            "--receipt",
+            receipt.to_str().unwrap(),
+            "the king",
+        ],
+        None,
+    ));
+    assert!(!gen.is_empty());
+    let v = deai(
+        home.path(),
+        &[
+            "verify",
+            receipt.to_str().unwrap(),
+            "-m",
+            gguf.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&v.stdout).contains("ACCEPT"));
+    assert_eq!(v.status.code(), Some(0));
+
+    // A corrupt checkpoint is refused with a reason.
+    let bad = out.join("bad.safetensors");
+    std::fs::write(&bad, b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage").unwrap();
+    let e = deai(
+        home.path(),
+        &["model", "export", "--checkpoint", bad.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(e.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("error:"));
+}
+
+#[test]
+fn the_single_worker_baseline_gives_the_same_checkpoint_at_one_and_two_threads() {
+    let home = tempfile::tempdir().unwrap();
+    let hash = |threads: &str| {
+        let out = home.path().join(format!("t{threads}"));
+        let mut args = vec!["train", "--local"];
+        args.extend(TINY);
+        args.extend(["--rounds", "2", "--json", "--out", out.to_str().unwrap()]);
+        let stdout = ok(&deai(home.path(), &args, Some(threads)));
+        let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        last["checkpoint_hash"].as_str().unwrap().to_string()
+    };
+    let one = hash("1");
+    assert_eq!(one.len(), 64);
+    assert_eq!(one, hash("2"));
+}
+
+#[test]
+fn bench_train_reports_every_metric_and_catches_every_cheater() {
+    let home = tempfile::tempdir().unwrap();
+    let o = deai(
+        home.path(),
+        &[
+            "bench",
+            "train",
+            "--corpus",
+            "synthetic",
+            "--preset",
+            "tiny",
+            "--workers",
+            "2",
+            "--inner-steps",
+            "4",
+            "--rounds",
+            "2",
+            "--batch",
+            "4",
+            "--trials",
+            "1",
+            "--trial-inner-steps",
+            "2",
+            "--json",
+        ],
+        None,
+    );
+    let j: Value = serde_json::from_str(ok(&o).trim()).unwrap();
+    for k in [
+        "loss_diloco",
+        "loss_baseline",
+        "comm_ratio",
+        "verify_cost_ratio",
+        "cheaters_caught",
+        "cheaters_total",
+        "false_accusations",
+        "throughput_ratio",
+    ] {
+        assert!(j.get(k).is_some_and(|v| !v.is_null()), "missing {k}: {j}");
+    }
+    assert_eq!(j["cheaters_total"], 7);
+    assert_eq!(j["cheaters_caught"], 7, "{j}");
+    assert_eq!(j["false_accusations"], 0, "{j}");
+    assert!(j["comm_ratio"].as_f64().unwrap() > 1.0);
+}
+
+#[test]
+fn bad_flags_get_clear_errors() {
+    let home = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["train", "--preset", "huge", "--corpus", "synthetic"],
+            "unknown preset",
+        ),
+        (
+            &[
+                "train",
+                "--corpus",
+                "synthetic",
+                "--preset",
+                "tiny",
+                "--cheater",
+                "lazy",
+            ],
+            "unknown cheater",
+        ),
+        (
+            &["train", "--corpus", "/nonexistent/dir", "--preset", "tiny"],
+            "/nonexistent/dir",
+        ),
+        (
+            &[
+                "train",
+                "--corpus",
+                "synthetic",
+                "--preset",
+                "tiny",
+                "--inner-steps",
+                "0",
+            ],
+            "inner_steps",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = deai(home.path(), args, None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
