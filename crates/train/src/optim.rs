@@ -73,6 +73,11 @@ impl TrainState {
         let cfg_json = r.bytes("config", 4096).map_err(bad)?;
         let got: crate::ModelConfig = serde_json::from_slice(cfg_json)
             .map_err(|e| TrainError::Decode(format!("train state config: {e}")))?;
+        if serde_json::to_vec(&got).ok().as_deref() != Some(cfg_json) {
+            return Err(TrainError::Decode(
+                "train state: non-canonical config JSON".into(),
+            ));
+        }
         if &got != cfg {
             return Err(TrainError::Shape(format!(
                 "train state is for {got:?}, the job trains {cfg:?}"
