@@ -35,6 +35,16 @@ pub enum ChainCmd {
         /// Share of receipts validators re-check, in basis points (10000 = all).
         #[arg(long)]
         sample_rate_bps: Option<u64>,
+        /// Blocks after a receipt during which it may be challenged (loopback blocks take
+        /// milliseconds: the ledger default of 20 suits only tests of the ledger itself).
+        #[arg(long)]
+        challenge_window: Option<u64>,
+        /// Blocks validators have to reach a verdict on a challenged job.
+        #[arg(long)]
+        verdict_window: Option<u64>,
+        /// Blocks a job may wait for its receipt before the client is refunded.
+        #[arg(long)]
+        job_timeout: Option<u64>,
     },
     /// Run validators of the chain in DIR in this process until Ctrl-C.
     Run {
@@ -217,6 +227,9 @@ pub fn chain(c: ChainCmd) -> Result<()> {
             http_port,
             allow_model,
             sample_rate_bps,
+            challenge_window,
+            verdict_window,
+            job_timeout,
         } => {
             let dir = dir.unwrap_or_else(default_dir);
             let mut params = deai_ledger::state::Params::default();
@@ -233,6 +246,33 @@ pub fn chain(c: ChainCmd) -> Result<()> {
                 deai_ledger::state::Params::check(deai_ledger::Param::SampleRateBps, r)
                     .map_err(|e| anyhow::anyhow!("--sample-rate-bps: {e}"))?;
                 params.sample_rate_bps = r;
+            }
+            use deai_ledger::Param;
+            for (param, flag, v, slot) in [
+                (
+                    Param::ChallengeWindow,
+                    "--challenge-window",
+                    challenge_window,
+                    &mut params.challenge_window,
+                ),
+                (
+                    Param::VerdictWindow,
+                    "--verdict-window",
+                    verdict_window,
+                    &mut params.verdict_window,
+                ),
+                (
+                    Param::JobTimeout,
+                    "--job-timeout",
+                    job_timeout,
+                    &mut params.job_timeout,
+                ),
+            ] {
+                if let Some(v) = v {
+                    deai_ledger::state::Params::check(param, v)
+                        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+                    *slot = v;
+                }
             }
             let g = local::init(
                 &dir,

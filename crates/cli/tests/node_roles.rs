@@ -99,6 +99,13 @@ fn nodes_join_a_chain_and_serve_a_verified_answer() {
         "default",
         "--sample-rate-bps",
         "10000",
+        // Blocks take milliseconds on loopback: give the validators time to vote under load.
+        "--challenge-window",
+        "1500",
+        "--verdict-window",
+        "1500",
+        "--job-timeout",
+        "1500",
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let chain = spawn(&t.join("chain.log"), &["chain", "run", "--dir", c]);

@@ -339,18 +339,19 @@ async fn contribute(
         ));
     }
     let mut i = lock(&s.inner);
-    if i.done {
+    if i.done || i.closing {
+        let detail = if i.done {
+            "the job is done"
+        } else {
+            "the round is closing: the contribution came after its deadline"
+        };
         return Err(refuse(
             StatusCode::CONFLICT,
-            serde_json::json!({"reason": "wrong-round", "detail": "the job is done"}),
+            serde_json::json!({"reason": "wrong-round", "detail": detail}),
         ));
     }
     match i.co.submit(&body) {
-        Ok(()) => {
-            let w = body
-                .get(40..72)
-                .and_then(|k| <[u8; 32]>::try_from(k).ok())
-                .unwrap_or([0; 32]);
+        Ok(w) => {
             i.urls.insert(w, url);
             Ok(Json(Admitted {
                 round: i.co.round,
@@ -523,10 +524,18 @@ impl TrainWorker {
             if !resp.status().is_success() {
                 let status = resp.status();
                 let body = resp.text().await.unwrap_or_default();
-                tracing::warn!(
-                    "round {}: contribution refused ({status}): {body}",
-                    info.spec.round
-                );
+                if status == reqwest::StatusCode::CONFLICT {
+                    // Late (the round closed at its deadline) or a duplicate.
+                    tracing::info!(
+                        "round {}: contribution too late ({status}): {body}",
+                        info.spec.round
+                    );
+                } else {
+                    tracing::warn!(
+                        "round {}: contribution refused ({status}): {body}",
+                        info.spec.round
+                    );
+                }
             }
             last_round = Some(info.spec.round);
             done_rounds += 1;

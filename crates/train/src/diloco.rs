@@ -325,6 +325,12 @@ impl Contribution {
         w.into_bytes()
     }
 
+    /// The worker key of encoded contribution bytes, read without decoding the rest (it sits
+    /// after the magic, the job and the round).
+    pub fn worker_of(bytes: &[u8]) -> Option<[u8; 32]> {
+        bytes.get(40..72)?.try_into().ok()
+    }
+
     /// Decodes a contribution for a job training `cfg`; any malformed, oversized or
     /// wrongly shaped input is an error.
     pub fn from_bytes(b: &[u8], cfg: &ModelConfig) -> Result<Self> {

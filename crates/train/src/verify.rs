@@ -353,25 +353,23 @@ impl Coordinator {
         }
     }
 
-    /// Admits a contribution's bytes for this round (free checks only). A rejected one is
-    /// recorded in the round's report; nothing already admitted changes.
-    pub fn submit(&mut self, bytes: &[u8]) -> std::result::Result<(), Rejection> {
-        if let Some(k) = bytes.get(40..72) {
-            self.attempted.insert(k.try_into().expect("32 bytes"));
+    /// Admits a contribution's bytes for this round (free checks only) and returns its
+    /// worker. A rejected one is recorded in the round's report; nothing already admitted
+    /// changes.
+    pub fn submit(&mut self, bytes: &[u8]) -> std::result::Result<[u8; 32], Rejection> {
+        let worker = Contribution::worker_of(bytes);
+        if let Some(k) = worker {
+            self.attempted.insert(k);
         }
         let r = self.admit(bytes);
         if let Err(e) = &r {
-            // The worker key sits at bytes 40..72 (after magic, job and round).
-            let w = match bytes.get(40..72) {
-                Some(k) => who(k.try_into().expect("32 bytes")),
-                None => "?".into(),
-            };
+            let w = worker.map(|k| who(&k)).unwrap_or_else(|| "?".into());
             self.early_rejects.push((w, e.clone()));
         }
         r
     }
 
-    fn admit(&mut self, bytes: &[u8]) -> std::result::Result<(), Rejection> {
+    fn admit(&mut self, bytes: &[u8]) -> std::result::Result<[u8; 32], Rejection> {
         let c = Contribution::from_bytes(bytes, &self.job.model)
             .map_err(|e| Rejection::new(Reason::Malformed, e.to_string()))?;
         let id = c.id();
@@ -390,8 +388,9 @@ impl Coordinator {
             ));
         }
         self.seen.insert(id);
-        self.pending.insert(c.worker, c);
-        Ok(())
+        let worker = c.worker;
+        self.pending.insert(worker, c);
+        Ok(worker)
     }
 
     /// Contributions admitted this round, by worker key.
