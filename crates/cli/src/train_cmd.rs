@@ -514,9 +514,7 @@ pub fn bench(b: TrainBench) -> Result<()> {
         .into_iter()
         .map(|k| LocalWorker::new(k, Behavior::Honest))
         .collect();
-    let t = Instant::now();
     let compute = run::train_diloco(&mut co, &mut workers, |_| {})?;
-    let diloco_s = t.elapsed().as_secs_f64();
     let loss_diloco = co.reports.last().map(|r| r.eval_loss).unwrap_or(f32::NAN);
     let rounds = co.reports.len() as f64;
     let verify_steps: u32 = co.reports.iter().map(|r| r.verify.steps).sum();
@@ -529,7 +527,6 @@ pub fn bench(b: TrainBench) -> Result<()> {
     let comm_ratio = fp32_per_round / bytes_per_contribution;
     let worker_tok_s = contributions as f64 * b.inner_steps as f64 * tokens_per_step / compute;
     let verify_time: f64 = co.reports.iter().map(|r| r.verify_seconds).sum();
-    let _ = diloco_s;
 
     // 3. Plain candle loop (tensor AdamW, no commitments) for throughput.
     // Alternate the two loops in short runs and keep each one's best, so that load on a

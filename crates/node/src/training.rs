@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use deai_train::diloco::{Behavior, JobSpec, Opener, RoundSpec, WorkerRun};
-use deai_train::verify::{RoundCheck, RoundReport};
+use deai_train::verify::RoundReport;
 use deai_train::{checkpoint, Coordinator, TrainError, Weights};
 use deai_types::Hash256;
 use ed25519_dalek::SigningKey;
@@ -171,7 +171,7 @@ impl TrainCoordinator {
                     &(i.co.pending() as u64).to_le_bytes(),
                 ],
             );
-            let check = RoundCheck::new(&i.co.job, &spec, &i.co.weights, i.co.shards());
+            let check = i.co.round_check();
             let needs: Vec<([u8; 32], String, u32, Vec<u32>)> =
                 i.co.pending_contributions()
                     .map(|c| {

@@ -289,6 +289,10 @@ pub struct Coordinator {
     /// Workers that submitted anything this round (admitted or refused).
     attempted: HashSet<[u8; 32]>,
     pub reports: Vec<RoundReport>,
+    /// This round's inputs and the hash of its fresh start state, kept while the weights stay
+    /// (each costs a pass over every weight; workers poll the round and submit often).
+    spec: RoundSpec,
+    start_leaf: Hash256,
     /// Evaluation windows per round (bounded for speed).
     pub eval_windows: usize,
 }
@@ -312,7 +316,10 @@ impl Coordinator {
                 "shards do not match the job's shard list".into(),
             ));
         }
+        let (spec, start_leaf) = Self::round_inputs(&job, 0, &init);
         Ok(Coordinator {
+            spec,
+            start_leaf,
             outer: Nesterov::new(&init, job.outer_lr, job.outer_momentum),
             job,
             weights: init,
@@ -336,20 +343,32 @@ impl Coordinator {
     /// This round's public inputs. Locally the randomness is derived from the job and the
     /// checkpoint; on a network it is a finalized block digest.
     pub fn round_spec(&self) -> RoundSpec {
-        let job = self.job.id();
-        let checkpoint = self.weights.hash();
-        RoundSpec {
-            job,
-            round: self.round,
+        self.spec
+    }
+
+    fn round_inputs(job: &JobSpec, round: u32, weights: &Weights) -> (RoundSpec, Hash256) {
+        let id = job.id();
+        let checkpoint = weights.hash();
+        let spec = RoundSpec {
+            job: id,
+            round,
             checkpoint,
             randomness: Hash256::digest_parts(
                 "deai-train-round-v1",
-                &[
-                    job.as_bytes(),
-                    &self.round.to_le_bytes(),
-                    checkpoint.as_bytes(),
-                ],
+                &[id.as_bytes(), &round.to_le_bytes(), checkpoint.as_bytes()],
             ),
+        };
+        (spec, TrainState::fresh(weights.clone()).hash())
+    }
+
+    /// The check of this round's contributions, with the cached start leaf.
+    pub fn round_check(&self) -> RoundCheck<'_> {
+        RoundCheck {
+            job: &self.job,
+            round: &self.spec,
+            checkpoint: &self.weights,
+            shards: &self.shards,
+            start_leaf: self.start_leaf,
         }
     }
 
@@ -379,8 +398,7 @@ impl Coordinator {
                 "these exact bytes were already submitted",
             ));
         }
-        let spec = self.round_spec();
-        RoundCheck::new(&self.job, &spec, &self.weights, &self.shards).precheck(&c)?;
+        self.round_check().precheck(&c)?;
         if self.pending.contains_key(&c.worker) {
             return Err(Rejection::new(
                 Reason::Duplicate,
@@ -425,7 +443,7 @@ impl Coordinator {
         let mut verify = ChallengeCost::default();
         let t_verify = std::time::Instant::now();
         {
-            let check = RoundCheck::new(&self.job, &spec, &self.weights, &self.shards);
+            let check = self.round_check();
             for (w, c) in pending {
                 let res = match openers.iter().find(|(k, _)| *k == w) {
                     Some((_, o)) => check.challenge(&c, *o, randomness),
@@ -481,6 +499,7 @@ impl Coordinator {
         };
         self.previous = Some(old);
         self.round += 1;
+        (self.spec, self.start_leaf) = Self::round_inputs(&self.job, self.round, &self.weights);
         self.reports.push(report.clone());
         Ok(report)
     }
