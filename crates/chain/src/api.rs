@@ -4,7 +4,7 @@
 //! Every error is a JSON body `{"error": "..."}` with a 4xx/5xx status; bad paths, bodies
 //! and ids never panic the node.
 
-use crate::app::{App, Scheme};
+use crate::app::{App, Scheme, TxAt};
 use crate::block::Block;
 use crate::lightclient::{encode_certificate, StateProof};
 use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
@@ -25,10 +25,12 @@ pub type Marshal = marshal::core::Mailbox<Scheme, marshal::standard::Standard<Bl
 #[derive(Clone)]
 pub struct Api {
     pub app: App,
-    pub marshal: Marshal,
+    /// Finality certificates for state proofs; `None` serves no proofs (an API over a bare
+    /// [`App`], as `deai bench explorer` builds).
+    pub marshal: Option<Marshal>,
     /// This node's validator address.
     pub me: Address,
-    pub evidence: crate::node::EvidenceRecorder,
+    pub evidence: Option<crate::node::EvidenceRecorder>,
 }
 
 struct ApiError(StatusCode, String);
@@ -74,17 +76,21 @@ pub fn router(api: Api) -> Router {
         .route("/v1/tx", post(submit))
         .route("/v1/tx/{id}", get(tx_status))
         .route("/v1/account/{addr}", get(account))
+        .route("/v1/account/{addr}/txs", get(account_txs))
         .route("/v1/worker/{addr}", get(worker))
         .route("/v1/workers", get(workers))
         .route("/v1/validators", get(validators))
         .route("/v1/job/{id}", get(job))
         .route("/v1/jobs", get(jobs))
         .route("/v1/proposal/{id}", get(proposal))
+        .route("/v1/proposals", get(proposals))
+        .route("/v1/search", get(search))
         .route("/v1/params", get(params))
         .route("/v1/block/{height}", get(block))
         .route("/v1/blocks", get(blocks))
         .route("/v1/proof/{kind}/{id}", get(proof))
         .route("/v1/evidence", get(evidence))
+        .merge(deai_explorer::router(deai_explorer::UiConfig::CHAIN))
         .fallback(|| async { not_found("no such route; see /v1/status") })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(api)
@@ -105,6 +111,9 @@ async fn status(AxState(api): AxState<Api>) -> R {
         "burned": s.meta().burned,
         "treasury": s.meta().treasury,
         "total_stake": s.meta().total_stake,
+        "txs_total": api.app.txs_total(),
+        "jobs_total": s.jobs().count(),
+        "observed": api.app.observed(),
     })))
 }
 
@@ -131,9 +140,10 @@ async fn submit(
 
 async fn tx_status(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
     let id = parse_hash(&id)?;
-    if let Some((height, outcome)) = api.app.tx_status(&id) {
+    if let Some((height, index, tx, outcome)) = api.app.tx(&id) {
         return Ok(Json(json!({
-            "id": id, "status": "finalized", "height": height, "error": outcome.error,
+            "id": id, "status": "finalized", "height": height, "index": index,
+            "error": outcome.error, "tx": tx,
         })));
     }
     if api.app.is_pending(&id) {
@@ -150,6 +160,43 @@ async fn account(AxState(api): AxState<Api>, Path(a): Path<String>) -> R {
     Ok(Json(
         json!({ "height": s.height(), "address": hex::encode(a), "account": s.account(&a) }),
     ))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+/// One finalized transaction in a list: where it landed, what it is, and its outcome.
+fn tx_row(t: &TxAt) -> Value {
+    let kind = serde_json::to_value(&t.tx.tx.kind).unwrap_or(Value::Null);
+    let mut row = json!({
+        "id": t.outcome.id, "height": t.height, "index": t.index,
+        "type": kind["type"], "from": hex::encode(t.tx.tx.from), "error": t.outcome.error,
+    });
+    // A verdict's `accept` or a governance vote's `yes`.
+    if let Some(yes) = kind.get("accept").or_else(|| kind.get("yes")) {
+        row["yes"] = yes.clone();
+    }
+    row
+}
+
+/// `GET /v1/account/{addr}/txs?offset=&limit=`: transactions sent by the account or
+/// transferring to it, newest first.
+async fn account_txs(
+    AxState(api): AxState<Api>,
+    Path(a): Path<String>,
+    q: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> R {
+    let Query(q) = q.map_err(|e| bad(e.to_string()))?;
+    let a = parse_addr(&a)?;
+    let limit = q.limit.unwrap_or(20).min(100);
+    let (total, txs) = api.app.account_txs(&a, q.offset.unwrap_or(0), limit);
+    Ok(Json(json!({
+        "height": api.app.finalized_height(), "address": hex::encode(a), "total": total,
+        "txs": txs.iter().map(tx_row).collect::<Vec<_>>(),
+    })))
 }
 
 async fn worker(AxState(api): AxState<Api>, Path(a): Path<String>) -> R {
@@ -187,7 +234,10 @@ async fn job(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
     let j = s
         .job(&id)
         .ok_or_else(|| not_found(format!("no job {id}")))?;
-    Ok(Json(json!({ "height": s.height(), "id": id, "job": j })))
+    let trail: Vec<Value> = api.app.job_trail(&id).iter().map(tx_row).collect();
+    Ok(Json(
+        json!({ "height": s.height(), "id": id, "job": j, "trail": trail }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -197,6 +247,7 @@ struct JobQuery {
     /// Only jobs of this client or worker (hex address).
     account: Option<String>,
     limit: Option<usize>,
+    offset: Option<usize>,
 }
 
 /// `GET /v1/jobs?status=receipted&account=HEX&limit=N`: finalized jobs, newest first.
@@ -229,6 +280,7 @@ async fn jobs(
     let total = list.len();
     let list: Vec<Value> = list
         .into_iter()
+        .skip(q.offset.unwrap_or(0))
         .take(limit)
         .map(|(id, j)| json!({ "id": id, "job": j }))
         .collect();
@@ -246,6 +298,94 @@ async fn proposal(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
     Ok(Json(json!({ "height": s.height(), "proposal": p })))
 }
 
+/// `GET /v1/proposals`: every governance proposal, newest first.
+async fn proposals(AxState(api): AxState<Api>) -> R {
+    let s = api.app.finalized_state();
+    let mut list: Vec<&deai_ledger::state::Proposal> = s.proposals().map(|(_, p)| p).collect();
+    list.sort_by_key(|p| std::cmp::Reverse(p.id));
+    Ok(Json(json!({ "height": s.height(), "proposals": list })))
+}
+
+#[derive(Deserialize)]
+struct Search {
+    q: Option<String>,
+}
+
+/// `GET /v1/search?q=`: what a height, id or address names. Numbers are block heights,
+/// `p7` / `proposal 7` proposals; 64 hex digits are looked up as a transaction, job, block
+/// digest, worker, validator, then an account that has a balance, stake or transactions.
+async fn search(
+    AxState(api): AxState<Api>,
+    q: Result<Query<Search>, axum::extract::rejection::QueryRejection>,
+) -> R {
+    let Query(q) = q.map_err(|e| bad(e.to_string()))?;
+    let q = q.q.unwrap_or_default();
+    let q = q.trim();
+    if q.is_empty() {
+        return Err(bad(
+            "search for a block height, a 64-hex id or an account address",
+        ));
+    }
+    if q.len() > 128 {
+        return Err(bad("a search is at most 128 characters"));
+    }
+    let found = |kind: &str, id: String| Ok(Json(json!({ "kind": kind, "id": id })));
+    let lower = q.to_ascii_lowercase();
+    let hexish = lower.strip_prefix("0x").unwrap_or(&lower);
+    let is_id = hexish.len() == 64 && hexish.bytes().all(|b| b.is_ascii_hexdigit());
+    if let (false, Ok(h)) = (is_id, q.parse::<u64>()) {
+        if h <= api.app.finalized_height() {
+            return found("block", h.to_string());
+        }
+        return Err(not_found(format!(
+            "no finalized block at height {h} (the tip is {})",
+            api.app.finalized_height()
+        )));
+    }
+    let prop = lower
+        .strip_prefix("proposal")
+        .or_else(|| lower.strip_prefix('p'))
+        .map(|r| r.trim_start_matches([' ', '#']));
+    if let Some(Ok(id)) = prop.map(str::parse::<u64>) {
+        let s = api.app.finalized_state();
+        return match s.proposal(id) {
+            Some(_) => found("proposal", id.to_string()),
+            None => Err(not_found(format!("no proposal {id}"))),
+        };
+    }
+    if !is_id {
+        return Err(bad(format!(
+            "{q:?} is neither a block height nor a 64-hex-digit id or address"
+        )));
+    }
+    let h = parse_hash(hexish)?;
+    let s = api.app.finalized_state();
+    if api.app.tx(&h).is_some() || api.app.is_pending(&h) {
+        return found("tx", h.to_string());
+    }
+    if s.job(&h).is_some() {
+        return found("job", h.to_string());
+    }
+    if let Some(height) = api.app.height_of(&h) {
+        return found("block", height.to_string());
+    }
+    let a = h.0;
+    if s.worker(&a).is_some() {
+        return found("worker", hexish.to_string());
+    }
+    if s.validator(&a).is_some() {
+        return found("validator", hexish.to_string());
+    }
+    let acct = s.account(&a);
+    if acct.balance > 0 || acct.stake > 0 || acct.nonce > 0 || api.app.account_seen(&a) {
+        return found("account", hexish.to_string());
+    }
+    Err(not_found(format!(
+        "nothing on this chain has id {hexish}: no transaction, job, block, worker, validator \
+         or account with a balance"
+    )))
+}
+
 async fn params(AxState(api): AxState<Api>) -> R {
     let s = api.app.finalized_state();
     Ok(Json(json!({ "height": s.height(), "params": s.params() })))
@@ -257,14 +397,17 @@ async fn block(AxState(api): AxState<Api>, Path(h): Path<String>) -> R {
         .app
         .block(h)
         .ok_or_else(|| not_found(format!("no finalized block at height {h}")))?;
-    Ok(Json(serde_json::to_value(b).map_err(|e| {
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-    })?))
+    let mut v = serde_json::to_value(b)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    v["observed_ms"] = json!(api.app.observed_ms(h));
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]
 struct Range {
     from: Option<u64>,
+    /// Blocks below this height, newest first (takes precedence over `from`).
+    before: Option<u64>,
     limit: Option<u64>,
 }
 
@@ -275,20 +418,33 @@ async fn blocks(
     let Query(q) = q.map_err(|e| bad(e.to_string()))?;
     let tip = api.app.finalized_height();
     let limit = q.limit.unwrap_or(20).min(100);
-    let from = q
-        .from
-        .unwrap_or(tip.saturating_sub(limit.saturating_sub(1)));
-    let list: Vec<Value> = api
+    let (from, newest_first) = match q.before {
+        Some(before) => (before.min(tip + 1).saturating_sub(limit), true),
+        None => (
+            q.from
+                .unwrap_or(tip.saturating_sub(limit.saturating_sub(1))),
+            false,
+        ),
+    };
+    let to = match q.before {
+        Some(before) => before.min(tip + 1),
+        None => from.saturating_add(limit),
+    };
+    let mut list: Vec<Value> = api
         .app
-        .blocks(from, from.saturating_add(limit))
+        .blocks(from, to)
         .into_iter()
         .map(|b| {
             json!({
                 "height": b.header.height, "digest": b.digest, "state_root": b.header.state_root,
                 "txs": b.txs.len(), "events": b.events,
+                "observed_ms": api.app.observed_ms(b.header.height),
             })
         })
         .collect();
+    if newest_first {
+        list.reverse();
+    }
     Ok(Json(json!({ "tip": tip, "blocks": list })))
 }
 
@@ -313,8 +469,11 @@ async fn proof(AxState(api): AxState<Api>, Path((kind, id)): Path<(String, Strin
         .block(h)
         .ok_or_else(|| not_found("block missing"))?
         .header;
-    let cert = api
+    let marshal = api
         .marshal
+        .as_ref()
+        .ok_or_else(|| not_found("this API serves no finality certificates"))?;
+    let cert = marshal
         .get_finalization(Height::new(h))
         .await
         .ok_or_else(|| not_found(format!("no finality certificate stored for height {h}")))?;
@@ -333,5 +492,10 @@ async fn proof(AxState(api): AxState<Api>, Path((kind, id)): Path<(String, Strin
 
 /// Equivocation evidence this node's consensus engine has seen.
 async fn evidence(AxState(api): AxState<Api>) -> R {
-    Ok(Json(json!({ "evidence": api.evidence.evidence() })))
+    let list = api
+        .evidence
+        .as_ref()
+        .map(|e| e.evidence())
+        .unwrap_or_default();
+    Ok(Json(json!({ "evidence": list })))
 }

@@ -15,7 +15,7 @@ use commonware_consensus::simplex::{scheme::ed25519, types::Context};
 use commonware_consensus::Reporter;
 use commonware_cryptography::{ed25519::PublicKey, Digested, Digestible};
 use commonware_utils::Acknowledgement;
-use deai_ledger::{BlockError, SignedTx, State, TxOutcome};
+use deai_ledger::{Address, BlockError, SignedTx, State, TxKind, TxOutcome};
 use deai_types::Hash256;
 use futures::channel::mpsc;
 use futures::StreamExt;
@@ -36,6 +36,15 @@ pub struct FinalizedBlock {
     pub events: Vec<String>,
 }
 
+/// A finalized transaction where it landed.
+#[derive(Clone, Debug)]
+pub struct TxAt {
+    pub height: u64,
+    pub index: u32,
+    pub tx: SignedTx,
+    pub outcome: TxOutcome,
+}
+
 struct Entry {
     height: u64,
     state: State,
@@ -52,7 +61,66 @@ struct Inner {
     log: Vec<FinalizedBlock>,
     /// Transaction id -> (height, index) of finalized transactions.
     tx_index: HashMap<Hash256, (u64, u32)>,
+    /// Explorer indexes over finalized blocks (see [`Indexes`]).
+    idx: Indexes,
     mempool: Mempool,
+}
+
+/// Secondary indexes over the finalized log, for the explorer's queries: each maps a key to
+/// the positions `(height, index)` of the finalized transactions that touch it, in order.
+/// They are rebuilt as blocks are applied (after a restart, while marshal replays).
+#[derive(Default)]
+struct Indexes {
+    /// Sender, and recipient of a transfer.
+    account_txs: HashMap<Address, Vec<(u64, u32)>>,
+    /// Open, receipt, challenge and verdict transactions of a job.
+    job_txs: HashMap<Hash256, Vec<(u64, u32)>>,
+    /// Block digest -> height.
+    digests: HashMap<Hash256, u64>,
+    /// This node's wall clock (unix ms) when it applied each finalized block, by height
+    /// (`None` for genesis). Local observation only, never part of consensus: it feeds the
+    /// explorer's finality-time and throughput figures.
+    observed_ms: Vec<Option<u64>>,
+    txs_total: u64,
+}
+
+impl Indexes {
+    fn add_block(&mut self, height: u64, digest: Hash256, txs: &[SignedTx], now_ms: Option<u64>) {
+        self.digests.insert(digest, height);
+        self.observed_ms.push(now_ms);
+        for (i, t) in txs.iter().enumerate() {
+            let pos = (height, i as u32);
+            self.txs_total += 1;
+            self.account_txs.entry(t.tx.from).or_default().push(pos);
+            match &t.tx.kind {
+                TxKind::Transfer { to, .. } if *to != t.tx.from => {
+                    self.account_txs.entry(*to).or_default().push(pos)
+                }
+                TxKind::OpenJob { job, .. }
+                | TxKind::PostReceipt { job, .. }
+                | TxKind::Challenge { job, .. }
+                | TxKind::Verdict { job, .. } => self.job_txs.entry(*job).or_default().push(pos),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Recent finalization rates as this node observed them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Observed {
+    /// Median wall time between consecutive finalized blocks, over the last 100.
+    pub finality_ms: Option<f64>,
+    /// Blocks and transactions finalized per second over the last 60 s of observed blocks.
+    pub blocks_per_s: Option<f64>,
+    pub txs_per_s: Option<f64>,
+}
+
+fn now_ms() -> Option<u64> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }
 
 /// The application. Clones share one state.
@@ -86,6 +154,8 @@ impl App {
             outcomes: vec![],
             events: vec!["genesis".into()],
         }];
+        let mut idx = Indexes::default();
+        idx.add_block(0, genesis.digest(), &[], None);
         App {
             inner: Arc::new(Mutex::new(Inner {
                 states,
@@ -93,6 +163,7 @@ impl App {
                 fin_digest: gd,
                 log,
                 tx_index: HashMap::new(),
+                idx,
                 mempool,
             })),
             genesis: Arc::new(genesis),
@@ -146,6 +217,124 @@ impl App {
         let (h, i) = *inner.tx_index.get(id)?;
         let out = inner.log.get(h as usize)?.outcomes.get(i as usize)?.clone();
         Some((h, out))
+    }
+
+    /// A finalized transaction with its position and outcome.
+    pub fn tx(&self, id: &Hash256) -> Option<(u64, u32, SignedTx, TxOutcome)> {
+        let inner = self.lock();
+        let (h, i) = *inner.tx_index.get(id)?;
+        let b = inner.log.get(h as usize)?;
+        Some((
+            h,
+            i,
+            b.txs.get(i as usize)?.clone(),
+            b.outcomes.get(i as usize)?.clone(),
+        ))
+    }
+
+    fn txs_at(inner: &Inner, positions: &[(u64, u32)]) -> Vec<TxAt> {
+        positions
+            .iter()
+            .filter_map(|&(h, i)| {
+                let b = inner.log.get(h as usize)?;
+                Some(TxAt {
+                    height: h,
+                    index: i,
+                    tx: b.txs.get(i as usize)?.clone(),
+                    outcome: b.outcomes.get(i as usize)?.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Finalized transactions sent by `a` or transferring to it, newest first: `offset`
+    /// skipped, at most `limit`; and how many there are in all.
+    pub fn account_txs(&self, a: &Address, offset: usize, limit: usize) -> (usize, Vec<TxAt>) {
+        let inner = self.lock();
+        let Some(all) = inner.idx.account_txs.get(a) else {
+            return (0, vec![]);
+        };
+        let page: Vec<(u64, u32)> = all.iter().rev().skip(offset).take(limit).copied().collect();
+        (all.len(), Self::txs_at(&inner, &page))
+    }
+
+    /// Whether any finalized transaction was sent by or to `a`.
+    pub fn account_seen(&self, a: &Address) -> bool {
+        self.lock().idx.account_txs.contains_key(a)
+    }
+
+    /// The finalized transactions that touched job `job`, oldest first.
+    pub fn job_trail(&self, job: &Hash256) -> Vec<TxAt> {
+        let inner = self.lock();
+        match inner.idx.job_txs.get(job) {
+            Some(all) => Self::txs_at(&inner, all),
+            None => vec![],
+        }
+    }
+
+    /// Height of the finalized block with this digest.
+    pub fn height_of(&self, digest: &Hash256) -> Option<u64> {
+        self.lock().idx.digests.get(digest).copied()
+    }
+
+    /// When this node applied the finalized block at `height` (unix ms; local observation).
+    pub fn observed_ms(&self, height: u64) -> Option<u64> {
+        self.lock()
+            .idx
+            .observed_ms
+            .get(height as usize)
+            .copied()
+            .flatten()
+    }
+
+    /// Finalized transactions in all.
+    pub fn txs_total(&self) -> u64 {
+        self.lock().idx.txs_total
+    }
+
+    /// Finality time and throughput over recent blocks, from this node's observations.
+    pub fn observed(&self) -> Observed {
+        let inner = self.lock();
+        let obs = &inner.idx.observed_ms;
+        let tip = obs.len();
+        let recent: Vec<(usize, u64)> = (tip.saturating_sub(101)..tip)
+            .filter_map(|h| obs[h].map(|t| (h, t)))
+            .collect();
+        let mut gaps: Vec<u64> = recent
+            .windows(2)
+            .filter(|w| w[1].0 == w[0].0 + 1)
+            .map(|w| w[1].1.saturating_sub(w[0].1))
+            .collect();
+        gaps.sort_unstable();
+        let finality_ms = (!gaps.is_empty()).then(|| gaps[gaps.len() / 2] as f64);
+        let (mut blocks_per_s, mut txs_per_s) = (None, None);
+        if let Some(&(_, last)) = recent.last() {
+            let mut first = last;
+            let (mut blocks, mut txs) = (0u64, 0u64);
+            let mut h = tip;
+            while h > 1 {
+                h -= 1;
+                match obs[h] {
+                    Some(t) if last.saturating_sub(t) <= 60_000 => {
+                        first = t;
+                        blocks += 1;
+                        txs += inner.log.get(h).map_or(0, |b| b.txs.len() as u64);
+                    }
+                    _ => break,
+                }
+            }
+            let span = last.saturating_sub(first);
+            if blocks > 1 && span > 0 {
+                let secs = span as f64 / 1000.0;
+                blocks_per_s = Some((blocks - 1) as f64 / secs);
+                txs_per_s = Some(txs as f64 / secs);
+            }
+        }
+        Observed {
+            finality_ms,
+            blocks_per_s,
+            txs_per_s,
+        }
     }
 
     pub fn is_pending(&self, id: &Hash256) -> bool {
@@ -310,6 +499,9 @@ impl App {
         for (i, t) in b.txs.iter().enumerate() {
             inner.tx_index.insert(t.id(), (b.height(), i as u32));
         }
+        inner
+            .idx
+            .add_block(b.height(), b.digest(), &b.txs, now_ms());
         inner.mempool.prune(&state);
         inner.finalized = state.clone();
         inner.fin_digest = digest;

@@ -15,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod block;
+pub mod explorer_bench;
 pub mod lightclient;
 pub mod local;
 pub mod mempool;

@@ -293,9 +293,9 @@ pub async fn start_validators(
         if opts.serve_http {
             let router = api::router(Api {
                 app: n.app.clone(),
-                marshal: n.marshal.clone(),
+                marshal: Some(n.marshal.clone()),
                 me: info.address,
-                evidence: n.evidence.clone(),
+                evidence: Some(n.evidence.clone()),
             });
             let listener = tokio::net::TcpListener::bind(info.http)
                 .await

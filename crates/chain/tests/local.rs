@@ -49,6 +49,7 @@ fn devnet_over_http_finalizes_and_proves() {
         let url = format!("http://{}", nodes[1].http);
         let chain = nodes[0].app.finalized_state().chain_id();
         let (res_tx, res_rx) = std::sync::mpsc::channel();
+        let a_validator = hex::encode(validators[2]);
         // Drive the HTTP client from a plain thread (reqwest blocking).
         std::thread::spawn(move || {
             let c = reqwest::blocking::Client::builder()
@@ -128,6 +129,72 @@ fn devnet_over_http_finalizes_and_proves() {
                 .unwrap();
             let txs: Vec<SignedTx> = serde_json::from_value(block["txs"].clone()).unwrap();
             assert!(txs.iter().any(|t| t.id().to_hex() == id));
+            // The explorer's queries: the transaction with its position, the recipient's
+            // history, search by id / height / address / digest, blocks newest first.
+            let get = |path: &str| -> (u16, serde_json::Value) {
+                let r = c.get(format!("{url}{path}")).send().unwrap();
+                let status = r.status().as_u16();
+                (status, r.json().unwrap_or(serde_json::Value::Null))
+            };
+            let (_, t) = get(&format!("/v1/tx/{id}"));
+            assert_eq!(t["tx"]["tx"]["kind"]["type"], "transfer", "{t}");
+            let index = t["index"].as_u64().unwrap() as usize;
+            assert_eq!(txs[index].id().to_hex(), id);
+            let (_, hist) = get(&format!("/v1/account/{}/txs", hex::encode(to)));
+            assert_eq!(hist["total"], 1, "{hist}");
+            assert_eq!(hist["txs"][0]["id"], id.as_str());
+            assert_eq!(hist["txs"][0]["type"], "transfer");
+            assert_eq!(hist["txs"][0]["height"], height);
+            let (_, none) = get(&format!("/v1/account/{}/txs", hex::encode([3u8; 32])));
+            assert_eq!(none["total"], 0);
+            for (q, kind, want) in [
+                (id.clone(), "tx", id.clone()),
+                (height.to_string(), "block", height.to_string()),
+                (hex::encode(to), "account", hex::encode(to)),
+                (
+                    block["digest"].as_str().unwrap().to_string(),
+                    "block",
+                    height.to_string(),
+                ),
+                (a_validator.clone(), "validator", a_validator.clone()),
+            ] {
+                let (status, r) = get(&format!("/v1/search?q={q}"));
+                assert_eq!(status, 200, "search {q}: {r}");
+                assert_eq!(
+                    (r["kind"].as_str(), r["id"].as_str()),
+                    (Some(kind), Some(&*want))
+                );
+            }
+            for (q, want) in [
+                ("ab".repeat(32), 404),
+                ("0".repeat(64), 404),
+                ("zzz".to_string(), 400),
+                (String::new(), 400),
+                ("99999999999".to_string(), 404),
+                ("p9".to_string(), 404),
+                ("x".repeat(200), 400),
+            ] {
+                let (status, r) = get(&format!("/v1/search?q={q}"));
+                assert_eq!(status, want, "search {q:?}: {r}");
+                assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+            }
+            let (_, page) = get(&format!("/v1/blocks?before={}&limit=3", height + 1));
+            let hs: Vec<u64> = page["blocks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["height"].as_u64().unwrap())
+                .collect();
+            assert_eq!(hs, [height, height - 1, height - 2]);
+            assert!(page["blocks"][0]["observed_ms"].as_u64().is_some());
+            let (_, st) = get("/v1/status");
+            assert!(st["txs_total"].as_u64().unwrap() >= 1, "{st}");
+            assert!(st["observed"]["finality_ms"].as_f64().is_some(), "{st}");
+            let (_, props) = get("/v1/proposals");
+            assert_eq!(props["proposals"], serde_json::json!([]));
+            let page = c.get(format!("{url}/")).send().unwrap();
+            assert_eq!(page.status(), 200);
+            assert!(page.text().unwrap().contains("/ui/app.js"));
             let proof: StateProof = c
                 .get(format!("{url}/v1/proof/account/{}", hex::encode(to)))
                 .send()

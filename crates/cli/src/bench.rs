@@ -29,6 +29,9 @@ pub enum BenchCmd {
     /// verification cost, cheater detection, false accusations across thread counts, and
     /// throughput vs a plain candle loop.
     Train(crate::train_cmd::TrainBench),
+    /// The explorer's queries at 100k blocks / 10k jobs vs a small chain, over HTTP; with
+    /// `--browser`, page loads and first paint in headless Chromium.
+    Explorer(crate::bench_explorer::ExplorerBench),
 }
 
 #[derive(Args)]
@@ -60,6 +63,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Chain(b) => crate::chain_cmd::bench_chain(b),
         BenchCmd::Network(b) => crate::bench_network::bench(b),
         BenchCmd::Train(b) => crate::train_cmd::bench(b),
+        BenchCmd::Explorer(b) => crate::bench_explorer::bench(b),
     }
 }
 

@@ -116,6 +116,7 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
         eprintln!("chain validators (HTTP): {}", i.chain.join(" "));
         eprintln!("workers: {}", i.workers.join(" "));
         println!("gateway: {}/v1  (OpenAI-compatible; model {:?})", i.gateway, i.model);
+        println!("explorer: {}/  (blocks, jobs, receipts, workers, governance, playground)", i.gateway);
         println!("api key: {}", i.api_key);
         println!("devnet info: {}", dir.join("devnet.json").display());
         if demo {

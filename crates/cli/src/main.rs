@@ -8,6 +8,7 @@
 //! (clap's convention: unknown flag, invalid value, non-UTF-8 argument).
 
 mod bench;
+mod bench_explorer;
 mod bench_network;
 mod calibrate_cmd;
 mod chain_cmd;

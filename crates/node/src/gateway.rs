@@ -107,9 +107,9 @@ impl Gateway {
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/completions", post(completions))
             .route("/v1/receipts/{id}", get(receipt))
-            .fallback(|| async {
-                http_error(StatusCode::NOT_FOUND, "no such route; see docs/api.md")
-            })
+            .route("/v1/gateway/status", get(gateway_status))
+            .merge(deai_explorer::router(deai_explorer::UiConfig::GATEWAY))
+            .fallback(chain_proxy)
             .layer(axum::extract::DefaultBodyLimit::max(crate::MAX_BODY))
             .with_state(self.clone())
     }
@@ -199,6 +199,7 @@ impl Gateway {
         model: &CatalogEntry,
         prompt_tokens: Vec<u32>,
         params: GenParams,
+        prompt: Value,
     ) -> Result<(Hash256, tokio::sync::mpsc::Receiver<Out>), HttpError> {
         let total = prompt_tokens.len().saturating_add(params.max_tokens);
         if total > model.n_ctx {
@@ -240,6 +241,12 @@ impl Gateway {
             ));
         }
         let request = Hash256(deai_proof::random_nonce());
+        // The prompt, for its owner only (`GET /v1/receipts/{id}` with the same API key).
+        let record = json!({ "client": hex::encode(client.address()), "prompt": prompt });
+        let path = self.conversation_path(&request, "prompt.json");
+        if let Err(e) = tokio::fs::write(&path, record.to_string()).await {
+            tracing::warn!("cannot keep the prompt of request {request}: {e}");
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let g = self.clone();
         let model_id = model.id;
@@ -377,6 +384,7 @@ impl Gateway {
         }
         let mut buf: Vec<u8> = Vec::new();
         let mut produced = 0usize;
+        let mut answer = String::new();
         loop {
             let chunk = tokio::time::timeout(self.0.cfg.worker_timeout, resp.chunk())
                 .await
@@ -390,6 +398,7 @@ impl Gateway {
                 let ev: RunEvent = serde_json::from_slice(&line)?;
                 match ev {
                     RunEvent::Token { text, .. } => {
+                        answer.push_str(&text);
                         let end = produced + text.len();
                         if end > *sent {
                             let skip = sent.saturating_sub(produced);
@@ -418,6 +427,11 @@ impl Gateway {
                         // Request id -> the job that answered it (survives restarts).
                         let req_path = dir.join("requests").join(request.to_string());
                         tokio::fs::write(&req_path, job.to_string()).await?;
+                        // ... and back, and the answer (shown to the request's owner).
+                        let job_path = self.conversation_path(&job, "request");
+                        tokio::fs::write(&job_path, request.to_string()).await?;
+                        let answer_path = self.conversation_path(&request, "answer.txt");
+                        tokio::fs::write(&answer_path, &answer).await?;
                         let _ = out
                             .send(Out::Done {
                                 job,
@@ -436,12 +450,75 @@ impl Gateway {
     }
 
     /// The receipt of request or job `id`, with its ledger record and verification status.
-    async fn receipt_view(&self, id: Hash256) -> Result<Value, HttpError> {
-        let job = tokio::fs::read_to_string(self.0.cfg.dir.join("requests").join(id.to_string()))
+    fn conversation_path(&self, id: &Hash256, what: &str) -> PathBuf {
+        self.0.cfg.dir.join("requests").join(format!("{id}.{what}"))
+    }
+
+    /// The prompt and answer of `request`, if `viewer` is the account that paid for it.
+    async fn conversation(&self, request: &Hash256, viewer: Option<Address>) -> Option<Value> {
+        let viewer = viewer?;
+        let rec: Value = serde_json::from_slice(
+            &tokio::fs::read(self.conversation_path(request, "prompt.json"))
+                .await
+                .ok()?,
+        )
+        .ok()?;
+        if rec["client"].as_str()? != hex::encode(viewer) {
+            return None;
+        }
+        let answer = tokio::fs::read_to_string(self.conversation_path(request, "answer.txt"))
             .await
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(id);
+            .ok();
+        Some(json!({ "prompt": rec["prompt"], "answer": answer }))
+    }
+
+    /// Requests in flight, failures and jobs sent per worker, as this gateway sees them.
+    fn worker_stats(&self) -> Value {
+        let load = self.0.load.lock().unwrap().clone();
+        let failures = self.0.failures.lock().unwrap().clone();
+        let assigned = self.0.assigned.lock().unwrap().clone();
+        let mut addrs: Vec<&Address> = load
+            .keys()
+            .chain(failures.keys())
+            .chain(assigned.keys())
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        let list: Vec<Value> = addrs
+            .into_iter()
+            .map(|a| {
+                json!({
+                    "address": hex::encode(a),
+                    "in_flight": load.get(a).copied().unwrap_or(0),
+                    "failures": failures.get(a).copied().unwrap_or(0),
+                    "assigned": assigned.get(a).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        json!({
+            "models": self.0.cfg.models.iter().map(|m| &m.name).collect::<Vec<_>>(),
+            "workers": list,
+        })
+    }
+
+    async fn receipt_view(&self, id: Hash256, viewer: Option<Address>) -> Result<Value, HttpError> {
+        let mapped: Option<Hash256> =
+            tokio::fs::read_to_string(self.0.cfg.dir.join("requests").join(id.to_string()))
+                .await
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+        let job = mapped.unwrap_or(id);
+        let request = match mapped {
+            Some(_) => Some(id),
+            None => tokio::fs::read_to_string(self.conversation_path(&id, "request"))
+                .await
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
+        };
+        let conversation = match request {
+            Some(r) => self.conversation(&r, viewer).await,
+            None => None,
+        };
         let path = self.0.cfg.dir.join("receipts").join(format!("{job}.json"));
         let receipt: Option<Value> = tokio::fs::read(&path)
             .await
@@ -475,7 +552,7 @@ impl Gateway {
             Some(deai_ledger::state::JobStatus::Unresolved) => "unresolved",
             _ => "pending",
         };
-        Ok(json!({
+        let mut view = json!({
             "id": id,
             "job": job,
             "verification": verification,
@@ -489,7 +566,11 @@ impl Gateway {
                 "settlement": j.settlement,
                 "opened_at": j.opened_at,
             })),
-        }))
+        });
+        if let Some(c) = conversation {
+            view["conversation"] = c;
+        }
+        Ok(view)
     }
 }
 
@@ -664,15 +745,34 @@ async fn model_info(
 
 async fn receipt(
     AxState(g): AxState<Gateway>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, HttpError> {
+    // An API key is optional here; a wrong one is refused rather than silently ignored.
+    let viewer = match headers.contains_key("authorization") {
+        true => Some(g.auth(&headers)?.address()),
+        false => None,
+    };
     let id = id
         .trim_start_matches("chatcmpl-")
         .trim_start_matches("cmpl-");
     let id: Hash256 = id
         .parse()
         .map_err(|e| http_error(StatusCode::BAD_REQUEST, format!("bad receipt id: {e}")))?;
-    Ok(Json(g.receipt_view(id).await?))
+    Ok(Json(g.receipt_view(id, viewer).await?))
+}
+
+async fn gateway_status(AxState(g): AxState<Gateway>) -> Json<Value> {
+    Json(g.worker_stats())
+}
+
+/// Fallback: the chain's query routes, forwarded to the ledger node; else a 404.
+async fn chain_proxy(
+    AxState(g): AxState<Gateway>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    crate::chain_proxy::forward(&g.0.ledger, method, uri).await
 }
 
 async fn chat_completions(
@@ -717,7 +817,11 @@ async fn chat_completions(
         .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
     let params = req.common.params(tokens.len(), model.n_ctx)?;
     let stream = req.common.stream.unwrap_or(false);
-    respond(g, client, model, tokens, params, stream, true).await
+    let prompt = json!(msgs
+        .iter()
+        .map(|m| json!({ "role": m.role, "content": m.content }))
+        .collect::<Vec<_>>());
+    respond(g, client, model, tokens, params, stream, true, prompt).await
 }
 
 async fn completions(
@@ -752,9 +856,20 @@ async fn completions(
         .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
     let params = req.common.params(tokens.len(), model.n_ctx)?;
     let stream = req.common.stream.unwrap_or(false);
-    respond(g, client, model, tokens, params, stream, false).await
+    respond(
+        g,
+        client,
+        model,
+        tokens,
+        params,
+        stream,
+        false,
+        json!(prompt),
+    )
+    .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn respond(
     g: Gateway,
     client: Arc<Signer>,
@@ -763,8 +878,9 @@ async fn respond(
     params: GenParams,
     stream: bool,
     chat: bool,
+    prompt: Value,
 ) -> Result<Response, HttpError> {
-    let (request, mut rx) = g.start(client, &model, tokens, params).await?;
+    let (request, mut rx) = g.start(client, &model, tokens, params, prompt).await?;
     let id = if chat {
         format!("chatcmpl-{request}")
     } else {

@@ -111,6 +111,7 @@ impl TrainCoordinator {
             .route("/train/v1/shards/{hash}", get(shard_bytes))
             .route("/train/v1/contributions", post(contribute))
             .route("/train/v1/reports", get(reports))
+            .merge(deai_explorer::router(deai_explorer::UiConfig::TRAINING))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_CONTRIBUTION))
             .with_state(self.clone())
     }

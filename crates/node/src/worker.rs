@@ -199,6 +199,8 @@ impl Worker {
             .route("/worker/v1/run", post(run))
             .route("/worker/v1/receipts/{job}", get(receipt))
             .route("/worker/v1/health", get(health))
+            .merge(deai_explorer::router(deai_explorer::UiConfig::WORKER))
+            .fallback(chain_proxy)
             .layer(axum::extract::DefaultBodyLimit::max(crate::MAX_BODY))
             .with_state(self.clone())
     }
@@ -490,4 +492,14 @@ async fn post_receipt(w: &Worker, job: Hash256, digest: Hash256, tokens: u32) {
         Ok(f) => tracing::info!(%job, height = f.height, "receipt posted"),
         Err(e) => tracing::warn!(%job, "posting the receipt failed: {e:#}"),
     }
+}
+
+/// Fallback: the chain's query routes, forwarded to this worker's ledger node (for the
+/// explorer it serves); else a 404.
+async fn chain_proxy(
+    AxState(w): AxState<Worker>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    crate::chain_proxy::forward(w.0.signer.ledger(), method, uri).await
 }

@@ -214,11 +214,13 @@ fn cheaters_are_rejected_slashed_and_dropped_while_the_honest_worker_is_paid() {
         };
         // Round-robin routing among equals: the first four requests reach all four workers.
         let mut jobs: Vec<(Hash256, Address)> = Vec::new();
+        let mut answers: Vec<Value> = Vec::new();
         for i in 0..4 {
             let v = chat(&net, &format!("Name a color. Request {i}."), i).await;
             let mut w = [0u8; 32];
             hex::decode_to_slice(v["deai"]["worker"].as_str().unwrap(), &mut w).unwrap();
             jobs.push((job_of(&v), w));
+            answers.push(v);
         }
         let served: std::collections::HashSet<Address> = jobs.iter().map(|j| j.1).collect();
         assert_eq!(served.len(), 4, "each worker got a job");
@@ -241,6 +243,94 @@ fn cheaters_are_rejected_slashed_and_dropped_while_the_honest_worker_is_paid() {
                 );
             }
         }
+        // The explorer's view through the gateway (chain routes proxied to the ledger node):
+        // each job's trail names its escrow, receipt and every verdict, with the verdicts'
+        // votes matching the outcome; the prompt and answer are shown to their owner only.
+        let g = &net.info.gateway;
+        for (k, (job, _)) in jobs.iter().enumerate() {
+            let v: Value = http()
+                .get(format!("{g}/v1/job/{job}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let trail = v["trail"].as_array().expect("trail");
+            let types: Vec<&str> = trail.iter().map(|t| t["type"].as_str().unwrap()).collect();
+            assert_eq!(types.first(), Some(&"open_job"), "{v}");
+            assert!(types.contains(&"post_receipt"), "{types:?}");
+            let votes: Vec<bool> = trail
+                .iter()
+                .filter(|t| t["type"] == "verdict" && t["error"].is_null())
+                .map(|t| t["yes"].as_bool().unwrap())
+                .collect();
+            assert_eq!(votes.len(), done[job].verdicts.len(), "{v}");
+            let accepted = done[job].status == JobStatus::Accepted;
+            assert!(votes.iter().all(|&y| y == accepted), "{votes:?}");
+            let heights: Vec<u64> = trail
+                .iter()
+                .map(|t| t["height"].as_u64().unwrap())
+                .collect();
+            assert!(heights.windows(2).all(|w| w[0] <= w[1]), "trail in order");
+
+            let rid = answers[k]["deai"]["receipt_id"].as_str().unwrap();
+            let url = format!("{g}/v1/receipts/{rid}");
+            let mine: Value = http()
+                .get(&url)
+                .bearer_auth(&net.info.api_key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let conv = &mine["conversation"];
+            assert_eq!(
+                conv["prompt"][0]["content"],
+                format!("Name a color. Request {k}."),
+                "{mine}"
+            );
+            assert_eq!(
+                conv["answer"], answers[k]["choices"][0]["message"]["content"],
+                "the stored answer is the one the client got"
+            );
+            let anon: Value = http().get(&url).send().await.unwrap().json().await.unwrap();
+            assert!(
+                anon.get("conversation").is_none(),
+                "no key, no prompt: {anon}"
+            );
+            assert_eq!(anon["job"], job.to_string());
+            let wrong = http()
+                .get(&url)
+                .bearer_auth("sk-nope")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(wrong.status(), 401);
+        }
+        let stats: Value = http()
+            .get(format!("{g}/v1/gateway/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let assigned: u64 = stats["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["assigned"].as_u64().unwrap())
+            .sum();
+        assert!(assigned >= 4, "{stats}");
+        let nope = http().post(format!("{g}/v1/tx")).send().await.unwrap();
+        assert_eq!(
+            nope.status(),
+            404,
+            "the gateway forwards reads, never writes"
+        );
+
         // What each validator found: content checks, not the signature, caught the cheats.
         for v in &net.verifiers {
             for f in v.findings.lock().unwrap().iter().filter(|f| !f.accept) {

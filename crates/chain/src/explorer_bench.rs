@@ -1,0 +1,124 @@
+//! Data for `deai bench explorer`: a finalized chain of any length, built without consensus
+//! by executing real signed transactions block by block through [`App::apply_finalized`]
+//! (the path finalized blocks take on a node), so the explorer's queries can be timed
+//! against 100k blocks and 10k jobs.
+
+use crate::app::App;
+use crate::block::Block;
+use crate::mempool::Mempool;
+use deai_ledger::{Genesis, GenesisAccount, Params, State, Tx, TxKind};
+use deai_types::Hash256;
+use ed25519_dalek::SigningKey;
+
+/// A chain built by [`populate`].
+pub struct Populated {
+    pub app: App,
+    /// The account that opened every job (and sent every transaction).
+    pub client: [u8; 32],
+    /// A transaction and a job to look up.
+    pub some_tx: Hash256,
+    pub some_job: Hash256,
+}
+
+/// `blocks` finalized blocks on top of genesis; the first `jobs` transactions open one
+/// escrowed job each, `per_block` to a block, spread from height 1.
+pub fn populate(blocks: u64, jobs: u64, per_block: u64) -> anyhow::Result<Populated> {
+    anyhow::ensure!(per_block > 0, "per_block must be positive");
+    anyhow::ensure!(
+        jobs.div_ceil(per_block) <= blocks,
+        "{jobs} jobs at {per_block} a block need more than {blocks} blocks"
+    );
+    let key = SigningKey::from_bytes(&[0x5e; 32]);
+    let client = key.verifying_key().to_bytes();
+    let model = Hash256::digest_parts("deai-bench-explorer-model", &[]);
+    let genesis = Genesis {
+        chain_name: "bench-explorer".into(),
+        accounts: vec![GenesisAccount {
+            address: client,
+            balance: 1 << 50,
+            stake: 0,
+        }],
+        validators: vec![],
+        params: Params {
+            allowed_models: vec![model],
+            // Jobs stay open for the whole chain: no expiry sweep.
+            job_timeout: blocks + 10,
+            ..Params::default()
+        },
+    };
+    let mut state = State::from_genesis(&genesis).map_err(anyhow::Error::msg)?;
+    let chain = state.chain_id();
+    let app = App::new(
+        state.clone(),
+        deai_ledger::state::MAX_BLOCK_TXS,
+        Mempool::new(16, 16),
+    );
+    let mut parent = app.genesis_block().digest();
+    let (mut nonce, mut opened) = (0u64, 0u64);
+    let (mut some_tx, mut some_job) = (Hash256::default(), Hash256::default());
+    for height in 1..=blocks {
+        let mut txs = Vec::new();
+        while opened < jobs && (txs.len() as u64) < per_block {
+            let job = Hash256::digest_parts("deai-bench-explorer-job", &[&opened.to_le_bytes()]);
+            let tx = Tx {
+                chain,
+                from: client,
+                nonce,
+                fee: 1,
+                kind: TxKind::OpenJob {
+                    job,
+                    model,
+                    max_tokens: 64,
+                    escrow: 100,
+                    worker: None,
+                },
+            }
+            .sign(&key);
+            if opened == jobs / 2 {
+                (some_tx, some_job) = (tx.id(), job);
+            }
+            txs.push(tx);
+            nonce += 1;
+            opened += 1;
+        }
+        let r = state
+            .apply_block(height, &txs)
+            .map_err(|e| anyhow::anyhow!("block {height}: {e}"))?;
+        if let Some(bad) = r.outcomes.iter().find_map(|o| o.error.clone()) {
+            anyhow::bail!("block {height}: a transaction failed: {bad}");
+        }
+        let block = Block::new(parent, height, height, txs, r.state_root);
+        parent = block.digest();
+        app.apply_finalized(&block).map_err(anyhow::Error::msg)?;
+    }
+    Ok(Populated {
+        app,
+        client,
+        some_tx,
+        some_job,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn populates_blocks_jobs_and_indexes() {
+        let p = populate(50, 30, 4).unwrap();
+        assert_eq!(p.app.finalized_height(), 50);
+        let s = p.app.finalized_state();
+        assert_eq!(s.jobs().count(), 30);
+        assert_eq!(p.app.txs_total(), 30);
+        let (total, page) = p.app.account_txs(&p.client, 0, 5);
+        assert_eq!(total, 30);
+        // Newest first: the last job opened is in block 8 (30 jobs at 4 a block).
+        assert_eq!(page[0].height, 8);
+        assert!(p.app.tx(&p.some_tx).is_some());
+        assert_eq!(p.app.job_trail(&p.some_job).len(), 1);
+        assert!(
+            populate(5, 30, 4).is_err(),
+            "not enough blocks for the jobs"
+        );
+    }
+}

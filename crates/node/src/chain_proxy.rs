@@ -1,0 +1,65 @@
+//! The chain's read-only query routes on a node that is not a chain validator (gateway,
+//! worker): forwarded to the node's ledger endpoint, so that the explorer it serves, and
+//! scripts, need only one origin. Writes (`POST /v1/tx`) are not forwarded.
+
+use crate::http_error;
+use crate::ledger_client::LedgerClient;
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+/// The chain's read-only query routes, which a gateway forwards to its ledger node so that
+/// the explorer it serves (and scripts) need only one origin.
+pub const CHAIN_QUERY_ROUTES: [&str; 16] = [
+    "status",
+    "blocks",
+    "block",
+    "tx",
+    "account",
+    "workers",
+    "worker",
+    "validators",
+    "jobs",
+    "job",
+    "proposals",
+    "proposal",
+    "params",
+    "search",
+    "proof",
+    "evidence",
+];
+
+/// A GET on a chain query route is forwarded to the ledger node (status, body and content
+/// type relayed as they are); anything else is an OpenAI-shaped 404.
+pub async fn forward(ledger: &LedgerClient, method: Method, uri: Uri) -> Response {
+    let path = uri.path();
+    let first = path
+        .strip_prefix("/v1/")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default();
+    if method != Method::GET || !CHAIN_QUERY_ROUTES.contains(&first) {
+        return http_error(StatusCode::NOT_FOUND, "no such route; see docs/api.md").into_response();
+    }
+    let pq = uri.path_and_query().map_or(path, |p| p.as_str());
+    let url = format!("{}{pq}", ledger.url().trim_end_matches('/'));
+    let http = crate::http_client(&url, Duration::from_secs(10));
+    let resp = match http.get(&url).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return http_error(
+                StatusCode::BAD_GATEWAY,
+                format!("the ledger node does not answer: {e}"),
+            )
+            .into_response()
+        }
+    };
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    match resp.bytes().await {
+        Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => http_error(
+            StatusCode::BAD_GATEWAY,
+            format!("the ledger node's answer was cut: {e}"),
+        )
+        .into_response(),
+    }
+}
