@@ -217,10 +217,54 @@ def number(text):
     return int(m.group(0).replace(",", "")) if m else None
 
 
+def run_training(t):
+    """A training coordinator's explorer (`deai train --linger`): the job, its rounds with
+    accepted and rejected contributions and why, the loss curve, at both widths."""
+    reports = t.api("/train/v1/reports") or []
+    ensure(reports, "the coordinator has no round reports")
+
+    def training_page():
+        t.open("/training")
+        ensure(t.heading() == "Training", f"heading is {t.heading()!r}")
+        t.wait(lambda: t.js("return !!document.querySelector('svg.chart path')"), 15, "the loss curve")
+        rows = t.wait(lambda: t.js("return document.querySelectorAll('#view tbody tr').length"), 15, "round rows")
+        ensure(rows >= len(reports), f"{rows} rows for {len(reports)} rounds")
+        rejected = [why for r in reports for (_, why) in r["rejected"]]
+        for why in rejected:
+            ensure(why["reason"] in t.text(), f"rejection reason {why['reason']!r} not shown")
+        t.shot("training-laptop")
+        return f"{len(reports)} rounds, {len(rejected)} rejection(s) shown with their reasons"
+
+    def phone():
+        t.viewport(PHONE)
+        try:
+            t.open("/training")
+            t.wait(lambda: t.js("return !!document.querySelector('svg.chart path')"), 15, "the loss curve")
+            time.sleep(0.6)
+            sw, iw = t.js("return [document.documentElement.scrollWidth, window.innerWidth]")
+            t.shot("training-phone")
+            ensure(sw <= iw + 1, f"the training page overflows at {iw}px: {sw}")
+        finally:
+            t.viewport(LAPTOP)
+        return "no horizontal overflow at 390 px"
+
+    def home():
+        t.open("/")
+        t.wait(lambda: t.heading(), 15, "a heading")
+        t.shot("training-node-home")
+        return f"home page: {t.heading()!r}"
+
+    t.check("training page", training_page)
+    t.check("training page on a phone", phone)
+    t.check("training node home", home)
+
+
 def run(t, pid):
     d = t.driver
     t.viewport(LAPTOP)
     t.config = t.api("/ui/config.json") or {}
+    if t.config.get("training") and not t.config.get("chain"):
+        return run_training(t)
     status = t.api("/v1/status")
     ensure(status and status["height"] > 0, "the node's /v1/status does not answer with a height > 0")
     ctx = {}
@@ -438,6 +482,14 @@ def run(t, pid):
         n = t.wait(lambda: t.js("return document.querySelectorAll('#view tbody tr').length"), 10, "worker rows")
         ensure(n == len(workers), f"{n} rows, the API lists {len(workers)}")
         ensure("Earned/1k tok" in t.text(), "earned per 1k tokens column missing")
+        if t.config.get("gateway"):
+            # The playground request ran first, so some worker reports compute time.
+            t.wait(lambda: "Revenue/compute-h" in t.text(), 15, "the revenue per compute-hour column")
+            rate = t.js("""
+                const ths = [...document.querySelectorAll('#view thead th')].map((e) => e.textContent.trim());
+                const i = ths.indexOf('Revenue/compute-h');
+                return [...document.querySelectorAll('#view tbody tr')].map((r) => r.children[i].textContent.trim());""")
+            ensure(any(any(c.isdigit() for c in v) for v in rate), f"no worker has a revenue rate: {rate}")
         t.shot("workers-laptop")
         return f"{n} workers"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Explorer page timings in headless Chromium (used by `deai bench explorer --browser`).
 
-Usage: explorer_paint.py BASE_URL JOB_ID ACCOUNT [REPS]
+Usage: explorer_paint.py BASE_URL JOB_ID ACCOUNT JOBS_OFFSET [REPS]
 
 Loads each page with a full page load (fresh navigation, warm HTTP cache off) and reports,
 as one JSON object on stdout: the overview's first contentful paint, and per page the
@@ -18,7 +18,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 base, job, account = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]
-reps = int(sys.argv[4]) if len(sys.argv) > 4 else 5
+offset = int(sys.argv[4])
+reps = int(sys.argv[5]) if len(sys.argv) > 5 else 5
 
 opts = webdriver.ChromeOptions()
 opts.binary_location = "/usr/bin/chromium"
@@ -33,6 +34,9 @@ d.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": True})
 
 READY = {
     "overview": 'return /\\d/.test((document.querySelector(\'[data-stat="height"]\') || {}).textContent || "")',
+    # Detail pages: the heading and no section still loading.
+    "job": "return !!document.querySelector('main h1') && !document.querySelector('main .loading')"
+           " && /Summary/.test(document.querySelector('main').innerText)",
 }
 TABLE = "return !!document.querySelector('main table tbody tr') && !document.querySelector('main .loading')"
 PAGES = [
@@ -40,7 +44,7 @@ PAGES = [
     ("blocks_newest", "/blocks"),
     ("blocks_oldest", "/blocks?before=21"),
     ("jobs_newest", "/jobs"),
-    ("jobs_offset_5000", "/jobs?offset=5000"),
+    ("jobs_middle_page", f"/jobs?offset={offset}"),
     ("job", f"/job/{job}"),
     ("account", f"/account/{account}"),
 ]
@@ -54,6 +58,9 @@ def load(route, ready):
         if d.execute_script(ready):
             return d.execute_script("return performance.now()")
         time.sleep(0.005)
+    state = d.execute_script(
+        "const m = document.querySelector('main'); return m ? m.innerText.slice(0, 300) : 'no main'")
+    print(f"timed out waiting for {route}: {state!r}", file=sys.stderr, flush=True)
     return None
 
 
@@ -72,6 +79,7 @@ for name, route in PAGES:
             if fcp is not None:
                 fcps.append(fcp)
     out["pages"][name] = statistics.median(times) if times else None
+    print(f"{name}: {out['pages'][name]} ms", file=sys.stderr, flush=True)
 out["fcp_ms"] = statistics.median(fcps) if fcps else None
 d.quit()
 print(json.dumps(out))

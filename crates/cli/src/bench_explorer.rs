@@ -39,11 +39,12 @@ pub struct ExplorerBench {
 
 struct Served {
     url: String,
+    jobs: u64,
     p: Populated,
     _rt: tokio::runtime::Runtime,
 }
 
-fn serve(p: Populated) -> Result<Served> {
+fn serve(p: Populated, jobs: u64) -> Result<Served> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -57,7 +58,12 @@ fn serve(p: Populated) -> Result<Served> {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
     rt.spawn(async move { axum::serve(listener, router).await });
-    Ok(Served { url, p, _rt: rt })
+    Ok(Served {
+        url,
+        jobs,
+        p,
+        _rt: rt,
+    })
 }
 
 /// The queries the explorer's pages make, by name.
@@ -77,8 +83,8 @@ fn queries(s: &Served) -> Vec<(&'static str, String)> {
         ("block detail", format!("/v1/block/{}", tip / 2)),
         ("jobs, newest page", "/v1/jobs?limit=20".into()),
         (
-            "jobs, page at offset 5000",
-            "/v1/jobs?limit=20&offset=5000".into(),
+            "jobs, middle page",
+            format!("/v1/jobs?limit=20&offset={}", s.jobs / 2),
         ),
         ("jobs of one status", "/v1/jobs?status=open&limit=20".into()),
         ("job detail + trail", format!("/v1/job/{}", s.p.some_job)),
@@ -110,20 +116,18 @@ fn median_ms(c: &reqwest::blocking::Client, url: &str, reps: usize) -> Result<(f
     Ok((t[t.len() / 2], bytes))
 }
 
-fn browser_times(s: &Served) -> Result<Value> {
+fn browser_times(s: &Served, jobs: u64, reps: usize) -> Result<Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/explorer_paint.py");
     let out = std::process::Command::new("python3")
         .arg(&script)
         .args([&s.url, &s.p.some_job.to_string(), &hex::encode(s.p.client)])
+        .arg((jobs / 2).to_string())
+        .arg(reps.to_string())
         .env("NO_PROXY", "127.0.0.1,localhost")
+        .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", script.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    anyhow::ensure!(out.status.success(), "{} failed", script.display());
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
@@ -136,7 +140,7 @@ pub fn bench(b: ExplorerBench) -> Result<()> {
             "built {blocks} blocks with {jobs} jobs in {:.1} s",
             t0.elapsed().as_secs_f64()
         );
-        serve(p)
+        serve(p, jobs)
     };
     let small = build(b.small_blocks, b.small_jobs)?;
     let large = build(b.blocks, b.jobs)?;
@@ -154,7 +158,11 @@ pub fn bench(b: ExplorerBench) -> Result<()> {
         }));
     }
     let browser = if b.browser {
-        Some(json!({ "small": browser_times(&small)?, "large": browser_times(&large)? }))
+        let reps = b.reps.min(10);
+        Some(json!({
+            "small": browser_times(&small, b.small_jobs, reps)?,
+            "large": browser_times(&large, b.jobs, reps)?,
+        }))
     } else {
         None
     };

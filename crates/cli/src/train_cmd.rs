@@ -56,6 +56,10 @@ pub struct TrainArgs {
     /// A round closes at this many seconds even if some workers have not contributed.
     #[arg(long, default_value_t = 600)]
     round_deadline: u64,
+    /// After the last round, keep the coordinator (and its explorer at `/`) serving the
+    /// finished job for this many seconds (not with --local).
+    #[arg(long, default_value_t = 0)]
+    linger: u64,
     /// Validation windows evaluated per round.
     #[arg(long, default_value_t = 64)]
     eval_windows: usize,
@@ -364,6 +368,7 @@ async fn network_rounds(
     let addr = deai_node::serve("127.0.0.1:0".parse()?, coord.router()).await?;
     let url = format!("http://{addr}");
     eprintln!("coordinator on {url}");
+    eprintln!("explorer: {url}/#/training");
     let runner = tokio::spawn({
         let c = coord.clone();
         async move { c.run().await }
@@ -434,6 +439,13 @@ async fn network_rounds(
         if let Err(e) = h.await? {
             tracing::warn!("a training worker stopped: {e:#}");
         }
+    }
+    if a.linger > 0 {
+        eprintln!(
+            "training done; the coordinator keeps serving {url}/#/training for {} s",
+            a.linger
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(a.linger)).await;
     }
     Ok((coord.weights(), coord.reports()))
 }

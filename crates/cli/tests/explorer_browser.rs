@@ -181,3 +181,105 @@ fn explorer_pages_and_playground_work_in_headless_chromium() {
         artifacts.display()
     );
 }
+
+/// The explorer of a training coordinator: `deai train` over loopback HTTP with a cheating
+/// worker, kept serving after its last round (`--linger`); the script checks the training
+/// page (rounds, the cheater's rejection and its reason, the loss curve) at both widths.
+#[test]
+fn training_explorer_shows_rounds_rejections_and_the_loss_curve() {
+    if let Some(why) = missing_browser() {
+        if std::env::var("DEAI_REQUIRE_BROWSER").as_deref() == Ok("1") {
+            panic!("DEAI_REQUIRE_BROWSER=1 but {why} (.ci/run installs them)");
+        }
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = repo.join("scripts/explorer_browser_test.py");
+    let artifacts = std::env::var_os("DEAI_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target/test-artifacts"))
+        .join("explorer-training");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let log_path = tmp.path().join("train.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut train = Devnet(
+        Command::new(env!("CARGO_BIN_EXE_deai"))
+            .args(["train", "--corpus", "synthetic", "--preset", "tiny"])
+            .args(["--workers", "2", "--inner-steps", "3", "--batch", "4"])
+            .args([
+                "--rounds",
+                "3",
+                "--cheater",
+                "random-delta",
+                "--linger",
+                "900",
+            ])
+            .arg("--out")
+            .arg(tmp.path().join("out"))
+            .env("DEAI_HOME", tmp.path().join("home"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let url = loop {
+        if let Some(status) = train.0.try_wait().unwrap() {
+            panic!(
+                "`deai train` exited early ({status}):\n{}",
+                common::log_tail(&log_path, 40)
+            );
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let url = log
+            .lines()
+            .find_map(|l| l.strip_prefix("coordinator on "))
+            .map(str::to_string);
+        let done = url.as_ref().is_some_and(|u| {
+            http.get(format!("{u}/train/v1/round"))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<serde_json::Value>().ok())
+                .is_some_and(|v| v["done"] == true)
+        });
+        if done {
+            break url.unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "training did not finish within 600 s:\n{}",
+            common::log_tail(&log_path, 40)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([url.as_str(), "-", "-", artifacts.to_str().unwrap()])
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "the training page checks failed:\n{text}"
+    );
+    assert!(
+        text.contains("rejection(s) shown") && !text.contains(", 0 rejection(s)"),
+        "the cheater's rejection was not shown:\n{text}"
+    );
+}

@@ -890,8 +890,14 @@
         { label: 'Slashed', num: true, cell: (r) => fmt(r.worker.slashed) },
       ];
       if (load.size) cols.push({ label: 'Load', num: true, cell: (r) => (load.has(r.address) ? fmt(load.get(r.address).in_flight) + ' in flight' : '—') });
+      // Revenue per compute-hour: on-chain earnings over the compute time the worker reports.
+      const perHour = (r) => {
+        const g = load.get(r.address);
+        return g && g.compute_ms > 0 ? fmt2(r.worker.earned / (g.compute_ms / 3.6e6), 1) : '—';
+      };
+      if ([...load.values()].some((g) => g.compute_ms > 0)) cols.push({ label: 'Revenue/compute-h', num: true, cell: perHour });
       fill(box, table(cols, ws, { label: 'Workers' }),
-      h('p', { class: 'muted small' }, 'Price/1k = asking price per thousand tokens. Reliability = done / (done + rejected). Earned/1k tok = earnings per thousand tokens served (revenue per compute-hour is not recorded on chain). ',
+      h('p', { class: 'muted small' }, 'Price/1k = asking price per thousand tokens. Reliability = done / (done + rejected). Earned/1k tok = earnings per thousand tokens served. Revenue/compute-h = earnings over the compute time the worker reports (gateway nodes only). ',
         gs && failed(gs) ? 'Live load is not available on this node.' : state.cfg.gateway ? 'Load = requests this gateway has in flight.' : ''));
     };
     await render();

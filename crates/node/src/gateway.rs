@@ -472,26 +472,39 @@ impl Gateway {
         Some(json!({ "prompt": rec["prompt"], "answer": answer }))
     }
 
-    /// Requests in flight, failures and jobs sent per worker, as this gateway sees them.
-    fn worker_stats(&self) -> Value {
+    /// Per registered worker: requests in flight, failures and jobs sent as this gateway
+    /// sees them, and the compute time the worker reports (`/worker/v1/health`, asked with
+    /// a short timeout; `null` when it does not answer), for revenue per compute-hour.
+    async fn worker_stats(&self) -> Value {
+        let registered = self.0.ledger.workers().await.unwrap_or_default();
+        let health = futures::future::join_all(registered.iter().map(|w| {
+            let url = format!(
+                "{}/worker/v1/health",
+                w.worker.endpoint.trim_end_matches('/')
+            );
+            async move {
+                let http = crate::http_client(&url, Duration::from_secs(2));
+                let r = http.get(&url).send().await.ok()?;
+                r.json::<Value>().await.ok()
+            }
+        }))
+        .await;
         let load = self.0.load.lock().unwrap().clone();
         let failures = self.0.failures.lock().unwrap().clone();
         let assigned = self.0.assigned.lock().unwrap().clone();
-        let mut addrs: Vec<&Address> = load
-            .keys()
-            .chain(failures.keys())
-            .chain(assigned.keys())
-            .collect();
-        addrs.sort();
-        addrs.dedup();
-        let list: Vec<Value> = addrs
-            .into_iter()
-            .map(|a| {
+        let list: Vec<Value> = registered
+            .iter()
+            .zip(health)
+            .map(|(w, h)| {
+                let a = &w.address;
                 json!({
                     "address": hex::encode(a),
                     "in_flight": load.get(a).copied().unwrap_or(0),
                     "failures": failures.get(a).copied().unwrap_or(0),
                     "assigned": assigned.get(a).copied().unwrap_or(0),
+                    "reachable": h.is_some(),
+                    "compute_ms": h.as_ref().and_then(|h| h["compute_ms"].as_u64()),
+                    "busy": h.as_ref().and_then(|h| h["busy"].as_bool()),
                 })
             })
             .collect();
@@ -763,7 +776,7 @@ async fn receipt(
 }
 
 async fn gateway_status(AxState(g): AxState<Gateway>) -> Json<Value> {
-    Json(g.worker_stats())
+    Json(g.worker_stats().await)
 }
 
 /// Fallback: the chain's query routes, forwarded to the ledger node; else a 404.

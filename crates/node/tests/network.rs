@@ -324,6 +324,15 @@ fn cheaters_are_rejected_slashed_and_dropped_while_the_honest_worker_is_paid() {
             .map(|w| w["assigned"].as_u64().unwrap())
             .sum();
         assert!(assigned >= 4, "{stats}");
+        // Every registered worker is listed with the compute time it reports.
+        let listed = stats["workers"].as_array().unwrap();
+        assert_eq!(listed.len(), 4, "{stats}");
+        assert!(
+            listed
+                .iter()
+                .any(|w| w["compute_ms"].as_u64().is_some_and(|ms| ms > 0)),
+            "{stats}"
+        );
         let nope = http().post(format!("{g}/v1/tx")).send().await.unwrap();
         assert_eq!(
             nope.status(),
