@@ -526,6 +526,16 @@ def run(t, pid):
                    t.js("return document.querySelectorAll('[data-proposal]').length") == len(props["proposals"]),
                    "proposals not shown")
         t.shot("governance")
+        for p in (props or {}).get("proposals", [])[:3]:
+            # Each proposal's page: its status and what it changes, as the API says.
+            t.open(f"/proposal/{p['id']}")
+            t.wait(lambda: t.js("return !!document.querySelector('[data-proposal]')"), 15, f"proposal {p['id']}")
+            text = t.text()
+            ensure(p["status"] in text.lower(), f"proposal {p['id']}: status {p['status']!r} not shown")
+            change = json.dumps(p["change"])
+            names = re.findall(r'"param": "([a-z_]+)"', change) or [k for k in p["change"]]
+            ensure(any(n in text for n in names), f"proposal {p['id']}: change {change} not shown")
+            t.shot(f"proposal-{p['id']}")
         return f"{len(props['proposals'])} proposals" if props else "proposals route not available"
 
     def training():

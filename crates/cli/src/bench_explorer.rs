@@ -86,7 +86,10 @@ fn queries(s: &Served) -> Vec<(&'static str, String)> {
             "jobs, middle page",
             format!("/v1/jobs?limit=20&offset={}", s.jobs / 2),
         ),
-        ("jobs of one status", "/v1/jobs?status=receipted&limit=20".into()),
+        (
+            "jobs of one status",
+            "/v1/jobs?status=receipted&limit=20".into(),
+        ),
         ("job detail + trail", format!("/v1/job/{}", s.p.some_job)),
         ("transaction", format!("/v1/tx/{}", s.p.some_tx)),
         (

@@ -127,6 +127,32 @@ fn explorer_pages_and_playground_work_in_headless_chromium() {
     let model = info["model"].as_str().expect("devnet.json: model");
     eprintln!("devnet up in {:.1?}: gateway {gateway}", t0.elapsed());
 
+    // A governance proposal with votes, for the governance pages: validator 0 proposes a
+    // higher price floor, validators 1 and 2 vote yes (the votes may land after the short
+    // devnet voting period; the page must show whatever the chain decided).
+    let chain = info["chain"][0].as_str().expect("devnet.json: chain");
+    let tx = |key: &str, args: &[&str], wait: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_deai"));
+        c.args(["tx", "--url", chain, "--key"])
+            .arg(dir.join("keys").join(key))
+            .args(if wait { &[][..] } else { &["--no-wait"][..] })
+            .args(args);
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "deai tx {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    tx(
+        "validator-0.key",
+        &["propose", "--param", "price_floor", "--value", "2"],
+        true,
+    );
+    for v in ["validator-1.key", "validator-2.key"] {
+        tx(v, &["vote", "--proposal", "1", "--vote", "yes"], false);
+    }
+
     let out_path = tmp.path().join("browser.log");
     let out = std::fs::File::create(&out_path).unwrap();
     let t1 = Instant::now();
