@@ -613,6 +613,26 @@ def run(t, pid):
     t.check("unknown route", not_found, "/nope", r"not found", "notfound-route")
     t.check("unknown job", not_found, f"/job/{zero}", r"job not found", "notfound-job", allow_http=[f"/v1/job/{zero}"])
 
+    def malformed_params():
+        # Nonsense query parameters fall back to the first page; nonsense ids get a message.
+        seen = []
+        for route in ("/blocks?before=zzz", "/blocks?before=-7", "/jobs?offset=abc&status=bogus",
+                      "/jobs?offset=-20", "/account/xyz", "/block/abc", "/tx/12"):
+            t.open(route)
+            t.wait(lambda: not t.js("return !!document.querySelector('#view .loading')"), 15, f"{route} to load")
+            text = t.text()
+            ensure(len(text.strip()) > 20, f"{route}: blank page")
+            rows = t.js("return document.querySelectorAll('#view tbody tr').length")
+            msg = t.js("return (document.querySelector('#view .notfound, #view .error, #view [role=alert]') || {}).textContent || ''")
+            ensure(rows > 0 or msg.strip(), f"{route}: neither data nor a message: {text[:200]!r}")
+            ensure("Traceback" not in text and "panicked" not in text, f"{route}: a stack trace")
+            seen.append(f"{route}: {'rows' if rows else msg.strip()[:40]}")
+        t.shot("malformed-params")
+        return "; ".join(seen)
+
+    t.check("malformed parameters", malformed_params,
+            allow_http=["/v1/account/xyz", "/v1/block/abc", "/v1/tx/12"])
+
     # ---------------------------------------------------------------- keyboard
     def keyboard():
         t.open("/jobs", fresh=True)
