@@ -25,6 +25,9 @@ pub struct NodeArgs {
     /// Where receipts and gateway records are kept.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// With the validator role: serve the explorer here (host:port).
+    #[arg(long)]
+    validator_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -46,6 +49,9 @@ pub fn node(a: NodeArgs) -> Result<()> {
     if let Some(d) = &a.data {
         cfg.data = Some(d.clone());
     }
+    if let Some(l) = a.validator_listen {
+        cfg.validator.listen = Some(l);
+    }
     let model = ModelArgs {
         model: a.model.model.clone().or(cfg.model.clone()),
         threads: a.model.threads,
@@ -66,6 +72,9 @@ pub fn node(a: NodeArgs) -> Result<()> {
         }
         if let Some(g) = n.gateway {
             println!("gateway: http://{g}/v1");
+        }
+        if let Some(e) = n.explorer {
+            println!("explorer: http://{e}/");
         }
         tokio::signal::ctrl_c().await?;
         eprintln!("stopping");

@@ -199,21 +199,24 @@ fn nodes_join_a_chain_and_serve_a_verified_answer() {
         &t.join("node.log"),
         &["node", "--config", cfg.to_str().unwrap()],
     );
+    // Validator 0 also serves the explorer (the validator role has no API of its own).
+    let explorer = format!("127.0.0.1:{}", base + 10);
     let validators: Vec<Proc> = (0..4)
         .map(|i| {
             let k = chain_dir.join(format!("keys/validator-{i}.key"));
-            spawn(
-                &t.join(format!("validator-{i}.log")),
-                &[
-                    "node",
-                    "--role",
-                    "validator",
-                    "--chain",
-                    &url,
-                    "--key",
-                    k.to_str().unwrap(),
-                ],
-            )
+            let mut args = vec![
+                "node",
+                "--role",
+                "validator",
+                "--chain",
+                &url,
+                "--key",
+                k.to_str().unwrap(),
+            ];
+            if i == 0 {
+                args.extend(["--validator-listen", &explorer]);
+            }
+            spawn(&t.join(format!("validator-{i}.log")), &args)
         })
         .collect();
     let all = || {
@@ -237,6 +240,26 @@ fn nodes_join_a_chain_and_serve_a_verified_answer() {
         assert!(t0.elapsed() < Duration::from_secs(120), "{}", all());
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The validator's explorer: its config, the page, and the chain's routes forwarded.
+    let ui: serde_json::Value = c
+        .get(format!("http://{explorer}/ui/config.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ui["service"], "validator", "{ui}");
+    assert_eq!(ui["chain"], true);
+    let page = c.get(format!("http://{explorer}/")).send().unwrap();
+    assert!(page.text().unwrap().contains("/ui/app.js"));
+    let st: serde_json::Value = c
+        .get(format!("http://{explorer}/v1/status"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(st["height"].as_u64().unwrap() > 0, "{st}");
+    let write = c.post(format!("http://{explorer}/v1/tx")).send().unwrap();
+    assert_eq!(write.status(), 404, "writes are not forwarded");
     let r: serde_json::Value = c
         .post(format!("{gw}/v1/chat/completions"))
         .bearer_auth("sk-test-node-roles")

@@ -29,7 +29,8 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' da
 /// (`GET /ui/config.json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UiConfig {
-    /// What kind of server this is: `"chain"`, `"gateway"`, `"worker"` or `"training"`.
+    /// What kind of server this is: `"chain"`, `"gateway"`, `"worker"`, `"validator"` or
+    /// `"training"`.
     pub service: &'static str,
     /// The chain's `/v1` query routes answer on this origin (a gateway proxies them).
     pub chain: bool,
@@ -55,6 +56,13 @@ impl UiConfig {
     /// A worker node: its own `/worker/v1` routes plus the chain's, proxied.
     pub const WORKER: UiConfig = UiConfig {
         service: "worker",
+        chain: true,
+        gateway: false,
+        training: false,
+    };
+    /// A validator (verification role) node: the chain's routes, proxied.
+    pub const VALIDATOR: UiConfig = UiConfig {
+        service: "validator",
         chain: true,
         gateway: false,
         training: false,

@@ -63,3 +63,12 @@ pub async fn forward(ledger: &LedgerClient, method: Method, uri: Uri) -> Respons
         .into_response(),
     }
 }
+
+/// The explorer with the chain's query routes forwarded to `ledger`: the whole HTTP side of
+/// a node whose roles have no API of their own (a validator).
+pub fn explorer_router(ledger: LedgerClient, ui: deai_explorer::UiConfig) -> axum::Router {
+    deai_explorer::router(ui).fallback(move |method: Method, uri: Uri| {
+        let ledger = ledger.clone();
+        async move { forward(&ledger, method, uri).await }
+    })
+}

@@ -118,11 +118,17 @@ pub struct ApiKey {
 pub struct ValidatorSection {
     /// How often to look for receipts to check.
     pub every_ms: u64,
+    /// Serve the explorer (and the chain's query routes, forwarded) here; the validator
+    /// role has no HTTP API of its own otherwise.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for ValidatorSection {
     fn default() -> Self {
-        ValidatorSection { every_ms: 200 }
+        ValidatorSection {
+            every_ms: 200,
+            listen: None,
+        }
     }
 }
 
@@ -148,6 +154,8 @@ pub struct RunningNode {
     pub worker: Option<Worker>,
     pub verifier: Option<Arc<Verifier>>,
     pub gateway: Option<SocketAddr>,
+    /// Where the validator role serves the explorer, if asked to.
+    pub explorer: Option<SocketAddr>,
 }
 
 /// Starts the configured roles (inside a tokio runtime); returns once they serve.
@@ -183,6 +191,7 @@ pub async fn start(
         worker: None,
         verifier: None,
         gateway: None,
+        explorer: None,
     };
     if cfg.roles.contains(&Role::Validator) {
         let vals = ledger.status().await?;
@@ -204,6 +213,13 @@ pub async fn start(
                 .run(Duration::from_millis(cfg.validator.every_ms.max(10))),
         );
         out.verifier = Some(v);
+        if let Some(listen) = cfg.validator.listen {
+            let router = crate::chain_proxy::explorer_router(
+                ledger.clone(),
+                deai_explorer::UiConfig::VALIDATOR,
+            );
+            out.explorer = Some(crate::serve(listen, router).await?);
+        }
     }
     if cfg.roles.contains(&Role::Worker) {
         let w = &cfg.worker;
