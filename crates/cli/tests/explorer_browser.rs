@@ -12,21 +12,13 @@
 //! unless `DEAI_REQUIRE_BROWSER=1` (set by CI), which makes it fail.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(900);
-
-struct Devnet(Child);
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Why the browser checks cannot run here, if they cannot.
 fn missing_browser() -> Option<String> {
@@ -72,60 +64,25 @@ fn explorer_pages_and_playground_work_in_headless_chromium() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("devnet");
     let log_path = tmp.path().join("devnet.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let base = common::free_devnet_base();
-    let t0 = Instant::now();
-    let mut devnet = Devnet(
-        Command::new(env!("CARGO_BIN_EXE_deai"))
-            .args(["devnet", "--dir", dir.to_str().unwrap()])
-            .args(["--port-base", &base.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let http = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let info: serde_json::Value = loop {
-        if let Some(status) = devnet.0.try_wait().unwrap() {
-            panic!(
-                "`deai devnet` exited early ({status})\ndevnet log (last lines):\n{}",
-                common::log_tail(&log_path, 60)
-            );
-        }
-        let info = std::fs::read(dir.join("devnet.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-        if let Some(info) = info {
+    // The UI needs the models and at least one registered worker to be useful.
+    let (devnet, info) = common::start_devnet(
+        env!("CARGO_BIN_EXE_deai"),
+        &dir,
+        &log_path,
+        START_TIMEOUT,
+        |http, info| {
             let gateway = info["gateway"].as_str().unwrap_or_default();
-            // The UI needs the models and at least one registered worker to be useful.
-            let ready = http
-                .get(format!("{gateway}/v1/workers"))
+            http.get(format!("{gateway}/v1/workers"))
                 .send()
                 .ok()
                 .and_then(|r| r.json::<serde_json::Value>().ok())
-                .is_some_and(|v| v["workers"].as_array().is_some_and(|w| !w.is_empty()));
-            if ready {
-                break info;
-            }
-        }
-        if t0.elapsed() > START_TIMEOUT {
-            panic!(
-                "the devnet's gateway had no registered worker within {START_TIMEOUT:?}\n\
-                 devnet log (last lines):\n{}",
-                common::log_tail(&log_path, 60)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+                .is_some_and(|v| v["workers"].as_array().is_some_and(|w| !w.is_empty()))
+        },
+    );
     let gateway = info["gateway"].as_str().expect("devnet.json: gateway");
     let api_key = info["api_key"].as_str().expect("devnet.json: api_key");
     let model = info["model"].as_str().expect("devnet.json: model");
-    eprintln!("devnet up in {:.1?}: gateway {gateway}", t0.elapsed());
+    eprintln!("gateway {gateway}");
 
     // A governance proposal with votes, for the governance pages: validator 0 proposes a
     // higher price floor, validators 1 and 2 vote yes (the votes may land after the short
@@ -161,33 +118,14 @@ fn explorer_pages_and_playground_work_in_headless_chromium() {
         tx(v, &["vote", "--proposal", "1", "--vote", "yes"], false);
     }
 
-    let out_path = tmp.path().join("browser.log");
-    let out = std::fs::File::create(&out_path).unwrap();
     let t1 = Instant::now();
-    let mut browser = Command::new("python3")
-        .arg(&script)
-        .args([gateway, api_key, model, artifacts.to_str().unwrap()])
-        .arg(devnet.0.id().to_string())
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let status = loop {
-        if let Some(s) = browser.try_wait().unwrap() {
-            break Some(s);
-        }
-        if t1.elapsed() > BROWSER_TIMEOUT {
-            let _ = browser.kill();
-            let _ = browser.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let pid = devnet.0.id().to_string();
+    let (status, output) = common::run_python(
+        &script,
+        &[gateway, api_key, model, artifacts.to_str().unwrap(), &pid],
+        &tmp.path().join("browser.log"),
+        BROWSER_TIMEOUT,
+    );
     println!("{output}");
     eprintln!(
         "browser checks took {:.1?}; screenshots in {}",
@@ -195,9 +133,9 @@ fn explorer_pages_and_playground_work_in_headless_chromium() {
         artifacts.display()
     );
     match status {
-        Some(s) if s.success() => {}
-        Some(s) => panic!(
-            "scripts/explorer_browser_test.py failed ({s}):\n{output}\n\
+        Some(true) => {}
+        Some(false) => panic!(
+            "scripts/explorer_browser_test.py failed:\n{output}\n\
              devnet log (last lines):\n{}",
             common::log_tail(&log_path, 60)
         ),
@@ -239,7 +177,7 @@ fn training_explorer_shows_rounds_rejections_and_the_loss_curve() {
     let tmp = tempfile::tempdir().unwrap();
     let log_path = tmp.path().join("train.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut train = Devnet(
+    let mut train = common::Killed(
         Command::new(env!("CARGO_BIN_EXE_deai"))
             .args(["train", "--corpus", "synthetic", "--preset", "tiny"])
             .args(["--workers", "2", "--inner-steps", "3", "--batch", "4"])

@@ -11,7 +11,7 @@
 //! makes it fail. The model comes from `DEAI_HOME` (set by `scripts/test.sh`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -20,15 +20,6 @@ mod common;
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the Python checks may take (generation on a small CPU plus the verdicts).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// The devnet process, killed when the test ends (passing or not).
-struct Devnet(Child);
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Whether `python3` can import `openai`; prints the reason when it cannot.
 fn have_openai() -> bool {
@@ -76,98 +67,48 @@ fn openai_python_client_talks_to_the_devnet_gateway() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("devnet");
     let log_path = tmp.path().join("devnet.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let base = common::free_devnet_base();
     let t0 = Instant::now();
-    let mut devnet = Devnet(
-        Command::new(env!("CARGO_BIN_EXE_deai"))
-            .args(["devnet", "--dir", dir.to_str().unwrap()])
-            .args(["--port-base", &base.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    // Ready when the gateway answers /v1/models.
+    let (_devnet, info) = common::start_devnet(
+        env!("CARGO_BIN_EXE_deai"),
+        &dir,
+        &log_path,
+        START_TIMEOUT,
+        |http, info| {
+            let gateway = info["gateway"].as_str().unwrap_or_default();
+            http.get(format!("{gateway}/v1/models"))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        },
     );
-
-    // Wait for devnet.json and a gateway that answers /v1/models.
     let http = reqwest::blocking::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let info: serde_json::Value = loop {
-        if let Some(status) = devnet.0.try_wait().unwrap() {
-            panic!(
-                "`deai devnet` exited early ({status})\ndevnet log (last lines):\n{}",
-                common::log_tail(&log_path, 60)
-            );
-        }
-        let info = std::fs::read(dir.join("devnet.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-        if let Some(info) = info {
-            let gateway = info["gateway"].as_str().unwrap_or_default();
-            let ok = http
-                .get(format!("{gateway}/v1/models"))
-                .send()
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                break info;
-            }
-        }
-        if t0.elapsed() > START_TIMEOUT {
-            panic!(
-                "the devnet's gateway did not answer /v1/models within {START_TIMEOUT:?}\n\
-                 devnet log (last lines):\n{}",
-                common::log_tail(&log_path, 60)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
     let started = t0.elapsed();
     let gateway = info["gateway"].as_str().expect("devnet.json: gateway");
     let api_key = info["api_key"].as_str().expect("devnet.json: api_key");
     let model = info["model"].as_str().expect("devnet.json: model");
     eprintln!("devnet up in {started:.1?}: gateway {gateway}, model {model}");
 
-    // The checks, with their output in a file (read after they end, so a full pipe cannot
-    // stall them) and a time limit.
-    let out_path = tmp.path().join("client.log");
-    let out = std::fs::File::create(&out_path).unwrap();
+    // The checks, with a time limit.
     let t1 = Instant::now();
-    let mut client = Command::new("python3")
-        .arg(&script)
-        .args([gateway, api_key, model])
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let status = loop {
-        if let Some(s) = client.try_wait().unwrap() {
-            break Some(s);
-        }
-        if t1.elapsed() > CLIENT_TIMEOUT {
-            let _ = client.kill();
-            let _ = client.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let (status, output) = common::run_python(
+        &script,
+        &[gateway, api_key, model],
+        &tmp.path().join("client.log"),
+        CLIENT_TIMEOUT,
+    );
     println!("{output}");
     eprintln!(
         "openai client checks took {:.1?} (devnet start {started:.1?})",
         t1.elapsed()
     );
     match status {
-        Some(s) if s.success() => {}
-        Some(s) => panic!(
-            "scripts/openai_client_test.py failed ({s}):\n{output}\n\
+        Some(true) => {}
+        Some(false) => panic!(
+            "scripts/openai_client_test.py failed:\n{output}\n\
              devnet log (last lines):\n{}",
             common::log_tail(&log_path, 80)
         ),
