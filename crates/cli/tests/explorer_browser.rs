@@ -42,14 +42,15 @@ fn missing_browser() -> Option<String> {
     }
 }
 
-#[test]
-fn explorer_pages_and_playground_work_in_headless_chromium() {
+/// The browser script and an emptied screenshot folder `target/test-artifacts/NAME` (or
+/// under `$DEAI_ARTIFACTS`); `None` (skip) when the browser is missing and not required.
+fn setup(name: &str) -> Option<(PathBuf, PathBuf)> {
     if let Some(why) = missing_browser() {
         if std::env::var("DEAI_REQUIRE_BROWSER").as_deref() == Ok("1") {
             panic!("DEAI_REQUIRE_BROWSER=1 but {why} (.ci/run installs them)");
         }
         eprintln!("skipping: {why}");
-        return;
+        return None;
     }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let script = repo.join("scripts/explorer_browser_test.py");
@@ -57,9 +58,17 @@ fn explorer_pages_and_playground_work_in_headless_chromium() {
     let artifacts = std::env::var_os("DEAI_ARTIFACTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target/test-artifacts"))
-        .join("explorer");
+        .join(name);
     let _ = std::fs::remove_dir_all(&artifacts);
     std::fs::create_dir_all(&artifacts).unwrap();
+    Some((script, artifacts))
+}
+
+#[test]
+fn explorer_pages_and_playground_work_in_headless_chromium() {
+    let Some((script, artifacts)) = setup("explorer") else {
+        return;
+    };
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("devnet");
@@ -159,21 +168,9 @@ fn explorer_pages_and_playground_work_in_headless_chromium() {
 /// page (rounds, the cheater's rejection and its reason, the loss curve) at both widths.
 #[test]
 fn training_explorer_shows_rounds_rejections_and_the_loss_curve() {
-    if let Some(why) = missing_browser() {
-        if std::env::var("DEAI_REQUIRE_BROWSER").as_deref() == Ok("1") {
-            panic!("DEAI_REQUIRE_BROWSER=1 but {why} (.ci/run installs them)");
-        }
-        eprintln!("skipping: {why}");
+    let Some((script, artifacts)) = setup("explorer-training") else {
         return;
-    }
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let script = repo.join("scripts/explorer_browser_test.py");
-    let artifacts = std::env::var_os("DEAI_ARTIFACTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/test-artifacts"))
-        .join("explorer-training");
-    let _ = std::fs::remove_dir_all(&artifacts);
-    std::fs::create_dir_all(&artifacts).unwrap();
+    };
     let tmp = tempfile::tempdir().unwrap();
     let log_path = tmp.path().join("train.log");
     let log = std::fs::File::create(&log_path).unwrap();
