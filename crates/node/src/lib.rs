@@ -64,7 +64,10 @@ pub async fn serve(
         .with_context(|| format!("binding {addr}"))?;
     let bound = l.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(l, router).await {
+        // Handlers may ask who is calling (`ConnectInfo`): the training coordinator checks
+        // that a worker's opening URL points back at the worker.
+        let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        if let Err(e) = axum::serve(l, app).await {
             tracing::error!("HTTP server on {bound} stopped: {e}");
         }
     });

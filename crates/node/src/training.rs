@@ -320,8 +320,44 @@ struct Admitted {
     pending: usize,
 }
 
+/// A worker's opening URL must be http(s) and point back at the address the contribution
+/// came from (when the server knows it), so that a contribution cannot make the coordinator
+/// fetch from anywhere else.
+fn check_opening_url(url: &str, peer: Option<SocketAddr>) -> Result<(), String> {
+    let u = reqwest::Url::parse(url).map_err(|_| {
+        "header x-deai-worker-url must be the worker's opening URL (http://HOST:PORT)".to_string()
+    })?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(format!(
+            "the opening URL must be http or https, not {}",
+            u.scheme()
+        ));
+    }
+    let Some(peer) = peer else {
+        return Ok(());
+    };
+    let same = match u.host() {
+        Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip) == peer.ip(),
+        Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip) == peer.ip(),
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost") && peer.ip().is_loopback()
+        }
+        None => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(format!(
+            "the opening URL must point at the address the contribution came from ({}), not {}",
+            peer.ip(),
+            u.host_str().unwrap_or("nowhere")
+        ))
+    }
+}
+
 async fn contribute(
     State(s): State<TrainCoordinator>,
+    peer: Option<axum::extract::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Admitted>, (StatusCode, Json<serde_json::Value>)> {
@@ -333,10 +369,10 @@ async fn contribute(
     let refuse = |status: StatusCode, r: serde_json::Value| {
         (status, Json(serde_json::json!({ "error": r })))
     };
-    if reqwest::Url::parse(&url).is_err() {
+    if let Err(detail) = check_opening_url(&url, peer.map(|p| p.0 .0)) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
-            serde_json::json!({"reason": "malformed", "detail": "header x-deai-worker-url must be the worker's opening URL"}),
+            serde_json::json!({"reason": "malformed", "detail": detail}),
         ));
     }
     let mut i = lock(&s.inner);

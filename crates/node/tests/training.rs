@@ -190,6 +190,22 @@ async fn the_coordinator_refuses_bad_input_with_reasons() {
     assert_eq!(j["error"]["reason"], "malformed", "{j}");
     let r = post(vec![], "not a url").await.unwrap();
     assert_eq!(r.status(), 400);
+    // The coordinator fetches openings only from where the contribution came from.
+    for bad in [
+        "http://10.9.8.7:9",
+        "http://example.com:9",
+        "file:///etc/passwd",
+    ] {
+        let r = post(b"garbage".to_vec(), bad).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let j: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            j["error"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("opening URL")),
+            "{bad}: {j}"
+        );
+    }
     let r = post(vec![0; (64 << 20) + 1], "http://127.0.0.1:9")
         .await
         .unwrap();
