@@ -793,6 +793,7 @@
   function renderTrail(box, d, gw) {
     const j = d.job;
     const items = [];
+    const heights = []; // the block of each trail item, to put the settlement in its place
     if (Array.isArray(d.trail)) {
       const counted = new Map((j.verdicts || []).map((v) => [v.voter, v.yes]));
       for (const t of d.trail) {
@@ -801,6 +802,7 @@
         const verdict = t.type === 'verdict';
         const cls = t.error ? 'err' : verdict && yes != null ? (yes ? 'yes' : 'no') : '';
         const what = !verdict ? TRAIL_TEXT[t.type] || t.type : yes == null ? 'Verdict (not counted)' : `Verdict: ${yes ? 'accept' : 'reject'}`;
+        heights.push(t.height);
         items.push(h('li', { class: cls, 'data-trail': t.type },
           h('div', { class: 'what' }, what, verdict && yes != null ? [' ', badge(yes ? 'yes' : 'no')] : null),
           h('div', { class: 'meta' }, 'by ', acctLink(t.from), ' · block ', blockLink(t.height), ' · tx ', hexLink('tx', t.id)),
@@ -815,7 +817,9 @@
       }
     }
     if (j.settlement) {
-      items.push(h('li', { class: 'final', 'data-trail': 'settlement' },
+      // In block order: a verdict that arrived after settlement (and failed) comes after it.
+      const later = heights.findIndex((ht) => ht > j.settlement.height);
+      items.splice(later < 0 ? items.length : later, 0, h('li', { class: 'final', 'data-trail': 'settlement' },
         h('div', { class: 'what' }, 'Settled: ', badge(j.status)), h('div', { class: 'meta' }, 'block ', blockLink(j.settlement.height))));
     } else if (!FINAL.includes(j.status)) {
       items.push(h('li', { class: 'pending' }, h('div', { class: 'what muted' }, 'Waiting for ' + (j.receipt ? 'verdicts and settlement…' : 'the worker’s receipt…'))));
