@@ -312,8 +312,8 @@ struct Search {
 }
 
 /// `GET /v1/search?q=`: what a height, id or address names. Numbers are block heights,
-/// `p7` / `proposal 7` proposals; 64 hex digits are looked up as a transaction, job, block
-/// digest, worker, validator, then an account that has a balance, stake or transactions.
+/// `p7` / `proposal 7` proposals; 64 hex digits are looked up as a transaction, block
+/// digest, worker, validator, job, then an account that has a balance, stake or transactions.
 async fn search(
     AxState(api): AxState<Api>,
     q: Result<Query<Search>, axum::extract::rejection::QueryRejection>,
@@ -363,9 +363,6 @@ async fn search(
     if api.app.tx(&h).is_some() || api.app.is_pending(&h) {
         return found("tx", h.to_string());
     }
-    if s.job(&h).is_some() {
-        return found("job", h.to_string());
-    }
     if let Some(height) = api.app.height_of(&h) {
         return found("block", height.to_string());
     }
@@ -375,6 +372,10 @@ async fn search(
     }
     if s.validator(&a).is_some() {
         return found("validator", hexish.to_string());
+    }
+    // Job ids are chosen by clients: they come after what they could otherwise shadow.
+    if s.job(&h).is_some() {
+        return found("job", h.to_string());
     }
     let acct = s.account(&a);
     if acct.balance > 0 || acct.stake > 0 || acct.nonce > 0 || api.app.account_seen(&a) {

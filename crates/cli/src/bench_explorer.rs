@@ -137,7 +137,7 @@ fn browser_times(s: &Served, jobs: u64, reps: usize) -> Result<Value> {
 pub fn bench(b: ExplorerBench) -> Result<()> {
     let build = |blocks: u64, jobs: u64| -> Result<Served> {
         let t0 = Instant::now();
-        let per_block = jobs.div_ceil(blocks.max(1) / 2).max(1);
+        let per_block = jobs.div_ceil((blocks / 2).max(1)).max(1);
         let p = populate(blocks, jobs, per_block)?;
         eprintln!(
             "built {blocks} blocks with {jobs} jobs in {:.1} s",

@@ -207,7 +207,12 @@ mod tests {
             (UiConfig::TRAINING, false, false, true),
         ] {
             let base = serve(cfg).await;
-            let v: serde_json::Value = reqwest::get(format!("{base}/ui/config.json"))
+            let v: serde_json::Value = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .get(format!("{base}/ui/config.json"))
+                .send()
                 .await
                 .unwrap()
                 .json()

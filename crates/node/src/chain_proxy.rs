@@ -37,7 +37,15 @@ pub async fn forward(ledger: &LedgerClient, method: Method, uri: Uri) -> Respons
         .strip_prefix("/v1/")
         .and_then(|r| r.split('/').next())
         .unwrap_or_default();
-    if method != Method::GET || !CHAIN_QUERY_ROUTES.contains(&first) {
+    // Dot segments (plain or percent-encoded) and backslashes would let the URL parser climb
+    // out of `/v1/<route>` to any path on the ledger's host.
+    let lower = path.to_ascii_lowercase();
+    let dotted = path.split('/').any(|seg| seg == "." || seg == "..")
+        || lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || path.contains('\\');
+    if method != Method::GET || dotted || !CHAIN_QUERY_ROUTES.contains(&first) {
         return http_error(StatusCode::NOT_FOUND, "no such route; see docs/api.md").into_response();
     }
     let pq = uri.path_and_query().map_or(path, |p| p.as_str());

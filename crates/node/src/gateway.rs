@@ -241,8 +241,10 @@ impl Gateway {
             ));
         }
         let request = Hash256(deai_proof::random_nonce());
-        // The prompt, for its owner only (`GET /v1/receipts/{id}` with the same API key).
-        let record = json!({ "client": hex::encode(client.address()), "prompt": prompt });
+        // The prompt, for its owner only (`GET /v1/receipts/{id}` with the same API key):
+        // `prompt` is `{"owner": <SHA-256 of the API key>, "prompt": ...}`.
+        let mut record = prompt;
+        record["client"] = json!(hex::encode(client.address()));
         let path = self.conversation_path(&request, "prompt.json");
         if let Err(e) = tokio::fs::write(&path, record.to_string()).await {
             tracing::warn!("cannot keep the prompt of request {request}: {e}");
@@ -455,7 +457,9 @@ impl Gateway {
     }
 
     /// The prompt and answer of `request`, if `viewer` is the account that paid for it.
-    async fn conversation(&self, request: &Hash256, viewer: Option<Address>) -> Option<Value> {
+    /// The prompt and answer of `request`, if `viewer` (the SHA-256 of an API key) is the key
+    /// that sent it: two keys paying from one account do not see each other's prompts.
+    async fn conversation(&self, request: &Hash256, viewer: Option<Hash256>) -> Option<Value> {
         let viewer = viewer?;
         let rec: Value = serde_json::from_slice(
             &tokio::fs::read(self.conversation_path(request, "prompt.json"))
@@ -463,7 +467,7 @@ impl Gateway {
                 .ok()?,
         )
         .ok()?;
-        if rec["client"].as_str()? != hex::encode(viewer) {
+        if rec["owner"].as_str()? != viewer.to_string() {
             return None;
         }
         let answer = tokio::fs::read_to_string(self.conversation_path(request, "answer.txt"))
@@ -476,14 +480,33 @@ impl Gateway {
     /// sees them, and the compute time the worker reports (`/worker/v1/health`, asked with
     /// a short timeout; `null` when it does not answer), for revenue per compute-hour.
     async fn worker_stats(&self) -> Value {
-        let registered = self.0.ledger.workers().await.unwrap_or_default();
+        // Active workers serving a model of this gateway, at most 64, each asked once with a
+        // short timeout (anyone can register an endpoint: keep this probe small).
+        let registered: Vec<WorkerEntry> = self
+            .0
+            .ledger
+            .workers()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|w| {
+                w.worker.active
+                    && self
+                        .0
+                        .cfg
+                        .models
+                        .iter()
+                        .any(|m| w.worker.models.contains(&m.id))
+            })
+            .take(64)
+            .collect();
         let health = futures::future::join_all(registered.iter().map(|w| {
             let url = format!(
                 "{}/worker/v1/health",
                 w.worker.endpoint.trim_end_matches('/')
             );
             async move {
-                let http = crate::http_client(&url, Duration::from_secs(2));
+                let http = crate::http_client(&url, Duration::from_secs(3));
                 let r = http.get(&url).send().await.ok()?;
                 r.json::<Value>().await.ok()
             }
@@ -514,7 +537,7 @@ impl Gateway {
         })
     }
 
-    async fn receipt_view(&self, id: Hash256, viewer: Option<Address>) -> Result<Value, HttpError> {
+    async fn receipt_view(&self, id: Hash256, viewer: Option<Hash256>) -> Result<Value, HttpError> {
         let mapped: Option<Hash256> =
             tokio::fs::read_to_string(self.0.cfg.dir.join("requests").join(id.to_string()))
                 .await
@@ -763,7 +786,10 @@ async fn receipt(
 ) -> Result<Json<Value>, HttpError> {
     // An API key is optional here; a wrong one is refused rather than silently ignored.
     let viewer = match headers.contains_key("authorization") {
-        true => Some(g.auth(&headers)?.address()),
+        true => {
+            g.auth(&headers)?;
+            key_hash(&headers)
+        }
         false => None,
     };
     let id = id
@@ -773,6 +799,16 @@ async fn receipt(
         .parse()
         .map_err(|e| http_error(StatusCode::BAD_REQUEST, format!("bad receipt id: {e}")))?;
     Ok(Json(g.receipt_view(id, viewer).await?))
+}
+
+/// SHA-256 of the request's API key (what a stored prompt is keyed to, never the key).
+fn key_hash(headers: &HeaderMap) -> Option<Hash256> {
+    let h = headers.get("authorization")?.to_str().ok()?;
+    let key = h.strip_prefix("Bearer ").unwrap_or(h).trim();
+    Some(Hash256::digest_parts(
+        "deai-gateway-api-key-v1",
+        &[key.as_bytes()],
+    ))
 }
 
 async fn gateway_status(AxState(g): AxState<Gateway>) -> Json<Value> {
@@ -834,6 +870,7 @@ async fn chat_completions(
         .iter()
         .map(|m| json!({ "role": m.role, "content": m.content }))
         .collect::<Vec<_>>());
+    let prompt = json!({ "owner": key_hash(&headers), "prompt": prompt });
     respond(g, client, model, tokens, params, stream, true, prompt).await
 }
 
@@ -877,7 +914,7 @@ async fn completions(
         params,
         stream,
         false,
-        json!(prompt),
+        json!({ "owner": key_hash(&headers), "prompt": prompt }),
     )
     .await
 }

@@ -29,8 +29,11 @@ pub const MAX_BODY: usize = 4 << 20;
 /// An HTTP client for a peer at `url`. Loopback peers are reached directly even when
 /// `HTTP_PROXY` is set (a proxy cannot reach this machine's loopback).
 pub fn http_client(url: &str, timeout: Duration) -> reqwest::Client {
+    // No redirects: every URL a node fetches was checked (or registered) as given, and a
+    // redirect would let its owner point the request anywhere else.
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout);
     if is_loopback_url(url) {
         b = b.no_proxy();

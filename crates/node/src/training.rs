@@ -321,8 +321,9 @@ struct Admitted {
 }
 
 /// A worker's opening URL must be http(s) and point back at the address the contribution
-/// came from (when the server knows it), so that a contribution cannot make the coordinator
-/// fetch from anywhere else.
+/// came from, so that a contribution cannot make the coordinator fetch from anywhere else
+/// (openings are fetched without following redirects). Behind a reverse proxy every worker
+/// appears at the proxy's address: run the coordinator on its own port.
 fn check_opening_url(url: &str, peer: Option<SocketAddr>) -> Result<(), String> {
     let u = reqwest::Url::parse(url).map_err(|_| {
         "header x-deai-worker-url must be the worker's opening URL (http://HOST:PORT)".to_string()
@@ -334,22 +335,20 @@ fn check_opening_url(url: &str, peer: Option<SocketAddr>) -> Result<(), String> 
         ));
     }
     let Some(peer) = peer else {
-        return Ok(());
+        return Err("the coordinator cannot see the contribution's source address".into());
     };
+    let ip = peer.ip().to_canonical();
     let same = match u.host() {
-        Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip) == peer.ip(),
-        Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip) == peer.ip(),
-        Some(url::Host::Domain(d)) => {
-            d.eq_ignore_ascii_case("localhost") && peer.ip().is_loopback()
-        }
+        Some(url::Host::Ipv4(v4)) => std::net::IpAddr::V4(v4) == ip,
+        Some(url::Host::Ipv6(v6)) => std::net::IpAddr::V6(v6).to_canonical() == ip,
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") && ip.is_loopback(),
         None => false,
     };
     if same {
         Ok(())
     } else {
         Err(format!(
-            "the opening URL must point at the address the contribution came from ({}), not {}",
-            peer.ip(),
+            "the opening URL must point at the address the contribution came from ({ip}), not {}",
             u.host_str().unwrap_or("nowhere")
         ))
     }
