@@ -112,7 +112,7 @@ async fn status(AxState(api): AxState<Api>) -> R {
         "treasury": s.meta().treasury,
         "total_stake": s.meta().total_stake,
         "txs_total": api.app.txs_total(),
-        "jobs_total": s.jobs().count(),
+        "jobs_total": api.app.jobs_newest(0, 0).0,
         "observed": api.app.observed(),
     })))
 }
@@ -271,6 +271,17 @@ async fn jobs(
     let account = q.account.as_deref().map(parse_addr).transpose()?;
     let limit = q.limit.unwrap_or(100).min(1000);
     let s = api.app.finalized_state();
+    if status.is_none() && account.is_none() {
+        // Unfiltered (the explorer's jobs page and overview): a page of the open-order index.
+        let (total, ids) = api.app.jobs_newest(q.offset.unwrap_or(0), limit);
+        let list: Vec<Value> = ids
+            .iter()
+            .filter_map(|id| s.job(id).map(|j| json!({ "id": id, "job": j })))
+            .collect();
+        return Ok(Json(
+            json!({ "height": s.height(), "total": total, "jobs": list }),
+        ));
+    }
     let mut list: Vec<(&Hash256, &deai_ledger::state::Job)> = s
         .jobs()
         .filter(|(_, j)| status.is_none_or(|st| j.status == st))

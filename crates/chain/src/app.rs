@@ -77,6 +77,8 @@ struct Indexes {
     job_txs: HashMap<Hash256, Vec<(u64, u32)>>,
     /// Block digest -> height.
     digests: HashMap<Hash256, u64>,
+    /// Jobs in the order they were opened (by height, then position in the block).
+    jobs_opened: Vec<Hash256>,
     /// This node's wall clock (unix ms) when it applied each finalized block, by height
     /// (`None` for genesis). Local observation only, never part of consensus: it feeds the
     /// explorer's finality-time and throughput figures.
@@ -85,10 +87,22 @@ struct Indexes {
 }
 
 impl Indexes {
-    fn add_block(&mut self, height: u64, digest: Hash256, txs: &[SignedTx], now_ms: Option<u64>) {
+    fn add_block(
+        &mut self,
+        height: u64,
+        digest: Hash256,
+        txs: &[SignedTx],
+        outcomes: &[TxOutcome],
+        now_ms: Option<u64>,
+    ) {
         self.digests.insert(digest, height);
         self.observed_ms.push(now_ms);
         for (i, t) in txs.iter().enumerate() {
+            if let (TxKind::OpenJob { job, .. }, Some(None)) =
+                (&t.tx.kind, outcomes.get(i).map(|o| &o.error))
+            {
+                self.jobs_opened.push(*job);
+            }
             let pos = (height, i as u32);
             self.txs_total += 1;
             self.account_txs.entry(t.tx.from).or_default().push(pos);
@@ -111,7 +125,8 @@ impl Indexes {
 pub struct Observed {
     /// Median wall time between consecutive finalized blocks, over the last 100.
     pub finality_ms: Option<f64>,
-    /// Blocks and transactions finalized per second over the last 60 s of observed blocks.
+    /// Blocks and transactions finalized per second over the last 60 s of observed blocks
+    /// (at most the last 10,000 blocks).
     pub blocks_per_s: Option<f64>,
     pub txs_per_s: Option<f64>,
 }
@@ -155,7 +170,7 @@ impl App {
             events: vec!["genesis".into()],
         }];
         let mut idx = Indexes::default();
-        idx.add_block(0, genesis.digest(), &[], None);
+        idx.add_block(0, genesis.digest(), &[], &[], None);
         App {
             inner: Arc::new(Mutex::new(Inner {
                 states,
@@ -287,6 +302,15 @@ impl App {
             .flatten()
     }
 
+    /// Job ids newest first (by the block that opened them, then position in it): `offset`
+    /// skipped, at most `limit`; and how many jobs there are in all.
+    pub fn jobs_newest(&self, offset: usize, limit: usize) -> (usize, Vec<Hash256>) {
+        let inner = self.lock();
+        let all = &inner.idx.jobs_opened;
+        let page = all.iter().rev().skip(offset).take(limit).copied().collect();
+        (all.len(), page)
+    }
+
     /// Finalized transactions in all.
     pub fn txs_total(&self) -> u64 {
         self.lock().idx.txs_total
@@ -312,7 +336,8 @@ impl App {
             let mut first = last;
             let (mut blocks, mut txs) = (0u64, 0u64);
             let mut h = tip;
-            while h > 1 {
+            // At most the last 10k blocks: after a fast replay every block looks recent.
+            while h > 1 && tip - h < 10_000 {
                 h -= 1;
                 match obs[h] {
                     Some(t) if last.saturating_sub(t) <= 60_000 => {
@@ -501,7 +526,7 @@ impl App {
         }
         inner
             .idx
-            .add_block(b.height(), b.digest(), &b.txs, now_ms());
+            .add_block(b.height(), b.digest(), &b.txs, &outcomes, now_ms());
         inner.mempool.prune(&state);
         inner.finalized = state.clone();
         inner.fin_digest = digest;

@@ -174,6 +174,19 @@ mod tests {
         let trail = p.app.job_trail(&p.some_job);
         assert_eq!(trail.len(), 2, "opened, then receipted");
         assert_eq!(trail[1].height, trail[0].height + 1);
+        // The open-order index: newest first, the same order as sorting by open height.
+        let (total, newest) = p.app.jobs_newest(0, 5);
+        assert_eq!(total, 30);
+        let latest = s.jobs().map(|(_, j)| j.opened_at).max().unwrap();
+        assert_eq!(s.job(&newest[0]).unwrap().opened_at, latest);
+        let heights: Vec<u64> = newest
+            .iter()
+            .map(|id| s.job(id).unwrap().opened_at)
+            .collect();
+        assert!(heights.windows(2).all(|w| w[0] >= w[1]), "{heights:?}");
+        let (_, rest) = p.app.jobs_newest(28, 5);
+        assert_eq!(rest.len(), 2, "the last page holds what is left");
+        assert!(p.app.jobs_newest(30, 5).1.is_empty());
         assert!(
             populate(8, 30, 4).is_err(),
             "not enough blocks for the jobs"
