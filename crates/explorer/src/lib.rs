@@ -107,47 +107,34 @@ pub fn router<S: Clone + Send + Sync + 'static>(cfg: UiConfig) -> Router<S> {
         "version": env!("CARGO_PKG_VERSION"),
     })
     .to_string();
-    Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
-        )
-        .route(
-            "/index.html",
-            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
-        )
-        .route(
-            "/ui/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/ui/style.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
-        )
-        .route(
-            "/ui/favicon.svg",
-            get(|| async { asset("image/svg+xml", FAVICON_SVG) }),
-        )
-        .route(
-            "/favicon.ico",
-            get(|| async { asset("image/svg+xml", FAVICON_SVG) }),
-        )
-        .route(
-            "/ui/config.json",
-            get(move || {
-                let body = config.clone();
-                async move {
-                    (
-                        StatusCode::OK,
-                        [
-                            (header::CONTENT_TYPE, "application/json"),
-                            (header::CACHE_CONTROL, "no-store"),
-                        ],
-                        body,
-                    )
-                }
-            }),
-        )
+    const ASSETS: [(&str, &str, &str); 6] = [
+        ("/", "text/html; charset=utf-8", INDEX_HTML),
+        ("/index.html", "text/html; charset=utf-8", INDEX_HTML),
+        ("/ui/app.js", "text/javascript; charset=utf-8", APP_JS),
+        ("/ui/style.css", "text/css; charset=utf-8", STYLE_CSS),
+        ("/ui/favicon.svg", "image/svg+xml", FAVICON_SVG),
+        ("/favicon.ico", "image/svg+xml", FAVICON_SVG),
+    ];
+    let mut r = Router::new();
+    for (path, content_type, body) in ASSETS {
+        r = r.route(path, get(move || async move { asset(content_type, body) }));
+    }
+    r.route(
+        "/ui/config.json",
+        get(move || {
+            let body = config.clone();
+            async move {
+                (
+                    StatusCode::OK,
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (header::CACHE_CONTROL, "no-store"),
+                    ],
+                    body,
+                )
+            }
+        }),
+    )
 }
 
 #[cfg(test)]
