@@ -6,7 +6,6 @@ use crate::http_error;
 use crate::ledger_client::LedgerClient;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use std::time::Duration;
 
 /// The chain's read-only query routes, which a gateway forwards to its ledger node so that
 /// the explorer it serves (and scripts) need only one origin.
@@ -50,8 +49,7 @@ pub async fn forward(ledger: &LedgerClient, method: Method, uri: Uri) -> Respons
     }
     let pq = uri.path_and_query().map_or(path, |p| p.as_str());
     let url = format!("{}{pq}", ledger.url().trim_end_matches('/'));
-    let http = crate::http_client(&url, Duration::from_secs(10));
-    let resp = match http.get(&url).send().await {
+    let resp = match ledger.http().get(&url).send().await {
         Ok(r) => r,
         Err(e) => {
             return http_error(

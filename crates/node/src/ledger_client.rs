@@ -47,6 +47,11 @@ impl LedgerClient {
         &self.url
     }
 
+    /// The client for this ledger node (pooled connections, 10 s timeout, no redirects).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     async fn get(&self, path: &str) -> Result<Option<Value>> {
         let url = format!("{}{path}", self.url);
         let r = self
