@@ -9,6 +9,12 @@
 //! `d_c` above `h`, the threshold is halfway, `h + (d - h) / 2` (equal margin against false
 //! rejections and against cheaters); where no class lies above `h` the statistic does not
 //! separate and the threshold is `1.5 h` (a margin against false rejections only).
+//!
+//! It also compares the two profiles' logits at the same positions and derives the sampling
+//! replay's cross-profile tolerance ([`deai_proof::verify::LOGIT_TOL`]): 1.5 x the worst
+//! change of a logit difference among the candidates within 1 of the max (or of the
+//! verifier's gap to the other profile's greedy pick), and reports what that tolerance lets
+//! a cheater choose (`cheat_freedom_*`).
 
 use crate::{resolve_model, ModelArgs};
 use anyhow::{bail, Context, Result};
@@ -230,6 +236,9 @@ struct HiddenOut {
 }
 
 const HIDDEN_SCRIPT: &str = "llamacpp_hidden.py";
+const LOGITS_SCRIPT: &str = "llamacpp_logits.py";
+/// llama.cpp logits compared per position: its `LOGITS_TOP` largest.
+const LOGITS_TOP: usize = 32;
 
 fn llamacpp_hidden(
     py: &Path,
@@ -270,6 +279,126 @@ fn llamacpp_hidden(
         );
     }
     Ok((h.version, rows))
+}
+
+/// One position's largest logits as (id, logit), descending.
+type TopLogits = Vec<(u32, f32)>;
+
+#[derive(serde::Deserialize)]
+struct LogitsOut {
+    n_vocab: usize,
+    /// Per sequence, per row.
+    rows: Vec<Vec<TopLogits>>,
+}
+
+fn llamacpp_logits(
+    py: &Path,
+    model: &Path,
+    threads: usize,
+    seqs: &[Seq],
+) -> Result<(usize, Vec<Vec<TopLogits>>)> {
+    let input = json!({
+        "model": model,
+        "threads": threads,
+        "top": LOGITS_TOP,
+        "seqs": seqs.iter().map(|s| json!({"tokens": s.tokens, "from": s.from, "n": s.n}))
+            .collect::<Vec<_>>(),
+    });
+    let last = crate::run_python_helper(py, LOGITS_SCRIPT, &input, "llama.cpp logits")?;
+    let out: LogitsOut =
+        serde_json::from_str(&last).context("parsing the llama.cpp logits helper output")?;
+    if out.rows.len() != seqs.len() || out.rows.iter().zip(seqs).any(|(r, s)| r.len() != s.n) {
+        bail!("llama.cpp returned logits for the wrong number of sequences or rows");
+    }
+    if out.rows.iter().flatten().any(|row| row.is_empty()) {
+        bail!("llama.cpp returned an empty logits row");
+    }
+    Ok((out.n_vocab, out.rows))
+}
+
+/// The cross-profile logit comparison behind [`deai_proof::verify::LOGIT_TOL`].
+#[derive(Default, serde::Serialize)]
+struct LogitStats {
+    rows: usize,
+    /// Rows where llama.cpp's argmax differs from deai's.
+    argmax_flips: usize,
+    /// Worst, over rows, of the largest change of a logit difference `l_a - l_j` (a =
+    /// llama.cpp's argmax, j over its top 32) between the two profiles.
+    honest_worst_diff: f64,
+    /// The same worst change, over only the candidates within 1, 2, 4 and 8 logits of
+    /// llama.cpp's max.
+    worst_diff_within: [f64; 4],
+    /// Worst gap, in deai's logits, between deai's max and llama.cpp's greedy pick.
+    honest_worst_greedy_gap: f64,
+    /// The derived tolerance: 1.5 x the larger of the worst change within 1 logit of the max
+    /// (the candidates a near-tie or a sampled boundary is about) and the worst greedy gap,
+    /// rounded up to 2 significant digits.
+    derived_tol: f64,
+    /// Share of rows where the tolerance lets a greedy worker pick another token than the
+    /// exact argmax (deai's runner-up within `tol` of its max).
+    cheat_freedom_greedy: f64,
+    /// Same for seeded sampling (T 0.8, top-k 40, top-p 0.95): rows where some token other
+    /// than the exact pick is accepted.
+    cheat_freedom_sampled: f64,
+}
+
+/// 1.5 x `h`, rounded up to two significant digits.
+fn margin_tol(h: f64) -> f64 {
+    let x = 1.5 * h;
+    if x <= 0.0 {
+        return 0.0;
+    }
+    let scale = 10f64.powi(x.log10().floor() as i32 - 1);
+    (x / scale).ceil() * scale
+}
+
+fn logit_stats(deai: &[Vec<f32>], llama: &[TopLogits], vocab: usize) -> Result<LogitStats> {
+    let mut st = LogitStats::default();
+    for (row, top) in deai.iter().zip(llama) {
+        if row.len() != vocab {
+            bail!("deai logits row of {} values, expected {vocab}", row.len());
+        }
+        let (a, la) = top[0];
+        let d = deai_engine::sampler::argmax(row);
+        st.rows += 1;
+        st.argmax_flips += usize::from(a != d);
+        let da = row[a as usize] as f64;
+        st.honest_worst_greedy_gap = st.honest_worst_greedy_gap.max(row[d as usize] as f64 - da);
+        for &(j, lj) in top {
+            let dev = ((da - row[j as usize] as f64) - (la as f64 - lj as f64)).abs();
+            st.honest_worst_diff = st.honest_worst_diff.max(dev);
+            for (w, worst) in [1.0, 2.0, 4.0, 8.0].iter().zip(&mut st.worst_diff_within) {
+                if (la - lj) as f64 <= *w {
+                    *worst = worst.max(dev);
+                }
+            }
+        }
+    }
+    st.derived_tol = margin_tol(st.worst_diff_within[0].max(st.honest_worst_greedy_gap));
+    let tol = st.derived_tol as f32;
+    let sampled = SamplingParams {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        seed: 1,
+    };
+    let (mut free_g, mut free_s) = (0usize, 0usize);
+    for (pos, row) in deai.iter().enumerate() {
+        let mut ids: Vec<u32> = (0..row.len() as u32).collect();
+        ids.select_nth_unstable_by(63, |x, y| row[*y as usize].total_cmp(&row[*x as usize]));
+        ids.truncate(64);
+        let free = |p: &SamplingParams| {
+            let pick = deai_engine::sampler::sample(row, p, pos as u64);
+            ids.iter().any(|&t| {
+                t != pick && deai_engine::sampler::accepts_within(row, p, pos as u64, t, tol)
+            })
+        };
+        free_g += usize::from(free(&SamplingParams::default()));
+        free_s += usize::from(free(&sampled));
+    }
+    st.cheat_freedom_greedy = free_g as f64 / st.rows.max(1) as f64;
+    st.cheat_freedom_sampled = free_s as f64 / st.rows.max(1) as f64;
+    Ok(st)
 }
 
 /// Chunk statistics of the commitment to `committed` rows against `other` rows.
@@ -355,6 +484,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     }
     check_python(&a.baseline_python)?;
     crate::helper_script(HIDDEN_SCRIPT)?;
+    crate::helper_script(LOGITS_SCRIPT)?;
     let path = resolve_model(a.model.model.as_deref())?;
     let threads = a
         .model
@@ -475,6 +605,33 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     };
     let current = Thresholds::default();
     let topl = Thresholds::toploc();
+
+    // Logits: deai's validator prefill vs llama.cpp's, over the honest runs.
+    if !a.json {
+        eprintln!("llama.cpp logits of {} sequences...", honest_runs.len());
+    }
+    let honest_seqs = &seqs[..honest_runs.len()];
+    let (llama_vocab, llama_logits) =
+        llamacpp_logits(&a.baseline_python, &path, threads, honest_seqs)?;
+    let vocab = worker.model.cfg.vocab;
+    if llama_vocab != vocab {
+        bail!("llama.cpp reads a vocabulary of {llama_vocab} tokens, deai {vocab}");
+    }
+    let (mut deai_rows, mut llama_rows) = (vec![], vec![]);
+    for (s, top) in honest_seqs.iter().zip(&llama_logits) {
+        let out = worker.prefill_all(&s.tokens, s.from)?;
+        if out.logits.len() != s.n * vocab {
+            bail!(
+                "deai prefill returned {} logits, expected {}",
+                out.logits.len(),
+                s.n * vocab
+            );
+        }
+        deai_rows.extend(out.logits.chunks(vocab).map(<[f32]>::to_vec));
+        llama_rows.extend(top.iter().cloned());
+    }
+    let lstats = logit_stats(&deai_rows, &llama_rows, vocab)?;
+    let current_tol = deai_proof::verify::LOGIT_TOL;
     // Separable as a whole: every honest run accepted and every dishonest run rejected by
     // the derived thresholds.
     let honest_ok = classes
@@ -533,6 +690,9 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
                 "prompts": a.prompts, "tokens": a.tokens, "threads": threads,
                 "baseline": format!("llama-cpp-python {version}"),
                 "llamacpp_cosine": {"min": min_cos, "mean": mean_cos, "rows": nrows},
+                "logits": lstats,
+                "logit_tol_current_default": current_tol,
+                "logit_rule": "tol = 1.5 x max(worst honest change of a logit difference among candidates within 1 logit of the max, worst verifier gap to the other profile's greedy pick), rounded up to 2 significant digits",
                 "kernel_profile": worker.profile().display_string(),
             })
         );
@@ -609,6 +769,17 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         );
     }
     println!(
+        "logits over {} rows: llama.cpp's argmax differs from deai's in {}; worst change of a logit difference {:.4} (within 1/2/4/8 of the max: {:.4?}), worst verifier gap to llama.cpp's greedy pick {:.4} -> tolerance {} (current default {current_tol}); the tolerance lets a cheater choose another token at {:.1} % of greedy and {:.1} % of sampled positions",
+        lstats.rows,
+        lstats.argmax_flips,
+        lstats.honest_worst_diff,
+        lstats.worst_diff_within,
+        lstats.honest_worst_greedy_gap,
+        lstats.derived_tol,
+        100.0 * lstats.cheat_freedom_greedy,
+        100.0 * lstats.cheat_freedom_sampled
+    );
+    println!(
         "derived thresholds {} honest from dishonest runs on this data (current default: exp {:.3}, mean {}, median {})",
         if separable { "SEPARATE" } else { "do NOT separate" },
         current.max_exp_mismatch_frac,
@@ -616,4 +787,49 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         current.max_median_mantissa_diff
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_rounds_up_to_two_digits() {
+        assert_eq!(margin_tol(0.0), 0.0);
+        assert!((margin_tol(0.6406) - 0.97).abs() < 1e-9);
+        assert!((margin_tol(0.02) - 0.03).abs() < 1e-9);
+        assert!(margin_tol(0.2865) >= 1.5 * 0.2865);
+    }
+
+    #[test]
+    fn logit_stats_compare_differences_and_count_flips() {
+        let vocab = 70;
+        // Row 0: deai prefers token 1 by 0.2, llama.cpp token 2 by 0.1 (a flip; the
+        // difference l_2 - l_1 moved by 0.3). Row 1: the same ranking, all logits shifted by 5
+        // in llama.cpp (no change of any difference).
+        let mut r0 = vec![-10.0f32; vocab];
+        r0[1] = 3.0;
+        r0[2] = 2.8;
+        let mut r1 = vec![-10.0f32; vocab];
+        r1[4] = 1.0;
+        r1[5] = 0.5;
+        let l0 = vec![(2, 7.1), (1, 7.0)];
+        let l1 = vec![(4, 6.0), (5, 5.5)];
+        let st = logit_stats(&[r0, r1], &[l0, l1], vocab).unwrap();
+        assert_eq!(st.rows, 2);
+        assert_eq!(st.argmax_flips, 1);
+        assert!(
+            (st.honest_worst_diff - 0.3).abs() < 1e-5,
+            "{}",
+            st.honest_worst_diff
+        );
+        assert!((st.worst_diff_within[0] - 0.3).abs() < 1e-5);
+        assert!((st.honest_worst_greedy_gap - 0.2).abs() < 1e-5);
+        // tol = 1.5 x 0.3 = 0.45: row 0's runner-up (0.2 below) is a free choice for a greedy
+        // cheater, row 1's (0.5 below) is not.
+        assert!((st.derived_tol - 0.45).abs() < 1e-9);
+        assert!((st.cheat_freedom_greedy - 0.5).abs() < 1e-9);
+        // Bad shapes are errors.
+        assert!(logit_stats(&[vec![0.0; 3]], &[vec![(0, 0.0)]], vocab).is_err());
+    }
 }

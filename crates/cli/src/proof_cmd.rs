@@ -526,12 +526,13 @@ pub fn bench(b: ProofBench) -> Result<()> {
     let honest_runs = b.cases * workers.len();
 
     // Tamper matrix.
-    type Tamper<'a> = Box<dyn Fn(usize, &Receipt) -> Result<Receipt> + 'a>;
-    let edit = |f: fn(&mut Receipt), rebuild: bool| -> Tamper {
+    // A tamper gets the case index, the attempt (see `truthful` below) and the honest receipt.
+    type Tamper<'a> = Box<dyn Fn(usize, usize, &Receipt) -> Result<Receipt> + 'a>;
+    let edit = |f: fn(&mut Receipt, usize), rebuild: bool| -> Tamper {
         let (v, k) = (&verifier, &key);
-        Box::new(move |_, r: &Receipt| {
+        Box::new(move |_, attempt, r: &Receipt| {
             let mut r = r.clone();
-            f(&mut r);
+            f(&mut r, attempt);
             reseal(&mut r, rebuild.then_some(v), k).map_err(anyhow::Error::msg)?;
             Ok(r)
         })
@@ -551,18 +552,18 @@ pub fn bench(b: ProofBench) -> Result<()> {
     let classes: Vec<(&str, Tamper)> = vec![
         (
             "different_weights",
-            Box::new(|i, _: &Receipt| Ok(run_on(&cheap, model_id, i, &key)?.0)),
+            Box::new(|i, _, _: &Receipt| Ok(run_on(&cheap, model_id, i, &key)?.0)),
         ),
         (
             "one_layer_perturbed",
-            Box::new(|i, _: &Receipt| Ok(run_on(&perturbed, model_id, i, &key)?.0)),
+            Box::new(|i, _, _: &Receipt| Ok(run_on(&perturbed, model_id, i, &key)?.0)),
         ),
         (
             "system_prompt_token_changed",
             edit(
-                |r| {
-                    // Position 4 lies inside the system message of the chat template.
-                    let j = 4.min(r.prompt_tokens.len() - 1);
+                |r, attempt| {
+                    // Positions 4.. lie inside the system message of the chat template.
+                    let j = (4 + attempt).min(r.prompt_tokens.len() - 1);
                     r.prompt_tokens[j] = other_token(r.prompt_tokens[j]);
                 },
                 true,
@@ -571,8 +572,8 @@ pub fn bench(b: ProofBench) -> Result<()> {
         (
             "prompt_token_changed",
             edit(
-                |r| {
-                    let j = r.prompt_tokens.len() / 2;
+                |r, attempt| {
+                    let j = (r.prompt_tokens.len() / 2 + attempt) % r.prompt_tokens.len();
                     r.prompt_tokens[j] = other_token(r.prompt_tokens[j]);
                 },
                 false,
@@ -581,8 +582,8 @@ pub fn bench(b: ProofBench) -> Result<()> {
         (
             "prompt_token_changed_rebuilt",
             edit(
-                |r| {
-                    let j = r.prompt_tokens.len() / 2;
+                |r, attempt| {
+                    let j = (r.prompt_tokens.len() / 2 + attempt) % r.prompt_tokens.len();
                     r.prompt_tokens[j] = other_token(r.prompt_tokens[j]);
                 },
                 true,
@@ -591,7 +592,7 @@ pub fn bench(b: ProofBench) -> Result<()> {
         (
             "output_token_replaced",
             edit(
-                |r| {
+                |r, _| {
                     let j = r.output_tokens.len() / 2;
                     r.output_tokens[j] = other_token(r.output_tokens[j]);
                 },
@@ -601,18 +602,21 @@ pub fn bench(b: ProofBench) -> Result<()> {
         (
             "output_truncated",
             edit(
-                |r| {
+                |r, _| {
                     let n = r.output_tokens.len();
                     r.output_tokens.truncate((n / 2).max(1));
                 },
                 true,
             ),
         ),
-        ("output_extended", edit(|r| r.output_tokens.push(100), true)),
+        (
+            "output_extended",
+            edit(|r, _| r.output_tokens.push(100), true),
+        ),
         (
             "temperature_changed",
             edit(
-                |r| {
+                |r, _| {
                     r.sampling.temperature = if r.sampling.temperature == 0.0 {
                         0.9
                     } else {
@@ -625,7 +629,7 @@ pub fn bench(b: ProofBench) -> Result<()> {
         (
             "top_p_changed",
             edit(
-                |r| {
+                |r, _| {
                     r.sampling.temperature = r.sampling.temperature.max(0.8);
                     r.sampling.top_p = 0.3;
                 },
@@ -635,7 +639,7 @@ pub fn bench(b: ProofBench) -> Result<()> {
         (
             "seed_changed",
             edit(
-                |r| {
+                |r, _| {
                     r.sampling.temperature = r.sampling.temperature.max(0.8);
                     r.sampling.seed ^= 0x5eed;
                 },
@@ -645,7 +649,7 @@ pub fn bench(b: ProofBench) -> Result<()> {
         (
             "stop_reason_falsified",
             edit(
-                |r| {
+                |r, _| {
                     r.stop_reason = if r.stop_reason == StopReason::Eos {
                         StopReason::MaxTokens
                     } else {
@@ -657,7 +661,7 @@ pub fn bench(b: ProofBench) -> Result<()> {
         ),
         (
             "signature_forged",
-            Box::new(|_, r: &Receipt| {
+            Box::new(|_, _, r: &Receipt| {
                 let mut r = r.clone();
                 r.signature[7] ^= 0x40;
                 Ok(r)
@@ -665,7 +669,7 @@ pub fn bench(b: ProofBench) -> Result<()> {
         ),
         (
             "key_swapped",
-            Box::new(|_, r: &Receipt| {
+            Box::new(|_, _, r: &Receipt| {
                 let mut r = r.clone();
                 r.worker_key = other_key.verifying_key().to_bytes();
                 Ok(r)
@@ -673,7 +677,7 @@ pub fn bench(b: ProofBench) -> Result<()> {
         ),
         (
             "proof_replayed",
-            Box::new(|i, r: &Receipt| {
+            Box::new(|i, _, r: &Receipt| {
                 let donor = run_on(&verifier, model_id, i + 1001, &key)?.0;
                 let mut r = r.clone();
                 r.proof = donor.proof.clone();
@@ -688,12 +692,32 @@ pub fn bench(b: ProofBench) -> Result<()> {
             }),
         ),
     ];
+    // A tampered receipt whose every claim is true (an honest run on its claimed model,
+    // prompt and sampling gives exactly its output and stop reason: e.g. a changed prompt
+    // token that does not change the answer) is not a tamper: such a case is redrawn with
+    // the next attempt (another token position) and counted as `redrawn`.
+    let truthful = |t: &Receipt| -> Result<bool> {
+        if t.model_id != model_id {
+            return Ok(false);
+        }
+        let g = verifier.generate(&t.prompt_tokens, &t.gen_params(), |_| {})?;
+        Ok(g.output_tokens == t.output_tokens && g.stop_reason == t.stop_reason)
+    };
+    const ATTEMPTS: usize = 8;
     let mut rows = vec![];
     for (name, f) in &classes {
-        let mut detected = 0;
+        let (mut detected, mut redrawn) = (0, 0);
         for (i, r) in honest.iter().enumerate() {
-            let t = f(i, r)?;
-            let rep = check(&t, &verifier, &model_id);
+            let mut t = f(i, 0, r)?;
+            let mut rep = check(&t, &verifier, &model_id);
+            for attempt in 1..ATTEMPTS {
+                if !(rep.accepted() && truthful(&t)?) {
+                    break;
+                }
+                redrawn += 1;
+                t = f(i, attempt, r)?;
+                rep = check(&t, &verifier, &model_id);
+            }
             // Detection must come from a content check unless the class is about signatures.
             let sig_class = name.starts_with("signature") || name.starts_with("key");
             let content = rep
@@ -704,7 +728,7 @@ pub fn bench(b: ProofBench) -> Result<()> {
                 detected += 1;
             }
         }
-        rows.push((name.to_string(), honest.len(), detected));
+        rows.push((name.to_string(), honest.len(), detected, redrawn));
     }
     let _ = std::fs::remove_dir(&dir);
 
@@ -712,10 +736,11 @@ pub fn bench(b: ProofBench) -> Result<()> {
     let overhead = proof_us as f64 / 1e3 / gen_ms.max(1e-9) * 100.0;
     let (vm, gm) = (verify_ms / honest_runs as f64, gen_ms / honest_runs as f64);
     if b.json {
-        for (class, cases, detected) in &rows {
+        for (class, cases, detected, redrawn) in &rows {
             println!(
                 "{}",
-                serde_json::json!({"class": class, "cases": cases, "detected": detected})
+                serde_json::json!({"class": class, "cases": cases, "detected": detected,
+                                   "redrawn": redrawn})
             );
         }
         println!(
@@ -731,10 +756,14 @@ pub fn bench(b: ProofBench) -> Result<()> {
             })
         );
     } else {
-        println!("{:<30} {:>6} {:>9}", "tamper class", "cases", "detected");
-        for (class, cases, detected) in &rows {
-            println!("{class:<30} {cases:>6} {detected:>9}");
+        println!(
+            "{:<30} {:>6} {:>9} {:>8}",
+            "tamper class", "cases", "detected", "redrawn"
+        );
+        for (class, cases, detected, redrawn) in &rows {
+            println!("{class:<30} {cases:>6} {detected:>9} {redrawn:>8}");
         }
+        println!("(redrawn: tampers whose claims all turned out true, replaced by another try)");
         println!("honest runs {honest_runs}, false rejects {false_rejects}");
         println!("proof {bpt:.2} bytes/token, generation overhead {overhead:.3} %");
         println!(

@@ -138,6 +138,105 @@ pub fn sample(logits: &[f32], p: &SamplingParams, position: u64) -> u32 {
     cand[kept - 1].0
 }
 
+/// Could `tok` be the pick at `position` on another kernel profile, whose logits differ from
+/// `logits` by at most `tol` in every logit *difference* `l_j - l_i` (the only thing argmax
+/// and softmax see)? This is the cross-profile acceptance rule of `deai-sampler-v1`; on one
+/// profile logits are bit-identical and a verifier compares [`sample`] exactly.
+///
+/// - Greedy: `tok` is accepted iff `max - l_tok <= tol` (a near-tie).
+/// - Sampled: a candidate `j` is surely ranked before `tok` iff `l_j > l_tok + tol`, and may
+///   be iff `l_j >= l_tok - tol`. With `r = exp(tol / T)` each weight `exp((l_j - l_max) / T)`
+///   may move by a factor in `[1/r, r]`. `tok` is accepted iff it may be in the top-k (fewer
+///   than `top_k` candidates surely before it), may be in the top-p nucleus (the mass surely
+///   before it, shrunk, is below `top_p` of the largest possible total) and the draw `u` lies
+///   in the widest interval it can occupy: from `before_min / total_max` up to
+///   `(before_max + w_tok r) / (top_p total_min)` (capped at 1).
+///
+/// The bounds are sound: every pick of a sampler whose logit differences are within `tol` of
+/// these passes. What a cheater gains from them is measured by `deai calibrate`. `tol <= 0`
+/// (or NaN) is the exact rule.
+pub fn accepts_within(
+    logits: &[f32],
+    p: &SamplingParams,
+    position: u64,
+    tok: u32,
+    tol: f32,
+) -> bool {
+    let t = tok as usize;
+    if t >= logits.len() || logits[t].is_nan() {
+        return false;
+    }
+    if sample(logits, p, position) == tok {
+        return true;
+    }
+    if tol.is_nan() || tol <= 0.0 {
+        return false;
+    }
+    let tol = tol as f64;
+    let lt = logits[t] as f64;
+    let mut sorted: Vec<f64> = logits
+        .iter()
+        .filter(|v| !v.is_nan())
+        .map(|&v| v as f64)
+        .collect();
+    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+    let lmax = sorted[0];
+    if p.is_greedy() {
+        return lmax - lt <= tol;
+    }
+    // Top-k: candidates at or above `possible` may be in it, those above `sure` surely are.
+    let (possible, sure) = if p.top_k > 0 && p.top_k < sorted.len() {
+        (sorted[p.top_k - 1] - tol, sorted[p.top_k] + tol)
+    } else {
+        (f64::NEG_INFINITY, f64::NEG_INFINITY)
+    };
+    if lt < possible {
+        return false;
+    }
+    let temp = p.temperature as f64;
+    let w = |l: f64| libm::exp((l - lmax) / temp);
+    let (mut surely_before, mut w_sure_before, mut w_maybe_before) = (0usize, 0.0, 0.0);
+    let (mut w_possible, mut w_sure) = (0.0, 0.0);
+    for &l in logits.iter().filter(|v| !v.is_nan()) {
+        let l = l as f64;
+        let wl = w(l);
+        if l >= possible {
+            w_possible += wl;
+        }
+        if l > sure {
+            w_sure += wl;
+        }
+    }
+    for (j, &l) in logits.iter().enumerate() {
+        if j == t || l.is_nan() {
+            continue;
+        }
+        let l = l as f64;
+        if l > lt + tol {
+            surely_before += 1;
+            w_sure_before += w(l);
+        } else if l >= lt - tol {
+            w_maybe_before += w(l);
+        }
+    }
+    if p.top_k > 0 && surely_before >= p.top_k {
+        return false;
+    }
+    let r = libm::exp(tol / temp);
+    let top_p = p.top_p as f64;
+    let total_max = w_possible * r;
+    let total_min = w_sure / r;
+    let before_min = w_sure_before / r;
+    let before_max = (w_sure_before + w_maybe_before) * r;
+    if before_min >= top_p * total_max {
+        return false;
+    }
+    let lo = before_min / total_max;
+    let hi = (before_max + w(lt) * r) / (top_p * total_min);
+    let u = uniform(p.seed, position);
+    u >= lo && (hi.is_nan() || hi >= 1.0 || u < hi)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +304,96 @@ mod tests {
         assert!(params(1.0, 0, 0.0, 0).validate().is_err());
         assert!(params(1.0, 0, 1.5, 0).validate().is_err());
         assert!(params(0.7, 40, 0.9, 0).validate().is_ok());
+    }
+
+    /// Logits of another profile: every logit moved by a pseudo-random amount in
+    /// `[-tol/2, tol/2]`, so every difference moves by at most `tol`.
+    fn jitter(logits: &[f32], tol: f32, salt: u64) -> Vec<f32> {
+        logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| {
+                let u = uniform(salt, i as u64) as f32;
+                l + (u - 0.5) * tol
+            })
+            .collect()
+    }
+
+    fn peaked_logits(salt: u64) -> Vec<f32> {
+        (0..200)
+            .map(|i| {
+                let u = uniform(salt ^ 0x5eed, i) as f32;
+                if i % 17 == 0 {
+                    4.0 + u
+                } else {
+                    u * 3.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tolerance_accepts_every_pick_of_a_nearby_profile() {
+        let tol = 0.05f32;
+        let settings = [
+            params(0.0, 0, 1.0, 0),
+            params(0.8, 0, 1.0, 3),
+            params(0.8, 40, 0.95, 4),
+            params(1.3, 5, 0.5, 5),
+            params(0.2, 0, 0.9, 6),
+        ];
+        let (mut flips, mut checked) = (0, 0);
+        for salt in 0..40u64 {
+            let verifier = peaked_logits(salt);
+            let worker = jitter(&verifier, tol, salt + 1000);
+            for p in &settings {
+                for pos in 0..25 {
+                    let tok = sample(&worker, p, pos);
+                    checked += 1;
+                    if sample(&verifier, p, pos) != tok {
+                        flips += 1;
+                    }
+                    assert!(
+                        accepts_within(&verifier, p, pos, tok, tol),
+                        "salt {salt} {p:?} pos {pos}: honest pick {tok} refused"
+                    );
+                }
+            }
+        }
+        // The jitter must actually change some picks, or the test shows nothing.
+        assert!(flips > 0, "no pick changed in {checked}");
+    }
+
+    #[test]
+    fn tolerance_refuses_picks_far_from_the_boundary() {
+        // Greedy: the runner-up 1.0 below the max is refused, 0.01 below is a near-tie.
+        let l = [0.0f32, 5.0, 4.0, 4.99];
+        let g = params(0.0, 0, 1.0, 0);
+        assert!(!accepts_within(&l, &g, 0, 2, 0.05));
+        assert!(accepts_within(&l, &g, 0, 3, 0.05));
+        assert!(!accepts_within(&l, &g, 0, 3, 0.0));
+        assert!(!accepts_within(&l, &g, 0, 9, 0.05), "out of range");
+        // Sampled: outside top-k, and a token the draw is far from, are refused.
+        let s = params(1.0, 2, 1.0, 11);
+        let flat = [0.0f32, 3.0, 2.9, -5.0];
+        for pos in 0..50 {
+            assert!(!accepts_within(&flat, &s, pos, 3, 0.05));
+            assert!(!accepts_within(&flat, &s, pos, 0, 0.05));
+        }
+        // Between two candidates whose order is certain (their logits differ by more than
+        // the tolerance), a small tolerance admits the other one only for draws near the
+        // boundary: most positions still refuse it. (Candidates within `tol` of each other
+        // may swap order, and then any draw may pick either: that is sound, and it is the
+        // freedom `deai calibrate` measures.)
+        let two = [1.0f32, 1.5];
+        let p = params(1.0, 0, 1.0, 12);
+        let refused = (0..400)
+            .filter(|&pos| {
+                let other = 1 - sample(&two, &p, pos);
+                !accepts_within(&two, &p, pos, other, 0.01)
+            })
+            .count();
+        assert!(refused > 350, "{refused}/400 refused");
+        assert!(refused < 400, "no boundary draw admitted");
     }
 }

@@ -279,6 +279,70 @@ fn tampered_content_is_caught_by_content_checks() {
     }
 }
 
+/// Across kernel profiles the sampling replay accepts a near-tie within `logit_tol` and
+/// nothing further; on one profile it stays exact.
+#[test]
+fn cross_profile_replay_uses_the_logit_tolerance() {
+    let t = tiny(&TinySpec::default(), 2, 0);
+    let e = &t.engine;
+    let honest = run(&t, t.id, &prompt(2), &greedy(40), 1);
+    // The same receipt as if made under another kernel profile.
+    let other = |mut r: Receipt| {
+        r.profile_id = "other-profile-v1".into();
+        r.profile_detail = "other-profile-v1/test".into();
+        reseal(&mut r, None);
+        r
+    };
+    let cfg = |tol: f32| VerifyConfig {
+        logit_tol: tol,
+        ..VerifyConfig::default()
+    };
+    let rep = verify_with(&other(honest.clone()), e, &t.id, &cfg(0.0));
+    assert!(rep.accepted(), "{:?}", rep.first_failure());
+
+    // The output position whose runner-up is closest to the max.
+    let p = honest.prompt_tokens.len();
+    let mut fed = honest.prompt_tokens.clone();
+    fed.extend_from_slice(&honest.output_tokens[..honest.output_tokens.len() - 1]);
+    let logits = e.prefill_all(&fed, p - 1).unwrap().logits;
+    let vocab = e.model.cfg.vocab;
+    let (j, runner_up, gap) = logits
+        .chunks(vocab)
+        .enumerate()
+        .map(|(i, row)| {
+            let best = deai_engine::sampler::argmax(row);
+            let (ru, lv) = row
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != best as usize)
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap();
+            (i, ru as u32, row[best as usize] - lv)
+        })
+        .min_by(|a, b| a.2.total_cmp(&b.2))
+        .unwrap();
+    assert!(gap > 0.0, "exact tie in the tiny model's logits");
+    // A worker that picked the runner-up there and stopped.
+    let mut cheat = honest.clone();
+    cheat.output_tokens.truncate(j + 1);
+    cheat.output_tokens[j] = runner_up;
+    cheat.max_tokens = (j + 1) as u32;
+    cheat.stop_reason = StopReason::MaxTokens;
+    reseal(&mut cheat, Some(e));
+    // Same profile: exact, rejected at j.
+    let rep = verify_with(&cheat, e, &t.id, &cfg(gap * 2.0));
+    assert_caught(&rep, &["sampling"]);
+    assert_eq!(rep.check("sampling").unwrap().position, Some(j as u64));
+    // Another profile: within the tolerance it is a near-tie, below it a rejection.
+    let cross = other(cheat);
+    let rep = verify_with(&cross, e, &t.id, &cfg(gap * 1.01));
+    assert!(rep.accepted(), "{:?}", rep.first_failure());
+    assert!(rep.check("sampling").unwrap().detail.contains("tolerance"));
+    let rep = verify_with(&cross, e, &t.id, &cfg(gap * 0.5));
+    assert_caught(&rep, &["sampling"]);
+    assert_eq!(rep.check("sampling").unwrap().position, Some(j as u64));
+}
+
 #[test]
 fn different_weights_are_caught() {
     let spec = TinySpec::default();
