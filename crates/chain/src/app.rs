@@ -146,10 +146,15 @@ pub struct App {
     max_block_txs: usize,
     /// Fault injection for tests: propose blocks whose state root is wrong.
     bad_proposer: Arc<std::sync::atomic::AtomicBool>,
+    /// Checks equivocation evidence in transactions (the ledger cannot).
+    evidence: Arc<crate::evidence::EvidenceCheck>,
 }
 
 impl App {
     pub fn new(genesis_state: State, max_block_txs: usize, mempool: Mempool) -> Self {
+        let evidence = Arc::new(crate::evidence::EvidenceCheck::new(
+            crate::node::participants(&genesis_state),
+        ));
         let genesis = Block::genesis(genesis_state.chain_id(), genesis_state.root());
         let gd = to_digest(genesis.digest());
         let mut states = HashMap::new();
@@ -184,6 +189,7 @@ impl App {
             genesis: Arc::new(genesis),
             max_block_txs: max_block_txs.min(deai_ledger::state::MAX_BLOCK_TXS),
             bad_proposer: Default::default(),
+            evidence,
         }
     }
 
@@ -362,6 +368,16 @@ impl App {
         }
     }
 
+    /// The next nonce `who` should use: past its finalized nonce and its pending ones here.
+    pub fn next_nonce(&self, who: &Address) -> u64 {
+        let inner = self.lock();
+        let fin = inner.finalized.account(who).nonce;
+        inner
+            .mempool
+            .last_nonce(who)
+            .map_or(fin, |n| fin.max(n + 1))
+    }
+
     pub fn is_pending(&self, id: &Hash256) -> bool {
         self.lock().mempool.contains(id)
     }
@@ -372,6 +388,13 @@ impl App {
 
     /// Admits a transaction to this node's mempool (checked against the finalized state).
     pub fn submit(&self, tx: SignedTx) -> Result<Hash256, Rejected> {
+        // A transaction given as JSON must still fit the canonical decoder's limits, or the
+        // blocks carrying it would not decode on other nodes.
+        SignedTx::decode(&tx.to_bytes())
+            .map_err(|e| Rejected::Invalid(format!("exceeds the encoding limits: {e}")))?;
+        self.evidence
+            .check_txs(std::slice::from_ref(&tx))
+            .map_err(|e| Rejected::Invalid(e.replacen("transaction 0: ", "", 1)))?;
         let mut inner = self.lock();
         let id = tx.id();
         if inner.tx_index.contains_key(&id) {
@@ -404,7 +427,7 @@ impl App {
         };
         let mut state = base;
         for b in chain.into_iter().rev() {
-            let (outcomes, events) = execute(&mut state, b.inner()).ok()?;
+            let (outcomes, events) = execute(&self.evidence, &mut state, b.inner()).ok()?;
             self.remember(b.digest(), &state, outcomes, events);
         }
         Some(state)
@@ -486,7 +509,7 @@ impl App {
         let Some(mut state) = self.state_of(ancestry).await else {
             return false;
         };
-        match execute(&mut state, block.inner()) {
+        match execute(&self.evidence, &mut state, block.inner()) {
             Ok((outcomes, events)) => {
                 self.remember(block.digest(), &state, outcomes, events);
                 true
@@ -517,7 +540,7 @@ impl App {
             Some(e) => (e.state.clone(), e.outcomes.clone(), e.events.clone()),
             None => {
                 let mut s = inner.finalized.clone();
-                let (o, ev) = execute(&mut s, b)?;
+                let (o, ev) = execute(&self.evidence, &mut s, b)?;
                 (s, o, ev)
             }
         };
@@ -553,7 +576,12 @@ impl App {
 }
 
 /// Executes `b` on `state` (which must be its parent's post-state) and checks the root.
-fn execute(state: &mut State, b: &Block) -> Result<(Vec<TxOutcome>, Vec<String>), String> {
+fn execute(
+    evidence: &crate::evidence::EvidenceCheck,
+    state: &mut State,
+    b: &Block,
+) -> Result<(Vec<TxOutcome>, Vec<String>), String> {
+    evidence.check_txs(&b.txs)?;
     let r = state
         .apply_block(b.height(), &b.txs)
         .map_err(|e| e.to_string())?;

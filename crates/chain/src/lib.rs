@@ -15,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod block;
+pub mod evidence;
 pub mod explorer_bench;
 pub mod lightclient;
 pub mod local;

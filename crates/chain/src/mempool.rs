@@ -28,6 +28,11 @@ pub struct Mempool {
 }
 
 impl Mempool {
+    /// The highest pending nonce of `who`.
+    pub fn last_nonce(&self, who: &Address) -> Option<u64> {
+        self.by_sender.get(who)?.keys().next_back().copied()
+    }
+
     pub fn new(max: usize, per_sender: u64) -> Self {
         Mempool {
             by_sender: BTreeMap::new(),

@@ -107,16 +107,58 @@ mod hex_bytes32 {
     }
 }
 
-/// A simplex reporter that keeps equivocation evidence.
+/// A simplex reporter that keeps equivocation evidence and reports it on chain
+/// (`ReportEquivocation`, signed with this validator's key) so the offender is slashed.
 #[derive(Clone)]
 pub struct EvidenceRecorder {
     participants: Set<PublicKey>,
     log: std::sync::Arc<std::sync::Mutex<Vec<Evidence>>>,
+    app: App,
+    reporter: std::sync::Arc<ed25519_dalek::SigningKey>,
+    /// (offender, view) pairs already reported by this node.
+    reported: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Reported>>>,
 }
+
+/// An (offender, view) pair.
+type Reported = ([u8; 32], u64);
 
 impl EvidenceRecorder {
     pub fn evidence(&self) -> Vec<Evidence> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Submits a `ReportEquivocation` for `e` unless this node already did, or the offender
+    /// was already slashed for that view.
+    fn report_on_chain(&self, e: &Evidence, encoded: Vec<u8>) {
+        let fresh = self
+            .reported
+            .lock()
+            .map(|mut r| r.insert((e.offender, e.view)))
+            .unwrap_or(false);
+        let state = self.app.finalized_state();
+        let done = state
+            .validator(&e.offender)
+            .is_some_and(|v| v.slashed_views.binary_search(&e.view).is_ok());
+        if !fresh || done {
+            return;
+        }
+        let from = self.reporter.verifying_key().to_bytes();
+        let tx = deai_ledger::Tx {
+            chain: state.chain_id(),
+            from,
+            nonce: self.app.next_nonce(&from),
+            fee: state.params().min_fee,
+            kind: deai_ledger::TxKind::ReportEquivocation {
+                offender: e.offender,
+                view: e.view,
+                evidence: encoded,
+            },
+        }
+        .sign(&self.reporter);
+        match self.app.submit(tx) {
+            Ok(id) => tracing::info!(%id, view = e.view, "reported equivocation"),
+            Err(err) => tracing::warn!(%err, view = e.view, "equivocation report refused"),
+        }
     }
 }
 
@@ -135,12 +177,14 @@ impl commonware_consensus::Reporter for EvidenceRecorder {
         let Some(pk) = self.participants.get(signer.get() as usize) else {
             return commonware_actor::Feedback::Ok;
         };
+        let bytes = commonware_codec::Encode::encode(&a).to_vec();
         let e = Evidence {
             offender: address(pk),
             kind,
             view: view.get(),
-            encoded: hex::encode(commonware_codec::Encode::encode(&a)),
+            encoded: hex::encode(&bytes),
         };
+        self.report_on_chain(&e, bytes);
         tracing::warn!(
             offender = hex::encode(e.offender),
             kind,
@@ -317,9 +361,16 @@ where
     });
 
     // --- simplex ---
+    let seed: [u8; 32] = commonware_codec::Encode::encode(&cfg.signer)
+        .as_ref()
+        .try_into()
+        .expect("an ed25519 private key encodes as its 32-byte seed");
     let evidence = EvidenceRecorder {
         participants: cfg.participants.clone(),
         log: Default::default(),
+        app: app.clone(),
+        reporter: std::sync::Arc::new(ed25519_dalek::SigningKey::from_bytes(&seed)),
+        reported: Default::default(),
     };
     let wrapper = Inline::new(
         context.child("inline"),

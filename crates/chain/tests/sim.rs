@@ -392,6 +392,64 @@ fn an_equivocating_validator_cannot_split_finality_and_leaves_evidence() {
             evidence.iter().all(|e| e.offender == addr(3)),
             "{evidence:?}"
         );
+        // The honest nodes reported it on chain and validator 3 was slashed: half of the
+        // slash to a reporter, the rest burned, once per view.
+        let stake0 = genesis_state().account(&addr(3)).stake;
+        let mut h = 12;
+        loop {
+            let s = refs[0].app.finalized_state();
+            let v = s.validator(&addr(3)).expect("validator 3").clone();
+            if !v.slashed_views.is_empty() {
+                assert!(v.slashed > 0);
+                assert!(s.account(&addr(3)).stake < stake0);
+                assert!(s.meta().burned > 0);
+                let mut views = v.slashed_views.clone();
+                views.dedup();
+                assert_eq!(views, v.slashed_views, "a view slashed twice");
+                s.audit().unwrap();
+                break;
+            }
+            h += 5;
+            assert!(h < 200, "validator 3 never slashed");
+            wait_height(&ctx, &refs, h).await;
+        }
+        assert_agree(&refs, h);
+
+        // The evidence check: the recorded evidence verifies; forged or misattributed
+        // evidence is refused by the mempool (and would make a block invalid).
+        let e = &evidence[0];
+        let bytes = hex::decode(&e.encoded).unwrap();
+        let check = deai_chain::evidence::EvidenceCheck::new(node::participants(&genesis_state()));
+        check.check(&addr(3), e.view, &bytes).unwrap();
+        let err = check.check(&addr(2), e.view, &bytes).unwrap_err();
+        assert!(err.contains("not by the reported validator"), "{err}");
+        let err = check.check(&addr(3), e.view + 1, &bytes).unwrap_err();
+        assert!(err.contains("not"), "{err}");
+        let mut forged = bytes.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1; // inside the second vote's signature
+        let err = check.check(&addr(3), e.view, &forged).unwrap_err();
+        assert!(
+            err.contains("do not verify") || err.contains("decode"),
+            "{err}"
+        );
+        assert!(check.check(&addr(3), e.view, &[9, 9, 9]).is_err());
+        let reporter = SigningKey::from_bytes(&seed(1));
+        let s = refs[0].app.finalized_state();
+        let tx = Tx {
+            chain: s.chain_id(),
+            from: addr(1),
+            nonce: refs[0].app.next_nonce(&addr(1)),
+            fee: s.params().min_fee,
+            kind: TxKind::ReportEquivocation {
+                offender: addr(3),
+                view: e.view,
+                evidence: forged,
+            },
+        }
+        .sign(&reporter);
+        let err = refs[0].app.submit(tx).unwrap_err().to_string();
+        assert!(err.contains("evidence"), "{err}");
     });
 }
 

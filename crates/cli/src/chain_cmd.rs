@@ -166,6 +166,18 @@ pub enum TxCmd {
         #[arg(long)]
         vote: String,
     },
+    /// Report a validator's conflicting votes (an entry of `GET /v1/evidence`); nodes check
+    /// the evidence and the ledger slashes the offender once per view.
+    ReportEquivocation {
+        /// The validator's address (`offender`).
+        #[arg(long)]
+        offender: String,
+        #[arg(long)]
+        view: u64,
+        /// The encoded simplex activity, hex (`encoded`).
+        #[arg(long)]
+        evidence: String,
+    },
 }
 
 #[derive(Args)]
@@ -419,6 +431,26 @@ pub fn tx(a: TxArgs) -> Result<()> {
                 v => bail!("--vote must be yes or no, not {v:?}"),
             },
         },
+        TxCmd::ReportEquivocation {
+            offender,
+            view,
+            evidence,
+        } => {
+            let evidence = hex::decode(evidence.trim())
+                .map_err(|e| anyhow::anyhow!("--evidence is not hex: {e}"))?;
+            if evidence.len() > deai_ledger::tx::MAX_EVIDENCE {
+                bail!(
+                    "--evidence is {} bytes, the limit is {}",
+                    evidence.len(),
+                    deai_ledger::tx::MAX_EVIDENCE
+                );
+            }
+            TxKind::ReportEquivocation {
+                offender: parse_addr(&offender)?,
+                view,
+                evidence,
+            }
+        }
     };
     let status = get(&format!("{url}/v1/status"))?;
     let chain = parse_hash(

@@ -201,6 +201,41 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
             vec!["chain", "run", "--dir", "/nonexistent/chain"],
             "no chain",
         ),
+        // Forged equivocation evidence: the node refuses it before it reaches a block.
+        (
+            vec![
+                "tx",
+                "--url",
+                &url,
+                "--key",
+                key_s,
+                "report-equivocation",
+                "--offender",
+                &to,
+                "--view",
+                "3",
+                "--evidence",
+                "0a0b0c",
+            ],
+            "evidence does not decode",
+        ),
+        (
+            vec![
+                "tx",
+                "--url",
+                &url,
+                "--key",
+                key_s,
+                "report-equivocation",
+                "--offender",
+                &to,
+                "--view",
+                "3",
+                "--evidence",
+                "xyz",
+            ],
+            "not hex",
+        ),
     ] {
         let o = deai(home.path(), &args);
         assert!(!o.status.success(), "{args:?}");

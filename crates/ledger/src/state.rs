@@ -209,7 +209,14 @@ pub struct Validator {
     pub registered_at: u64,
     pub verdicts: u64,
     pub earned: u64,
+    /// Total taken from its stake for equivocation.
+    pub slashed: u64,
+    /// Views it was slashed for (sorted; at most [`MAX_SLASHED_VIEWS`], the newest kept).
+    pub slashed_views: Vec<u64>,
 }
+
+/// How many slashed views a validator record keeps (older views can no longer be reported).
+pub const MAX_SLASHED_VIEWS: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -549,6 +556,8 @@ impl State {
                     registered_at: 0,
                     verdicts: 0,
                     earned: 0,
+                    slashed: 0,
+                    slashed_views: vec![],
                 },
             );
             s.dirty.insert(Key::Validator(v.address));
@@ -922,6 +931,8 @@ impl State {
                         registered_at: prev.as_ref().map_or(h, |v| v.registered_at),
                         verdicts: prev.as_ref().map_or(0, |v| v.verdicts),
                         earned: prev.as_ref().map_or(0, |v| v.earned),
+                        slashed: prev.as_ref().map_or(0, |v| v.slashed),
+                        slashed_views: prev.map(|v| v.slashed_views).unwrap_or_default(),
                     },
                 );
                 self.dirty.insert(Key::Validator(from));
@@ -1052,6 +1063,9 @@ impl State {
                 Ok(())
             }
             TxKind::Verdict { job, accept } => self.verdict(from, *job, *accept),
+            TxKind::ReportEquivocation { offender, view, .. } => {
+                self.report_equivocation(from, *offender, *view)
+            }
             TxKind::Propose { change } => {
                 if self.account(&from).stake == 0 {
                     return err("only stakers may propose");
@@ -1201,19 +1215,14 @@ impl State {
         self.events.push(format!("job {} accepted", id.short()));
     }
 
-    /// Refunds the client, slashes the worker (stake first, then unbonding funds), pays the
-    /// challenger half of the slash plus its bond back (or the rejecting validators, if
-    /// there was no challenger) and burns the rest.
-    fn reject_job(&mut self, id: Hash256) {
-        let h = self.meta.height;
-        let j = self.jobs[&id].clone();
-        let worker = j.worker.expect("rejected jobs have a worker");
-        let acct = self.account(&worker);
+    /// Takes `slash_bps` of what `who` holds (stake first, then the newest unbonding
+    /// entries) and returns the amount taken; the caller decides where it goes.
+    fn slash_holdings(&mut self, who: &Address) -> u64 {
+        let acct = self.account(who);
         let held = (acct.stake as u128 + acct.unbonding_total()).min(u64::MAX as u128) as u64;
         let slash = bps_of(held, self.meta.params.slash_bps);
-        // Take the slash from stake, then from the newest unbonding entries.
         let mut left = slash;
-        let a = self.acct_mut(&worker);
+        let a = self.acct_mut(who);
         let from_stake = left.min(a.stake);
         a.stake -= from_stake;
         left -= from_stake;
@@ -1229,6 +1238,53 @@ impl State {
             }
         }
         self.meta.total_stake -= from_stake;
+        slash
+    }
+
+    /// Slashes a validator for equivocating in `view` (the chain has checked the evidence):
+    /// once per view, half to the reporter, the rest burned.
+    fn report_equivocation(&mut self, reporter: Address, offender: Address, view: u64) -> Res {
+        let Some(v) = self.validators.get(&offender) else {
+            return err("the reported key is not a registered validator");
+        };
+        if v.slashed_views.binary_search(&view).is_ok() {
+            return err(format!("already slashed for view {view}"));
+        }
+        if v.slashed_views.len() >= MAX_SLASHED_VIEWS && v.slashed_views[0] > view {
+            return err(format!(
+                "view {view} is older than the {MAX_SLASHED_VIEWS} views this validator was slashed for"
+            ));
+        }
+        let slash = self.slash_holdings(&offender);
+        if slash == 0 {
+            return err("the validator holds nothing to slash");
+        }
+        let reward = slash / 2;
+        self.credit(&reporter, reward);
+        self.meta.burned += slash - reward;
+        let v = self.validators.get_mut(&offender).expect("checked above");
+        v.slashed += slash;
+        let at = v.slashed_views.partition_point(|x| *x < view);
+        v.slashed_views.insert(at, view);
+        if v.slashed_views.len() > MAX_SLASHED_VIEWS {
+            v.slashed_views.remove(0);
+        }
+        self.dirty.insert(Key::Validator(offender));
+        self.events.push(format!(
+            "validator {} slashed {slash} for equivocation in view {view}",
+            hex::encode(&offender[..4])
+        ));
+        Ok(())
+    }
+
+    /// Refunds the client, slashes the worker (stake first, then unbonding funds), pays the
+    /// challenger half of the slash plus its bond back (or the rejecting validators, if
+    /// there was no challenger) and burns the rest.
+    fn reject_job(&mut self, id: Hash256) {
+        let h = self.meta.height;
+        let j = self.jobs[&id].clone();
+        let worker = j.worker.expect("rejected jobs have a worker");
+        let slash = self.slash_holdings(&worker);
         let reward = slash / 2;
         let mut challenger_paid = 0;
         let mut burned = slash - reward;

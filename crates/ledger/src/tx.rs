@@ -18,6 +18,8 @@ pub const MAX_TX_BYTES: usize = 4096;
 pub const MAX_STR: usize = 256;
 /// Most models one worker may register.
 pub const MAX_MODELS: usize = 16;
+/// Largest equivocation evidence (two simplex votes take about 300 bytes).
+pub const MAX_EVIDENCE: usize = 2048;
 
 const SIGN_DOMAIN: &[u8] = b"deai-tx-v1";
 
@@ -160,6 +162,18 @@ pub enum TxKind {
     Verdict {
         job: Hash256,
         accept: bool,
+    },
+    /// Reports a consensus validator that signed two conflicting votes in one view.
+    /// `evidence` is the simplex activity as commonware encodes it. The chain checks it
+    /// (both signatures, the signer is `offender`, the view is `view`) before a block that
+    /// carries it is proposed or voted for; the ledger applies the record rules: the
+    /// offender's stake is slashed once per view, half to the reporter, the rest burned.
+    ReportEquivocation {
+        #[serde(with = "hex_addr")]
+        offender: Address,
+        view: u64,
+        #[serde(with = "hex_vec")]
+        evidence: Vec<u8>,
     },
     Propose {
         change: ParamChange,
@@ -317,6 +331,13 @@ impl TxKind {
             TxKind::Vote { proposal, yes } => {
                 w.u8(10).u64(*proposal).bool(*yes);
             }
+            TxKind::ReportEquivocation {
+                offender,
+                view,
+                evidence,
+            } => {
+                w.u8(11).raw(offender).u64(*view).bytes(evidence);
+            }
         }
     }
 
@@ -384,6 +405,11 @@ impl TxKind {
                 proposal: r.u64("proposal")?,
                 yes: r.bool("yes")?,
             },
+            11 => TxKind::ReportEquivocation {
+                offender: r.arr("offender")?,
+                view: r.u64("view")?,
+                evidence: r.bytes("evidence", MAX_EVIDENCE)?.to_vec(),
+            },
             t => {
                 return Err(DecodeError::UnknownTag {
                     what: "tx kind",
@@ -407,6 +433,7 @@ impl TxKind {
             TxKind::Verdict { .. } => "verdict",
             TxKind::Propose { .. } => "propose",
             TxKind::Vote { .. } => "vote",
+            TxKind::ReportEquivocation { .. } => "report_equivocation",
         }
     }
 }
@@ -515,6 +542,17 @@ pub mod hex_addr_opt {
             Ok(out)
         })
         .transpose()
+    }
+}
+
+mod hex_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s.trim()).map_err(serde::de::Error::custom)
     }
 }
 

@@ -226,6 +226,42 @@ fn rejected_job_refunds_client_and_slashes_worker_to_the_challenger() {
 }
 
 #[test]
+fn an_equivocating_validator_is_slashed_once_per_view_and_the_reporter_paid() {
+    let mut c = Chain::new();
+    let (reporter0, burned0, supply0) = (c.bal(13), c.s.meta().burned, c.s.meta().supply);
+    let stake0 = c.s.account(&addr(3)).stake;
+    let report = |view| TxKind::ReportEquivocation {
+        offender: addr(3),
+        view,
+        evidence: vec![1, 2, 3],
+    };
+    c.ok(13, report(7));
+    let slash = stake0 * c.s.params().slash_bps / BPS;
+    assert_eq!(c.s.account(&addr(3)).stake, stake0 - slash);
+    assert_eq!(c.bal(13), reporter0 - 1 + slash / 2);
+    assert_eq!(c.s.meta().burned - burned0, slash - slash / 2);
+    let v = c.s.validator(&addr(3)).unwrap();
+    assert_eq!((v.slashed, v.slashed_views.clone()), (slash, vec![7]));
+    // The same view again (say, its conflicting finalize) is refused; another view is not.
+    assert!(c.fails(12, report(7)).contains("already slashed"));
+    c.ok(12, report(9));
+    assert_eq!(c.s.validator(&addr(3)).unwrap().slashed_views, vec![7, 9]);
+    // Only registered validators can be reported.
+    let err = c.fails(
+        12,
+        TxKind::ReportEquivocation {
+            offender: addr(WORKER),
+            view: 1,
+            evidence: vec![],
+        },
+    );
+    assert!(err.contains("not a registered validator"), "{err}");
+    // Money is conserved: slashes go to reporters and the burn.
+    assert_eq!(c.s.meta().supply, supply0);
+    c.s.audit().unwrap();
+}
+
+#[test]
 fn accepted_challenge_pays_the_bond_to_the_worker_and_the_fee_to_validators() {
     let mut c = Chain::new();
     c.setup_worker(WORKER, 100);
@@ -618,6 +654,11 @@ fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
         job.clone().prop_map(|job| TxKind::Challenge { job }),
         (job, any::<bool>()).prop_map(|(job, accept)| TxKind::Verdict { job, accept }),
         (0u64..3, any::<bool>()).prop_map(|(proposal, yes)| TxKind::Vote { proposal, yes }),
+        (1u8..6, 0u64..4).prop_map(|(v, view)| TxKind::ReportEquivocation {
+            offender: addr(v),
+            view,
+            evidence: vec![v; 8],
+        }),
         Just(TxKind::Propose {
             change: ParamChange::Set {
                 param: Param::ChallengeWindow,
