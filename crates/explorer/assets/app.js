@@ -461,6 +461,7 @@
         { label: 'Share', cell: (v) => h('div', { class: 'share' }, bar([[v.stake, 'c2']], total), h('span', { class: 'small' }, fmt2(pct(v.stake, total), 1) + ' %')) },
         { label: 'Verdicts', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).verdicts) },
         { label: 'Earned', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).earned) },
+        { label: 'Slashed', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).slashed) },
         { label: 'Endpoint', cell: (v) => mono((validatorInfo.get(v.address) || {}).endpoint || '—') },
       ], vals, { label: 'Validators' }) : empty('No validators.'));
     };
@@ -648,7 +649,8 @@
     if (validator) {
       const v = validator.validator || {};
       view.append(card('Validator', kv([['Stake', fmt(validator.stake)], ['Verdicts cast', fmt(v.verdicts)],
-        ['Earned', fmt(v.earned)], ['Endpoint', mono(v.endpoint || '—')], ['Registered at', blockLink(v.registered_at)]])));
+        ['Earned', fmt(v.earned)], ['Slashed for equivocation', (v.slashed_views || []).length ? fmt(v.slashed) + ' (views ' + v.slashed_views.join(', ') + ')' : '—'],
+        ['Endpoint', mono(v.endpoint || '—')], ['Registered at', blockLink(v.registered_at)]])));
     }
     const txBox = h('div', null, loading()), jobBox = h('div', null, loading());
     view.append(card('Transactions', txBox), card('Jobs', jobBox));
