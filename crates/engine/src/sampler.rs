@@ -138,19 +138,25 @@ pub fn sample(logits: &[f32], p: &SamplingParams, position: u64) -> u32 {
     cand[kept - 1].0
 }
 
-/// Could `tok` be the pick at `position` on another kernel profile, whose logits differ from
-/// `logits` by at most `tol` in every logit *difference* `l_j - l_i` (the only thing argmax
-/// and softmax see)? This is the cross-profile acceptance rule of `deai-sampler-v1`; on one
-/// profile logits are bit-identical and a verifier compares [`sample`] exactly.
+/// Could `tok` be the pick at `position` on another kernel profile, whose logit differences
+/// `l_j - l_i` (the only thing argmax and softmax see) are each within `tol` of these? This
+/// is the cross-profile acceptance rule of `deai-sampler-v1`; on one profile logits are
+/// bit-identical and a verifier compares [`sample`] exactly.
 ///
 /// - Greedy: `tok` is accepted iff `max - l_tok <= tol` (a near-tie).
-/// - Sampled: a candidate `j` is surely ranked before `tok` iff `l_j > l_tok + tol`, and may
-///   be iff `l_j >= l_tok - tol`. With `r = exp(tol / T)` each weight `exp((l_j - l_max) / T)`
-///   may move by a factor in `[1/r, r]`. `tok` is accepted iff it may be in the top-k (fewer
-///   than `top_k` candidates surely before it), may be in the top-p nucleus (the mass surely
-///   before it, shrunk, is below `top_p` of the largest possible total) and the draw `u` lies
-///   in the widest interval it can occupy: from `before_min / total_max` up to
-///   `(before_max + w_tok r) / (top_p total_min)` (capped at 1).
+/// - Sampled: a candidate `j` surely ranks before `tok` iff `l_j > l_tok + tol`, may rank
+///   before it iff `l_j >= l_tok - tol`, and surely after it otherwise. Each weight
+///   `exp((l_j - l_max) / T)` may move by a factor in `[exp(-tol/T), exp(tol/T)]`. The other
+///   profile picks `tok` iff its draw `u` satisfies `B / K <= u < (B + w_tok) / K`, with `B`
+///   the kept mass before `tok` and `K` the kept total. With `B_min` (surely-before, shrunk),
+///   `A_max` (everything that may be kept from `tok` on, grown), `X_max` (`B` + `w_tok`,
+///   grown) and `Y_min` (surely-after candidates surely in the top-k, shrunk):
+///   `B / K >= B_min / (B_min + A_max)` and, since the nucleus keeps at least `top_p` of the
+///   total, `(B + w_tok) / K <= X_max / max(X_max, top_p (X_max + Y_min))`. `tok` is accepted
+///   iff fewer than `top_k` candidates surely rank before it, it may be in the top-k, the
+///   lower bound is below `top_p` (it may be in the nucleus), and `u` lies between the two
+///   bounds. Sums are taken in the log domain, so a low temperature tightens the rule
+///   towards the greedy one instead of overflowing.
 ///
 /// The bounds are sound: every pick of a sampler whose logit differences are within `tol` of
 /// these passes. What a cheater gains from them is measured by `deai calibrate`. `tol <= 0`
@@ -194,19 +200,14 @@ pub fn accepts_within(
         return false;
     }
     let temp = p.temperature as f64;
-    let w = |l: f64| libm::exp((l - lmax) / temp);
-    let (mut surely_before, mut w_sure_before, mut w_maybe_before) = (0usize, 0.0, 0.0);
-    let (mut w_possible, mut w_sure) = (0.0, 0.0);
-    for &l in logits.iter().filter(|v| !v.is_nan()) {
-        let l = l as f64;
-        let wl = w(l);
-        if l >= possible {
-            w_possible += wl;
-        }
-        if l > sure {
-            w_sure += wl;
-        }
-    }
+    // Log-weights, shrunk and grown by the tolerance.
+    let lo_w = |l: f64| (l - lmax - tol) / temp;
+    let hi_w = |l: f64| (l - lmax + tol) / temp;
+    let (mut b_min, mut a_max, mut x_max, mut y_min) =
+        (Lse::new(), Lse::new(), Lse::new(), Lse::new());
+    let mut surely_before = 0usize;
+    a_max.add(hi_w(lt));
+    x_max.add(hi_w(lt));
     for (j, &l) in logits.iter().enumerate() {
         if j == t || l.is_nan() {
             continue;
@@ -214,27 +215,70 @@ pub fn accepts_within(
         let l = l as f64;
         if l > lt + tol {
             surely_before += 1;
-            w_sure_before += w(l);
+            b_min.add(lo_w(l));
+            x_max.add(hi_w(l));
         } else if l >= lt - tol {
-            w_maybe_before += w(l);
+            if l >= possible {
+                a_max.add(hi_w(l));
+            }
+            x_max.add(hi_w(l));
+        } else {
+            if l >= possible {
+                a_max.add(hi_w(l));
+            }
+            if l > sure {
+                y_min.add(lo_w(l));
+            }
         }
     }
     if p.top_k > 0 && surely_before >= p.top_k {
         return false;
     }
-    let r = libm::exp(tol / temp);
     let top_p = p.top_p as f64;
-    let total_max = w_possible * r;
-    let total_min = w_sure / r;
-    let before_min = w_sure_before / r;
-    let before_max = (w_sure_before + w_maybe_before) * r;
-    if before_min >= top_p * total_max {
+    // B / K >= B_min / (B_min + A_max) = 1 / (1 + A_max / B_min).
+    let lo = 1.0 / (1.0 + (a_max.get() - b_min.get()).exp());
+    if lo >= top_p {
         return false;
     }
-    let lo = before_min / total_max;
-    let hi = (before_max + w(lt) * r) / (top_p * total_min);
+    // (B + w) / K <= 1 / (top_p (1 + Y_min / X_max)), capped at 1.
+    let hi = (1.0 / (top_p * (1.0 + (y_min.get() - x_max.get()).exp()))).min(1.0);
     let u = uniform(p.seed, position);
-    u >= lo && (hi.is_nan() || hi >= 1.0 || u < hi)
+    u >= lo && (hi >= 1.0 || u < hi)
+}
+
+/// A running log-sum-exp (empty: minus infinity).
+struct Lse {
+    max: f64,
+    sum: f64,
+}
+
+impl Lse {
+    fn new() -> Self {
+        Lse {
+            max: f64::NEG_INFINITY,
+            sum: 0.0,
+        }
+    }
+
+    fn add(&mut self, x: f64) {
+        if x.is_nan() || x == f64::NEG_INFINITY {
+            return;
+        }
+        if x > self.max {
+            self.sum = self.sum * (self.max - x).exp() + 1.0;
+            self.max = x;
+        } else {
+            self.sum += (x - self.max).exp();
+        }
+    }
+
+    fn get(&self) -> f64 {
+        if self.max == f64::NEG_INFINITY {
+            f64::NEG_INFINITY
+        } else {
+            self.max + self.sum.ln()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -337,6 +381,7 @@ mod tests {
         let tol = 0.05f32;
         let settings = [
             params(0.0, 0, 1.0, 0),
+            params(0.02, 0, 1.0, 2),
             params(0.8, 0, 1.0, 3),
             params(0.8, 40, 0.95, 4),
             params(1.3, 5, 0.5, 5),
@@ -380,6 +425,16 @@ mod tests {
             assert!(!accepts_within(&flat, &s, pos, 3, 0.05));
             assert!(!accepts_within(&flat, &s, pos, 0, 0.05));
         }
+        // A low temperature is nearly greedy: a token 1.0 below the max is refused at every
+        // position, one within the tolerance of the max may be accepted.
+        let cold = params(0.01, 0, 1.0, 13);
+        let l = [0.0f32, 5.0, 4.0, 4.98];
+        for pos in 0..100 {
+            assert!(!accepts_within(&l, &cold, pos, 2, 0.05), "pos {pos}");
+            assert!(!accepts_within(&l, &cold, pos, 0, 0.05), "pos {pos}");
+        }
+        assert!((0..100)
+            .any(|pos| accepts_within(&l, &cold, pos, 3, 0.05) && sample(&l, &cold, pos) != 3));
         // Between two candidates whose order is certain (their logits differ by more than
         // the tolerance), a small tolerance admits the other one only for draws near the
         // boundary: most positions still refuse it. (Candidates within `tol` of each other
