@@ -396,6 +396,19 @@ impl App {
             .check_txs(std::slice::from_ref(&tx))
             .map_err(|e| Rejected::Invalid(e.replacen("transaction 0: ", "", 1)))?;
         let mut inner = self.lock();
+        if let TxKind::ReportEquivocation { offender, view, .. } = &tx.tx.kind {
+            // Every honest validator reports the same evidence: refuse the late ones here
+            // rather than let them fail on chain and pay a fee.
+            let done = inner
+                .finalized
+                .validator(offender)
+                .is_some_and(|v| v.slashed_views.binary_search(view).is_ok());
+            if done {
+                return Err(Rejected::Invalid(format!(
+                    "the validator was already slashed for view {view}"
+                )));
+            }
+        }
         let id = tx.id();
         if inner.tx_index.contains_key(&id) {
             return Err(Rejected::Stale {

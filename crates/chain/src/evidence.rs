@@ -34,7 +34,8 @@ impl EvidenceCheck {
 
     /// Is `evidence` a validly signed pair of conflicting votes by `offender` in `view`?
     pub fn check(&self, offender: &[u8; 32], view: u64, evidence: &[u8]) -> Result<(), String> {
-        let cfg = <Scheme as commonware_cryptography::certificate::Verifier>::certificate_codec_config_unbounded();
+        let cfg =
+            commonware_cryptography::certificate::Verifier::certificate_codec_config(&self.scheme);
         let a = <Activity<Scheme, Digest> as commonware_codec::Decode>::decode_cfg(
             bytes::Bytes::copy_from_slice(evidence),
             &cfg,

@@ -130,18 +130,12 @@ impl EvidenceRecorder {
     /// Submits a `ReportEquivocation` for `e` unless this node already did, or the offender
     /// was already slashed for that view.
     fn report_on_chain(&self, e: &Evidence, encoded: Vec<u8>) {
-        let fresh = self
-            .reported
-            .lock()
-            .map(|mut r| r.insert((e.offender, e.view)))
-            .unwrap_or(false);
-        let state = self.app.finalized_state();
-        let done = state
-            .validator(&e.offender)
-            .is_some_and(|v| v.slashed_views.binary_search(&e.view).is_ok());
-        if !fresh || done {
+        let key = (e.offender, e.view);
+        if self.reported.lock().map_or(true, |r| r.contains(&key)) {
             return;
         }
+        // O(1): the state is a set of persistent maps.
+        let state = self.app.finalized_state();
         let from = self.reporter.verifying_key().to_bytes();
         let tx = deai_ledger::Tx {
             chain: state.chain_id(),
@@ -156,7 +150,14 @@ impl EvidenceRecorder {
         }
         .sign(&self.reporter);
         match self.app.submit(tx) {
-            Ok(id) => tracing::info!(%id, view = e.view, "reported equivocation"),
+            Ok(id) => {
+                if let Ok(mut r) = self.reported.lock() {
+                    r.insert(key);
+                }
+                tracing::info!(%id, view = e.view, "reported equivocation")
+            }
+            // Already slashed, or a nonce taken meanwhile: the next report of this evidence
+            // (simplex reports each conflicting vote) tries again.
             Err(err) => tracing::warn!(%err, view = e.view, "equivocation report refused"),
         }
     }

@@ -238,7 +238,7 @@ struct HiddenOut {
 const HIDDEN_SCRIPT: &str = "llamacpp_hidden.py";
 const LOGITS_SCRIPT: &str = "llamacpp_logits.py";
 /// llama.cpp logits compared per position: its `LOGITS_TOP` largest.
-const LOGITS_TOP: usize = 32;
+const LOGITS_TOP: usize = 64;
 
 fn llamacpp_hidden(
     py: &Path,
@@ -316,29 +316,37 @@ fn llamacpp_logits(
     Ok((out.n_vocab, out.rows))
 }
 
-/// The cross-profile logit comparison behind [`deai_proof::verify::LOGIT_TOL`].
+/// The cross-profile logit comparison behind [`deai_proof::verify::GREEDY_TOL`] and
+/// [`deai_proof::verify::LOGIT_TOL`].
 #[derive(Default, serde::Serialize)]
 struct LogitStats {
     rows: usize,
     /// Rows where llama.cpp's argmax differs from deai's.
     argmax_flips: usize,
-    /// Worst, over rows, of the largest change of a logit difference `l_a - l_j` (a =
-    /// llama.cpp's argmax, j over its top 32) between the two profiles.
-    honest_worst_diff: f64,
-    /// The same worst change, over only the candidates within 1, 2, 4 and 8 logits of
-    /// llama.cpp's max.
-    worst_diff_within: [f64; 4],
     /// Worst gap, in deai's logits, between deai's max and llama.cpp's greedy pick.
     honest_worst_greedy_gap: f64,
-    /// The derived tolerance: 1.5 x the larger of the worst change within 1 logit of the max
-    /// (the candidates a near-tie or a sampled boundary is about) and the worst greedy gap,
-    /// rounded up to 2 significant digits.
-    derived_tol: f64,
-    /// Share of rows where the tolerance lets a greedy worker pick another token than the
-    /// exact argmax (deai's runner-up within `tol` of its max).
+    /// Worst width, over rows, of the window holding the shifts `deai_j - llama_j` of the
+    /// candidates within 1, 2, 4 and 8 logits of llama.cpp's max, and of all its top 64 (the
+    /// premise of `accepts_within`: every pairwise logit difference moves by at most this).
+    worst_window_within: [f64; 5],
+    /// 1.5 x the worst greedy gap, rounded up to 2 significant digits.
+    derived_greedy_tol: f64,
+    /// 1.5 x the worst window within 4 logits of the max (candidates carrying all but a
+    /// sliver of the mass at T 0.8), rounded up.
+    derived_logit_tol: f64,
+    /// Honest cross-profile picks checked with the derived tolerances: llama.cpp's greedy
+    /// pick, and its seeded pick (T 0.8, top-k 40, top-p 0.95, 4 seeds, from its top 64
+    /// logits) verified against deai's logits. Picks that differ from deai's exact pick, and
+    /// how many of those the rule would reject (false rejections).
+    greedy_picks: usize,
+    greedy_flips: usize,
+    greedy_false_rejects: usize,
+    sampled_picks: usize,
+    sampled_flips: usize,
+    sampled_false_rejects: usize,
+    /// Share of rows where the tolerance lets a cheater pick another token than the exact
+    /// pick (greedy with the greedy tolerance; sampled with the sampling one, seed 1).
     cheat_freedom_greedy: f64,
-    /// Same for seeded sampling (T 0.8, top-k 40, top-p 0.95): rows where some token other
-    /// than the exact pick is accepted.
     cheat_freedom_sampled: f64,
 }
 
@@ -353,48 +361,81 @@ fn margin_tol(h: f64) -> f64 {
 }
 
 fn logit_stats(deai: &[Vec<f32>], llama: &[TopLogits], vocab: usize) -> Result<LogitStats> {
+    use deai_engine::sampler::{accepts_within, argmax, sample};
     let mut st = LogitStats::default();
     for (row, top) in deai.iter().zip(llama) {
         if row.len() != vocab {
             bail!("deai logits row of {} values, expected {vocab}", row.len());
         }
+        if top.iter().any(|&(j, _)| j as usize >= vocab) {
+            bail!("llama.cpp named a token outside the vocabulary");
+        }
         let (a, la) = top[0];
-        let d = deai_engine::sampler::argmax(row);
+        let d = argmax(row);
         st.rows += 1;
         st.argmax_flips += usize::from(a != d);
-        let da = row[a as usize] as f64;
-        st.honest_worst_greedy_gap = st.honest_worst_greedy_gap.max(row[d as usize] as f64 - da);
-        for &(j, lj) in top {
-            let dev = ((da - row[j as usize] as f64) - (la as f64 - lj as f64)).abs();
-            st.honest_worst_diff = st.honest_worst_diff.max(dev);
-            for (w, worst) in [1.0, 2.0, 4.0, 8.0].iter().zip(&mut st.worst_diff_within) {
-                if (la - lj) as f64 <= *w {
-                    *worst = worst.max(dev);
-                }
-            }
+        st.honest_worst_greedy_gap = st
+            .honest_worst_greedy_gap
+            .max((row[d as usize] - row[a as usize]) as f64);
+        for (w, worst) in [1.0, 2.0, 4.0, 8.0, f64::INFINITY]
+            .iter()
+            .zip(&mut st.worst_window_within)
+        {
+            let shifts = top
+                .iter()
+                .filter(|&&(_, lj)| (la - lj) as f64 <= *w)
+                .map(|&(j, lj)| row[j as usize] as f64 - lj as f64);
+            let (lo, hi) = shifts.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                (lo.min(x), hi.max(x))
+            });
+            *worst = worst.max(hi - lo);
         }
     }
-    st.derived_tol = margin_tol(st.worst_diff_within[0].max(st.honest_worst_greedy_gap));
-    let tol = st.derived_tol as f32;
-    let sampled = SamplingParams {
+    st.derived_greedy_tol = margin_tol(st.honest_worst_greedy_gap);
+    st.derived_logit_tol = margin_tol(st.worst_window_within[2]);
+    let (gtol, stol) = (st.derived_greedy_tol as f32, st.derived_logit_tol as f32);
+    let greedy = SamplingParams::default();
+    let sampled = |seed| SamplingParams {
         temperature: 0.8,
         top_k: 40,
         top_p: 0.95,
-        seed: 1,
+        seed,
     };
     let (mut free_g, mut free_s) = (0usize, 0usize);
-    for (pos, row) in deai.iter().enumerate() {
+    let mut other = vec![f32::NEG_INFINITY; vocab];
+    for (pos, (row, top)) in deai.iter().zip(llama).enumerate() {
+        let pos = pos as u64;
+        // Honest picks of the other profile, checked against deai's logits.
+        other.fill(f32::NEG_INFINITY);
+        for &(j, lj) in top {
+            other[j as usize] = lj;
+        }
+        let pick = sample(&other, &greedy, pos);
+        st.greedy_picks += 1;
+        if pick != sample(row, &greedy, pos) {
+            st.greedy_flips += 1;
+            st.greedy_false_rejects += usize::from(!accepts_within(row, &greedy, pos, pick, gtol));
+        }
+        for seed in 1..=4 {
+            let p = sampled(seed);
+            let pick = sample(&other, &p, pos);
+            st.sampled_picks += 1;
+            if pick != sample(row, &p, pos) {
+                st.sampled_flips += 1;
+                st.sampled_false_rejects += usize::from(!accepts_within(row, &p, pos, pick, stol));
+            }
+        }
+        // What the tolerances let a cheater choose among deai's 64 best candidates.
         let mut ids: Vec<u32> = (0..row.len() as u32).collect();
         ids.select_nth_unstable_by(63, |x, y| row[*y as usize].total_cmp(&row[*x as usize]));
         ids.truncate(64);
-        let free = |p: &SamplingParams| {
-            let pick = deai_engine::sampler::sample(row, p, pos as u64);
-            ids.iter().any(|&t| {
-                t != pick && deai_engine::sampler::accepts_within(row, p, pos as u64, t, tol)
-            })
+        let free = |p: &SamplingParams, tol: f32| {
+            let exact = sample(row, p, pos);
+            ids.iter()
+                .any(|&t| t != exact && accepts_within(row, p, pos, t, tol))
         };
-        free_g += usize::from(free(&SamplingParams::default()));
-        free_s += usize::from(free(&sampled));
+        free_g += usize::from(free(&greedy, gtol));
+        free_s += usize::from(free(&sampled(1), stol));
     }
     st.cheat_freedom_greedy = free_g as f64 / st.rows.max(1) as f64;
     st.cheat_freedom_sampled = free_s as f64 / st.rows.max(1) as f64;
@@ -692,7 +733,8 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
                 "llamacpp_cosine": {"min": min_cos, "mean": mean_cos, "rows": nrows},
                 "logits": lstats,
                 "logit_tol_current_default": current_tol,
-                "logit_rule": "tol = 1.5 x max(worst honest change of a logit difference among candidates within 1 logit of the max, worst verifier gap to the other profile's greedy pick), rounded up to 2 significant digits",
+                "greedy_tol_current_default": deai_proof::verify::GREEDY_TOL,
+                "logit_rule": "greedy_tol = 1.5 x the worst verifier gap to the other profile's greedy pick; logit_tol = 1.5 x the worst window of logit shifts among the candidates within 4 logits of the max; both rounded up to 2 significant digits",
                 "kernel_profile": worker.profile().display_string(),
             })
         );
@@ -769,13 +811,21 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         );
     }
     println!(
-        "logits over {} rows: llama.cpp's argmax differs from deai's in {}; worst change of a logit difference {:.4} (within 1/2/4/8 of the max: {:.4?}), worst verifier gap to llama.cpp's greedy pick {:.4} -> tolerance {} (current default {current_tol}); the tolerance lets a cheater choose another token at {:.1} % of greedy and {:.1} % of sampled positions",
+        "logits over {} rows: llama.cpp's argmax differs from deai's in {}; worst verifier gap to llama.cpp's greedy pick {:.4} -> greedy tolerance {} (current {}); worst window of logit shifts within 1/2/4/8 of the max and over the top 64: {:.4?} -> sampling tolerance {} (current {}); honest llama.cpp picks that differ from deai's: greedy {}/{} ({} falsely rejected), sampled {}/{} ({} falsely rejected); a cheater could choose another token at {:.1} % of greedy and {:.1} % of sampled positions",
         lstats.rows,
         lstats.argmax_flips,
-        lstats.honest_worst_diff,
-        lstats.worst_diff_within,
         lstats.honest_worst_greedy_gap,
-        lstats.derived_tol,
+        lstats.derived_greedy_tol,
+        deai_proof::verify::GREEDY_TOL,
+        lstats.worst_window_within,
+        lstats.derived_logit_tol,
+        current_tol,
+        lstats.greedy_flips,
+        lstats.greedy_picks,
+        lstats.greedy_false_rejects,
+        lstats.sampled_flips,
+        lstats.sampled_picks,
+        lstats.sampled_false_rejects,
         100.0 * lstats.cheat_freedom_greedy,
         100.0 * lstats.cheat_freedom_sampled
     );
@@ -802,11 +852,11 @@ mod tests {
     }
 
     #[test]
-    fn logit_stats_compare_differences_and_count_flips() {
+    fn logit_stats_measure_shift_windows_and_check_honest_picks() {
         let vocab = 70;
-        // Row 0: deai prefers token 1 by 0.2, llama.cpp token 2 by 0.1 (a flip; the
-        // difference l_2 - l_1 moved by 0.3). Row 1: the same ranking, all logits shifted by 5
-        // in llama.cpp (no change of any difference).
+        // Row 0: deai prefers token 1 by 0.2, llama.cpp token 2 by 0.1 (a flip; shifts 3-7.0
+        // = -4.0 and 2.8-7.1 = -4.3: a window of 0.3). Row 1: llama.cpp's logits are deai's
+        // plus 5 (no window at all).
         let mut r0 = vec![-10.0f32; vocab];
         r0[1] = 3.0;
         r0[2] = 2.8;
@@ -818,18 +868,33 @@ mod tests {
         let st = logit_stats(&[r0, r1], &[l0, l1], vocab).unwrap();
         assert_eq!(st.rows, 2);
         assert_eq!(st.argmax_flips, 1);
-        assert!(
-            (st.honest_worst_diff - 0.3).abs() < 1e-5,
-            "{}",
-            st.honest_worst_diff
-        );
-        assert!((st.worst_diff_within[0] - 0.3).abs() < 1e-5);
         assert!((st.honest_worst_greedy_gap - 0.2).abs() < 1e-5);
-        // tol = 1.5 x 0.3 = 0.45: row 0's runner-up (0.2 below) is a free choice for a greedy
-        // cheater, row 1's (0.5 below) is not.
-        assert!((st.derived_tol - 0.45).abs() < 1e-9);
+        assert!(
+            (st.worst_window_within[0] - 0.3).abs() < 1e-5,
+            "{:?}",
+            st.worst_window_within
+        );
+        assert!(
+            (st.derived_greedy_tol - 0.3).abs() < 0.011,
+            "{}",
+            st.derived_greedy_tol
+        );
+        assert!(
+            (st.derived_logit_tol - 0.45).abs() < 0.011,
+            "{}",
+            st.derived_logit_tol
+        );
+        // llama.cpp's greedy pick in row 0 differs from deai's and is within the tolerance.
+        assert_eq!(
+            (st.greedy_picks, st.greedy_flips, st.greedy_false_rejects),
+            (2, 1, 0)
+        );
+        assert_eq!(st.sampled_picks, 8);
+        // Row 0's runner-up (0.2 below) is a free choice for a greedy cheater; row 1's (0.5
+        // below) is not.
         assert!((st.cheat_freedom_greedy - 0.5).abs() < 1e-9);
         // Bad shapes are errors.
         assert!(logit_stats(&[vec![0.0; 3]], &[vec![(0, 0.0)]], vocab).is_err());
+        assert!(logit_stats(&[vec![0.0; vocab]], &[vec![(999, 0.0)]], vocab).is_err());
     }
 }

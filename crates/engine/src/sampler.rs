@@ -145,8 +145,9 @@ pub fn sample(logits: &[f32], p: &SamplingParams, position: u64) -> u32 {
 ///
 /// - Greedy: `tok` is accepted iff `max - l_tok <= tol` (a near-tie).
 /// - Sampled: a candidate `j` surely ranks before `tok` iff `l_j > l_tok + tol`, may rank
-///   before it iff `l_j >= l_tok - tol`, and surely after it otherwise. Each weight
-///   `exp((l_j - l_max) / T)` may move by a factor in `[exp(-tol/T), exp(tol/T)]`. The other
+///   before it iff `l_j >= l_tok - tol`, and surely after it otherwise. All logits move by
+///   shifts inside one window of width `tol`, so each weight `exp((l_j - l_max) / T)` lies
+///   between itself and itself times `exp(tol/T)` (up to a common factor). The other
 ///   profile picks `tok` iff its draw `u` satisfies `B / K <= u < (B + w_tok) / K`, with `B`
 ///   the kept mass before `tok` and `K` the kept total. With `B_min` (surely-before, shrunk),
 ///   `A_max` (everything that may be kept from `tok` on, grown), `X_max` (`B` + `w_tok`,
@@ -200,8 +201,10 @@ pub fn accepts_within(
         return false;
     }
     let temp = p.temperature as f64;
-    // Log-weights, shrunk and grown by the tolerance.
-    let lo_w = |l: f64| (l - lmax - tol) / temp;
+    // Log-weights. Differences move by at most `tol`, so the other profile's logits are
+    // these plus shifts that all lie in one window `[m, m + tol]`; softmax ignores `m`, so
+    // each weight lies between its `lo` (shift 0) and `hi` (shift `tol`) value.
+    let lo_w = |l: f64| (l - lmax) / temp;
     let hi_w = |l: f64| (l - lmax + tol) / temp;
     let (mut b_min, mut a_max, mut x_max, mut y_min) =
         (Lse::new(), Lse::new(), Lse::new(), Lse::new());

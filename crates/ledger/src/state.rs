@@ -1244,6 +1244,9 @@ impl State {
     /// Slashes a validator for equivocating in `view` (the chain has checked the evidence):
     /// once per view, half to the reporter, the rest burned.
     fn report_equivocation(&mut self, reporter: Address, offender: Address, view: u64) -> Res {
+        if reporter == offender {
+            return err("a validator cannot report itself (it would earn half its own slash)");
+        }
         let Some(v) = self.validators.get(&offender) else {
             return err("the reported key is not a registered validator");
         };

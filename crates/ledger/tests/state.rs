@@ -256,6 +256,8 @@ fn an_equivocating_validator_is_slashed_once_per_view_and_the_reporter_paid() {
         },
     );
     assert!(err.contains("not a registered validator"), "{err}");
+    // Nor can it report itself to earn half its own slash back.
+    assert!(c.fails(3, report(11)).contains("cannot report itself"));
     // Money is conserved: slashes go to reporters and the burn.
     assert_eq!(c.s.meta().supply, supply0);
     c.s.audit().unwrap();

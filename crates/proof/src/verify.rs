@@ -9,9 +9,10 @@ use deai_engine::{sampler, Engine, KernelProfile, StopReason};
 use deai_types::Hash256;
 use serde::{Deserialize, Serialize};
 
-/// Default cross-profile logit tolerance ([`VerifyConfig::logit_tol`]), derived by
-/// `deai calibrate` for SmolLM2-135M Q4_1 against llama.cpp (rule and data in BENCHMARKS.md,
-/// "Calibration").
+/// Default cross-profile tolerances ([`VerifyConfig::greedy_tol`], [`VerifyConfig::logit_tol`]),
+/// derived by `deai calibrate` for SmolLM2-135M Q4_1 against llama.cpp (rule and data in
+/// BENCHMARKS.md, "Cross-profile sampling tolerance").
+pub const GREEDY_TOL: f32 = 0.44;
 pub const LOGIT_TOL: f32 = 0.97;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,11 +59,13 @@ impl Report {
 pub struct VerifyConfig {
     /// Cross-profile activation thresholds.
     pub thresholds: Thresholds,
-    /// Cross-profile sampling tolerance: the largest honest difference, between kernel
-    /// profiles, of any logit difference `l_j - l_i` at one position
-    /// ([`sampler::accepts_within`]: greedy near-ties within it, and sampled picks whose draw
-    /// lies within the boundaries it can move). Calibrated by `deai calibrate`. Never used
-    /// when the profile ids match: then the replay is exact.
+    /// Cross-profile greedy near-tie tolerance: a token within it of the recomputed maximum
+    /// is accepted ([`sampler::accepts_within`] with temperature 0).
+    pub greedy_tol: f32,
+    /// Cross-profile sampling tolerance: the width of the window in which honest
+    /// profiles' logit shifts lie at one position ([`sampler::accepts_within`]: picks whose
+    /// draw lies within the boundaries it can move). Both are calibrated by `deai calibrate`
+    /// and never used when the profile ids match: then the replay is exact.
     pub logit_tol: f32,
     /// The job the verifier expects this receipt to answer (None: any).
     pub expected_job_id: Option<[u8; 32]>,
@@ -77,6 +80,7 @@ impl Default for VerifyConfig {
     fn default() -> Self {
         VerifyConfig {
             thresholds: Thresholds::default(),
+            greedy_tol: GREEDY_TOL,
             logit_tol: LOGIT_TOL,
             expected_job_id: None,
             expected_worker: None,
@@ -352,7 +356,12 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
                 if want == tok {
                     continue;
                 }
-                if !exact && sampler::accepts_within(row, s, (p + i) as u64, tok, cfg.logit_tol) {
+                let tol = if s.is_greedy() {
+                    cfg.greedy_tol
+                } else {
+                    cfg.logit_tol
+                };
+                if !exact && sampler::accepts_within(row, s, (p + i) as u64, tok, tol) {
                     ties += 1;
                     continue;
                 }

@@ -294,7 +294,7 @@ fn cross_profile_replay_uses_the_logit_tolerance() {
         r
     };
     let cfg = |tol: f32| VerifyConfig {
-        logit_tol: tol,
+        greedy_tol: tol,
         ..VerifyConfig::default()
     };
     let rep = verify_with(&other(honest.clone()), e, &t.id, &cfg(0.0));
