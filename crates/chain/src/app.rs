@@ -392,9 +392,7 @@ impl App {
         // blocks carrying it would not decode on other nodes.
         SignedTx::decode(&tx.to_bytes())
             .map_err(|e| Rejected::Invalid(format!("exceeds the encoding limits: {e}")))?;
-        self.evidence
-            .check_txs(std::slice::from_ref(&tx))
-            .map_err(|e| Rejected::Invalid(e.replacen("transaction 0: ", "", 1)))?;
+        self.evidence.check_tx(&tx).map_err(Rejected::Invalid)?;
         let mut inner = self.lock();
         if let TxKind::ReportEquivocation { offender, view, .. } = &tx.tx.kind {
             // Every honest validator reports the same evidence: refuse the late ones here

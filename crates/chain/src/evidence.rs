@@ -69,18 +69,23 @@ impl EvidenceCheck {
         Ok(())
     }
 
-    /// Checks every `ReportEquivocation` among `txs`; the first bad one is an error.
-    pub fn check_txs(&self, txs: &[SignedTx]) -> Result<(), String> {
-        for (i, t) in txs.iter().enumerate() {
-            if let TxKind::ReportEquivocation {
+    /// Checks `t` if it is a `ReportEquivocation` (other kinds pass).
+    pub fn check_tx(&self, t: &SignedTx) -> Result<(), String> {
+        match &t.tx.kind {
+            TxKind::ReportEquivocation {
                 offender,
                 view,
                 evidence,
-            } = &t.tx.kind
-            {
-                self.check(offender, *view, evidence)
-                    .map_err(|e| format!("transaction {i}: {e}"))?;
-            }
+            } => self.check(offender, *view, evidence),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks every `ReportEquivocation` among `txs`; the first bad one is an error.
+    pub fn check_txs(&self, txs: &[SignedTx]) -> Result<(), String> {
+        for (i, t) in txs.iter().enumerate() {
+            self.check_tx(t)
+                .map_err(|e| format!("transaction {i}: {e}"))?;
         }
         Ok(())
     }

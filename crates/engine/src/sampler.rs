@@ -181,19 +181,24 @@ pub fn accepts_within(
     }
     let tol = tol as f64;
     let lt = logits[t] as f64;
-    let mut sorted: Vec<f64> = logits
+    let lmax = logits
+        .iter()
+        .filter(|v| !v.is_nan())
+        .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    if p.is_greedy() {
+        return lmax - lt <= tol;
+    }
+    let mut finite: Vec<f64> = logits
         .iter()
         .filter(|v| !v.is_nan())
         .map(|&v| v as f64)
         .collect();
-    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-    let lmax = sorted[0];
-    if p.is_greedy() {
-        return lmax - lt <= tol;
-    }
     // Top-k: candidates at or above `possible` may be in it, those above `sure` surely are.
-    let (possible, sure) = if p.top_k > 0 && p.top_k < sorted.len() {
-        (sorted[p.top_k - 1] - tol, sorted[p.top_k] + tol)
+    // A linear-time selection finds the k-th and (k+1)-th largest logits.
+    let (possible, sure) = if p.top_k > 0 && p.top_k < finite.len() {
+        let (above, kth1, _) = finite.select_nth_unstable_by(p.top_k, |a, b| b.total_cmp(a));
+        let kth = above.iter().copied().fold(f64::INFINITY, f64::min);
+        (kth - tol, *kth1 + tol)
     } else {
         (f64::NEG_INFINITY, f64::NEG_INFINITY)
     };
