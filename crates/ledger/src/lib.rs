@@ -18,6 +18,6 @@ pub mod tx;
 
 pub use state::{
     Account, BlockError, BlockResult, Genesis, GenesisAccount, GenesisValidator, Job, JobStatus,
-    Key, Params, Proposal, ProposalStatus, State, TxOutcome, Worker,
+    Key, Params, Proposal, ProposalStatus, State, TrainingJob, TrainingStatus, TxOutcome, Worker,
 };
 pub use tx::{Address, Param, ParamChange, SignedTx, Tx, TxKind};

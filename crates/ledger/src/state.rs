@@ -348,6 +348,9 @@ pub struct Meta {
     pub params: Params,
 }
 
+mod training;
+pub use training::{TrainingJob, TrainingStatus, MAX_TRAIN_ROUNDS};
+
 /// A key in the state tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
@@ -357,6 +360,7 @@ pub enum Key {
     Validator(Address),
     Job(Hash256),
     Proposal(u64),
+    Training(Hash256),
 }
 
 impl Key {
@@ -369,6 +373,7 @@ impl Key {
             Key::Validator(a) => ("validator", a.to_vec()),
             Key::Job(j) => ("job", j.0.to_vec()),
             Key::Proposal(p) => ("proposal", p.to_le_bytes().to_vec()),
+            Key::Training(t) => ("training", t.0.to_vec()),
         };
         Hash256::digest_parts("deai-state-key", &[ns.as_bytes(), &id]).0
     }
@@ -453,6 +458,7 @@ const DL_UNBOND: u8 = 0;
 const DL_JOB: u8 = 1;
 const DL_VOTE_END: u8 = 2;
 const DL_EXECUTE: u8 = 3;
+const DL_TRAIN: u8 = 4;
 
 /// The ledger state. Cloning is O(1) (persistent maps and a copy-on-write tree), so the
 /// chain can keep a state per unfinalized block.
@@ -464,6 +470,7 @@ pub struct State {
     validators: OrdMap<Address, Validator>,
     jobs: OrdMap<Hash256, Job>,
     proposals: OrdMap<u64, Proposal>,
+    trainings: OrdMap<Hash256, TrainingJob>,
     deadlines: OrdSet<Deadline>,
     tree: Tree,
     root: Hash256,
@@ -507,6 +514,7 @@ impl State {
             validators: OrdMap::new(),
             jobs: OrdMap::new(),
             proposals: OrdMap::new(),
+            trainings: OrdMap::new(),
             deadlines: OrdSet::new(),
             tree: Tree::new(),
             root: Hash256::default(),
@@ -635,6 +643,7 @@ impl State {
             Key::Validator(a) => self.validators.get(a).map(enc),
             Key::Job(j) => self.jobs.get(j).map(enc),
             Key::Proposal(p) => self.proposals.get(p).map(enc),
+            Key::Training(t) => self.trainings.get(t).map(enc),
         }
     }
 
@@ -753,6 +762,23 @@ impl State {
                         j.escrow
                     ));
                 }
+            }
+        }
+        for (id, t) in self.trainings.iter() {
+            total += t.escrow as u128;
+            if !t.escrow_balanced() {
+                return err(format!(
+                    "training {}: paid {} + refunded {} + held {} != escrowed {} x {}",
+                    id.short(),
+                    t.paid,
+                    t.refunded,
+                    t.escrow,
+                    t.rounds,
+                    t.reward_per_round
+                ));
+            }
+            if t.status != TrainingStatus::Running && t.escrow != 0 {
+                return err(format!("training {} ended holding escrow", id.short()));
             }
         }
         if total + self.meta.burned as u128 != self.meta.supply as u128 {
@@ -1066,6 +1092,35 @@ impl State {
             TxKind::ReportEquivocation { offender, view, .. } => {
                 self.report_equivocation(from, *offender, *view)
             }
+            TxKind::OpenTraining {
+                job,
+                checkpoint,
+                rounds,
+                workers,
+                reward_per_round,
+                coordinator,
+            } => self.open_training(
+                from,
+                *job,
+                *checkpoint,
+                (*rounds, *workers, *reward_per_round),
+                *coordinator,
+            ),
+            TxKind::TrainRound {
+                job,
+                round,
+                checkpoint,
+                report,
+                accepted,
+                rejected,
+            } => self.train_round(
+                from,
+                *job,
+                *round,
+                *checkpoint,
+                *report,
+                (accepted, rejected),
+            ),
             TxKind::Propose { change } => {
                 if self.account(&from).stake == 0 {
                     return err("only stakers may propose");
@@ -1350,7 +1405,8 @@ impl State {
                 DL_JOB => self.job_timeout(Hash256(id), h),
                 DL_VOTE_END => self.tally(u64_of(&id), h),
                 DL_EXECUTE => self.execute_proposal(u64_of(&id)),
-                _ => unreachable!("only the four kinds are inserted"),
+                DL_TRAIN => self.training_timeout(Hash256(id), h),
+                _ => unreachable!("only the five kinds are inserted"),
             }
         }
     }
@@ -1499,6 +1555,11 @@ impl State {
                 .collect(),
             jobs: self.jobs.iter().map(|(k, v)| (*k, v.clone())).collect(),
             proposals: self.proposals.iter().map(|(_, v)| v.clone()).collect(),
+            trainings: self
+                .trainings
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
             root: self.root,
         };
         postcard::to_allocvec(&snap).expect("state encodes")
@@ -1514,6 +1575,7 @@ impl State {
             validators: snap.validators.into_iter().collect(),
             jobs: snap.jobs.into_iter().collect(),
             proposals: snap.proposals.into_iter().map(|p| (p.id, p)).collect(),
+            trainings: snap.trainings.into_iter().collect(),
             deadlines: OrdSet::new(),
             tree: Tree::new(),
             root: Hash256::default(),
@@ -1526,6 +1588,7 @@ impl State {
             .chain(s.validators.keys().map(|a| Key::Validator(*a)))
             .chain(s.jobs.keys().map(|j| Key::Job(*j)))
             .chain(s.proposals.keys().map(|p| Key::Proposal(*p)))
+            .chain(s.trainings.keys().map(|t| Key::Training(*t)))
             .collect();
         s.dirty.extend(keys);
         // Rebuild the deadline index from the records.
@@ -1537,6 +1600,11 @@ impl State {
         for (id, j) in s.jobs.iter() {
             if !j.status.is_final() {
                 s.deadlines.insert((j.deadline, DL_JOB, id.0));
+            }
+        }
+        for (id, t) in s.trainings.iter() {
+            if t.status == TrainingStatus::Running {
+                s.deadlines.insert((t.deadline, DL_TRAIN, id.0));
             }
         }
         for (id, p) in s.proposals.iter() {
@@ -1574,6 +1642,7 @@ struct Snapshot {
     validators: Vec<(Address, Validator)>,
     jobs: Vec<(Hash256, Job)>,
     proposals: Vec<Proposal>,
+    trainings: Vec<(Hash256, TrainingJob)>,
     root: Hash256,
 }
 

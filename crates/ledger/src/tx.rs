@@ -20,6 +20,8 @@ pub const MAX_STR: usize = 256;
 pub const MAX_MODELS: usize = 16;
 /// Largest equivocation evidence (two simplex votes take about 300 bytes).
 pub const MAX_EVIDENCE: usize = 2048;
+/// Most contributors one training round can list (accepted plus rejected).
+pub const MAX_TRAIN_WORKERS: usize = 64;
 
 const SIGN_DOMAIN: &[u8] = b"deai-tx-v1";
 
@@ -174,6 +176,32 @@ pub enum TxKind {
         view: u64,
         #[serde(with = "hex_vec")]
         evidence: Vec<u8>,
+    },
+    /// Opens a DiLoCo training job: escrows `rounds x reward_per_round`. `job` is the
+    /// training spec's content hash (model config, data shards, H, optimizers, seed),
+    /// `checkpoint` the initial weights' hash, `coordinator` the registered validator that
+    /// verifies contributions and posts each round.
+    OpenTraining {
+        job: Hash256,
+        checkpoint: Hash256,
+        rounds: u32,
+        workers: u32,
+        reward_per_round: u64,
+        #[serde(with = "hex_addr")]
+        coordinator: Address,
+    },
+    /// The job's coordinator closes round `round`: the merged checkpoint, the digest of its
+    /// round report (served off chain), the contributors whose work passed re-execution
+    /// (they share the round's reward) and those caught cheating (slashed).
+    TrainRound {
+        job: Hash256,
+        round: u32,
+        checkpoint: Hash256,
+        report: Hash256,
+        #[serde(with = "hex_addrs")]
+        accepted: Vec<Address>,
+        #[serde(with = "hex_addrs")]
+        rejected: Vec<Address>,
     },
     Propose {
         change: ParamChange,
@@ -338,6 +366,42 @@ impl TxKind {
             } => {
                 w.u8(11).raw(offender).u64(*view).bytes(evidence);
             }
+            TxKind::OpenTraining {
+                job,
+                checkpoint,
+                rounds,
+                workers,
+                reward_per_round,
+                coordinator,
+            } => {
+                w.u8(12);
+                put_hash(w, job);
+                put_hash(w, checkpoint);
+                w.u32(*rounds)
+                    .u32(*workers)
+                    .u64(*reward_per_round)
+                    .raw(coordinator);
+            }
+            TxKind::TrainRound {
+                job,
+                round,
+                checkpoint,
+                report,
+                accepted,
+                rejected,
+            } => {
+                w.u8(13);
+                put_hash(w, job);
+                w.u32(*round);
+                put_hash(w, checkpoint);
+                put_hash(w, report);
+                for list in [accepted, rejected] {
+                    w.u32(list.len() as u32);
+                    for a in list {
+                        w.raw(a);
+                    }
+                }
+            }
         }
     }
 
@@ -410,6 +474,36 @@ impl TxKind {
                 view: r.u64("view")?,
                 evidence: r.bytes("evidence", MAX_EVIDENCE)?.to_vec(),
             },
+            12 => TxKind::OpenTraining {
+                job: get_hash(r, "job")?,
+                checkpoint: get_hash(r, "checkpoint")?,
+                rounds: r.u32("rounds")?,
+                workers: r.u32("workers")?,
+                reward_per_round: r.u64("reward per round")?,
+                coordinator: r.arr("coordinator")?,
+            },
+            13 => {
+                let job = get_hash(r, "job")?;
+                let round = r.u32("round")?;
+                let checkpoint = get_hash(r, "checkpoint")?;
+                let report = get_hash(r, "report")?;
+                let mut lists = [Vec::new(), Vec::new()];
+                for (list, what) in lists.iter_mut().zip(["accepted", "rejected"]) {
+                    let n = r.count(what, MAX_TRAIN_WORKERS)?;
+                    for _ in 0..n {
+                        list.push(r.arr(what)?);
+                    }
+                }
+                let [accepted, rejected] = lists;
+                TxKind::TrainRound {
+                    job,
+                    round,
+                    checkpoint,
+                    report,
+                    accepted,
+                    rejected,
+                }
+            }
             t => {
                 return Err(DecodeError::UnknownTag {
                     what: "tx kind",
@@ -434,6 +528,8 @@ impl TxKind {
             TxKind::Propose { .. } => "propose",
             TxKind::Vote { .. } => "vote",
             TxKind::ReportEquivocation { .. } => "report_equivocation",
+            TxKind::OpenTraining { .. } => "open_training",
+            TxKind::TrainRound { .. } => "train_round",
         }
     }
 }
@@ -542,6 +638,24 @@ pub mod hex_addr_opt {
             Ok(out)
         })
         .transpose()
+    }
+}
+
+/// [`hex_addr`] for a list of addresses.
+pub mod hex_addrs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(hex::encode))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(s.trim(), &mut out).map_err(serde::de::Error::custom)?;
+                Ok(out)
+            })
+            .collect()
     }
 }
 

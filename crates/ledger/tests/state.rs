@@ -654,7 +654,7 @@ fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
             pointer: "p".into(),
         }),
         job.clone().prop_map(|job| TxKind::Challenge { job }),
-        (job, any::<bool>()).prop_map(|(job, accept)| TxKind::Verdict { job, accept }),
+        (job.clone(), any::<bool>()).prop_map(|(job, accept)| TxKind::Verdict { job, accept }),
         (0u64..3, any::<bool>()).prop_map(|(proposal, yes)| TxKind::Vote { proposal, yes }),
         (1u8..6, 0u64..4).prop_map(|(v, view)| TxKind::ReportEquivocation {
             offender: addr(v),
@@ -667,6 +667,30 @@ fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
                 value: 3
             }
         }),
+        (job.clone(), 1u32..4, 1u32..3, amount.clone(), 1u8..3).prop_map(
+            |(job, rounds, workers, reward_per_round, c)| TxKind::OpenTraining {
+                job,
+                checkpoint: Hash256([0; 32]),
+                rounds,
+                workers,
+                reward_per_round,
+                coordinator: addr(c),
+            }
+        ),
+        (
+            job.clone(),
+            0u32..3,
+            proptest::collection::vec(prop_oneof![Just(11u8), Just(13), Just(12)], 0..3),
+            proptest::collection::vec(prop_oneof![Just(11u8), Just(13), Just(10)], 0..2)
+        )
+            .prop_map(|(job, round, acc, rej)| TxKind::TrainRound {
+                job,
+                round,
+                checkpoint: Hash256([round as u8; 32]),
+                report: Hash256([5; 32]),
+                accepted: acc.into_iter().map(addr).collect(),
+                rejected: rej.into_iter().map(addr).collect(),
+            }),
     ];
     (who, kind)
 }
@@ -734,6 +758,152 @@ proptest! {
         let json = serde_json::to_string(&t).unwrap();
         prop_assert_eq!(serde_json::from_str::<SignedTx>(&json).unwrap(), t);
     }
+}
+
+#[test]
+fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
+    let mut c = Chain::new();
+    // Two staked contributors (11, 13) and one that never staked (12).
+    c.ok(WORKER, TxKind::Stake { amount: 10_000 });
+    c.ok(13, TxKind::Stake { amount: 10_000 });
+    let job = Hash256([0x71; 32]);
+    let coordinator = VALS[0];
+    let open = |rounds, workers, reward, coord| TxKind::OpenTraining {
+        job,
+        checkpoint: Hash256([0; 32]),
+        rounds,
+        workers,
+        reward_per_round: reward,
+        coordinator: addr(coord),
+    };
+    assert!(c
+        .fails(CLIENT, open(3, 2, 1_000, CHALLENGER))
+        .contains("not an active validator"));
+    assert!(c
+        .fails(CLIENT, open(0, 2, 1_000, coordinator))
+        .contains("rounds must be"));
+    assert!(c
+        .fails(CLIENT, open(3, 65, 1_000, coordinator))
+        .contains("workers must be"));
+    assert!(c
+        .fails(CLIENT, open(3, 2, u64::MAX, coordinator))
+        .contains("overflows"));
+    assert!(c
+        .fails(CLIENT, open(3, 2, 1_000_000, coordinator))
+        .contains("balance"));
+    let client0 = c.bal(CLIENT);
+    c.ok(CLIENT, open(3, 2, 1_001, coordinator));
+    assert_eq!(c.bal(CLIENT), client0 - 1 - 3_003, "fee and escrow taken");
+    assert!(c
+        .fails(CLIENT, open(3, 2, 1, coordinator))
+        .contains("already exists"));
+    let round = |round, acc: &[u8], rej: &[u8]| TxKind::TrainRound {
+        job,
+        round,
+        checkpoint: Hash256([round as u8 + 1; 32]),
+        report: Hash256([0xee; 32]),
+        accepted: acc.iter().map(|a| addr(*a)).collect(),
+        rejected: rej.iter().map(|a| addr(*a)).collect(),
+    };
+    // Only the coordinator, only the next round, no duplicates, only staked contributors,
+    // at most `workers` accepted.
+    assert!(c
+        .fails(VALS[1], round(0, &[WORKER], &[]))
+        .contains("coordinator"));
+    assert!(c
+        .fails(coordinator, round(1, &[WORKER], &[]))
+        .contains("expects 0"));
+    assert!(c
+        .fails(coordinator, round(0, &[WORKER], &[WORKER]))
+        .contains("twice"));
+    assert!(c
+        .fails(coordinator, round(0, &[CHALLENGER], &[]))
+        .contains("stake 0"));
+    assert!(c
+        .fails(coordinator, round(0, &[WORKER, 13, 1], &[]))
+        .contains("takes 2"));
+    assert!(c
+        .fails(coordinator, round(0, &[], &[CLIENT]))
+        .contains("owner"));
+
+    // Round 0: both pass; 1,001 split 500/500, the odd unit back to the owner.
+    let (w0, w13, client1) = (c.bal(WORKER), c.bal(13), c.bal(CLIENT));
+    c.ok(coordinator, round(0, &[WORKER, 13], &[]));
+    assert_eq!(c.bal(WORKER), w0 + 500);
+    assert_eq!(c.bal(13), w13 + 500);
+    assert_eq!(c.bal(CLIENT), client1 + 1);
+    let t = c.s.training(&job).unwrap().clone();
+    assert_eq!((t.rounds_done, t.checkpoint), (1, Hash256([1; 32])));
+    assert_eq!((t.paid, t.refunded, t.escrow), (1_000, 1, 2_002));
+    assert_eq!(t.last_report, Some(Hash256([0xee; 32])));
+
+    // Round 1: 13 cheated: slashed slash_bps of its stake, half to the coordinator.
+    let stake13 = c.s.account(&addr(13)).stake;
+    let coord0 = c.bal(coordinator);
+    let burned0 = c.s.meta().burned;
+    c.ok(coordinator, round(1, &[WORKER], &[13]));
+    let slash = stake13 * c.s.params().slash_bps / BPS;
+    assert!(slash > 0);
+    assert_eq!(c.s.account(&addr(13)).stake, stake13 - slash);
+    assert_eq!(c.bal(coordinator), coord0 - 1 + slash / 2);
+    assert_eq!(c.s.meta().burned, burned0 + slash - slash / 2);
+    assert_eq!(c.bal(WORKER), w0 + 500 + 1_001);
+    let t = c.s.training(&job).unwrap().clone();
+    assert_eq!((t.accepted, t.rejected, t.slashed), (3, 1, slash));
+
+    // The coordinator goes silent: after job_timeout blocks the rest is refunded.
+    let client2 = c.bal(CLIENT);
+    let timeout = c.s.params().job_timeout;
+    c.empty_blocks(timeout + 1);
+    let t = c.s.training(&job).unwrap().clone();
+    assert_eq!(t.status, TrainingStatus::Expired);
+    assert_eq!((t.escrow, t.refunded), (0, 1 + 1_001));
+    assert_eq!(c.bal(CLIENT), client2 + 1_001);
+    assert!(c
+        .fails(coordinator, round(2, &[WORKER], &[]))
+        .contains("Expired"));
+
+    // A job run to the end finishes with nothing held; nobody passing refunds the round.
+    let job2 = Hash256([0x72; 32]);
+    c.ok(
+        CLIENT,
+        TxKind::OpenTraining {
+            job: job2,
+            checkpoint: Hash256([0; 32]),
+            rounds: 2,
+            workers: 1,
+            reward_per_round: 700,
+            coordinator: addr(coordinator),
+        },
+    );
+    let client3 = c.bal(CLIENT);
+    for (r, acc) in [(0u32, vec![]), (1, vec![addr(WORKER)])] {
+        c.ok(
+            coordinator,
+            TxKind::TrainRound {
+                job: job2,
+                round: r,
+                checkpoint: Hash256([9; 32]),
+                report: Hash256([9; 32]),
+                accepted: acc,
+                rejected: vec![],
+            },
+        );
+    }
+    let t = c.s.training(&job2).unwrap().clone();
+    assert_eq!(t.status, TrainingStatus::Finished);
+    assert_eq!((t.paid, t.refunded, t.escrow), (700, 700, 0));
+    assert_eq!(c.bal(CLIENT), client3 + 700);
+    // The record is in the state tree and survives a snapshot.
+    let (rec, proof) = c.s.prove(&Key::Training(job2));
+    let rec = rec.unwrap();
+    let got = smt::verify(&c.s.root().0, &Key::Training(job2).hash(), &proof).unwrap();
+    assert_eq!(got, Some(state::value_hash(&rec)));
+    let back: TrainingJob = state::decode_record(&rec).unwrap();
+    assert_eq!(back, t);
+    let restored = State::from_snapshot(&c.s.to_snapshot()).unwrap();
+    assert_eq!(restored.root(), c.s.root());
+    assert_eq!(restored.training(&job2), Some(&t));
 }
 
 #[test]
