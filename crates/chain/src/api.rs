@@ -82,6 +82,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/validators", get(validators))
         .route("/v1/job/{id}", get(job))
         .route("/v1/jobs", get(jobs))
+        .route("/v1/training/{id}", get(training))
+        .route("/v1/trainings", get(trainings))
         .route("/v1/proposal/{id}", get(proposal))
         .route("/v1/proposals", get(proposals))
         .route("/v1/search", get(search))
@@ -238,6 +240,31 @@ async fn job(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
     Ok(Json(
         json!({ "height": s.height(), "id": id, "job": j, "trail": trail }),
     ))
+}
+
+/// `GET /v1/training/{id}`: a training job as finalized (escrow, rounds, checkpoint).
+async fn training(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
+    let id = parse_hash(&id)?;
+    let s = api.app.finalized_state();
+    let t = s
+        .training(&id)
+        .ok_or_else(|| not_found(format!("no training job {id}")))?;
+    Ok(Json(
+        json!({ "height": s.height(), "id": id, "training": t }),
+    ))
+}
+
+/// `GET /v1/trainings`: every finalized training job, newest first (at most 1000).
+async fn trainings(AxState(api): AxState<Api>) -> R {
+    let s = api.app.finalized_state();
+    let mut list: Vec<_> = s.trainings().collect();
+    list.sort_by_key(|(id, t)| (std::cmp::Reverse(t.opened_at), **id));
+    let list: Vec<Value> = list
+        .into_iter()
+        .take(1000)
+        .map(|(id, t)| json!({ "id": id, "training": t }))
+        .collect();
+    Ok(Json(json!({ "height": s.height(), "trainings": list })))
 }
 
 #[derive(Deserialize)]
@@ -460,13 +487,14 @@ async fn blocks(
     Ok(Json(json!({ "tip": tip, "blocks": list })))
 }
 
-/// `GET /v1/proof/{account|worker|validator|job|proposal|meta}/{id}`.
+/// `GET /v1/proof/{account|worker|validator|job|training|proposal|meta}/{id}`.
 async fn proof(AxState(api): AxState<Api>, Path((kind, id)): Path<(String, String)>) -> R {
     let key = match kind.as_str() {
         "account" => Key::Account(parse_addr(&id)?),
         "worker" => Key::Worker(parse_addr(&id)?),
         "validator" => Key::Validator(parse_addr(&id)?),
         "job" => Key::Job(parse_hash(&id)?),
+        "training" => Key::Training(parse_hash(&id)?),
         "proposal" => Key::Proposal(id.parse().map_err(|_| bad("a proposal id is a number"))?),
         "meta" => Key::Meta,
         other => return Err(bad(format!("unknown record kind {other:?}"))),

@@ -39,6 +39,22 @@ pub enum Reason {
     DeltaMismatch,
 }
 
+impl Reason {
+    /// Whether a contribution refused for this reason proves its signer cheated, so that
+    /// the signer may be slashed. A bad signature proves nothing about the named key; a
+    /// wrong round or a duplicate may be a late or replayed copy of honest work (a replay
+    /// carries its victim's signature); an unreachable worker may have crashed.
+    pub fn slashable(&self) -> bool {
+        matches!(
+            self,
+            Reason::StaleCheckpoint
+                | Reason::WrongShard
+                | Reason::StepMismatch
+                | Reason::DeltaMismatch
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Rejection {
     pub reason: Reason,
@@ -262,6 +278,12 @@ pub struct RoundReport {
     pub next_checkpoint: Hash256,
     pub accepted: Vec<String>,
     pub rejected: Vec<(String, Rejection)>,
+    /// Full keys (hex) of the accepted contributors that did not also cheat this round:
+    /// who the ledger pays.
+    pub paid_keys: Vec<String>,
+    /// Full keys (hex) of the workers whose own signed contribution was refused for a
+    /// [`Reason::slashable`] reason: who the ledger slashes.
+    pub slashed_keys: Vec<String>,
     pub eval_loss: f32,
     /// Mean reported inner loss of accepted contributions.
     pub train_loss: f32,
@@ -285,7 +307,7 @@ pub struct Coordinator {
     val: Shard,
     seen: HashSet<Hash256>,
     pending: BTreeMap<[u8; 32], Contribution>,
-    early_rejects: Vec<(String, Rejection)>,
+    early_rejects: Vec<(Option<[u8; 32]>, Rejection)>,
     /// Workers that submitted anything this round (admitted or refused).
     attempted: HashSet<[u8; 32]>,
     pub reports: Vec<RoundReport>,
@@ -382,8 +404,7 @@ impl Coordinator {
         }
         let r = self.admit(bytes);
         if let Err(e) = &r {
-            let w = worker.map(|k| who(&k)).unwrap_or_else(|| "?".into());
-            self.early_rejects.push((w, e.clone()));
+            self.early_rejects.push((worker, e.clone()));
         }
         r
     }
@@ -438,7 +459,7 @@ impl Coordinator {
         let spec = self.round_spec();
         let pending = std::mem::take(&mut self.pending);
         self.attempted.clear();
-        let mut rejected = std::mem::take(&mut self.early_rejects);
+        let mut rejected_keys = std::mem::take(&mut self.early_rejects);
         let mut accepted = vec![];
         let mut verify = ChallengeCost::default();
         let t_verify = std::time::Instant::now();
@@ -458,11 +479,23 @@ impl Coordinator {
                         verify.opening_bytes += cost.opening_bytes;
                         accepted.push(c);
                     }
-                    Err(e) => rejected.push((who(&w), e)),
+                    Err(e) => rejected_keys.push((Some(w), e)),
                 }
             }
         }
         let verify_seconds = t_verify.elapsed().as_secs_f64();
+        // Every slashable reason is checked after the signature, so the key signed it.
+        let mut slashed: Vec<[u8; 32]> = rejected_keys
+            .iter()
+            .filter(|(_, e)| e.reason.slashable())
+            .filter_map(|(k, _)| *k)
+            .collect();
+        slashed.sort_unstable();
+        slashed.dedup();
+        let rejected: Vec<(String, Rejection)> = rejected_keys
+            .into_iter()
+            .map(|(k, e)| (k.map(|k| who(&k)).unwrap_or_else(|| "?".into()), e))
+            .collect();
         let old = self.weights.clone();
         if !accepted.is_empty() {
             let n = accepted.len() as f64;
@@ -492,6 +525,12 @@ impl Coordinator {
             contribution_bytes: accepted.iter().map(|c| c.to_bytes().len() as u64).sum(),
             reward_each: self.job.reward_per_round / accepted.len().max(1) as u64,
             accepted: accepted.iter().map(|c| who(&c.worker)).collect(),
+            paid_keys: accepted
+                .iter()
+                .filter(|c| slashed.binary_search(&c.worker).is_err())
+                .map(|c| hex::encode(c.worker))
+                .collect(),
+            slashed_keys: slashed.iter().map(hex::encode).collect(),
             rejected,
             eval_loss,
             verify,

@@ -188,7 +188,20 @@ fn catch(behavior: Behavior) -> Reason {
         vec![hex::encode(&key(1).verifying_key().to_bytes()[..6])]
     );
     assert_eq!(r.rejected.len(), 1, "{behavior:?}: {:?}", r.rejected);
-    r.rejected[0].1.reason.clone()
+    // The ledger pays the honest key in full and slashes the cheater's only when its own
+    // signed contribution proves the cheat (a replay could carry anyone's signature).
+    assert_eq!(
+        r.paid_keys,
+        vec![hex::encode(key(1).verifying_key().to_bytes())]
+    );
+    let reason = r.rejected[0].1.reason.clone();
+    let want: Vec<String> = if reason.slashable() {
+        vec![hex::encode(key(9).verifying_key().to_bytes())]
+    } else {
+        vec![]
+    };
+    assert_eq!(r.slashed_keys, want, "{behavior:?}");
+    reason
 }
 
 #[test]
@@ -205,6 +218,8 @@ fn every_cheater_class_is_caught_while_the_honest_worker_is_paid() {
     for (b, reason) in expect {
         assert_eq!(catch(b), reason, "{b:?}");
     }
+    assert!(!Reason::Duplicate.slashable() && !Reason::BadSignature.slashable());
+    assert!(!Reason::WrongRound.slashable() && !Reason::BadOpening.slashable());
 }
 
 #[test]
