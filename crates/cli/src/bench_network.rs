@@ -84,7 +84,7 @@ pub struct NetworkBench {
 }
 
 /// A port base with every port the devnet uses free.
-fn free_base(workers: usize) -> Result<u16> {
+pub(crate) fn free_base(workers: usize) -> Result<u16> {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     for _ in 0..1000 {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -69,6 +69,11 @@ pub struct TrainArgs {
     /// Print one JSON object per round instead of text.
     #[arg(long)]
     json: bool,
+    /// Run the job on a ledger: a 4-validator chain in `<out>/chain` (resumed if it exists)
+    /// where the job's escrow, every round's checkpoint hash and report digest, the
+    /// contributors' pay and the cheaters' slashing are recorded (not with --local).
+    #[arg(long, conflicts_with = "local")]
+    onchain: bool,
 }
 
 #[derive(Args, Clone)]
@@ -233,6 +238,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     );
     let mut stdout = std::io::stdout().lock();
     let t0 = Instant::now();
+    let mut onchain: Option<serde_json::Value> = None;
     let (weights, curve): (Weights, Vec<(f64, f64)>) = if a.local {
         let all = Shard {
             tokens: s.data.train.iter().flat_map(|x| x.tokens.clone()).collect(),
@@ -294,17 +300,29 @@ pub fn train(a: TrainArgs) -> Result<()> {
         let start_loss = co.eval()?;
         let n = a.workers as u64 + u64::from(cheater.is_some());
         let pb = bar(a.rounds as u64 * n * a.inner_steps as u64, a.json);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        let (weights, reports) = rt.block_on(network_rounds(
-            co,
-            &a,
-            cheater,
-            pb.clone(),
-            tokens_per_step,
-            &mut stdout,
-        ))?;
+        let (weights, reports, ledger) = if a.onchain {
+            let dir = out.join("chain");
+            let (a, pb, stdout) = (&a, pb.clone(), &mut stdout);
+            use deai_node::devnet::Runner as _;
+            deai_node::devnet::runner(&dir).start(|ctx| async move {
+                let chain = Some((&ctx, dir.as_path()));
+                network_rounds(co, a, cheater, pb, tokens_per_step, stdout, chain).await
+            })?
+        } else {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(network_rounds(
+                co,
+                &a,
+                cheater,
+                pb.clone(),
+                tokens_per_step,
+                &mut stdout,
+                None,
+            ))?
+        };
+        onchain = ledger;
         pb.finish_and_clear();
         let mut curve = vec![(0.0, start_loss as f64)];
         curve.extend(reports.iter().map(|r| {
@@ -334,10 +352,38 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "final_eval_loss": curve.last().map(|c| c.1),
         "loss_plot": plot.display().to_string(),
         "seconds": t0.elapsed().as_secs_f64(),
+        "onchain": onchain,
     });
     if a.json {
         writeln!(stdout, "{summary}")?;
     } else {
+        if let Some(c) = &onchain {
+            let t = &c["training"];
+            writeln!(
+                stdout,
+                "on chain at height {}: training {} after {}/{} rounds, checkpoint {}; paid {}, refunded {}, {} contributions accepted, {} rejected and slashed ({} taken)",
+                c["height"],
+                t["status"].as_str().unwrap_or("?"),
+                t["rounds_done"],
+                t["rounds"],
+                &t["checkpoint"].as_str().unwrap_or("?")[..12.min(t["checkpoint"].as_str().unwrap_or("?").len())],
+                t["paid"],
+                t["refunded"],
+                t["accepted"],
+                t["rejected"],
+                t["slashed"]
+            )?;
+            for w in c["workers"].as_array().into_iter().flatten() {
+                writeln!(
+                    stdout,
+                    "  {} {}  balance {}  stake {}",
+                    w["role"].as_str().unwrap_or("?"),
+                    &w["address"].as_str().unwrap_or("?")[..12],
+                    w["balance"],
+                    w["stake"]
+                )?;
+            }
+        }
         writeln!(
             stdout,
             "final eval loss {:.4}; checkpoint {} ({}); loss plot {}\nserve it: deai model export --checkpoint {}",
@@ -360,19 +406,15 @@ async fn network_rounds(
     pb: ProgressBar,
     tokens_per_step: f64,
     out: &mut impl Write,
-) -> Result<(Weights, Vec<deai_train::RoundReport>)> {
+    chain: Option<(&commonware_runtime::tokio::Context, &Path)>,
+) -> Result<(
+    Weights,
+    Vec<deai_train::RoundReport>,
+    Option<serde_json::Value>,
+)> {
     use deai_node::training::{serve_worker, TrainCoordinator, TrainWorker};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    let coord = TrainCoordinator::new(co, std::time::Duration::from_secs(a.round_deadline))?;
-    let addr = deai_node::serve("127.0.0.1:0".parse()?, coord.router()).await?;
-    let url = format!("http://{addr}");
-    eprintln!("coordinator on {url}");
-    eprintln!("explorer: {url}/#/training");
-    let runner = tokio::spawn({
-        let c = coord.clone();
-        async move { c.run().await }
-    });
     let mut keys: Vec<(SigningKey, Behavior)> = worker_keys(a.workers, a.seed)
         .into_iter()
         .map(|k| (k, Behavior::Honest))
@@ -383,6 +425,46 @@ async fn network_rounds(
             b,
         ));
     }
+    let job_id = co.job.id();
+    let on_chain = match chain {
+        Some((ctx, dir)) => {
+            let spec = (
+                job_id,
+                co.weights.hash(),
+                co.job.rounds,
+                co.job.workers,
+                co.job.reward_per_round,
+            );
+            let ks: Vec<SigningKey> = keys.iter().map(|(k, _)| k.clone()).collect();
+            let c = crate::train_chain::start(ctx, dir, &ks, spec).await?;
+            eprintln!(
+                "chain in {} (explorer {}/); training job {} opened on it",
+                dir.display(),
+                c.urls[0],
+                job_id.short()
+            );
+            Some(c)
+        }
+        None => None,
+    };
+    let mut coord = TrainCoordinator::new(co, std::time::Duration::from_secs(a.round_deadline))?;
+    let mut ledger = None;
+    if let Some(c) = on_chain {
+        coord = coord.with_ledger(c.coordinator);
+        ledger = Some(c.ledger);
+    }
+    let addr = deai_node::serve("127.0.0.1:0".parse()?, coord.router()).await?;
+    let url = format!("http://{addr}");
+    eprintln!("coordinator on {url}");
+    eprintln!("explorer: {url}/#/training");
+    let runner = tokio::spawn({
+        let c = coord.clone();
+        async move { c.run().await }
+    });
+    let roles: Vec<([u8; 32], String)> = keys
+        .iter()
+        .map(|(k, b)| (k.verifying_key().to_bytes(), b.name().to_string()))
+        .collect();
     let done = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let mut handles = vec![];
@@ -447,7 +529,11 @@ async fn network_rounds(
         );
         tokio::time::sleep(std::time::Duration::from_secs(a.linger)).await;
     }
-    Ok((coord.weights(), coord.reports()))
+    let summary = match &ledger {
+        Some(l) => Some(crate::train_chain::summary(l, &job_id, &roles).await?),
+        None => None,
+    };
+    Ok((coord.weights(), coord.reports(), summary))
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {

@@ -134,6 +134,81 @@ fn diloco_over_http_rejects_the_cheater_and_the_model_serves_and_verifies() {
 }
 
 #[test]
+fn diloco_on_chain_pays_the_honest_slashes_the_cheater_and_records_every_checkpoint() {
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("run");
+    let mut args = vec!["train", "--onchain"];
+    args.extend(TINY);
+    args.extend([
+        "--rounds",
+        "3",
+        "--cheater",
+        "scaled-delta",
+        "--json",
+        "--out",
+    ]);
+    args.push(out.to_str().unwrap());
+    let stdout = ok(&deai(home.path(), &args, None));
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "three round reports and a summary: {stdout}"
+    );
+    // Round 1 catches the cheater; slashed below the worker stake, it is refused after.
+    let reasons: Vec<&str> = lines[..3]
+        .iter()
+        .map(|r| r["rejected"][0][1]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["delta-mismatch", "not-admitted", "not-admitted"]);
+    for r in &lines[..3] {
+        assert_eq!(r["paid_keys"].as_array().unwrap().len(), 2, "{r}");
+    }
+    assert_eq!(lines[0]["slashed_keys"].as_array().unwrap().len(), 1);
+    assert!(lines[1]["slashed_keys"].as_array().unwrap().is_empty());
+
+    let summary = &lines[3];
+    let chain = &summary["onchain"];
+    let t = &chain["training"];
+    assert_eq!(t["status"], "finished", "{chain}");
+    assert_eq!(t["rounds_done"], 3);
+    assert_eq!(t["checkpoint"], summary["checkpoint_hash"], "{chain}");
+    assert_eq!(t["escrow"], 0);
+    assert_eq!(
+        (t["accepted"].as_u64(), t["rejected"].as_u64()),
+        (Some(6), Some(1))
+    );
+    let reward = t["reward_per_round"].as_u64().unwrap();
+    assert_eq!(t["paid"].as_u64(), Some(3 * reward));
+    let slashed = t["slashed"].as_u64().unwrap();
+    assert!(slashed > 0);
+    let workers = chain["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 3);
+    let (honest, cheat): (Vec<&Value>, Vec<&Value>) =
+        workers.iter().partition(|w| w["role"] == "honest");
+    let min_stake = honest[0]["stake"].as_u64().unwrap();
+    for w in &honest {
+        assert_eq!(w["stake"].as_u64(), Some(min_stake));
+        // Genesis funds minus the stake and one fee, plus half of each round's reward.
+        assert!(w["balance"].as_u64().unwrap() > 1_000_000 - min_stake - 100 + 3 * reward / 2 - 1);
+    }
+    assert_eq!(cheat[0]["stake"].as_u64(), Some(min_stake - slashed));
+    assert!(cheat[0]["balance"].as_u64().unwrap() < 1_000_000 - min_stake);
+
+    // The same job cannot be started again on that chain.
+    let again = deai(home.path(), &args, None);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("cannot be resumed"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[test]
 fn the_single_worker_baseline_gives_the_same_checkpoint_at_one_and_two_threads() {
     let home = tempfile::tempdir().unwrap();
     let hash = |threads: &str| {

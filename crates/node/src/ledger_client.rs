@@ -117,6 +117,15 @@ impl LedgerClient {
         }
     }
 
+    pub async fn training(&self, id: &Hash256) -> Result<Option<deai_ledger::TrainingJob>> {
+        match self.get(&format!("/v1/training/{id}")).await? {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                serde_json::from_value(v["training"].clone()).context("bad training JSON")?,
+            )),
+        }
+    }
+
     /// Finalized jobs in `status` (`receipted`, `challenged`, ...; every status when empty),
     /// newest first, at most `limit`.
     pub async fn jobs(&self, status: &str, limit: usize) -> Result<Vec<(Hash256, Job)>> {

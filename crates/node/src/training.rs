@@ -15,6 +15,7 @@
 //! `POST /train/v1/contributions` (header `x-deai-worker-url`), `GET /train/v1/reports`.
 //! Worker route: `GET /train/v1/open/{round}/{step}`.
 
+use crate::ledger_client::Signer;
 use crate::{http_client, http_error, HttpError};
 use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
@@ -22,6 +23,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use deai_ledger::tx::MAX_TRAIN_WORKERS;
+use deai_ledger::TxKind;
 use deai_train::diloco::{Behavior, JobSpec, Opener, RoundSpec, WorkerRun};
 use deai_train::verify::RoundReport;
 use deai_train::{checkpoint, Coordinator, TrainError, Weights};
@@ -50,6 +53,10 @@ pub struct RoundInfo {
     /// Workers that submitted this round, admitted or refused.
     pub attempted: usize,
     pub deadline_ms_left: u64,
+    /// The previous round is being verified and recorded: `spec` may already name the next
+    /// round, but contributions to it are refused until this clears.
+    #[serde(default)]
+    pub closing: bool,
 }
 
 struct CoInner {
@@ -70,6 +77,8 @@ struct CoInner {
 pub struct TrainCoordinator {
     inner: Arc<Mutex<CoInner>>,
     deadline: Duration,
+    /// Records the job's rounds on the ledger (see [`TrainCoordinator::with_ledger`]).
+    ledger: Option<Arc<Signer>>,
 }
 
 fn lock(m: &Mutex<CoInner>) -> std::sync::MutexGuard<'_, CoInner> {
@@ -100,7 +109,25 @@ impl TrainCoordinator {
                 done: false,
             })),
             deadline,
+            ledger: None,
         })
+    }
+
+    /// Records every round on the ledger with `signer`, the coordinator named by the job's
+    /// `open_training` transaction (opened on chain beforehand, with this job's id): each
+    /// round is closed by a `train_round` transaction (merged checkpoint, report digest,
+    /// who is paid, who is slashed) and the next round opens only once it is final.
+    /// Contributions from keys without the ledger's minimum worker stake are refused.
+    pub fn with_ledger(mut self, signer: Signer) -> Self {
+        self.ledger = Some(Arc::new(signer));
+        self
+    }
+
+    /// The digest of a round report as recorded on chain: SHA-256 over its JSON form as
+    /// `GET /train/v1/reports` serves it.
+    pub fn report_digest(r: &RoundReport) -> Hash256 {
+        let json = serde_json::to_vec(r).expect("reports serialize");
+        Hash256::digest_parts("deai-train-report-v1", &[&json])
     }
 
     pub fn router(&self) -> Router {
@@ -128,6 +155,7 @@ impl TrainCoordinator {
                 .deadline
                 .saturating_sub(i.opened_at.elapsed())
                 .as_millis() as u64,
+            closing: i.closing,
         }
     }
 
@@ -148,8 +176,9 @@ impl TrainCoordinator {
                 if i.done {
                     return Ok(());
                 }
-                i.co.attempted() >= i.co.job.workers as usize
-                    || i.opened_at.elapsed() >= self.deadline
+                !i.closing
+                    && (i.co.attempted() >= i.co.job.workers as usize
+                        || i.opened_at.elapsed() >= self.deadline)
             };
             if ready {
                 self.close_round().await?;
@@ -200,7 +229,7 @@ impl TrainCoordinator {
             fetched.push((worker, p));
         }
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        let (report, job_id) = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut i = lock(&inner);
             let openers: Vec<([u8; 32], &dyn Opener)> = fetched
                 .iter()
@@ -220,12 +249,72 @@ impl TrainCoordinator {
             i.checkpoints
                 .insert(w.hash(), Arc::new(checkpoint::to_safetensors(&w)?));
             i.urls.clear();
-            i.closing = false;
-            i.opened_at = Instant::now();
             i.done = i.co.round >= i.co.job.rounds;
-            Ok(())
+            Ok((report, i.co.job.id()))
         })
         .await??;
+        if let Some(signer) = &self.ledger {
+            self.post_round(signer, job_id, &report).await?;
+        }
+        let mut i = lock(&self.inner);
+        i.closing = false;
+        i.opened_at = Instant::now();
+        Ok(())
+    }
+
+    /// Closes `report`'s round on chain and waits until it is final.
+    async fn post_round(&self, signer: &Signer, job: Hash256, report: &RoundReport) -> Result<()> {
+        let on_chain = signer
+            .ledger()
+            .training(&job)
+            .await?
+            .with_context(|| format!("training job {} is not on the ledger", job.short()))?;
+        let min = signer.ledger().params().await?.min_worker_stake;
+        let keys = |v: &[String]| -> Result<Vec<[u8; 32]>> {
+            v.iter()
+                .map(|h| {
+                    let mut k = [0u8; 32];
+                    hex::decode_to_slice(h, &mut k).context("report key")?;
+                    Ok(k)
+                })
+                .collect()
+        };
+        // A contributor that unstaked since it was admitted is not paid (the ledger would
+        // refuse the whole round); at most the job's worker count is paid.
+        let mut accepted = vec![];
+        for k in keys(&report.paid_keys)? {
+            if signer.ledger().account(&k).await?.1 >= min {
+                accepted.push(k);
+            } else {
+                tracing::warn!(
+                    "round {}: contributor {} unstaked; not paid",
+                    report.round,
+                    hex::encode(&k[..6])
+                );
+            }
+        }
+        accepted.truncate(on_chain.workers as usize);
+        let mut rejected = keys(&report.slashed_keys)?;
+        rejected.truncate(MAX_TRAIN_WORKERS - accepted.len());
+        let f = signer
+            .submit_wait(
+                TxKind::TrainRound {
+                    job,
+                    round: report.round,
+                    checkpoint: report.next_checkpoint,
+                    report: Self::report_digest(report),
+                    accepted,
+                    rejected,
+                },
+                Duration::from_secs(120),
+            )
+            .await
+            .with_context(|| format!("recording round {} on the ledger", report.round))?;
+        tracing::info!(
+            "training round {} recorded on the ledger at height {}",
+            report.round,
+            f.height
+        );
         Ok(())
     }
 }
@@ -354,6 +443,32 @@ fn check_opening_url(url: &str, peer: Option<SocketAddr>) -> Result<(), String> 
     }
 }
 
+/// Whether the contribution's (claimed) worker holds the ledger's minimum worker stake; the
+/// signature is checked after this, by the coordinator.
+async fn check_stake(signer: &Signer, body: &[u8]) -> Result<(), String> {
+    let Some(worker) = deai_train::diloco::Contribution::worker_of(body) else {
+        return Err("the contribution names no worker".into());
+    };
+    let ledger = signer.ledger();
+    let min = ledger
+        .params()
+        .await
+        .map_err(|e| format!("ledger unavailable: {e:#}"))?
+        .min_worker_stake;
+    let stake = ledger
+        .account(&worker)
+        .await
+        .map_err(|e| format!("ledger unavailable: {e:#}"))?
+        .1;
+    if stake < min {
+        return Err(format!(
+            "worker {} has stake {stake}, below the ledger's worker minimum {min}: stake first",
+            hex::encode(&worker[..6])
+        ));
+    }
+    Ok(())
+}
+
 async fn contribute(
     State(s): State<TrainCoordinator>,
     peer: Option<axum::extract::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
@@ -373,6 +488,20 @@ async fn contribute(
             StatusCode::BAD_REQUEST,
             serde_json::json!({"reason": "malformed", "detail": detail}),
         ));
+    }
+    if let Some(signer) = &s.ledger {
+        if let Err(detail) = check_stake(signer, &body).await {
+            {
+                let mut i = lock(&s.inner);
+                if !i.done && !i.closing {
+                    i.co.refuse(&body, detail.clone());
+                }
+            }
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"reason": "not-staked", "detail": detail}),
+            ));
+        }
     }
     let mut i = lock(&s.inner);
     if i.done || i.closing {
@@ -500,7 +629,7 @@ impl TrainWorker {
             if info.done || self.max_rounds.is_some_and(|m| done_rounds >= m) {
                 return Ok(done_rounds);
             }
-            if last_round == Some(info.spec.round) {
+            if info.closing || last_round == Some(info.spec.round) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -37,6 +37,9 @@ pub enum Reason {
     StepMismatch,
     /// The pseudo-gradient is not the quantized difference of the committed states.
     DeltaMismatch,
+    /// Refused before any check by the node's admission policy (e.g. the worker holds less
+    /// than the ledger's worker stake).
+    NotAdmitted,
 }
 
 impl Reason {
@@ -407,6 +410,18 @@ impl Coordinator {
             self.early_rejects.push((worker, e.clone()));
         }
         r
+    }
+
+    /// Records a contribution the node refused before [`Coordinator::submit`] (its
+    /// admission policy): the worker counts as having tried this round, and the refusal is
+    /// in the round's report. Never slashable.
+    pub fn refuse(&mut self, bytes: &[u8], detail: impl Into<String>) {
+        let worker = Contribution::worker_of(bytes);
+        if let Some(k) = worker {
+            self.attempted.insert(k);
+        }
+        self.early_rejects
+            .push((worker, Rejection::new(Reason::NotAdmitted, detail)));
     }
 
     fn admit(&mut self, bytes: &[u8]) -> std::result::Result<[u8; 32], Rejection> {
