@@ -178,6 +178,44 @@ pub enum TxCmd {
         #[arg(long)]
         evidence: String,
     },
+    /// Open a DiLoCo training job, escrowing rounds x reward (`deai train --onchain` does
+    /// this itself).
+    OpenTraining {
+        /// The training spec's id (`JobSpec` hash).
+        #[arg(long)]
+        job: String,
+        /// The initial checkpoint's hash.
+        #[arg(long)]
+        checkpoint: String,
+        #[arg(long)]
+        rounds: u32,
+        #[arg(long)]
+        workers: u32,
+        #[arg(long)]
+        reward_per_round: u64,
+        /// The validator that verifies contributions and posts rounds.
+        #[arg(long)]
+        coordinator: String,
+    },
+    /// Close a training round (the job's coordinator only).
+    TrainRound {
+        #[arg(long)]
+        job: String,
+        #[arg(long)]
+        round: u32,
+        /// The merged checkpoint's hash.
+        #[arg(long)]
+        checkpoint: String,
+        /// SHA-256 of the round report.
+        #[arg(long)]
+        report: String,
+        /// Contributors paid, comma-separated addresses.
+        #[arg(long, default_value = "")]
+        accepted: String,
+        /// Contributors slashed, comma-separated addresses.
+        #[arg(long, default_value = "")]
+        rejected: String,
+    },
 }
 
 #[derive(Args)]
@@ -449,6 +487,54 @@ pub fn tx(a: TxArgs) -> Result<()> {
                 offender: parse_addr(&offender)?,
                 view,
                 evidence,
+            }
+        }
+        TxCmd::OpenTraining {
+            job,
+            checkpoint,
+            rounds,
+            workers,
+            reward_per_round,
+            coordinator,
+        } => TxKind::OpenTraining {
+            job: parse_hash(&job)?,
+            checkpoint: parse_hash(&checkpoint)?,
+            rounds,
+            workers,
+            reward_per_round,
+            coordinator: parse_addr(&coordinator)?,
+        },
+        TxCmd::TrainRound {
+            job,
+            round,
+            checkpoint,
+            report,
+            accepted,
+            rejected,
+        } => {
+            let list = |s: &str, flag: &str| -> Result<Vec<[u8; 32]>> {
+                let v: Vec<[u8; 32]> = s
+                    .split(',')
+                    .filter(|x| !x.trim().is_empty())
+                    .map(parse_addr)
+                    .collect::<Result<_>>()
+                    .with_context(|| format!("--{flag}"))?;
+                if v.len() > deai_ledger::tx::MAX_TRAIN_WORKERS {
+                    bail!(
+                        "--{flag} lists {} addresses, the limit is {}",
+                        v.len(),
+                        deai_ledger::tx::MAX_TRAIN_WORKERS
+                    );
+                }
+                Ok(v)
+            };
+            TxKind::TrainRound {
+                job: parse_hash(&job)?,
+                round,
+                checkpoint: parse_hash(&checkpoint)?,
+                report: parse_hash(&report)?,
+                accepted: list(&accepted, "accepted")?,
+                rejected: list(&rejected, "rejected")?,
             }
         }
     };

@@ -142,6 +142,71 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
     );
     assert!(!o.status.success());
     assert!(text(&o).contains("failed"), "{}", text(&o));
+    // A training job opened from the CLI escrows its rewards under a validator coordinator.
+    let vals: serde_json::Value = reqwest::blocking::get(format!("{url}/v1/validators"))
+        .unwrap()
+        .json()
+        .unwrap();
+    let coordinator = vals["validators"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let train_job = "7a".repeat(32);
+    let o = deai(
+        home.path(),
+        &[
+            "tx",
+            "--url",
+            &url,
+            "--key",
+            key_s,
+            "open-training",
+            "--job",
+            &train_job,
+            "--checkpoint",
+            &"00".repeat(32),
+            "--rounds",
+            "4",
+            "--workers",
+            "2",
+            "--reward-per-round",
+            "250",
+            "--coordinator",
+            &coordinator,
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let training = || -> serde_json::Value {
+        reqwest::blocking::get(format!("{url}/v1/training/{train_job}"))
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let t = training();
+    assert_eq!(t["training"]["escrow"], 1000, "{t}");
+    assert_eq!(t["training"]["status"], "running", "{t}");
+    // Only the coordinator may close a round: the faucet's attempt fails on chain.
+    let o = deai(
+        home.path(),
+        &[
+            "tx",
+            "--url",
+            &url,
+            "--key",
+            key_s,
+            "train-round",
+            "--job",
+            &train_job,
+            "--round",
+            "0",
+            "--checkpoint",
+            &"01".repeat(32),
+            "--report",
+            &"02".repeat(32),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("coordinator"), "{}", text(&o));
     // Bad input: a clear message and a failing exit code, no panic.
     for (args, want) in [
         (
@@ -201,6 +266,27 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
             vec!["chain", "run", "--dir", "/nonexistent/chain"],
             "no chain",
         ),
+        (
+            vec![
+                "tx",
+                "--url",
+                &url,
+                "--key",
+                key_s,
+                "train-round",
+                "--job",
+                &to,
+                "--round",
+                "0",
+                "--checkpoint",
+                &to,
+                "--report",
+                &to,
+                "--accepted",
+                "zz",
+            ],
+            "--accepted",
+        ),
         // Forged equivocation evidence: the node refuses it before it reaches a block.
         (
             vec![
@@ -256,4 +342,6 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
     assert_eq!(v["account"]["balance"], 777, "{v}");
     assert_eq!(after["chain_id"], before["chain_id"]);
     assert_eq!(after["supply"], before["supply"]);
+    // The training escrow survived the kill.
+    assert_eq!(training()["training"]["escrow"], 1000);
 }
