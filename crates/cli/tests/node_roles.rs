@@ -1,8 +1,10 @@
 //! `deai node` joining a chain run by `deai chain run`, each a separate process: a new key
 //! funded by the faucet becomes a staked, registered worker with a gateway in one node,
 //! the four genesis validators run the validator role in their own nodes, and a chat request
-//! through the gateway is answered and accepted on chain. Bad configurations get clear
-//! errors.
+//! through the gateway is answered and accepted on chain. Then two more worker processes
+//! join, and the one serving a streaming request is killed (SIGKILL) mid-stream: the client
+//! still gets one complete answer, from the other, and the dead worker's escrow stays held
+//! on chain until its job times out. Bad configurations get clear errors.
 //!
 //! Needs the real model (`DEAI_MODEL_PATH`, set by `scripts/test.sh`; `DEAI_HOME` holds it).
 
@@ -84,7 +86,7 @@ fn nodes_join_a_chain_and_serve_a_verified_answer() {
     let t = tmp.path();
     let chain_dir = t.join("chain");
     let c = chain_dir.to_str().unwrap();
-    let base = common::free_ports(12);
+    let base = common::free_ports(14);
     let (p2p, http_port) = (base, base + 4);
     let o = deai(&[
         "chain",
@@ -322,5 +324,182 @@ fn nodes_join_a_chain_and_serve_a_verified_answer() {
         !o.status.success() && text(&o).contains("cannot reach"),
         "{}",
         text(&o)
+    );
+
+    // Two worker-only processes, cheaper than the first, so that routing prefers them.
+    let mut extra: Vec<(String, Option<Proc>)> = vec![];
+    for i in 0..2u16 {
+        let k = t.join(format!("worker-{i}.key"));
+        let o = deai(&["keys", "new", "--out", k.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+        let a = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let o = deai(&[
+            "tx",
+            "--url",
+            &url,
+            "--key",
+            faucet.to_str().unwrap(),
+            "transfer",
+            "--to",
+            &a,
+            "--amount",
+            "100000",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let cfg = t.join(format!("worker-{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "chain = \"{url}\"\nkey = \"{}\"\nroles = [\"worker\"]\ndata = \"{}\"\n\
+                 [worker]\nlisten = \"127.0.0.1:{}\"\nprice_per_1k = 100\n",
+                k.display(),
+                t.join(format!("data-{i}")).display(),
+                base + 12 + i
+            ),
+        )
+        .unwrap();
+        let p = spawn(
+            &t.join(format!("worker-{i}.log")),
+            &["node", "--config", cfg.to_str().unwrap()],
+        );
+        extra.push((a, Some(p)));
+    }
+    let all2 = |extra: &[(String, Option<Proc>)]| {
+        let mut v = vec![&chain, &node];
+        v.extend(validators.iter());
+        v.extend(extra.iter().filter_map(|(_, p)| p.as_ref()));
+        logs(&v)
+    };
+    let t0 = Instant::now();
+    loop {
+        let ok = c
+            .get(format!("{gw}/v1/models"))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<serde_json::Value>().ok())
+            .is_some_and(|v| v["data"][0]["deai"]["workers"] == 3);
+        if ok {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(240), "{}", all2(&extra));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let req = serde_json::json!({
+        "model": "SmolLM2-135M-Instruct", "max_tokens": 200, "seed": 11, "temperature": 0.7,
+        "messages": [{ "role": "user", "content": "Write a long story about a lighthouse keeper and a storm at sea." }],
+    });
+    let reference: serde_json::Value = c
+        .post(format!("{gw}/v1/chat/completions"))
+        .bearer_auth("sk-test-node-roles")
+        .json(&req)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let reference_job = reference["deai"]["job"].as_str().unwrap().to_string();
+    let reference = reference["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reference}"))
+        .to_string();
+    let mut stream_req = req.clone();
+    stream_req["stream"] = serde_json::json!(true);
+    let resp = c
+        .post(format!("{gw}/v1/chat/completions"))
+        .bearer_auth("sk-test-node-roles")
+        .json(&stream_req)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(resp));
+    let (mut text, mut last, mut killed) = (String::new(), serde_json::Value::Null, None);
+    let mut done = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            done = true;
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert!(
+            v.get("error").is_none(),
+            "stream error: {v}\n{}",
+            all2(&extra)
+        );
+        if let Some(piece) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(piece);
+        }
+        if !v["choices"][0]["finish_reason"].is_null() {
+            last = v;
+            continue;
+        }
+        if killed.is_none() && !text.is_empty() {
+            // The first tokens arrived: find the worker that holds the open job (its escrow
+            // may take a block or two to finalize) and kill it.
+            let t0 = Instant::now();
+            let job = loop {
+                let open: serde_json::Value = c
+                    .get(format!("{url}/v1/jobs?status=open"))
+                    .send()
+                    .unwrap()
+                    .json()
+                    .unwrap();
+                // (The reference answer's job may still wait for its receipt.)
+                let found = open["jobs"].as_array().unwrap().iter().find(|j| {
+                    let w = j["job"]["worker"].as_str().unwrap_or_default();
+                    j["id"] != reference_job.as_str() && extra.iter().any(|(a, _)| a == w)
+                });
+                if let Some(j) = found {
+                    break j.clone();
+                }
+                if t0.elapsed() > Duration::from_secs(10) {
+                    let recent: serde_json::Value = c
+                        .get(format!("{url}/v1/jobs?limit=3"))
+                        .send()
+                        .unwrap()
+                        .json()
+                        .unwrap();
+                    panic!(
+                        "no open job on an extra worker ({extra:?}): {open}\nrecent: {recent}\ntext so far: {text:?}",
+                        extra = extra.iter().map(|e| &e.0).collect::<Vec<_>>()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let w = job["job"]["worker"].as_str().unwrap().to_string();
+            let (_, p) = extra.iter_mut().find(|(a, _)| *a == w).unwrap();
+            let mut p = p.take().unwrap();
+            p.0.kill().unwrap();
+            p.0.wait().unwrap();
+            killed = Some((w, job["id"].as_str().unwrap().to_string(), p));
+        }
+    }
+    assert!(done, "the stream ends with [DONE]");
+    let (dead, dead_job, _p) = killed.expect("the stream produced tokens");
+    let survivor = last["deai"]["worker"].as_str().unwrap().to_string();
+    assert_ne!(
+        survivor, dead,
+        "the answer was finished by another worker: {last}"
+    );
+    assert_eq!(
+        text, reference,
+        "the failed-over stream neither lost nor repeated text"
+    );
+    // The dead worker's job still holds its escrow (the ledger refunds it at the job's
+    // timeout, `job_timeout` blocks after it opened; see the ledger's timeout test).
+    let j: serde_json::Value = c
+        .get(format!("{url}/v1/job/{dead_job}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(j["job"]["status"], "open", "{j}");
+    assert!(j["job"]["escrow"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(
+        j["job"]["deadline"].as_u64().unwrap(),
+        j["job"]["opened_at"].as_u64().unwrap() + 1500,
+        "{j}"
     );
 }

@@ -352,15 +352,29 @@ impl Gateway {
             prompt_tokens.len() + params.max_tokens,
             w.worker.price_per_1k,
         );
-        let open_job = client
-            .sign(TxKind::OpenJob {
-                job,
-                model,
-                max_tokens: params.max_tokens as u32,
-                escrow,
-                worker: Some(w.address),
-            })
-            .await?;
+        let kind = TxKind::OpenJob {
+            job,
+            model,
+            max_tokens: params.max_tokens as u32,
+            escrow,
+            worker: Some(w.address),
+        };
+        let mut open_job = client.sign(kind.clone()).await?;
+        if let Err(e) = self.0.ledger.submit(&open_job).await {
+            // The client's account was used elsewhere (another gateway, `deai tx`): its
+            // nonce moved on. Re-read it and sign again, or the escrow never reaches the
+            // chain and the worker serves the request unpaid.
+            if e.to_string().contains("nonce") {
+                tracing::info!("escrow refused ({e:#}); re-reading the client's nonce");
+                client.resync().await;
+                open_job = client.sign(kind).await?;
+                if let Err(e) = self.0.ledger.submit(&open_job).await {
+                    tracing::warn!("gateway's escrow submission: {e:#}");
+                }
+            } else {
+                tracing::debug!("gateway's escrow submission: {e:#}");
+            }
+        }
         let req = RunRequest {
             model_id: model,
             prompt_tokens: prompt_tokens.to_vec(),
@@ -368,9 +382,6 @@ impl Gateway {
             nonce,
             open_job,
         };
-        if let Err(e) = self.0.ledger.submit(&req.open_job).await {
-            tracing::debug!("gateway's escrow submission: {e:#}");
-        }
         let url = format!("{}/worker/v1/run", w.worker.endpoint.trim_end_matches('/'));
         let http = crate::http_client(&url, Duration::from_secs(3600));
         let mut resp =

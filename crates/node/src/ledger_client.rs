@@ -284,6 +284,12 @@ impl Signer {
         Ok(self.tx(nonce, kind))
     }
 
+    /// Forgets the cached nonce, so the next transaction reads it from the chain (after a
+    /// refusal: the account was used elsewhere, or a transaction was lost).
+    pub async fn resync(&self) {
+        *self.next.lock().await = None;
+    }
+
     fn tx(&self, nonce: u64, kind: TxKind) -> SignedTx {
         Tx {
             chain: self.chain,
