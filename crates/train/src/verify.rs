@@ -308,7 +308,10 @@ pub struct Coordinator {
     pub round: u32,
     shards: Vec<Shard>,
     val: Shard,
+    /// Ids of contributions admitted this round and the previous one (older ones fail the
+    /// round check anyway), so the set stays bounded over a long job.
     seen: HashSet<Hash256>,
+    seen_previous: HashSet<Hash256>,
     pending: BTreeMap<[u8; 32], Contribution>,
     early_rejects: Vec<(Option<[u8; 32]>, Rejection)>,
     /// Workers that submitted anything this round (admitted or refused).
@@ -321,6 +324,9 @@ pub struct Coordinator {
     /// Evaluation windows per round (bounded for speed).
     pub eval_windows: usize,
 }
+
+/// Refusals at submission kept per round in the report.
+pub const MAX_EARLY_REJECTS: usize = 256;
 
 fn who(w: &[u8; 32]) -> String {
     hex::encode(&w[..6])
@@ -353,6 +359,7 @@ impl Coordinator {
             shards,
             val,
             seen: HashSet::new(),
+            seen_previous: HashSet::new(),
             pending: BTreeMap::new(),
             early_rejects: vec![],
             attempted: HashSet::new(),
@@ -407,7 +414,7 @@ impl Coordinator {
         }
         let r = self.admit(bytes);
         if let Err(e) = &r {
-            self.early_rejects.push((worker, e.clone()));
+            self.record_early_reject(worker, e.clone());
         }
         r
     }
@@ -420,15 +427,28 @@ impl Coordinator {
         if let Some(k) = worker {
             self.attempted.insert(k);
         }
-        self.early_rejects
-            .push((worker, Rejection::new(Reason::NotAdmitted, detail)));
+        self.record_early_reject(worker, Rejection::new(Reason::NotAdmitted, detail));
+    }
+
+    /// Keeps at most [`MAX_EARLY_REJECTS`] refusals per round for the report (a flood of
+    /// junk must not grow it without bound); each worker's first slashable one is always
+    /// kept.
+    fn record_early_reject(&mut self, worker: Option<[u8; 32]>, e: Rejection) {
+        let first_proof = e.reason.slashable()
+            && !self
+                .early_rejects
+                .iter()
+                .any(|(w, r)| *w == worker && r.reason.slashable());
+        if self.early_rejects.len() < MAX_EARLY_REJECTS || first_proof {
+            self.early_rejects.push((worker, e));
+        }
     }
 
     fn admit(&mut self, bytes: &[u8]) -> std::result::Result<[u8; 32], Rejection> {
         let c = Contribution::from_bytes(bytes, &self.job.model)
             .map_err(|e| Rejection::new(Reason::Malformed, e.to_string()))?;
         let id = c.id();
-        if self.seen.contains(&id) {
+        if self.seen.contains(&id) || self.seen_previous.contains(&id) {
             return Err(Rejection::new(
                 Reason::Duplicate,
                 "these exact bytes were already submitted",
@@ -473,6 +493,7 @@ impl Coordinator {
     ) -> Result<RoundReport> {
         let spec = self.round_spec();
         let pending = std::mem::take(&mut self.pending);
+        self.seen_previous = std::mem::take(&mut self.seen);
         self.attempted.clear();
         let mut rejected_keys = std::mem::take(&mut self.early_rejects);
         let mut accepted = vec![];

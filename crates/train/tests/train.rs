@@ -324,6 +324,15 @@ fn bad_and_late_submissions_are_refused_and_lose_nothing() {
             .reason,
         Reason::WrongRound
     );
+    // A flood of junk in one round is refused one by one, but the report keeps a bounded
+    // number of refusals (and still the closing works).
+    for i in 0..(deai_train::verify::MAX_EARLY_REJECTS + 50) {
+        let junk = vec![i as u8; 80];
+        assert!(co.submit(&junk).is_err());
+    }
+    let r = co.close_round(&[], deai_types::Hash256([6; 32])).unwrap();
+    assert_eq!(r.rejected.len(), deai_train::verify::MAX_EARLY_REJECTS);
+    assert!(r.slashed_keys.is_empty());
 }
 
 #[test]
