@@ -8,7 +8,7 @@
 
 use anyhow::{Context, Result};
 use commonware_runtime::tokio as cw_tokio;
-use deai_chain::local::{self, InitOptions, RunOptions};
+use deai_chain::local::{self, InitOptions};
 use deai_ledger::state::GenesisAccount;
 use deai_ledger::{Address, TxKind};
 use deai_node::ledger_client::{LedgerClient, Signer};
@@ -66,17 +66,7 @@ pub async fn start(
             extra,
         )?;
     }
-    let nodes = local::start_validators(ctx, dir, &[0, 1, 2, 3], &RunOptions::default()).await?;
-    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
-    let ledger = LedgerClient::new(&urls[0]);
-    let t0 = tokio::time::Instant::now();
-    while ledger.height().await.unwrap_or(0) < 1 {
-        anyhow::ensure!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the chain did not start within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (urls, ledger) = deai_node::devnet::start_chain(ctx, dir).await?;
     let chain_id = ledger.chain_id().await?;
     let params = ledger.params().await?;
     let fee = params.min_fee;

@@ -76,6 +76,30 @@ fn http() -> reqwest::blocking::Client {
         .unwrap()
 }
 
+/// Waits until the gateway routes to `n` qualified workers.
+fn wait_workers(
+    c: &reqwest::blocking::Client,
+    gw: &str,
+    n: u64,
+    secs: u64,
+    logs: &dyn Fn() -> String,
+) {
+    let t0 = Instant::now();
+    loop {
+        let ok = c
+            .get(format!("{gw}/v1/models"))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<serde_json::Value>().ok())
+            .is_some_and(|v| v["data"][0]["deai"]["workers"] == n);
+        if ok {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(secs), "{}", logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 #[test]
 fn nodes_join_a_chain_and_serve_a_verified_answer() {
     if std::env::var_os("DEAI_MODEL_PATH").is_none_or(|p| p.is_empty()) {
@@ -228,20 +252,7 @@ fn nodes_join_a_chain_and_serve_a_verified_answer() {
     };
     let gw = format!("http://127.0.0.1:{gport}");
     let c = http();
-    let t0 = Instant::now();
-    loop {
-        let ok = c
-            .get(format!("{gw}/v1/models"))
-            .send()
-            .ok()
-            .and_then(|r| r.json::<serde_json::Value>().ok())
-            .is_some_and(|v| v["data"][0]["deai"]["workers"] == 1);
-        if ok {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(120), "{}", all());
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_workers(&c, &gw, 1, 120, &all);
     // The validator's explorer: its config, the page, and the chain's routes forwarded.
     let ui: serde_json::Value = c
         .get(format!("http://{explorer}/ui/config.json"))
@@ -370,20 +381,7 @@ fn nodes_join_a_chain_and_serve_a_verified_answer() {
         v.extend(extra.iter().filter_map(|(_, p)| p.as_ref()));
         logs(&v)
     };
-    let t0 = Instant::now();
-    loop {
-        let ok = c
-            .get(format!("{gw}/v1/models"))
-            .send()
-            .ok()
-            .and_then(|r| r.json::<serde_json::Value>().ok())
-            .is_some_and(|v| v["data"][0]["deai"]["workers"] == 3);
-        if ok {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(240), "{}", all2(&extra));
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_workers(&c, &gw, 3, 240, &|| all2(&extra));
     let req = serde_json::json!({
         "model": "SmolLM2-135M-Instruct", "max_tokens": 200, "seed": 11, "temperature": 0.7,
         "messages": [{ "role": "user", "content": "Write a long story about a lighthouse keeper and a storm at sea." }],

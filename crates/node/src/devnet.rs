@@ -129,14 +129,16 @@ fn init(opts: &DevnetOptions) -> Result<()> {
     Ok(())
 }
 
-/// Starts the devnet inside a running commonware tokio runtime.
-pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devnet> {
-    init(&opts)?;
-    let dir = opts.dir.clone();
-    let nodes = local::start_validators(ctx, &dir, &[0, 1, 2, 3], &RunOptions::default()).await?;
-    let chain: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
-    let ledger = LedgerClient::new(&chain[0]);
-    // Wait for the chain to finalize its first block (peers connected).
+/// Starts the four validators of the chain in `dir` (one process, loopback) and waits until
+/// they finalize a first block (peers connected); returns their API URLs and a client of the
+/// first.
+pub async fn start_chain(
+    ctx: &cw_tokio::Context,
+    dir: &Path,
+) -> Result<(Vec<String>, LedgerClient)> {
+    let nodes = local::start_validators(ctx, dir, &[0, 1, 2, 3], &RunOptions::default()).await?;
+    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
+    let ledger = LedgerClient::new(&urls[0]);
     let t0 = tokio::time::Instant::now();
     while ledger.height().await.unwrap_or(0) < 1 {
         anyhow::ensure!(
@@ -145,6 +147,14 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok((urls, ledger))
+}
+
+/// Starts the devnet inside a running commonware tokio runtime.
+pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devnet> {
+    init(&opts)?;
+    let dir = opts.dir.clone();
+    let (chain, ledger) = start_chain(ctx, &dir).await?;
     let chain_id = ledger.chain_id().await?;
     let fee = ledger.params().await?.min_fee;
     // Each role talks to its own chain node, as separate hosts would.
@@ -187,7 +197,7 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
 
     // Verifiers start once the workers serve: after a restart they fetch receipts at once.
     let mut verifiers = Vec::new();
-    for i in 0..nodes.len() {
+    for i in 0..chain.len() {
         let v = Arc::new(Verifier::new(
             signer(key_at(&dir, &format!("validator-{i}.key"))?, i),
             opts.engine.clone(),
