@@ -149,8 +149,9 @@ fn diloco_on_chain_pays_the_honest_slashes_the_cheater_and_records_every_checkpo
     ]);
     args.push(out.to_str().unwrap());
     let stdout = ok(&deai(home.path(), &args, None));
-    let lines: Vec<Value> = stdout
-        .lines()
+    let raw: Vec<&str> = stdout.lines().collect();
+    let lines: Vec<Value> = raw
+        .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(
@@ -177,6 +178,9 @@ fn diloco_on_chain_pays_the_honest_slashes_the_cheater_and_records_every_checkpo
     assert_eq!(t["rounds_done"], 3);
     assert_eq!(t["checkpoint"], summary["checkpoint_hash"], "{chain}");
     assert_eq!(t["escrow"], 0);
+    // The chain commits to the last round's report exactly as the coordinator serves it.
+    let digest = deai_types::Hash256::digest_parts("deai-train-report-v1", &[raw[2].as_bytes()]);
+    assert_eq!(t["last_report"], digest.to_hex(), "{chain}");
     assert_eq!(
         (t["accepted"].as_u64(), t["rejected"].as_u64()),
         (Some(6), Some(1))
