@@ -445,28 +445,23 @@ fn check_opening_url(url: &str, peer: Option<SocketAddr>) -> Result<(), String> 
 
 /// Whether the contribution's (claimed) worker holds the ledger's minimum worker stake; the
 /// signature is checked after this, by the coordinator.
-async fn check_stake(signer: &Signer, body: &[u8]) -> Result<(), String> {
+/// Errors are `Ok(detail)` for a refusal that counts as the worker's attempt, `Err(detail)`
+/// when the ledger could not be read (the worker may retry).
+async fn check_stake(signer: &Signer, body: &[u8]) -> Result<Result<(), String>, String> {
     let Some(worker) = deai_train::diloco::Contribution::worker_of(body) else {
-        return Err("the contribution names no worker".into());
+        return Ok(Err("the contribution names no worker".into()));
     };
     let ledger = signer.ledger();
-    let min = ledger
-        .params()
-        .await
-        .map_err(|e| format!("ledger unavailable: {e:#}"))?
-        .min_worker_stake;
-    let stake = ledger
-        .account(&worker)
-        .await
-        .map_err(|e| format!("ledger unavailable: {e:#}"))?
-        .1;
+    let unavailable = |e: anyhow::Error| format!("the ledger is unavailable: {e:#}");
+    let min = ledger.params().await.map_err(unavailable)?.min_worker_stake;
+    let stake = ledger.account(&worker).await.map_err(unavailable)?.1;
     if stake < min {
-        return Err(format!(
+        return Ok(Err(format!(
             "worker {} has stake {stake}, below the ledger's worker minimum {min}: stake first",
             hex::encode(&worker[..6])
-        ));
+        )));
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 async fn contribute(
@@ -490,7 +485,13 @@ async fn contribute(
         ));
     }
     if let Some(signer) = &s.ledger {
-        if let Err(detail) = check_stake(signer, &body).await {
+        let checked = check_stake(signer, &body).await.map_err(|detail| {
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"reason": "ledger-unavailable", "detail": detail}),
+            )
+        })?;
+        if let Err(detail) = checked {
             {
                 let mut i = lock(&s.inner);
                 if !i.done && !i.closing {
