@@ -366,7 +366,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 t["status"].as_str().unwrap_or("?"),
                 t["rounds_done"],
                 t["rounds"],
-                &t["checkpoint"].as_str().unwrap_or("?")[..12.min(t["checkpoint"].as_str().unwrap_or("?").len())],
+                prefix(&t["checkpoint"]),
                 t["paid"],
                 t["refunded"],
                 t["accepted"],
@@ -378,7 +378,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                     stdout,
                     "  {} {}  balance {}  stake {}",
                     w["role"].as_str().unwrap_or("?"),
-                    &w["address"].as_str().unwrap_or("?")[..12],
+                    prefix(&w["address"]),
                     w["balance"],
                     w["stake"]
                 )?;
@@ -395,6 +395,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The first 12 characters of a hex id in JSON, for one-line summaries.
+fn prefix(v: &serde_json::Value) -> &str {
+    let s = v.as_str().unwrap_or("?");
+    s.get(..12).unwrap_or(s)
 }
 
 /// The rounds over HTTP on loopback: a coordinator and one training worker per key, each

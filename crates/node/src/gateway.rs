@@ -359,22 +359,17 @@ impl Gateway {
             escrow,
             worker: Some(w.address),
         };
-        let mut open_job = client.sign(kind.clone()).await?;
-        if let Err(e) = self.0.ledger.submit(&open_job).await {
-            // The client's account was used elsewhere (another gateway, `deai tx`): its
-            // nonce moved on. Re-read it and sign again, or the escrow never reaches the
-            // chain and the worker serves the request unpaid.
-            if e.to_string().contains("nonce") {
-                tracing::info!("escrow refused ({e:#}); re-reading the client's nonce");
-                client.resync().await;
-                open_job = client.sign(kind).await?;
-                if let Err(e) = self.0.ledger.submit(&open_job).await {
-                    tracing::warn!("gateway's escrow submission: {e:#}");
-                }
-            } else {
+        // Submitting through the signer re-signs the escrow if the client's account was used
+        // elsewhere (another gateway, `deai tx`) and its nonce moved on; otherwise the escrow
+        // would never reach the chain and the worker would serve the request unpaid.
+        let open_job = match client.submit_signed(kind.clone()).await {
+            Ok((_, tx)) => tx,
+            Err(e) => {
+                // The worker re-submits the escrow it is handed: give it a signed one anyway.
                 tracing::debug!("gateway's escrow submission: {e:#}");
+                client.sign(kind).await?
             }
-        }
+        };
         let req = RunRequest {
             model_id: model,
             prompt_tokens: prompt_tokens.to_vec(),

@@ -284,12 +284,6 @@ impl Signer {
         Ok(self.tx(nonce, kind))
     }
 
-    /// Forgets the cached nonce, so the next transaction reads it from the chain (after a
-    /// refusal: the account was used elsewhere, or a transaction was lost).
-    pub async fn resync(&self) {
-        *self.next.lock().await = None;
-    }
-
     fn tx(&self, nonce: u64, kind: TxKind) -> SignedTx {
         Tx {
             chain: self.chain,
@@ -303,6 +297,13 @@ impl Signer {
 
     /// Signs and submits `kind`; returns the transaction id.
     pub async fn submit(&self, kind: TxKind) -> Result<Hash256> {
+        Ok(self.submit_signed(kind).await?.0)
+    }
+
+    /// [`Signer::submit`], also returning the transaction as submitted (to hand on, as the
+    /// gateway hands a job's escrow to its worker). A refused nonce (the account was used
+    /// elsewhere) is re-read from the chain and the transaction signed again, once.
+    pub async fn submit_signed(&self, kind: TxKind) -> Result<(Hash256, SignedTx)> {
         let mut next = self.next.lock().await;
         for attempt in 0..2 {
             let nonce = match *next {
@@ -313,7 +314,7 @@ impl Signer {
             match self.ledger.submit(&tx).await {
                 Ok(id) => {
                     *next = Some(nonce + 1);
-                    return Ok(id);
+                    return Ok((id, tx));
                 }
                 Err(e) if attempt == 0 && e.to_string().contains("nonce") => {
                     // Our count drifted (a restart, or a transaction lost): re-read it.
