@@ -414,11 +414,33 @@ fn cpu_model() -> String {
 }
 
 /// The measurements, inside the running devnet.
+/// `o.reps` streaming requests from one client, each sent as soon as the previous ends.
+async fn back_to_back(
+    http: &reqwest::Client,
+    info: &DevnetInfo,
+    o: &Opts,
+    reference: &str,
+    tally: &mut Tally,
+    label: &str,
+) -> Vec<Streamed> {
+    eprintln!("one client, back to back ({label}), {} reps ...", o.reps);
+    let mut v = Vec::new();
+    for _ in 0..o.reps {
+        let r = stream_chat(http, info, &o.prompt, o.seed, o.max_tokens).await;
+        tally.count(&r, reference);
+        if let Ok(s) = r {
+            v.push(s);
+        }
+    }
+    v
+}
+
 async fn measure(
     info: DevnetInfo,
     engine: Arc<Engine>,
     ids: Vec<u32>,
     o: Opts,
+    verifiers: Vec<Arc<deai_node::verifier::Verifier>>,
 ) -> Result<(Value, Tally)> {
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -479,14 +501,37 @@ async fn measure(
     let bare_tps = median(&b.iter().map(|r| r.tps).collect::<Vec<_>>());
     let bare_ttft = median(&b.iter().map(|r| r.ttft_ms).collect::<Vec<_>>());
     let bare_short_tps = median(&bs.iter().map(|r| r.tps).collect::<Vec<_>>());
-    // One client, back to back: the validators verify the previous answer meanwhile.
-    eprintln!("one client, back to back, {} reps ...", o.reps);
-    let mut b2b = Vec::new();
-    for _ in 0..o.reps {
-        let r = stream_chat(&http, &info, &o.prompt, o.seed, o.max_tokens).await;
-        tally.count(&r, &reference);
-        if let Ok(s) = r {
-            b2b.push(s);
+    // One client, back to back: the validators verify the previous answers meanwhile, on
+    // the same engine. First as the devnet runs (re-execution yields to generation), then
+    // with yielding off (verification competes with generation for the cores).
+    let yield0 = engine.yield_stats();
+    let b2b = back_to_back(
+        &http,
+        &info,
+        &o,
+        &reference,
+        &mut tally,
+        "verification yields",
+    )
+    .await;
+    let yielded = engine.yield_stats();
+    wait_final(&http, &info, &tally.jobs, Duration::from_secs(o.settle)).await?;
+    let patience = verifiers.first().map(|v| v.patience());
+    for v in &verifiers {
+        v.set_patience(Duration::ZERO);
+    }
+    let competing = back_to_back(
+        &http,
+        &info,
+        &o,
+        &reference,
+        &mut tally,
+        "verification competes",
+    )
+    .await;
+    for (v, p) in verifiers.iter().zip(std::iter::repeat(patience)) {
+        if let Some(p) = p {
+            v.set_patience(p);
         }
     }
     let tps = |v: &[Streamed]| {
@@ -501,6 +546,8 @@ async fn measure(
     let tail = |v: &[Streamed]| median(&v.iter().map(|s| s.tail_ms).collect::<Vec<_>>());
     let e2e_tps = tps(&b2b);
     let e2e_ttft = ttft(&b2b);
+    let competing_tps = tps(&competing);
+    let competing_ttft = ttft(&competing);
     let quiet_tps = tps(&quiet);
     let quiet_ttft = ttft(&quiet);
     let e2e_tokens = b2b.first().map_or(0, |s| s.completion_tokens);
@@ -602,6 +649,12 @@ async fn measure(
         "ttft_added_ms": r(e2e_ttft - bare_ttft),
         "e2e_headers_ms": r(headers(&b2b)),
         "e2e_tail_ms": r(tail(&b2b)),
+        "verify_patience_ms": patience.map_or(0, |p| p.as_millis() as u64),
+        "verify_yield_s": r(yielded.waited.saturating_sub(yield0.waited).as_secs_f64()),
+        "verify_forced_chunks": yielded.forced_chunks - yield0.forced_chunks,
+        "competing_e2e_tps": r(competing_tps),
+        "competing_ratio": r(competing_tps / bare_tps),
+        "competing_ttft_added_ms": r(competing_ttft - bare_ttft),
         "quiet_e2e_tps": r(quiet_tps),
         "quiet_e2e_ttft_ms": r(quiet_ttft),
         "quiet_ratio": r(quiet_tps / bare_tps),
@@ -711,7 +764,7 @@ pub fn bench(a: NetworkBench) -> Result<()> {
             dir.display()
         );
         let net = devnet::start(&ctx, opts).await?;
-        measure(net.info.clone(), engine, ids, o).await
+        measure(net.info.clone(), engine, ids, o, net.verifiers.clone()).await
     })?;
     report["loadavg_at_start"] = json!(load0);
     if a.json {
@@ -772,12 +825,27 @@ fn print_table(j: &Value) {
         f("ttft_added_ms")
     );
     println!(
+        "{:<32} {:>10.1} {:>7.2}x {:>10} {:>12.1}",
+        "  same, verification competes",
+        f("competing_e2e_tps"),
+        f("competing_ratio"),
+        "",
+        f("competing_ttft_added_ms")
+    );
+    println!(
         "{:<32} {:>10.1} {:>7.2}x {:>10.1} {:>12.1}",
         "gateway+worker, validators idle",
         f("quiet_e2e_tps"),
         f("quiet_ratio"),
         f("quiet_e2e_ttft_ms"),
         f("quiet_ttft_added_ms")
+    );
+    println!(
+        "back to back, re-execution yielded {:.1} s in all (cap {} ms per receipt), {} chunks \
+         ran out of patience",
+        f("verify_yield_s"),
+        u("verify_patience_ms"),
+        u("verify_forced_chunks")
     );
     println!(
         "response headers after {:.1} ms (idle {:.1}); last token -> final chunk {:.1} ms \

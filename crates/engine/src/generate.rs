@@ -6,9 +6,10 @@ use crate::kv::{KvCache, PrefixCache};
 use crate::model::{ForwardOut, Model};
 use crate::profile::KernelProfile;
 use crate::sampler::{self, SamplingParams};
+use crate::sched::{Gate, Interactive, YieldStats, BACKGROUND_CHUNK};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Upper bound on kernel threads (far above any core count this engine targets).
 pub const MAX_THREADS: usize = 256;
@@ -98,6 +99,7 @@ pub struct Engine {
     prefix: Mutex<PrefixCache>,
     threads: usize,
     simd: bool,
+    gate: Gate,
 }
 
 impl Engine {
@@ -124,6 +126,7 @@ impl Engine {
             prefix: Mutex::new(PrefixCache::new(cfg.prefix_cache_bytes)),
             threads,
             simd: !cfg.force_portable && crate::kernels::simd_available(),
+            gate: Gate::default(),
         })
     }
 
@@ -169,6 +172,54 @@ impl Engine {
         self.forward(tokens, &mut cache, logits_from)
     }
 
+    /// [`Engine::prefill_all`] as background work: the same positions, computed in chunks of
+    /// [`BACKGROUND_CHUNK`] tokens, each started only once no interactive work (generation)
+    /// runs on this engine, or once `patience` has passed since the call (then it no longer
+    /// waits). The result is bit-identical to `prefill_all`.
+    pub fn prefill_all_background(
+        &self,
+        tokens: &[u32],
+        logits_from: usize,
+        patience: Duration,
+    ) -> Result<ForwardOut> {
+        let mut cache = self.new_cache(tokens.len())?;
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let deadline = Instant::now() + patience;
+        let mut patient = true;
+        let d = self.model.cfg.d_model;
+        let logits_from = logits_from.min(tokens.len());
+        let mut hidden = Vec::with_capacity(tokens.len() * d);
+        let mut logits = Vec::new();
+        for (i, chunk) in tokens.chunks(BACKGROUND_CHUNK).enumerate() {
+            if patient {
+                patient = self.gate.wait_idle(deadline);
+            }
+            let start = i * BACKGROUND_CHUNK;
+            let from = logits_from.saturating_sub(start).min(chunk.len());
+            let out = self.forward(chunk, &mut cache, from)?;
+            hidden.extend_from_slice(&out.hidden);
+            logits.extend_from_slice(&out.logits);
+        }
+        Ok(ForwardOut {
+            hidden,
+            logits,
+            logits_from,
+        })
+    }
+
+    /// Marks interactive work (generation does this itself) until the guard drops: background
+    /// prefills wait for it.
+    pub fn interactive(&self) -> Interactive<'_> {
+        self.gate.interactive()
+    }
+
+    /// How long background prefills have waited for interactive work on this engine.
+    pub fn yield_stats(&self) -> YieldStats {
+        self.gate.stats()
+    }
+
     pub fn prefix_cache_stats(&self) -> (u64, u64, usize) {
         let p = self.prefix.lock().unwrap_or_else(|e| e.into_inner());
         let (h, t) = p.stats();
@@ -186,6 +237,7 @@ impl Engine {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
+        let _interactive = self.gate.interactive();
         if params.max_tokens == 0 {
             return Err(EngineError::InvalidParam(
                 "max_tokens must be at least 1".into(),

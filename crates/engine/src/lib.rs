@@ -20,6 +20,7 @@ pub mod model;
 pub mod profile;
 pub mod quant;
 pub mod sampler;
+pub mod sched;
 pub mod testing;
 pub mod tokenizer;
 

@@ -320,3 +320,94 @@ fn corrupt_and_truncated_files_are_errors_not_panics() {
     assert!(err.contains("llamb"), "{err}");
     assert!(Model::load(&dir.path().join("missing.gguf")).is_err());
 }
+
+/// A validator's background prefill (chunked, yielding to generation) gives the same bits as
+/// the one-shot prefill, for every `logits_from` (before, inside and after the chunks), and
+/// waits while generation runs on the same engine.
+#[test]
+fn background_prefill_is_bit_identical_and_yields_to_generation() {
+    use deai_engine::sched::BACKGROUND_CHUNK;
+    use std::sync::Arc;
+    use std::time::Duration;
+    for wtype in [WType::Q4_1, WType::Q8_0, WType::F32] {
+        let spec = TinySpec {
+            wtype,
+            ..TinySpec::default()
+        };
+        let e = load(&spec, 2, 0);
+        let n = 3 * BACKGROUND_CHUNK + 5;
+        let toks = tokens(n, e.model.cfg.vocab);
+        for from in [
+            0,
+            1,
+            BACKGROUND_CHUNK,
+            BACKGROUND_CHUNK + 3,
+            n - 1,
+            n,
+            n + 9,
+        ] {
+            let a = e.prefill_all(&toks, from).unwrap();
+            let b = e
+                .prefill_all_background(&toks, from, Duration::from_secs(5))
+                .unwrap();
+            assert_eq!(a.logits_from, b.logits_from, "{wtype:?} from {from}");
+            assert_eq!(bits(&a.hidden), bits(&b.hidden), "{wtype:?} from {from}");
+            assert_eq!(bits(&a.logits), bits(&b.logits), "{wtype:?} from {from}");
+        }
+    }
+    // Bad input gives the same errors as the one-shot path.
+    let e = Arc::new(load(&TinySpec::default(), 2, 0));
+    assert!(matches!(
+        e.prefill_all_background(&[], 0, Duration::ZERO),
+        Err(EngineError::EmptyPrompt)
+    ));
+    assert!(e
+        .prefill_all_background(&[5, 100_000], 0, Duration::ZERO)
+        .is_err());
+
+    // While generation holds the engine, background work does not start a chunk; once it
+    // ends, the prefill completes with the same result.
+    let toks = tokens(40, e.model.cfg.vocab);
+    let want = bits(&e.prefill_all(&toks, 0).unwrap().hidden);
+    let before = e.yield_stats();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let guard_done = {
+        let e2 = e.clone();
+        let toks = toks.clone();
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _g = e2.interactive();
+            held_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        });
+        held_rx.recv().unwrap();
+        let e3 = e.clone();
+        std::thread::spawn(move || {
+            let out = e3
+                .prefill_all_background(&toks, 0, Duration::from_secs(60))
+                .unwrap();
+            tx.send(bits(&out.hidden)).unwrap();
+        });
+        (holder, release_tx)
+    };
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "background prefill ran while generation held the engine"
+    );
+    guard_done.1.send(()).unwrap();
+    guard_done.0.join().unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(got, want);
+    let after = e.yield_stats();
+    assert!(after.waited >= before.waited + Duration::from_millis(200));
+    assert_eq!(after.forced_chunks, before.forced_chunks);
+
+    // Out of patience: it runs even though generation never ends.
+    let _g = e.interactive();
+    let out = e
+        .prefill_all_background(&toks, 0, Duration::from_millis(30))
+        .unwrap();
+    assert_eq!(bits(&out.hidden), want);
+    assert_eq!(e.yield_stats().forced_chunks, after.forced_chunks + 1);
+}

@@ -118,6 +118,9 @@ pub struct ApiKey {
 pub struct ValidatorSection {
     /// How often to look for receipts to check.
     pub every_ms: u64,
+    /// Longest one re-execution yields to a worker's generation when both roles share this
+    /// process's engine (0: never yields). See `Verifier::with_patience`.
+    pub patience_ms: u64,
     /// Serve the explorer (and the chain's query routes, forwarded) here; the validator
     /// role has no HTTP API of its own otherwise.
     pub listen: Option<SocketAddr>,
@@ -127,6 +130,7 @@ impl Default for ValidatorSection {
     fn default() -> Self {
         ValidatorSection {
             every_ms: 200,
+            patience_ms: crate::verifier::DEFAULT_PATIENCE.as_millis() as u64,
             listen: None,
         }
     }
@@ -207,7 +211,10 @@ pub async fn start(
                 hex::encode(address)
             );
         }
-        let v = Arc::new(Verifier::new(signer(), engine.clone(), model_id));
+        let v = Arc::new(
+            Verifier::new(signer(), engine.clone(), model_id)
+                .with_patience(Duration::from_millis(cfg.validator.patience_ms)),
+        );
         tokio::spawn(
             v.clone()
                 .run(Duration::from_millis(cfg.validator.every_ms.max(10))),

@@ -55,7 +55,15 @@ pub struct Verifier {
     pub findings: Mutex<Vec<Finding>>,
     /// Capability challenges this validator ran: worker -> passed (None while running).
     pub probes: Mutex<HashMap<Address, Option<bool>>>,
+    /// Longest a re-execution waits for generation on a shared engine (see
+    /// [`Verifier::with_patience`]).
+    patience_ms: std::sync::atomic::AtomicU64,
+    /// First (time, height) this verifier saw: the observed block time.
+    first_seen: Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+/// Default cap on how long a verification yields to generation on the same engine.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long a worker has to answer its capability challenge.
 pub const CHALLENGE_DEADLINE: Duration = Duration::from_secs(60);
@@ -76,6 +84,18 @@ pub fn sampled(job: &Hash256, block: &Hash256, rate_bps: u64) -> bool {
     x % BPS < rate_bps
 }
 
+/// How long a re-execution may yield: half the `blocks_left` before its deadline at the
+/// block time observed over `elapsed` and `blocks_seen` blocks, at most `cap`, and nothing
+/// before any block time was observed.
+fn yield_budget(elapsed: Duration, blocks_seen: u64, blocks_left: u64, cap: Duration) -> Duration {
+    if blocks_seen == 0 {
+        return Duration::ZERO;
+    }
+    let block = elapsed / blocks_seen.min(u32::MAX as u64) as u32;
+    let half = (blocks_left / 2).min(u32::MAX as u64) as u32;
+    block.saturating_mul(half).min(cap)
+}
+
 impl Verifier {
     pub fn new(signer: Signer, engine: Arc<Engine>, model_id: Hash256) -> Self {
         Verifier {
@@ -85,7 +105,43 @@ impl Verifier {
             done: Mutex::new(HashSet::new()),
             findings: Mutex::new(Vec::new()),
             probes: Mutex::new(HashMap::new()),
+            patience_ms: (DEFAULT_PATIENCE.as_millis() as u64).into(),
+            first_seen: Mutex::new(None),
         }
+    }
+
+    /// Re-executions run as background work on the engine (`Engine::prefill_all_background`):
+    /// when this validator shares its engine with a worker, each chunk of the prefill waits
+    /// while a client's generation runs, for at most `cap` per receipt and never more than
+    /// half of the blocks left before the job's verdict deadline at the block time observed
+    /// so far (none until two heights were seen). `Duration::ZERO` never waits.
+    pub fn with_patience(self, cap: Duration) -> Self {
+        self.set_patience(cap);
+        self
+    }
+
+    /// The cap of [`Verifier::with_patience`].
+    pub fn patience(&self) -> Duration {
+        Duration::from_millis(self.patience_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Changes the cap of [`Verifier::with_patience`] for the receipts checked from now on.
+    pub fn set_patience(&self, cap: Duration) {
+        let ms = cap.as_millis().min(u64::MAX as u128) as u64;
+        self.patience_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long the re-execution of a job due at `deadline` may yield at `height`.
+    fn patience_for(&self, height: u64, deadline: u64) -> Duration {
+        let mut first = self.first_seen.lock().unwrap();
+        let (t0, h0) = *first.get_or_insert((std::time::Instant::now(), height));
+        yield_budget(
+            t0.elapsed(),
+            height.saturating_sub(h0),
+            deadline.saturating_sub(height),
+            Duration::from_millis(self.patience_ms.load(std::sync::atomic::Ordering::Relaxed)),
+        )
     }
 
     /// Starts a capability challenge for each new worker of this model that this validator
@@ -268,7 +324,8 @@ impl Verifier {
                     continue;
                 }
             }
-            let finding = match self.check(&id, &job).await {
+            let patience = self.patience_for(height, job.deadline);
+            let finding = match self.check_yielding(&id, &job, patience).await {
                 Check::Done(f) => f,
                 Check::Unavailable(why) => {
                     // The worker may be restarting: ask again later, and reject only once
@@ -319,6 +376,12 @@ impl Verifier {
     /// receipt is a reject; a receipt that cannot be fetched is reported as such (the caller
     /// retries for a while before rejecting).
     pub async fn check(&self, id: &Hash256, job: &Job) -> Check {
+        self.check_yielding(id, job, Duration::ZERO).await
+    }
+
+    /// [`Verifier::check`] with the prefill run as background work that yields to generation
+    /// on this engine for up to `patience`.
+    async fn check_yielding(&self, id: &Hash256, job: &Job, patience: Duration) -> Check {
         let reject = |reason: String| {
             Check::Done(Finding {
                 job: *id,
@@ -357,8 +420,14 @@ impl Verifier {
         }
         let engine = self.engine.clone();
         let model_id = self.model_id;
-        let report =
-            tokio::task::spawn_blocking(move || deai_proof::verify(&r, &engine, &model_id)).await;
+        let cfg = deai_proof::VerifyConfig {
+            background_patience: (!patience.is_zero()).then_some(patience),
+            ..Default::default()
+        };
+        let report = tokio::task::spawn_blocking(move || {
+            deai_proof::verify_with(&r, &engine, &model_id, &cfg)
+        })
+        .await;
         match report {
             Ok(rep) if rep.accepted() => Check::Done(Finding {
                 job: *id,
@@ -388,5 +457,31 @@ impl Verifier {
             anyhow::bail!("receipt larger than {} bytes", crate::MAX_BODY);
         }
         Ok(String::from_utf8(b.to_vec())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yield_budget_follows_the_observed_block_time_and_the_cap() {
+        let ms = Duration::from_millis;
+        // No block time observed yet: no yielding.
+        assert_eq!(yield_budget(ms(500), 0, 1_000, ms(30_000)), Duration::ZERO);
+        // 10 ms blocks, 1000 blocks left: half of 10 s.
+        assert_eq!(yield_budget(ms(100), 10, 1_000, ms(30_000)), ms(5_000));
+        // The cap wins when the window is long.
+        assert_eq!(yield_budget(ms(100), 10, 1_000_000, ms(30_000)), ms(30_000));
+        // At or past the deadline: none.
+        assert_eq!(yield_budget(ms(100), 10, 1, ms(30_000)), Duration::ZERO);
+        assert_eq!(yield_budget(ms(100), 10, 0, ms(30_000)), Duration::ZERO);
+        // A zero cap never yields.
+        assert_eq!(
+            yield_budget(ms(100), 10, 1_000, Duration::ZERO),
+            Duration::ZERO
+        );
+        // Huge inputs saturate instead of overflowing.
+        assert_eq!(yield_budget(Duration::MAX / 2, 1, u64::MAX, ms(7)), ms(7));
     }
 }

@@ -74,6 +74,9 @@ pub struct VerifyConfig {
     /// Reject receipts made under another kernel profile instead of comparing within
     /// thresholds.
     pub require_same_profile: bool,
+    /// Run the prefill as background work that yields to generation on the same engine for
+    /// up to this long ([`Engine::prefill_all_background`]; same bits). None: at once.
+    pub background_patience: Option<std::time::Duration>,
 }
 
 impl Default for VerifyConfig {
@@ -85,6 +88,7 @@ impl Default for VerifyConfig {
             expected_job_id: None,
             expected_worker: None,
             require_same_profile: false,
+            background_patience: None,
         }
     }
 }
@@ -250,7 +254,11 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
     } else if let Some(i) = bad_tok {
         Err(format!("token #{i} is outside the vocabulary ({vocab})"))
     } else {
-        engine.prefill_all(&fed, p - 1).map_err(|e| e.to_string())
+        match cfg.background_patience {
+            Some(patience) => engine.prefill_all_background(&fed, p - 1, patience),
+            None => engine.prefill_all(&fed, p - 1),
+        }
+        .map_err(|e| e.to_string())
     };
     let out = match forward {
         Ok(o) => {
