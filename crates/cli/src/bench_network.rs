@@ -514,8 +514,9 @@ async fn measure(
         "verification yields",
     )
     .await;
-    let yielded = engine.yield_stats();
+    // A re-execution adds its wait to the stats when it ends: read them once all are done.
     wait_final(&http, &info, &tally.jobs, Duration::from_secs(o.settle)).await?;
+    let yielded = engine.yield_stats();
     let patience = verifiers.first().map(|v| v.patience());
     for v in &verifiers {
         v.set_patience(Duration::ZERO);

@@ -6,7 +6,7 @@ use crate::kv::{KvCache, PrefixCache};
 use crate::model::{ForwardOut, Model};
 use crate::profile::KernelProfile;
 use crate::sampler::{self, SamplingParams};
-use crate::sched::{Gate, Interactive, YieldStats, BACKGROUND_CHUNK};
+use crate::sched::{Gate, Interactive, Turn, YieldStats, BACKGROUND_CHUNK};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -193,12 +193,13 @@ impl Engine {
         let mut hidden = Vec::with_capacity(tokens.len() * d);
         let mut logits = Vec::new();
         for (i, chunk) in tokens.chunks(BACKGROUND_CHUNK).enumerate() {
-            if patient {
-                patient = self.gate.wait_idle(deadline);
-            }
             let start = i * BACKGROUND_CHUNK;
             let from = logits_from.saturating_sub(start).min(chunk.len());
-            let out = self.forward(chunk, &mut cache, from)?;
+            let (idle, out) = self.gate.background(patient.then_some(deadline), || {
+                self.forward(chunk, &mut cache, from)
+            });
+            patient &= idle;
+            let out = out?;
             hidden.extend_from_slice(&out.hidden);
             logits.extend_from_slice(&out.logits);
         }
@@ -207,6 +208,12 @@ impl Engine {
             logits,
             logits_from,
         })
+    }
+
+    /// A background turn on this engine that waits for idleness until `deadline` (None: at
+    /// once) and holds off other background work until it drops ([`crate::sched::Gate::turn`]).
+    pub fn background_turn(&self, deadline: Option<Instant>) -> Turn<'_> {
+        self.gate.turn(deadline)
     }
 
     /// Marks interactive work (generation does this itself) until the guard drops: background

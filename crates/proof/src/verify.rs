@@ -249,12 +249,14 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
         .iter()
         .chain(&r.output_tokens)
         .position(|&t| t as usize >= vocab);
+    let patience = cfg.background_patience;
+    let started = std::time::Instant::now();
     let forward = if p == 0 || n == 0 {
         Err("empty prompt or output".to_string())
     } else if let Some(i) = bad_tok {
         Err(format!("token #{i} is outside the vocabulary ({vocab})"))
     } else {
-        match cfg.background_patience {
+        match patience {
             Some(patience) => engine.prefill_all_background(&fed, p - 1, patience),
             None => engine.prefill_all(&fed, p - 1),
         }
@@ -275,6 +277,10 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
             None
         }
     };
+
+    // The checks below are background work too (sampling replay over every output
+    // position's logits): they wait for their turn and hold off the other validators' work.
+    let _turn = patience.map(|p| engine.background_turn(Some(started + p)));
 
     // Activations.
     match &out {
