@@ -533,7 +533,9 @@ impl Gateway {
                     "assigned": assigned.get(a).copied().unwrap_or(0),
                     "reachable": h.is_some(),
                     "compute_ms": h.as_ref().and_then(|h| h["compute_ms"].as_u64()),
-                    "busy": h.as_ref().and_then(|h| h["busy"].as_bool()),
+                    "busy": h.as_ref().and_then(|h| h["busy"].as_u64()),
+                    "mean_job_ms": h.as_ref().and_then(|h| h["mean_job_ms"].as_u64()),
+                    "refused_busy": h.as_ref().and_then(|h| h["refused_busy"].as_u64()),
                 })
             })
             .collect();

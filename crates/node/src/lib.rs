@@ -23,6 +23,21 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
+/// Block time as one process sees it: the first (time, height) it observed, against which
+/// each later observation is measured.
+#[derive(Default)]
+pub struct BlockClock(std::sync::Mutex<Option<(std::time::Instant, u64)>>);
+
+impl BlockClock {
+    /// Records `height` now; returns the time and the number of blocks since the first
+    /// observation (0 blocks until the height moved).
+    pub fn observe(&self, height: u64) -> (Duration, u64) {
+        let mut first = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (t0, h0) = *first.get_or_insert((std::time::Instant::now(), height));
+        (t0.elapsed(), height.saturating_sub(h0))
+    }
+}
+
 /// Largest request body a role accepts (prompts are far smaller; receipts too).
 pub const MAX_BODY: usize = 4 << 20;
 

@@ -59,7 +59,7 @@ pub struct Verifier {
     /// [`Verifier::with_patience`]).
     patience_ms: std::sync::atomic::AtomicU64,
     /// First (time, height) this verifier saw: the observed block time.
-    first_seen: Mutex<Option<(std::time::Instant, u64)>>,
+    clock: crate::BlockClock,
 }
 
 /// Default cap on how long a verification yields to generation on the same engine.
@@ -106,7 +106,7 @@ impl Verifier {
             findings: Mutex::new(Vec::new()),
             probes: Mutex::new(HashMap::new()),
             patience_ms: (DEFAULT_PATIENCE.as_millis() as u64).into(),
-            first_seen: Mutex::new(None),
+            clock: Default::default(),
         }
     }
 
@@ -134,11 +134,10 @@ impl Verifier {
 
     /// How long the re-execution of a job due at `deadline` may yield at `height`.
     fn patience_for(&self, height: u64, deadline: u64) -> Duration {
-        let mut first = self.first_seen.lock().unwrap();
-        let (t0, h0) = *first.get_or_insert((std::time::Instant::now(), height));
+        let (elapsed, blocks) = self.clock.observe(height);
         yield_budget(
-            t0.elapsed(),
-            height.saturating_sub(h0),
+            elapsed,
+            blocks,
             deadline.saturating_sub(height),
             Duration::from_millis(self.patience_ms.load(std::sync::atomic::Ordering::Relaxed)),
         )

@@ -82,6 +82,12 @@ struct Inner {
     served: AtomicU64,
     /// Wall time spent running jobs (generation + proof), for revenue per compute-hour.
     compute_us: AtomicU64,
+    /// Moving average of one job's wall time (queue wait excluded), microseconds; 0 before
+    /// the first job.
+    mean_job_us: AtomicU64,
+    /// Jobs refused because they would not start before their deadline.
+    refused_busy: AtomicU64,
+    clock: crate::BlockClock,
 }
 
 #[derive(Clone)]
@@ -106,6 +112,9 @@ impl Worker {
             busy: AtomicU64::new(0),
             served: AtomicU64::new(0),
             compute_us: AtomicU64::new(0),
+            mean_job_us: AtomicU64::new(0),
+            refused_busy: AtomicU64::new(0),
+            clock: Default::default(),
         })))
     }
 
@@ -274,6 +283,7 @@ impl Worker {
                 "the client's balance does not cover the escrow",
             ));
         }
+        self.check_queue().await?;
         if !i.seen.lock().unwrap().insert(job) || self.receipt_path(&job).exists() {
             return Err(http_error(
                 StatusCode::CONFLICT,
@@ -282,6 +292,67 @@ impl Worker {
         }
         Ok(job)
     }
+}
+
+impl Worker {
+    /// Refuses (503) a job that would wait behind the ones queued here longer than half its
+    /// deadline: it would likely expire on chain before its receipt lands, refunding the
+    /// client and leaving this worker unpaid, while another worker may be free.
+    async fn check_queue(&self) -> Result<(), HttpError> {
+        let i = &self.0;
+        let ahead = i.busy.load(Ordering::Relaxed);
+        let mean = i.mean_job_us.load(Ordering::Relaxed);
+        if ahead == 0 || mean == 0 {
+            return Ok(());
+        }
+        let ledger = i.signer.ledger();
+        let unavailable =
+            |e: anyhow::Error| http_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        let height = ledger.height().await.map_err(unavailable)?;
+        let timeout = ledger.params().await.map_err(unavailable)?.job_timeout;
+        let (elapsed, blocks) = i.clock.observe(height);
+        admission(ahead, Duration::from_micros(mean), elapsed, blocks, timeout).map_err(|why| {
+            i.refused_busy.fetch_add(1, Ordering::Relaxed);
+            http_error(StatusCode::SERVICE_UNAVAILABLE, why)
+        })
+    }
+
+    /// Folds one job's wall time into the moving average (weight 1/8).
+    fn record_job_time(&self, d: Duration) {
+        let us = d.as_micros().clamp(1, u64::MAX as u128) as u64;
+        let _ = self
+            .0
+            .mean_job_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 { us } else { old - old / 8 + us / 8 })
+            });
+    }
+}
+
+/// Whether a job may queue behind `ahead` jobs of `mean_job` each: refused when that wait
+/// exceeds half of its deadline of `job_timeout` blocks at the block time observed (`elapsed`
+/// over `blocks`). Admits while the block time is unknown.
+pub fn admission(
+    ahead: u64,
+    mean_job: Duration,
+    elapsed: Duration,
+    blocks: u64,
+    job_timeout: u64,
+) -> Result<(), String> {
+    if blocks == 0 {
+        return Ok(());
+    }
+    let wait = mean_job.as_secs_f64() * ahead as f64;
+    let budget = elapsed.as_secs_f64() / blocks as f64 * job_timeout as f64 / 2.0;
+    if wait > budget {
+        return Err(format!(
+            "worker busy: {ahead} jobs ahead, about {wait:.1} s before this one would start, \
+             more than half of its {job_timeout}-block deadline (~{:.1} s at the current block \
+             time); try another worker",
+            budget * 2.0
+        ));
+    }
+    Ok(())
 }
 
 /// What `tokens` tokens cost at `price_per_1k` (rounded up, as the ledger bills).
@@ -298,6 +369,8 @@ async fn health(AxState(w): AxState<Worker>) -> Json<serde_json::Value> {
         "busy": w.0.busy.load(Ordering::Relaxed),
         "served": w.0.served.load(Ordering::Relaxed),
         "compute_ms": w.0.compute_us.load(Ordering::Relaxed) / 1000,
+        "mean_job_ms": w.0.mean_job_us.load(Ordering::Relaxed) / 1000,
+        "refused_busy": w.0.refused_busy.load(Ordering::Relaxed),
     }))
 }
 
@@ -341,6 +414,7 @@ async fn run(
         let out = tokio::task::spawn_blocking(move || execute(&w3, &req, job, &tx2)).await;
         w2.0.compute_us
             .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+        w2.record_job_time(t0.elapsed());
         drop(permit);
         w2.0.busy.fetch_sub(1, Ordering::Relaxed);
         match out {
@@ -502,4 +576,26 @@ async fn chain_proxy(
     uri: axum::http::Uri,
 ) -> axum::response::Response {
     crate::chain_proxy::forward(w.0.signer.ledger(), method, uri).await
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::admission;
+    use std::time::Duration;
+
+    #[test]
+    fn a_job_is_refused_only_when_its_queue_wait_exceeds_half_its_deadline() {
+        let s = Duration::from_secs;
+        // Block time unknown yet: admitted.
+        assert!(admission(100, s(10), s(5), 0, 60).is_ok());
+        // 1 s blocks, 60-block deadline: 30 s of queue allowed.
+        assert!(admission(3, s(10), s(10), 10, 60).is_ok());
+        let err = admission(4, s(10), s(10), 10, 60).unwrap_err();
+        assert!(err.contains("4 jobs ahead"), "{err}");
+        assert!(err.contains("60-block deadline"), "{err}");
+        // Faster blocks shrink the budget: 0.1 s blocks, 30 s wait vs 3 s budget.
+        assert!(admission(3, s(10), s(1), 10, 60).is_err());
+        // Nothing ahead never refuses.
+        assert!(admission(0, s(1_000), s(1), 10, 1).is_ok());
+    }
 }

@@ -347,6 +347,14 @@ fn cheaters_are_rejected_slashed_and_dropped_while_the_honest_worker_is_paid() {
                 .any(|w| w["compute_ms"].as_u64().is_some_and(|ms| ms > 0)),
             "{stats}"
         );
+        // The worker's job-time average (its admission estimate) is running, it is idle
+        // now, and it refused nothing: one request at a time never queues.
+        assert!(
+            listed[0]["mean_job_ms"].as_u64().is_some_and(|ms| ms > 0),
+            "{stats}"
+        );
+        assert_eq!(listed[0]["busy"].as_u64(), Some(0), "{stats}");
+        assert_eq!(listed[0]["refused_busy"].as_u64(), Some(0), "{stats}");
         // Dot segments cannot climb out of the forwarded routes (sent raw: reqwest would
         // normalise them away).
         for path in [
