@@ -159,9 +159,12 @@ async fn tx_status(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
 async fn account(AxState(api): AxState<Api>, Path(a): Path<String>) -> R {
     let a = parse_addr(&a)?;
     let s = api.app.finalized_state();
-    Ok(Json(
-        json!({ "height": s.height(), "address": hex::encode(a), "account": s.account(&a) }),
-    ))
+    Ok(Json(json!({
+        "height": s.height(), "address": hex::encode(a), "account": s.account(&a),
+        // Past the finalized nonce and this node's pending transactions of the account
+        // (another signer with the same key, such as the evidence reporter, included).
+        "next_nonce": api.app.next_nonce(&a),
+    })))
 }
 
 #[derive(Deserialize)]

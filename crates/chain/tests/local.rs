@@ -121,6 +121,32 @@ fn devnet_over_http_finalizes_and_proves() {
                 .unwrap();
             let account: Account = serde_json::from_value(acct["account"].clone()).unwrap();
             assert_eq!(account.balance, 1234);
+            // The sender's next nonce counts its pending transactions too: a second transfer
+            // submitted now is either pending (next 2 by the mempool) or final (nonce 2).
+            let second = Tx {
+                chain,
+                from: [0; 32],
+                nonce: 1,
+                fee: 1,
+                kind: TxKind::Transfer {
+                    to: [8u8; 32],
+                    amount: 1,
+                },
+            }
+            .sign(&faucet_key);
+            let sent = c
+                .post(format!("{url}/v1/tx"))
+                .json(&serde_json::json!({ "tx": second }))
+                .send()
+                .unwrap();
+            assert!(sent.status().is_success());
+            let from: serde_json::Value = c
+                .get(format!("{url}/v1/account/{}", hex::encode(second.tx.from)))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            assert_eq!(from["next_nonce"], 2, "{from}");
             let block: serde_json::Value = c
                 .get(format!("{url}/v1/block/{height}"))
                 .send()

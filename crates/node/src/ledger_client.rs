@@ -103,6 +103,18 @@ impl LedgerClient {
         ))
     }
 
+    /// The nonce `a`'s next transaction should carry: past its finalized nonce and the
+    /// node's pending transactions from it (the finalized nonce where a node does not say).
+    pub async fn next_nonce(&self, a: &Address) -> Result<u64> {
+        let v = self
+            .get_some(&format!("/v1/account/{}", hex::encode(a)))
+            .await?;
+        Ok(v["next_nonce"]
+            .as_u64()
+            .or_else(|| v["account"]["nonce"].as_u64())
+            .unwrap_or(0))
+    }
+
     pub async fn params(&self) -> Result<Params> {
         let v = self.get_some("/v1/params").await?;
         serde_json::from_value(v["params"].clone()).context("bad params JSON")
@@ -308,7 +320,7 @@ impl Signer {
         for attempt in 0..2 {
             let nonce = match *next {
                 Some(n) => n,
-                None => self.ledger.account(&self.address()).await?.2,
+                None => self.ledger.next_nonce(&self.address()).await?,
             };
             let tx = self.tx(nonce, kind.clone());
             match self.ledger.submit(&tx).await {
@@ -317,7 +329,9 @@ impl Signer {
                     return Ok((id, tx));
                 }
                 Err(e) if attempt == 0 && e.to_string().contains("nonce") => {
-                    // Our count drifted (a restart, or a transaction lost): re-read it.
+                    // Our count drifted (a restart, a transaction lost, or another
+                    // signer with this key, such as the chain node's evidence reporter):
+                    // re-read it, counting the node's pending transactions.
                     *next = None;
                 }
                 Err(e) => return Err(e),
