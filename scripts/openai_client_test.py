@@ -178,6 +178,10 @@ def main():
           expect(openai.NotFoundError, model="no-such-model"))
     check("temperature=5 raises BadRequestError",
           expect(openai.BadRequestError, temperature=5))
+    check("logprobs=True (not supported) raises BadRequestError",
+          expect(openai.BadRequestError, logprobs=True))
+    check("an unknown argument raises BadRequestError",
+          expect(openai.BadRequestError, extra_body={"bogus_argument": 1}))
 
     # --- receipts -------------------------------------------------------------------------
     def verdict(receipt_id, timeout=120.0):

@@ -653,13 +653,68 @@ struct Common {
     stop: Option<Value>,
     stream: Option<bool>,
     n: Option<u64>,
+    /// Every other field, checked by [`Common::check_rest`].
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
 }
+
+/// OpenAI parameters accepted and ignored: they do not change the answer.
+const IGNORED_PARAMS: &[&str] = &[
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "parallel_tool_calls",
+    "prompt_cache_key",
+    "safety_identifier",
+    // `include_usage`: the final chunk always carries `usage`.
+    "stream_options",
+];
 
 const DEFAULT_MAX_TOKENS: usize = 256;
 const MAX_STOPS: usize = 4;
 
 impl Common {
+    /// Refuses OpenAI features this gateway does not implement when a request asks for them
+    /// (rather than silently answering without them), and names fields OpenAI does not know.
+    fn check_rest(&self) -> Result<(), HttpError> {
+        for (k, v) in &self.rest {
+            let off = match k.as_str() {
+                k if IGNORED_PARAMS.contains(&k) => true,
+                "logprobs" | "echo" => v.is_null() || *v == Value::Bool(false),
+                "top_logprobs" | "presence_penalty" | "frequency_penalty" => {
+                    v.is_null() || v.as_f64() == Some(0.0)
+                }
+                "best_of" => v.is_null() || v.as_u64() == Some(1),
+                "logit_bias" => v.is_null() || v.as_object().is_some_and(|m| m.is_empty()),
+                "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
+                "tool_choice" | "function_call" => v.is_null() || v.as_str() == Some("none"),
+                "response_format" => v.is_null() || v["type"].as_str() == Some("text"),
+                "suffix" => v.is_null() || v.as_str() == Some(""),
+                _ => {
+                    return Err(http_error(
+                        StatusCode::BAD_REQUEST,
+                        format!("Unrecognized request argument supplied: {k}"),
+                    )
+                    .with_code("unknown_parameter"))
+                }
+            };
+            if !off {
+                return Err(http_error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{k} is not supported by this gateway (answers are plain text from one \
+                         verifiable run); leave it unset"
+                    ),
+                )
+                .with_code("unsupported_parameter"));
+            }
+        }
+        Ok(())
+    }
+
     fn params(&self, prompt_len: usize, n_ctx: usize) -> Result<GenParams, HttpError> {
+        self.check_rest()?;
         let bad = |m: String| http_error(StatusCode::BAD_REQUEST, m);
         if self.n.is_some_and(|n| n != 1) {
             return Err(bad("n must be 1: each answer is one verifiable job".into()));
@@ -1058,4 +1113,60 @@ fn async_stream_events(
         }
     })
     .chain(futures::stream::once(async { Ok(Event::default().data("[DONE]")) }))
+}
+
+#[cfg(test)]
+mod param_tests {
+    use super::*;
+
+    fn check(extra: Value) -> Result<(), (StatusCode, String, &'static str)> {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let req: ChatRequest = serde_json::from_value(body).unwrap();
+        req.common
+            .params(3, 2048)
+            .map(|_| ())
+            .map_err(|e| (e.status, e.message, e.code))
+    }
+
+    #[test]
+    fn unsupported_features_are_refused_and_unknown_fields_named() {
+        // Known parameters, ignored ones and features left at their "off" values pass.
+        for ok in [
+            json!({"temperature": 0.5, "seed": 1, "stop": ["x"], "n": 1}),
+            json!({"user": "u", "metadata": {"a": "b"}, "store": false}),
+            json!({"stream_options": {"include_usage": true}}),
+            json!({"logprobs": false, "presence_penalty": 0, "frequency_penalty": 0.0}),
+            json!({"tools": [], "tool_choice": "none", "logit_bias": {}}),
+            json!({"response_format": {"type": "text"}, "best_of": 1, "suffix": ""}),
+        ] {
+            assert_eq!(check(ok.clone()), Ok(()), "{ok}");
+        }
+        // Asking for a feature this gateway does not have is a 400 naming it.
+        for (bad, name) in [
+            (json!({"logprobs": true}), "logprobs"),
+            (json!({"top_logprobs": 3}), "top_logprobs"),
+            (json!({"presence_penalty": 0.5}), "presence_penalty"),
+            (json!({"logit_bias": {"42": 5}}), "logit_bias"),
+            (json!({"tools": [{"type": "function"}]}), "tools"),
+            (json!({"tool_choice": "auto"}), "tool_choice"),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+            (json!({"best_of": 3}), "best_of"),
+        ] {
+            let (status, msg, code) = check(bad.clone()).unwrap_err();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(code, "unsupported_parameter", "{bad}");
+            assert!(msg.starts_with(name), "{bad}: {msg}");
+        }
+        // A field OpenAI does not know either is named, as OpenAI does.
+        let (status, msg, code) = check(json!({"temprature": 1})).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(code, "unknown_parameter");
+        assert_eq!(msg, "Unrecognized request argument supplied: temprature");
+    }
 }
