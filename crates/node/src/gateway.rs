@@ -681,7 +681,10 @@ impl Common {
         for (k, v) in &self.rest {
             let off = match k.as_str() {
                 k if IGNORED_PARAMS.contains(&k) => true,
-                "logprobs" | "echo" => v.is_null() || *v == Value::Bool(false),
+                // Chat takes a bool, completions a count.
+                "logprobs" | "echo" => {
+                    v.is_null() || *v == Value::Bool(false) || v.as_u64() == Some(0)
+                }
                 "top_logprobs" | "presence_penalty" | "frequency_penalty" => {
                     v.is_null() || v.as_f64() == Some(0.0)
                 }
