@@ -186,7 +186,7 @@ impl Engine {
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        let deadline = Instant::now() + patience;
+        let deadline = crate::sched::deadline_after(patience);
         let mut patient = true;
         let d = self.model.cfg.d_model;
         let logits_from = logits_from.min(tokens.len());

@@ -23,6 +23,14 @@ pub const BACKGROUND_CHUNK: usize = 16;
 /// generation on loopback (a few ms of HTTP, escrow signing and chain reads).
 pub const IDLE_GRACE: Duration = Duration::from_millis(50);
 
+/// `now + patience`, saturating (a patience too large for the clock waits ~34 years).
+pub fn deadline_after(patience: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(patience)
+        .or_else(|| now.checked_add(Duration::from_secs(1 << 30)))
+        .unwrap_or(now)
+}
+
 /// Counts running interactive work and wakes background work when it drops to zero.
 #[derive(Default)]
 pub struct Gate {
@@ -176,6 +184,16 @@ mod tests {
         );
         assert_eq!(g.active(), 0);
         assert!(g.stats().waited >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_huge_patience_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        assert!(deadline_after(Duration::MAX) > now + Duration::from_secs(1 << 29));
+        assert!(deadline_after(Duration::ZERO) >= now);
+        // And a background turn with it returns at once on an idle engine.
+        let g = Gate::default();
+        assert!(g.turn(Some(deadline_after(Duration::MAX))).idle);
     }
 
     #[test]

@@ -250,7 +250,8 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
         .chain(&r.output_tokens)
         .position(|&t| t as usize >= vocab);
     let patience = cfg.background_patience;
-    let started = std::time::Instant::now();
+    // One deadline for the prefill and the checks after it.
+    let deadline = patience.map(deai_engine::sched::deadline_after);
     let forward = if p == 0 || n == 0 {
         Err("empty prompt or output".to_string())
     } else if let Some(i) = bad_tok {
@@ -280,7 +281,7 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
 
     // The checks below are background work too (sampling replay over every output
     // position's logits): they wait for their turn and hold off the other validators' work.
-    let _turn = patience.map(|p| engine.background_turn(Some(started + p)));
+    let _turn = deadline.map(|d| engine.background_turn(Some(d)));
 
     // Activations.
     match &out {
