@@ -10,7 +10,7 @@
 //! tx     = who:u8 kind:u8 a:u8 b:u8 c:u8  (missing bytes read as 0)
 //! ```
 //! `who & 0x0f` % 9 is the signer and `who >> 4` the fee (15: u64::MAX, 14: min_fee + 5,
-//! else min_fee); `kind % 11` picks the transaction and a, b, c its fields (see [`build`]).
+//! else min_fee); `kind % 13` picks the transaction and a, b, c its fields (see [`build`]).
 //! Every transaction is signed by its sender, for this chain, with the sender's next nonce, so
 //! every block must apply. `(ctl >> 4) & 7` first tries a corrupted copy of the block
 //! (1: flipped signature bit, 2: nonce + 1, 3: other chain id, 4: wrong height, 5: fee below
@@ -194,7 +194,10 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
         i if (i as usize) < ACTORS => f.addrs[i as usize],
         _ => OUTSIDER,
     };
-    match k % 11 {
+    // Contributors picked by the bits of `x` (so lists repeat keys, name outsiders, or run
+    // past a job's worker count).
+    let picks = |x: u8| -> Vec<Address> { (0..8).filter(|i| x >> i & 1 == 1).map(actor).collect() };
+    match k % 13 {
         0 => TxKind::Transfer {
             to: actor(a),
             amount: amt(b),
@@ -247,9 +250,25 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
                 _ => ParamChange::DisallowModel { model: model(c) },
             },
         },
-        _ => TxKind::Vote {
+        10 => TxKind::Vote {
             proposal: a as u64 % PROPOSALS,
             yes: b & 1 == 1,
+        },
+        11 => TxKind::OpenTraining {
+            job: job_id(a),
+            checkpoint: Hash256([b; 32]),
+            rounds: (b % 5) as u32,
+            workers: (c % 5) as u32,
+            reward_per_round: amt(c),
+            coordinator: actor(b >> 4),
+        },
+        _ => TxKind::TrainRound {
+            job: job_id(a),
+            round: (b % 4) as u32,
+            checkpoint: Hash256([c; 32]),
+            report: Hash256([b; 32]),
+            accepted: picks(c),
+            rejected: picks(c.rotate_left(3) & b),
         },
     }
 }
