@@ -530,11 +530,10 @@ async fn measure(
         "verification competes",
     )
     .await;
-    for (v, p) in verifiers.iter().zip(std::iter::repeat(patience)) {
-        if let Some(p) = p {
-            v.set_patience(p);
-        }
+    for v in &verifiers {
+        v.set_patience(patience.unwrap_or_default());
     }
+
     let tps = |v: &[Streamed]| {
         median(
             &v.iter()
