@@ -139,7 +139,7 @@ impl Verifier {
             elapsed,
             blocks,
             deadline.saturating_sub(height),
-            Duration::from_millis(self.patience_ms.load(std::sync::atomic::Ordering::Relaxed)),
+            self.patience(),
         )
     }
 
