@@ -142,6 +142,8 @@ fn fixture() -> &'static Fixture {
                 allowed_models: vec![MODEL_A],
                 ..Params::default()
             },
+            // Short epochs: the set changes as the fuzzer stakes and unstakes.
+            epoch_length: 3,
         };
         let state = State::from_genesis(&genesis).expect("the fuzz genesis is valid");
         state.audit().expect("genesis audits");

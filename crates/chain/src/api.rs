@@ -109,6 +109,12 @@ async fn status(AxState(api): AxState<Api>) -> R {
         "node": hex::encode(api.me),
         "mempool": api.app.mempool_len(),
         "validators": s.active_validators().iter().map(|(a, st)| json!({"address": hex::encode(a), "stake": st})).collect::<Vec<_>>(),
+        // Consensus: the epoch of the next block, and the set that finalizes it.
+        "epoch": s.epoch_of(s.height() + 1),
+        "epoch_length": s.meta().epoch_length,
+        "validator_set": s.validator_set().iter().map(hex::encode).collect::<Vec<_>>(),
+        // Where a light client starts (proofs carry the hand-offs from it).
+        "genesis_validator_set": api.app.epochs().get(0).map(|e| e.floor_state.validator_set().iter().map(hex::encode).collect::<Vec<_>>()),
         "supply": s.meta().supply,
         "burned": s.meta().burned,
         "treasury": s.meta().treasury,
@@ -521,12 +527,39 @@ async fn proof(AxState(api): AxState<Api>, Path((kind, id)): Path<(String, Strin
         .await
         .ok_or_else(|| not_found(format!("no finality certificate stored for height {h}")))?;
     let (value, proof) = s.prove(&key);
+    // How a client that knows only the genesis set learns this epoch's set.
+    let epochs = api.app.epochs();
+    let mut handoffs = Vec::new();
+    for e in epochs.handoffs(epochs.epoch_of(h)) {
+        let at = e.floor_height;
+        let header = api
+            .app
+            .block(at)
+            .ok_or_else(|| not_found(format!("block {at} missing")))?
+            .header;
+        let cert = marshal
+            .get_finalization(Height::new(at))
+            .await
+            .ok_or_else(|| {
+                not_found(format!("no finality certificate stored for epoch end {at}"))
+            })?;
+        let (value, proof) = e.floor_state.prove(&Key::Meta);
+        handoffs.push(StateProof {
+            height: at,
+            header: hex::encode(header.to_bytes()),
+            certificate: encode_certificate(&cert),
+            value: value.map(hex::encode),
+            proof,
+            handoffs: vec![],
+        });
+    }
     let p = StateProof {
         height: h,
         header: hex::encode(header.to_bytes()),
         certificate: encode_certificate(&cert),
         value: value.map(hex::encode),
         proof,
+        handoffs,
     };
     Ok(Json(serde_json::to_value(p).map_err(|e| {
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())

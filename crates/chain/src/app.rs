@@ -148,15 +148,16 @@ pub struct App {
     bad_proposer: Arc<std::sync::atomic::AtomicBool>,
     /// Checks equivocation evidence in transactions (the ledger cannot).
     evidence: Arc<crate::evidence::EvidenceCheck>,
+    /// Validator sets by epoch, registered as boundary blocks are finalized.
+    epochs: crate::epoch::Epochs,
 }
 
 impl App {
     pub fn new(genesis_state: State, max_block_txs: usize, mempool: Mempool) -> Self {
-        let evidence = Arc::new(crate::evidence::EvidenceCheck::new(
-            crate::node::participants(&genesis_state),
-        ));
         let genesis = Block::genesis(genesis_state.chain_id(), genesis_state.root());
         let gd = to_digest(genesis.digest());
+        let epochs = crate::epoch::Epochs::new(&genesis_state, gd);
+        let evidence = Arc::new(crate::evidence::EvidenceCheck::new(epochs.clone()));
         let mut states = HashMap::new();
         states.insert(
             gd,
@@ -190,6 +191,7 @@ impl App {
             max_block_txs: max_block_txs.min(deai_ledger::state::MAX_BLOCK_TXS),
             bad_proposer: Default::default(),
             evidence,
+            epochs,
         }
     }
 
@@ -204,6 +206,11 @@ impl App {
         // A panic while holding the lock is a bug; the state it guards is still consistent
         // (every mutation below is completed before the guard drops), so keep serving.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The validator sets of the epochs this node has reached.
+    pub fn epochs(&self) -> crate::epoch::Epochs {
+        self.epochs.clone()
     }
 
     pub fn genesis_block(&self) -> Block {
@@ -392,7 +399,10 @@ impl App {
         // blocks carrying it would not decode on other nodes.
         SignedTx::decode(&tx.to_bytes())
             .map_err(|e| Rejected::Invalid(format!("exceeds the encoding limits: {e}")))?;
-        self.evidence.check_tx(&tx).map_err(Rejected::Invalid)?;
+        let next_epoch = self.epochs.epoch_of(self.finalized_height() + 1);
+        self.evidence
+            .check_tx(&tx, next_epoch)
+            .map_err(Rejected::Invalid)?;
         let mut inner = self.lock();
         if let TxKind::ReportEquivocation { offender, view, .. } = &tx.tx.kind {
             // Every honest validator reports the same evidence: refuse the late ones here
@@ -572,6 +582,12 @@ impl App {
             events,
         });
         let h = b.height();
+        if state.is_epoch_end(h) {
+            // Before marshal hears the acknowledgement: the next epoch's certificates must
+            // verify from the moment it starts.
+            self.epochs
+                .insert(self.epochs.epoch_of(h) + 1, &state, digest);
+        }
         inner.states.retain(|_, e| e.height > h);
         inner.states.insert(
             digest,
@@ -592,7 +608,7 @@ fn execute(
     state: &mut State,
     b: &Block,
 ) -> Result<(Vec<TxOutcome>, Vec<String>), String> {
-    evidence.check_txs(&b.txs)?;
+    evidence.check_txs(&b.txs, b.height())?;
     let r = state
         .apply_block(b.height(), &b.txs)
         .map_err(|e| e.to_string())?;
@@ -650,12 +666,24 @@ impl Reporter for Finalizer {
 }
 
 /// Applies marshal's finalized blocks in order, acknowledging each after it is applied (so a
-/// crash before the acknowledgement replays it).
-pub async fn run_finalizer(app: App, mut rx: mpsc::UnboundedReceiver<Update<Block>>) {
+/// crash before the acknowledgement replays it). After an epoch's last block (whose
+/// application registers the next epoch's set) it calls `on_epoch` with the next epoch.
+pub async fn run_finalizer(
+    app: App,
+    mut rx: mpsc::UnboundedReceiver<Update<Block>>,
+    on_epoch: impl Fn(u64),
+) {
+    let epochs = app.epochs();
     while let Some(update) = rx.next().await {
         if let Update::Block(b, ack) = update {
             match app.apply_finalized(b.inner()) {
-                Ok(()) => ack.acknowledge(),
+                Ok(()) => {
+                    ack.acknowledge();
+                    let h = b.inner().height();
+                    if h == epochs.last(epochs.epoch_of(h)) {
+                        on_epoch(epochs.epoch_of(h) + 1);
+                    }
+                }
                 // Cannot happen with honest 2f+1: consensus finalized a block whose
                 // execution fails here. Stop applying rather than diverge; the node keeps
                 // serving the last good state.

@@ -15,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod block;
+pub mod epoch;
 pub mod evidence;
 pub mod explorer_bench;
 pub mod lightclient;

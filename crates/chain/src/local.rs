@@ -50,6 +50,8 @@ pub struct InitOptions {
     pub validator_stake: u64,
     pub params: Params,
     pub chain_name: String,
+    /// Blocks per consensus epoch (the validator set follows stake between epochs).
+    pub epoch_length: u64,
 }
 
 impl Default for InitOptions {
@@ -62,6 +64,7 @@ impl Default for InitOptions {
             validator_stake: 1_000_000,
             params: Params::default(),
             chain_name: "deai-devnet".into(),
+            epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
         }
     }
 }
@@ -158,6 +161,7 @@ pub fn init_with(dir: &Path, o: &InitOptions, extra: Vec<GenesisAccount>) -> Res
         accounts,
         validators,
         params: o.params.clone(),
+        epoch_length: o.epoch_length,
     };
     State::from_genesis(&genesis).map_err(|e| anyhow::anyhow!("genesis: {e}"))?;
     std::fs::write(
@@ -278,12 +282,15 @@ pub async fn start_validators(
             vctx.child("node"),
             NodeConfig {
                 signer,
-                participants: participants.clone(),
                 partition: format!("validator-{i}"),
                 genesis_state: state.clone(),
                 mempool: Mempool::new(100_000, 10_000),
                 max_block_txs: opts.max_block_txs,
                 leader_timeout: opts.leader_timeout,
+                // The p2p peers are network.json's validators whatever the epoch: a
+                // validator that joins from elsewhere needs its p2p address on the ledger,
+                // which the registry does not carry yet.
+                on_epoch: None,
             },
             channels,
             oracle.clone(),

@@ -6,6 +6,7 @@
 
 use crate::app::{run_finalizer, App, Finalizer, Scheme};
 use crate::block::{Block, Digest};
+use crate::epoch::{EpochProvider, Epochs};
 use crate::mempool::Mempool;
 use commonware_broadcast::buffered;
 use commonware_consensus::{
@@ -20,23 +21,23 @@ use commonware_consensus::{
     types::{Epoch, FixedEpocher, Height, ViewDelta},
 };
 use commonware_cryptography::{
-    certificate::ConstantProvider,
     ed25519::{PrivateKey, PublicKey},
     Sha256, Signer,
 };
+use commonware_p2p::utils::mux::{Builder as _, MuxHandle, Muxer};
 use commonware_p2p::{Blocker, Provider, Receiver, Sender};
 use commonware_parallel::Sequential;
 use commonware_runtime::{buffer::paged::CacheRef, Clock, Handle, Metrics, Spawner, Storage};
 use commonware_storage::archive::immutable;
 use commonware_utils::{ordered::Set, NZDuration, NZUsize, NZU16, NZU64};
 use deai_ledger::State;
+use futures::StreamExt;
 use rand_core_cw::CryptoRng;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Consensus signing namespace.
 pub const NAMESPACE: &[u8] = b"deai-chain-v1";
-/// One epoch for the whole chain: the validator set is fixed at genesis (see ARCHITECTURE.md).
-pub const EPOCH_LENGTH: u64 = 1 << 40;
 
 /// p2p channel ids.
 pub const CH_VOTES: u64 = 0;
@@ -66,10 +67,14 @@ pub fn address(pk: &PublicKey) -> [u8; 32] {
     a
 }
 
-/// The validator set of a genesis state, sorted.
+/// The consensus set that finalizes the block after `state` (the genesis set, for a genesis
+/// state), sorted.
 pub fn participants(state: &State) -> Set<PublicKey> {
-    Set::from_iter_dedup(state.validators().filter_map(|(a, _)| public_key(a)))
+    crate::epoch::keys(state.validator_set())
 }
+
+/// Called with each epoch's number and set as this node enters it (to track p2p peers).
+pub type OnEpoch = Arc<dyn Fn(u64, &Set<PublicKey>) + Send + Sync>;
 
 pub struct Channels<S, R> {
     pub votes: (S, R),
@@ -81,13 +86,14 @@ pub struct Channels<S, R> {
 
 pub struct NodeConfig {
     pub signer: PrivateKey,
-    pub participants: Set<PublicKey>,
     /// Prefix of this node's storage partitions.
     pub partition: String,
     pub genesis_state: State,
     pub mempool: Mempool,
     pub max_block_txs: usize,
     pub leader_timeout: Duration,
+    /// Told of every epoch this node enters, the current one first (after a restart too).
+    pub on_epoch: Option<OnEpoch>,
 }
 
 /// Proof that a validator signed two conflicting messages in one view, as simplex reported
@@ -97,7 +103,10 @@ pub struct Evidence {
     #[serde(with = "hex_bytes32")]
     pub offender: [u8; 32],
     pub kind: &'static str,
+    pub epoch: u64,
     pub view: u64,
+    /// The ledger's round id ([`crate::evidence::round_id`]) the report names.
+    pub round: u64,
     pub encoded: String,
 }
 
@@ -111,7 +120,7 @@ mod hex_bytes32 {
 /// (`ReportEquivocation`, signed with this validator's key) so the offender is slashed.
 #[derive(Clone)]
 pub struct EvidenceRecorder {
-    participants: Set<PublicKey>,
+    epochs: Epochs,
     log: std::sync::Arc<std::sync::Mutex<Vec<Evidence>>>,
     app: App,
     reporter: std::sync::Arc<ed25519_dalek::SigningKey>,
@@ -119,7 +128,7 @@ pub struct EvidenceRecorder {
     reported: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Reported>>>,
 }
 
-/// An (offender, view) pair.
+/// An (offender, round id) pair.
 type Reported = ([u8; 32], u64);
 
 impl EvidenceRecorder {
@@ -130,7 +139,7 @@ impl EvidenceRecorder {
     /// Submits a `ReportEquivocation` for `e` unless this node already did, or the offender
     /// was already slashed for that view.
     fn report_on_chain(&self, e: &Evidence, encoded: Vec<u8>) {
-        let key = (e.offender, e.view);
+        let key = (e.offender, e.round);
         if self.reported.lock().map_or(true, |r| r.contains(&key)) {
             return;
         }
@@ -144,7 +153,7 @@ impl EvidenceRecorder {
             fee: state.params().min_fee,
             kind: deai_ledger::TxKind::ReportEquivocation {
                 offender: e.offender,
-                view: e.view,
+                view: e.round,
                 evidence: encoded,
             },
         }
@@ -167,7 +176,7 @@ impl commonware_consensus::Reporter for EvidenceRecorder {
     type Activity = simplex::types::Activity<Scheme, Digest>;
     fn report(&mut self, a: Self::Activity) -> commonware_actor::Feedback {
         use commonware_consensus::simplex::types::Attributable;
-        use commonware_consensus::Viewable;
+        use commonware_consensus::{Epochable, Viewable};
         use simplex::types::Activity;
         let (kind, signer, view) = match &a {
             Activity::ConflictingNotarize(c) => ("conflicting_notarize", c.signer(), c.view()),
@@ -175,14 +184,23 @@ impl commonware_consensus::Reporter for EvidenceRecorder {
             Activity::NullifyFinalize(c) => ("nullify_finalize", c.signer(), c.view()),
             _ => return commonware_actor::Feedback::Ok,
         };
-        let Some(pk) = self.participants.get(signer.get() as usize) else {
+        let epoch = a.epoch().get();
+        let Some(set) = self.epochs.get(epoch) else {
+            return commonware_actor::Feedback::Ok;
+        };
+        let Some(pk) = set.participants.get(signer.get() as usize) else {
+            return commonware_actor::Feedback::Ok;
+        };
+        let Some(round) = crate::evidence::round_id(epoch, view.get()) else {
             return commonware_actor::Feedback::Ok;
         };
         let bytes = commonware_codec::Encode::encode(&a).to_vec();
         let e = Evidence {
             offender: address(pk),
             kind,
+            epoch,
             view: view.get(),
+            round,
             encoded: hex::encode(&bytes),
         };
         self.report_on_chain(&e, bytes);
@@ -201,6 +219,7 @@ impl commonware_consensus::Reporter for EvidenceRecorder {
 
 pub struct Node {
     pub app: App,
+    pub epochs: Epochs,
     pub evidence: EvidenceRecorder,
     pub marshal: marshal::core::Mailbox<Scheme, marshal::standard::Standard<Block>>,
     pub handles: Vec<Handle<()>>,
@@ -233,8 +252,34 @@ fn archive_cfg<C>(
     }
 }
 
+/// Where the orchestrator hears about epochs.
+enum EpochMsg {
+    /// The last block before `epoch` was applied (its set is recorded): it may start.
+    Enter { epoch: u64 },
+    /// A peer sent a consensus message of a later epoch than ours.
+    Later { epoch: u64, from: PublicKey },
+}
+
+/// The per-epoch consensus channels: votes, certificates and the simplex resolver are each
+/// multiplexed by epoch (subchannel = epoch number); a message for an epoch this node has
+/// not reached goes to the muxer's backup channel.
+struct EpochChannels<S: Sender> {
+    votes: MuxHandle<S>,
+    certs: MuxHandle<S>,
+    resolver: MuxHandle<S>,
+}
+
 /// Start a validator. Spawns all actors as children of `context`; abort the task owning
 /// `context` (or the returned handles) to crash it.
+///
+/// Consensus runs one simplex engine per epoch. The first is the newest epoch whose set this
+/// node knows after replaying its finalized blocks; each time the finalizer applies an
+/// epoch's last block (which names the next set, see [`crate::epoch`]), the orchestrator
+/// starts the next epoch's engine on top of that block and stops the old one. A node that
+/// is not in an epoch's set runs the engine as an observer (it verifies and follows
+/// certificates but does not vote). A node that hears consensus messages of a later epoch
+/// asks marshal for its own epoch's last block from that peer, which is how a node that was
+/// offline across an epoch change catches up.
 pub async fn start_node<E, S, R, P, B>(
     context: E,
     cfg: NodeConfig,
@@ -250,11 +295,6 @@ where
     B: Blocker<PublicKey = PublicKey>,
 {
     let me = cfg.signer.public_key();
-    let participants = cfg.participants.clone();
-    let scheme = Scheme::signer(NAMESPACE, participants, cfg.signer.clone())
-        .expect("signer must be a participant");
-    let provider = ConstantProvider::new(scheme.clone());
-    let epocher = FixedEpocher::new(NZU64!(EPOCH_LENGTH));
     let page_cache = CacheRef::new(NZU16!(4096), NZUsize!(64));
     let prefix = cfg.partition.clone();
     let mailbox_size = NZUsize!(1024);
@@ -311,6 +351,9 @@ where
         .expect("blocks archive");
 
     let app = App::new(cfg.genesis_state, cfg.max_block_txs, cfg.mempool);
+    let epochs = app.epochs();
+    let epocher = FixedEpocher::new(NZU64!(epochs.length()));
+    let provider = EpochProvider::new(epochs.clone(), cfg.signer.clone());
     let genesis = app.genesis_block();
     let genesis_digest = commonware_cryptography::Digestible::digest(&genesis);
     let (marshal_actor, marshal_mailbox, floor) = MarshalActor::init(
@@ -318,7 +361,7 @@ where
         finalizations_by_height,
         finalized_blocks,
         marshal::Config {
-            provider,
+            provider: provider.clone(),
             epocher: epocher.clone(),
             start: marshal::Start::Genesis(commonware_cryptography::Digested::precomputed(
                 genesis,
@@ -344,7 +387,8 @@ where
     let (finalizer, updates) = Finalizer::new();
     let marshal_handle = marshal_actor.start(finalizer, buffer, resolver);
 
-    // Replay already processed finalized blocks (restart) from marshal's archive.
+    // Replay already processed finalized blocks (restart) from marshal's archive. Applying
+    // an epoch's last block registers the next epoch's set.
     let processed = floor.processed().map(|p| p.height().get()).unwrap_or(0);
     for h in 1..=processed {
         let Some(b) = marshal_mailbox.get_block(Height::new(h)).await else {
@@ -356,18 +400,55 @@ where
             break;
         }
     }
+    let (epoch_tx, epoch_rx) = futures::channel::mpsc::unbounded();
     let finalizer_handle = context.child("finalizer").spawn({
         let app = app.clone();
-        move |_| run_finalizer(app, updates)
+        let epoch_tx = epoch_tx.clone();
+        move |_| {
+            run_finalizer(app, updates, move |epoch| {
+                let _ = epoch_tx.unbounded_send(EpochMsg::Enter { epoch });
+            })
+        }
     });
 
-    // --- simplex ---
+    // --- per-epoch consensus channels ---
+    let mut muxed = Vec::new();
+    for (name, (s, r)) in [
+        ("votes_mux", channels.votes),
+        ("certs_mux", channels.certs),
+        ("resolver_mux", channels.resolver),
+    ] {
+        let (mux, handle, mut backup) = Muxer::builder(context.child(name), s, r)
+            .with_backup()
+            .build();
+        // Dropping a handle does not stop its task (children stop with `context`).
+        drop(mux.start());
+        muxed.push(handle);
+        // Messages of epochs this node has not registered: note the later ones.
+        let tx = epoch_tx.clone();
+        let backup_ctx = context.child("mux_backup").with_attribute("channel", name);
+        drop(backup_ctx.spawn(move |_| async move {
+            while let Some((epoch, (from, _))) = backup.recv().await {
+                if tx.unbounded_send(EpochMsg::Later { epoch, from }).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    let mut muxed = muxed.into_iter();
+    let chans = EpochChannels {
+        votes: muxed.next().expect("three muxers"),
+        certs: muxed.next().expect("three muxers"),
+        resolver: muxed.next().expect("three muxers"),
+    };
+
+    // --- simplex, one engine per epoch ---
     let seed: [u8; 32] = commonware_codec::Encode::encode(&cfg.signer)
         .as_ref()
         .try_into()
         .expect("an ed25519 private key encodes as its 32-byte seed");
     let evidence = EvidenceRecorder {
-        participants: cfg.participants.clone(),
+        epochs: epochs.clone(),
         log: Default::default(),
         app: app.clone(),
         reporter: std::sync::Arc::new(ed25519_dalek::SigningKey::from_bytes(&seed)),
@@ -379,49 +460,123 @@ where
         marshal_mailbox.clone(),
         epocher,
     );
+    let on_epoch = cfg.on_epoch;
     let lt = cfg.leader_timeout;
-    let engine = simplex::Engine::new(
-        context.child("simplex"),
-        simplex::config::Config {
-            scheme,
-            elector: RoundRobin::<Sha256>::default(),
-            blocker,
-            automaton: wrapper.clone(),
-            relay: wrapper.clone(),
-            reporter: commonware_consensus::Reporters::from((wrapper, evidence.clone())),
-            track_historical_votes: false,
-            strategy: Sequential,
-            partition: format!("{prefix}-simplex"),
-            mailbox_size,
-            epoch: Epoch::zero(),
-            floor: simplex::config::Floor::Genesis(genesis_digest),
-            replay_buffer: NZUsize!(1 << 16),
-            write_buffer: NZUsize!(1 << 16),
-            page_cache,
-            leader_timeout: lt,
-            certification_timeout: lt * 2,
-            timeout_retry: lt * 5 / 2,
-            view_retention: ViewDelta::new(10),
-            skip: SkipPolicy::Enabled {
-                timeout: lt * 3,
-                budget: SkipBudget::Participants,
-            },
-            fetch_timeout: NZDuration!(Duration::from_secs(1)),
-            fetch_retry_delay: Duration::from_millis(100),
-            forward: ForwardPolicy::Disabled,
-        },
-    );
-    let engine_handle = engine.start(channels.votes, channels.certs, channels.resolver);
+    let orchestrator_epochs = epochs.clone();
+    let orchestrator_evidence = evidence.clone();
+    let hints = marshal_mailbox.clone();
+    let orchestrator_handle = context.child("orchestrator").spawn(move |ctx| async move {
+        let (epochs, evidence, mut chans, mut epoch_rx) =
+            (orchestrator_epochs, orchestrator_evidence, chans, epoch_rx);
+        let mut running: Option<(u64, Handle<()>)> = None;
+        let mut last_hint: Option<std::time::SystemTime> = None;
+        let mut enter = Some(epochs.current().epoch);
+        loop {
+            if let Some(e) = enter
+                .take()
+                .filter(|e| running.as_ref().is_none_or(|r| *e > r.0))
+            {
+                let (Some(set), Some(scheme)) = (epochs.get(e), provider.scheme_for(e)) else {
+                    tracing::error!(epoch = e, "entering an epoch whose set is unknown");
+                    continue;
+                };
+                if let Some(f) = &on_epoch {
+                    f(e, &set.participants);
+                }
+                let (Ok(votes), Ok(certs), Ok(resolver)) = (
+                    chans.votes.register(e).await,
+                    chans.certs.register(e).await,
+                    chans.resolver.register(e).await,
+                ) else {
+                    tracing::error!(epoch = e, "consensus channels for the epoch are taken");
+                    continue;
+                };
+                let member = commonware_cryptography::certificate::Scheme::me(&*scheme).is_some();
+                let engine = simplex::Engine::new(
+                    ctx.child("simplex").with_attribute("epoch", e),
+                    simplex::config::Config {
+                        scheme: (*scheme).clone(),
+                        elector: RoundRobin::<Sha256>::default(),
+                        blocker: blocker.clone(),
+                        automaton: wrapper.clone(),
+                        relay: wrapper.clone(),
+                        reporter: commonware_consensus::Reporters::from((
+                            wrapper.clone(),
+                            evidence.clone(),
+                        )),
+                        track_historical_votes: false,
+                        strategy: Sequential,
+                        partition: format!("{prefix}-simplex-{e}"),
+                        mailbox_size,
+                        epoch: Epoch::new(e),
+                        floor: simplex::config::Floor::Genesis(set.floor),
+                        replay_buffer: NZUsize!(1 << 16),
+                        write_buffer: NZUsize!(1 << 16),
+                        page_cache: page_cache.clone(),
+                        leader_timeout: lt,
+                        certification_timeout: lt * 2,
+                        timeout_retry: lt * 5 / 2,
+                        view_retention: ViewDelta::new(10),
+                        skip: SkipPolicy::Enabled {
+                            timeout: lt * 3,
+                            budget: SkipBudget::Participants,
+                        },
+                        fetch_timeout: NZDuration!(Duration::from_secs(1)),
+                        fetch_retry_delay: Duration::from_millis(100),
+                        forward: ForwardPolicy::Disabled,
+                    },
+                );
+                let handle = engine.start(votes, certs, resolver);
+                if let Some((old, h)) = running.replace((e, handle)) {
+                    h.abort();
+                    tracing::info!(from = old, to = e, "consensus moved to a new epoch");
+                }
+                tracing::info!(
+                    epoch = e,
+                    validators = set.participants.len(),
+                    member,
+                    "consensus engine started"
+                );
+            }
+            let Some(msg) = epoch_rx.next().await else {
+                return;
+            };
+            match msg {
+                EpochMsg::Enter { epoch } => enter = Some(epoch),
+                EpochMsg::Later { epoch, from } => {
+                    let Some(cur) = running.as_ref().map(|r| r.0) else {
+                        continue;
+                    };
+                    // Peers are past our epoch, so its last block is final: fetch it from
+                    // one of them (marshal then repairs the gap below it). At most twice a
+                    // second, whoever sends.
+                    let now = ctx.current();
+                    let due = last_hint.is_none_or(|t| {
+                        now.duration_since(t).unwrap_or_default() >= Duration::from_millis(500)
+                    });
+                    if epoch > cur && due {
+                        last_hint = Some(now);
+                        tracing::debug!(ours = cur, theirs = epoch, "peer is in a later epoch");
+                        hints.hint_finalized(
+                            Height::new(epochs.last(cur)),
+                            commonware_utils::vec::NonEmptyVec::new(from),
+                        );
+                    }
+                }
+            }
+        }
+    });
 
     Node {
         app,
+        epochs,
         evidence,
         marshal: marshal_mailbox,
         handles: vec![
             broadcast_handle,
             marshal_handle,
             finalizer_handle,
-            engine_handle,
+            orchestrator_handle,
         ],
     }
 }

@@ -32,6 +32,8 @@ fn devnet_over_http_finalizes_and_proves() {
         &InitOptions {
             base_p2p_port: base,
             base_http_port: base + 4,
+            // Short epochs: the proof below walks hand-offs from the genesis set.
+            epoch_length: 4,
             ..Default::default()
         },
     )
@@ -227,6 +229,15 @@ fn devnet_over_http_finalizes_and_proves() {
             assert!(st["observed"]["finality_ms"].as_f64().is_some(), "{st}");
             let (_, props) = get("/v1/proposals");
             assert_eq!(props["proposals"], serde_json::json!([]));
+            // Past two epoch ends, so that the proof carries two hand-offs at least.
+            while get("/v1/status").1["height"].as_u64().unwrap() < 9 {
+                assert!(t0.elapsed() < Duration::from_secs(90), "the chain stalled");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let (_, st) = get("/v1/status");
+            assert!(st["epoch"].as_u64().unwrap() >= 2, "{st}");
+            assert_eq!(st["epoch_length"], 4, "{st}");
+            assert_eq!(st["validator_set"], st["genesis_validator_set"], "{st}");
             let page = c.get(format!("{url}/")).send().unwrap();
             assert_eq!(page.status(), 200);
             assert!(page.text().unwrap().contains("/ui/app.js"));
@@ -245,7 +256,28 @@ fn devnet_over_http_finalizes_and_proves() {
             commonware_runtime::Clock::sleep(&ctx, Duration::from_millis(50)).await;
         };
         let key = Key::Account([9u8; 32]);
+        assert!(
+            proof.handoffs.len() >= 2,
+            "{} hand-offs",
+            proof.handoffs.len()
+        );
+        assert_eq!(proof.handoffs.len() as u64, proof.height / 4);
         let proven = verify_state_proof(&validators, &key, &proof).unwrap();
+        // Hand-offs: a missing one, one out of order, or a tampered set are refused.
+        let mut p = proof.clone();
+        p.handoffs.pop();
+        let err = verify_state_proof(&validators, &key, &p).unwrap_err();
+        assert!(err.contains("epoch"), "{err}");
+        let mut p = proof.clone();
+        p.handoffs.swap(0, 1);
+        assert!(verify_state_proof(&validators, &key, &p).is_err());
+        let mut p = proof.clone();
+        let mut v = hex::decode(p.handoffs[0].value.as_ref().unwrap()).unwrap();
+        let last = v.len() - 1;
+        v[last] ^= 1; // inside the next epoch's validator set
+        p.handoffs[0].value = Some(hex::encode(v));
+        let err = verify_state_proof(&validators, &key, &p).unwrap_err();
+        assert!(err.contains("hand-off to epoch 1"), "{err}");
         let acct: Account = postcard::from_bytes(proven.value.as_ref().unwrap()).unwrap();
         assert_eq!(acct.balance, 1234);
         // Tampering with any layer is caught.

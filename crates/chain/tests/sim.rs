@@ -16,6 +16,8 @@ use std::time::Duration;
 
 type PublicKey = commonware_cryptography::ed25519::PublicKey;
 const N: u8 = 4;
+/// Short epochs, so that every test below also crosses several epoch changes.
+const EPOCH_LENGTH: u64 = 8;
 const QUOTA: Quota = Quota::per_second(NZU32!(10_000));
 
 fn seed(i: u8) -> [u8; 32] {
@@ -25,6 +27,9 @@ fn addr(i: u8) -> Address {
     SigningKey::from_bytes(&seed(i)).verifying_key().to_bytes()
 }
 const CLIENT: u8 = 50;
+/// Not a genesis validator: funded, and a p2p peer of the simulated network, but it must
+/// stake and register to join the consensus set.
+const JOINER: u8 = N;
 
 fn genesis_state() -> State {
     let mut accounts: Vec<GenesisAccount> = (0..N)
@@ -34,11 +39,13 @@ fn genesis_state() -> State {
             stake: 100_000,
         })
         .collect();
-    accounts.push(GenesisAccount {
-        address: addr(CLIENT),
-        balance: 1_000_000,
-        stake: 0,
-    });
+    for who in [CLIENT, JOINER] {
+        accounts.push(GenesisAccount {
+            address: addr(who),
+            balance: 1_000_000,
+            stake: 0,
+        });
+    }
     State::from_genesis(&Genesis {
         chain_name: "sim".into(),
         accounts,
@@ -49,6 +56,7 @@ fn genesis_state() -> State {
             })
             .collect(),
         params: Params::default(),
+        epoch_length: EPOCH_LENGTH,
     })
     .unwrap()
 }
@@ -84,11 +92,11 @@ async fn network(ctx: &deterministic::Context) -> Oracle<PublicKey, deterministi
         ctx.child("network"),
         simulated::Config {
             max_size: 4 * 1024 * 1024,
-            max_peers_per_set: NZUsize!(N as usize),
+            max_peers_per_set: NZUsize!(N as usize + 1),
             disconnect_on_block: true,
             tracked_peer_sets: NZUsize!(1),
         },
-        (0..N).map(pk).collect::<Vec<_>>(),
+        (0..=JOINER).map(pk).collect::<Vec<_>>(),
     )
     .await;
     net.start();
@@ -146,12 +154,12 @@ async fn spawn_validator(
                 ctx,
                 NodeConfig {
                     signer,
-                    participants: node::participants(&genesis),
                     partition: format!("validator-{i}"),
                     genesis_state: genesis,
                     mempool: Mempool::new(10_000, 1_000),
                     max_block_txs: 1_000,
                     leader_timeout: Duration::from_secs(1),
+                    on_epoch: None,
                 },
                 channels,
                 oracle.manager(),
@@ -369,7 +377,11 @@ fn an_equivocating_validator_cannot_split_finality_and_leaves_evidence() {
         // Validator 3 signs conflicting notarize/finalize votes for every proposal it sees.
         let signer = node::private_key(&seed(3));
         let control = oracle.control(signer.public_key());
-        let votes = control.register(node::CH_VOTES, QUOTA).await.unwrap();
+        let (s, r) = control.register(node::CH_VOTES, QUOTA).await.unwrap();
+        // Consensus channels are multiplexed by epoch: it equivocates in epoch 0.
+        let (mux, mut handle) = commonware_p2p::utils::mux::Muxer::new(ctx.child("mux"), s, r);
+        drop(mux.start());
+        let votes = handle.register(0).await.unwrap();
         let scheme = deai_chain::app::Scheme::signer(
             node::NAMESPACE,
             node::participants(&genesis_state()),
@@ -419,21 +431,23 @@ fn an_equivocating_validator_cannot_split_finality_and_leaves_evidence() {
         // evidence is refused by the mempool (and would make a block invalid).
         let e = &evidence[0];
         let bytes = hex::decode(&e.encoded).unwrap();
-        let check = deai_chain::evidence::EvidenceCheck::new(node::participants(&genesis_state()));
-        check.check(&addr(3), e.view, &bytes).unwrap();
-        let err = check.check(&addr(2), e.view, &bytes).unwrap_err();
+        assert_eq!(e.epoch, 0);
+        assert_eq!(Some(e.round), deai_chain::evidence::round_id(0, e.view));
+        let check = deai_chain::evidence::EvidenceCheck::new(refs[0].app.epochs());
+        check.check(&addr(3), e.round, &bytes, 0).unwrap();
+        let err = check.check(&addr(2), e.round, &bytes, 0).unwrap_err();
         assert!(err.contains("not by the reported validator"), "{err}");
-        let err = check.check(&addr(3), e.view + 1, &bytes).unwrap_err();
+        let err = check.check(&addr(3), e.round + 1, &bytes, 0).unwrap_err();
         assert!(err.contains("not"), "{err}");
         let mut forged = bytes.clone();
         let last = forged.len() - 1;
         forged[last] ^= 1; // inside the second vote's signature
-        let err = check.check(&addr(3), e.view, &forged).unwrap_err();
+        let err = check.check(&addr(3), e.round, &forged, 0).unwrap_err();
         assert!(
             err.contains("do not verify") || err.contains("decode"),
             "{err}"
         );
-        assert!(check.check(&addr(3), e.view, &[9, 9, 9]).is_err());
+        assert!(check.check(&addr(3), e.round, &[9, 9, 9], 0).is_err());
         let reporter = SigningKey::from_bytes(&seed(1));
         let s = refs[0].app.finalized_state();
         let tx = Tx {
@@ -443,7 +457,7 @@ fn an_equivocating_validator_cannot_split_finality_and_leaves_evidence() {
             fee: s.params().min_fee,
             kind: TxKind::ReportEquivocation {
                 offender: addr(3),
-                view: e.view,
+                view: e.round,
                 evidence: forged,
             },
         }
@@ -479,5 +493,126 @@ fn a_validator_that_joins_late_syncs_and_verifies_the_history() {
         let s = refs[3].app.finalized_state();
         assert_eq!(s.account(&addr(CLIENT)).nonce, 5);
         s.audit().unwrap();
+    });
+}
+
+fn signed(chain: Hash256, who: u8, nonce: u64, kind: TxKind) -> SignedTx {
+    Tx {
+        chain,
+        from: addr(who),
+        nonce,
+        fee: 1,
+        kind,
+    }
+    .sign(&SigningKey::from_bytes(&seed(who)))
+}
+
+#[test]
+fn the_validator_set_follows_stake_from_one_epoch_to_the_next() {
+    deterministic::Runner::timed(Duration::from_secs(600)).start(|ctx| async move {
+        let oracle = network(&ctx).await;
+        let everyone: Vec<u8> = (0..=JOINER).collect();
+        for &a in &everyone {
+            for &b in &everyone {
+                if a != b {
+                    oracle.add_link(pk(a), pk(b), link()).await.unwrap();
+                }
+            }
+        }
+        // Four genesis validators, and a fifth node that only follows (an observer) until
+        // it has stake.
+        let mut nodes = Vec::new();
+        for i in 0..=JOINER {
+            nodes.push(spawn_validator(&ctx, &oracle, i, 0).await);
+        }
+        let chain = nodes[0].1.app.finalized_state().chain_id();
+        let min = nodes[0]
+            .1
+            .app
+            .finalized_state()
+            .params()
+            .min_validator_stake;
+        // The joiner stakes and registers; validator 0 unstakes everything.
+        for t in [
+            signed(chain, JOINER, 0, TxKind::Stake { amount: min }),
+            signed(
+                chain,
+                JOINER,
+                1,
+                TxKind::RegisterValidator {
+                    endpoint: "joiner".into(),
+                },
+            ),
+            signed(chain, 0, 0, TxKind::Unstake { amount: 100_000 }),
+        ] {
+            nodes[1].1.app.submit(t).unwrap();
+        }
+        let all: Vec<&Node> = nodes.iter().map(|(_, n)| n).collect();
+        // Wait for the epoch whose set is {1, 2, 3, joiner}.
+        let new_set: Vec<PublicKey> = [1, 2, 3, JOINER].into_iter().map(pk).collect();
+        let mut epoch = 0;
+        while epoch == 0 {
+            wait_height(&ctx, &all, all[0].app.finalized_height() + 1).await;
+            let cur = all[4].epochs.current();
+            if cur
+                .participants
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .iter()
+                .all(|k| new_set.contains(k))
+                && cur.participants.len() == 4
+            {
+                epoch = cur.epoch;
+            }
+            assert!(all[0].app.finalized_height() < 100, "the set never changed");
+        }
+        let e = all[0].epochs.get(epoch).unwrap();
+        assert_eq!(e.floor_height, (epoch * EPOCH_LENGTH) - 1);
+        assert!(!e.participants.iter().any(|k| *k == pk(0)));
+        // Every node, the removed validator included (now an observer), keeps finalizing.
+        let target = e.floor_height + 2 * EPOCH_LENGTH;
+        wait_height(&ctx, &all, target).await;
+        assert_agree(&all, target);
+        // A block of the new epoch carries a finality certificate of the new set, which the
+        // genesis set cannot have produced.
+        use commonware_consensus::Epochable;
+        let mut cert = None;
+        for h in (e.floor_height + 1..=target).rev() {
+            let height = commonware_consensus::types::Height::new(h);
+            if let Some(c) = all[2].marshal.get_finalization(height).await {
+                cert = Some(c);
+                break;
+            }
+        }
+        let cert = cert.expect("a finality certificate in the new epoch");
+        assert!(cert.epoch().get() >= epoch);
+        let mut rng = commonware_utils::rng::TestRng::new(0);
+        let set = all[2].epochs.get(cert.epoch().get()).unwrap();
+        assert!(cert.verify(&mut rng, &*set.verifier, &commonware_parallel::Sequential));
+        let genesis_verifier = deai_chain::app::Scheme::verifier(
+            node::NAMESPACE,
+            node::participants(&genesis_state()),
+        );
+        assert!(!cert.verify(
+            &mut rng,
+            &genesis_verifier,
+            &commonware_parallel::Sequential
+        ));
+        // The joiner really votes: with validators 0 and 1 gone, only 2, 3 and the joiner
+        // remain, a quorum of the new set (3 of 4) but not of the old one.
+        let mut nodes = nodes;
+        for _ in 0..2 {
+            let (handle, _) = nodes.remove(0);
+            handle.abort();
+        }
+        let rest: Vec<&Node> = nodes.iter().map(|(_, n)| n).collect();
+        let target = rest[0].app.finalized_height() + EPOCH_LENGTH + 2;
+        wait_height(&ctx, &rest, target).await;
+        assert_agree(&rest, target);
+        let s = rest[2].app.finalized_state();
+        s.audit().unwrap();
+        assert!(s.validator_set().contains(&addr(JOINER)));
+        assert!(!s.validator_set().contains(&addr(0)));
     });
 }

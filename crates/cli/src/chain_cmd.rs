@@ -22,6 +22,10 @@ pub enum ChainCmd {
         dir: Option<PathBuf>,
         #[arg(long, default_value_t = 4)]
         validators: usize,
+        /// Blocks per consensus epoch (at least 2). The validator set follows stake, and
+        /// changes only between epochs.
+        #[arg(long, default_value_t = deai_ledger::state::DEFAULT_EPOCH_LENGTH)]
+        epoch_length: u64,
         /// First p2p port (validator i listens on PORT+i on 127.0.0.1).
         #[arg(long, default_value_t = 27_000)]
         p2p_port: u16,
@@ -273,6 +277,7 @@ pub fn chain(c: ChainCmd) -> Result<()> {
         ChainCmd::Init {
             dir,
             validators,
+            epoch_length,
             p2p_port,
             http_port,
             allow_model,
@@ -331,6 +336,7 @@ pub fn chain(c: ChainCmd) -> Result<()> {
                     base_p2p_port: p2p_port,
                     base_http_port: http_port,
                     params,
+                    epoch_length,
                     ..Default::default()
                 },
             )?;

@@ -247,18 +247,20 @@ fn onchain_checks(
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             let g: deai_ledger::state::Genesis = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a genesis file", p.display()))?;
-            g.validators.iter().map(|v| v.address).collect()
+            let state = deai_ledger::State::from_genesis(&g)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            state.validator_set().to_vec()
         }
         None => {
-            eprintln!("note: validator set taken from {url} (pass --genesis to pin it)");
+            eprintln!("note: genesis validator set taken from {url} (pass --genesis to pin it)");
             let s = crate::chain_cmd::get(&format!("{url}/v1/status"))?;
-            s["validators"]
+            s["genesis_validator_set"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .map(|v| {
                     let mut a = [0u8; 32];
-                    hex::decode_to_slice(v["address"].as_str().unwrap_or_default(), &mut a)
+                    hex::decode_to_slice(v.as_str().unwrap_or_default(), &mut a)
                         .map(|_| a)
                         .context("bad validator address from the node")
                 })

@@ -218,6 +218,17 @@ pub struct Validator {
 /// How many slashed views a validator record keeps (older views can no longer be reported).
 pub const MAX_SLASHED_VIEWS: usize = 64;
 
+/// The most validators in one epoch's consensus set (the highest stakes win; ties go to the
+/// lower address).
+pub const MAX_CONSENSUS_VALIDATORS: usize = 100;
+
+/// Blocks per epoch when a genesis names none.
+pub const DEFAULT_EPOCH_LENGTH: u64 = 1_000;
+
+fn default_epoch_length() -> u64 {
+    DEFAULT_EPOCH_LENGTH
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
@@ -346,6 +357,13 @@ pub struct Meta {
     pub total_stake: u64,
     pub next_proposal: u64,
     pub params: Params,
+    /// Blocks per consensus epoch, fixed at genesis: epoch `e` is heights
+    /// `e * epoch_length ..= e * epoch_length + epoch_length - 1`.
+    pub epoch_length: u64,
+    /// The consensus validator set that finalizes the next block (sorted addresses). It is
+    /// recomputed from stake only at the end of an epoch's last block, so every block of an
+    /// epoch is finalized by one set, and the last block of epoch `e` names the set of `e+1`.
+    pub validator_set: Vec<Address>,
 }
 
 mod training;
@@ -379,13 +397,13 @@ impl Key {
     }
 }
 
-/// The leaf value committed for an encoded record.
 /// Decodes a record's canonical bytes (as [`State::encode_record`] writes them and state
 /// proofs carry them), e.g. a [`Job`] proven by a light client.
 pub fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("record does not decode: {e}"))
 }
 
+/// The leaf value committed for an encoded record.
 pub fn value_hash(encoded: &[u8]) -> [u8; 32] {
     Hash256::digest_parts("deai-state-value", &[encoded]).0
 }
@@ -414,6 +432,10 @@ pub struct Genesis {
     pub accounts: Vec<GenesisAccount>,
     pub validators: Vec<GenesisValidator>,
     pub params: Params,
+    /// Blocks per consensus epoch (at least 2); the validator set can change only between
+    /// epochs.
+    #[serde(default = "default_epoch_length")]
+    pub epoch_length: u64,
 }
 
 impl Genesis {
@@ -508,6 +530,8 @@ impl State {
                 total_stake: 0,
                 next_proposal: 1,
                 params,
+                epoch_length: g.epoch_length,
+                validator_set: Vec::new(),
             },
             accounts: OrdMap::new(),
             workers: OrdMap::new(),
@@ -570,6 +594,14 @@ impl State {
             );
             s.dirty.insert(Key::Validator(v.address));
         }
+        if g.epoch_length < 2 {
+            return err(format!(
+                "epoch length {} must be at least 2 blocks",
+                g.epoch_length
+            ));
+        }
+        // Empty only for a ledger run without consensus (benchmarks, tools).
+        s.meta.validator_set = s.next_validator_set();
         s.flush();
         Ok(s)
     }
@@ -619,6 +651,32 @@ impl State {
     }
     pub fn proposals(&self) -> impl Iterator<Item = (&u64, &Proposal)> {
         self.proposals.iter()
+    }
+
+    /// The consensus validator set for the next block (see [`Meta::validator_set`]).
+    pub fn validator_set(&self) -> &[Address] {
+        &self.meta.validator_set
+    }
+
+    /// The epoch containing `height`.
+    pub fn epoch_of(&self, height: u64) -> u64 {
+        height / self.meta.epoch_length
+    }
+
+    /// Whether `height` is the last block of its epoch (after which the set may change).
+    pub fn is_epoch_end(&self, height: u64) -> bool {
+        height % self.meta.epoch_length == self.meta.epoch_length - 1
+    }
+
+    /// The set the active validators would form now: the [`MAX_CONSENSUS_VALIDATORS`]
+    /// highest stakes (ties to the lower address), sorted by address.
+    pub fn next_validator_set(&self) -> Vec<Address> {
+        let mut v = self.active_validators();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(MAX_CONSENSUS_VALIDATORS);
+        let mut set: Vec<Address> = v.into_iter().map(|(a, _)| a).collect();
+        set.sort_unstable();
+        set
     }
 
     /// Validators whose stake meets the minimum, with their stake.
@@ -736,6 +794,16 @@ impl State {
 
     /// Sums every place money can be and checks it against supply minus burns.
     pub fn audit(&self) -> Res {
+        let set = &self.meta.validator_set;
+        if set.len() > MAX_CONSENSUS_VALIDATORS || set.windows(2).any(|w| w[0] >= w[1]) {
+            return err("the consensus set is not sorted, unique and within the cap");
+        }
+        if let Some(a) = set.iter().find(|a| !self.validators.contains_key(*a)) {
+            return err(format!(
+                "consensus set member {} is not a registered validator",
+                hex::encode(a)
+            ));
+        }
         let mut total: u128 = self.meta.treasury as u128;
         let mut stake: u128 = 0;
         for a in self.accounts.values() {
@@ -1407,6 +1475,25 @@ impl State {
                 DL_EXECUTE => self.execute_proposal(u64_of(&id)),
                 DL_TRAIN => self.training_timeout(Hash256(id), h),
                 _ => unreachable!("only the five kinds are inserted"),
+            }
+        }
+        if self.is_epoch_end(h) {
+            let next = self.next_validator_set();
+            // With no staked validator left the chain could never finalize again: keep the
+            // old set, which can still finalize the unstake being undone.
+            if next.is_empty() {
+                self.events.push(format!(
+                    "epoch {}: no validator meets the minimum stake, the set is unchanged",
+                    self.epoch_of(h) + 1
+                ));
+            } else if next != self.meta.validator_set {
+                self.events.push(format!(
+                    "epoch {}: validator set of {} (was {})",
+                    self.epoch_of(h) + 1,
+                    next.len(),
+                    self.meta.validator_set.len()
+                ));
+                self.meta.validator_set = next;
             }
         }
     }

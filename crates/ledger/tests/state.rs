@@ -57,6 +57,7 @@ fn genesis() -> Genesis {
             allowed_models: vec![MODEL],
             ..Params::default()
         },
+        epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
     }
 }
 
@@ -609,6 +610,103 @@ fn genesis_errors_are_clear() {
     let mut g = genesis();
     g.params.treasury_bps = 20_000;
     assert!(State::from_genesis(&g).is_err());
+    let mut g = genesis();
+    g.epoch_length = 1;
+    assert!(State::from_genesis(&g)
+        .unwrap_err()
+        .contains("epoch length"));
+}
+
+#[test]
+fn the_consensus_set_follows_stake_but_changes_only_after_an_epochs_last_block() {
+    let mut g = genesis();
+    g.epoch_length = 4; // epoch e is heights 4e..=4e+3
+    let mut c = Chain {
+        s: State::from_genesis(&g).unwrap(),
+    };
+    let genesis_set: Vec<Address> = {
+        let mut v: Vec<Address> = VALS.iter().map(|v| addr(*v)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(c.s.validator_set(), &genesis_set[..]);
+    // Height 1: account 13 stakes and registers as a validator; 1 unstakes everything.
+    c.block(vec![
+        (13, TxKind::Stake { amount: 10_000 }),
+        (
+            13,
+            TxKind::RegisterValidator {
+                endpoint: "v13".into(),
+            },
+        ),
+        (1, TxKind::Unstake { amount: 50_000 }),
+    ]);
+    assert_eq!(c.s.active_validators().len(), 4);
+    // Height 2 still belongs to epoch 0: the set is the genesis set.
+    c.block(vec![]);
+    assert_eq!(c.s.validator_set(), &genesis_set[..]);
+    assert!(c.s.is_epoch_end(3) && !c.s.is_epoch_end(4));
+    // Block 3 is epoch 0's last: its post-state names epoch 1's set.
+    let r = c.block(vec![]);
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.contains("epoch 1: validator set of 4")),
+        "{:?}",
+        r.events
+    );
+    let mut want: Vec<Address> = [2, 3, 4, 13].iter().map(|v| addr(*v)).collect();
+    want.sort();
+    assert_eq!(c.s.validator_set(), &want[..]);
+    // Within epoch 1 it does not move.
+    let r = c.block(vec![]);
+    assert!(r.events.is_empty(), "{:?}", r.events);
+    assert_eq!(c.s.validator_set(), &want[..]);
+    assert_eq!(c.s.epoch_of(4), 1);
+    // Proofs cover it: the set is part of the committed meta record.
+    let (value, proof) = c.s.prove(&Key::Meta);
+    let value = value.unwrap();
+    assert_eq!(
+        smt::verify(&c.s.root().0, &Key::Meta.hash(), &proof).unwrap(),
+        Some(deai_ledger::state::value_hash(&value))
+    );
+    // Everyone unstakes: the chain keeps its last set rather than halt with none.
+    c.block(vec![
+        (2, TxKind::Unstake { amount: 50_000 }),
+        (3, TxKind::Unstake { amount: 50_000 }),
+        (4, TxKind::Unstake { amount: 50_000 }),
+        (13, TxKind::Unstake { amount: 10_000 }),
+    ]);
+    c.empty_blocks(1);
+    let r = c.block(vec![]); // height 7: epoch 1's last
+    assert!(
+        r.events.iter().any(|e| e.contains("set is unchanged")),
+        "{:?}",
+        r.events
+    );
+    assert_eq!(c.s.validator_set(), &want[..]);
+    // Short epochs: a validator that registers after an epoch end waits for the next one.
+    let mut g = genesis();
+    g.epoch_length = 2;
+    let mut c = Chain {
+        s: State::from_genesis(&g).unwrap(),
+    };
+    c.ok(13, TxKind::Stake { amount: 60_000 }); // height 1, an epoch end
+    c.ok(
+        13,
+        TxKind::RegisterValidator {
+            endpoint: "v13".into(),
+        },
+    ); // height 2
+    assert!(!c.s.validator_set().contains(&addr(13)));
+    let r = c.block(vec![]); // height 3, an epoch end
+    assert!(
+        r.events.iter().any(|e| e.contains("validator set of 5")),
+        "{:?}",
+        r.events
+    );
+    assert!(c.s.validator_set().contains(&addr(13)));
+    assert_eq!(c.s.next_validator_set().len(), 5);
 }
 
 /// A random action from a small cast, so that collisions (same job, same voter) happen.

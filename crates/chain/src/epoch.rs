@@ -1,0 +1,160 @@
+//! Validator sets by epoch.
+//!
+//! The ledger fixes an epoch length at genesis and, at the end of each epoch's last block,
+//! names the next epoch's consensus set from stake ([`deai_ledger::state::Meta::validator_set`]).
+//! [`Epochs`] records those sets as finalized blocks are applied: epoch 0's from genesis,
+//! epoch `e + 1`'s from the post-state of the last block of epoch `e` (the *boundary*
+//! block). Everything that checks a consensus signature looks the signer up here by the
+//! signature's own epoch: marshal (through [`EpochProvider`]), equivocation evidence, and the
+//! light client (which follows the same hand-offs through state proofs).
+//!
+//! A set is only ever added after its boundary block is final, and never changes or goes
+//! away, so every honest node that has applied the same finalized prefix answers the same.
+
+use crate::app::Scheme;
+use crate::block::Digest;
+use crate::node::{public_key, NAMESPACE};
+use commonware_consensus::types::Epoch;
+use commonware_cryptography::certificate::{self, Scoped};
+use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
+use commonware_utils::ordered::Set;
+use deai_ledger::{Address, State};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One epoch's consensus set and where it came from.
+#[derive(Clone)]
+pub struct EpochSet {
+    pub epoch: u64,
+    pub participants: Set<PublicKey>,
+    /// Verifies certificates and votes of this epoch.
+    pub verifier: Arc<Scheme>,
+    /// The block after which this epoch starts: genesis for epoch 0, else the last block of
+    /// the epoch before (height, digest).
+    pub floor_height: u64,
+    pub floor: Digest,
+    /// That block's post-state, which names this set (kept so that light clients can be
+    /// given proofs of every hand-off; cloning a state is O(1)).
+    pub floor_state: State,
+}
+
+/// The validator sets of every epoch this node has reached. Clones share one registry.
+#[derive(Clone)]
+pub struct Epochs {
+    length: u64,
+    sets: Arc<Mutex<BTreeMap<u64, EpochSet>>>,
+}
+
+/// The consensus keys of a set of ledger addresses (the ledger only admits validators whose
+/// address is an ed25519 key, since they signed their registration).
+pub fn keys(addrs: &[Address]) -> Set<PublicKey> {
+    Set::from_iter_dedup(addrs.iter().filter_map(public_key))
+}
+
+impl Epochs {
+    /// Starts with epoch 0: the genesis state's set, after the genesis block `genesis`.
+    pub fn new(genesis: &State, genesis_digest: Digest) -> Self {
+        let e = Epochs {
+            length: genesis.meta().epoch_length,
+            sets: Default::default(),
+        };
+        e.insert(0, genesis, genesis_digest);
+        e
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, EpochSet>> {
+        self.sets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocks per epoch.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// The epoch containing `height`.
+    pub fn epoch_of(&self, height: u64) -> u64 {
+        height / self.length
+    }
+
+    /// The last height of epoch `e` (saturating).
+    pub fn last(&self, e: u64) -> u64 {
+        e.saturating_mul(self.length)
+            .saturating_add(self.length - 1)
+    }
+
+    /// Records epoch `e`'s set from `floor_state`, the post-state of the block `floor` after
+    /// which it starts. A second call for the same epoch is ignored (marshal may redeliver).
+    pub fn insert(&self, e: u64, floor_state: &State, floor: Digest) {
+        let participants = keys(floor_state.validator_set());
+        let set = EpochSet {
+            epoch: e,
+            verifier: Arc::new(Scheme::verifier(NAMESPACE, participants.clone())),
+            participants,
+            floor_height: floor_state.height(),
+            floor,
+            floor_state: floor_state.clone(),
+        };
+        self.lock().entry(e).or_insert(set);
+    }
+
+    pub fn get(&self, e: u64) -> Option<EpochSet> {
+        self.lock().get(&e).cloned()
+    }
+
+    /// The newest epoch whose set is known (the one this node's consensus runs in).
+    pub fn current(&self) -> EpochSet {
+        self.lock()
+            .last_key_value()
+            .map(|(_, s)| s.clone())
+            .expect("epoch 0 is inserted at construction")
+    }
+
+    /// The floor states of epochs `1..=e` (the hand-offs a light client follows from genesis
+    /// to epoch `e`), oldest first.
+    pub fn handoffs(&self, e: u64) -> Vec<EpochSet> {
+        self.lock().range(1..=e).map(|(_, s)| s.clone()).collect()
+    }
+}
+
+/// Marshal's certificate provider: the scheme of a certificate's own epoch, able to sign
+/// where this node is in that epoch's set.
+#[derive(Clone)]
+pub struct EpochProvider {
+    epochs: Epochs,
+    signer: PrivateKey,
+    signing: Arc<Mutex<BTreeMap<u64, Arc<Scheme>>>>,
+}
+
+impl EpochProvider {
+    pub fn new(epochs: Epochs, signer: PrivateKey) -> Self {
+        EpochProvider {
+            epochs,
+            signer,
+            signing: Default::default(),
+        }
+    }
+
+    /// This node's scheme for epoch `e`: a signer if it is in the set, else a verifier.
+    pub fn scheme_for(&self, e: u64) -> Option<Arc<Scheme>> {
+        let mut cache = self.signing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = cache.get(&e) {
+            return Some(s.clone());
+        }
+        let set = self.epochs.get(e)?;
+        let s = match Scheme::signer(NAMESPACE, set.participants.clone(), self.signer.clone()) {
+            Some(s) => Arc::new(s),
+            None => set.verifier,
+        };
+        cache.insert(e, s.clone());
+        Some(s)
+    }
+}
+
+impl certificate::Provider for EpochProvider {
+    type Scope = Epoch;
+    type Scheme = Scheme;
+
+    fn scoped(&self, scope: Epoch) -> Option<Scoped<Scheme>> {
+        self.scheme_for(scope.get()).map(Scoped::scheme)
+    }
+}
