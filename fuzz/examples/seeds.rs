@@ -95,6 +95,7 @@ fn sample_txs() -> Vec<SignedTx> {
         },
         TxKind::RegisterValidator {
             endpoint: "v\u{e9}".into(),
+            p2p: "127.0.0.1:27000".into(),
         },
         TxKind::OpenJob {
             job: h(1),

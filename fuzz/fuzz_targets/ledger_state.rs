@@ -130,6 +130,7 @@ fn fixture() -> &'static Fixture {
                 .map(|(i, a)| GenesisValidator {
                     address: *a,
                     endpoint: format!("v{i}"),
+                    p2p: String::new(),
                 })
                 .collect(),
             params: Params {
@@ -220,6 +221,7 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
         },
         4 => TxKind::RegisterValidator {
             endpoint: "v".into(),
+            p2p: if c & 1 == 0 { "127.0.0.1:9".into() } else { "not an address".into() },
         },
         5 => TxKind::OpenJob {
             job: job_id(a),

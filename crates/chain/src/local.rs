@@ -140,6 +140,7 @@ pub fn init_with(dir: &Path, o: &InitOptions, extra: Vec<GenesisAccount>) -> Res
         validators.push(GenesisValidator {
             address,
             endpoint: format!("127.0.0.1:{}", o.base_http_port as usize + i),
+            p2p: format!("127.0.0.1:{}", o.base_p2p_port as usize + i),
         });
         infos.push(ValidatorInfo {
             index: i,
@@ -225,18 +226,6 @@ pub async fn start_validators(
     if participants.len() != net.validators.len() {
         bail!("network.json and genesis.json disagree on the validator set");
     }
-    let peers: Map<_, commonware_p2p::Address> = net
-        .validators
-        .iter()
-        .map(|v| {
-            Ok((
-                node::public_key(&v.address).context("bad validator key")?,
-                v.p2p.into(),
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("duplicate validator in network.json"))?;
     let mut out = Vec::new();
     for &i in which {
         let info = net
@@ -247,80 +236,155 @@ pub async fn start_validators(
         if address_of(&seed) != info.address {
             bail!("keys/validator-{i}.key does not match network.json");
         }
-        let signer = node::private_key(&seed);
-        let vctx = ctx.child("validator").with_attribute("index", i);
-        let mut p2p_cfg = lookup::Config::local(
-            Cups::<_, ChaCha20Poly1305>::new(
-                Sake {
-                    signer: signer.clone(),
-                    synchrony_bound: Duration::from_secs(5),
-                    max_handshake_age: Duration::from_secs(10),
-                    version: sake::Version::V1,
-                },
-                cups::Version::V1,
-            ),
-            node::NAMESPACE,
-            info.p2p,
-            NZUsize!(net.validators.len().max(1)),
-            8 * 1024 * 1024,
-            NZUsize!(10_000),
-        );
-        p2p_cfg.tracked_peer_sets = NZUsize!(1);
-        let (mut network, mut oracle) = lookup::Network::new(vctx.child("network"), p2p_cfg);
-        oracle.track(0, peers.clone());
-        // Channel mailboxes are sized from the quota burst: keep it modest.
-        let quota = Quota::per_second(NZU32!(2_000));
-        let channels = Channels {
-            votes: network.register(node::CH_VOTES, quota),
-            certs: network.register(node::CH_CERTS, quota),
-            resolver: network.register(node::CH_RESOLVER, quota),
-            backfill: network.register(node::CH_BACKFILL, quota),
-            broadcast: network.register(node::CH_BROADCAST, quota),
-        };
-        network.start();
-        let n = node::start_node(
-            vctx.child("node"),
-            NodeConfig {
-                signer,
-                partition: format!("validator-{i}"),
-                genesis_state: state.clone(),
-                mempool: Mempool::new(100_000, 10_000),
-                max_block_txs: opts.max_block_txs,
-                leader_timeout: opts.leader_timeout,
-                // The p2p peers are network.json's validators whatever the epoch: a
-                // validator that joins from elsewhere needs its p2p address on the ledger,
-                // which the registry does not carry yet.
-                on_epoch: None,
-            },
-            channels,
-            oracle.clone(),
-            oracle,
-        )
-        .await;
-        if opts.serve_http {
-            let router = api::router(Api {
-                app: n.app.clone(),
-                marshal: Some(n.marshal.clone()),
-                me: info.address,
-                evidence: Some(n.evidence.clone()),
-            });
-            let listener = tokio::net::TcpListener::bind(info.http)
-                .await
-                .with_context(|| format!("binding the HTTP API on {}", info.http))?;
-            vctx.child("http").spawn(move |_| async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    tracing::error!(%e, "HTTP API stopped");
-                }
-            });
-        }
-        out.push(Running {
-            index: i,
-            app: n.app,
-            marshal: n.marshal,
-            http: info.http,
-        });
+        out.push(start_one(ctx, &state, &net, i, &seed, info.p2p, info.http, opts).await?);
     }
     Ok(out)
+}
+
+/// Starts a node of the chain in `dir` with a key that is not a genesis validator's: it
+/// follows the chain as an observer, and votes from the first epoch whose set includes it
+/// (after it stakes and registers with its `p2p` address). Its storage partitions are named
+/// by `index`, which must differ from the genesis validators'.
+pub async fn start_joiner(
+    ctx: &cw_tokio::Context,
+    dir: &Path,
+    index: usize,
+    seed: &[u8; 32],
+    p2p: SocketAddr,
+    http: SocketAddr,
+    opts: &RunOptions,
+) -> Result<Running> {
+    let (genesis, net) = load(dir)?;
+    let state = State::from_genesis(&genesis).map_err(|e| anyhow::anyhow!("genesis: {e}"))?;
+    if index < net.validators.len() {
+        bail!("index {index} is a genesis validator's");
+    }
+    start_one(ctx, &state, &net, index, seed, p2p, http, opts).await
+}
+
+/// The p2p peers to track in an epoch: its set, at the addresses the ledger registry gives
+/// (or network.json, for genesis validators registered without one), plus every validator in
+/// network.json, so that a validator that left the set can still follow the chain.
+fn epoch_peers(
+    set: &crate::epoch::EpochSet,
+    net: &Network,
+) -> Map<commonware_cryptography::ed25519::PublicKey, commonware_p2p::Address> {
+    let mut peers: std::collections::BTreeMap<_, commonware_p2p::Address> = net
+        .validators
+        .iter()
+        .filter_map(|v| Some((node::public_key(&v.address)?, v.p2p.into())))
+        .collect();
+    for pk in set.participants.iter() {
+        let addr = node::address(pk);
+        let registered = set
+            .floor_state
+            .validator(&addr)
+            .and_then(|v| v.p2p.parse::<SocketAddr>().ok());
+        match registered {
+            Some(a) => {
+                peers.insert(pk.clone(), a.into());
+            }
+            None if peers.contains_key(pk) => {}
+            None => tracing::warn!(
+                validator = hex::encode(addr),
+                epoch = set.epoch,
+                "validator in the set has no p2p address; it cannot be dialed"
+            ),
+        }
+    }
+    Map::try_from(peers.into_iter().collect::<Vec<_>>()).expect("keys of a map are unique")
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_one(
+    ctx: &cw_tokio::Context,
+    state: &State,
+    net: &Network,
+    i: usize,
+    seed: &[u8; 32],
+    p2p: SocketAddr,
+    http: SocketAddr,
+    opts: &RunOptions,
+) -> Result<Running> {
+    let signer = node::private_key(seed);
+    let vctx = ctx.child("validator").with_attribute("index", i);
+    let mut p2p_cfg = lookup::Config::local(
+        Cups::<_, ChaCha20Poly1305>::new(
+            Sake {
+                signer: signer.clone(),
+                synchrony_bound: Duration::from_secs(5),
+                max_handshake_age: Duration::from_secs(10),
+                version: sake::Version::V1,
+            },
+            cups::Version::V1,
+        ),
+        node::NAMESPACE,
+        p2p,
+        NZUsize!(deai_ledger::state::MAX_CONSENSUS_VALIDATORS + net.validators.len()),
+        8 * 1024 * 1024,
+        NZUsize!(10_000),
+    );
+    // This epoch's and the one before (for peers still finishing it).
+    p2p_cfg.tracked_peer_sets = NZUsize!(2);
+    let (mut network, oracle) = lookup::Network::new(vctx.child("network"), p2p_cfg);
+    // Channel mailboxes are sized from the quota burst: keep it modest.
+    let quota = Quota::per_second(NZU32!(2_000));
+    let channels = Channels {
+        votes: network.register(node::CH_VOTES, quota),
+        certs: network.register(node::CH_CERTS, quota),
+        resolver: network.register(node::CH_RESOLVER, quota),
+        backfill: network.register(node::CH_BACKFILL, quota),
+        broadcast: network.register(node::CH_BROADCAST, quota),
+    };
+    network.start();
+    let on_epoch: node::OnEpoch = {
+        let oracle = std::sync::Mutex::new(oracle.clone());
+        let net = net.clone();
+        std::sync::Arc::new(move |set: &crate::epoch::EpochSet| {
+            let peers = epoch_peers(set, &net);
+            if let Ok(mut o) = oracle.lock() {
+                let _ = o.track(set.epoch, peers);
+            }
+        })
+    };
+    let n = node::start_node(
+        vctx.child("node"),
+        NodeConfig {
+            signer,
+            partition: format!("validator-{i}"),
+            genesis_state: state.clone(),
+            mempool: Mempool::new(100_000, 10_000),
+            max_block_txs: opts.max_block_txs,
+            leader_timeout: opts.leader_timeout,
+            on_epoch: Some(on_epoch),
+        },
+        channels,
+        oracle.clone(),
+        oracle,
+    )
+    .await;
+    if opts.serve_http {
+        let router = api::router(Api {
+            app: n.app.clone(),
+            marshal: Some(n.marshal.clone()),
+            me: address_of(seed),
+            evidence: Some(n.evidence.clone()),
+        });
+        let listener = tokio::net::TcpListener::bind(http)
+            .await
+            .with_context(|| format!("binding the HTTP API on {http}"))?;
+        vctx.child("http").spawn(move |_| async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(%e, "HTTP API stopped");
+            }
+        });
+    }
+    Ok(Running {
+        index: i,
+        app: n.app,
+        marshal: n.marshal,
+        http,
+    })
 }
 
 /// A tokio commonware runner whose storage lives in `dir/data`.
@@ -343,32 +407,64 @@ pub fn run_blocking(
     let opts = opts.clone();
     runner(dir).start(|ctx| async move {
         let nodes = start_validators(&ctx, &path, &which, &opts).await?;
-        for n in &nodes {
-            eprintln!("validator {} up: HTTP API at http://{}", n.index, n.http);
-        }
-        let start_h = nodes[0].app.finalized_height();
-        let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
-        loop {
-            let sleep = commonware_runtime::Clock::sleep(&ctx, every);
-            tokio::select! {
-                _ = &mut ctrl_c => {
-                    eprintln!("stopping (finalized state is on disk; restart resumes it)");
-                    return Ok(());
-                }
-                _ = sleep => {}
-            }
-            let s = nodes[0].app.finalized_state();
-            eprintln!(
-                "height {} root {} mempool {}",
-                s.height(),
-                s.root().short(),
-                nodes.iter().map(|n| n.app.mempool_len()).sum::<usize>()
-            );
-            if let Some(n) = stop_after {
-                if s.height() >= start_h + n {
-                    return Ok(());
-                }
-            }
-        }
+        serve(&ctx, nodes, every, stop_after).await
     })
+}
+
+/// Runs a node with the non-genesis key `seed` (see [`start_joiner`]) until Ctrl-C (or
+/// `stop_after` finalized blocks).
+#[allow(clippy::too_many_arguments)]
+pub fn run_joiner_blocking(
+    dir: &Path,
+    index: usize,
+    seed: [u8; 32],
+    p2p: SocketAddr,
+    http: SocketAddr,
+    opts: &RunOptions,
+    every: Duration,
+    stop_after: Option<u64>,
+) -> Result<()> {
+    let path = dir.to_path_buf();
+    let opts = opts.clone();
+    runner(dir).start(|ctx| async move {
+        let node = start_joiner(&ctx, &path, index, &seed, p2p, http, &opts).await?;
+        serve(&ctx, vec![node], every, stop_after).await
+    })
+}
+
+async fn serve(
+    ctx: &cw_tokio::Context,
+    nodes: Vec<Running>,
+    every: Duration,
+    stop_after: Option<u64>,
+) -> Result<()> {
+    for n in &nodes {
+        eprintln!("validator {} up: HTTP API at http://{}", n.index, n.http);
+    }
+    let start_h = nodes[0].app.finalized_height();
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    loop {
+        let sleep = commonware_runtime::Clock::sleep(ctx, every);
+        tokio::select! {
+            _ = &mut ctrl_c => {
+                eprintln!("stopping (finalized state is on disk; restart resumes it)");
+                return Ok(());
+            }
+            _ = sleep => {}
+        }
+        let s = nodes[0].app.finalized_state();
+        eprintln!(
+            "height {} epoch {} ({} validators) root {} mempool {}",
+            s.height(),
+            s.epoch_of(s.height() + 1),
+            s.validator_set().len(),
+            s.root().short(),
+            nodes.iter().map(|n| n.app.mempool_len()).sum::<usize>()
+        );
+        if let Some(n) = stop_after {
+            if s.height() >= start_h + n {
+                return Ok(());
+            }
+        }
+    }
 }

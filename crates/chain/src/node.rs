@@ -73,8 +73,8 @@ pub fn participants(state: &State) -> Set<PublicKey> {
     crate::epoch::keys(state.validator_set())
 }
 
-/// Called with each epoch's number and set as this node enters it (to track p2p peers).
-pub type OnEpoch = Arc<dyn Fn(u64, &Set<PublicKey>) + Send + Sync>;
+/// Called with each epoch's set as this node enters it (to track p2p peers).
+pub type OnEpoch = Arc<dyn Fn(&crate::epoch::EpochSet) + Send + Sync>;
 
 pub struct Channels<S, R> {
     pub votes: (S, R),
@@ -469,7 +469,7 @@ where
         let (epochs, evidence, mut chans, mut epoch_rx) =
             (orchestrator_epochs, orchestrator_evidence, chans, epoch_rx);
         let mut running: Option<(u64, Handle<()>)> = None;
-        let mut last_hint: Option<std::time::SystemTime> = None;
+        let mut last_hint: Option<(u64, std::time::SystemTime)> = None;
         let mut enter = Some(epochs.current().epoch);
         loop {
             if let Some(e) = enter
@@ -481,7 +481,7 @@ where
                     continue;
                 };
                 if let Some(f) = &on_epoch {
-                    f(e, &set.participants);
+                    f(&set);
                 }
                 let (Ok(votes), Ok(certs), Ok(resolver)) = (
                     chans.votes.register(e).await,
@@ -548,14 +548,16 @@ where
                         continue;
                     };
                     // Peers are past our epoch, so its last block is final: fetch it from
-                    // one of them (marshal then repairs the gap below it). At most twice a
-                    // second, whoever sends.
+                    // one of them (marshal then repairs the gap below it). Once as soon as
+                    // an epoch is entered, then at most twice a second while still behind.
                     let now = ctx.current();
-                    let due = last_hint.is_none_or(|t| {
-                        now.duration_since(t).unwrap_or_default() >= Duration::from_millis(500)
+                    let due = last_hint.is_none_or(|(e, t)| {
+                        e != cur
+                            || now.duration_since(t).unwrap_or_default()
+                                >= Duration::from_millis(500)
                     });
                     if epoch > cur && due {
-                        last_hint = Some(now);
+                        last_hint = Some((cur, now));
                         tracing::debug!(ours = cur, theirs = epoch, "peer is in a later epoch");
                         hints.hint_finalized(
                             Height::new(epochs.last(cur)),

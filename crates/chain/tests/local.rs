@@ -298,3 +298,169 @@ fn devnet_over_http_finalizes_and_proves() {
         assert!(verify_state_proof(&validators, &Key::Account([8u8; 32]), &proof).is_err());
     });
 }
+
+/// Waits (on the runtime's clock) until `f` holds, failing after `secs`.
+async fn until(
+    ctx: &commonware_runtime::tokio::Context,
+    secs: u64,
+    what: &str,
+    f: impl Fn() -> bool,
+) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out: {what}"
+        );
+        commonware_runtime::Clock::sleep(ctx, Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn a_validator_joins_through_the_registry_and_votes() {
+    use commonware_consensus::Epochable;
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_block(10);
+    local::init(
+        dir.path(),
+        &InitOptions {
+            base_p2p_port: base,
+            base_http_port: base + 4,
+            epoch_length: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let faucet = local::read_key(&dir.path().join("keys/faucet.key")).unwrap();
+    let faucet_key = ed25519_dalek::SigningKey::from_bytes(&faucet);
+    let joiner_seed = [42u8; 32];
+    let joiner_key = ed25519_dalek::SigningKey::from_bytes(&joiner_seed);
+    let j = local::address_of(&joiner_seed);
+    let (p2p, http) = (
+        std::net::SocketAddr::from(([127, 0, 0, 1], base + 8)),
+        std::net::SocketAddr::from(([127, 0, 0, 1], base + 9)),
+    );
+    let path = dir.path().to_path_buf();
+    local::runner(dir.path()).start(|ctx| async move {
+        let nodes = local::start_validators(&ctx, &path, &[0, 1, 2, 3], &RunOptions::default())
+            .await
+            .unwrap();
+        let app = nodes[0].app.clone();
+        let chain = app.finalized_state().chain_id();
+        let min = app.finalized_state().params().min_validator_stake;
+        let tx = |key: &ed25519_dalek::SigningKey, nonce, kind| {
+            Tx {
+                chain,
+                from: [0; 32],
+                nonce,
+                fee: 1,
+                kind,
+            }
+            .sign(key)
+        };
+        let fund = tx(
+            &faucet_key,
+            0,
+            TxKind::Transfer {
+                to: j,
+                amount: 10 * min,
+            },
+        );
+        app.submit(fund).unwrap();
+        until(&ctx, 60, "funding", || {
+            app.finalized_state().account(&j).balance > 0
+        })
+        .await;
+        app.submit(tx(&joiner_key, 0, TxKind::Stake { amount: min }))
+            .unwrap();
+        app.submit(tx(
+            &joiner_key,
+            1,
+            TxKind::RegisterValidator {
+                endpoint: http.to_string(),
+                p2p: p2p.to_string(),
+            },
+        ))
+        .unwrap();
+        // The joiner starts with empty storage and a key no genesis validator knows.
+        let joiner = local::start_joiner(
+            &ctx,
+            &path,
+            4,
+            &joiner_seed,
+            p2p,
+            http,
+            &RunOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert!(local::start_joiner(
+            &ctx,
+            &path,
+            1,
+            &joiner_seed,
+            p2p,
+            http,
+            &RunOptions::default()
+        )
+        .await
+        .is_err());
+        // It syncs, reaches the epoch whose set includes it, and finalizes a full epoch in it.
+        until(&ctx, 120, "the joiner enters the set", || {
+            joiner.app.finalized_state().validator_set().contains(&j)
+        })
+        .await;
+        let first = joiner.app.epochs().current();
+        assert_eq!(first.participants.len(), 5);
+        assert!(first.floor_state.validator(&j).unwrap().p2p == p2p.to_string());
+        // It caught up by fetching each epoch's last block from peers; from then on it
+        // finalizes with them.
+        let caught_up = app.finalized_height();
+        until(&ctx, 120, "the joiner catches up", || {
+            joiner.app.finalized_height() >= caught_up
+        })
+        .await;
+        let start = app.finalized_height();
+        let target = start + 3 * 4;
+        until(&ctx, 120, "finality with the joiner in the set", || {
+            joiner.app.finalized_height() >= target && app.finalized_height() >= target
+        })
+        .await;
+        assert_eq!(joiner.app.blocks(0, target + 1), app.blocks(0, target + 1));
+        // Its signature is in the certificates: it votes (a quorum of 5 is 4 signers, so
+        // the others do not need it in each one, but over three epochs it shows up).
+        assert!(joiner
+            .app
+            .epochs()
+            .get(joiner.app.epochs().epoch_of(start + 1))
+            .is_some());
+        let mut with_joiner = 0;
+        for h in start + 1..=target {
+            let Some(cert) = nodes[1]
+                .marshal
+                .get_finalization(commonware_consensus::types::Height::new(h))
+                .await
+            else {
+                continue;
+            };
+            let set = nodes[1].app.epochs().get(cert.epoch().get()).unwrap();
+            let me = set
+                .participants
+                .iter()
+                .position(|k| deai_chain::node::address(k) == j);
+            let me = me.expect("the joiner stays in the set");
+            if cert
+                .certificate
+                .signers
+                .iter()
+                .any(|s| s.get() as usize == me)
+            {
+                with_joiner += 1;
+            }
+        }
+        assert!(
+            with_joiner > 0,
+            "no certificate carries the joiner's signature"
+        );
+    });
+}

@@ -53,6 +53,7 @@ fn genesis_state() -> State {
             .map(|i| GenesisValidator {
                 address: addr(i),
                 endpoint: String::new(),
+                p2p: String::new(),
             })
             .collect(),
         params: Params::default(),
@@ -541,6 +542,7 @@ fn the_validator_set_follows_stake_from_one_epoch_to_the_next() {
                 1,
                 TxKind::RegisterValidator {
                     endpoint: "joiner".into(),
+                    p2p: String::new(),
                 },
             ),
             signed(chain, 0, 0, TxKind::Unstake { amount: 100_000 }),

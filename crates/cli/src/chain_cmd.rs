@@ -61,6 +61,28 @@ pub enum ChainCmd {
         #[arg(long)]
         blocks: Option<u64>,
     },
+    /// Run a validator that is not in the genesis: it follows the chain and votes from the
+    /// first epoch after it stakes and registers (`deai tx stake`, `deai tx
+    /// register-validator --p2p ADDR`) with this key and p2p address.
+    Join {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Its key file (hex ed25519 seed, as `deai keys new` writes).
+        #[arg(long)]
+        key: PathBuf,
+        /// Storage index, past the genesis validators' (names its data partitions).
+        #[arg(long)]
+        index: usize,
+        /// Its consensus p2p listener (the address it registers).
+        #[arg(long)]
+        p2p: std::net::SocketAddr,
+        /// Its HTTP API.
+        #[arg(long)]
+        http: std::net::SocketAddr,
+        /// Exit after this many more finalized blocks (for scripts).
+        #[arg(long)]
+        blocks: Option<u64>,
+    },
     /// Print a node's status (height, state root, validators, supply).
     Status {
         #[arg(long, default_value = "http://127.0.0.1:27100")]
@@ -118,6 +140,10 @@ pub enum TxCmd {
     RegisterValidator {
         #[arg(long, default_value = "")]
         endpoint: String,
+        /// `host:port` of this validator's consensus p2p listener (where the others dial it
+        /// once it is in an epoch's set).
+        #[arg(long, default_value = "")]
+        p2p: String,
     },
     OpenJob {
         #[arg(long)]
@@ -370,6 +396,27 @@ pub fn chain(c: ChainCmd) -> Result<()> {
                 blocks,
             )
         }
+        ChainCmd::Join {
+            dir,
+            key,
+            index,
+            p2p,
+            http,
+            blocks,
+        } => {
+            let dir = dir.unwrap_or_else(default_dir);
+            let seed = local::read_key(&key)?;
+            local::run_joiner_blocking(
+                &dir,
+                index,
+                seed,
+                p2p,
+                http,
+                &RunOptions::default(),
+                Duration::from_secs(5),
+                blocks,
+            )
+        }
         ChainCmd::Status { url } => {
             let v = get(&format!("{}/v1/status", url.trim_end_matches('/')))?;
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -406,7 +453,7 @@ pub fn tx(a: TxArgs) -> Result<()> {
             price_per_1k,
             endpoint,
         },
-        TxCmd::RegisterValidator { endpoint } => TxKind::RegisterValidator { endpoint },
+        TxCmd::RegisterValidator { endpoint, p2p } => TxKind::RegisterValidator { endpoint, p2p },
         TxCmd::OpenJob {
             job,
             model,

@@ -345,3 +345,138 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
     // The training escrow survived the kill.
     assert_eq!(training()["training"]["escrow"], 1000);
 }
+
+/// A validator outside the genesis, as its own process: `deai tx` funds, stakes and
+/// registers it with its p2p address, and `deai chain join` runs it; it syncs and enters an
+/// epoch's set (which every node's status then shows).
+#[test]
+fn a_validator_joins_a_running_chain_with_chain_join() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("chain");
+    let dir_s = dir.to_str().unwrap();
+    let base = common::free_ports(10);
+    let (p2p, http) = (base.to_string(), (base + 4).to_string());
+    let o = deai(
+        home.path(),
+        &[
+            "chain",
+            "init",
+            "--dir",
+            dir_s,
+            "--p2p-port",
+            &p2p,
+            "--http-port",
+            &http,
+            "--epoch-length",
+            "4",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = deai(
+        home.path(),
+        &[
+            "chain",
+            "init",
+            "--dir",
+            home.path().join("bad").to_str().unwrap(),
+            "--epoch-length",
+            "1",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("epoch length"), "{}", text(&o));
+    let url = format!("http://127.0.0.1:{http}");
+    let faucet = dir.join("keys/faucet.key");
+    let _node = start(home.path(), dir_s);
+    wait_height(home.path(), &url, 1);
+    // The joiner's key.
+    let seed = [42u8; 32];
+    let key = home.path().join("joiner.key");
+    std::fs::write(&key, hex::encode(seed)).unwrap();
+    let j = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes(),
+    );
+    let (jp2p, jhttp) = (
+        format!("127.0.0.1:{}", base + 8),
+        format!("127.0.0.1:{}", base + 9),
+    );
+    let tx = |key: &std::path::Path, args: &[&str]| {
+        let mut all = vec!["tx", "--url", &url, "--key", key.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let o = deai(home.path(), &all);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+    };
+    tx(&faucet, &["transfer", "--to", &j, "--amount", "1000000"]);
+    tx(&key, &["stake", "--amount", "10000"]);
+    // A p2p address that is not host:port fails on chain, with the reason.
+    let o = deai(
+        home.path(),
+        &[
+            "tx",
+            "--url",
+            &url,
+            "--key",
+            key.to_str().unwrap(),
+            "register-validator",
+            "--endpoint",
+            &jhttp,
+            "--p2p",
+            "nowhere",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not host:port"), "{}", text(&o));
+    tx(
+        &key,
+        &["register-validator", "--endpoint", &jhttp, "--p2p", &jp2p],
+    );
+    let log = std::fs::File::create(home.path().join("joiner.log")).unwrap();
+    let _joiner = Node(
+        Command::new(env!("CARGO_BIN_EXE_deai"))
+            .args([
+                "chain",
+                "join",
+                "--dir",
+                dir_s,
+                "--key",
+                key.to_str().unwrap(),
+                "--index",
+                "4",
+                "--p2p",
+                &jp2p,
+                "--http",
+                &jhttp,
+            ])
+            .env("DEAI_HOME", home.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // The set grows to five at the next epoch end, as every node (the joiner too) shows.
+    let jurl = format!("http://{jhttp}");
+    let t0 = Instant::now();
+    loop {
+        let a = status(home.path(), &url);
+        let b = status(home.path(), &jurl);
+        if let (Some(a), Some(b)) = (a, b) {
+            let has = |s: &serde_json::Value| {
+                s["validator_set"]
+                    .as_array()
+                    .is_some_and(|v| v.len() == 5 && v.iter().any(|x| x == &j))
+            };
+            let (ha, hb) = (a["height"].as_u64().unwrap(), b["height"].as_u64().unwrap());
+            if has(&a) && has(&b) && hb + 4 >= ha {
+                assert_eq!(b["genesis_validator_set"].as_array().unwrap().len(), 4);
+                break;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(90) {
+            let log = std::fs::read_to_string(home.path().join("joiner.log")).unwrap_or_default();
+            panic!("the joiner never entered the set and caught up\njoiner log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

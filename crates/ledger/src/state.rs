@@ -206,6 +206,8 @@ pub struct Worker {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Validator {
     pub endpoint: String,
+    /// Its consensus p2p address (`host:port`), or empty.
+    pub p2p: String,
     pub registered_at: u64,
     pub verdicts: u64,
     pub earned: u64,
@@ -423,6 +425,9 @@ pub struct GenesisValidator {
     #[serde(with = "crate::tx::hex_addr")]
     pub address: Address,
     pub endpoint: String,
+    /// Its consensus p2p address (`host:port`), or empty.
+    #[serde(default)]
+    pub p2p: String,
 }
 
 /// Everything the first state is made of. Its canonical hash is the chain id.
@@ -585,6 +590,7 @@ impl State {
                 v.address,
                 Validator {
                     endpoint: v.endpoint.clone(),
+                    p2p: v.p2p.clone(),
                     registered_at: 0,
                     verdicts: 0,
                     earned: 0,
@@ -1011,17 +1017,21 @@ impl State {
                 self.dirty.insert(Key::Worker(from));
                 Ok(())
             }
-            TxKind::RegisterValidator { endpoint } => {
+            TxKind::RegisterValidator { endpoint, p2p } => {
                 let stake = self.account(&from).stake;
                 let min = self.meta.params.min_validator_stake;
                 if stake < min {
                     return err(format!("stake {stake} below the validator minimum {min}"));
+                }
+                if !p2p.is_empty() && p2p.parse::<std::net::SocketAddr>().is_err() {
+                    return err(format!("p2p address {p2p:?} is not host:port"));
                 }
                 let prev = self.validators.get(&from).cloned();
                 self.validators.insert(
                     from,
                     Validator {
                         endpoint: endpoint.clone(),
+                        p2p: p2p.clone(),
                         registered_at: prev.as_ref().map_or(h, |v| v.registered_at),
                         verdicts: prev.as_ref().map_or(0, |v| v.verdicts),
                         earned: prev.as_ref().map_or(0, |v| v.earned),

@@ -138,6 +138,10 @@ pub enum TxKind {
     },
     RegisterValidator {
         endpoint: String,
+        /// `host:port` of its consensus p2p listener, where the other validators dial it
+        /// once it is in an epoch's set (empty: it cannot be dialed).
+        #[serde(default)]
+        p2p: String,
     },
     /// Escrows `escrow` for job `job` (the receipt's job id).
     OpenJob {
@@ -313,8 +317,8 @@ impl TxKind {
                     .u64(*price_per_1k)
                     .str(endpoint);
             }
-            TxKind::RegisterValidator { endpoint } => {
-                w.u8(4).str(endpoint);
+            TxKind::RegisterValidator { endpoint, p2p } => {
+                w.u8(4).str(endpoint).str(p2p);
             }
             TxKind::OpenJob {
                 job,
@@ -432,6 +436,7 @@ impl TxKind {
             }
             4 => TxKind::RegisterValidator {
                 endpoint: r.str("endpoint", MAX_STR)?,
+                p2p: r.str("p2p address", MAX_STR)?,
             },
             5 => TxKind::OpenJob {
                 job: get_hash(r, "job")?,

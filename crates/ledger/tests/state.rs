@@ -51,6 +51,7 @@ fn genesis() -> Genesis {
             .map(|v| GenesisValidator {
                 address: addr(*v),
                 endpoint: format!("v{v}"),
+                p2p: String::new(),
             })
             .collect(),
         params: Params {
@@ -637,6 +638,7 @@ fn the_consensus_set_follows_stake_but_changes_only_after_an_epochs_last_block()
             13,
             TxKind::RegisterValidator {
                 endpoint: "v13".into(),
+                p2p: "127.0.0.1:13".into(),
             },
         ),
         (1, TxKind::Unstake { amount: 50_000 }),
@@ -696,6 +698,7 @@ fn the_consensus_set_follows_stake_but_changes_only_after_an_epochs_last_block()
         13,
         TxKind::RegisterValidator {
             endpoint: "v13".into(),
+            p2p: String::new(),
         },
     ); // height 2
     assert!(!c.s.validator_set().contains(&addr(13)));
@@ -707,6 +710,16 @@ fn the_consensus_set_follows_stake_but_changes_only_after_an_epochs_last_block()
     );
     assert!(c.s.validator_set().contains(&addr(13)));
     assert_eq!(c.s.next_validator_set().len(), 5);
+    // The p2p address others dial must parse; a refused update keeps the old record.
+    let err = c.fails(
+        13,
+        TxKind::RegisterValidator {
+            endpoint: "v13".into(),
+            p2p: "nowhere".into(),
+        },
+    );
+    assert!(err.contains("not host:port"), "{err}");
+    assert_eq!(c.s.validator(&addr(13)).unwrap().p2p, "");
 }
 
 /// A random action from a small cast, so that collisions (same job, same voter) happen.
