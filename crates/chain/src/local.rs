@@ -426,10 +426,15 @@ pub fn run_joiner_blocking(
 ) -> Result<()> {
     let path = dir.to_path_buf();
     let opts = opts.clone();
-    runner(dir).start(|ctx| async move {
-        let node = start_joiner(&ctx, &path, index, &seed, p2p, http, &opts).await?;
-        serve(&ctx, vec![node], every, stop_after).await
-    })
+    // Its own storage directory: the runtime locks its directory, and the genesis
+    // validators' process may hold `dir/data`.
+    let data = dir.join(format!("data-{index}"));
+    cw_tokio::Runner::new(cw_tokio::Config::new().with_storage_directory(data)).start(
+        |ctx| async move {
+            let node = start_joiner(&ctx, &path, index, &seed, p2p, http, &opts).await?;
+            serve(&ctx, vec![node], every, stop_after).await
+        },
+    )
 }
 
 async fn serve(
