@@ -112,6 +112,10 @@ impl Epochs {
     /// The floor states of epochs `1..=e` (the hand-offs a light client follows from genesis
     /// to epoch `e`), oldest first.
     pub fn handoffs(&self, e: u64) -> Vec<EpochSet> {
+        if e == 0 {
+            // (`range(1..=0)` would panic.)
+            return Vec::new();
+        }
         self.lock().range(1..=e).map(|(_, s)| s.clone()).collect()
     }
 }
@@ -156,5 +160,52 @@ impl certificate::Provider for EpochProvider {
 
     fn scoped(&self, scope: Epoch) -> Option<Scoped<Scheme>> {
         self.scheme_for(scope.get()).map(Scoped::scheme)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deai_ledger::{Genesis, GenesisAccount, GenesisValidator, Params};
+
+    #[test]
+    fn epochs_record_sets_once_and_list_handoffs() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let a = key.verifying_key().to_bytes();
+        let g = Genesis {
+            chain_name: "t".into(),
+            accounts: vec![GenesisAccount {
+                address: a,
+                balance: 0,
+                stake: 1_000_000,
+            }],
+            validators: vec![GenesisValidator {
+                address: a,
+                endpoint: String::new(),
+                p2p: String::new(),
+            }],
+            params: Params::default(),
+            epoch_length: 5,
+        };
+        let s = State::from_genesis(&g).unwrap();
+        let d = crate::block::to_digest(deai_types::Hash256([1; 32]));
+        let e = Epochs::new(&s, d);
+        assert_eq!(
+            (e.epoch_of(4), e.epoch_of(5), e.last(0), e.last(2)),
+            (0, 1, 4, 14)
+        );
+        // Epoch 0 has no hand-off (and asking does not panic).
+        assert!(e.handoffs(0).is_empty());
+        assert_eq!(e.current().epoch, 0);
+        assert_eq!(e.current().participants.len(), 1);
+        let d2 = crate::block::to_digest(deai_types::Hash256([2; 32]));
+        e.insert(1, &s, d2);
+        // A second insert of an epoch keeps the first.
+        e.insert(1, &s, d);
+        assert_eq!(e.get(1).unwrap().floor, d2);
+        assert_eq!(e.handoffs(1).len(), 1);
+        assert_eq!(e.handoffs(7).len(), 1);
+        assert_eq!(e.current().epoch, 1);
+        assert!(e.get(2).is_none());
     }
 }
