@@ -262,9 +262,9 @@ pub async fn start_joiner(
     start_one(ctx, &state, &net, index, seed, p2p, http, opts).await
 }
 
-/// The p2p peers to track in an epoch: its set, at the addresses the ledger registry gives
-/// (or network.json, for genesis validators registered without one), plus every validator in
-/// network.json, so that a validator that left the set can still follow the chain.
+/// The p2p peers to track in an epoch: every validator in network.json at the address given
+/// there (so that a validator that left the set can still follow the chain), plus the
+/// epoch's other members at the p2p address they registered on the ledger.
 fn epoch_peers(
     set: &crate::epoch::EpochSet,
     net: &Network,
@@ -275,16 +275,20 @@ fn epoch_peers(
         .filter_map(|v| Some((node::public_key(&v.address)?, v.p2p.into())))
         .collect();
     for pk in set.participants.iter() {
+        // network.json is this operator's own view (e.g. hosts in other namespaces): it wins
+        // over the address a validator registered.
+        if peers.contains_key(pk) {
+            continue;
+        }
         let addr = node::address(pk);
-        let registered = set
+        match set
             .floor_state
             .validator(&addr)
-            .and_then(|v| v.p2p.parse::<SocketAddr>().ok());
-        match registered {
+            .and_then(|v| v.p2p.parse::<SocketAddr>().ok())
+        {
             Some(a) => {
                 peers.insert(pk.clone(), a.into());
             }
-            None if peers.contains_key(pk) => {}
             None => tracing::warn!(
                 validator = hex::encode(addr),
                 epoch = set.epoch,
