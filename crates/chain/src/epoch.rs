@@ -27,6 +27,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub struct EpochSet {
     pub epoch: u64,
     pub participants: Set<PublicKey>,
+    /// Keys admitted to the p2p network as followers (secondary peers) this epoch; see
+    /// [`followers`].
+    pub followers: Set<PublicKey>,
     /// Verifies certificates and votes of this epoch.
     pub verifier: Arc<Scheme>,
     /// The block after which this epoch starts: genesis for epoch 0, else the last block of
@@ -49,6 +52,46 @@ pub struct Epochs {
 /// address is an ed25519 key, since they signed their registration).
 pub fn keys(addrs: &[Address]) -> Set<PublicKey> {
     Set::from_iter_dedup(addrs.iter().filter_map(public_key))
+}
+
+/// Most followers admitted per epoch (bounds every node's peer table and connections).
+pub const MAX_FOLLOWERS: usize = 256;
+
+/// The keys that may connect to the p2p network in an epoch without voting in it (secondary
+/// peers: they receive blocks and certificates and may serve backfill, but are not dialed by
+/// validators and take no part in discovery's bit vectors). They are read from `state`, the
+/// finalized post-state that names the epoch's set, so every node admits the same keys:
+///
+/// - registered validators outside the set that hold at least the minimum validator stake
+///   (a candidate that has registered syncs before its first epoch in the set);
+/// - active workers holding at least the minimum worker stake (so that a staked worker can
+///   follow finality itself instead of trusting one validator's HTTP API).
+///
+/// Highest stake first (ties to the lower address), at most [`MAX_FOLLOWERS`]. Keys that are
+/// neither are refused at the handshake.
+pub fn followers(state: &State, primary: &Set<PublicKey>) -> Set<PublicKey> {
+    let p = state.params();
+    let mut staked: Vec<(u64, Address)> = state
+        .validators()
+        .filter(|(a, _)| state.account(a).stake >= p.min_validator_stake)
+        .map(|(a, _)| *a)
+        .chain(
+            state
+                .workers()
+                .filter(|(a, w)| w.active && state.account(a).stake >= p.min_worker_stake)
+                .map(|(a, _)| *a),
+        )
+        .map(|a| (state.account(&a).stake, a))
+        .collect();
+    staked.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+    staked.dedup_by(|x, y| x.1 == y.1);
+    Set::from_iter_dedup(
+        staked
+            .into_iter()
+            .filter_map(|(_, a)| public_key(&a))
+            .filter(|pk| primary.position(pk).is_none())
+            .take(MAX_FOLLOWERS),
+    )
 }
 
 impl Epochs {
@@ -88,6 +131,7 @@ impl Epochs {
         let participants = keys(floor_state.validator_set());
         let set = EpochSet {
             epoch: e,
+            followers: followers(floor_state, &participants),
             verifier: Arc::new(Scheme::verifier(NAMESPACE, participants.clone())),
             participants,
             floor_height: floor_state.height(),

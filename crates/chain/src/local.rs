@@ -15,12 +15,12 @@ use crate::mempool::Mempool;
 use crate::node::{self, Channels, NodeConfig};
 use anyhow::{bail, Context, Result};
 use commonware_cryptography::ChaCha20Poly1305;
-use commonware_p2p::authenticated::lookup;
-use commonware_p2p::AddressableManager;
+use commonware_p2p::authenticated::discovery;
+use commonware_p2p::{Manager, TrackedPeers};
 use commonware_runtime::{tokio as cw_tokio, Quota, Runner, Spawner, Supervisor};
 use commonware_stream::cups::{self, Cups};
 use commonware_stream::sake::{self, Sake};
-use commonware_utils::{ordered::Map, NZUsize, NZU32};
+use commonware_utils::{NZUsize, NZU32};
 use deai_ledger::{Address, Genesis, GenesisAccount, GenesisValidator, Params, State};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -262,41 +262,18 @@ pub async fn start_joiner(
     start_one(ctx, &state, &net, index, seed, p2p, http, opts).await
 }
 
-/// The p2p peers to track in an epoch: every validator in network.json at the address given
-/// there (so that a validator that left the set can still follow the chain), plus the
-/// epoch's other members at the p2p address they registered on the ledger.
-fn epoch_peers(
-    set: &crate::epoch::EpochSet,
+/// Where a node starts looking for peers: every validator in network.json other than itself.
+/// Everything else (validators that joined later, new addresses) is learned from signed
+/// discovery gossip once connected.
+fn bootstrappers(
     net: &Network,
-) -> Map<commonware_cryptography::ed25519::PublicKey, commonware_p2p::Address> {
-    let mut peers: std::collections::BTreeMap<_, commonware_p2p::Address> = net
-        .validators
+    me: &commonware_cryptography::ed25519::PublicKey,
+) -> Vec<discovery::Bootstrapper<commonware_cryptography::ed25519::PublicKey>> {
+    net.validators
         .iter()
         .filter_map(|v| Some((node::public_key(&v.address)?, v.p2p.into())))
-        .collect();
-    for pk in set.participants.iter() {
-        // network.json is this operator's own view (e.g. hosts in other namespaces): it wins
-        // over the address a validator registered.
-        if peers.contains_key(pk) {
-            continue;
-        }
-        let addr = node::address(pk);
-        match set
-            .floor_state
-            .validator(&addr)
-            .and_then(|v| v.p2p.parse::<SocketAddr>().ok())
-        {
-            Some(a) => {
-                peers.insert(pk.clone(), a.into());
-            }
-            None => tracing::warn!(
-                validator = hex::encode(addr),
-                epoch = set.epoch,
-                "validator in the set has no p2p address; it cannot be dialed"
-            ),
-        }
-    }
-    Map::try_from(peers.into_iter().collect::<Vec<_>>()).expect("keys of a map are unique")
+        .filter(|(pk, _)| pk != me)
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -312,7 +289,8 @@ async fn start_one(
 ) -> Result<Running> {
     let signer = node::private_key(seed);
     let vctx = ctx.child("validator").with_attribute("index", i);
-    let mut p2p_cfg = lookup::Config::local(
+    let me = commonware_cryptography::Signer::public_key(&signer);
+    let mut p2p_cfg = discovery::Config::local(
         Cups::<_, ChaCha20Poly1305>::new(
             Sake {
                 signer: signer.clone(),
@@ -324,15 +302,24 @@ async fn start_one(
         ),
         node::NAMESPACE,
         p2p,
-        NZUsize!(deai_ledger::state::MAX_CONSENSUS_VALIDATORS + net.validators.len()),
+        p2p,
+        bootstrappers(net, &me),
+        NZUsize!(
+            deai_ledger::state::MAX_CONSENSUS_VALIDATORS
+                + crate::epoch::MAX_FOLLOWERS
+                + net.validators.len()
+        ),
         8 * 1024 * 1024,
         NZUsize!(10_000),
     );
     // This epoch's and the one before (for peers still finishing it).
     p2p_cfg.tracked_peer_sets = NZUsize!(2);
-    let (mut network, oracle) = lookup::Network::new(vctx.child("network"), p2p_cfg);
-    // Channel mailboxes are sized from the quota burst: keep it modest.
-    let quota = Quota::per_second(NZU32!(2_000));
+    let (mut network, oracle) = discovery::Network::new(vctx.child("network"), p2p_cfg);
+    // Inbound mailboxes are preallocated at (peers retained) x (burst) slots per channel, and
+    // the peer table holds up to 2 x (100 validators + 256 followers): a burst of 128
+    // messages per peer keeps that near 20 MB per channel, while the steady rate (2,000 per
+    // second per peer) is far above what consensus and backfill send.
+    let quota = Quota::per_second(NZU32!(2_000)).allow_burst(NZU32!(128));
     let channels = Channels {
         votes: network.register(node::CH_VOTES, quota),
         certs: network.register(node::CH_CERTS, quota),
@@ -343,9 +330,10 @@ async fn start_one(
     network.start();
     let on_epoch: node::OnEpoch = {
         let oracle = std::sync::Mutex::new(oracle.clone());
-        let net = net.clone();
         std::sync::Arc::new(move |set: &crate::epoch::EpochSet| {
-            let peers = epoch_peers(set, &net);
+            // Validators of the epoch are primary peers (dialed, in discovery's bit vectors);
+            // staked followers are secondary (admitted, not dialed). Anyone else is refused.
+            let peers = TrackedPeers::new(set.participants.clone(), set.followers.clone());
             if let Ok(mut o) = oracle.lock() {
                 let _ = o.track(set.epoch, peers);
             }

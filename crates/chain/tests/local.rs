@@ -464,3 +464,140 @@ fn a_validator_joins_through_the_registry_and_votes() {
         );
     });
 }
+
+#[test]
+fn a_staked_worker_follows_over_p2p_and_an_unstaked_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_block(12);
+    let model = deai_types::Hash256([5; 32]);
+    let mut params = deai_ledger::Params::default();
+    params.allowed_models = vec![model];
+    local::init(
+        dir.path(),
+        &InitOptions {
+            base_p2p_port: base,
+            base_http_port: base + 4,
+            epoch_length: 4,
+            params,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let faucet = ed25519_dalek::SigningKey::from_bytes(
+        &local::read_key(&dir.path().join("keys/faucet.key")).unwrap(),
+    );
+    let (worker_seed, stranger_seed) = ([51u8; 32], [52u8; 32]);
+    let worker_key = ed25519_dalek::SigningKey::from_bytes(&worker_seed);
+    let (w, s) = (
+        local::address_of(&worker_seed),
+        local::address_of(&stranger_seed),
+    );
+    let at = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], base + p));
+    let path = dir.path().to_path_buf();
+    local::runner(dir.path()).start(|ctx| async move {
+        let nodes = local::start_validators(&ctx, &path, &[0, 1, 2, 3], &RunOptions::default())
+            .await
+            .unwrap();
+        let app = nodes[0].app.clone();
+        let chain = app.finalized_state().chain_id();
+        let p = app.finalized_state().params().clone();
+        let tx = |key: &ed25519_dalek::SigningKey, nonce, kind| {
+            Tx {
+                chain,
+                from: [0; 32],
+                nonce,
+                fee: 1,
+                kind,
+            }
+            .sign(key)
+        };
+        // Both keys get funds; only the worker stakes and registers.
+        for (nonce, to) in [w, s].into_iter().enumerate() {
+            let amount = 10 * p.min_worker_stake;
+            app.submit(tx(&faucet, nonce as u64, TxKind::Transfer { to, amount }))
+                .unwrap();
+        }
+        until(&ctx, 60, "funding", || {
+            let st = app.finalized_state();
+            st.account(&w).balance > 0 && st.account(&s).balance > 0
+        })
+        .await;
+        // The stranger runs a node from the start: funded, but neither staked nor registered.
+        let stranger = local::start_joiner(
+            &ctx,
+            &path,
+            5,
+            &stranger_seed,
+            at(8),
+            at(9),
+            &RunOptions::default(),
+        )
+        .await
+        .unwrap();
+        app.submit(tx(
+            &worker_key,
+            0,
+            TxKind::Stake {
+                amount: p.min_worker_stake,
+            },
+        ))
+        .unwrap();
+        app.submit(tx(
+            &worker_key,
+            1,
+            TxKind::RegisterWorker {
+                models: vec![model],
+                profile: "cpu".into(),
+                hardware: "test".into(),
+                price_per_1k: p.price_floor,
+                endpoint: "http://127.0.0.1:1".into(),
+            },
+        ))
+        .unwrap();
+        until(&ctx, 60, "the worker's registration", || {
+            app.finalized_state().worker(&w).is_some()
+        })
+        .await;
+        // From the next epoch on, every validator admits the worker as a follower, and no
+        // epoch admits the stranger.
+        let worker_pk = deai_chain::node::public_key(&w).unwrap();
+        let stranger_pk = deai_chain::node::public_key(&s).unwrap();
+        until(&ctx, 60, "an epoch that admits the worker", || {
+            nodes.iter().all(|n| {
+                let e = n.app.epochs().current();
+                e.followers.position(&worker_pk).is_some()
+                    && e.participants.position(&worker_pk).is_none()
+            })
+        })
+        .await;
+        let follower = local::start_joiner(
+            &ctx,
+            &path,
+            6,
+            &worker_seed,
+            at(10),
+            at(11),
+            &RunOptions::default(),
+        )
+        .await
+        .unwrap();
+        let tip = app.finalized_height();
+        until(&ctx, 120, "the worker's node catches up", || {
+            follower.app.finalized_height() >= tip + 4
+        })
+        .await;
+        let h = follower.app.finalized_height();
+        assert_eq!(follower.app.blocks(0, h + 1), app.blocks(0, h + 1));
+        // It follows; it does not vote (it is in no set).
+        assert!(!follower.app.finalized_state().validator_set().contains(&w));
+        for n in &nodes {
+            for e in 0..=n.app.epochs().current().epoch {
+                let set = n.app.epochs().get(e).unwrap();
+                assert!(set.followers.position(&stranger_pk).is_none());
+                assert!(set.participants.position(&stranger_pk).is_none());
+            }
+        }
+        // The stranger, dialing the same bootstrappers for all that time, got nothing.
+        assert_eq!(stranger.app.finalized_height(), 0, "an unstaked key synced");
+    });
+}
