@@ -470,8 +470,10 @@ fn a_staked_worker_follows_over_p2p_and_an_unstaked_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_port_block(12);
     let model = deai_types::Hash256([5; 32]);
-    let mut params = deai_ledger::Params::default();
-    params.allowed_models = vec![model];
+    let params = deai_ledger::Params {
+        allowed_models: vec![model],
+        ..Default::default()
+    };
     local::init(
         dir.path(),
         &InitOptions {
