@@ -114,7 +114,7 @@ async fn status(AxState(api): AxState<Api>) -> R {
         "epoch_length": s.meta().epoch_length,
         "validator_set": s.validator_set().iter().map(hex::encode).collect::<Vec<_>>(),
         // Where a light client starts (proofs carry the hand-offs from it).
-        "genesis_validator_set": api.app.epochs().get(0).map(|e| e.floor_state.validator_set().iter().map(hex::encode).collect::<Vec<_>>()),
+        "genesis_validator_set": api.app.epochs().get(0).map(|e| e.participants.iter().map(|k| hex::encode(crate::node::address(k))).collect::<Vec<_>>()),
         "supply": s.meta().supply,
         "burned": s.meta().burned,
         "treasury": s.meta().treasury,
@@ -543,13 +543,12 @@ async fn proof(AxState(api): AxState<Api>, Path((kind, id)): Path<(String, Strin
             .ok_or_else(|| {
                 not_found(format!("no finality certificate stored for epoch end {at}"))
             })?;
-        let (value, proof) = e.floor_state.prove(&Key::Meta);
         handoffs.push(StateProof {
             height: at,
             header: hex::encode(header.to_bytes()),
             certificate: encode_certificate(&cert),
-            value: value.map(hex::encode),
-            proof,
+            value: e.floor_meta.as_ref().map(hex::encode),
+            proof: e.floor_meta_proof,
             handoffs: vec![],
         });
     }

@@ -36,9 +36,12 @@ pub struct EpochSet {
     /// the epoch before (height, digest).
     pub floor_height: u64,
     pub floor: Digest,
-    /// That block's post-state, which names this set (kept so that light clients can be
-    /// given proofs of every hand-off; cloning a state is O(1)).
-    pub floor_state: State,
+    /// The meta record of that block's post-state (which names this set) and its proof under
+    /// the block's state root: the hand-off a light client follows into this epoch. Only
+    /// the proof is kept, not the state, so a long-running node's memory does not grow with
+    /// every epoch's state.
+    pub floor_meta: Option<Vec<u8>>,
+    pub floor_meta_proof: deai_ledger::smt::Proof,
 }
 
 /// The validator sets of every epoch this node has reached. Clones share one registry.
@@ -128,7 +131,12 @@ impl Epochs {
     /// Records epoch `e`'s set from `floor_state`, the post-state of the block `floor` after
     /// which it starts. A second call for the same epoch is ignored (marshal may redeliver).
     pub fn insert(&self, e: u64, floor_state: &State, floor: Digest) {
+        let mut sets = self.lock();
+        if sets.contains_key(&e) {
+            return;
+        }
         let participants = keys(floor_state.validator_set());
+        let (floor_meta, floor_meta_proof) = floor_state.prove(&deai_ledger::state::Key::Meta);
         let set = EpochSet {
             epoch: e,
             followers: followers(floor_state, &participants),
@@ -136,9 +144,10 @@ impl Epochs {
             participants,
             floor_height: floor_state.height(),
             floor,
-            floor_state: floor_state.clone(),
+            floor_meta,
+            floor_meta_proof,
         };
-        self.lock().entry(e).or_insert(set);
+        sets.insert(e, set);
     }
 
     pub fn get(&self, e: u64) -> Option<EpochSet> {
@@ -153,7 +162,7 @@ impl Epochs {
             .expect("epoch 0 is inserted at construction")
     }
 
-    /// The floor states of epochs `1..=e` (the hand-offs a light client follows from genesis
+    /// The sets of epochs `1..=e` (with the hand-offs a light client follows from genesis
     /// to epoch `e`), oldest first.
     pub fn handoffs(&self, e: u64) -> Vec<EpochSet> {
         if e == 0 {
@@ -213,6 +222,73 @@ mod tests {
     use deai_ledger::{Genesis, GenesisAccount, GenesisValidator, Params};
 
     #[test]
+    fn followers_are_staked_validators_outside_the_set() {
+        let min = Params::default().min_validator_stake;
+        let key = |i: u8| {
+            ed25519_dalek::SigningKey::from_bytes(&[i; 32])
+                .verifying_key()
+                .to_bytes()
+        };
+        // 102 validators with growing stake, and one at the minimum that will unstake.
+        let stakes: Vec<(u8, u64)> = (1..=102u8)
+            .map(|i| (i, min * i as u64))
+            .chain([(103, min)])
+            .collect();
+        let g = Genesis {
+            chain_name: "t".into(),
+            accounts: stakes
+                .iter()
+                .map(|&(i, stake)| GenesisAccount {
+                    address: key(i),
+                    balance: 100,
+                    stake,
+                })
+                .collect(),
+            validators: stakes
+                .iter()
+                .map(|&(i, _)| GenesisValidator {
+                    address: key(i),
+                    endpoint: String::new(),
+                    p2p: String::new(),
+                })
+                .collect(),
+            params: Params::default(),
+            epoch_length: 5,
+        };
+        let mut s = State::from_genesis(&g).unwrap();
+        let set = keys(s.validator_set());
+        assert_eq!(set.len(), 100);
+        let low = public_key(&key(103)).unwrap();
+        assert!(followers(&s, &set).position(&low).is_some());
+        // 103 drops below the minimum.
+        let unstake = deai_ledger::Tx {
+            chain: s.chain_id(),
+            from: [0; 32],
+            nonce: 0,
+            fee: s.params().min_fee,
+            kind: deai_ledger::TxKind::Unstake { amount: 1 },
+        }
+        .sign(&ed25519_dalek::SigningKey::from_bytes(&[103; 32]));
+        let r = s.apply_block(1, &[unstake]).unwrap();
+        assert!(r.outcomes[0].error.is_none(), "{:?}", r.outcomes[0].error);
+        let f = followers(&s, &set);
+        // The two smallest qualifying stakes are left out of the set and follow; the key
+        // below the minimum does neither.
+        let expect: Vec<PublicKey> = [1u8, 2]
+            .iter()
+            .filter_map(|i| public_key(&key(*i)))
+            .collect();
+        assert_eq!(f.iter().cloned().collect::<Vec<_>>(), {
+            let mut e = expect;
+            e.sort();
+            e
+        });
+        assert!(f.position(&low).is_none() && set.position(&low).is_none());
+        // A key in the set is never also a follower.
+        assert!(set.iter().all(|k| f.position(k).is_none()));
+    }
+
+    #[test]
     fn epochs_record_sets_once_and_list_handoffs() {
         let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
         let a = key.verifying_key().to_bytes();
@@ -247,6 +323,11 @@ mod tests {
         // A second insert of an epoch keeps the first.
         e.insert(1, &s, d);
         assert_eq!(e.get(1).unwrap().floor, d2);
+        // The hand-off keeps the meta record and its proof, not the state.
+        let (meta, proof) = s.prove(&deai_ledger::state::Key::Meta);
+        assert_eq!(e.get(1).unwrap().floor_meta, meta);
+        assert_eq!(e.get(1).unwrap().floor_meta_proof, proof);
+        assert!(meta.is_some());
         assert_eq!(e.handoffs(1).len(), 1);
         assert_eq!(e.handoffs(7).len(), 1);
         assert_eq!(e.current().epoch, 1);

@@ -124,27 +124,77 @@ pub struct EvidenceRecorder {
     log: std::sync::Arc<std::sync::Mutex<Vec<Evidence>>>,
     app: App,
     reporter: std::sync::Arc<ed25519_dalek::SigningKey>,
-    /// (offender, view) pairs already reported by this node.
-    reported: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Reported>>>,
+    /// Reports this node submitted that are not yet on chain, by (offender, round id).
+    reported: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Reported, Pending>>>,
 }
 
 /// An (offender, round id) pair.
 type Reported = ([u8; 32], u64);
+
+/// A submitted report: when, how often, and the evidence to submit again.
+struct Pending {
+    /// Finalized height when last submitted (or refused).
+    at: u64,
+    tries: u32,
+    evidence: Vec<u8>,
+}
+
+/// Blocks after which a report that is still not on chain is submitted again (it was dropped
+/// from a mempool, or another transaction signed with this key took its nonce).
+pub const REPORT_RETRY_BLOCKS: u64 = 16;
+/// Submissions of one report before this node gives up on it.
+pub const REPORT_MAX_TRIES: u32 = 5;
+
+/// What to do with a report of (`offender`, `round`) given the finalized `state`.
+#[derive(Debug, PartialEq, Eq)]
+enum ReportStep {
+    /// On chain already, or no longer slashable: forget it.
+    Done,
+    /// Submitted recently: wait.
+    Wait,
+    Submit,
+}
+
+fn report_step(
+    state: &deai_ledger::State,
+    key: &Reported,
+    pending: Option<&Pending>,
+) -> ReportStep {
+    let Some(v) = state.validator(&key.0) else {
+        return ReportStep::Done;
+    };
+    if v.slashed_views.binary_search(&key.1).is_ok() {
+        return ReportStep::Done;
+    }
+    match pending {
+        None => ReportStep::Submit,
+        Some(p) if p.tries >= REPORT_MAX_TRIES => ReportStep::Done,
+        Some(p) if state.height() < p.at.saturating_add(REPORT_RETRY_BLOCKS) => ReportStep::Wait,
+        Some(_) => ReportStep::Submit,
+    }
+}
 
 impl EvidenceRecorder {
     pub fn evidence(&self) -> Vec<Evidence> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// Submits a `ReportEquivocation` for `e` unless this node already did, or the offender
-    /// was already slashed for that view.
-    fn report_on_chain(&self, e: &Evidence, encoded: Vec<u8>) {
-        let key = (e.offender, e.round);
-        if self.reported.lock().map_or(true, |r| r.contains(&key)) {
-            return;
-        }
+    /// Submits a `ReportEquivocation` for (`offender`, `round`) unless it is on chain already
+    /// or this node submitted it less than [`REPORT_RETRY_BLOCKS`] blocks ago.
+    fn report_on_chain(&self, key: Reported, encoded: Vec<u8>) {
         // O(1): the state is a set of persistent maps.
         let state = self.app.finalized_state();
+        let Ok(mut reported) = self.reported.lock() else {
+            return;
+        };
+        let tries = match report_step(&state, &key, reported.get(&key)) {
+            ReportStep::Done => {
+                reported.remove(&key);
+                return;
+            }
+            ReportStep::Wait => return,
+            ReportStep::Submit => reported.get(&key).map_or(0, |p| p.tries),
+        };
         let from = self.reporter.verifying_key().to_bytes();
         let tx = deai_ledger::Tx {
             chain: state.chain_id(),
@@ -152,23 +202,43 @@ impl EvidenceRecorder {
             nonce: self.app.next_nonce(&from),
             fee: state.params().min_fee,
             kind: deai_ledger::TxKind::ReportEquivocation {
-                offender: e.offender,
-                view: e.round,
-                evidence: encoded,
+                offender: key.0,
+                view: key.1,
+                evidence: encoded.clone(),
             },
         }
         .sign(&self.reporter);
         match self.app.submit(tx) {
-            Ok(id) => {
-                if let Ok(mut r) = self.reported.lock() {
-                    r.insert(key);
-                }
-                tracing::info!(%id, view = e.view, "reported equivocation")
-            }
-            // Already slashed, or a nonce taken meanwhile: the next report of this evidence
-            // (simplex reports each conflicting vote) tries again.
-            Err(err) => tracing::warn!(%err, view = e.view, "equivocation report refused"),
+            Ok(id) => tracing::info!(%id, round = key.1, tries, "reported equivocation"),
+            // A nonce taken meanwhile, a full mempool: retried after REPORT_RETRY_BLOCKS.
+            Err(err) => tracing::warn!(%err, round = key.1, "equivocation report refused"),
         }
+        reported.insert(
+            key,
+            Pending {
+                at: state.height(),
+                tries: tries + 1,
+                evidence: encoded,
+            },
+        );
+    }
+
+    /// Submits again each report not on chain [`REPORT_RETRY_BLOCKS`] after it was sent (at
+    /// most [`REPORT_MAX_TRIES`] times), and forgets those that are. The node calls this
+    /// about once a second.
+    pub fn retry_pending(&self) {
+        let due: Vec<(Reported, Vec<u8>)> = match self.reported.lock() {
+            Ok(r) => r.iter().map(|(k, p)| (*k, p.evidence.clone())).collect(),
+            Err(_) => return,
+        };
+        for (key, evidence) in due {
+            self.report_on_chain(key, evidence);
+        }
+    }
+
+    /// Reports not yet seen on chain.
+    pub fn pending_reports(&self) -> usize {
+        self.reported.lock().map_or(0, |r| r.len())
     }
 }
 
@@ -203,7 +273,7 @@ impl commonware_consensus::Reporter for EvidenceRecorder {
             round,
             encoded: hex::encode(&bytes),
         };
-        self.report_on_chain(&e, bytes);
+        self.report_on_chain((e.offender, e.round), bytes);
         tracing::warn!(
             offender = hex::encode(e.offender),
             kind,
@@ -465,6 +535,15 @@ where
     let orchestrator_epochs = epochs.clone();
     let orchestrator_evidence = evidence.clone();
     let hints = marshal_mailbox.clone();
+    let retry_evidence = evidence.clone();
+    let retry_handle = context
+        .child("evidence_retry")
+        .spawn(move |ctx| async move {
+            loop {
+                ctx.sleep(Duration::from_secs(1)).await;
+                retry_evidence.retry_pending();
+            }
+        });
     let orchestrator_handle = context.child("orchestrator").spawn(move |ctx| async move {
         let (epochs, evidence, mut chans, mut epoch_rx) =
             (orchestrator_epochs, orchestrator_evidence, chans, epoch_rx);
@@ -579,6 +658,81 @@ where
             marshal_handle,
             finalizer_handle,
             orchestrator_handle,
+            retry_handle,
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deai_ledger::{Genesis, GenesisAccount, GenesisValidator, Params, State};
+
+    #[test]
+    fn an_unconfirmed_report_is_submitted_again_then_given_up_or_forgotten() {
+        let v = ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+            .verifying_key()
+            .to_bytes();
+        let reporter = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        let g = Genesis {
+            chain_name: "t".into(),
+            accounts: vec![
+                GenesisAccount {
+                    address: v,
+                    balance: 0,
+                    stake: 1_000_000,
+                },
+                GenesisAccount {
+                    address: reporter.verifying_key().to_bytes(),
+                    balance: 1_000,
+                    stake: 0,
+                },
+            ],
+            validators: vec![GenesisValidator {
+                address: v,
+                endpoint: String::new(),
+                p2p: String::new(),
+            }],
+            params: Params::default(),
+            epoch_length: 1000,
+        };
+        let mut s = State::from_genesis(&g).unwrap();
+        let key = (v, 7);
+        let sent = |at, tries| Pending {
+            at,
+            tries,
+            evidence: vec![],
+        };
+        assert_eq!(report_step(&s, &key, None), ReportStep::Submit);
+        // Not a validator: nothing to slash, forget it.
+        assert_eq!(report_step(&s, &([1; 32], 7), None), ReportStep::Done);
+        // Sent at height 0: wait REPORT_RETRY_BLOCKS blocks for it to land, then resend.
+        for h in 1..REPORT_RETRY_BLOCKS {
+            s.apply_block(h, &[]).unwrap();
+            assert_eq!(report_step(&s, &key, Some(&sent(0, 1))), ReportStep::Wait);
+        }
+        s.apply_block(REPORT_RETRY_BLOCKS, &[]).unwrap();
+        assert_eq!(report_step(&s, &key, Some(&sent(0, 1))), ReportStep::Submit);
+        assert_eq!(
+            report_step(&s, &key, Some(&sent(0, REPORT_MAX_TRIES))),
+            ReportStep::Done
+        );
+        // Once the ledger has slashed the offender for that round, the report is done.
+        let report = deai_ledger::Tx {
+            chain: s.chain_id(),
+            from: [0; 32],
+            nonce: 0,
+            fee: s.params().min_fee,
+            kind: deai_ledger::TxKind::ReportEquivocation {
+                offender: v,
+                view: 7,
+                evidence: vec![1],
+            },
+        }
+        .sign(&reporter);
+        let r = s.apply_block(REPORT_RETRY_BLOCKS + 1, &[report]).unwrap();
+        assert!(r.outcomes[0].error.is_none(), "{:?}", r.outcomes[0].error);
+        assert_eq!(report_step(&s, &key, Some(&sent(0, 1))), ReportStep::Done);
+        assert_eq!(report_step(&s, &(v, 8), None), ReportStep::Submit);
     }
 }

@@ -412,7 +412,7 @@ fn a_validator_joins_through_the_registry_and_votes() {
         .await;
         let first = joiner.app.epochs().current();
         assert_eq!(first.participants.len(), 5);
-        assert!(first.floor_state.validator(&j).unwrap().p2p == p2p.to_string());
+        assert!(joiner.app.finalized_state().validator(&j).unwrap().p2p == p2p.to_string());
         // It caught up by fetching each epoch's last block from peers; from then on it
         // finalizes with them.
         let caught_up = app.finalized_height();

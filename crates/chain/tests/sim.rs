@@ -304,10 +304,12 @@ fn a_restarted_validator_recovers_its_finalized_state_from_disk() {
             wait_height(&ctx, &refs, 10).await;
         }
         let (handle, old) = nodes.pop().unwrap();
-        let before_root = old.app.finalized_state().root();
-        let before_h = old.app.finalized_height();
         handle.abort();
         let _ = handle.await;
+        // Read once every task of the node has stopped (its finalizer may still apply a block
+        // while the abort is under way).
+        let before_root = old.app.finalized_state().root();
+        let before_h = old.app.finalized_height();
         drop(old);
         ctx.sleep(Duration::from_secs(3)).await;
         let (h2, restarted) = spawn_validator(&ctx, &oracle, 3, 1).await;
