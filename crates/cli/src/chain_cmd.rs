@@ -61,9 +61,11 @@ pub enum ChainCmd {
         #[arg(long)]
         blocks: Option<u64>,
     },
-    /// Run a validator that is not in the genesis: it follows the chain and votes from the
-    /// first epoch after it stakes and registers (`deai tx stake`, `deai tx
-    /// register-validator --p2p ADDR`) with this key and p2p address.
+    /// Run a node whose key is not in the genesis. Peers admit it from the first epoch after
+    /// it stakes and registers with this key (`deai tx stake`, then `deai tx
+    /// register-validator --p2p ADDR` or `deai tx register-worker`): it follows the chain,
+    /// and a validator with enough stake also votes. Peers are found from network.json's
+    /// validators and discovery gossip; an unstaked key is refused.
     Join {
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -73,7 +75,7 @@ pub enum ChainCmd {
         /// Storage index, past the genesis validators' (names its data partitions).
         #[arg(long)]
         index: usize,
-        /// Its consensus p2p listener (the address it registers).
+        /// Its consensus p2p listener (the address it announces to peers).
         #[arg(long)]
         p2p: std::net::SocketAddr,
         /// Its HTTP API.
@@ -140,8 +142,8 @@ pub enum TxCmd {
     RegisterValidator {
         #[arg(long, default_value = "")]
         endpoint: String,
-        /// `host:port` of this validator's consensus p2p listener (where the others dial it
-        /// once it is in an epoch's set).
+        /// `host:port` of this validator's consensus p2p listener, published on the ledger
+        /// for operators and explorers (peers learn addresses from signed discovery gossip).
         #[arg(long, default_value = "")]
         p2p: String,
     },

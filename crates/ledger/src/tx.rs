@@ -138,8 +138,8 @@ pub enum TxKind {
     },
     RegisterValidator {
         endpoint: String,
-        /// `host:port` of its consensus p2p listener, where the other validators dial it
-        /// once it is in an epoch's set (empty: it cannot be dialed).
+        /// `host:port` of its consensus p2p listener, published for operators and explorers
+        /// (or empty). Nodes learn each other's addresses from signed discovery gossip.
         #[serde(default)]
         p2p: String,
     },
