@@ -137,6 +137,8 @@ struct Pending {
     at: u64,
     tries: u32,
     evidence: Vec<u8>,
+    /// The transaction last submitted, if the mempool took it.
+    tx: Option<deai_types::Hash256>,
 }
 
 /// Blocks after which a report that is still not on chain is submitted again (it was dropped
@@ -145,7 +147,8 @@ pub const REPORT_RETRY_BLOCKS: u64 = 16;
 /// Submissions of one report before this node gives up on it.
 pub const REPORT_MAX_TRIES: u32 = 5;
 
-/// What to do with a report of (`offender`, `round`) given the finalized `state`.
+/// What to do with a report of (`offender`, `round`) given the finalized `state` and whether
+/// the last submission is still in this node's mempool.
 #[derive(Debug, PartialEq, Eq)]
 enum ReportStep {
     /// On chain already, or no longer slashable: forget it.
@@ -159,6 +162,7 @@ fn report_step(
     state: &deai_ledger::State,
     key: &Reported,
     pending: Option<&Pending>,
+    in_mempool: bool,
 ) -> ReportStep {
     let Some(v) = state.validator(&key.0) else {
         return ReportStep::Done;
@@ -168,6 +172,9 @@ fn report_step(
     }
     match pending {
         None => ReportStep::Submit,
+        // Still queued here: resending would only make a second report that fails on chain
+        // and pays its fee.
+        Some(_) if in_mempool => ReportStep::Wait,
         Some(p) if p.tries >= REPORT_MAX_TRIES => ReportStep::Done,
         Some(p) if state.height() < p.at.saturating_add(REPORT_RETRY_BLOCKS) => ReportStep::Wait,
         Some(_) => ReportStep::Submit,
@@ -187,7 +194,11 @@ impl EvidenceRecorder {
         let Ok(mut reported) = self.reported.lock() else {
             return;
         };
-        let tries = match report_step(&state, &key, reported.get(&key)) {
+        let queued = reported
+            .get(&key)
+            .and_then(|p| p.tx)
+            .is_some_and(|id| self.app.is_pending(&id));
+        let tries = match report_step(&state, &key, reported.get(&key), queued) {
             ReportStep::Done => {
                 reported.remove(&key);
                 return;
@@ -208,17 +219,24 @@ impl EvidenceRecorder {
             },
         }
         .sign(&self.reporter);
-        match self.app.submit(tx) {
-            Ok(id) => tracing::info!(%id, round = key.1, tries, "reported equivocation"),
+        let tx = match self.app.submit(tx) {
+            Ok(id) => {
+                tracing::info!(%id, round = key.1, tries, "reported equivocation");
+                Some(id)
+            }
             // A nonce taken meanwhile, a full mempool: retried after REPORT_RETRY_BLOCKS.
-            Err(err) => tracing::warn!(%err, round = key.1, "equivocation report refused"),
-        }
+            Err(err) => {
+                tracing::warn!(%err, round = key.1, "equivocation report refused");
+                None
+            }
+        };
         reported.insert(
             key,
             Pending {
                 at: state.height(),
                 tries: tries + 1,
                 evidence: encoded,
+                tx,
             },
         );
     }
@@ -234,11 +252,6 @@ impl EvidenceRecorder {
         for (key, evidence) in due {
             self.report_on_chain(key, evidence);
         }
-    }
-
-    /// Reports not yet seen on chain.
-    pub fn pending_reports(&self) -> usize {
-        self.reported.lock().map_or(0, |r| r.len())
     }
 }
 
@@ -702,19 +715,34 @@ mod tests {
             at,
             tries,
             evidence: vec![],
+            tx: None,
         };
-        assert_eq!(report_step(&s, &key, None), ReportStep::Submit);
+        assert_eq!(report_step(&s, &key, None, false), ReportStep::Submit);
         // Not a validator: nothing to slash, forget it.
-        assert_eq!(report_step(&s, &([1; 32], 7), None), ReportStep::Done);
+        assert_eq!(
+            report_step(&s, &([1; 32], 7), None, false),
+            ReportStep::Done
+        );
         // Sent at height 0: wait REPORT_RETRY_BLOCKS blocks for it to land, then resend.
         for h in 1..REPORT_RETRY_BLOCKS {
             s.apply_block(h, &[]).unwrap();
-            assert_eq!(report_step(&s, &key, Some(&sent(0, 1))), ReportStep::Wait);
+            assert_eq!(
+                report_step(&s, &key, Some(&sent(0, 1)), false),
+                ReportStep::Wait
+            );
         }
         s.apply_block(REPORT_RETRY_BLOCKS, &[]).unwrap();
-        assert_eq!(report_step(&s, &key, Some(&sent(0, 1))), ReportStep::Submit);
         assert_eq!(
-            report_step(&s, &key, Some(&sent(0, REPORT_MAX_TRIES))),
+            report_step(&s, &key, Some(&sent(0, 1)), false),
+            ReportStep::Submit
+        );
+        // ... unless the last submission still waits in this node's mempool.
+        assert_eq!(
+            report_step(&s, &key, Some(&sent(0, 1)), true),
+            ReportStep::Wait
+        );
+        assert_eq!(
+            report_step(&s, &key, Some(&sent(0, REPORT_MAX_TRIES)), false),
             ReportStep::Done
         );
         // Once the ledger has slashed the offender for that round, the report is done.
@@ -732,7 +760,10 @@ mod tests {
         .sign(&reporter);
         let r = s.apply_block(REPORT_RETRY_BLOCKS + 1, &[report]).unwrap();
         assert!(r.outcomes[0].error.is_none(), "{:?}", r.outcomes[0].error);
-        assert_eq!(report_step(&s, &key, Some(&sent(0, 1))), ReportStep::Done);
-        assert_eq!(report_step(&s, &(v, 8), None), ReportStep::Submit);
+        assert_eq!(
+            report_step(&s, &key, Some(&sent(0, 1)), false),
+            ReportStep::Done
+        );
+        assert_eq!(report_step(&s, &(v, 8), None, false), ReportStep::Submit);
     }
 }

@@ -299,6 +299,23 @@ fn devnet_over_http_finalizes_and_proves() {
     });
 }
 
+/// A transaction signed by `key` (fee 1).
+fn signed(
+    chain: deai_types::Hash256,
+    key: &ed25519_dalek::SigningKey,
+    nonce: u64,
+    kind: TxKind,
+) -> SignedTx {
+    Tx {
+        chain,
+        from: [0; 32],
+        nonce,
+        fee: 1,
+        kind,
+    }
+    .sign(key)
+}
+
 /// Waits (on the runtime's clock) until `f` holds, failing after `secs`.
 async fn until(
     ctx: &commonware_runtime::tokio::Context,
@@ -348,16 +365,7 @@ fn a_validator_joins_through_the_registry_and_votes() {
         let app = nodes[0].app.clone();
         let chain = app.finalized_state().chain_id();
         let min = app.finalized_state().params().min_validator_stake;
-        let tx = |key: &ed25519_dalek::SigningKey, nonce, kind| {
-            Tx {
-                chain,
-                from: [0; 32],
-                nonce,
-                fee: 1,
-                kind,
-            }
-            .sign(key)
-        };
+        let tx = |key: &ed25519_dalek::SigningKey, nonce, kind| signed(chain, key, nonce, kind);
         let fund = tx(
             &faucet_key,
             0,
@@ -496,23 +504,15 @@ fn a_staked_worker_follows_over_p2p_and_an_unstaked_key_is_refused() {
     );
     let at = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], base + p));
     let path = dir.path().to_path_buf();
+    let opts = RunOptions::default();
     local::runner(dir.path()).start(|ctx| async move {
-        let nodes = local::start_validators(&ctx, &path, &[0, 1, 2, 3], &RunOptions::default())
+        let nodes = local::start_validators(&ctx, &path, &[0, 1, 2, 3], &opts)
             .await
             .unwrap();
         let app = nodes[0].app.clone();
         let chain = app.finalized_state().chain_id();
         let p = app.finalized_state().params().clone();
-        let tx = |key: &ed25519_dalek::SigningKey, nonce, kind| {
-            Tx {
-                chain,
-                from: [0; 32],
-                nonce,
-                fee: 1,
-                kind,
-            }
-            .sign(key)
-        };
+        let tx = |key: &ed25519_dalek::SigningKey, nonce, kind| signed(chain, key, nonce, kind);
         // Both keys get funds; only the worker stakes and registers.
         for (nonce, to) in [w, s].into_iter().enumerate() {
             let amount = 10 * p.min_worker_stake;
@@ -525,17 +525,9 @@ fn a_staked_worker_follows_over_p2p_and_an_unstaked_key_is_refused() {
         })
         .await;
         // The stranger runs a node from the start: funded, but neither staked nor registered.
-        let stranger = local::start_joiner(
-            &ctx,
-            &path,
-            5,
-            &stranger_seed,
-            at(8),
-            at(9),
-            &RunOptions::default(),
-        )
-        .await
-        .unwrap();
+        let stranger = local::start_joiner(&ctx, &path, 5, &stranger_seed, at(8), at(9), &opts)
+            .await
+            .unwrap();
         app.submit(tx(
             &worker_key,
             0,
@@ -572,17 +564,9 @@ fn a_staked_worker_follows_over_p2p_and_an_unstaked_key_is_refused() {
             })
         })
         .await;
-        let follower = local::start_joiner(
-            &ctx,
-            &path,
-            6,
-            &worker_seed,
-            at(10),
-            at(11),
-            &RunOptions::default(),
-        )
-        .await
-        .unwrap();
+        let follower = local::start_joiner(&ctx, &path, 6, &worker_seed, at(10), at(11), &opts)
+            .await
+            .unwrap();
         let tip = app.finalized_height();
         until(&ctx, 120, "the worker's node catches up", || {
             follower.app.finalized_height() >= tip + 4
