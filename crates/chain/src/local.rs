@@ -187,6 +187,13 @@ pub fn load(dir: &Path) -> Result<(Genesis, Network)> {
     Ok((g, n))
 }
 
+/// The chain directory's network.json and genesis state.
+fn load_state(dir: &Path) -> Result<(Network, State)> {
+    let (genesis, net) = load(dir)?;
+    let state = State::from_genesis(&genesis).map_err(|e| anyhow::anyhow!("genesis: {e}"))?;
+    Ok((net, state))
+}
+
 /// A validator started by [`start_validators`].
 pub struct Running {
     pub index: usize,
@@ -220,8 +227,7 @@ pub async fn start_validators(
     which: &[usize],
     opts: &RunOptions,
 ) -> Result<Vec<Running>> {
-    let (genesis, net) = load(dir)?;
-    let state = State::from_genesis(&genesis).map_err(|e| anyhow::anyhow!("genesis: {e}"))?;
+    let (net, state) = load_state(dir)?;
     let participants = node::participants(&state);
     if participants.len() != net.validators.len() {
         bail!("network.json and genesis.json disagree on the validator set");
@@ -254,8 +260,7 @@ pub async fn start_joiner(
     http: SocketAddr,
     opts: &RunOptions,
 ) -> Result<Running> {
-    let (genesis, net) = load(dir)?;
-    let state = State::from_genesis(&genesis).map_err(|e| anyhow::anyhow!("genesis: {e}"))?;
+    let (net, state) = load_state(dir)?;
     if index < net.validators.len() {
         bail!("index {index} is a genesis validator's");
     }
