@@ -158,6 +158,102 @@ def main():
 
     check("completions.create (legacy endpoint)", completions)
 
+    # --- logprobs -------------------------------------------------------------------------
+    def chat_logprobs():
+        r = client.chat.completions.create(**request, logprobs=True, top_logprobs=3)
+        c = r.choices[0]
+        assert c.logprobs is not None and c.logprobs.content, f"no logprobs.content in {r}"
+        content = c.logprobs.content
+        text = b"".join(bytes(t.bytes) for t in content).decode("utf-8")
+        assert text == c.message.content, \
+            f"the logprob tokens spell {text!r}, the answer is {c.message.content!r}"
+        if chat_result is not None:
+            assert c.message.content == chat_result[0], "asking for logprobs changed the answer"
+        for i, t in enumerate(content):
+            assert t.logprob <= 0.0, f"token {i}: logprob {t.logprob} > 0"
+            assert len(t.top_logprobs) == 3, f"token {i}: {len(t.top_logprobs)} alternatives"
+            lps = [a.logprob for a in t.top_logprobs]
+            assert lps == sorted(lps, reverse=True), f"token {i}: alternatives not sorted: {lps}"
+            # temperature=0 picks the most likely token.
+            assert t.token == t.top_logprobs[0].token and t.logprob == lps[0], \
+                f"token {i}: greedy pick {t.token!r} ({t.logprob}) is not the top {t.top_logprobs[0]}"
+        return content, f"{len(content)} tokens, first {content[0].token!r} {content[0].logprob:.3f}"
+
+    chat_lp = check("chat.completions.create (logprobs=True, top_logprobs=3)", chat_logprobs)
+
+    def chat_logprobs_stream():
+        got = []
+        for chunk in client.chat.completions.create(**request, logprobs=True, top_logprobs=3,
+                                                    stream=True):
+            for c in chunk.choices:
+                if c.logprobs is not None and c.logprobs.content:
+                    got.extend(c.logprobs.content)
+        assert chat_lp is not None, "the non-streaming logprobs check failed, nothing to compare"
+        assert [(t.token, t.logprob) for t in got] == [(t.token, t.logprob) for t in chat_lp], \
+            "streamed logprobs differ from the non-streaming ones"
+        return None, f"{len(got)} tokens, same as non-streaming"
+
+    check("chat.completions.create (logprobs, stream=true) gives the same logprobs",
+          chat_logprobs_stream)
+
+    def completion_logprobs():
+        r = client.completions.create(model=model, prompt="The capital of France is",
+                                      max_tokens=8, logprobs=2, temperature=0)
+        c = r.choices[0]
+        lp = c.logprobs
+        assert lp is not None and lp.tokens, f"no logprobs in {r}"
+        n = len(lp.tokens)
+        assert len(lp.token_logprobs) == n and len(lp.top_logprobs) == n and len(lp.text_offset) == n, \
+            f"uneven logprob lists: {lp}"
+        assert "".join(lp.tokens) == c.text, f"tokens {lp.tokens} do not spell {c.text!r}"
+        assert all(len(t) <= 2 for t in lp.top_logprobs), f"more than 2 alternatives: {lp.top_logprobs}"
+        assert lp.text_offset == sorted(lp.text_offset), f"offsets {lp.text_offset}"
+        assert lp.text_offset[0] == len("The capital of France is"), \
+            f"offsets count from the prompt's start: {lp.text_offset}"
+        return None, f"{n} tokens, {lp.tokens[:3]}"
+
+    check("completions.create (logprobs=2)", completion_logprobs)
+
+    # --- n > 1: each choice its own job, choice i sampled with seed + i --------------------
+    sampled = {**request, "temperature": 0.8}
+
+    def several():
+        raw = client.chat.completions.with_raw_response.create(**sampled, n=3)
+        r = raw.parse()
+        ids = raw.headers.get("x-deai-receipt", "").split(",")
+        assert [c.index for c in r.choices] == [0, 1, 2], f"choice indices {[c.index for c in r.choices]}"
+        assert all(c.message.content for c in r.choices), f"an empty choice in {r}"
+        deai = (r.model_extra or {}).get("deai") or {}
+        listed = [c.get("receipt_id") for c in deai.get("choices") or []]
+        assert len(ids) == 3 and listed == ids, f"receipts: header {ids}, deai.choices {listed}"
+        one = client.chat.completions.create(**sampled)
+        assert one.choices[0].message.content == r.choices[0].message.content, \
+            "choice 0 differs from the same request with n=1"
+        texts = [c.message.content for c in r.choices]
+        return (texts, ids), f"{len(set(texts))} distinct texts, {r.usage.completion_tokens} tokens"
+
+    several_result = check("chat.completions.create (n=3, temperature=0.8)", several)
+
+    def several_stream():
+        texts, finishes, usage = {}, {}, None
+        for chunk in client.chat.completions.create(**sampled, n=2, stream=True):
+            for c in chunk.choices:
+                if c.delta and c.delta.content:
+                    texts[c.index] = texts.get(c.index, "") + c.delta.content
+                if c.finish_reason is not None:
+                    assert c.index not in finishes, f"choice {c.index} finished twice"
+                    finishes[c.index] = c.finish_reason
+            if chunk.usage is not None:
+                usage = chunk.usage
+        assert sorted(finishes) == [0, 1], f"finish reasons {finishes}"
+        assert usage is not None, "no usage chunk"
+        assert several_result is not None, "the n=3 check failed, nothing to compare with"
+        assert [texts.get(0), texts.get(1)] == several_result[0][:2], \
+            f"streamed choices {texts} differ from the first two of n=3"
+        return None, "2 choices, same texts as n=3's first two"
+
+    check("chat.completions.create (n=2, stream=true) gives the same choices", several_stream)
+
     # --- errors ---------------------------------------------------------------------------
     def expect(exc, **kw):
         def run():
@@ -178,8 +274,11 @@ def main():
           expect(openai.NotFoundError, model="no-such-model"))
     check("temperature=5 raises BadRequestError",
           expect(openai.BadRequestError, temperature=5))
-    check("logprobs=True (not supported) raises BadRequestError",
-          expect(openai.BadRequestError, logprobs=True))
+    check("top_logprobs=21 raises BadRequestError",
+          expect(openai.BadRequestError, logprobs=True, top_logprobs=21))
+    check("presence_penalty=0.5 (not supported) raises BadRequestError",
+          expect(openai.BadRequestError, presence_penalty=0.5))
+    check("n=9 raises BadRequestError", expect(openai.BadRequestError, n=9))
     check("an unknown argument raises BadRequestError",
           expect(openai.BadRequestError, extra_body={"bogus_argument": 1}))
 
@@ -210,6 +309,8 @@ def main():
           verdict(chat_result[1] if chat_result else None))
     check("GET /v1/receipts/{id} of the streamed answer is accepted",
           verdict(stream_result[1] if stream_result else None))
+    check("GET /v1/receipts/{id} of choice 2 of the n=3 answer is accepted",
+          verdict(several_result[1][2] if several_result else None))
 
     if FAILURES:
         print(f"{len(FAILURES)} check(s) failed: {', '.join(FAILURES)}", flush=True)

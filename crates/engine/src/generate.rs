@@ -91,6 +91,9 @@ pub struct TokenEvent<'a> {
     /// Text that became final with this token (may be empty while a UTF-8 sequence or a
     /// possible stop string is incomplete). The pieces of one run concatenate to its `text`.
     pub text: &'a str,
+    /// This token's log-probabilities, when the caller asked for them
+    /// ([`Engine::generate_with_logprobs`]); never for a stop token, which is not text.
+    pub logprobs: Option<sampler::TokenLogprobs>,
 }
 
 pub struct Engine {
@@ -238,9 +241,28 @@ impl Engine {
         &self,
         prompt: &[u32],
         params: &GenParams,
+        on_token: impl FnMut(&TokenEvent),
+    ) -> Result<Generation> {
+        self.generate_with_logprobs(prompt, params, None, on_token)
+    }
+
+    /// [`Engine::generate`] that also reports each output token's log-probability and, with
+    /// `Some(k)`, the `k` most likely tokens at its position (`k <= 20`;
+    /// [`sampler::logprobs`]). `None` skips the work. The tokens are the same either way.
+    pub fn generate_with_logprobs(
+        &self,
+        prompt: &[u32],
+        params: &GenParams,
+        top_logprobs: Option<usize>,
         mut on_token: impl FnMut(&TokenEvent),
     ) -> Result<Generation> {
         params.sampling.validate()?;
+        if let Some(k) = top_logprobs.filter(|&k| k > sampler::MAX_TOP_LOGPROBS) {
+            return Err(EngineError::InvalidParam(format!(
+                "top_logprobs must be at most {}, got {k}",
+                sampler::MAX_TOP_LOGPROBS
+            )));
+        }
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -288,6 +310,7 @@ impl Engine {
                 on_token(&TokenEvent {
                     token: tok,
                     text: &rest,
+                    logprobs: None,
                 });
                 break StopReason::Eos;
             }
@@ -300,6 +323,7 @@ impl Engine {
             on_token(&TokenEvent {
                 token: tok,
                 text: &piece,
+                logprobs: top_logprobs.map(|k| sampler::logprobs(&logits, tok, k)),
             });
             if hit_stop {
                 break StopReason::StopString;

@@ -138,6 +138,73 @@ pub fn sample(logits: &[f32], p: &SamplingParams, position: u64) -> u32 {
     cand[kept - 1].0
 }
 
+/// Most alternatives [`logprobs`] reports per position (OpenAI's limit for `top_logprobs`).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The lowest log-probability reported: an impossible token (or one less likely than
+/// `e^-9999`) is reported as this, as OpenAI does, since JSON has no infinity.
+pub const LOGPROB_FLOOR: f32 = -9999.0;
+
+/// Log-probabilities at one position, as OpenAI's `logprobs` reports them.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenLogprobs {
+    /// `ln p(token)` under the model's own distribution: a softmax of the raw logits, before
+    /// temperature, top-k or top-p shape the draw (so the figures do not depend on how the
+    /// token was picked).
+    pub logprob: f32,
+    /// The most likely tokens at this position with their log-probabilities, most likely
+    /// first, ties by lower token id.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// [`TokenLogprobs`] of `token` under `logits`, with the `top` most likely alternatives
+/// (at most [`MAX_TOP_LOGPROBS`]). The normalizer is summed in f64; NaN logits count as
+/// impossible tokens. Every figure is finite, in `[LOGPROB_FLOOR, 0]`.
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
+    let max = logits
+        .iter()
+        .filter(|v| !v.is_nan())
+        .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let sum: f64 = logits
+        .iter()
+        .filter(|v| !v.is_nan())
+        .map(|&v| libm::exp(v as f64 - max))
+        .sum();
+    let lse = max + libm::log(sum);
+    let lp = |l: f32| -> f32 {
+        let x = (l as f64 - lse) as f32;
+        // NaN (a NaN or +inf logit) and -inf become the floor; rounding never passes 0.
+        if x.is_nan() {
+            LOGPROB_FLOOR
+        } else {
+            x.clamp(LOGPROB_FLOOR, 0.0)
+        }
+    };
+    let logprob = logits.get(token as usize).map_or(LOGPROB_FLOOR, |&l| lp(l));
+    if top == 0 {
+        return TokenLogprobs {
+            logprob,
+            top: Vec::new(),
+        };
+    }
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let top = top.min(MAX_TOP_LOGPROBS).min(logits.len());
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i as u32, if v.is_nan() { f32::NEG_INFINITY } else { v }))
+        .collect();
+    if top > 0 && top < cand.len() {
+        cand.select_nth_unstable_by(top - 1, order);
+    }
+    cand.truncate(top);
+    cand.sort_unstable_by(order);
+    TokenLogprobs {
+        logprob,
+        top: cand.into_iter().map(|(i, l)| (i, lp(l))).collect(),
+    }
+}
+
 /// Could `tok` be the pick at `position` on another kernel profile, whose logit differences
 /// `l_j - l_i` (the only thing argmax and softmax see) are each within `tol` of these? This
 /// is the cross-profile acceptance rule of `deai-sampler-v1`; on one profile logits are
@@ -292,6 +359,42 @@ impl Lse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logprobs_are_a_normalized_softmax_of_the_raw_logits() {
+        let logits = [2.0f32, -1.0, 0.5, 2.0, f32::NAN, 7.25, -30.0];
+        let all = logprobs(&logits, 5, 100);
+        // Capped at the vocabulary; NaN is an impossible token, listed last.
+        assert_eq!(all.top.len(), logits.len());
+        assert_eq!(all.top[0].0, 5);
+        assert_eq!(all.logprob, all.top[0].1);
+        assert_eq!(all.top.last().unwrap(), &(4, LOGPROB_FLOOR));
+        // Ties keep the lower id first; the list is sorted.
+        let pos = |id| all.top.iter().position(|t| t.0 == id).unwrap();
+        assert!(pos(0) < pos(3));
+        assert!(all.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        let mass: f64 = all.top.iter().map(|t| (t.1 as f64).exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-6, "{mass}");
+        // Differences of logprobs are differences of logits, whatever the temperature.
+        let two = logprobs(&logits, 2, 3);
+        assert!((two.logprob - (all.logprob - (7.25 - 0.5))).abs() < 1e-5);
+        assert_eq!(two.top.len(), 3);
+        assert_eq!(&two.top[..], &all.top[..3]);
+        // The cap of 20 holds; out-of-range tokens are impossible, not a panic.
+        let wide: Vec<f32> = (0..100).map(|i| (i % 7) as f32).collect();
+        assert_eq!(logprobs(&wide, 3, 50).top.len(), MAX_TOP_LOGPROBS);
+        assert_eq!(logprobs(&wide, 100, 0).logprob, LOGPROB_FLOOR);
+        assert!(logprobs(&wide, 6, 0).top.is_empty());
+        // Infinite logits give finite figures (JSON carries them), within [floor, 0].
+        let odd = [f32::INFINITY, 0.0, f32::NEG_INFINITY, -1e30];
+        for t in 0..4 {
+            let lp = logprobs(&odd, t, 4);
+            for x in std::iter::once(lp.logprob).chain(lp.top.iter().map(|t| t.1)) {
+                assert!(x.is_finite() && (LOGPROB_FLOOR..=0.0).contains(&x), "{x}");
+            }
+        }
+        assert_eq!(logprobs(&odd, 2, 0).logprob, LOGPROB_FLOOR);
+    }
 
     fn params(t: f32, k: usize, p: f32, seed: u64) -> SamplingParams {
         SamplingParams {

@@ -411,3 +411,67 @@ fn background_prefill_is_bit_identical_and_yields_to_generation() {
     assert_eq!(bits(&out.hidden), want);
     assert_eq!(e.yield_stats().forced_chunks, after.forced_chunks + 1);
 }
+
+#[test]
+fn logprobs_describe_the_validators_logits_and_leave_the_tokens_alone() {
+    let e = load(&TinySpec::default(), 2, 0);
+    let prompt = tokens(6, e.model.cfg.vocab);
+    let params = GenParams {
+        max_tokens: 12,
+        sampling: SamplingParams {
+            temperature: 0.9,
+            top_k: 0,
+            top_p: 0.9,
+            seed: 5,
+        },
+        stop: vec![],
+    };
+    let plain = e.generate(&prompt, &params, |_| {}).unwrap();
+    let mut seen = Vec::new();
+    let g = e
+        .generate_with_logprobs(&prompt, &params, Some(4), |ev| {
+            seen.push((ev.token, ev.logprobs.clone()))
+        })
+        .unwrap();
+    assert_eq!(
+        g.output_tokens, plain.output_tokens,
+        "sampling is untouched"
+    );
+    assert_eq!(seen.len(), g.output_tokens.len());
+    // Each figure is the log-softmax of a validator's prefill logits at that position.
+    let all: Vec<u32> = prompt.iter().chain(&g.output_tokens).copied().collect();
+    let v = e
+        .prefill_all(&all[..all.len() - 1], prompt.len() - 1)
+        .unwrap();
+    let vocab = e.model.cfg.vocab;
+    let stops = e.model.tokenizer.stop_ids();
+    for (i, (tok, lp)) in seen.iter().enumerate() {
+        if stops.contains(tok) {
+            assert!(lp.is_none(), "a stop token carries no logprobs");
+            continue;
+        }
+        let lp = lp.as_ref().expect("asked for logprobs");
+        let row = &v.logits[i * vocab..(i + 1) * vocab];
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+        let lse = max
+            + row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        assert!(
+            (lp.logprob as f64 - (row[*tok as usize] as f64 - lse)).abs() < 1e-4,
+            "position {i}"
+        );
+        assert_eq!(lp.top.len(), 4);
+        assert_eq!(lp.top[0].0, deai_engine::sampler::argmax(row));
+        assert!(lp.logprob <= lp.top[0].1);
+    }
+    // No logprobs asked: none computed. Over the cap: a clear error.
+    e.generate(&prompt, &params, |ev| assert!(ev.logprobs.is_none()))
+        .unwrap();
+    let err = e
+        .generate_with_logprobs(&prompt, &params, Some(21), |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("top_logprobs"), "{err}");
+}

@@ -22,6 +22,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use deai_engine::sampler::{TokenLogprobs, MAX_TOP_LOGPROBS};
 use deai_engine::tokenizer::{chat_prompt, ChatMessage, Tokenizer};
 use deai_engine::{GenParams, SamplingParams, StopReason};
 use deai_ledger::{Address, TxKind};
@@ -73,9 +74,21 @@ struct Inner {
 #[derive(Clone)]
 pub struct Gateway(Arc<Inner>);
 
+/// How much of a request's output the client already has, across worker attempts.
+#[derive(Default)]
+struct Sent {
+    bytes: usize,
+    tokens: usize,
+}
+
 /// What the dispatcher tells the handler.
 enum Out {
-    Text(String),
+    /// New text, and the log-probabilities of the tokens that carried it when the request
+    /// asked for them (a token whose bytes end mid-character comes with empty text).
+    Text {
+        text: String,
+        logprobs: Vec<(u32, TokenLogprobs)>,
+    },
     Done {
         job: Hash256,
         stop_reason: StopReason,
@@ -191,16 +204,20 @@ impl Gateway {
         Ok(c)
     }
 
-    /// Checks the request, then starts dispatching it; returns the request id and the
-    /// stream of its output.
+    /// Checks the request, then starts dispatching its `n` choices, each a job of its own
+    /// (choice `i` samples with seed `seed + i`); returns each choice's request id (its
+    /// receipt id) and the stream of its output.
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
         client: Arc<Signer>,
         model: &CatalogEntry,
         prompt_tokens: Vec<u32>,
         params: GenParams,
+        top_logprobs: Option<usize>,
+        n: usize,
         prompt: Value,
-    ) -> Result<(Hash256, tokio::sync::mpsc::Receiver<Out>), HttpError> {
+    ) -> Result<Vec<(Hash256, tokio::sync::mpsc::Receiver<Out>)>, HttpError> {
         let total = prompt_tokens.len().saturating_add(params.max_tokens);
         if total > model.n_ctx {
             return Err(http_error(
@@ -222,7 +239,10 @@ impl Gateway {
             )
             .with_code("no_worker"));
         };
-        let need = job_cost(total, first.worker.price_per_1k);
+        // Each choice escrows its maximum cost and pays a transaction fee.
+        let need = job_cost(total, first.worker.price_per_1k)
+            .saturating_add(client.fee())
+            .saturating_mul(n as u64);
         let (balance, _, _) = self
             .0
             .ledger
@@ -234,37 +254,61 @@ impl Gateway {
                     format!("ledger unavailable: {e:#}"),
                 )
             })?;
-        if balance < need.saturating_add(1) {
+        if balance < need {
             return Err(http_error(
                 StatusCode::PAYMENT_REQUIRED,
                 format!("this request may cost {need}; the account holds {balance}"),
             ));
         }
-        let request = Hash256(deai_proof::random_nonce());
-        // The prompt, for its owner only (`GET /v1/receipts/{id}` with the same API key):
-        // `prompt` is `{"owner": <SHA-256 of the API key>, "prompt": ...}`.
-        let mut record = prompt;
-        record["client"] = json!(hex::encode(client.address()));
-        let path = self.conversation_path(&request, "prompt.json");
-        if let Err(e) = tokio::fs::write(&path, record.to_string()).await {
-            tracing::warn!("cannot keep the prompt of request {request}: {e}");
-        }
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let g = self.clone();
-        let model_id = model.id;
-        tokio::spawn(async move {
-            g.dispatch(
-                request,
-                client,
-                model_id,
-                prompt_tokens,
-                params,
-                workers,
-                tx,
+        // Spread the choices over the workers that rank equal first (no failures seen, as few
+        // rejections as the best): workers run one job at a time, so choices sent to one
+        // worker would queue behind each other.
+        let fails = self.0.failures.lock().unwrap().clone();
+        let rank = |w: &WorkerEntry| {
+            (
+                fails.get(&w.address).copied().unwrap_or(0),
+                w.worker.jobs_rejected,
             )
-            .await
-        });
-        Ok((request, rx))
+        };
+        let peers = workers
+            .iter()
+            .take_while(|w| rank(w) == rank(first))
+            .count();
+        let mut runs = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut workers = workers.clone();
+            workers[..peers].rotate_left(i % peers);
+            let request = Hash256(deai_proof::random_nonce());
+            // The prompt, for its owner only (`GET /v1/receipts/{id}` with the same API key):
+            // `prompt` is `{"owner": <SHA-256 of the API key>, "prompt": ...}`.
+            let mut record = prompt.clone();
+            record["client"] = json!(hex::encode(client.address()));
+            let path = self.conversation_path(&request, "prompt.json");
+            if let Err(e) = tokio::fs::write(&path, record.to_string()).await {
+                tracing::warn!("cannot keep the prompt of request {request}: {e}");
+            }
+            let mut params = params.clone();
+            params.sampling.seed = params.sampling.seed.wrapping_add(i as u64);
+            let (tx, rx) = tokio::sync::mpsc::channel(256);
+            let g = self.clone();
+            let (client, model_id) = (client.clone(), model.id);
+            let prompt_tokens = prompt_tokens.clone();
+            tokio::spawn(async move {
+                g.dispatch(
+                    request,
+                    client,
+                    model_id,
+                    prompt_tokens,
+                    params,
+                    top_logprobs,
+                    workers,
+                    tx,
+                )
+                .await
+            });
+            runs.push((request, rx));
+        }
+        Ok(runs)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -275,10 +319,12 @@ impl Gateway {
         model: Hash256,
         prompt_tokens: Vec<u32>,
         params: GenParams,
+        top_logprobs: Option<usize>,
         workers: Vec<WorkerEntry>,
         out: tokio::sync::mpsc::Sender<Out>,
     ) {
-        let mut sent = 0usize; // bytes of text the client already has
+        // What the client already has: bytes of text, and tokens whose logprobs it was sent.
+        let mut sent = Sent::default();
         let mut errors = Vec::new();
         for w in workers.iter().take(self.0.cfg.attempts.max(1)) {
             *self.0.load.lock().unwrap().entry(w.address).or_default() += 1;
@@ -296,6 +342,7 @@ impl Gateway {
                     model,
                     &prompt_tokens,
                     &params,
+                    top_logprobs,
                     w,
                     &mut sent,
                     &out,
@@ -334,8 +381,9 @@ impl Gateway {
         model: Hash256,
         prompt_tokens: &[u32],
         params: &GenParams,
+        top_logprobs: Option<usize>,
         w: &WorkerEntry,
-        sent: &mut usize,
+        sent: &mut Sent,
         out: &tokio::sync::mpsc::Sender<Out>,
     ) -> anyhow::Result<Hash256> {
         let nonce = deai_proof::random_nonce();
@@ -376,6 +424,7 @@ impl Gateway {
             params: params.clone(),
             nonce,
             open_job,
+            top_logprobs: top_logprobs.and_then(|k| u8::try_from(k).ok()),
         };
         let url = format!("{}/worker/v1/run", w.worker.endpoint.trim_end_matches('/'));
         let http = crate::http_client(&url, Duration::from_secs(3600));
@@ -392,6 +441,7 @@ impl Gateway {
         }
         let mut buf: Vec<u8> = Vec::new();
         let mut produced = 0usize;
+        let mut tokens = 0usize;
         let mut answer = String::new();
         loop {
             let chunk = tokio::time::timeout(self.0.cfg.worker_timeout, resp.chunk())
@@ -405,18 +455,39 @@ impl Gateway {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
                 let ev: RunEvent = serde_json::from_slice(&line)?;
                 match ev {
-                    RunEvent::Token { text, .. } => {
+                    RunEvent::Token {
+                        token,
+                        text,
+                        logprobs,
+                    } => {
                         answer.push_str(&text);
+                        // A replacement worker repeats the same tokens (same seed): pass on
+                        // only what the client does not have yet.
                         let end = produced + text.len();
-                        if end > *sent {
-                            let skip = sent.saturating_sub(produced);
-                            let piece = text.get(skip..).unwrap_or(&text).to_string();
-                            if out.send(Out::Text(piece)).await.is_err() {
-                                // The client left; the worker still finishes and is paid.
-                            }
-                            *sent = end;
+                        let mut piece = String::new();
+                        if end > sent.bytes {
+                            let skip = sent.bytes.saturating_sub(produced);
+                            piece = text.get(skip..).unwrap_or(&text).to_string();
+                            sent.bytes = end;
                         }
                         produced = end;
+                        let mut lps = Vec::new();
+                        if tokens >= sent.tokens {
+                            if let Some(lp) = logprobs.filter(|_| top_logprobs.is_some()) {
+                                lps.push((token, lp));
+                            }
+                            sent.tokens = tokens + 1;
+                        }
+                        tokens += 1;
+                        if !piece.is_empty() || !lps.is_empty() {
+                            let msg = Out::Text {
+                                text: piece,
+                                logprobs: lps,
+                            };
+                            if out.send(msg).await.is_err() {
+                                // The client left; the worker still finishes and is paid.
+                            }
+                        }
                     }
                     RunEvent::Done {
                         job: done_job,
@@ -653,6 +724,10 @@ struct Common {
     stop: Option<Value>,
     stream: Option<bool>,
     n: Option<u64>,
+    /// Chat: a bool; completions: how many alternatives (0..=5).
+    logprobs: Option<Value>,
+    /// Chat only: alternatives per token (0..=20), with `logprobs: true`.
+    top_logprobs: Option<Value>,
     /// Every other field, checked by [`Common::check_rest`].
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
@@ -673,6 +748,8 @@ const IGNORED_PARAMS: &[&str] = &[
 
 const DEFAULT_MAX_TOKENS: usize = 256;
 const MAX_STOPS: usize = 4;
+/// Most choices (`n`) per request: each is a separate job, escrowed and verified on its own.
+const MAX_CHOICES: usize = 8;
 
 impl Common {
     /// Refuses OpenAI features this gateway does not implement when a request asks for them
@@ -681,13 +758,8 @@ impl Common {
         for (k, v) in &self.rest {
             let off = match k.as_str() {
                 k if IGNORED_PARAMS.contains(&k) => true,
-                // Chat takes a bool, completions a count.
-                "logprobs" | "echo" => {
-                    v.is_null() || *v == Value::Bool(false) || v.as_u64() == Some(0)
-                }
-                "top_logprobs" | "presence_penalty" | "frequency_penalty" => {
-                    v.is_null() || v.as_f64() == Some(0.0)
-                }
+                "echo" => v.is_null() || *v == Value::Bool(false),
+                "presence_penalty" | "frequency_penalty" => v.is_null() || v.as_f64() == Some(0.0),
                 "best_of" => v.is_null() || v.as_u64() == Some(1),
                 "logit_bias" => v.is_null() || v.as_object().is_some_and(|m| m.is_empty()),
                 "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
@@ -716,12 +788,64 @@ impl Common {
         Ok(())
     }
 
+    /// Choices to generate: `n` in 1..=[`MAX_CHOICES`] (default 1), each its own job.
+    fn n(&self) -> Result<usize, HttpError> {
+        match self.n {
+            None => Ok(1),
+            Some(n) if (1..=MAX_CHOICES as u64).contains(&n) => Ok(n as usize),
+            Some(n) => Err(http_error(
+                StatusCode::BAD_REQUEST,
+                format!("n must be between 1 and {MAX_CHOICES}, got {n}"),
+            )
+            .with_code("invalid_value")),
+        }
+    }
+
+    /// How many alternatives per token to report, if the request asked for logprobs at all.
+    /// Chat: `logprobs: true` with `top_logprobs` in 0..=20; completions: `logprobs` in 0..=5
+    /// (OpenAI's limits).
+    fn top_logprobs(&self, chat: bool) -> Result<Option<usize>, HttpError> {
+        let bad = |m: String| http_error(StatusCode::BAD_REQUEST, m).with_code("invalid_value");
+        let count = |v: &Value, name: &str, max: usize| match v.as_u64() {
+            Some(k) if k as usize <= max => Ok(k as usize),
+            _ => Err(bad(format!(
+                "{name} must be an integer between 0 and {max}, got {v}"
+            ))),
+        };
+        let top = self.top_logprobs.as_ref().filter(|v| !v.is_null());
+        let on = self.logprobs.as_ref().filter(|v| !v.is_null());
+        if !chat {
+            if top.is_some() {
+                return Err(bad(
+                    "top_logprobs is a chat parameter; completions take logprobs: <count>".into(),
+                ));
+            }
+            if on == Some(&Value::Bool(false)) {
+                return Ok(None);
+            }
+            return on.map(|v| count(v, "logprobs", 5)).transpose();
+        }
+        let off = on.is_none_or(|v| *v == Value::Bool(false) || v.as_u64() == Some(0));
+        match on {
+            _ if off => match top {
+                Some(v) if v.as_u64() != Some(0) => {
+                    Err(bad("top_logprobs needs logprobs: true".into()))
+                }
+                _ => Ok(None),
+            },
+            Some(Value::Bool(true)) => Ok(Some(
+                top.map(|v| count(v, "top_logprobs", MAX_TOP_LOGPROBS))
+                    .transpose()?
+                    .unwrap_or(0),
+            )),
+            Some(v) => Err(bad(format!("logprobs must be a boolean, got {v}"))),
+            None => Ok(None),
+        }
+    }
+
     fn params(&self, prompt_len: usize, n_ctx: usize) -> Result<GenParams, HttpError> {
         self.check_rest()?;
         let bad = |m: String| http_error(StatusCode::BAD_REQUEST, m);
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(bad("n must be 1: each answer is one verifiable job".into()));
-        }
         let max = match self.max_completion_tokens.or(self.max_tokens) {
             Some(0) => return Err(bad("max_tokens must be at least 1".into())),
             Some(m) => usize::try_from(m).unwrap_or(usize::MAX),
@@ -804,6 +928,74 @@ fn json_body<T: serde::de::DeserializeOwned>(
         };
         http_error(status, format!("malformed request body: {}", e.body_text()))
     })
+}
+
+/// Renders token log-probabilities as OpenAI does: chat's `{"content": [{token, logprob,
+/// bytes, top_logprobs}]}`, or completions' `{tokens, token_logprobs, top_logprobs,
+/// text_offset}` (offsets in characters from the start of the prompt, `prompt_chars` being
+/// its length, as OpenAI counts them; counted across a stream's chunks).
+/// `null` when the request did not ask for logprobs.
+fn logprobs_renderer(
+    tok: Arc<Tokenizer>,
+    asked: bool,
+    chat: bool,
+    prompt_chars: usize,
+) -> impl Fn(&[(u32, TokenLogprobs)]) -> Value + Send + Sync + 'static {
+    let offset = Mutex::new(prompt_chars);
+    // JSON has no infinity: OpenAI writes an impossible token's logprob as -9999.
+    let num = |x: f32| {
+        if x.is_finite() {
+            json!(x)
+        } else {
+            json!(-9999.0)
+        }
+    };
+    move |lps| {
+        if !asked {
+            return Value::Null;
+        }
+        let view = |id: u32| {
+            let bytes = tok.token_bytes(id).unwrap_or_default();
+            (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+        };
+        if chat {
+            let content: Vec<Value> = lps
+                .iter()
+                .map(|(id, lp)| {
+                    let (text, bytes) = view(*id);
+                    let top: Vec<Value> = lp
+                        .top
+                        .iter()
+                        .map(|(alt, l)| {
+                            let (t, b) = view(*alt);
+                            json!({ "token": t, "logprob": num(*l), "bytes": b })
+                        })
+                        .collect();
+                    json!({ "token": text, "logprob": num(lp.logprob), "bytes": bytes,
+                            "top_logprobs": top })
+                })
+                .collect();
+            return json!({ "content": content, "refusal": null });
+        }
+        let mut off = offset.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut tokens, mut values, mut tops, mut offsets) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, lp) in lps {
+            let (text, _) = view(*id);
+            offsets.push(*off);
+            *off += text.chars().count();
+            tokens.push(text);
+            values.push(num(lp.logprob));
+            let top: serde_json::Map<String, Value> = lp
+                .top
+                .iter()
+                .map(|(alt, l)| (view(*alt).0, num(*l)))
+                .collect();
+            tops.push(Value::Object(top));
+        }
+        json!({ "tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
+                "text_offset": offsets })
+    }
 }
 
 fn now_secs() -> u64 {
@@ -931,13 +1123,18 @@ async fn chat_completions(
         .encode(&text, true)
         .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
     let params = req.common.params(tokens.len(), model.n_ctx)?;
+    let top = req.common.top_logprobs(true)?;
     let stream = req.common.stream.unwrap_or(false);
     let prompt = json!(msgs
         .iter()
         .map(|m| json!({ "role": m.role, "content": m.content }))
         .collect::<Vec<_>>());
     let prompt = json!({ "owner": key_hash(&headers), "prompt": prompt });
-    respond(g, client, model, tokens, params, stream, true, prompt).await
+    let n = req.common.n()?;
+    respond(
+        g, client, model, tokens, params, top, n, stream, true, prompt,
+    )
+    .await
 }
 
 async fn completions(
@@ -971,6 +1168,8 @@ async fn completions(
         .encode(&prompt, false)
         .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
     let params = req.common.params(tokens.len(), model.n_ctx)?;
+    let top = req.common.top_logprobs(false)?;
+    let n = req.common.n()?;
     let stream = req.common.stream.unwrap_or(false);
     respond(
         g,
@@ -978,6 +1177,8 @@ async fn completions(
         model,
         tokens,
         params,
+        top,
+        n,
         stream,
         false,
         json!({ "owner": key_hash(&headers), "prompt": prompt }),
@@ -992,69 +1193,85 @@ async fn respond(
     model: CatalogEntry,
     tokens: Vec<u32>,
     params: GenParams,
+    top_logprobs: Option<usize>,
+    n: usize,
     stream: bool,
     chat: bool,
     prompt: Value,
 ) -> Result<Response, HttpError> {
-    let (request, mut rx) = g.start(client, &model, tokens, params, prompt).await?;
+    // Completions count logprob text offsets from the start of the prompt.
+    let prompt_chars = prompt["prompt"].as_str().map_or(0, |p| p.chars().count());
+    let runs = g
+        .start(client, &model, tokens, params, top_logprobs, n, prompt)
+        .await?;
+    let n = runs.len();
+    let first = runs[0].0;
     let id = if chat {
-        format!("chatcmpl-{request}")
+        format!("chatcmpl-{first}")
     } else {
-        format!("cmpl-{request}")
+        format!("cmpl-{first}")
     };
     let created = now_secs();
     let name = model.name.clone();
-    let receipt_header = [("x-deai-receipt", request.to_string())];
-    let deai = move |job: Hash256, worker: Address| {
-        json!({ "receipt_id": request, "job": job, "worker": hex::encode(worker),
-                "receipt_url": format!("/v1/receipts/{request}") })
-    };
+    let ids: Vec<String> = runs.iter().map(|(r, _)| r.to_string()).collect();
+    let receipt_header = [("x-deai-receipt", ids.join(","))];
+    // One renderer per choice: completions count text offsets per choice.
+    let renders: Vec<_> = (0..n)
+        .map(|_| {
+            let tok = model.tokenizer.clone();
+            logprobs_renderer(tok, top_logprobs.is_some(), chat, prompt_chars)
+        })
+        .collect();
     if !stream {
-        let mut text = String::new();
-        loop {
-            match rx.recv().await {
-                Some(Out::Text(t)) => text.push_str(&t),
-                Some(Out::Done {
-                    job,
-                    stop_reason,
-                    prompt_tokens,
-                    output_tokens,
-                    worker,
-                }) => {
-                    let choice = if chat {
-                        json!({ "index": 0, "message": { "role": "assistant", "content": text },
-                                "logprobs": null, "finish_reason": finish_reason(stop_reason) })
-                    } else {
-                        json!({ "index": 0, "text": text, "logprobs": null,
-                                "finish_reason": finish_reason(stop_reason) })
-                    };
-                    let body = json!({
-                        "id": id, "object": if chat { "chat.completion" } else { "text_completion" },
-                        "created": created, "model": name, "choices": [choice],
-                        "usage": { "prompt_tokens": prompt_tokens, "completion_tokens": output_tokens,
-                                   "total_tokens": prompt_tokens + output_tokens },
-                        "deai": deai(job, worker),
-                    });
-                    return Ok((receipt_header, Json(body)).into_response());
-                }
-                Some(Out::Failed(e)) => {
-                    return Err(http_error(StatusCode::BAD_GATEWAY, e).with_code("worker_failed"))
-                }
-                None => return Err(http_error(StatusCode::BAD_GATEWAY, "request dropped")),
-            }
+        // Read every choice's channel at once: a choice left unread would stall its worker.
+        let answers =
+            futures::future::join_all(runs.into_iter().map(|(request, rx)| collect(request, rx)))
+                .await;
+        let mut choices = Vec::new();
+        let mut done = Vec::new();
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        for (i, a) in answers.into_iter().enumerate() {
+            let a = a?;
+            let lp = renders[i](&a.logprobs);
+            let finish = finish_reason(a.stop_reason);
+            choices.push(if chat {
+                json!({ "index": i, "message": { "role": "assistant", "content": a.text },
+                        "logprobs": lp, "finish_reason": finish })
+            } else {
+                json!({ "index": i, "text": a.text, "logprobs": lp, "finish_reason": finish })
+            });
+            prompt_tokens = a.prompt_tokens;
+            completion_tokens += a.output_tokens;
+            done.push((a.request, a.job, a.worker));
         }
+        let body = json!({
+            "id": id, "object": if chat { "chat.completion" } else { "text_completion" },
+            "created": created, "model": name, "choices": choices,
+            "usage": usage(prompt_tokens, completion_tokens),
+            "deai": deai_field(&done),
+        });
+        return Ok((receipt_header, Json(body)).into_response());
     }
     let object = if chat {
         "chat.completion.chunk"
     } else {
         "text_completion"
     };
-    let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(Value, Value)>| {
-        let choice = if chat {
-            json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
+    let chunk = move |i: usize,
+                      delta: Value,
+                      lps: &[(u32, TokenLogprobs)],
+                      finish: Option<&str>,
+                      extra: Option<(Value, Value)>| {
+        let lp = if lps.is_empty() {
+            Value::Null
         } else {
-            json!({ "index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")),
-                    "logprobs": null, "finish_reason": finish })
+            renders[i](lps)
+        };
+        let choice = if chat {
+            json!({ "index": i, "delta": delta, "logprobs": lp, "finish_reason": finish })
+        } else {
+            json!({ "index": i, "text": delta.get("content").cloned().unwrap_or(json!("")),
+                    "logprobs": lp, "finish_reason": finish })
         };
         let mut c = json!({ "id": id, "object": object, "created": created, "model": name,
                             "choices": [choice] });
@@ -1064,58 +1281,190 @@ async fn respond(
         }
         Event::default().data(c.to_string())
     };
-    let events = async_stream_events(rx, chunk, deai, chat);
+    let events = stream_events(runs, chunk, chat);
     Ok((receipt_header, Sse::new(events)).into_response())
 }
 
-type ChunkFn = dyn Fn(Value, Option<&str>, Option<(Value, Value)>) -> Event + Send + Sync;
+/// One choice, read to its end.
+struct Answer {
+    request: Hash256,
+    text: String,
+    logprobs: Vec<(u32, TokenLogprobs)>,
+    job: Hash256,
+    stop_reason: StopReason,
+    prompt_tokens: usize,
+    output_tokens: usize,
+    worker: Address,
+}
 
-/// Turns dispatcher output into SSE events: a role chunk, content chunks, a final chunk with
-/// the finish reason, usage and receipt, then `[DONE]`.
-fn async_stream_events(
-    rx: tokio::sync::mpsc::Receiver<Out>,
-    chunk: impl Fn(Value, Option<&str>, Option<(Value, Value)>) -> Event + Send + Sync + 'static,
-    deai: impl Fn(Hash256, Address) -> Value + Send + Sync + 'static,
+async fn collect(
+    request: Hash256,
+    mut rx: tokio::sync::mpsc::Receiver<Out>,
+) -> Result<Answer, HttpError> {
+    let mut text = String::new();
+    let mut lps = Vec::new();
+    loop {
+        match rx.recv().await {
+            Some(Out::Text { text: t, logprobs }) => {
+                text.push_str(&t);
+                lps.extend(logprobs);
+            }
+            Some(Out::Done {
+                job,
+                stop_reason,
+                prompt_tokens,
+                output_tokens,
+                worker,
+            }) => {
+                return Ok(Answer {
+                    request,
+                    text,
+                    logprobs: lps,
+                    job,
+                    stop_reason,
+                    prompt_tokens,
+                    output_tokens,
+                    worker,
+                })
+            }
+            Some(Out::Failed(e)) => {
+                return Err(http_error(StatusCode::BAD_GATEWAY, e).with_code("worker_failed"))
+            }
+            None => return Err(http_error(StatusCode::BAD_GATEWAY, "request dropped")),
+        }
+    }
+}
+
+fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens })
+}
+
+/// The answer's `deai` field: the first choice's request (= receipt id), job and worker, and
+/// with several choices, `choices` listing each one's.
+fn deai_field(done: &[(Hash256, Hash256, Address)]) -> Value {
+    let one = |(request, job, worker): &(Hash256, Hash256, Address)| {
+        json!({ "receipt_id": request, "job": job, "worker": hex::encode(worker),
+                "receipt_url": format!("/v1/receipts/{request}") })
+    };
+    let mut d = done.first().map(one).unwrap_or(Value::Null);
+    if done.len() > 1 {
+        d["choices"] = done.iter().map(one).collect();
+    }
+    d
+}
+
+fn worker_failed(message: &str) -> Event {
+    Event::default().data(
+        json!({ "error": { "message": message, "type": "server_error", "code": "worker_failed" } })
+            .to_string(),
+    )
+}
+
+type ChunkFn = dyn Fn(usize, Value, &[(u32, TokenLogprobs)], Option<&str>, Option<(Value, Value)>) -> Event
+    + Send
+    + Sync;
+
+/// What a stream of `n` choices has seen so far.
+struct StreamState {
+    merged: futures::stream::SelectAll<futures::stream::BoxStream<'static, (usize, Out)>>,
+    /// Chat's opening role chunks still to send, one per choice.
+    opening: std::collections::VecDeque<usize>,
+    requests: Vec<Hash256>,
+    done: Vec<Option<(Hash256, Hash256, Address)>>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    ended: bool,
+}
+
+/// Turns the dispatchers' output into SSE events: a role chunk per choice, content chunks
+/// (each naming its choice's `index`), a final chunk per choice with its finish reason (the
+/// last one to finish also carries `usage` and `deai` for all of them), then `[DONE]`.
+fn stream_events(
+    runs: Vec<(Hash256, tokio::sync::mpsc::Receiver<Out>)>,
+    chunk: impl Fn(usize, Value, &[(u32, TokenLogprobs)], Option<&str>, Option<(Value, Value)>) -> Event
+        + Send
+        + Sync
+        + 'static,
     chat: bool,
 ) -> impl futures::Stream<Item = Result<Event, std::convert::Infallible>> {
     let chunk: Arc<ChunkFn> = Arc::new(chunk);
-    let deai = Arc::new(deai);
-    let first = if chat {
-        Some(json!({ "role": "assistant", "content": "" }))
-    } else {
-        None
+    let n = runs.len();
+    let requests = runs.iter().map(|(r, _)| *r).collect();
+    let merged = futures::stream::select_all(runs.into_iter().enumerate().map(|(i, (_, rx))| {
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|o| (o, rx)) })
+            .map(move |o| (i, o))
+            .boxed()
+    }));
+    let state = StreamState {
+        merged,
+        opening: if chat {
+            (0..n).collect()
+        } else {
+            Default::default()
+        },
+        requests,
+        done: vec![None; n],
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        ended: false,
     };
-    futures::stream::unfold((rx, first, false), move |(mut rx, first, ended)| {
+    futures::stream::unfold(state, move |mut st| {
         let chunk = chunk.clone();
-        let deai = deai.clone();
         async move {
-            if ended {
+            if st.ended {
                 return None;
             }
-            if let Some(f) = first {
-                return Some((Ok(chunk(f, None, None)), (rx, None, false)));
+            if let Some(i) = st.opening.pop_front() {
+                let role = json!({ "role": "assistant", "content": "" });
+                return Some((Ok(chunk(i, role, &[], None, None)), st));
             }
-            let ev = match rx.recv().await {
-                Some(Out::Text(t)) => chunk(json!({ "content": t }), None, None),
-                Some(Out::Done { job, stop_reason, prompt_tokens, output_tokens, worker }) => {
-                    let usage = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": output_tokens,
-                                        "total_tokens": prompt_tokens + output_tokens });
-                    let last = chunk(json!({}), Some(finish_reason(stop_reason)), Some((usage, deai(job, worker))));
-                    return Some((Ok(last), (rx, None, true)));
+            let ev = match st.merged.next().await {
+                Some((i, Out::Text { text, logprobs })) => {
+                    chunk(i, json!({ "content": text }), &logprobs, None, None)
                 }
-                Some(Out::Failed(e)) => {
-                    let ev = Event::default().data(
-                        json!({ "error": { "message": e, "type": "server_error", "code": "worker_failed" } })
-                            .to_string(),
-                    );
-                    return Some((Ok(ev), (rx, None, true)));
+                Some((
+                    i,
+                    Out::Done {
+                        job,
+                        stop_reason,
+                        prompt_tokens,
+                        output_tokens,
+                        worker,
+                    },
+                )) => {
+                    st.done[i] = Some((st.requests[i], job, worker));
+                    st.prompt_tokens = prompt_tokens;
+                    st.completion_tokens += output_tokens;
+                    let finish = Some(finish_reason(stop_reason));
+                    if st.done.iter().all(Option::is_some) {
+                        st.ended = true;
+                        let done: Vec<_> = st.done.iter().flatten().copied().collect();
+                        let extra = (
+                            usage(st.prompt_tokens, st.completion_tokens),
+                            deai_field(&done),
+                        );
+                        chunk(i, json!({}), &[], finish, Some(extra))
+                    } else {
+                        chunk(i, json!({}), &[], finish, None)
+                    }
                 }
-                None => return None,
+                Some((_, Out::Failed(e))) => {
+                    st.ended = true;
+                    worker_failed(&e)
+                }
+                // Every channel closed, yet a choice never finished (its dispatcher is gone).
+                None => {
+                    st.ended = true;
+                    worker_failed("request dropped")
+                }
             };
-            Some((Ok(ev), (rx, None, false)))
+            Some((Ok(ev), st))
         }
     })
-    .chain(futures::stream::once(async { Ok(Event::default().data("[DONE]")) }))
+    .chain(futures::stream::once(async {
+        Ok(Event::default().data("[DONE]"))
+    }))
 }
 
 #[cfg(test)]
@@ -1149,9 +1498,8 @@ mod param_tests {
         }
         // Asking for a feature this gateway does not have is a 400 naming it.
         for (bad, name) in [
-            (json!({"logprobs": true}), "logprobs"),
-            (json!({"top_logprobs": 3}), "top_logprobs"),
             (json!({"presence_penalty": 0.5}), "presence_penalty"),
+            (json!({"echo": true}), "echo"),
             (json!({"logit_bias": {"42": 5}}), "logit_bias"),
             (json!({"tools": [{"type": "function"}]}), "tools"),
             (json!({"tool_choice": "auto"}), "tool_choice"),
@@ -1171,5 +1519,144 @@ mod param_tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(code, "unknown_parameter");
         assert_eq!(msg, "Unrecognized request argument supplied: temprature");
+    }
+
+    #[test]
+    fn n_is_one_to_eight_choices() {
+        let n = |v: Value| {
+            let c: Common = serde_json::from_value(v).unwrap();
+            c.n().map_err(|e| (e.status, e.message))
+        };
+        assert_eq!(n(json!({})), Ok(1));
+        assert_eq!(n(json!({"n": 1})), Ok(1));
+        assert_eq!(n(json!({"n": 8})), Ok(MAX_CHOICES));
+        for bad in [0, 9] {
+            let (status, msg) = n(json!({ "n": bad })).unwrap_err();
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert_eq!(msg, format!("n must be between 1 and 8, got {bad}"));
+        }
+    }
+
+    #[test]
+    fn several_choices_list_every_receipt() {
+        let a = (Hash256([1; 32]), Hash256([2; 32]), [3u8; 32]);
+        let b = (Hash256([4; 32]), Hash256([5; 32]), [6u8; 32]);
+        let one = deai_field(&[a]);
+        assert_eq!(one["receipt_id"], json!(a.0));
+        assert!(one.get("choices").is_none());
+        let two = deai_field(&[a, b]);
+        assert_eq!(
+            two["receipt_id"],
+            json!(a.0),
+            "the first choice's, as with n = 1"
+        );
+        assert_eq!(two["choices"][1]["job"], json!(b.1));
+        assert_eq!(two["choices"][1]["worker"], json!(hex::encode(b.2)));
+    }
+
+    #[test]
+    fn logprobs_follow_openais_shapes_and_limits() {
+        let top = |chat: bool, extra: Value| {
+            let c: Common = serde_json::from_value(extra).unwrap();
+            c.top_logprobs(chat).map_err(|e| (e.status, e.message))
+        };
+        // Chat: a bool, alternatives only with it, at most 20.
+        assert_eq!(top(true, json!({})), Ok(None));
+        assert_eq!(top(true, json!({"logprobs": false})), Ok(None));
+        assert_eq!(
+            top(true, json!({"logprobs": false, "top_logprobs": 0})),
+            Ok(None)
+        );
+        assert_eq!(top(true, json!({"logprobs": true})), Ok(Some(0)));
+        assert_eq!(
+            top(true, json!({"logprobs": true, "top_logprobs": 20})),
+            Ok(Some(20))
+        );
+        for bad in [
+            json!({"logprobs": true, "top_logprobs": 21}),
+            json!({"logprobs": true, "top_logprobs": -1}),
+            json!({"logprobs": true, "top_logprobs": "3"}),
+            json!({"top_logprobs": 2}),
+            json!({"logprobs": 3}),
+            json!({"logprobs": "yes"}),
+        ] {
+            let (status, msg) = top(true, bad.clone()).unwrap_err();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(msg.contains("logprobs"), "{bad}: {msg}");
+        }
+        // Completions: a count up to 5; top_logprobs is not theirs.
+        assert_eq!(top(false, json!({"logprobs": 0})), Ok(Some(0)));
+        assert_eq!(top(false, json!({"logprobs": 5})), Ok(Some(5)));
+        assert_eq!(top(false, json!({"logprobs": null})), Ok(None));
+        assert_eq!(
+            top(false, json!({"logprobs": false})),
+            Ok(None),
+            "off, as before"
+        );
+        assert_eq!(
+            top(true, json!({"logprobs": 0})),
+            Ok(None),
+            "off, as before"
+        );
+        for bad in [
+            json!({"logprobs": 6}),
+            json!({"logprobs": true}),
+            json!({"top_logprobs": 1}),
+        ] {
+            assert!(top(false, bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn logprobs_render_as_openai_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(
+            &path,
+            deai_engine::testing::tiny_model_gguf(&Default::default()),
+        )
+        .unwrap();
+        let tok = Arc::new(deai_engine::Model::load(&path).unwrap().tokenizer);
+        let lps = vec![
+            (
+                10u32,
+                TokenLogprobs {
+                    logprob: -0.25,
+                    top: vec![(10, -0.25), (11, f32::NEG_INFINITY)],
+                },
+            ),
+            (
+                12,
+                TokenLogprobs {
+                    logprob: -1.5,
+                    top: vec![(13, -0.5), (12, -1.5)],
+                },
+            ),
+        ];
+        let text = |id: u32| String::from_utf8_lossy(&tok.token_bytes(id).unwrap()).into_owned();
+        let chat = logprobs_renderer(tok.clone(), true, true, 0)(&lps);
+        let c = &chat["content"];
+        assert_eq!(c.as_array().unwrap().len(), 2);
+        assert_eq!(c[0]["token"], json!(text(10)));
+        assert_eq!(c[0]["logprob"], json!(-0.25));
+        assert_eq!(c[0]["bytes"], json!(tok.token_bytes(10).unwrap()));
+        // No infinity in JSON: an impossible alternative is -9999, as OpenAI writes it.
+        assert_eq!(c[0]["top_logprobs"][1]["logprob"], json!(-9999.0));
+        assert_eq!(c[1]["top_logprobs"][0]["token"], json!(text(13)));
+        // Completions: parallel lists, offsets counted across chunks of one stream.
+        let render = logprobs_renderer(tok.clone(), true, false, 7);
+        let first = render(&lps[..1]);
+        let second = render(&lps[1..]);
+        assert_eq!(first["tokens"], json!([text(10)]));
+        assert_eq!(first["token_logprobs"], json!([-0.25]));
+        assert_eq!(
+            first["text_offset"],
+            json!([7]),
+            "counted from the prompt's start"
+        );
+        assert_eq!(second["text_offset"], json!([7 + text(10).chars().count()]));
+        assert_eq!(second["top_logprobs"][0][text(13)], json!(-0.5));
+        // Not asked: null.
+        assert_eq!(logprobs_renderer(tok, false, true, 0)(&lps), Value::Null);
     }
 }

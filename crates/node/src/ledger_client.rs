@@ -280,6 +280,11 @@ impl Signer {
         &self.key
     }
 
+    /// The fee this signer pays per transaction.
+    pub fn fee(&self) -> u64 {
+        self.fee
+    }
+
     pub fn ledger(&self) -> &LedgerClient {
         &self.ledger
     }

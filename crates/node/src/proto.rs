@@ -2,6 +2,7 @@
 //! client's signed `OpenJob` transaction as proof of escrow, and the worker's stream of
 //! newline-delimited events back.
 
+use deai_engine::sampler::TokenLogprobs;
 use deai_engine::{GenParams, StopReason};
 use deai_ledger::SignedTx;
 use deai_proof::JobSpec;
@@ -19,6 +20,10 @@ pub struct RunRequest {
     /// The client's signed `OpenJob` for this job (id = hash of the fields above): the
     /// worker checks it and submits it too, so escrow does not depend on one relay.
     pub open_job: SignedTx,
+    /// Report each output token's log-probability and this many alternatives (0..=20).
+    /// Not part of the job: it changes no token, only what the stream carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u8>,
 }
 
 impl RunRequest {
@@ -44,6 +49,9 @@ pub enum RunEvent {
     Token {
         token: u32,
         text: String,
+        /// When the request asked for them ([`RunRequest::top_logprobs`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logprobs: Option<TokenLogprobs>,
     },
     /// The run is over; the receipt is stored and will be posted on chain.
     Done {
@@ -64,4 +72,40 @@ pub enum RunEvent {
 /// The digest a worker posts on chain for receipt bytes.
 pub fn receipt_digest(receipt_bytes: &[u8]) -> Hash256 {
     Hash256::digest_parts("deai-receipt-v1", &[receipt_bytes])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_logprobs_cross_the_wire_even_at_the_floor() {
+        // The engine reports impossible tokens at the floor, never infinity: JSON has no
+        // infinity, and a figure that did not round-trip would fail the whole attempt.
+        let logits = [f32::NAN, 1.0, f32::NEG_INFINITY, 0.5];
+        let lp = deai_engine::sampler::logprobs(&logits, 2, 4);
+        assert_eq!(lp.logprob, deai_engine::sampler::LOGPROB_FLOOR);
+        let ev = RunEvent::Token {
+            token: 2,
+            text: "x".into(),
+            logprobs: Some(lp.clone()),
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        match serde_json::from_str::<RunEvent>(&line).unwrap() {
+            RunEvent::Token { logprobs, .. } => assert_eq!(logprobs, Some(lp)),
+            other => panic!("{other:?}"),
+        }
+        // A worker that sends none (a stop token, or no logprobs asked) leaves the field out.
+        let plain = RunEvent::Token {
+            token: 2,
+            text: String::new(),
+            logprobs: None,
+        };
+        let line = serde_json::to_string(&plain).unwrap();
+        assert!(!line.contains("logprobs"), "{line}");
+        assert!(matches!(
+            serde_json::from_str::<RunEvent>(r#"{"type":"token","token":1,"text":"a"}"#).unwrap(),
+            RunEvent::Token { logprobs: None, .. }
+        ));
+    }
 }

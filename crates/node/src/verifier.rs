@@ -246,6 +246,7 @@ impl Verifier {
             params,
             nonce,
             open_job,
+            top_logprobs: None,
         };
         let url = format!("{}/worker/v1/run", w.worker.endpoint.trim_end_matches('/'));
         let answer = async {

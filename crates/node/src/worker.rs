@@ -399,6 +399,18 @@ async fn run(
         .sampling
         .validate()
         .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if let Some(k) = req
+        .top_logprobs
+        .filter(|&k| usize::from(k) > deai_engine::sampler::MAX_TOP_LOGPROBS)
+    {
+        return Err(http_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "top_logprobs must be at most {}, got {k}",
+                deai_engine::sampler::MAX_TOP_LOGPROBS
+            ),
+        ));
+    }
     let job = w.admit(&req).await?;
     // Make sure the escrow reaches the chain even if the gateway's copy was lost.
     let _ = w.0.signer.ledger().submit(&req.open_job).await;
@@ -479,7 +491,8 @@ fn execute(
         _ => None,
     };
     let mut sent = 0usize;
-    let mut g = engine.generate(&req.prompt_tokens, &req.params, |ev| {
+    let top = req.top_logprobs.map(usize::from);
+    let mut g = engine.generate_with_logprobs(&req.prompt_tokens, &req.params, top, |ev| {
         if die_after.is_some_and(|n| sent >= n) {
             return;
         }
@@ -487,6 +500,7 @@ fn execute(
             let _ = tx.blocking_send(Some(RunEvent::Token {
                 token: ev.token,
                 text: ev.text.to_string(),
+                logprobs: ev.logprobs.clone(),
             }));
             sent += 1;
             if die_after == Some(sent) {
@@ -506,6 +520,7 @@ fn execute(
         let _ = tx.blocking_send(Some(RunEvent::Token {
             token: g.output_tokens[0],
             text: g.text.clone(),
+            logprobs: None,
         }));
     }
     let mut r: Receipt = build_receipt(

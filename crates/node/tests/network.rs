@@ -423,10 +423,12 @@ async fn raw_get(base: &str, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Reads an SSE response; returns the concatenated content and the final chunk.
-async fn read_sse(r: reqwest::Response) -> (String, Value) {
+/// Reads an SSE response; returns the concatenated content, the final chunk and the
+/// concatenated `logprobs.content` entries.
+async fn read_sse(r: reqwest::Response) -> (String, Value, Vec<Value>) {
     let body = r.text().await.unwrap();
     let mut text = String::new();
+    let mut lps = Vec::new();
     let mut last = Value::Null;
     let mut done = false;
     for line in body.lines() {
@@ -443,12 +445,15 @@ async fn read_sse(r: reqwest::Response) -> (String, Value) {
         if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
             text.push_str(t);
         }
+        if let Some(l) = v["choices"][0]["logprobs"]["content"].as_array() {
+            lps.extend(l.iter().cloned());
+        }
         if !v["choices"][0]["finish_reason"].is_null() {
             last = v;
         }
     }
     assert!(done, "the stream ends with [DONE]: {body}");
-    (text, last)
+    (text, last, lps)
 }
 
 #[test]
@@ -464,9 +469,11 @@ fn a_worker_dying_mid_stream_is_replaced_and_no_escrow_is_lost() {
                 "model": net.info.model,
                 "messages": [{ "role": "user", "content": "Write a short sentence about the sea." }],
                 "max_tokens": 24, "seed": 7, "stream": true,
+                "logprobs": true, "top_logprobs": 2,
             });
             // Two streams: whichever order routing picks, one of them meets the dying worker.
             let mut texts = Vec::new();
+            let mut logprobs = Vec::new();
             let mut jobs = Vec::new();
             for _ in 0..2 {
                 let r = http()
@@ -481,8 +488,9 @@ fn a_worker_dying_mid_stream_is_replaced_and_no_escrow_is_lost() {
                     .to_str()
                     .unwrap()
                     .starts_with("text/event-stream"));
-                let (text, last) = read_sse(r).await;
+                let (text, last, lps) = read_sse(r).await;
                 assert!(!text.is_empty());
+                logprobs.push(lps);
                 assert!(last["usage"]["completion_tokens"].as_u64().unwrap() > 0);
                 assert_ne!(last["deai"]["worker"].as_str().unwrap(), hex::encode(dying));
                 jobs.push(
@@ -509,6 +517,17 @@ fn a_worker_dying_mid_stream_is_replaced_and_no_escrow_is_lost() {
             let reference = v["choices"][0]["message"]["content"].as_str().unwrap();
             assert_eq!(texts[0], reference);
             assert_eq!(texts[1], reference);
+            // ... and so are the logprobs: one entry per token of the answer, none repeated.
+            let reference_lps = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+            let spelled: Vec<u8> = reference_lps
+                .iter()
+                .flat_map(|t| t["bytes"].as_array().unwrap().iter())
+                .map(|b| b.as_u64().unwrap() as u8)
+                .collect();
+            assert_eq!(String::from_utf8(spelled).unwrap(), reference);
+            assert!(reference_lps.len() > 3, "the dying worker sent 3 tokens");
+            assert_eq!(&logprobs[0], reference_lps);
+            assert_eq!(&logprobs[1], reference_lps);
             jobs.push(job_of(&v));
             // The job given to the dying worker expires and its escrow comes back.
             // (Any status: under load it may already have expired.)
@@ -732,6 +751,7 @@ fn gateway_and_worker_refuse_bad_input_with_clear_errors() {
                 params: params.clone(),
                 nonce: [1; 32],
                 open_job: signed.clone(),
+                top_logprobs: None,
             };
             // Forged: the escrow edited after signing.
             let mut forged = req.clone();
