@@ -74,6 +74,36 @@ struct Inner {
 #[derive(Clone)]
 pub struct Gateway(Arc<Inner>);
 
+/// Authenticates a worker's last message before the client is told its answer is done: the
+/// receipt must be for this job (a replayed receipt names another job id, since each job has
+/// a fresh nonce), signed by the key the ledger registers for the worker the job was sent to,
+/// and be the bytes whose digest the worker posts on chain. It does not re-run the model:
+/// validators do that.
+fn check_receipt(
+    receipt: &Value,
+    job: Hash256,
+    worker: &Address,
+    digest: Hash256,
+) -> Result<deai_proof::Receipt, String> {
+    let r = deai_proof::Receipt::from_json(&receipt.to_string())?;
+    if r.job_id != job.0 {
+        return Err(format!("it is for job {}, not {job}", Hash256(r.job_id)));
+    }
+    if &r.worker_key != worker {
+        return Err(format!(
+            "it is signed by {}, not by the registered worker {}",
+            hex::encode(r.worker_key),
+            hex::encode(worker)
+        ));
+    }
+    r.verify_signature()?;
+    let bytes = r.to_bytes().map_err(|e| e.to_string())?;
+    if crate::proto::receipt_digest(&bytes) != digest {
+        return Err("its digest does not match its bytes".into());
+    }
+    Ok(r)
+}
+
 /// How much of a request's output the client already has, across worker attempts.
 #[derive(Default)]
 struct Sent {
@@ -495,10 +525,18 @@ impl Gateway {
                         prompt_tokens,
                         output_tokens,
                         receipt,
-                        ..
+                        receipt_digest,
                     } => {
                         if done_job != job {
                             anyhow::bail!("worker answered for another job");
+                        }
+                        if let Err(e) = check_receipt(&receipt, job, &w.address, receipt_digest) {
+                            tracing::warn!(
+                                worker = %hex::encode(&w.address[..6]),
+                                %job,
+                                "dropped the worker's receipt: {e}"
+                            );
+                            anyhow::bail!("unacceptable receipt: {e}");
                         }
                         let dir = &self.0.cfg.dir;
                         let path = dir.join("receipts").join(format!("{job}.json"));
@@ -1519,6 +1557,61 @@ mod param_tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(code, "unknown_parameter");
         assert_eq!(msg, "Unrecognized request argument supplied: temprature");
+    }
+
+    #[test]
+    fn a_receipt_is_accepted_only_from_its_worker_for_its_job() {
+        use deai_engine::{Engine, EngineConfig, Model};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(
+            &path,
+            deai_engine::testing::tiny_model_gguf(&Default::default()),
+        )
+        .unwrap();
+        let engine = Engine::new(Model::load(&path).unwrap(), EngineConfig::default()).unwrap();
+        let spec = deai_proof::JobSpec {
+            model_id: Hash256([9; 32]),
+            prompt_tokens: vec![5, 6, 7],
+            params: GenParams {
+                max_tokens: 4,
+                ..Default::default()
+            },
+            nonce: [1; 32],
+        };
+        let g = engine
+            .generate(&spec.prompt_tokens, &spec.params, |_| {})
+            .unwrap();
+        let key = deai_proof::generate_key();
+        let worker: Address = key.verifying_key().to_bytes();
+        let r = deai_proof::build_receipt(
+            &spec,
+            &g,
+            engine.model.cfg.d_model,
+            &engine.profile(),
+            deai_proof::ProofConfig::default(),
+            &key,
+        )
+        .unwrap();
+        let job = Hash256(spec.id());
+        let digest = crate::proto::receipt_digest(&r.to_bytes().unwrap());
+        let json: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(check_receipt(&json, job, &worker, digest).unwrap(), r);
+        // Replayed onto another job.
+        let err = check_receipt(&json, Hash256([0; 32]), &worker, digest).unwrap_err();
+        assert!(err.contains("is for job"), "{err}");
+        // Sent back by another key than the registered worker's.
+        let err = check_receipt(&json, job, &[7; 32], digest).unwrap_err();
+        assert!(err.contains("registered worker"), "{err}");
+        // Edited after signing.
+        let mut edited = json.clone();
+        edited["output_tokens"][0] = json!(4);
+        let err = check_receipt(&edited, job, &worker, digest).unwrap_err();
+        assert!(err.contains("signature"), "{err}");
+        // A digest that is not these bytes'; and no receipt at all.
+        let err = check_receipt(&json, job, &worker, Hash256([3; 32])).unwrap_err();
+        assert!(err.contains("digest"), "{err}");
+        assert!(check_receipt(&json!({"job_id": 1}), job, &worker, digest).is_err());
     }
 
     #[test]
