@@ -4,6 +4,14 @@
 //! a transaction submitted meanwhile is final, and when the link comes back the cut
 //! validator catches up (marshal backfill) and serves that transaction too.
 //!
+//! Then the HTTP roles join as separate hosts too (with the real model, `DEAI_MODEL_PATH`):
+//! each validator host also runs `deai node --role validator`, and a fifth host runs a
+//! worker and a gateway (`deai node`) that reach the chain through validator 0's address. A
+//! chat request through the gateway is answered and verified on chain by the validator
+//! hosts. With validator 0's link cut, the gateway refuses requests (its chain endpoint is
+//! gone) and no escrow moves; once the link is back, a request is answered and accepted
+//! again.
+//!
 //! Needs root (CAP_NET_ADMIN) and the `ip` tool; skipped with a message otherwise.
 
 use serde_json::Value;
@@ -12,8 +20,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-
-const DEAD_PROXY: &str = "http://127.0.0.1:9";
 
 fn ip(args: &[&str]) -> bool {
     Command::new("ip")
@@ -82,9 +88,13 @@ impl Hosts {
         let ns = self.ns(i);
         let mut full = vec!["netns", "exec", &ns, env!("CARGO_BIN_EXE_deai")];
         full.extend(args);
+        // The hosts talk to each other's 10.x addresses directly: no proxy would reach them.
         let child = Command::new("ip")
             .args(&full)
-            .env("HTTP_PROXY", DEAD_PROXY)
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
@@ -158,8 +168,8 @@ fn deai(args: &[&str]) -> Output {
 }
 
 #[test]
-fn validators_in_separate_namespaces_survive_a_cut_link_and_heal() {
-    let Some(mut hosts) = Hosts::new(4) else {
+fn validators_and_http_roles_on_separate_hosts_survive_cut_links() {
+    let Some(mut hosts) = Hosts::new(5) else {
         eprintln!("SKIPPED: creating network namespaces needs root and the ip tool");
         return;
     };
@@ -175,6 +185,17 @@ fn validators_in_separate_namespaces_survive_a_cut_link_and_heal() {
         "29000",
         "--http-port",
         "29100",
+        // For the HTTP roles' part: every receipt sampled, room for verdicts.
+        "--allow-model",
+        "default",
+        "--sample-rate-bps",
+        "10000",
+        "--challenge-window",
+        "1500",
+        "--verdict-window",
+        "1500",
+        "--job-timeout",
+        "1500",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Each validator listens on its own host's address.
@@ -261,4 +282,160 @@ fn validators_in_separate_namespaces_survive_a_cut_link_and_heal() {
         get(&format!("{}/v1/block/{during}", urls[3])).unwrap(),
     );
     assert_eq!(a["digest"], b["digest"], "one history on both sides");
+
+    if std::env::var_os("DEAI_MODEL_PATH").is_none_or(|p| p.is_empty()) {
+        eprintln!("SKIPPED the HTTP roles part: set DEAI_MODEL_PATH (and DEAI_HOME)");
+        return;
+    }
+    http_roles_on_separate_hosts(&mut hosts, &dir, tmp.path(), &urls);
+}
+
+/// A client with room for a model run.
+fn slow_http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+fn chat(gw: &str, content: &str) -> reqwest::blocking::Response {
+    slow_http()
+        .post(format!("{gw}/v1/chat/completions"))
+        .bearer_auth("sk-netns")
+        .json(&serde_json::json!({
+            "model": "SmolLM2-135M-Instruct", "max_tokens": 12, "seed": 1,
+            "messages": [{ "role": "user", "content": content }],
+        }))
+        .send()
+        .unwrap()
+}
+
+/// Waits until `receipt` is settled on chain; returns its view.
+fn settled(gw: &str, receipt: &str, hosts: &Hosts) -> Value {
+    let mut view = Value::Null;
+    wait("the receipt is settled", 180, hosts, || {
+        view = get(&format!("{gw}/v1/receipts/{receipt}")).unwrap_or(Value::Null);
+        !view.is_null() && view["verification"] != "pending"
+    });
+    view
+}
+
+fn http_roles_on_separate_hosts(hosts: &mut Hosts, dir: &Path, tmp: &Path, urls: &[String]) {
+    // The worker's key, funded by the faucet.
+    let wkey = tmp.join("worker.key");
+    let o = deai(&["keys", "new", "--out", wkey.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let addr = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let faucet = dir.join("keys/faucet.key");
+    let o = deai(&[
+        "tx",
+        "--url",
+        &urls[0],
+        "--key",
+        faucet.to_str().unwrap(),
+        "transfer",
+        "--to",
+        &addr,
+        "--amount",
+        "100000",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Each validator host verifies receipts against its own chain node.
+    for (i, url) in urls.iter().enumerate() {
+        let key = tmp.join(format!("host-{i}/keys/validator-{i}.key"));
+        let log = tmp.join(format!("validator-node-{i}.log"));
+        hosts.spawn(
+            i,
+            &log,
+            &[
+                "node",
+                "--role",
+                "validator",
+                "--chain",
+                url,
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        );
+    }
+    // Host 4: a worker and a gateway, reaching the chain through validator 0.
+    let me = hosts.addr(4);
+    let cfg = tmp.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "chain = \"{}\"\nkey = \"{}\"\nroles = [\"worker\", \"gateway\"]\ndata = \"{}\"\n\
+             [worker]\nlisten = \"{me}:29200\"\nprice_per_1k = 500\n\
+             [gateway]\nlisten = \"{me}:29201\"\n\
+             [[gateway.api_keys]]\nkey = \"sk-netns\"\naccount_key = \"{}\"\n",
+            urls[0],
+            wkey.display(),
+            tmp.join("node-data").display(),
+            faucet.display()
+        ),
+    )
+    .unwrap();
+    hosts.spawn(
+        4,
+        &tmp.join("node.log"),
+        &["node", "--config", cfg.to_str().unwrap()],
+    );
+    let gw = format!("http://{me}:29201");
+    // Ready once the worker passed its capability challenge (set by the validator hosts).
+    wait("the worker on host 4 is qualified", 240, hosts, || {
+        get(&format!("{gw}/v1/models")).is_some_and(|v| v["data"][0]["deai"]["workers"] == 1)
+    });
+    let r = chat(&gw, "What is 2+2?");
+    assert_eq!(r.status(), 200, "{}", hosts.logs());
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["deai"]["worker"], addr, "{v}");
+    let view = settled(&gw, v["deai"]["receipt_id"].as_str().unwrap(), hosts);
+    assert_eq!(view["verification"], "accepted", "{view}\n{}", hosts.logs());
+    assert!(
+        view["ledger"]["verdicts"].as_array().unwrap().len() >= 3,
+        "verdicts from the validator hosts: {view}"
+    );
+    eprintln!(
+        "host 4 answered {:?}; accepted with {} verdicts",
+        v["choices"][0]["message"]["content"],
+        view["ledger"]["verdicts"].as_array().unwrap().len()
+    );
+
+    // Cut the gateway's chain endpoint (validator 0's host): the gateway refuses, and the
+    // client's balance does not move.
+    let faucet_addr = {
+        let o = deai(&["keys", "show", "--key", faucet.to_str().unwrap()]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let balance = |url: &str| {
+        get(&format!("{url}/v1/account/{faucet_addr}")).map(|a| a["account"]["balance"].clone())
+    };
+    assert!(ip(&["link", "set", &hosts.host_link(0), "down"]));
+    let before = balance(&urls[1]).expect("validator 1 answers");
+    let r = chat(&gw, "What is 3+3?");
+    assert!(
+        r.status().is_server_error(),
+        "with its chain endpoint cut the gateway refuses: {} {}",
+        r.status(),
+        r.text().unwrap_or_default()
+    );
+    // The three other validators keep finalizing; nothing was escrowed.
+    let h = height(&urls[1]);
+    wait("the chain goes on without host 0", 60, hosts, || {
+        height(&urls[1]) >= h + 10
+    });
+    assert_eq!(balance(&urls[1]), Some(before), "no escrow moved");
+    eprintln!("with host 0 cut, the gateway refused and no escrow moved");
+
+    // Heal: host 0 catches up and the gateway serves again, verified as before.
+    assert!(ip(&["link", "set", &hosts.host_link(0), "up"]));
+    let now = height(&urls[1]);
+    wait("host 0 catches up", 120, hosts, || height(&urls[0]) >= now);
+    let r = chat(&gw, "What is 3+3?");
+    assert_eq!(r.status(), 200, "{}", hosts.logs());
+    let v: Value = r.json().unwrap();
+    let view = settled(&gw, v["deai"]["receipt_id"].as_str().unwrap(), hosts);
+    assert_eq!(view["verification"], "accepted", "{view}\n{}", hosts.logs());
+    eprintln!("after the heal, host 4 answered and the answer was accepted");
 }

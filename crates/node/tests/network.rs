@@ -606,7 +606,13 @@ fn gateway_and_worker_refuse_bad_input_with_clear_errors() {
                     "invalid_request",
                 ),
                 (with("top_p", json!(0)), Some(key), 400, "invalid_request"),
-                (with("n", json!(2)), Some(key), 400, "invalid_request"),
+                (with("n", json!(9)), Some(key), 400, "invalid_value"),
+                (
+                    with("top_logprobs", json!(3)),
+                    Some(key),
+                    400,
+                    "invalid_value",
+                ),
                 (
                     with("max_tokens", json!(0)),
                     Some(key),
