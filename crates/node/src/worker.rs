@@ -221,7 +221,7 @@ impl Worker {
     /// Checks that `req` is a job this worker should run: its model, a valid signed
     /// `OpenJob` naming exactly this job, this worker and enough escrow, from a client
     /// whose finalized balance covers it, and not seen before.
-    async fn admit(&self, req: &RunRequest) -> Result<Hash256, HttpError> {
+    async fn admit(&self, req: &RunRequest, ahead: u64) -> Result<Hash256, HttpError> {
         let i = &self.0;
         if req.model_id != i.cfg.model_id {
             return Err(http_error(
@@ -283,7 +283,7 @@ impl Worker {
                 "the client's balance does not cover the escrow",
             ));
         }
-        self.check_queue().await?;
+        self.check_queue(ahead).await?;
         if !i.seen.lock().unwrap().insert(job) || self.receipt_path(&job).exists() {
             return Err(http_error(
                 StatusCode::CONFLICT,
@@ -298,9 +298,10 @@ impl Worker {
     /// Refuses (503) a job that would wait behind the ones queued here longer than half its
     /// deadline: it would likely expire on chain before its receipt lands, refunding the
     /// client and leaving this worker unpaid, while another worker may be free.
-    async fn check_queue(&self) -> Result<(), HttpError> {
+    /// Refuses a job that would wait behind `ahead` jobs (queued or running) for longer than
+    /// [`admission`] allows.
+    async fn check_queue(&self, ahead: u64) -> Result<(), HttpError> {
         let i = &self.0;
-        let ahead = i.busy.load(Ordering::Relaxed);
         let mean = i.mean_job_us.load(Ordering::Relaxed);
         if ahead == 0 || mean == 0 {
             return Ok(());
@@ -390,6 +391,16 @@ async fn receipt(
         .expect("static response parts"))
 }
 
+/// A job's place in this worker's queue: counted in `busy` until dropped (when the job is
+/// refused, or when its run ends).
+struct Place(Worker);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0 .0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn run(
     AxState(w): AxState<Worker>,
     body: Result<Json<RunRequest>, axum::extract::rejection::JsonRejection>,
@@ -411,12 +422,15 @@ async fn run(
             ),
         ));
     }
-    let job = w.admit(&req).await?;
+    // Take a place in the queue before the admission check, so that requests arriving
+    // together each see the others ahead of them (rather than all seeing an empty queue).
+    let ahead = w.0.busy.fetch_add(1, Ordering::Relaxed);
+    let place = Place(w.clone());
+    let job = w.admit(&req, ahead).await?;
     // Make sure the escrow reaches the chain even if the gateway's copy was lost.
     let _ = w.0.signer.ledger().submit(&req.open_job).await;
     // `None` on the channel aborts the response mid-stream (a simulated crash).
     let (tx, rx) = tokio::sync::mpsc::channel::<Option<RunEvent>>(256);
-    w.0.busy.fetch_add(1, Ordering::Relaxed);
     let w2 = w.clone();
     tokio::spawn(async move {
         let permit = w2.0.gate.acquire().await.expect("semaphore never closed");
@@ -428,7 +442,7 @@ async fn run(
             .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         w2.record_job_time(t0.elapsed());
         drop(permit);
-        w2.0.busy.fetch_sub(1, Ordering::Relaxed);
+        drop(place);
         match out {
             Ok(Ok((bytes, tokens))) => {
                 w2.0.served.fetch_add(1, Ordering::Relaxed);
