@@ -169,11 +169,12 @@ fn deai(args: &[&str]) -> Output {
 
 #[test]
 fn validators_and_http_roles_on_separate_hosts_survive_cut_links() {
+    // Declared first, dropped last: the hosts' processes stop before their files go.
+    let tmp = tempfile::tempdir().unwrap();
     let Some(mut hosts) = Hosts::new(5) else {
         eprintln!("SKIPPED: creating network namespaces needs root and the ip tool");
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("chain");
     let d = dir.to_str().unwrap();
     let o = deai(&[
@@ -406,8 +407,15 @@ fn http_roles_on_separate_hosts(hosts: &mut Hosts, dir: &Path, tmp: &Path, urls:
     // client's balance does not move.
     let faucet_addr = {
         let o = deai(&["keys", "show", "--key", faucet.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
+    // The settlement refunded part of the escrow to the paying account: let validator 1
+    // apply that block before its balance is the reference.
+    let settled_at = view["ledger"]["settlement"]["height"].as_u64().unwrap();
+    wait("validator 1 has the settlement", 60, hosts, || {
+        height(&urls[1]) >= settled_at
+    });
     let balance = |url: &str| {
         get(&format!("{url}/v1/account/{faucet_addr}")).map(|a| a["account"]["balance"].clone())
     };
@@ -432,6 +440,10 @@ fn http_roles_on_separate_hosts(hosts: &mut Hosts, dir: &Path, tmp: &Path, urls:
     assert!(ip(&["link", "set", &hosts.host_link(0), "up"]));
     let now = height(&urls[1]);
     wait("host 0 catches up", 120, hosts, || height(&urls[0]) >= now);
+    // ... and the gateway reads the chain through it again.
+    wait("the gateway sees its worker again", 60, hosts, || {
+        get(&format!("{gw}/v1/models")).is_some_and(|v| v["data"][0]["deai"]["workers"] == 1)
+    });
     let r = chat(&gw, "What is 3+3?");
     assert_eq!(r.status(), 200, "{}", hosts.logs());
     let v: Value = r.json().unwrap();

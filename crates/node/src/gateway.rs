@@ -77,8 +77,10 @@ pub struct Gateway(Arc<Inner>);
 /// Authenticates a worker's last message before the client is told its answer is done: the
 /// receipt must be for this job (a replayed receipt names another job id, since each job has
 /// a fresh nonce), signed by the key the ledger registers for the worker the job was sent to,
-/// and be the bytes whose digest the worker posts on chain. It does not re-run the model:
-/// validators do that.
+/// and match the digest the worker says it posts on chain (the chain's copy is compared when
+/// the receipt is viewed); the caller also checks that the tokens it streamed are the
+/// receipt's, so a worker cannot stream one answer and sign another. It does not re-run the
+/// model: validators do that.
 fn check_receipt(
     receipt: &Value,
     job: Hash256,
@@ -471,7 +473,7 @@ impl Gateway {
         }
         let mut buf: Vec<u8> = Vec::new();
         let mut produced = 0usize;
-        let mut tokens = 0usize;
+        let mut streamed: Vec<u32> = Vec::new();
         let mut answer = String::new();
         loop {
             let chunk = tokio::time::timeout(self.0.cfg.worker_timeout, resp.chunk())
@@ -502,13 +504,14 @@ impl Gateway {
                         }
                         produced = end;
                         let mut lps = Vec::new();
-                        if tokens >= sent.tokens {
+                        let k = streamed.len();
+                        if k >= sent.tokens {
                             if let Some(lp) = logprobs.filter(|_| top_logprobs.is_some()) {
                                 lps.push((token, lp));
                             }
-                            sent.tokens = tokens + 1;
+                            sent.tokens = k + 1;
                         }
-                        tokens += 1;
+                        streamed.push(token);
                         if !piece.is_empty() || !lps.is_empty() {
                             let msg = Out::Text {
                                 text: piece,
@@ -521,23 +524,27 @@ impl Gateway {
                     }
                     RunEvent::Done {
                         job: done_job,
-                        stop_reason,
-                        prompt_tokens,
-                        output_tokens,
                         receipt,
                         receipt_digest,
+                        ..
                     } => {
                         if done_job != job {
                             anyhow::bail!("worker answered for another job");
                         }
-                        if let Err(e) = check_receipt(&receipt, job, &w.address, receipt_digest) {
-                            tracing::warn!(
-                                worker = %hex::encode(&w.address[..6]),
-                                %job,
-                                "dropped the worker's receipt: {e}"
+                        // The client's usage and finish reason come from the signed receipt,
+                        // not from the worker's unsigned summary next to it.
+                        let r = check_receipt(&receipt, job, &w.address, receipt_digest)
+                            .map_err(|e| anyhow::anyhow!("unacceptable receipt: {e}"))?;
+                        if streamed != r.output_tokens {
+                            anyhow::bail!(
+                                "unacceptable receipt: it signs {} output tokens that are not \
+                                 the {} streamed",
+                                r.output_tokens.len(),
+                                streamed.len()
                             );
-                            anyhow::bail!("unacceptable receipt: {e}");
                         }
+                        let (stop_reason, prompt_tokens, output_tokens) =
+                            (r.stop_reason, r.prompt_tokens.len(), r.output_tokens.len());
                         let dir = &self.0.cfg.dir;
                         let path = dir.join("receipts").join(format!("{job}.json"));
                         tokio::fs::write(&path, serde_json::to_vec_pretty(&receipt)?).await?;
@@ -1605,7 +1612,8 @@ mod param_tests {
         assert!(err.contains("registered worker"), "{err}");
         // Edited after signing.
         let mut edited = json.clone();
-        edited["output_tokens"][0] = json!(4);
+        let vocab = engine.model.cfg.vocab as u32;
+        edited["output_tokens"][0] = json!((r.output_tokens[0] + 1) % vocab);
         let err = check_receipt(&edited, job, &worker, digest).unwrap_err();
         assert!(err.contains("signature"), "{err}");
         // A digest that is not these bytes'; and no receipt at all.

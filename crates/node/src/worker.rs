@@ -39,6 +39,9 @@ pub enum Behavior {
     /// Drops the connection after this many tokens, as a killed process would, and never
     /// posts a receipt.
     DieAfter(usize),
+    /// Signs an honest receipt but streams another first token id than the one it signs
+    /// (a worker relaying one answer and getting paid for another).
+    MisreportStream,
 }
 
 impl std::fmt::Debug for Behavior {
@@ -49,6 +52,7 @@ impl std::fmt::Debug for Behavior {
             Behavior::FakeProof => "fake-proof",
             Behavior::OtherWeights(_) => "other-weights",
             Behavior::DieAfter(_) => "die-after",
+            Behavior::MisreportStream => "misreport-stream",
         })
     }
 }
@@ -76,7 +80,8 @@ struct Inner {
     url: String,
     /// Jobs this worker has run or is running: a replayed request is refused.
     seen: Mutex<HashSet<Hash256>>,
-    /// One run at a time on this worker's engine; `busy` counts waiting + running.
+    /// One run at a time on this worker's engine; `busy` counts the jobs waiting and running
+    /// and those in their queue check ([`Place`]).
     gate: tokio::sync::Semaphore,
     busy: AtomicU64,
     served: AtomicU64,
@@ -221,7 +226,8 @@ impl Worker {
     /// Checks that `req` is a job this worker should run: its model, a valid signed
     /// `OpenJob` naming exactly this job, this worker and enough escrow, from a client
     /// whose finalized balance covers it, and not seen before.
-    async fn admit(&self, req: &RunRequest, ahead: u64) -> Result<Hash256, HttpError> {
+    /// Returns the job id and its place in this worker's queue.
+    async fn admit(&self, req: &RunRequest) -> Result<(Hash256, Place), HttpError> {
         let i = &self.0;
         if req.model_id != i.cfg.model_id {
             return Err(http_error(
@@ -283,6 +289,11 @@ impl Worker {
                 "the client's balance does not cover the escrow",
             ));
         }
+        // Take a place in the queue before the queue check (whose ledger reads take a
+        // while), so that jobs admitted together each see the others ahead of them; only a
+        // request that is otherwise acceptable holds one.
+        let ahead = i.busy.fetch_add(1, Ordering::Relaxed);
+        let place = Place(self.clone());
         self.check_queue(ahead).await?;
         if !i.seen.lock().unwrap().insert(job) || self.receipt_path(&job).exists() {
             return Err(http_error(
@@ -290,16 +301,15 @@ impl Worker {
                 format!("job {job} was already run (replay)"),
             ));
         }
-        Ok(job)
+        Ok((job, place))
     }
 }
 
 impl Worker {
-    /// Refuses (503) a job that would wait behind the ones queued here longer than half its
-    /// deadline: it would likely expire on chain before its receipt lands, refunding the
-    /// client and leaving this worker unpaid, while another worker may be free.
-    /// Refuses a job that would wait behind `ahead` jobs (queued or running) for longer than
-    /// [`admission`] allows.
+    /// Refuses (503) a job that would wait behind `ahead` jobs (queued or running) longer
+    /// than half its deadline ([`admission`]): it would likely expire on chain before its
+    /// receipt lands, refunding the client and leaving this worker unpaid, while another
+    /// worker may be free.
     async fn check_queue(&self, ahead: u64) -> Result<(), HttpError> {
         let i = &self.0;
         let mean = i.mean_job_us.load(Ordering::Relaxed);
@@ -422,11 +432,7 @@ async fn run(
             ),
         ));
     }
-    // Take a place in the queue before the admission check, so that requests arriving
-    // together each see the others ahead of them (rather than all seeing an empty queue).
-    let ahead = w.0.busy.fetch_add(1, Ordering::Relaxed);
-    let place = Place(w.clone());
-    let job = w.admit(&req, ahead).await?;
+    let (job, place) = w.admit(&req).await?;
     // Make sure the escrow reaches the chain even if the gateway's copy was lost.
     let _ = w.0.signer.ledger().submit(&req.open_job).await;
     // `None` on the channel aborts the response mid-stream (a simulated crash).
@@ -500,6 +506,8 @@ fn execute(
         _ => &i.engine,
     };
     let alter = matches!(behavior, Behavior::AlterOutput);
+    let misreport = matches!(behavior, Behavior::MisreportStream);
+    let vocab = engine.model.tokenizer.vocab_size() as u32;
     let die_after = match behavior {
         Behavior::DieAfter(n) => Some(*n),
         _ => None,
@@ -511,8 +519,13 @@ fn execute(
             return;
         }
         if !alter {
+            let token = if misreport && sent == 0 {
+                (ev.token + 1) % vocab
+            } else {
+                ev.token
+            };
             let _ = tx.blocking_send(Some(RunEvent::Token {
-                token: ev.token,
+                token,
                 text: ev.text.to_string(),
                 logprobs: ev.logprobs.clone(),
             }));
@@ -531,11 +544,19 @@ fn execute(
             *t = (*t + 1) % engine.model.tokenizer.vocab_size() as u32;
         }
         g.text = engine.model.tokenizer.decode(&g.output_tokens);
-        let _ = tx.blocking_send(Some(RunEvent::Token {
-            token: g.output_tokens[0],
-            text: g.text.clone(),
-            logprobs: None,
-        }));
+        // The altered tokens, streamed as the receipt will sign them (the text all at once).
+        for (k, &token) in g.output_tokens.iter().enumerate() {
+            let text = if k == 0 {
+                g.text.clone()
+            } else {
+                String::new()
+            };
+            let _ = tx.blocking_send(Some(RunEvent::Token {
+                token,
+                text,
+                logprobs: None,
+            }));
+        }
     }
     let mut r: Receipt = build_receipt(
         &req.spec(),

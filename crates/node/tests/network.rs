@@ -568,6 +568,61 @@ fn a_worker_dying_mid_stream_is_replaced_and_no_escrow_is_lost() {
 }
 
 #[test]
+fn a_worker_streaming_other_tokens_than_it_signs_is_not_relayed() {
+    with_devnet(
+        "misreport",
+        |_| vec![Behavior::MisreportStream, Behavior::Honest],
+        |net, _dir| async move {
+            let liar = net.workers[0].address();
+            let honest = net.workers[1].address();
+            // Whichever worker routing tries first, every answer the client gets finishes
+            // with the honest worker's receipt: the liar's `done` is refused and the request
+            // fails over.
+            let mut answers = Vec::new();
+            for i in 0..3 {
+                let v = chat(&net, "Name a planet.", 11 + i).await;
+                assert_eq!(
+                    v["deai"]["worker"].as_str().unwrap(),
+                    hex::encode(honest),
+                    "{v}"
+                );
+                answers.push(v);
+            }
+            // The liar did serve the client: its escrowed jobs exist on chain (its receipts
+            // are honest, so validators may still pay them; the client was not given their
+            // answers). Its capability challenge is a validator's job, not counted here.
+            let liar_jobs = net
+                .ledger
+                .jobs("", 1000)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|(_, j)| j.worker == Some(liar) && j.client == net.info.client)
+                .count();
+            assert!(liar_jobs >= 1, "routing tried the liar at least once");
+            let g: Value = http()
+                .get(format!("{}/v1/gateway/status", net.info.gateway))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            // ... and the gateway counts each refused `done` as that worker's failure.
+            let liar_hex = hex::encode(liar);
+            let failures = g["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["address"] == liar_hex.as_str())
+                .map(|w| w["failures"].as_u64().unwrap())
+                .unwrap();
+            assert_eq!(failures as usize, liar_jobs, "{g}");
+        },
+    );
+}
+
+#[test]
 fn gateway_and_worker_refuse_bad_input_with_clear_errors() {
     with_devnet(
         "bad input",
