@@ -1566,9 +1566,8 @@ mod param_tests {
         assert_eq!(msg, "Unrecognized request argument supplied: temprature");
     }
 
-    #[test]
-    fn a_receipt_is_accepted_only_from_its_worker_for_its_job() {
-        use deai_engine::{Engine, EngineConfig, Model};
+    /// A generated tiny model, loaded as the engine loads any GGUF file.
+    fn tiny_model() -> deai_engine::Model {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiny.gguf");
         std::fs::write(
@@ -1576,7 +1575,13 @@ mod param_tests {
             deai_engine::testing::tiny_model_gguf(&Default::default()),
         )
         .unwrap();
-        let engine = Engine::new(Model::load(&path).unwrap(), EngineConfig::default()).unwrap();
+        deai_engine::Model::load(&path).unwrap()
+    }
+
+    #[test]
+    fn a_receipt_is_accepted_only_from_its_worker_for_its_job() {
+        use deai_engine::{Engine, EngineConfig};
+        let engine = Engine::new(tiny_model(), EngineConfig::default()).unwrap();
         let spec = deai_proof::JobSpec {
             model_id: Hash256([9; 32]),
             prompt_tokens: vec![5, 6, 7],
@@ -1710,14 +1715,7 @@ mod param_tests {
 
     #[test]
     fn logprobs_render_as_openai_writes_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        std::fs::write(
-            &path,
-            deai_engine::testing::tiny_model_gguf(&Default::default()),
-        )
-        .unwrap();
-        let tok = Arc::new(deai_engine::Model::load(&path).unwrap().tokenizer);
+        let tok = Arc::new(tiny_model().tokenizer);
         let lps = vec![
             (
                 10u32,
