@@ -22,6 +22,7 @@ pub mod lightclient;
 pub mod local;
 pub mod mempool;
 pub mod node;
+pub mod ports;
 
 pub use app::{App, FinalizedBlock};
 pub use block::{Block, Header};

@@ -10,17 +10,7 @@ use deai_ledger::{Account, SignedTx, Tx, TxKind};
 use std::time::{Duration, Instant};
 
 fn free_port_block(n: u16) -> u16 {
-    // Find n consecutive free ports (racy but fine for tests).
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base < 60_000
-            && (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
+    deai_chain::ports::free_port_base(&(0..n).collect::<Vec<_>>()).unwrap()
 }
 
 #[test]

@@ -85,21 +85,11 @@ pub struct NetworkBench {
 
 /// A port base with every port the devnet uses free.
 pub(crate) fn free_base(workers: usize) -> Result<u16> {
-    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    for _ in 0..1000 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let base = l.local_addr()?.port();
-        drop(l);
-        if base > 20_000
-            && base < 60_000
-            && (0..4).all(|i| free(base + i))
-            && (100..104).all(|i| free(base + i))
-            && (200..=200 + workers as u16).all(|i| free(base + i))
-        {
-            return Ok(base);
-        }
-    }
-    bail!("no free port range found; give --port-base")
+    let offsets: Vec<u16> = (0..4)
+        .chain(100..104)
+        .chain(200..=200 + workers as u16)
+        .collect();
+    Ok(deai_chain::ports::free_port_base(&offsets)?)
 }
 
 fn median(v: &[f64]) -> f64 {

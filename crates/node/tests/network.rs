@@ -47,20 +47,8 @@ fn engine(path: &std::path::Path) -> Arc<Engine> {
 
 /// A port base with every port the devnet uses free.
 fn free_base() -> u16 {
-    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base > 20_000
-            && base < 60_000
-            && (0..4).all(|i| free(base + i))
-            && (100..104).all(|i| free(base + i))
-            && (200..210).all(|i| free(base + i))
-        {
-            return base;
-        }
-    }
+    let offsets: Vec<u16> = (0..4).chain(100..104).chain(200..210).collect();
+    deai_chain::ports::free_port_base(&offsets).unwrap()
 }
 
 /// Chain parameters for tests: every receipt verified, short windows (loopback blocks take a

@@ -16,18 +16,7 @@ pub fn free_devnet_base() -> u16 {
 }
 
 fn free_base_with(offsets: Vec<u16>) -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = l.local_addr().unwrap().port();
-        drop(l);
-        if base < 60_000
-            && offsets
-                .iter()
-                .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
+    deai_chain::ports::free_port_base(&offsets).unwrap()
 }
 
 /// The last `lines` lines of the file at `path` (empty if it cannot be read).
