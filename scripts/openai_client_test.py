@@ -214,6 +214,56 @@ def main():
 
     check("completions.create (logprobs=2)", completion_logprobs)
 
+    # --- logit_bias and penalties: part of the replayed sampler, signed in the receipt ------
+    def receipt_of(receipt_id):
+        url = f"{root}/v1/receipts/{urllib.parse.quote(receipt_id)}"
+        with direct.open(url, timeout=30) as resp:
+            return json.loads(resp.read()).get("receipt") or {}
+
+    def adjusted():
+        assert chat_result is not None, "the plain chat check failed, nothing to compare with"
+        first = receipt_of(chat_result[1])["output_tokens"][0]
+        raw = client.chat.completions.with_raw_response.create(
+            **request, logit_bias={str(first): -100}, presence_penalty=1.0,
+            frequency_penalty=0.5)
+        r = raw.parse()
+        receipt_id = raw.headers.get("x-deai-receipt")
+        text = r.choices[0].message.content
+        rec = receipt_of(receipt_id)
+        assert rec.get("version") == 2, f"receipt version {rec.get('version')!r}, expected 2"
+        s = rec.get("sampling") or {}
+        assert s.get("logit_bias") == [[first, -100.0]], f"receipt sampling {s}"
+        assert s.get("presence_penalty") == 1.0 and s.get("frequency_penalty") == 0.5, f"{s}"
+        assert rec["output_tokens"][0] != first, \
+            f"token {first} was banned with -100 but came first: {rec['output_tokens']}"
+        assert text != chat_result[0], "the banned first token left the answer unchanged"
+        return receipt_id, f"first token {first} banned; text {text!r}"
+
+    adjusted_id = check("chat.completions.create (logit_bias bans the greedy first token, "
+                        "presence/frequency penalties)", adjusted)
+
+    def json_mode():
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, seed=42, max_tokens=80, temperature=0,
+            messages=[{"role": "user", "content":
+                       "Give the capital of France as a JSON object with the key \"capital\"."}],
+            response_format={"type": "json_object"})
+        r = raw.parse()
+        c = r.choices[0]
+        text = c.message.content
+        assert text.lstrip().startswith("{"), f"JSON mode answer does not open an object: {text!r}"
+        if c.finish_reason == "stop":
+            value = json.loads(text)
+            assert isinstance(value, dict), f"not an object: {text!r}"
+        else:
+            assert c.finish_reason == "length", f"finish_reason {c.finish_reason!r}"
+        rec = receipt_of(raw.headers.get("x-deai-receipt"))
+        assert rec.get("version") == 2 and (rec.get("sampling") or {}).get("json_object") is True, \
+            f"receipt does not sign the grammar: version {rec.get('version')}, {rec.get('sampling')}"
+        return raw.headers.get("x-deai-receipt"), f"{c.finish_reason}: {text!r}"
+
+    json_id = check("chat.completions.create (response_format json_object)", json_mode)
+
     # --- n > 1: each choice its own job, choice i sampled with seed + i --------------------
     sampled = {**request, "temperature": 0.8}
 
@@ -276,8 +326,15 @@ def main():
           expect(openai.BadRequestError, temperature=5))
     check("top_logprobs=21 raises BadRequestError",
           expect(openai.BadRequestError, logprobs=True, top_logprobs=21))
-    check("presence_penalty=0.5 (not supported) raises BadRequestError",
-          expect(openai.BadRequestError, presence_penalty=0.5))
+    check("presence_penalty=2.5 raises BadRequestError",
+          expect(openai.BadRequestError, presence_penalty=2.5))
+    check("logit_bias naming no token of the model raises BadRequestError",
+          expect(openai.BadRequestError, logit_bias={"99999999": 1}))
+    check("response_format json_object without 'json' in the messages raises BadRequestError",
+          expect(openai.BadRequestError, response_format={"type": "json_object"}))
+    check("tools (not supported) raises BadRequestError",
+          expect(openai.BadRequestError,
+                 tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]))
     check("n=9 raises BadRequestError", expect(openai.BadRequestError, n=9))
     check("an unknown argument raises BadRequestError",
           expect(openai.BadRequestError, extra_body={"bogus_argument": 1}))
@@ -309,6 +366,9 @@ def main():
           verdict(chat_result[1] if chat_result else None))
     check("GET /v1/receipts/{id} of the streamed answer is accepted",
           verdict(stream_result[1] if stream_result else None))
+    check("GET /v1/receipts/{id} of the logit_bias/penalties answer is accepted",
+          verdict(adjusted_id))
+    check("GET /v1/receipts/{id} of the JSON-mode answer is accepted", verdict(json_id))
     check("GET /v1/receipts/{id} of choice 2 of the n=3 answer is accepted",
           verdict(several_result[1][2] if several_result else None))
 

@@ -29,6 +29,9 @@ pub enum BenchCmd {
     /// verification cost, cheater detection, false accusations across thread counts, and
     /// throughput vs a plain candle loop.
     Train(crate::train_cmd::TrainBench),
+    /// The sampler's step 0 (penalties, logit_bias, the JSON-object grammar): decode speed and
+    /// validator replay time vs plain sampling on the same prompt.
+    Sampler(crate::bench_sampler::SamplerBench),
     /// The explorer's queries at 100k blocks / 10k jobs vs a small chain, over HTTP; with
     /// `--browser`, page loads and first paint in headless Chromium.
     Explorer(crate::bench_explorer::ExplorerBench),
@@ -64,6 +67,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Network(b) => crate::bench_network::bench(b),
         BenchCmd::Train(b) => crate::train_cmd::bench(b),
         BenchCmd::Explorer(b) => crate::bench_explorer::bench(b),
+        BenchCmd::Sampler(b) => crate::bench_sampler::bench(b),
     }
 }
 

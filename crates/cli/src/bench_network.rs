@@ -124,6 +124,7 @@ fn params(max_tokens: usize, seed: u64) -> GenParams {
             top_k: 0,
             top_p: 1.0,
             seed,
+            ..Default::default()
         },
         stop: vec![],
     }

@@ -400,6 +400,7 @@ fn logit_stats(deai: &[Vec<f32>], llama: &[TopLogits], vocab: usize) -> Result<L
         top_k: 40,
         top_p: 0.95,
         seed,
+        ..Default::default()
     };
     let (mut free_g, mut free_s) = (0usize, 0usize);
     let mut other = vec![f32::NEG_INFINITY; vocab];

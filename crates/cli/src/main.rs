@@ -10,6 +10,7 @@
 mod bench;
 mod bench_explorer;
 mod bench_network;
+mod bench_sampler;
 mod calibrate_cmd;
 mod chain_cmd;
 mod devnet_cmd;
@@ -127,9 +128,37 @@ struct SampleArgs {
     /// Stop when the output contains this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Subtracted once from the logit of every token already in the output (-2..=2).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Subtracted from a token's logit per occurrence in the output (-2..=2).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// TOKEN=BIAS: add BIAS (-100..=100) to that token id's logit (repeatable).
+    #[arg(long, value_name = "TOKEN=BIAS", value_parser = parse_bias, allow_negative_numbers = true)]
+    logit_bias: Vec<(u32, f32)>,
+    /// Constrain the output to one JSON object (the sampler masks every other token).
+    #[arg(long)]
+    json_object: bool,
     /// System message (default: the model's own).
     #[arg(long)]
     system: Option<String>,
+}
+
+/// `TOKEN=BIAS` for `--logit-bias`.
+fn parse_bias(s: &str) -> std::result::Result<(u32, f32), String> {
+    let (t, b) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected TOKEN=BIAS, got {s:?}"))?;
+    let t = t
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("{t:?} is not a token id"))?;
+    let b = b
+        .trim()
+        .parse::<f32>()
+        .map_err(|_| format!("{b:?} is not a number"))?;
+    Ok((t, b))
 }
 
 impl SampleArgs {
@@ -139,6 +168,9 @@ impl SampleArgs {
             bail!("-n/--max-tokens must be at least 1");
         }
         let p = self.params();
+        if p.sampling.logit_bias.windows(2).any(|w| w[0].0 == w[1].0) {
+            bail!("--logit-bias names a token id twice");
+        }
         p.sampling.validate()?;
         Ok(p)
     }
@@ -151,6 +183,16 @@ impl SampleArgs {
                 top_k: self.top_k,
                 top_p: self.top_p,
                 seed: self.seed,
+                // `+ 0.0`: -0 is written as 0 (a receipt has one encoding per value).
+                presence_penalty: self.presence_penalty + 0.0,
+                frequency_penalty: self.frequency_penalty + 0.0,
+                logit_bias: {
+                    let mut b: Vec<(u32, f32)> =
+                        self.logit_bias.iter().map(|&(t, x)| (t, x + 0.0)).collect();
+                    b.sort_by_key(|(t, _)| *t);
+                    b
+                },
+                json_object: self.json_object,
             },
             stop: self.stop.clone(),
         }

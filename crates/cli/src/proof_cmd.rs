@@ -471,6 +471,7 @@ pub fn bench(b: ProofBench) -> Result<()> {
                 top_k: 40,
                 top_p: 0.95,
                 seed: i as u64,
+                ..Default::default()
             }
         },
         stop: vec![],

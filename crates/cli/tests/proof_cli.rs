@@ -151,3 +151,124 @@ fn bench_proof_json_on_a_tiny_model() {
     assert_eq!(summary["honest_runs"], 4);
     assert!(summary["proof_bytes_per_token"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn bench_sampler_json_on_a_tiny_model() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let model = h.join("tiny.gguf");
+    std::fs::write(&model, tiny_model_gguf(&TinySpec::default())).unwrap();
+    let m = model.to_str().unwrap();
+    let o = deai(
+        h,
+        &[
+            "bench",
+            "sampler",
+            "-m",
+            m,
+            "--gen-tokens",
+            "8",
+            "--reps",
+            "1",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["case"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["plain greedy", "penalties + logit_bias", "json_object"]
+    );
+    for c in cases {
+        assert!(c["decode_tps"].as_f64().unwrap() > 0.0, "{c}");
+        assert!(c["verify_ms"].as_f64().unwrap() > 0.0, "{c}");
+        assert!((1..=8).contains(&c["tokens"].as_u64().unwrap()), "{c}");
+    }
+    assert_eq!(cases[0]["decode_ratio"], 1.0);
+    let o = deai(h, &["bench", "sampler", "-m", m, "--reps", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("--reps"), "{}", text(&o.stderr));
+}
+
+/// `--presence-penalty`, `--frequency-penalty` and `--logit-bias` go into a version-2 receipt
+/// that `deai verify` replays; a bias outside the vocabulary is a clear error.
+#[test]
+fn penalties_and_logit_bias_are_signed_and_verified() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let model = h.join("tiny.gguf");
+    std::fs::write(&model, tiny_model_gguf(&TinySpec::default())).unwrap();
+    let m = model.to_str().unwrap();
+    let receipt = h.join("adjusted.json");
+    let r = receipt.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "hello", "--raw", "-m", m, "-n", "30", "--json"];
+        args.extend_from_slice(extra);
+        deai(h, &args)
+    };
+    let adjusted = run(&[
+        "--presence-penalty",
+        "1.5",
+        "--frequency-penalty=-0.5",
+        "--logit-bias",
+        "17=4",
+        "--logit-bias",
+        "3=-100",
+        "--receipt",
+        r,
+    ]);
+    assert!(adjusted.status.success(), "{}", text(&adjusted.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
+    assert_eq!(v["version"], 2, "{v}");
+    assert_eq!(v["sampling"]["presence_penalty"], 1.5);
+    assert_eq!(
+        v["sampling"]["logit_bias"],
+        serde_json::json!([[3, -100.0], [17, 4.0]])
+    );
+    let o = deai(h, &["verify", r, "--json", "-m", m]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    // The same run without them picks other tokens (so the flags did something).
+    let plain = run(&[]);
+    assert!(plain.status.success());
+    let tokens = |o: &Output| {
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["output_tokens"].clone()
+    };
+    assert!(tokens(&plain).is_array());
+    assert_ne!(tokens(&adjusted), tokens(&plain));
+    // --json-object: the text is a JSON object prefix, the grammar is signed and replayed.
+    let jr = h.join("json.json");
+    let o = run(&["--json-object", "--receipt", jr.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let answer = out["text"].as_str().unwrap();
+    assert!(
+        deai_engine::json_prefix::JsonPrefix::new()
+            .after(answer.as_bytes())
+            .is_some(),
+        "{answer:?}"
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&jr).unwrap()).unwrap();
+    assert_eq!(v["sampling"]["json_object"], true, "{v}");
+    let o = deai(h, &["verify", jr.to_str().unwrap(), "-m", m]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    // Out of range, repeated, unparsable, outside the vocabulary.
+    for (args, says, code) in [
+        (&["--presence-penalty", "2.5"][..], "presence_penalty", 1),
+        (&["--logit-bias", "5=101"], "logit_bias", 1),
+        (&["--logit-bias", "5=1", "--logit-bias", "5=2"], "twice", 1),
+        (&["--logit-bias", "5"], "TOKEN=BIAS", 2),
+        (&["--logit-bias", "x=1"], "not a token id", 2),
+        (&["--logit-bias", "999999=1"], "token 999999", 1),
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(says),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+}

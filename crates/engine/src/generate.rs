@@ -256,7 +256,7 @@ impl Engine {
         top_logprobs: Option<usize>,
         mut on_token: impl FnMut(&TokenEvent),
     ) -> Result<Generation> {
-        params.sampling.validate()?;
+        params.sampling.validate_for_vocab(self.model.cfg.vocab)?;
         if let Some(k) = top_logprobs.filter(|&k| k > sampler::MAX_TOP_LOGPROBS) {
             return Err(EngineError::InvalidParam(format!(
                 "top_logprobs must be at most {}, got {k}",
@@ -301,9 +301,15 @@ impl Engine {
         let mut text = TextStream::new(&params.stop);
         let mut output = Vec::new();
         let mut logits = out.logits;
+        let mut counts = sampler::Adjuster::new(&params.sampling, &self.model.tokenizer);
         let stop_reason = loop {
             let pos = (prompt.len() + output.len()) as u64;
-            let tok = sampler::sample(&logits, &params.sampling, pos);
+            let tok = sampler::sample(
+                &counts.adjust(&logits, &params.sampling),
+                &params.sampling,
+                pos,
+            );
+            counts.push(tok);
             output.push(tok);
             if stops.contains(&tok) {
                 let rest = text.flush();

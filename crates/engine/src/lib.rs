@@ -7,13 +7,14 @@
 //! named by a [`KernelProfile`] which receipts carry.
 //!
 //! Owns: GGUF reading and writing, tensor formats and kernels, the llama model file,
-//! tokenizer, sampler, KV and prefix caches, the generation loop.
+//! tokenizer, sampler (with its JSON-object grammar), KV and prefix caches, the generation loop.
 //! Must never depend on: networking, the ledger, receipts/proofs (those depend on us), or
 //! any clock inside the arithmetic (timings are measured around it, never inside it).
 
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod json_prefix;
 pub mod kernels;
 pub mod kv;
 pub mod model;

@@ -2,6 +2,15 @@
 //!
 //! Anyone holding the logits of a position can reproduce the token picked there:
 //!
+//! 0. Logit adjustments (OpenAI's `logit_bias`, `presence_penalty`, `frequency_penalty`): the
+//!    logit `l` of a token `t` listed in `logit_bias` becomes `l + bias`; then, if `t` occurs `c > 0` times among the
+//!    output tokens before this position, `- presence - frequency * c` (left to right, each
+//!    step an f32 operation, `c` converted to f32). With `json_object`, every token is then
+//!    set to minus infinity unless it keeps the output one JSON object
+//!    ([`crate::json_prefix`]): before the object is complete, a non-control token whose
+//!    bytes extend the output's bytes to a prefix of one; once it is complete, only the stop
+//!    tokens. With no bias, zero penalties and no `json_object` the logits are used as they
+//!    are. Steps 1-3 see the adjusted logits.
 //! 1. `temperature == 0`: greedy, the lowest index among the maximal logits.
 //! 2. Otherwise candidates are ordered by logit descending, ties by index ascending; the first
 //!    `top_k` are kept (`0` keeps all). Weights are `exp((l - l_max) / temperature)` in f64
@@ -14,9 +23,13 @@
 //! `position` is the absolute position in the sequence of the token being sampled.
 
 use crate::error::{EngineError, Result};
+use crate::json_prefix::JsonPrefix;
+use crate::tokenizer::Tokenizer;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::collections::HashMap;
 
 pub const SAMPLER_ID: &str = "deai-sampler-v1";
 
@@ -29,7 +42,35 @@ pub struct SamplingParams {
     /// In (0, 1]; 1 = no nucleus cut.
     pub top_p: f32,
     pub seed: u64,
+    /// In `[-2, 2]`: subtracted once from the logit of every token already in the output.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub presence_penalty: f32,
+    /// In `[-2, 2]`: subtracted from a token's logit once per time it is in the output.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub frequency_penalty: f32,
+    /// `(token, bias)` added to those tokens' logits: ids strictly ascending, at most
+    /// [`MAX_LOGIT_BIAS`] entries, each bias in `[-100, 100]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Constrain the output to one JSON object (OpenAI's `response_format: json_object`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub json_object: bool,
 }
+
+fn is_zero(x: &f32) -> bool {
+    *x == 0.0
+}
+
+fn is_false(x: &bool) -> bool {
+    !*x
+}
+
+/// Most `logit_bias` entries per request (OpenAI's limit).
+pub const MAX_LOGIT_BIAS: usize = 300;
+/// Largest `|presence_penalty|` and `|frequency_penalty|`.
+pub const MAX_PENALTY: f32 = 2.0;
+/// Largest `|bias|` in `logit_bias`.
+pub const MAX_BIAS: f32 = 100.0;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -38,6 +79,10 @@ impl Default for SamplingParams {
             top_k: 0,
             top_p: 1.0,
             seed: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            json_object: false,
         }
     }
 }
@@ -56,11 +101,135 @@ impl SamplingParams {
                 self.top_p
             )));
         }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-MAX_PENALTY..=MAX_PENALTY).contains(&v) {
+                return Err(EngineError::InvalidParam(format!(
+                    "{name} must be between -{MAX_PENALTY} and {MAX_PENALTY}, got {v}"
+                )));
+            }
+        }
+        if self.logit_bias.len() > MAX_LOGIT_BIAS {
+            return Err(EngineError::InvalidParam(format!(
+                "logit_bias has {} entries, at most {MAX_LOGIT_BIAS} are allowed",
+                self.logit_bias.len()
+            )));
+        }
+        for (i, &(t, b)) in self.logit_bias.iter().enumerate() {
+            if !(-MAX_BIAS..=MAX_BIAS).contains(&b) {
+                return Err(EngineError::InvalidParam(format!(
+                    "logit_bias for token {t} must be between -{MAX_BIAS} and {MAX_BIAS}, got {b}"
+                )));
+            }
+            if i > 0 && self.logit_bias[i - 1].0 >= t {
+                return Err(EngineError::InvalidParam(
+                    "logit_bias token ids must be strictly ascending".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// [`Self::validate`], and every `logit_bias` token is below `vocab`.
+    pub fn validate_for_vocab(&self, vocab: usize) -> Result<()> {
+        self.validate()?;
+        match self.logit_bias.iter().find(|(t, _)| *t as usize >= vocab) {
+            Some((t, _)) => Err(EngineError::InvalidParam(format!(
+                "logit_bias names token {t}, the vocabulary has {vocab}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether step 0 may change a logit (a bias, a nonzero penalty or the JSON grammar).
+    pub fn adjusts_logits(&self) -> bool {
+        self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || !self.logit_bias.is_empty()
+            || self.json_object
     }
 
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
+    }
+}
+
+/// Step 0 of the sampler for one run: what it needs from the output so far (token counts
+/// for the penalties, the JSON grammar's state) and from the vocabulary (token bytes, which
+/// tokens are control or stop tokens).
+pub struct Adjuster<'t> {
+    tokenizer: &'t Tokenizer,
+    stops: Vec<u32>,
+    counts: HashMap<u32, u32>,
+    /// `Some` with `json_object`: the output's bytes so far, as a JSON prefix. `None` inside
+    /// means the output has already left the grammar (only a dishonest run gets there).
+    json: Option<Option<JsonPrefix>>,
+}
+
+impl<'t> Adjuster<'t> {
+    pub fn new(p: &SamplingParams, tokenizer: &'t Tokenizer) -> Self {
+        Adjuster {
+            tokenizer,
+            stops: tokenizer.stop_ids(),
+            counts: HashMap::new(),
+            json: p.json_object.then_some(Some(JsonPrefix::new())),
+        }
+    }
+
+    /// Record a sampled token.
+    pub fn push(&mut self, token: u32) {
+        *self.counts.entry(token).or_default() += 1;
+        if let Some(state) = &mut self.json {
+            *state = state.and_then(|s| s.after(self.tokenizer.text_piece(token)?));
+        }
+    }
+
+    /// `logits` after step 0 for the next position: borrowed as they are when `p` adjusts
+    /// nothing. Ids outside `logits` are ignored (validation refuses them earlier).
+    pub fn adjust<'a>(&self, logits: &'a [f32], p: &SamplingParams) -> Cow<'a, [f32]> {
+        if !p.adjusts_logits() {
+            return Cow::Borrowed(logits);
+        }
+        let mut out = logits.to_vec();
+        for &(t, b) in &p.logit_bias {
+            if let Some(l) = out.get_mut(t as usize) {
+                *l += b;
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            for (&t, &c) in &self.counts {
+                if let Some(l) = out.get_mut(t as usize) {
+                    *l = *l - p.presence_penalty - p.frequency_penalty * c as f32;
+                }
+            }
+        }
+        if let Some(state) = self.json {
+            let allows = self.json_mask(state);
+            for (t, l) in out.iter_mut().enumerate() {
+                if !allows(t as u32) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    /// Which tokens the JSON grammar lets follow an output in `state` (`None`: the output
+    /// already left it, so none).
+    fn json_mask(&self, state: Option<JsonPrefix>) -> impl Fn(u32) -> bool + '_ {
+        // Most tokens fail on their first byte: test the 256 bytes once.
+        let first: [bool; 256] =
+            std::array::from_fn(|b| state.is_some_and(|s| s.after(&[b as u8]).is_some()));
+        move |token| match state {
+            None => false,
+            Some(s) if s.is_complete() => self.stops.contains(&token),
+            Some(s) => self
+                .tokenizer
+                .text_piece(token)
+                .is_some_and(|b| !b.is_empty() && first[b[0] as usize] && s.after(b).is_some()),
+        }
     }
 }
 
@@ -243,7 +412,8 @@ pub fn accepts_within(
     if sample(logits, p, position) == tok {
         return true;
     }
-    if tol.is_nan() || tol <= 0.0 {
+    // A token step 0 ruled out (minus infinity) is no near-tie on any profile.
+    if tol.is_nan() || tol <= 0.0 || logits[t] == f32::NEG_INFINITY {
         return false;
     }
     let tol = tol as f64;
@@ -402,6 +572,7 @@ mod tests {
             top_k: k,
             top_p: p,
             seed,
+            ..Default::default()
         }
     }
 
@@ -459,6 +630,132 @@ mod tests {
         assert!(params(1.0, 0, 0.0, 0).validate().is_err());
         assert!(params(1.0, 0, 1.5, 0).validate().is_err());
         assert!(params(0.7, 40, 0.9, 0).validate().is_ok());
+    }
+
+    fn adjusted(presence: f32, frequency: f32, bias: Vec<(u32, f32)>) -> SamplingParams {
+        SamplingParams {
+            presence_penalty: presence,
+            frequency_penalty: frequency,
+            logit_bias: bias,
+            ..params(0.0, 0, 1.0, 0)
+        }
+    }
+
+    #[test]
+    fn invalid_adjustments_are_errors() {
+        for bad in [
+            adjusted(2.5, 0.0, vec![]),
+            adjusted(0.0, f32::NAN, vec![]),
+            adjusted(0.0, -2.01, vec![]),
+            adjusted(0.0, 0.0, vec![(3, 100.5)]),
+            adjusted(0.0, 0.0, vec![(3, f32::INFINITY)]),
+            adjusted(0.0, 0.0, vec![(3, 1.0), (3, 2.0)]),
+            adjusted(0.0, 0.0, vec![(4, 1.0), (3, 2.0)]),
+            adjusted(0.0, 0.0, (0..301).map(|t| (t, 1.0)).collect()),
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        let ok = adjusted(-2.0, 2.0, vec![(0, -100.0), (9, 100.0)]);
+        assert!(ok.validate().is_ok());
+        assert!(ok.validate_for_vocab(10).is_ok());
+        let e = ok.validate_for_vocab(9).unwrap_err().to_string();
+        assert!(e.contains("token 9"), "{e}");
+    }
+
+    #[test]
+    fn json_object_masks_every_token_that_leaves_the_grammar() {
+        let tok = tokenizer();
+        let p = SamplingParams {
+            json_object: true,
+            ..params(0.0, 0, 1.0, 0)
+        };
+        let byte = |b: u8| 3 + b as u32;
+        let allowed = |a: &Adjuster| -> Vec<u32> {
+            let logits = vec![0.0f32; tok.vocab_size()];
+            let out = a.adjust(&logits, &p);
+            (0..out.len() as u32)
+                .filter(|&t| out[t as usize].is_finite())
+                .collect()
+        };
+        let mut a = Adjuster::new(&p, &tok);
+        // Start: whitespace or `{`; control tokens and stop tokens never.
+        let mut want = vec![
+            byte(b'\t'),
+            byte(b'\n'),
+            byte(b'\r'),
+            byte(b' '),
+            byte(b'{'),
+        ];
+        want.sort();
+        assert_eq!(allowed(&a), want);
+        // Greedy picks the best allowed token, however strongly the model prefers another.
+        let mut logits = vec![0.0f32; tok.vocab_size()];
+        logits[byte(b'x') as usize] = 50.0;
+        logits[byte(b'{') as usize] = 1.0;
+        assert_eq!(sample(&a.adjust(&logits, &p), &p, 0), byte(b'{'));
+        a.push(byte(b'{'));
+        let mut want = vec![byte(b'\t'), byte(b'\n'), byte(b'\r'), byte(b' ')];
+        want.extend([byte(b'"'), byte(b'}')]);
+        want.sort();
+        assert_eq!(allowed(&a), want);
+        // Inside a key, multi-byte tokens are allowed when every byte fits ("he", "hell").
+        a.push(byte(b'"'));
+        let inside = allowed(&a);
+        assert!(inside.contains(&tok.token_id("hell").unwrap()));
+        assert!(
+            !inside.contains(&byte(b'\n')),
+            "raw control byte inside a string"
+        );
+        a.push(byte(b'"'));
+        a.push(byte(b':'));
+        a.push(byte(b'1'));
+        a.push(byte(b'}'));
+        // Complete: only the stop tokens.
+        let mut stops = tok.stop_ids();
+        stops.sort();
+        assert_eq!(allowed(&a), stops);
+        // An output that left the grammar allows nothing.
+        let mut off = Adjuster::new(&p, &tok);
+        off.push(byte(b'x'));
+        assert!(allowed(&off).is_empty());
+    }
+
+    fn tokenizer() -> Tokenizer {
+        let (tokens, types, merges) = crate::testing::tiny_vocab();
+        Tokenizer::from_parts(tokens, types, merges, "smollm", None, None).unwrap()
+    }
+
+    #[test]
+    fn penalties_count_the_output_and_bias_moves_single_logits() {
+        let tok = tokenizer();
+        let logits = [1.0f32, 3.0, 2.0, 0.5];
+        let mut seen = Adjuster::new(&adjusted(0.5, 0.25, vec![(3, 10.0)]), &tok);
+        // Nothing to adjust: the logits are borrowed as they are.
+        assert!(matches!(
+            seen.adjust(&logits, &params(0.0, 0, 1.0, 0)),
+            Cow::Borrowed(_)
+        ));
+        let p = adjusted(0.5, 0.25, vec![(3, 10.0)]);
+        assert_eq!(&seen.adjust(&logits, &p)[..], &[1.0, 3.0, 2.0, 10.5]);
+        seen.push(1);
+        seen.push(1);
+        seen.push(2);
+        // Token 1 seen twice: 3 - 0.5 - 0.25*2; token 2 once: 2 - 0.5 - 0.25.
+        assert_eq!(&seen.adjust(&logits, &p)[..], &[1.0, 2.0, 1.25, 10.5]);
+        // Greedy follows the adjusted logits: the bias wins, then without it a penalty
+        // hands the pick from token 1 to token 2.
+        assert_eq!(sample(&seen.adjust(&logits, &p), &p, 0), 3);
+        let p = adjusted(1.5, 0.0, vec![]);
+        let mut once = Adjuster::new(&p, &tok);
+        once.push(1);
+        assert_eq!(sample(&logits, &p, 0), 1);
+        assert_eq!(sample(&once.adjust(&logits, &p), &p, 0), 2);
+        // Negative penalties encourage repeats; ids outside the logits are ignored.
+        let p = adjusted(-2.0, 0.0, vec![(99, 5.0)]);
+        let mut zero = Adjuster::new(&p, &tok);
+        zero.push(0);
+        assert_eq!(&zero.adjust(&logits, &p)[..], &[3.0, 3.0, 2.0, 0.5]);
+        assert_eq!(sample(&zero.adjust(&logits, &p), &p, 0), 0);
     }
 
     /// Logits of another profile: every logit moved by a pseudo-random amount in

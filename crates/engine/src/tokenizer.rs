@@ -382,6 +382,15 @@ impl Tokenizer {
         self.pieces.get(id as usize).cloned()
     }
 
+    /// The bytes of a non-control token, borrowed (`None` for control tokens and ids outside
+    /// the vocabulary).
+    pub fn text_piece(&self, id: u32) -> Option<&[u8]> {
+        if self.is_control(id) {
+            return None;
+        }
+        self.pieces.get(id as usize).map(Vec::as_slice)
+    }
+
     /// The concatenated [`Tokenizer::token_bytes`] of `ids` as (lossy) UTF-8; out-of-range ids
     /// are skipped. Control tokens appear as their text.
     pub fn decode(&self, ids: &[u32]) -> String {

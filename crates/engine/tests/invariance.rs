@@ -141,6 +141,7 @@ fn generation_with_prefix_cache_matches_cold_run() {
             top_k: 40,
             top_p: 0.95,
             seed: 99,
+            ..Default::default()
         },
         stop: vec![],
     };
@@ -423,6 +424,7 @@ fn logprobs_describe_the_validators_logits_and_leave_the_tokens_alone() {
             top_k: 0,
             top_p: 0.9,
             seed: 5,
+            ..Default::default()
         },
         stop: vec![],
     };

@@ -243,6 +243,7 @@ fn generation_reuses_shared_system_prompt_and_replays_exactly() {
             top_k: 0,
             top_p: 1.0,
             seed,
+            ..Default::default()
         },
         stop: vec![],
     };
@@ -266,6 +267,7 @@ fn generation_reuses_shared_system_prompt_and_replays_exactly() {
             top_k: 40,
             top_p: 0.9,
             seed: 3,
+            ..Default::default()
         },
         ..sampled(3)
     };

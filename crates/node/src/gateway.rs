@@ -22,7 +22,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use deai_engine::sampler::{TokenLogprobs, MAX_TOP_LOGPROBS};
+use deai_engine::sampler::{self, TokenLogprobs, MAX_TOP_LOGPROBS};
 use deai_engine::tokenizer::{chat_prompt, ChatMessage, Tokenizer};
 use deai_engine::{GenParams, SamplingParams, StopReason};
 use deai_ledger::{Address, TxKind};
@@ -773,6 +773,12 @@ struct Common {
     logprobs: Option<Value>,
     /// Chat only: alternatives per token (0..=20), with `logprobs: true`.
     top_logprobs: Option<Value>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    /// `{"token id": bias}`, bias in -100..=100.
+    logit_bias: Option<Value>,
+    /// `{"type": "text"}` or `{"type": "json_object"}`.
+    response_format: Option<Value>,
     /// Every other field, checked by [`Common::check_rest`].
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
@@ -804,12 +810,9 @@ impl Common {
             let off = match k.as_str() {
                 k if IGNORED_PARAMS.contains(&k) => true,
                 "echo" => v.is_null() || *v == Value::Bool(false),
-                "presence_penalty" | "frequency_penalty" => v.is_null() || v.as_f64() == Some(0.0),
                 "best_of" => v.is_null() || v.as_u64() == Some(1),
-                "logit_bias" => v.is_null() || v.as_object().is_some_and(|m| m.is_empty()),
                 "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
                 "tool_choice" | "function_call" => v.is_null() || v.as_str() == Some("none"),
-                "response_format" => v.is_null() || v["type"].as_str() == Some("text"),
                 "suffix" => v.is_null() || v.as_str() == Some(""),
                 _ => {
                     return Err(http_error(
@@ -888,7 +891,99 @@ impl Common {
         }
     }
 
-    fn params(&self, prompt_len: usize, n_ctx: usize) -> Result<GenParams, HttpError> {
+    /// `logit_bias` as the sampler takes it: ids parsed, below `vocab`, sorted, each bias in
+    /// range.
+    fn logit_bias(&self, vocab: usize) -> Result<Vec<(u32, f32)>, HttpError> {
+        let bad = |m: String| http_error(StatusCode::BAD_REQUEST, m);
+        let map = match &self.logit_bias {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Object(m)) => m,
+            Some(v) => {
+                return Err(bad(format!(
+                    "logit_bias must be an object mapping token ids to biases, got {v}"
+                )))
+            }
+        };
+        if map.len() > sampler::MAX_LOGIT_BIAS {
+            return Err(bad(format!(
+                "logit_bias has {} entries, at most {} are allowed",
+                map.len(),
+                sampler::MAX_LOGIT_BIAS
+            )));
+        }
+        let mut out = Vec::with_capacity(map.len());
+        for (k, v) in map {
+            let t = k
+                .parse::<u32>()
+                .ok()
+                .filter(|&t| (t as usize) < vocab)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "logit_bias key {k:?} is not a token id of this model (0..{vocab})"
+                    ))
+                })?;
+            let b = v
+                .as_f64()
+                .filter(|b| (-100.0..=100.0).contains(b))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "logit_bias for token {k} must be a number between -100 and 100, got {v}"
+                    ))
+                })?;
+            // `+ 0.0` turns -0 into 0 (receipts keep one encoding per value).
+            out.push((t, b as f32 + 0.0));
+        }
+        out.sort_by_key(|(t, _)| *t);
+        if out.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(bad("logit_bias names a token id twice".into()));
+        }
+        Ok(out)
+    }
+
+    /// Whether `response_format` asks for one JSON object. As OpenAI requires, the prompt
+    /// must then mention JSON (a model not told to write JSON can fill its budget with
+    /// whitespace, which the grammar allows).
+    fn json_object(&self, prompt: &str) -> Result<bool, HttpError> {
+        let bad = |m: String| http_error(StatusCode::BAD_REQUEST, m);
+        let json =
+            match &self.response_format {
+                None | Some(Value::Null) => false,
+                Some(v) => match v["type"].as_str() {
+                    Some("text") => false,
+                    Some("json_object") => true,
+                    Some("json_schema") => return Err(bad(
+                        "response_format json_schema is not supported by this gateway (answers \
+                         can be constrained to a JSON object: use json_object)"
+                            .into(),
+                    )
+                    .with_code("unsupported_parameter")),
+                    _ => {
+                        return Err(bad(format!(
+                            "response_format must be {{\"type\": \"text\"}} or \
+                         {{\"type\": \"json_object\"}}, got {v}"
+                        )))
+                    }
+                },
+            };
+        if json && !prompt.to_lowercase().contains("json") {
+            return Err(bad(
+                "'messages' must contain the word 'json' in some form, to use 'response_format' \
+                 of type 'json_object'"
+                    .into(),
+            ));
+        }
+        Ok(json)
+    }
+
+    /// The generation parameters; `prompt` is what the client wrote (the messages' text, or
+    /// the completion prompt).
+    fn params(
+        &self,
+        prompt: &str,
+        prompt_len: usize,
+        n_ctx: usize,
+        vocab: usize,
+    ) -> Result<GenParams, HttpError> {
         self.check_rest()?;
         let bad = |m: String| http_error(StatusCode::BAD_REQUEST, m);
         let max = match self.max_completion_tokens.or(self.max_tokens) {
@@ -906,6 +1001,14 @@ impl Common {
         if !(top_p > 0.0 && top_p <= 1.0) {
             return Err(bad(format!("top_p must be in (0, 1], got {top_p}")));
         }
+        let penalty = |name: &str, v: Option<f64>| match v.unwrap_or(0.0) {
+            v if (-2.0..=2.0).contains(&v) => Ok(v as f32 + 0.0),
+            v => Err(bad(format!("{name} must be between -2 and 2, got {v}"))),
+        };
+        let presence_penalty = penalty("presence_penalty", self.presence_penalty)?;
+        let frequency_penalty = penalty("frequency_penalty", self.frequency_penalty)?;
+        let logit_bias = self.logit_bias(vocab)?;
+        let json_object = self.json_object(prompt)?;
         let stop: Vec<String> = match &self.stop {
             None | Some(Value::Null) => vec![],
             Some(Value::String(s)) => vec![s.clone()],
@@ -924,9 +1027,13 @@ impl Common {
         Ok(GenParams {
             max_tokens: max,
             sampling: SamplingParams {
-                temperature: temperature as f32,
+                temperature: temperature as f32 + 0.0,
                 top_k: 0,
                 top_p: top_p as f32,
+                presence_penalty,
+                frequency_penalty,
+                logit_bias,
+                json_object,
                 // No seed asked: draw one (it is in the receipt, so the run stays checkable).
                 seed: self.seed.unwrap_or_else(|| {
                     u64::from_le_bytes(deai_proof::random_nonce()[..8].try_into().expect("8 bytes"))
@@ -1167,7 +1274,13 @@ async fn chat_completions(
         .tokenizer
         .encode(&text, true)
         .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let params = req.common.params(tokens.len(), model.n_ctx)?;
+    let said: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
+    let params = req.common.params(
+        &said.join("\n"),
+        tokens.len(),
+        model.n_ctx,
+        model.tokenizer.vocab_size(),
+    )?;
     let top = req.common.top_logprobs(true)?;
     let stream = req.common.stream.unwrap_or(false);
     let prompt = json!(msgs
@@ -1212,7 +1325,12 @@ async fn completions(
         .tokenizer
         .encode(&prompt, false)
         .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let params = req.common.params(tokens.len(), model.n_ctx)?;
+    let params = req.common.params(
+        &prompt,
+        tokens.len(),
+        model.n_ctx,
+        model.tokenizer.vocab_size(),
+    )?;
     let top = req.common.top_logprobs(false)?;
     let n = req.common.n()?;
     let stream = req.common.stream.unwrap_or(false);
@@ -1517,15 +1635,80 @@ mod param_tests {
     use super::*;
 
     fn check(extra: Value) -> Result<(), (StatusCode, String, &'static str)> {
+        params(extra).map(|_| ())
+    }
+
+    fn params(extra: Value) -> Result<GenParams, (StatusCode, String, &'static str)> {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         for (k, v) in extra.as_object().unwrap() {
             body[k] = v.clone();
         }
         let req: ChatRequest = serde_json::from_value(body).unwrap();
         req.common
-            .params(3, 2048)
-            .map(|_| ())
+            .params("reply in JSON", 3, 2048, 1000)
             .map_err(|e| (e.status, e.message, e.code))
+    }
+
+    #[test]
+    fn penalties_and_logit_bias_reach_the_sampler_in_canonical_form() {
+        let p = params(json!({
+            "presence_penalty": 0.5, "frequency_penalty": -0.0,
+            "logit_bias": {"999": -100, "7": 2.5, "0": 0}
+        }))
+        .unwrap()
+        .sampling;
+        assert_eq!(p.presence_penalty, 0.5);
+        // -0 becomes 0: a receipt has one encoding per value.
+        assert_eq!(p.frequency_penalty.to_bits(), 0);
+        assert_eq!(p.logit_bias, vec![(0, 0.0), (7, 2.5), (999, -100.0)]);
+        assert!(p.validate_for_vocab(1000).is_ok());
+        // JSON mode, when the prompt mentions JSON (as OpenAI requires).
+        let json = json!({"response_format": {"type": "json_object"}});
+        assert!(params(json.clone()).unwrap().sampling.json_object);
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "m", "messages": [], "response_format": {"type": "json_object"}
+        }))
+        .unwrap();
+        let e = req.common.params("hi", 3, 2048, 1000).unwrap_err();
+        assert!(
+            e.message.contains("must contain the word 'json'"),
+            "{}",
+            e.message
+        );
+        let (_, msg, _) = params(json!({"response_format": {"type": "xml"}})).unwrap_err();
+        assert!(msg.starts_with("response_format must be"), "{msg}");
+        // Left out: nothing adjusts the logits, so the receipt stays version 1.
+        assert!(!params(json!({})).unwrap().sampling.adjusts_logits());
+        let many: serde_json::Map<String, Value> =
+            (0..301).map(|i| (i.to_string(), json!(1))).collect();
+        for (bad, says) in [
+            (
+                json!({"presence_penalty": 2.5}),
+                "presence_penalty must be between -2 and 2",
+            ),
+            (
+                json!({"frequency_penalty": -3}),
+                "frequency_penalty must be between -2 and 2",
+            ),
+            (
+                json!({"logit_bias": {"1000": 1}}),
+                "not a token id of this model (0..1000)",
+            ),
+            (json!({"logit_bias": {"x": 1}}), "not a token id"),
+            (json!({"logit_bias": {"-1": 1}}), "not a token id"),
+            (json!({"logit_bias": {"5": 101}}), "between -100 and 100"),
+            (json!({"logit_bias": {"5": "high"}}), "between -100 and 100"),
+            (
+                json!({"logit_bias": {"5": 1, "05": 2}}),
+                "names a token id twice",
+            ),
+            (json!({"logit_bias": [1, 2]}), "must be an object"),
+            (json!({"logit_bias": Value::Object(many)}), "at most 300"),
+        ] {
+            let (status, msg, _) = params(bad.clone()).unwrap_err();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(msg.contains(says), "{bad}: {msg}");
+        }
     }
 
     #[test]
@@ -1535,21 +1718,19 @@ mod param_tests {
             json!({"temperature": 0.5, "seed": 1, "stop": ["x"], "n": 1}),
             json!({"user": "u", "metadata": {"a": "b"}, "store": false}),
             json!({"stream_options": {"include_usage": true}}),
-            json!({"logprobs": false, "presence_penalty": 0, "frequency_penalty": 0.0}),
-            json!({"tools": [], "tool_choice": "none", "logit_bias": {}}),
+            json!({"logprobs": false, "presence_penalty": 0.5, "frequency_penalty": 0.0}),
+            json!({"tools": [], "tool_choice": "none", "logit_bias": {"42": 5}}),
             json!({"response_format": {"type": "text"}, "best_of": 1, "suffix": ""}),
         ] {
             assert_eq!(check(ok.clone()), Ok(()), "{ok}");
         }
         // Asking for a feature this gateway does not have is a 400 naming it.
         for (bad, name) in [
-            (json!({"presence_penalty": 0.5}), "presence_penalty"),
             (json!({"echo": true}), "echo"),
-            (json!({"logit_bias": {"42": 5}}), "logit_bias"),
             (json!({"tools": [{"type": "function"}]}), "tools"),
             (json!({"tool_choice": "auto"}), "tool_choice"),
             (
-                json!({"response_format": {"type": "json_object"}}),
+                json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
                 "response_format",
             ),
             (json!({"best_of": 3}), "best_of"),

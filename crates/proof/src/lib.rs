@@ -80,7 +80,7 @@ pub fn build_receipt(
     let proof_us = t0.elapsed().as_micros() as u64;
     let p = &job.params;
     let mut r = Receipt {
-        version: receipt::VERSION,
+        version: receipt::version_for(&job.params.sampling),
         job_id,
         job_nonce: job.nonce,
         model_id: job.model_id,

@@ -1,4 +1,4 @@
-//! Receipt v1: the signed record of one run, its canonical binary encoding and its JSON view.
+//! Receipts v1 and v2: the signed record of one run, its canonical binary encoding and its JSON view.
 //!
 //! The byte layout is specified in `docs/receipt.md`. Encoding is written by hand: versioned,
 //! little-endian, length-prefixed, with explicit maximum sizes. [`Receipt::decode`] rejects
@@ -6,14 +6,26 @@
 //! forms, and never panics.
 
 use crate::activation::{self, ActivationProof, ChunkProof};
-use deai_engine::{GenParams, SamplingParams, StopReason};
+use deai_engine::{sampler, GenParams, SamplingParams, StopReason};
 use deai_types::Hash256;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 /// First bytes of every encoded receipt.
 pub const MAGIC: &[u8; 4] = b"DRCP";
+/// The receipt of a run whose sampler adjusts no logits.
 pub const VERSION: u16 = 1;
+/// The receipt of a run with `logit_bias` or penalties: v1 plus those fields after `seed`.
+pub const VERSION_ADJUSTED: u16 = 2;
+
+/// The version a receipt for `sampling` is written in: each run has exactly one encoding.
+pub fn version_for(sampling: &SamplingParams) -> u16 {
+    if sampling.adjusts_logits() {
+        VERSION_ADJUSTED
+    } else {
+        VERSION
+    }
+}
 /// Largest prompt and output, in tokens.
 pub const MAX_TOKENS: usize = 1 << 16;
 pub const MAX_PROFILE_ID: usize = 64;
@@ -93,22 +105,44 @@ pub fn job_id(
         stops.extend_from_slice(&(st.len() as u64).to_le_bytes());
         stops.extend_from_slice(st.as_bytes());
     }
-    Hash256::digest_parts(
-        "deai-job-v1",
-        &[
-            model_id.as_bytes(),
-            &prompt_commitment(prompt_tokens),
-            &s.temperature.to_bits().to_le_bytes(),
-            &(s.top_k as u64).to_le_bytes(),
-            &s.top_p.to_bits().to_le_bytes(),
-            &s.seed.to_le_bytes(),
-            &(params.max_tokens as u64).to_le_bytes(),
-            &(params.stop.len() as u64).to_le_bytes(),
-            &stops,
-            nonce,
-        ],
-    )
-    .0
+    let temperature = s.temperature.to_bits().to_le_bytes();
+    let top_k = (s.top_k as u64).to_le_bytes();
+    let top_p = s.top_p.to_bits().to_le_bytes();
+    let seed = s.seed.to_le_bytes();
+    let max_tokens = (params.max_tokens as u64).to_le_bytes();
+    let n_stops = (params.stop.len() as u64).to_le_bytes();
+    let prompt = prompt_commitment(prompt_tokens);
+    let mut parts: Vec<&[u8]> = vec![
+        model_id.as_bytes(),
+        &prompt,
+        &temperature,
+        &top_k,
+        &top_p,
+        &seed,
+        &max_tokens,
+        &n_stops,
+        &stops,
+        nonce,
+    ];
+    if !s.adjusts_logits() {
+        return Hash256::digest_parts("deai-job-v1", &parts).0;
+    }
+    // v2 (logit adjustments): the same parts, then the penalties' bits, the bias list and the
+    // output grammar.
+    let penalties: Vec<u8> = [s.presence_penalty, s.frequency_penalty]
+        .iter()
+        .flat_map(|x| x.to_bits().to_le_bytes())
+        .collect();
+    let bias: Vec<u8> = s
+        .logit_bias
+        .iter()
+        .flat_map(|(t, b)| t.to_le_bytes().into_iter().chain(b.to_bits().to_le_bytes()))
+        .collect();
+    let grammar = [u8::from(s.json_object)];
+    parts.push(&penalties);
+    parts.push(&bias);
+    parts.push(&grammar);
+    Hash256::digest_parts("deai-job-v2", &parts).0
 }
 
 impl JobSpec {
@@ -251,6 +285,45 @@ impl<'a> R<'a> {
     }
 }
 
+/// A version-2 receipt's logit adjustments (after `seed`), in canonical form: finite values in
+/// range, no `-0.0`, bias ids strictly ascending, the output grammar 0 (none) or 1 (one JSON
+/// object), and at least one adjustment (a run without any has a version-1 receipt).
+fn decode_adjustments(r: &mut R, s: &mut SamplingParams) -> Result<(), DecodeError> {
+    let value = |r: &mut R, what: &'static str, max: f32| -> Result<f32, DecodeError> {
+        let v = f32::from_bits(r.u32(what)?);
+        if !(-max..=max).contains(&v) || v.to_bits() == 1 << 31 {
+            return Err(DecodeError::NonCanonical(format!("{what} {v}")));
+        }
+        Ok(v)
+    };
+    s.presence_penalty = value(r, "presence penalty", sampler::MAX_PENALTY)?;
+    s.frequency_penalty = value(r, "frequency penalty", sampler::MAX_PENALTY)?;
+    let n = r.u16("logit bias count")? as usize;
+    r.len(n, "logit bias count", 0, sampler::MAX_LOGIT_BIAS)?;
+    s.logit_bias.reserve(n);
+    for _ in 0..n {
+        let t = r.u32("logit bias token")?;
+        if s.logit_bias.last().is_some_and(|&(prev, _)| prev >= t) {
+            return Err(DecodeError::NonCanonical(
+                "logit bias token ids not strictly ascending".into(),
+            ));
+        }
+        let b = value(r, "logit bias", sampler::MAX_BIAS)?;
+        s.logit_bias.push((t, b));
+    }
+    s.json_object = match r.u8("output grammar")? {
+        0 => false,
+        1 => true,
+        x => return Err(DecodeError::NonCanonical(format!("output grammar {x}"))),
+    };
+    if !s.adjusts_logits() {
+        return Err(DecodeError::NonCanonical(
+            "version 2 receipt without logit adjustments (that is version 1)".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn stop_code(r: StopReason) -> u8 {
     match r {
         StopReason::Eos => 0,
@@ -277,6 +350,16 @@ impl Receipt {
         w.u32(s.top_k.min(u32::MAX as usize) as u32);
         w.u32(s.top_p.to_bits());
         w.u64(s.seed);
+        if self.version == VERSION_ADJUSTED {
+            w.u32(s.presence_penalty.to_bits());
+            w.u32(s.frequency_penalty.to_bits());
+            w.u16(s.logit_bias.len().min(u16::MAX as usize) as u16);
+            for (t, b) in &s.logit_bias {
+                w.u32(*t);
+                w.u32(b.to_bits());
+            }
+            w.u8(u8::from(s.json_object));
+        }
         w.u32(self.max_tokens);
         w.u8(self.stop.len().min(255) as u8);
         for st in &self.stop {
@@ -330,7 +413,7 @@ impl Receipt {
             return Err(DecodeError::BadMagic);
         }
         let version = r.u16("version")?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_ADJUSTED {
             return Err(DecodeError::UnknownVersion(version));
         }
         let job_id = r.arr("job id")?;
@@ -354,6 +437,16 @@ impl Receipt {
             return Err(DecodeError::NonCanonical(format!("top_p {top_p}")));
         }
         let seed = r.u64("seed")?;
+        let mut sampling = SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            ..Default::default()
+        };
+        if version == VERSION_ADJUSTED {
+            decode_adjustments(&mut r, &mut sampling)?;
+        }
         let max_tokens = r.u32("max_tokens")?;
         r.len(max_tokens as usize, "max_tokens", 1, MAX_TOKENS)?;
         let n_stop = r.u8("stop count")? as usize;
@@ -424,12 +517,7 @@ impl Receipt {
             prompt_commitment,
             output_tokens,
             output_commitment,
-            sampling: SamplingParams {
-                temperature,
-                top_k,
-                top_p,
-                seed,
-            },
+            sampling,
             max_tokens,
             stop,
             stop_reason,

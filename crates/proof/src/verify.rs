@@ -221,7 +221,7 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
         },
         None,
     );
-    let pv = params.sampling.validate();
+    let pv = params.sampling.validate_for_vocab(engine.model.cfg.vocab);
     c.add(
         "parameters",
         pv.is_ok() && !r.output_tokens.is_empty() && r.output_tokens.len() <= r.max_tokens as usize,
@@ -365,8 +365,11 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
             let s = &r.sampling;
             let mut first: Option<(usize, String)> = None;
             let mut ties = 0;
+            let mut counts = sampler::Adjuster::new(s, &engine.model.tokenizer);
             for (i, &tok) in r.output_tokens.iter().enumerate() {
-                let row = &o.logits[i * vocab..(i + 1) * vocab];
+                let row = counts.adjust(&o.logits[i * vocab..(i + 1) * vocab], s);
+                let row = &row[..];
+                counts.push(tok);
                 let want = sampler::sample(row, s, (p + i) as u64);
                 if want == tok {
                     continue;

@@ -46,6 +46,7 @@ fn receipt(
             top_k: 40,
             top_p: 0.9,
             seed,
+            ..Default::default()
         },
         stop,
         stop_reason: StopReason::MaxTokens,
@@ -102,8 +103,8 @@ fn trailing_bytes_version_magic_and_size() {
     b.push(0);
     assert_eq!(Receipt::decode(&b), Err(DecodeError::TrailingBytes(1)));
     let mut b = sample();
-    b[4] = 2;
-    assert_eq!(Receipt::decode(&b), Err(DecodeError::UnknownVersion(2)));
+    b[4] = 3;
+    assert_eq!(Receipt::decode(&b), Err(DecodeError::UnknownVersion(3)));
     let mut b = sample();
     b[0] = b'X';
     assert_eq!(Receipt::decode(&b), Err(DecodeError::BadMagic));
@@ -161,6 +162,67 @@ fn oversized_lengths_and_non_canonical_fields() {
     let mut r = Receipt::decode(&sample()).unwrap();
     r.stop.push(String::new());
     assert!(r.to_bytes().is_err());
+}
+
+/// Version 2 carries the logit adjustments after the seed; each run has one encoding.
+#[test]
+fn version_2_carries_logit_adjustments_canonically() {
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let mut r = Receipt::decode(&sample()).unwrap();
+    r.sampling.presence_penalty = 0.5;
+    r.sampling.frequency_penalty = -1.0;
+    r.sampling.logit_bias = vec![(3, 2.5), (70_000, -100.0)];
+    // Adjustments need version 2: the version-1 layout cannot hold them.
+    assert!(r.sign(&key).is_err());
+    r.version = deai_proof::receipt::version_for(&r.sampling);
+    assert_eq!(r.version, 2);
+    r.sign(&key).unwrap();
+    let b = r.to_bytes().unwrap();
+    assert_eq!(Receipt::decode(&b).unwrap(), r);
+    assert_eq!(Receipt::from_json(&r.to_json()).unwrap(), r);
+    r.verify_signature().unwrap();
+    assert_eq!(b.len(), sample().len() + 4 + 4 + 2 + 2 * 8 + 1);
+    for n in 0..b.len() {
+        assert!(Receipt::decode(&b[..n]).is_err(), "prefix {n} decoded");
+    }
+    // After the seed: presence, frequency, the bias count, then (id, bias) pairs.
+    let at = prompt_count_at() + 4 + 12 + 32 + 4 + 160 + 32 + 4 + 4 + 4 + 8;
+    assert_eq!(&b[at..at + 4], &0.5f32.to_bits().to_le_bytes());
+    let non_canonical = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut c = b.clone();
+        edit(&mut c);
+        assert!(
+            matches!(Receipt::decode(&c), Err(DecodeError::NonCanonical(_))),
+            "{:?}",
+            Receipt::decode(&c)
+        );
+    };
+    let put = |c: &mut Vec<u8>, at: usize, v: u32| c[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    non_canonical(&|c| put(c, at, 2.5f32.to_bits()));
+    non_canonical(&|c| put(c, at, (-0.0f32).to_bits()));
+    non_canonical(&|c| put(c, at + 4, f32::NAN.to_bits()));
+    // Ids not ascending; a bias out of range.
+    non_canonical(&|c| put(c, at + 10, 80_000));
+    non_canonical(&|c| put(c, at + 14, 100.5f32.to_bits()));
+    // An output grammar other than none (0) or one JSON object (1).
+    non_canonical(&|c| c[at + 26] = 2);
+    let mut json = r.clone();
+    json.sampling.json_object = true;
+    json.sign(&key).unwrap();
+    let jb = json.to_bytes().unwrap();
+    assert_eq!(jb[at + 26], 1);
+    assert_eq!(Receipt::decode(&jb).unwrap(), json);
+    // A count over the limit.
+    let mut c = b.clone();
+    c[at + 8..at + 10].copy_from_slice(&301u16.to_le_bytes());
+    assert!(matches!(
+        Receipt::decode(&c),
+        Err(DecodeError::Length { .. })
+    ));
+    // Version 2 with nothing to adjust is version 1 written another way.
+    let mut r2 = Receipt::decode(&sample()).unwrap();
+    r2.version = 2;
+    assert!(r2.sign(&key).is_err());
 }
 
 #[test]

@@ -59,6 +59,7 @@ fn sampled(n: usize, seed: u64) -> GenParams {
             top_k: 40,
             top_p: 0.95,
             seed,
+            ..Default::default()
         },
         stop: vec![],
     }
@@ -536,4 +537,89 @@ fn real_model_when_available() {
     let other = load(&q8);
     let r = run(&other, t.id, &toks, &greedy(32), 3);
     assert_caught(&verify(&r, &t.engine, &t.id), &["activations"]);
+}
+
+/// Penalties and `logit_bias` are part of the sampler the verifier replays: a run that used
+/// them verifies (version-2 receipt); tokens sampled without them do not pass under a receipt
+/// that claims them, nor the other way round.
+#[test]
+fn logit_adjustments_are_replayed_and_dropping_them_is_caught() {
+    let t = tiny(&TinySpec::default(), 2, 0);
+    let e = &t.engine;
+    let adjust = |mut p: GenParams| {
+        p.sampling.presence_penalty = 1.5;
+        p.sampling.frequency_penalty = 0.5;
+        p.sampling.logit_bias = vec![(17, 3.0), (200, -100.0)];
+        p
+    };
+    for (i, plain) in [greedy(40), sampled(40, 5)].into_iter().enumerate() {
+        let adjusted = adjust(plain.clone());
+        let honest = run(&t, t.id, &prompt(i as u32), &adjusted, 1);
+        assert_eq!(honest.version, receipt::VERSION_ADJUSTED);
+        let rep = verify(&honest, e, &t.id);
+        assert!(rep.accepted(), "{:?}", rep.first_failure());
+        let unadjusted = run(&t, t.id, &prompt(i as u32), &plain, 1);
+        assert_eq!(unadjusted.version, receipt::VERSION);
+        assert_ne!(
+            honest.output_tokens, unadjusted.output_tokens,
+            "the adjustments must change this run for the test to mean anything"
+        );
+        assert_ne!(honest.job_id, unadjusted.job_id);
+        // Sampled without the adjustments, claimed with them (and the reverse); job id,
+        // commitments and proof made consistent, re-signed.
+        for (mut r, claim) in [
+            (unadjusted.clone(), adjusted.sampling.clone()),
+            (honest.clone(), plain.sampling.clone()),
+        ] {
+            r.sampling = claim;
+            r.version = receipt::version_for(&r.sampling);
+            reseal(&mut r, Some(e));
+            assert_caught(&verify(&r, e, &t.id), &["sampling"]);
+        }
+    }
+}
+
+/// `json_object` is part of the replayed sampler: the output of a constrained run is a JSON
+/// object prefix (whole when it stopped on its own) and verifies; tokens sampled without the
+/// grammar fail under a receipt that claims it, and the reverse.
+#[test]
+fn json_object_runs_verify_and_the_grammar_cannot_be_dropped() {
+    use deai_engine::json_prefix::JsonPrefix;
+    let t = tiny(&TinySpec::default(), 2, 0);
+    let e = &t.engine;
+    for (i, plain) in [greedy(60), sampled(60, 9)].into_iter().enumerate() {
+        let mut json = plain.clone();
+        json.sampling.json_object = true;
+        let honest = run(&t, t.id, &prompt(10 + i as u32), &json, 1);
+        assert_eq!(honest.version, receipt::VERSION_ADJUSTED);
+        let rep = verify(&honest, e, &t.id);
+        assert!(rep.accepted(), "{:?}", rep.first_failure());
+        let tok = &e.model.tokenizer;
+        let body: Vec<u8> = honest
+            .output_tokens
+            .iter()
+            .filter(|&&x| !tok.stop_ids().contains(&x))
+            .flat_map(|&x| tok.text_piece(x).unwrap().to_vec())
+            .collect();
+        let state = JsonPrefix::new()
+            .after(&body)
+            .expect("the output is a JSON prefix");
+        assert_eq!(
+            state.is_complete(),
+            honest.stop_reason == StopReason::Eos,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let unconstrained = run(&t, t.id, &prompt(10 + i as u32), &plain, 1);
+        assert_ne!(honest.output_tokens, unconstrained.output_tokens);
+        for (mut r, claim) in [
+            (unconstrained.clone(), json.sampling.clone()),
+            (honest.clone(), plain.sampling.clone()),
+        ] {
+            r.sampling = claim;
+            r.version = receipt::version_for(&r.sampling);
+            reseal(&mut r, Some(e));
+            assert_caught(&verify(&r, e, &t.id), &["sampling"]);
+        }
+    }
 }
