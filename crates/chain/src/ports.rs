@@ -45,14 +45,13 @@ fn window(span: u16) -> Option<(u16, u16)> {
 
 /// A base port such that `base + o` is free on 127.0.0.1 for every offset `o`, outside the
 /// kernel's ephemeral range and not overlapping any block this process handed out before.
-/// Errors if no such base turns up in a few thousand tries (or the offsets span too much).
+/// Where the ephemeral range leaves no room (or no such block is free), falls back to blocks
+/// at the kernel's own pick; errors only if that fails too.
 pub fn free_port_base(offsets: &[u16]) -> std::io::Result<u16> {
     let span = offsets.iter().copied().max().unwrap_or(0);
     let Some((first, last)) = window(span) else {
-        return Err(std::io::Error::other(format!(
-            "no room outside the ephemeral port range for a block of {} ports",
-            u32::from(span) + 1
-        )));
+        // The ephemeral range covers nearly every port: draw inside it, as before.
+        return ephemeral_base(offsets);
     };
     let width = u32::from(last - first) + 1;
     // Different processes start at different places (pid, clock); calls in one process step
@@ -70,8 +69,23 @@ pub fn free_port_base(offsets: &[u16]) -> std::io::Result<u16> {
     if let Some(base) = first_free(offsets, candidates, &mut taken) {
         return Ok(base);
     }
+    drop(taken);
+    ephemeral_base(offsets)
+}
+
+/// A base from the kernel's own pick (bind port 0), when no block outside the ephemeral range
+/// is free: racier (an outgoing connection may take a port before it is bound), but working.
+fn ephemeral_base(offsets: &[u16]) -> std::io::Result<u16> {
+    let span = offsets.iter().copied().max().unwrap_or(0);
+    for _ in 0..1000 {
+        let base = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = first_free(offsets, std::iter::once(base), &mut taken) {
+            return Ok(b);
+        }
+    }
     Err(std::io::Error::other(format!(
-        "found no free block of {} loopback ports in {first}..={last}",
+        "found no free block of {} loopback ports",
         u32::from(span) + 1
     )))
 }

@@ -4,14 +4,24 @@
 //! [`JsonPrefix`] accepts exactly the byte strings that some continuation turns into a JSON text
 //! (RFC 8259) whose top-level value is an object, ending at that object's closing brace:
 //! whitespace before it, none after. Strings must be well-formed UTF-8 (no overlong forms,
-//! no surrogate code points; `\u` escapes are not paired up, as the RFC's grammar allows) and
-//! may not contain raw control characters. Nesting is capped at [`MAX_DEPTH`].
+//! no surrogate code points), may not contain raw control characters, and their `\u`
+//! escapes must name Unicode scalar values (a high surrogate immediately followed by an
+//! escaped low one, never a lone surrogate). Nesting is capped at [`MAX_DEPTH`].
+//!
+//! Two limits go beyond the RFC so that every complete output parses with common JSON
+//! libraries (serde_json, Python's `json`, JavaScript's `JSON.parse` keep numbers as finite
+//! doubles): at most [`MAX_NUMBER_DIGITS`] digits in a number's integer part and in its
+//! fraction, and at most [`MAX_EXPONENT_DIGITS`] exponent digits, so no number overflows.
 //!
 //! The state is `Copy` and a few bytes long, so the sampler can try every token of the
 //! vocabulary from the current state without allocating.
 
 /// Deepest nesting of objects and arrays accepted.
 pub const MAX_DEPTH: u8 = 64;
+/// Most digits in a number's integer part, and in its fraction.
+pub const MAX_NUMBER_DIGITS: u8 = 100;
+/// Most digits in a number's exponent (so `|exponent| <= 99`).
+pub const MAX_EXPONENT_DIGITS: u8 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Num {
@@ -19,22 +29,39 @@ enum Num {
     Minus,
     /// A leading `0`: no more integer digits.
     Zero,
-    Int,
+    /// This many integer digits so far.
+    Int(u8),
     /// After `.`: a digit must follow.
     Dot,
-    Frac,
+    /// This many fraction digits so far.
+    Frac(u8),
     /// After `e`/`E`: a sign or a digit.
     E,
     /// After the exponent's sign: a digit.
     ESign,
-    Exp,
+    /// This many exponent digits so far.
+    Exp(u8),
 }
 
 impl Num {
     /// Whether the number may end here.
     fn complete(self) -> bool {
-        matches!(self, Num::Zero | Num::Int | Num::Frac | Num::Exp)
+        matches!(self, Num::Zero | Num::Int(_) | Num::Frac(_) | Num::Exp(_))
     }
+}
+
+/// Where a `\u` escape stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Esc {
+    /// `left` hex digits of an escape still to come; `first` is its first digit once read,
+    /// `high` whether it is a high surrogate (`D800`-`DBFF`).
+    Code { left: u8, first: u8, high: bool },
+    /// After a high surrogate: `\` must follow...
+    PairBackslash,
+    /// ...then `u`...
+    PairU,
+    /// ...then the `left` hex digits still to come of a low surrogate (`DC00`-`DFFF`).
+    Low { left: u8 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,10 +86,10 @@ enum Mode {
     Escape {
         key: bool,
     },
-    /// `left` hex digits of a `\u` escape still to come.
+    /// Inside a `\u` escape (or a surrogate pair of them).
     Hex {
         key: bool,
-        left: u8,
+        esc: Esc,
     },
     /// Inside a UTF-8 sequence: the next byte must be in `lo..=hi`, then `left - 1` more
     /// continuation bytes.
@@ -163,7 +190,7 @@ impl JsonPrefix {
             b'"' => Mode::Str { key: false },
             b'-' => Mode::Num(Num::Minus),
             b'0' => Mode::Num(Num::Zero),
-            b'1'..=b'9' => Mode::Num(Num::Int),
+            b'1'..=b'9' => Mode::Num(Num::Int(1)),
             b't' => Mode::Lit(b"rue"),
             b'f' => Mode::Lit(b"alse"),
             b'n' => Mode::Lit(b"ull"),
@@ -195,13 +222,17 @@ impl JsonPrefix {
     fn number_byte(&mut self, n: Num, b: u8) -> bool {
         let next = match (n, b) {
             (Num::Minus, b'0') => Num::Zero,
-            (Num::Minus, b'1'..=b'9') => Num::Int,
-            (Num::Int, b'0'..=b'9') => Num::Int,
-            (Num::Zero | Num::Int, b'.') => Num::Dot,
-            (Num::Dot | Num::Frac, b'0'..=b'9') => Num::Frac,
-            (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => Num::E,
+            (Num::Minus, b'1'..=b'9') => Num::Int(1),
+            (Num::Int(d), b'0'..=b'9') if d < MAX_NUMBER_DIGITS => Num::Int(d + 1),
+            (Num::Zero | Num::Int(_), b'.') => Num::Dot,
+            (Num::Dot, b'0'..=b'9') => Num::Frac(1),
+            (Num::Frac(d), b'0'..=b'9') if d < MAX_NUMBER_DIGITS => Num::Frac(d + 1),
+            (Num::Zero | Num::Int(_) | Num::Frac(_), b'e' | b'E') => Num::E,
             (Num::E, b'+' | b'-') => Num::ESign,
-            (Num::E | Num::ESign | Num::Exp, b'0'..=b'9') => Num::Exp,
+            (Num::E | Num::ESign, b'0'..=b'9') => Num::Exp(1),
+            (Num::Exp(d), b'0'..=b'9') if d < MAX_EXPONENT_DIGITS => Num::Exp(d + 1),
+            // A digit past a cap: no continuation makes this number acceptable.
+            (_, b'0'..=b'9') => return false,
             // The number ends; the byte belongs to what follows it.
             _ if n.complete() => {
                 self.mode = Mode::After;
@@ -210,6 +241,51 @@ impl JsonPrefix {
             _ => return false,
         };
         self.mode = Mode::Num(next);
+        true
+    }
+
+    /// One byte of a `\u` escape. The code must be a Unicode scalar value: `D800`-`DBFF` needs
+    /// an escaped `DC00`-`DFFF` right after it, and `DC00`-`DFFF` alone is refused, each at
+    /// the first byte that decides it.
+    fn escape_byte(&mut self, key: bool, esc: Esc, b: u8) -> bool {
+        let digit = (b as char).to_digit(16).map(|d| d as u8);
+        let next = match (esc, digit) {
+            (Esc::Code { left, first, high }, Some(d)) => match left {
+                4 => Esc::Code {
+                    left: 3,
+                    first: d,
+                    high: false,
+                },
+                // `D` then `C`-`F`: a lone low surrogate; `D` then `8`-`B`: a high one.
+                3 if first == 0xd && d >= 0xc => return false,
+                3 => Esc::Code {
+                    left: 2,
+                    first,
+                    high: first == 0xd && d >= 0x8,
+                },
+                2 => Esc::Code {
+                    left: 1,
+                    first,
+                    high,
+                },
+                _ if high => Esc::PairBackslash,
+                _ => {
+                    self.mode = Mode::Str { key };
+                    return true;
+                }
+            },
+            (Esc::PairBackslash, _) if b == b'\\' => Esc::PairU,
+            (Esc::PairU, _) if b == b'u' => Esc::Low { left: 4 },
+            (Esc::Low { left: 4 }, Some(0xd)) => Esc::Low { left: 3 },
+            (Esc::Low { left: 3 }, Some(d)) if d >= 0xc => Esc::Low { left: 2 },
+            (Esc::Low { left: 2 }, Some(_)) => Esc::Low { left: 1 },
+            (Esc::Low { left: 1 }, Some(_)) => {
+                self.mode = Mode::Str { key };
+                return true;
+            }
+            _ => return false,
+        };
+        self.mode = Mode::Hex { key, esc: next };
         true
     }
 
@@ -256,25 +332,19 @@ impl JsonPrefix {
             Mode::Escape { key } => {
                 self.mode = match b {
                     b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Mode::Str { key },
-                    b'u' => Mode::Hex { key, left: 4 },
+                    b'u' => Mode::Hex {
+                        key,
+                        esc: Esc::Code {
+                            left: 4,
+                            first: 0,
+                            high: false,
+                        },
+                    },
                     _ => return false,
                 };
                 true
             }
-            Mode::Hex { key, left } => {
-                if !b.is_ascii_hexdigit() {
-                    return false;
-                }
-                self.mode = if left == 1 {
-                    Mode::Str { key }
-                } else {
-                    Mode::Hex {
-                        key,
-                        left: left - 1,
-                    }
-                };
-                true
-            }
+            Mode::Hex { key, esc } => self.escape_byte(key, esc, b),
             Mode::Utf8 { key, left, lo, hi } => {
                 if !(lo..=hi).contains(&b) {
                     return false;
@@ -320,9 +390,22 @@ mod tests {
         JsonPrefix::new().after(s).is_some()
     }
 
+    /// Whether `s` has an exponent of three or more digits (`e100`, `E-007`).
+    fn long_exponent(s: &[u8]) -> bool {
+        s.windows(2).enumerate().any(|(i, w)| {
+            matches!(w[0], b'e' | b'E')
+                && s[i + 1..]
+                    .iter()
+                    .skip(usize::from(matches!(w[1], b'+' | b'-')))
+                    .take_while(|b| b.is_ascii_digit())
+                    .count()
+                    >= 3
+        })
+    }
+
     #[test]
     fn whole_objects_are_complete_and_every_prefix_is_a_prefix() {
-        let docs: [&[u8]; 8] = [
+        let docs: [&[u8]; 10] = [
             b"{}",
             b" \n{ }",
             br#"{"a": 1, "b": [true, false, null, -0.5e+10, 0, 12.25E-3], "c": {"d": "x\"\\\/\b\f\n\r\t\u00e9"}}"#,
@@ -331,6 +414,8 @@ mod tests {
             br#"{"n":-12}"#,
             br#"{"e":1e5,"f":0.0}"#,
             br#"{"s":"","t":"a b"}"#,
+            br#"{"pair":"\ud83d\ude00","bmp":"\uD7FF\uE000\u0000"}"#,
+            br#"{"big":-1e99,"small":1E-99}"#,
         ];
         for d in docs {
             assert!(complete(d), "{}", String::from_utf8_lossy(d));
@@ -378,6 +463,12 @@ mod tests {
             b"{\"a\":\"\xed\xa0\x80\"}",
             b"{\"a\":\"\xe2\x82\"}",
             b"{\"a\":\"\xff\"}",
+            // Lone and unpaired surrogate escapes.
+            br#"{"a":"\ud800"}"#,
+            br#"{"a":"\udc00"}"#,
+            br#"{"a":"\ud800\u0041"}"#,
+            br#"{"a":"\ud800x"}"#,
+            br#"{"a":"\ud800\ud800"}"#,
         ] {
             assert!(!complete(bad), "{}", String::from_utf8_lossy(bad));
             let ok = serde_json::from_slice::<serde_json::Value>(bad)
@@ -391,6 +482,31 @@ mod tests {
         assert!(!prefix(b"{\"a\":x"));
         assert!(prefix(b"{\"a\":\"\xe2\x82"));
         assert!(!prefix(b"{\"a\":\"\xe2\x82\x22"));
+        // A lone low surrogate is refused at its second digit, a missing pair at once.
+        assert!(prefix(br#"{"a":"\ud"#));
+        assert!(!prefix(br#"{"a":"\udc"#));
+        assert!(prefix(br#"{"a":"\ud83d"#));
+        assert!(!prefix(br#"{"a":"\ud83d""#));
+        assert!(prefix(br#"{"a":"\ud83d\ud"#));
+        assert!(!prefix(br#"{"a":"\ud83d\ud8"#));
+    }
+
+    /// Numbers stay finite doubles: at most 100 integer and 100 fraction digits, two exponent
+    /// digits (serde_json refuses `1e999`, Python and JavaScript turn it into infinity).
+    #[test]
+    fn numbers_are_capped_to_finite_doubles() {
+        let num = |n: &str| complete(format!("{{\"a\":{n}}}").as_bytes());
+        let digits = |k: usize| "9".repeat(k);
+        assert!(num(&digits(100)));
+        assert!(!num(&digits(101)));
+        assert!(num(&format!("0.{}", digits(100))));
+        assert!(!num(&format!("0.{}", digits(101))));
+        assert!(num("1e99") && num("-1E+99") && num("5e-99"));
+        assert!(!num("1e100") && !num("1e-100"));
+        // The largest accepted number is finite for serde_json.
+        let v: serde_json::Value =
+            serde_json::from_str(&format!("{{\"a\":{}.{}e99}}", digits(100), digits(100))).unwrap();
+        assert!(v["a"].as_f64().unwrap().is_finite());
     }
 
     #[test]
@@ -409,7 +525,7 @@ mod tests {
     /// (without trailing whitespace) is complete.
     #[test]
     fn agrees_with_serde_json_on_random_strings() {
-        let alphabet = b"{}[]:,\" 0-1.eE+tfnrulasx\\";
+        let alphabet = b"{}[]:,\" 0-1.eE+tfnrulasx\\d8c";
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             state ^= state << 13;
@@ -419,7 +535,7 @@ mod tests {
         };
         let mut complete_seen = 0;
         for _ in 0..200_000 {
-            let len = 2 + (next() % 12) as usize;
+            let len = 2 + (next() % 15) as usize;
             let s: Vec<u8> = (0..len)
                 .map(|i| {
                     if i == 0 {
@@ -431,6 +547,11 @@ mod tests {
                 .collect();
             let serde_ok = !s.ends_with(b" ")
                 && serde_json::from_slice::<serde_json::Value>(&s).is_ok_and(|v| v.is_object());
+            // Exponents of 3+ digits are this grammar's own limit (serde_json takes 1e100).
+            if serde_ok && long_exponent(&s) {
+                assert!(!complete(&s));
+                continue;
+            }
             assert_eq!(complete(&s), serde_ok, "{}", String::from_utf8_lossy(&s));
             complete_seen += usize::from(serde_ok);
         }

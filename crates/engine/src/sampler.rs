@@ -110,6 +110,12 @@ impl SamplingParams {
                     "{name} must be between -{MAX_PENALTY} and {MAX_PENALTY}, got {v}"
                 )));
             }
+            // Receipts write each value one way: zero is +0.
+            if v.to_bits() == 1 << 31 {
+                return Err(EngineError::InvalidParam(format!(
+                    "{name} must not be -0 (write 0)"
+                )));
+            }
         }
         if self.logit_bias.len() > MAX_LOGIT_BIAS {
             return Err(EngineError::InvalidParam(format!(
@@ -118,9 +124,10 @@ impl SamplingParams {
             )));
         }
         for (i, &(t, b)) in self.logit_bias.iter().enumerate() {
-            if !(-MAX_BIAS..=MAX_BIAS).contains(&b) {
+            if !(-MAX_BIAS..=MAX_BIAS).contains(&b) || b.to_bits() == 1 << 31 {
                 return Err(EngineError::InvalidParam(format!(
-                    "logit_bias for token {t} must be between -{MAX_BIAS} and {MAX_BIAS}, got {b}"
+                    "logit_bias for token {t} must be between -{MAX_BIAS} and {MAX_BIAS} (and \
+                     not -0), got {b}"
                 )));
             }
             if i > 0 && self.logit_bias[i - 1].0 >= t {
@@ -225,6 +232,8 @@ impl<'t> Adjuster<'t> {
         move |token| match state {
             None => false,
             Some(s) if s.is_complete() => self.stops.contains(&token),
+            // A stop token may not end an unfinished object, even one typed as text.
+            Some(_) if self.stops.contains(&token) => false,
             Some(s) => self
                 .tokenizer
                 .text_piece(token)
@@ -652,6 +661,8 @@ mod tests {
             adjusted(0.0, 0.0, vec![(3, 1.0), (3, 2.0)]),
             adjusted(0.0, 0.0, vec![(4, 1.0), (3, 2.0)]),
             adjusted(0.0, 0.0, (0..301).map(|t| (t, 1.0)).collect()),
+            adjusted(-0.0, 0.0, vec![]),
+            adjusted(0.0, 0.0, vec![(3, -0.0)]),
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
@@ -714,6 +725,17 @@ mod tests {
         let mut stops = tok.stop_ids();
         stops.sort();
         assert_eq!(allowed(&a), stops);
+        // A masked token is no near-tie under any tolerance, greedy or sampled.
+        let zeros = vec![0.0f32; tok.vocab_size()];
+        let masked = a.adjust(&zeros, &p);
+        let sampled = SamplingParams {
+            temperature: 1.0,
+            ..p.clone()
+        };
+        for q in [&p, &sampled] {
+            assert!(!accepts_within(&masked, q, 0, byte(b'x'), 1e6));
+            assert!(accepts_within(&masked, q, 0, sample(&masked, q, 0), 1e6));
+        }
         // An output that left the grammar allows nothing.
         let mut off = Adjuster::new(&p, &tok);
         off.push(byte(b'x'));

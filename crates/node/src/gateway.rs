@@ -755,6 +755,8 @@ struct ChatMsg {
 struct CompletionRequest {
     model: String,
     prompt: Value,
+    /// Answer with the prompt followed by the completion.
+    echo: Option<Value>,
     #[serde(flatten)]
     common: Common,
 }
@@ -967,8 +969,8 @@ impl Common {
             };
         if json && !prompt.to_lowercase().contains("json") {
             return Err(bad(
-                "'messages' must contain the word 'json' in some form, to use 'response_format' \
-                 of type 'json_object'"
+                "'messages' (or the prompt) must contain the word 'json' in some form, to use \
+                 'response_format' of type 'json_object'"
                     .into(),
             ));
         }
@@ -1289,10 +1291,14 @@ async fn chat_completions(
         .collect::<Vec<_>>());
     let prompt = json!({ "owner": key_hash(&headers), "prompt": prompt });
     let n = req.common.n()?;
-    respond(
-        g, client, model, tokens, params, top, n, stream, true, prompt,
-    )
-    .await
+    let reply = Reply {
+        top_logprobs: top,
+        n,
+        stream,
+        chat: true,
+        echo: None,
+    };
+    respond(g, client, model, tokens, params, reply, prompt).await
 }
 
 async fn completions(
@@ -1334,34 +1340,69 @@ async fn completions(
     let top = req.common.top_logprobs(false)?;
     let n = req.common.n()?;
     let stream = req.common.stream.unwrap_or(false);
+    let echo = match &req.echo {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) if top.is_some() => {
+            return Err(http_error(
+                StatusCode::BAD_REQUEST,
+                "echo with logprobs is not supported by this gateway (prompt tokens get no \
+                 logprobs); ask for one or the other",
+            )
+            .with_code("unsupported_parameter"))
+        }
+        Some(Value::Bool(true)) => Some(prompt.clone()),
+        Some(v) => {
+            return Err(http_error(
+                StatusCode::BAD_REQUEST,
+                format!("echo must be a boolean, got {v}"),
+            ))
+        }
+    };
     respond(
         g,
         client,
         model,
         tokens,
         params,
-        top,
-        n,
-        stream,
-        false,
+        Reply {
+            top_logprobs: top,
+            n,
+            stream,
+            chat: false,
+            echo,
+        },
         json!({ "owner": key_hash(&headers), "prompt": prompt }),
     )
     .await
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How to answer a request: the OpenAI shape and options around the runs.
+struct Reply {
+    top_logprobs: Option<usize>,
+    n: usize,
+    stream: bool,
+    /// Chat completion objects (else legacy `text_completion`s).
+    chat: bool,
+    /// Completions' `echo`: this text (the prompt) before each choice's answer.
+    echo: Option<String>,
+}
+
 async fn respond(
     g: Gateway,
     client: Arc<Signer>,
     model: CatalogEntry,
     tokens: Vec<u32>,
     params: GenParams,
-    top_logprobs: Option<usize>,
-    n: usize,
-    stream: bool,
-    chat: bool,
+    reply: Reply,
     prompt: Value,
 ) -> Result<Response, HttpError> {
+    let Reply {
+        top_logprobs,
+        n,
+        stream,
+        chat,
+        echo,
+    } = reply;
     // Completions count logprob text offsets from the start of the prompt.
     let prompt_chars = prompt["prompt"].as_str().map_or(0, |p| p.chars().count());
     let runs = g
@@ -1401,7 +1442,8 @@ async fn respond(
                 json!({ "index": i, "message": { "role": "assistant", "content": a.text },
                         "logprobs": lp, "finish_reason": finish })
             } else {
-                json!({ "index": i, "text": a.text, "logprobs": lp, "finish_reason": finish })
+                let text = format!("{}{}", echo.as_deref().unwrap_or(""), a.text);
+                json!({ "index": i, "text": text, "logprobs": lp, "finish_reason": finish })
             });
             prompt_tokens = a.prompt_tokens;
             completion_tokens += a.output_tokens;
@@ -1444,7 +1486,13 @@ async fn respond(
         }
         Event::default().data(c.to_string())
     };
-    let events = stream_events(runs, chunk, chat);
+    // Chat opens each choice with its role; an echoing completion with the prompt.
+    let opening = match (chat, echo) {
+        (true, _) => Some(json!({ "role": "assistant", "content": "" })),
+        (false, Some(p)) => Some(json!({ "content": p })),
+        (false, None) => None,
+    };
+    let events = stream_events(runs, chunk, opening);
     Ok((receipt_header, Sse::new(events)).into_response())
 }
 
@@ -1531,7 +1579,8 @@ type ChunkFn = dyn Fn(usize, Value, &[(u32, TokenLogprobs)], Option<&str>, Optio
 /// What a stream of `n` choices has seen so far.
 struct StreamState {
     merged: futures::stream::SelectAll<futures::stream::BoxStream<'static, (usize, Out)>>,
-    /// Chat's opening role chunks still to send, one per choice.
+    /// Opening chunks still to send, one per choice (chat: the role; an echoing completion:
+    /// the prompt).
     opening: std::collections::VecDeque<usize>,
     requests: Vec<Hash256>,
     done: Vec<Option<(Hash256, Hash256, Address)>>,
@@ -1549,7 +1598,7 @@ fn stream_events(
         + Send
         + Sync
         + 'static,
-    chat: bool,
+    open_delta: Option<Value>,
 ) -> impl futures::Stream<Item = Result<Event, std::convert::Infallible>> {
     let chunk: Arc<ChunkFn> = Arc::new(chunk);
     let n = runs.len();
@@ -1561,7 +1610,7 @@ fn stream_events(
     }));
     let state = StreamState {
         merged,
-        opening: if chat {
+        opening: if open_delta.is_some() {
             (0..n).collect()
         } else {
             Default::default()
@@ -1572,15 +1621,16 @@ fn stream_events(
         completion_tokens: 0,
         ended: false,
     };
+    let open_delta = Arc::new(open_delta.unwrap_or_default());
     futures::stream::unfold(state, move |mut st| {
         let chunk = chunk.clone();
+        let open_delta = open_delta.clone();
         async move {
             if st.ended {
                 return None;
             }
             if let Some(i) = st.opening.pop_front() {
-                let role = json!({ "role": "assistant", "content": "" });
-                return Some((Ok(chunk(i, role, &[], None, None)), st));
+                return Some((Ok(chunk(i, (*open_delta).clone(), &[], None, None)), st));
             }
             let ev = match st.merged.next().await {
                 Some((i, Out::Text { text, logprobs })) => {

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: &[u8; 4] = b"DRCP";
 /// The receipt of a run whose sampler adjusts no logits.
 pub const VERSION: u16 = 1;
-/// The receipt of a run with `logit_bias` or penalties: v1 plus those fields after `seed`.
+/// The receipt of a run whose sampler adjusts logits (`logit_bias`, penalties, the JSON-object
+/// grammar): v1 plus those settings after `seed`.
 pub const VERSION_ADJUSTED: u16 = 2;
 
 /// The version a receipt for `sampling` is written in: each run has exactly one encoding.

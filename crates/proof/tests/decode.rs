@@ -248,6 +248,24 @@ proptest! {
     }
 
     #[test]
+    fn roundtrip_v2(output in prop::collection::vec(any::<u32>(), 1..40), seed in any::<u64>(),
+                    presence in -2.0f32..=2.0, frequency in -2.0f32..=2.0, json in any::<bool>(),
+                    bias in prop::collection::btree_map(any::<u32>(), -100.0f32..=100.0, 0..20)) {
+        let mut r = receipt(vec![7, 8], output, 16, 64, vec![], seed);
+        // Zero is written +0: the canonical form.
+        r.sampling.presence_penalty = presence + 0.0;
+        r.sampling.frequency_penalty = frequency + 0.0;
+        r.sampling.logit_bias = bias.into_iter().map(|(t, b)| (t, b + 0.0)).collect();
+        r.sampling.json_object = json;
+        r.version = deai_proof::receipt::version_for(&r.sampling);
+        r.sign(&SigningKey::from_bytes(&[5; 32])).unwrap();
+        let b = r.to_bytes().unwrap();
+        prop_assert_eq!(b[4], r.version as u8);
+        prop_assert_eq!(Receipt::decode(&b).unwrap(), r.clone());
+        prop_assert_eq!(Receipt::from_json(&r.to_json()).unwrap(), r);
+    }
+
+    #[test]
     fn random_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..600)) {
         let _ = Receipt::decode(&b);
     }
