@@ -7,9 +7,9 @@
 //!    output tokens before this position, `- presence - frequency * c` (left to right, each
 //!    step an f32 operation, `c` converted to f32). With `json_object`, every token is then
 //!    set to minus infinity unless it keeps the output one JSON object
-//!    ([`crate::json_prefix`]): before the object is complete, a non-control token whose
-//!    bytes extend the output's bytes to a prefix of one; once it is complete, only the stop
-//!    tokens. With no bias, zero penalties and no `json_object` the logits are used as they
+//!    ([`crate::json_prefix`]): before the object is complete, a token that is neither a
+//!    control nor a stop token and whose bytes extend the output's bytes to a prefix of one;
+//!    once it is complete, only the stop tokens. With no bias, zero penalties and no `json_object` the logits are used as they
 //!    are. Steps 1-3 see the adjusted logits.
 //! 1. `temperature == 0`: greedy, the lowest index among the maximal logits.
 //! 2. Otherwise candidates are ordered by logit descending, ties by index ascending; the first

@@ -1355,7 +1355,8 @@ async fn completions(
             return Err(http_error(
                 StatusCode::BAD_REQUEST,
                 format!("echo must be a boolean, got {v}"),
-            ))
+            )
+            .with_code("invalid_value"))
         }
     };
     respond(
