@@ -284,9 +284,13 @@ struct JobQuery {
     account: Option<String>,
     limit: Option<usize>,
     offset: Option<usize>,
+    /// `newest` (default: by opening height, newest first) or `deadline` (the current
+    /// phase's deadline, soonest first: what a verifier should check next).
+    order: Option<String>,
 }
 
-/// `GET /v1/jobs?status=receipted&account=HEX&limit=N`: finalized jobs, newest first.
+/// `GET /v1/jobs?status=receipted&account=HEX&limit=N&order=newest|deadline`: finalized jobs,
+/// newest first or soonest deadline first.
 async fn jobs(
     AxState(api): AxState<Api>,
     q: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
@@ -305,9 +309,14 @@ async fn jobs(
         })
         .transpose()?;
     let account = q.account.as_deref().map(parse_addr).transpose()?;
+    let by_deadline = match q.order.as_deref() {
+        None | Some("newest") => false,
+        Some("deadline") => true,
+        Some(o) => return Err(bad(format!("unknown order {o:?}: newest or deadline"))),
+    };
     let limit = q.limit.unwrap_or(100).min(1000);
     let s = api.app.finalized_state();
-    if status.is_none() && account.is_none() {
+    if status.is_none() && account.is_none() && !by_deadline {
         // Unfiltered (the explorer's jobs page and overview): a page of the open-order index.
         let (total, ids) = api.app.jobs_newest(q.offset.unwrap_or(0), limit);
         let list: Vec<Value> = ids
@@ -323,7 +332,11 @@ async fn jobs(
         .filter(|(_, j)| status.is_none_or(|st| j.status == st))
         .filter(|(_, j)| account.is_none_or(|a| j.client == a || j.worker == Some(a)))
         .collect();
-    list.sort_by_key(|(id, j)| (std::cmp::Reverse(j.opened_at), **id));
+    if by_deadline {
+        list.sort_by_key(|(id, j)| (j.deadline, **id));
+    } else {
+        list.sort_by_key(|(id, j)| (std::cmp::Reverse(j.opened_at), **id));
+    }
     let total = list.len();
     let list: Vec<Value> = list
         .into_iter()

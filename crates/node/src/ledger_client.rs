@@ -141,13 +141,27 @@ impl LedgerClient {
     /// Finalized jobs in `status` (`receipted`, `challenged`, ...; every status when empty),
     /// newest first, at most `limit`.
     pub async fn jobs(&self, status: &str, limit: usize) -> Result<Vec<(Hash256, Job)>> {
+        self.jobs_ordered(status, limit, "newest").await
+    }
+
+    /// The `limit` jobs in `status` whose deadlines come soonest, soonest first.
+    pub async fn jobs_due(&self, status: &str, limit: usize) -> Result<Vec<(Hash256, Job)>> {
+        self.jobs_ordered(status, limit, "deadline").await
+    }
+
+    async fn jobs_ordered(
+        &self,
+        status: &str,
+        limit: usize,
+        order: &str,
+    ) -> Result<Vec<(Hash256, Job)>> {
         let filter = if status.is_empty() {
             String::new()
         } else {
             format!("status={status}&")
         };
         let v = self
-            .get_some(&format!("/v1/jobs?{filter}limit={limit}"))
+            .get_some(&format!("/v1/jobs?{filter}limit={limit}&order={order}"))
             .await?;
         let mut out = Vec::new();
         for j in v["jobs"].as_array().into_iter().flatten() {

@@ -303,11 +303,10 @@ impl Verifier {
         let params = ledger.params().await?;
         let height = ledger.height().await?;
         let me = self.signer.address();
-        let mut todo: Vec<(Hash256, Job)> = ledger.jobs("challenged", 200).await?;
-        todo.extend(ledger.jobs("receipted", 200).await?);
-        // Nearest deadline first (the ledger lists newest first): under load, the receipts
-        // closest to settling unverified are checked before ones that can wait.
-        todo.sort_by_key(|(id, job)| (job.status != JobStatus::Challenged, job.deadline, *id));
+        // Challenged jobs first, then nearest deadline first: under load, the receipts closest
+        // to settling unverified are checked before ones that can wait.
+        let mut todo: Vec<(Hash256, Job)> = ledger.jobs_due("challenged", 200).await?;
+        todo.extend(ledger.jobs_due("receipted", 200).await?);
         let mut out = Vec::new();
         for (id, job) in todo {
             if self.done.lock().unwrap().contains(&id) || job.verdicts.iter().any(|v| v.voter == me)

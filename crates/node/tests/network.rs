@@ -231,6 +231,34 @@ fn cheaters_are_rejected_slashed_and_dropped_while_the_honest_worker_is_paid() {
                 );
             }
         }
+        // `order=deadline` lists the same jobs, soonest deadline first (what validators check
+        // next); an unknown order is a 400.
+        let g = &net.info.gateway;
+        let list = |order: &'static str| async move {
+            let v: Value = http()
+                .get(format!("{g}/v1/jobs?limit=1000{order}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["jobs"].as_array().unwrap().clone()
+        };
+        let (newest, due) = (list("").await, list("&order=deadline").await);
+        assert!(newest.len() >= jobs.len());
+        let ids = |l: &[Value]| {
+            let mut v: Vec<String> = l.iter().map(|j| j["id"].to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(&newest), ids(&due));
+        let deadlines: Vec<u64> = due
+            .iter()
+            .map(|j| j["job"]["deadline"].as_u64().unwrap())
+            .collect();
+        assert!(deadlines.windows(2).all(|w| w[0] <= w[1]), "{deadlines:?}");
+        assert_eq!(raw_get(g, "/v1/jobs?order=oldest").await, 400);
         // The explorer's view through the gateway (chain routes proxied to the ledger node):
         // each job's trail names its escrow, receipt and every verdict, with the verdicts'
         // votes matching the outcome; the prompt and answer are shown to their owner only.
