@@ -304,11 +304,7 @@ impl Engine {
         let mut counts = sampler::Adjuster::new(&params.sampling, &self.model.tokenizer);
         let stop_reason = loop {
             let pos = (prompt.len() + output.len()) as u64;
-            let tok = sampler::sample(
-                &counts.adjust(&logits, &params.sampling),
-                &params.sampling,
-                pos,
-            );
+            let tok = sampler::sample(&counts.adjust(&logits), &params.sampling, pos);
             counts.push(tok);
             output.push(tok);
             if stops.contains(&tok) {

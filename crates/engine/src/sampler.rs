@@ -167,8 +167,11 @@ impl SamplingParams {
 /// for the penalties, the JSON grammar's state) and from the vocabulary (token bytes, which
 /// tokens are control or stop tokens).
 pub struct Adjuster<'t> {
+    /// The run's sampling settings (step 0 reads the bias and penalties).
+    params: SamplingParams,
     tokenizer: &'t Tokenizer,
     stops: Vec<u32>,
+    /// Output token counts, kept only when a penalty needs them.
     counts: HashMap<u32, u32>,
     /// `Some` with `json_object`: the output's bytes so far, as a JSON prefix. `None` inside
     /// means the output has already left the grammar (only a dishonest run gets there).
@@ -178,6 +181,7 @@ pub struct Adjuster<'t> {
 impl<'t> Adjuster<'t> {
     pub fn new(p: &SamplingParams, tokenizer: &'t Tokenizer) -> Self {
         Adjuster {
+            params: p.clone(),
             tokenizer,
             stops: tokenizer.stop_ids(),
             counts: HashMap::new(),
@@ -187,15 +191,23 @@ impl<'t> Adjuster<'t> {
 
     /// Record a sampled token.
     pub fn push(&mut self, token: u32) {
-        *self.counts.entry(token).or_default() += 1;
+        if self.penalizes() {
+            *self.counts.entry(token).or_default() += 1;
+        }
         if let Some(state) = &mut self.json {
             *state = state.and_then(|s| s.after(self.tokenizer.text_piece(token)?));
         }
     }
 
-    /// `logits` after step 0 for the next position: borrowed as they are when `p` adjusts
-    /// nothing. Ids outside `logits` are ignored (validation refuses them earlier).
-    pub fn adjust<'a>(&self, logits: &'a [f32], p: &SamplingParams) -> Cow<'a, [f32]> {
+    fn penalizes(&self) -> bool {
+        self.params.presence_penalty != 0.0 || self.params.frequency_penalty != 0.0
+    }
+
+    /// `logits` after step 0 for the next position: borrowed as they are when the run's
+    /// settings adjust nothing. Ids outside `logits` are ignored (validation refuses them
+    /// earlier).
+    pub fn adjust<'a>(&self, logits: &'a [f32]) -> Cow<'a, [f32]> {
+        let p = &self.params;
         if !p.adjusts_logits() {
             return Cow::Borrowed(logits);
         }
@@ -205,7 +217,7 @@ impl<'t> Adjuster<'t> {
                 *l += b;
             }
         }
-        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        if self.penalizes() {
             for (&t, &c) in &self.counts {
                 if let Some(l) = out.get_mut(t as usize) {
                     *l = *l - p.presence_penalty - p.frequency_penalty * c as f32;
@@ -683,7 +695,7 @@ mod tests {
         let byte = |b: u8| 3 + b as u32;
         let allowed = |a: &Adjuster| -> Vec<u32> {
             let logits = vec![0.0f32; tok.vocab_size()];
-            let out = a.adjust(&logits, &p);
+            let out = a.adjust(&logits);
             (0..out.len() as u32)
                 .filter(|&t| out[t as usize].is_finite())
                 .collect()
@@ -703,7 +715,7 @@ mod tests {
         let mut logits = vec![0.0f32; tok.vocab_size()];
         logits[byte(b'x') as usize] = 50.0;
         logits[byte(b'{') as usize] = 1.0;
-        assert_eq!(sample(&a.adjust(&logits, &p), &p, 0), byte(b'{'));
+        assert_eq!(sample(&a.adjust(&logits), &p, 0), byte(b'{'));
         a.push(byte(b'{'));
         let mut want = vec![byte(b'\t'), byte(b'\n'), byte(b'\r'), byte(b' ')];
         want.extend([byte(b'"'), byte(b'}')]);
@@ -727,7 +739,7 @@ mod tests {
         assert_eq!(allowed(&a), stops);
         // A masked token is no near-tie under any tolerance, greedy or sampled.
         let zeros = vec![0.0f32; tok.vocab_size()];
-        let masked = a.adjust(&zeros, &p);
+        let masked = a.adjust(&zeros);
         let sampled = SamplingParams {
             temperature: 1.0,
             ..p.clone()
@@ -754,30 +766,30 @@ mod tests {
         let mut seen = Adjuster::new(&adjusted(0.5, 0.25, vec![(3, 10.0)]), &tok);
         // Nothing to adjust: the logits are borrowed as they are.
         assert!(matches!(
-            seen.adjust(&logits, &params(0.0, 0, 1.0, 0)),
+            Adjuster::new(&params(0.0, 0, 1.0, 0), &tok).adjust(&logits),
             Cow::Borrowed(_)
         ));
         let p = adjusted(0.5, 0.25, vec![(3, 10.0)]);
-        assert_eq!(&seen.adjust(&logits, &p)[..], &[1.0, 3.0, 2.0, 10.5]);
+        assert_eq!(&seen.adjust(&logits)[..], &[1.0, 3.0, 2.0, 10.5]);
         seen.push(1);
         seen.push(1);
         seen.push(2);
         // Token 1 seen twice: 3 - 0.5 - 0.25*2; token 2 once: 2 - 0.5 - 0.25.
-        assert_eq!(&seen.adjust(&logits, &p)[..], &[1.0, 2.0, 1.25, 10.5]);
+        assert_eq!(&seen.adjust(&logits)[..], &[1.0, 2.0, 1.25, 10.5]);
         // Greedy follows the adjusted logits: the bias wins, then without it a penalty
         // hands the pick from token 1 to token 2.
-        assert_eq!(sample(&seen.adjust(&logits, &p), &p, 0), 3);
+        assert_eq!(sample(&seen.adjust(&logits), &p, 0), 3);
         let p = adjusted(1.5, 0.0, vec![]);
         let mut once = Adjuster::new(&p, &tok);
         once.push(1);
         assert_eq!(sample(&logits, &p, 0), 1);
-        assert_eq!(sample(&once.adjust(&logits, &p), &p, 0), 2);
+        assert_eq!(sample(&once.adjust(&logits), &p, 0), 2);
         // Negative penalties encourage repeats; ids outside the logits are ignored.
         let p = adjusted(-2.0, 0.0, vec![(99, 5.0)]);
         let mut zero = Adjuster::new(&p, &tok);
         zero.push(0);
-        assert_eq!(&zero.adjust(&logits, &p)[..], &[3.0, 3.0, 2.0, 0.5]);
-        assert_eq!(sample(&zero.adjust(&logits, &p), &p, 0), 0);
+        assert_eq!(&zero.adjust(&logits)[..], &[3.0, 3.0, 2.0, 0.5]);
+        assert_eq!(sample(&zero.adjust(&logits), &p, 0), 0);
     }
 
     /// Logits of another profile: every logit moved by a pseudo-random amount in

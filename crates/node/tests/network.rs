@@ -235,14 +235,7 @@ fn cheaters_are_rejected_slashed_and_dropped_while_the_honest_worker_is_paid() {
         // next); an unknown order is a 400.
         let g = &net.info.gateway;
         let list = |order: &'static str| async move {
-            let v: Value = http()
-                .get(format!("{g}/v1/jobs?limit=1000{order}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = get_json(format!("{g}/v1/jobs?limit=1000{order}")).await;
             v["jobs"].as_array().unwrap().clone()
         };
         let (newest, due) = (list("").await, list("&order=deadline").await);
@@ -262,16 +255,8 @@ fn cheaters_are_rejected_slashed_and_dropped_while_the_honest_worker_is_paid() {
         // The explorer's view through the gateway (chain routes proxied to the ledger node):
         // each job's trail names its escrow, receipt and every verdict, with the verdicts'
         // votes matching the outcome; the prompt and answer are shown to their owner only.
-        let g = &net.info.gateway;
         for (k, (job, _)) in jobs.iter().enumerate() {
-            let v: Value = http()
-                .get(format!("{g}/v1/job/{job}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = get_json(format!("{g}/v1/job/{job}")).await;
             let trail = v["trail"].as_array().expect("trail");
             let types: Vec<&str> = trail.iter().map(|t| t["type"].as_str().unwrap()).collect();
             assert_eq!(types.first(), Some(&"open_job"), "{v}");
@@ -329,14 +314,7 @@ fn cheaters_are_rejected_slashed_and_dropped_while_the_honest_worker_is_paid() {
         // case a loaded machine delays one.
         let mut stats = Value::Null;
         for _ in 0..3 {
-            stats = http()
-                .get(format!("{g}/v1/gateway/status"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            stats = get_json(format!("{g}/v1/gateway/status")).await;
             let reported = stats["workers"].as_array().is_some_and(|ws| {
                 ws.iter()
                     .any(|w| w["compute_ms"].as_u64().is_some_and(|ms| ms > 0))
@@ -424,6 +402,11 @@ fn cheaters_are_rejected_slashed_and_dropped_while_the_honest_worker_is_paid() {
 }
 
 /// The status code of `GET path` sent byte for byte to the server at `base` (http://host:port).
+/// GET `url` and parse the JSON body (panics on any failure: this is a test).
+async fn get_json(url: String) -> Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn raw_get(base: &str, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
@@ -616,14 +599,7 @@ fn a_worker_streaming_other_tokens_than_it_signs_is_not_relayed() {
                 .filter(|(_, j)| j.worker == Some(liar) && j.client == net.info.client)
                 .count();
             assert!(liar_jobs >= 1, "routing tried the liar at least once");
-            let g: Value = http()
-                .get(format!("{}/v1/gateway/status", net.info.gateway))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let g: Value = get_json(format!("{}/v1/gateway/status", net.info.gateway)).await;
             // ... and the gateway counts each refused `done` as that worker's failure.
             let liar_hex = hex::encode(liar);
             let failures = g["workers"]

@@ -367,7 +367,7 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
             let mut ties = 0;
             let mut counts = sampler::Adjuster::new(s, &engine.model.tokenizer);
             for (i, &tok) in r.output_tokens.iter().enumerate() {
-                let row = counts.adjust(&o.logits[i * vocab..(i + 1) * vocab], s);
+                let row = counts.adjust(&o.logits[i * vocab..(i + 1) * vocab]);
                 let row = &row[..];
                 counts.push(tok);
                 let want = sampler::sample(row, s, (p + i) as u64);
