@@ -378,6 +378,82 @@ impl JsonPrefix {
     }
 }
 
+/// One JSON string (from just after its opening quote) or number inside a larger document,
+/// lexed by the same rules as [`JsonPrefix`] (UTF-8, escapes, surrogate pairs, digit caps).
+/// [`crate::json_schema`] uses it for the free-form parts of a schema-shaped output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScalarLex(JsonPrefix);
+
+/// What a byte does to a [`ScalarLex`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lexed {
+    /// The byte belongs to the scalar, which may go on.
+    More(ScalarLex),
+    /// The byte closed the string (its closing quote).
+    Closed,
+    /// The number was complete before this byte, which belongs to what follows it.
+    Ended,
+    /// No continuation makes this a JSON string or number.
+    Fail,
+}
+
+impl ScalarLex {
+    /// Inside a string value, just after the opening quote.
+    pub fn string() -> Self {
+        ScalarLex(JsonPrefix {
+            mode: Mode::Str { key: false },
+            stack: 0,
+            depth: 1,
+        })
+    }
+
+    /// Before a number's first byte.
+    pub fn number() -> Self {
+        ScalarLex(JsonPrefix {
+            mode: Mode::Value,
+            stack: 0,
+            depth: 1,
+        })
+    }
+
+    /// Whether the scalar may end before the next byte (a number with all its parts).
+    pub fn number_complete(&self) -> bool {
+        matches!(self.0.mode, Mode::Num(n) if n.complete())
+    }
+
+    /// Whether the scalar so far is a number with a fraction or an exponent.
+    pub fn is_fractional(&self) -> bool {
+        matches!(
+            self.0.mode,
+            Mode::Num(Num::Dot | Num::Frac(_) | Num::E | Num::ESign | Num::Exp(_))
+        )
+    }
+
+    pub fn step(self, b: u8) -> Lexed {
+        let number_byte = b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
+        match self.0.mode {
+            Mode::Value if !(b == b'-' || b.is_ascii_digit()) => return Lexed::Fail,
+            Mode::Num(n) if !number_byte => {
+                return if n.complete() {
+                    Lexed::Ended
+                } else {
+                    Lexed::Fail
+                }
+            }
+            _ => {}
+        }
+        let mut s = self.0;
+        if !s.step(b) {
+            return Lexed::Fail;
+        }
+        if s.mode == Mode::After {
+            Lexed::Closed
+        } else {
+            Lexed::More(ScalarLex(s))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

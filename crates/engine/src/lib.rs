@@ -15,6 +15,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod json_prefix;
+pub mod json_schema;
 pub mod kernels;
 pub mod kv;
 pub mod model;

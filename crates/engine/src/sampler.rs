@@ -24,6 +24,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::json_prefix::JsonPrefix;
+use crate::json_schema::{JsonSchema, SchemaState};
 use crate::tokenizer::Tokenizer;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -55,6 +56,10 @@ pub struct SamplingParams {
     /// Constrain the output to one JSON object (OpenAI's `response_format: json_object`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub json_object: bool,
+    /// Constrain the output to one value of this schema (`response_format: json_schema`,
+    /// forced tool calls; [`crate::json_schema`]). Not together with `json_object`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<JsonSchema>,
 }
 
 fn is_zero(x: &f32) -> bool {
@@ -83,6 +88,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
             json_object: false,
+            json_schema: None,
         }
     }
 }
@@ -116,6 +122,11 @@ impl SamplingParams {
                     "{name} must not be -0 (write 0)"
                 )));
             }
+        }
+        if self.json_object && self.json_schema.is_some() {
+            return Err(EngineError::InvalidParam(
+                "json_object and json_schema are exclusive (a schema already asks for JSON)".into(),
+            ));
         }
         if self.logit_bias.len() > MAX_LOGIT_BIAS {
             return Err(EngineError::InvalidParam(format!(
@@ -156,6 +167,7 @@ impl SamplingParams {
             || self.frequency_penalty != 0.0
             || !self.logit_bias.is_empty()
             || self.json_object
+            || self.json_schema.is_some()
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -176,6 +188,8 @@ pub struct Adjuster<'t> {
     /// `Some` with `json_object`: the output's bytes so far, as a JSON prefix. `None` inside
     /// means the output has already left the grammar (only a dishonest run gets there).
     json: Option<Option<JsonPrefix>>,
+    /// `Some` with `json_schema`: the output against the schema (`None` inside: left it).
+    schema: Option<(JsonSchema, Option<SchemaState>)>,
 }
 
 impl<'t> Adjuster<'t> {
@@ -186,6 +200,7 @@ impl<'t> Adjuster<'t> {
             stops: tokenizer.stop_ids(),
             counts: HashMap::new(),
             json: p.json_object.then_some(Some(JsonPrefix::new())),
+            schema: p.json_schema.as_ref().map(|s| (s.clone(), Some(s.start()))),
         }
     }
 
@@ -196,6 +211,12 @@ impl<'t> Adjuster<'t> {
         }
         if let Some(state) = &mut self.json {
             *state = state.and_then(|s| s.after(self.tokenizer.text_piece(token)?));
+        }
+        if let Some((schema, state)) = &mut self.schema {
+            *state = match (state.take(), self.tokenizer.text_piece(token)) {
+                (Some(s), Some(bytes)) => schema.after(&s, bytes),
+                _ => None,
+            };
         }
     }
 
@@ -232,7 +253,36 @@ impl<'t> Adjuster<'t> {
                 }
             }
         }
+        if let Some((schema, state)) = &self.schema {
+            let allows = self.schema_mask(schema, state.as_ref());
+            for (t, l) in out.iter_mut().enumerate() {
+                if !allows(t as u32) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
         Cow::Owned(out)
+    }
+
+    /// Which tokens `schema` lets follow an output in `state` (`None`: it already left the
+    /// grammar, so none): a stop token once the output is a whole value, otherwise a token
+    /// that is neither a control nor a stop token and whose bytes keep it a prefix of one.
+    fn schema_mask<'s>(
+        &'s self,
+        schema: &'s JsonSchema,
+        state: Option<&'s SchemaState>,
+    ) -> impl Fn(u32) -> bool + 's {
+        let first: [bool; 256] =
+            std::array::from_fn(|b| state.is_some_and(|s| schema.accepts(s, &[b as u8])));
+        let complete = state.is_some_and(|s| schema.is_complete(s));
+        move |token| match state {
+            None => false,
+            Some(_) if self.stops.contains(&token) => complete,
+            Some(s) => self
+                .tokenizer
+                .text_piece(token)
+                .is_some_and(|b| !b.is_empty() && first[b[0] as usize] && schema.accepts(s, b)),
+        }
     }
 
     /// Which tokens the JSON grammar lets follow an output in `state` (`None`: the output
@@ -752,6 +802,59 @@ mod tests {
         let mut off = Adjuster::new(&p, &tok);
         off.push(byte(b'x'));
         assert!(allowed(&off).is_empty());
+    }
+
+    #[test]
+    fn json_schema_masks_every_token_that_leaves_the_schema() {
+        let tok = tokenizer();
+        let schema: crate::json_schema::Json = serde_json::from_str(
+            r#"{"type": "object", "properties": {"ok": {"type": "boolean"}}}"#,
+        )
+        .unwrap();
+        let p = SamplingParams {
+            json_schema: Some(JsonSchema::compile_object(&schema).unwrap()),
+            ..params(0.0, 0, 1.0, 0)
+        };
+        assert!(p.adjusts_logits());
+        let byte = |b: u8| 3 + b as u32;
+        let allowed = |a: &Adjuster| -> Vec<u32> {
+            let zeros = vec![0.0f32; tok.vocab_size()];
+            let out = a.adjust(&zeros);
+            (0..out.len() as u32)
+                .filter(|&t| out[t as usize].is_finite())
+                .collect()
+        };
+        let mut a = Adjuster::new(&p, &tok);
+        // The layout is fixed: only `{` may start (no whitespace, unlike json_object).
+        assert_eq!(allowed(&a), vec![byte(b'{')]);
+        for b in br#"{"ok": "# {
+            a.push(byte(*b));
+        }
+        let mut want = vec![byte(b't'), byte(b'f')];
+        want.sort();
+        assert_eq!(allowed(&a), want);
+        for b in b"true}" {
+            a.push(byte(*b));
+        }
+        let mut stops = tok.stop_ids();
+        stops.sort();
+        assert_eq!(allowed(&a), stops);
+        // Greedy follows the schema however strongly the model prefers another token.
+        let mut b = Adjuster::new(&p, &tok);
+        let mut logits = vec![0.0f32; tok.vocab_size()];
+        logits[byte(b' ') as usize] = 50.0;
+        logits[byte(b'{') as usize] = 1.0;
+        assert_eq!(sample(&b.adjust(&logits), &p, 0), byte(b'{'));
+        // An output that left the schema allows nothing.
+        b.push(byte(b'['));
+        assert!(allowed(&b).is_empty());
+        // Exclusive with json_object.
+        let both = SamplingParams {
+            json_object: true,
+            ..p.clone()
+        };
+        assert!(both.validate().is_err());
+        assert!(p.validate().is_ok());
     }
 
     fn tokenizer() -> Tokenizer {

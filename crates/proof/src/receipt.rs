@@ -6,6 +6,7 @@
 //! forms, and never panics.
 
 use crate::activation::{self, ActivationProof, ChunkProof};
+use deai_engine::json_schema::{self, JsonSchema};
 use deai_engine::{sampler, GenParams, SamplingParams, StopReason};
 use deai_types::Hash256;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -139,11 +140,26 @@ pub fn job_id(
         .iter()
         .flat_map(|(t, b)| t.to_le_bytes().into_iter().chain(b.to_bits().to_le_bytes()))
         .collect();
-    let grammar = [u8::from(s.json_object)];
+    let grammar = grammar_bytes(s);
     parts.push(&penalties);
     parts.push(&bias);
     parts.push(&grammar);
     Hash256::digest_parts("deai-job-v2", &parts).0
+}
+
+/// The output grammar as receipts and job ids write it: `0` none, `1` one JSON object, `2` then
+/// the schema's canonical text (u16 length, bytes).
+fn grammar_bytes(s: &SamplingParams) -> Vec<u8> {
+    match &s.json_schema {
+        Some(schema) => {
+            let text = schema.canonical().as_bytes();
+            let mut out = vec![2];
+            out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+            out.extend_from_slice(text);
+            out
+        }
+        None => vec![u8::from(s.json_object)],
+    }
 }
 
 impl JobSpec {
@@ -288,7 +304,7 @@ impl<'a> R<'a> {
 
 /// A version-2 receipt's logit adjustments (after `seed`), in canonical form: finite values in
 /// range, no `-0.0`, bias ids strictly ascending, the output grammar 0 (none) or 1 (one JSON
-/// object), and at least one adjustment (a run without any has a version-1 receipt).
+/// object, 2 a JSON schema in canonical text), and at least one adjustment (a run without any has a version-1 receipt).
 fn decode_adjustments(r: &mut R, s: &mut SamplingParams) -> Result<(), DecodeError> {
     let value = |r: &mut R, what: &'static str, max: f32| -> Result<f32, DecodeError> {
         let v = f32::from_bits(r.u32(what)?);
@@ -312,11 +328,18 @@ fn decode_adjustments(r: &mut R, s: &mut SamplingParams) -> Result<(), DecodeErr
         let b = value(r, "logit bias", sampler::MAX_BIAS)?;
         s.logit_bias.push((t, b));
     }
-    s.json_object = match r.u8("output grammar")? {
-        0 => false,
-        1 => true,
+    match r.u8("output grammar")? {
+        0 => {}
+        1 => s.json_object = true,
+        2 => {
+            let text = r.str16("output schema", 1, json_schema::MAX_SCHEMA_BYTES)?;
+            s.json_schema = Some(
+                JsonSchema::from_canonical(&text)
+                    .map_err(|e| DecodeError::NonCanonical(format!("output schema: {e}")))?,
+            );
+        }
         x => return Err(DecodeError::NonCanonical(format!("output grammar {x}"))),
-    };
+    }
     if !s.adjusts_logits() {
         return Err(DecodeError::NonCanonical(
             "version 2 receipt without logit adjustments (that is version 1)".into(),
@@ -359,7 +382,7 @@ impl Receipt {
                 w.u32(*t);
                 w.u32(b.to_bits());
             }
-            w.u8(u8::from(s.json_object));
+            w.bytes(&grammar_bytes(s));
         }
         w.u32(self.max_tokens);
         w.u8(self.stop.len().min(255) as u8);

@@ -204,14 +204,60 @@ fn version_2_carries_logit_adjustments_canonically() {
     // Ids not ascending; a bias out of range.
     non_canonical(&|c| put(c, at + 10, 80_000));
     non_canonical(&|c| put(c, at + 14, 100.5f32.to_bits()));
-    // An output grammar other than none (0) or one JSON object (1).
-    non_canonical(&|c| c[at + 26] = 2);
+    // An output grammar other than none (0), one JSON object (1) or a schema (2).
+    non_canonical(&|c| c[at + 26] = 3);
     let mut json = r.clone();
     json.sampling.json_object = true;
     json.sign(&key).unwrap();
     let jb = json.to_bytes().unwrap();
     assert_eq!(jb[at + 26], 1);
     assert_eq!(Receipt::decode(&jb).unwrap(), json);
+    // A schema: grammar 2, then its canonical text, which must stay canonical.
+    let mut schema = r.clone();
+    let text = r#"{"type": "object", "properties": {"city": {"type": "string"}}}"#;
+    schema.sampling.json_schema = Some(
+        deai_engine::json_schema::JsonSchema::compile_object(&serde_json::from_str(text).unwrap())
+            .unwrap(),
+    );
+    schema.sign(&key).unwrap();
+    let sb = schema.to_bytes().unwrap();
+    let canonical = br#"{"object":[["city","string"]]}"#;
+    assert_eq!(sb[at + 26], 2);
+    assert_eq!(
+        &sb[at + 27..at + 29],
+        &(canonical.len() as u16).to_le_bytes()
+    );
+    assert_eq!(&sb[at + 29..at + 29 + canonical.len()], canonical);
+    assert_eq!(Receipt::decode(&sb).unwrap(), schema);
+    assert_eq!(Receipt::from_json(&schema.to_json()).unwrap(), schema);
+    let edit_schema = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut c = sb.clone();
+        edit(&mut c);
+        Receipt::decode(&c)
+    };
+    let s0 = at + 29;
+    // Same length, other spelling ("String"), and not JSON at all.
+    assert!(matches!(
+        edit_schema(&|c| c[s0 + 19] = b'S'),
+        Err(DecodeError::NonCanonical(_))
+    ));
+    assert!(matches!(
+        edit_schema(&|c| c[s0] = b'['),
+        Err(DecodeError::NonCanonical(_))
+    ));
+    // An empty or overlong schema text.
+    assert!(matches!(
+        edit_schema(&|c| c[at + 27..at + 29].copy_from_slice(&0u16.to_le_bytes())),
+        Err(DecodeError::Length { .. })
+    ));
+    assert!(matches!(
+        edit_schema(&|c| c[at + 27..at + 29].copy_from_slice(&9000u16.to_le_bytes())),
+        Err(DecodeError::Length { .. })
+    ));
+    // Every truncation is an error.
+    for n in 0..sb.len() {
+        assert!(Receipt::decode(&sb[..n]).is_err());
+    }
     // A count over the limit.
     let mut c = b.clone();
     c[at + 8..at + 10].copy_from_slice(&301u16.to_le_bytes());

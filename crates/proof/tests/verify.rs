@@ -623,3 +623,76 @@ fn json_object_runs_verify_and_the_grammar_cannot_be_dropped() {
         }
     }
 }
+
+/// `json_schema` is part of the replayed sampler too: a constrained run's output is a prefix of
+/// one value of the schema, and neither dropping the schema nor claiming another passes.
+#[test]
+fn json_schema_runs_verify_and_the_schema_cannot_be_dropped_or_swapped() {
+    use deai_engine::json_schema::{Json, JsonSchema};
+    let compile = |text: &str| {
+        let j: Json = serde_json::from_str(text).unwrap();
+        JsonSchema::compile_object(&j).unwrap()
+    };
+    let schema = compile(
+        r#"{"type": "object", "properties": {"n": {"type": "integer"}, "tag": {"enum": ["x", "y"]}, "s": {"type": "string"}}}"#,
+    );
+    let other = compile(
+        r#"{"type": "object", "properties": {"n": {"type": "integer"}, "tag": {"enum": ["x", "z"]}, "s": {"type": "string"}}}"#,
+    );
+    let t = tiny(&TinySpec::default(), 2, 0);
+    let e = &t.engine;
+    for (i, plain) in [greedy(60), sampled(60, 9)].into_iter().enumerate() {
+        let mut constrained = plain.clone();
+        constrained.sampling.json_schema = Some(schema.clone());
+        let honest = run(&t, t.id, &prompt(20 + i as u32), &constrained, 1);
+        assert_eq!(honest.version, receipt::VERSION_ADJUSTED);
+        let rep = verify(&honest, e, &t.id);
+        assert!(rep.accepted(), "{:?}", rep.first_failure());
+        let tok = &e.model.tokenizer;
+        let body: Vec<u8> = honest
+            .output_tokens
+            .iter()
+            .filter(|&&x| !tok.stop_ids().contains(&x))
+            .flat_map(|&x| tok.text_piece(x).unwrap().to_vec())
+            .collect();
+        let state = schema
+            .after(&schema.start(), &body)
+            .expect("the output is a prefix of a value of the schema");
+        assert_eq!(
+            schema.is_complete(&state),
+            honest.stop_reason == StopReason::Eos,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(
+            body.starts_with(br#"{"n": "#),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let unconstrained = run(&t, t.id, &prompt(20 + i as u32), &plain, 1);
+        assert_ne!(honest.output_tokens, unconstrained.output_tokens);
+        let mut swapped = constrained.sampling.clone();
+        swapped.json_schema = Some(other.clone());
+        let mut as_object = constrained.sampling.clone();
+        as_object.json_schema = None;
+        as_object.json_object = true;
+        for (mut r, claim) in [
+            (unconstrained.clone(), constrained.sampling.clone()),
+            (honest.clone(), plain.sampling.clone()),
+            (honest.clone(), as_object),
+        ] {
+            r.sampling = claim;
+            r.version = receipt::version_for(&r.sampling);
+            reseal(&mut r, Some(e));
+            assert_caught(&verify(&r, e, &t.id), &["sampling"]);
+        }
+        // Another schema is another job: the receipt's job id no longer matches.
+        let mut r = honest.clone();
+        r.sampling = swapped;
+        assert_ne!(
+            receipt::job_id(&r.model_id, &r.prompt_tokens, &r.gen_params(), &r.job_nonce),
+            honest.job_id
+        );
+        assert!(!verify(&r, e, &t.id).accepted());
+    }
+}
