@@ -195,6 +195,9 @@ enum Node {
     /// The JSON texts of the allowed values (scalars).
     Enum(Vec<String>),
     AnyOf(Vec<Node>),
+    /// At the top level only: a value of the inner node, or free text that does not start
+    /// with `{` (a tool call, or a plain answer: `tool_choice: "auto"`).
+    OrText(Box<Node>),
 }
 
 impl Node {
@@ -229,6 +232,11 @@ impl Node {
                 out.push_str(&texts.join(","));
                 out.push_str("]}");
             }
+            Node::OrText(inner) => {
+                out.push_str("{\"orText\":");
+                inner.canonical(out);
+                out.push('}');
+            }
             Node::AnyOf(alts) => {
                 out.push_str("{\"anyOf\":[");
                 for (i, a) in alts.iter().enumerate() {
@@ -245,7 +253,7 @@ impl Node {
     fn count(&self) -> usize {
         1 + match self {
             Node::Object(f) => f.iter().map(|(_, v)| v.count()).sum(),
-            Node::Array(i) => i.count(),
+            Node::Array(i) | Node::OrText(i) => i.count(),
             Node::AnyOf(a) => a.iter().map(Node::count).sum(),
             _ => 0,
         }
@@ -284,6 +292,9 @@ impl Node {
                     Node::Object(out)
                 }
                 ("array", item) => Node::Array(Box::new(Node::from_canonical(item, depth + 1)?)),
+                ("orText", inner) if depth == 0 => {
+                    Node::OrText(Box::new(Node::from_canonical(inner, depth + 1)?))
+                }
                 ("enum", Json::Array(vals)) => enum_node(vals)?,
                 ("anyOf", Json::Array(alts)) if alts.len() >= 2 => Node::AnyOf(
                     alts.iter()
@@ -548,6 +559,7 @@ enum Rule {
     Integer,
     Lits(Vec<Lit>),
     AnyOf(Vec<u32>),
+    OrText(u32),
 }
 
 #[derive(Debug)]
@@ -615,6 +627,7 @@ impl Grammar {
             Node::Null => Rule::Lits(vec![self.lit(b"null")]),
             Node::Enum(texts) => Rule::Lits(texts.iter().map(|t| self.lit(t.as_bytes())).collect()),
             Node::AnyOf(alts) => Rule::AnyOf(alts.iter().map(|a| self.add(a)).collect()),
+            Node::OrText(inner) => Rule::OrText(self.add(inner)),
         };
         self.rules.push(rule);
         (self.rules.len() - 1) as u32
@@ -634,6 +647,10 @@ enum Goal {
         integer: bool,
         lex: ScalarLex,
     },
+    /// Free text, before its first byte (which may not be `{`).
+    TextFirst,
+    /// Free text: any byte, complete at any point.
+    Text,
 }
 
 /// A compiled schema: cheap to clone, compared by its canonical text.
@@ -699,6 +716,16 @@ impl JsonSchema {
     /// A tool call: `{"name": <one of the names>, "arguments": <that tool's parameters>}`, one
     /// alternative per `(name, parameters)`.
     pub fn tool_calls(tools: &[(String, Json)]) -> Result<Self, String> {
+        Self::from_node(Self::tool_call_node(tools)?)
+    }
+
+    /// A tool call as [`Self::tool_calls`], or free text whose first byte is not `{` (the
+    /// model chooses with its first token: `tool_choice: "auto"`).
+    pub fn tool_calls_or_text(tools: &[(String, Json)]) -> Result<Self, String> {
+        Self::from_node(Node::OrText(Box::new(Self::tool_call_node(tools)?)))
+    }
+
+    fn tool_call_node(tools: &[(String, Json)]) -> Result<Node, String> {
         let mut alts = Vec::new();
         for (name, params) in tools {
             let args = from_schema(params, &format!("{name}.parameters"), 1)?;
@@ -712,8 +739,8 @@ impl JsonSchema {
         }
         match alts.len() {
             0 => Err("no tools".into()),
-            1 => Self::from_node(alts.pop().expect("one")),
-            _ => Self::from_node(Node::AnyOf(alts)),
+            1 => Ok(alts.pop().expect("one")),
+            _ => Ok(Node::AnyOf(alts)),
         }
     }
 
@@ -744,7 +771,7 @@ impl JsonSchema {
     /// Whether the output so far is a whole value of the schema.
     pub fn is_complete(&self, s: &SchemaState) -> bool {
         s.stacks.iter().any(|st| match st.as_slice() {
-            [] => true,
+            [] | [Goal::Text] | [Goal::TextFirst] => true,
             [Goal::Scalar { lex, .. }] => lex.number_complete(),
             _ => false,
         })
@@ -804,6 +831,8 @@ impl JsonSchema {
                 }
                 Some(true)
             }
+            Goal::Text => Some(true),
+            Goal::TextFirst => Some(bytes.first() != Some(&b'{')),
             _ => None,
         }
     }
@@ -813,12 +842,9 @@ impl JsonSchema {
     /// dropped).
     fn expand(&self, mut st: Vec<Goal>, out: &mut Vec<Vec<Goal>>) {
         let g = &*self.grammar;
-        loop {
-            let Some(&top) = st.last() else {
-                break;
-            };
+        while let Some(&top) = st.last() {
             match top {
-                Goal::Lit(_) | Goal::Scalar { .. } => break,
+                Goal::Lit(_) | Goal::Scalar { .. } | Goal::Text | Goal::TextFirst => break,
                 Goal::Value(r) => {
                     st.pop();
                     match &g.rules[r as usize] {
@@ -851,6 +877,12 @@ impl JsonSchema {
                                 self.expand(alt, out);
                             }
                             return;
+                        }
+                        Rule::OrText(inner) => {
+                            let mut value = st.clone();
+                            value.push(Goal::Value(*inner));
+                            self.expand(value, out);
+                            st.push(Goal::TextFirst);
                         }
                         Rule::AnyOf(alts) => {
                             for a in alts {
@@ -920,6 +952,19 @@ impl JsonSchema {
                         }
                     }
                     Lexed::Fail => {}
+                }
+            }
+            Goal::Text => {
+                if !out.contains(&st) {
+                    out.push(st);
+                }
+            }
+            Goal::TextFirst => {
+                if b != b'{' {
+                    *top = Goal::Text;
+                    if !out.contains(&st) {
+                        out.push(st);
+                    }
                 }
             }
             // `expand` leaves only byte-consuming goals on top.
@@ -1198,6 +1243,44 @@ mod tests {
     }
 
     #[test]
+    fn auto_tool_choice_is_a_tool_call_or_text_that_does_not_start_with_a_brace() {
+        let tools = vec![(
+            "get_time".to_string(),
+            json(r#"{"type": "object", "properties": {"zone": {"type": "string"}}}"#),
+        )];
+        let s = JsonSchema::tool_calls_or_text(&tools).unwrap();
+        // Empty and plain answers are complete at every point.
+        assert!(complete(&s, ""));
+        for text in ["It is noon.", "[not json", "\n{\"name\""] {
+            for i in 1..=text.len() {
+                assert!(complete(&s, &text[..i]), "{:?}", &text[..i]);
+            }
+        }
+        // A leading brace commits to a tool call.
+        assert!(complete(
+            &s,
+            r#"{"name": "get_time", "arguments": {"zone": "UTC"}}"#
+        ));
+        assert!(!complete(&s, r#"{"name": "get_time""#));
+        assert!(!prefix(&s, r#"{"nam3"#));
+        assert!(!prefix(
+            &s,
+            r#"{"name": "get_time", "arguments": {"zone": "UTC"}} and"#
+        ));
+        // The fast path agrees once one parse is left.
+        let st = s.after(&s.start(), b"I").unwrap();
+        assert!(s.accepts(&st, b"{\"x"));
+        let st = s.after(&s.start(), b"{").unwrap();
+        assert!(!s.accepts(&st, b"x"));
+        // Canonical text: only at the top level.
+        let c = s.canonical();
+        assert!(c.starts_with(r#"{"orText":"#), "{c}");
+        assert_eq!(JsonSchema::from_canonical(c).unwrap(), s);
+        assert!(JsonSchema::from_canonical(&format!(r#"{{"array":{c}}}"#)).is_err());
+        assert!(JsonSchema::from_canonical(&format!(r#"{{"orText":{c}}}"#)).is_err());
+    }
+
+    #[test]
     fn members_keep_document_order_and_duplicate_keys_are_refused() {
         let v = json(r#"{"z": 1, "a": {"y": [1, 2.5, "s", null, true]}, "m": false}"#);
         let Json::Object(m) = &v else { panic!() };
@@ -1267,6 +1350,7 @@ mod tests {
                 let i = pick(a.len());
                 generate(&a[i], rng, depth, out)
             }
+            Node::OrText(inner) => generate(inner, rng, depth, out),
         }
     }
 

@@ -22,6 +22,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use deai_engine::json_schema::{Json as OrderedJson, JsonSchema};
 use deai_engine::sampler::{self, TokenLogprobs, MAX_TOP_LOGPROBS};
 use deai_engine::tokenizer::{chat_prompt, ChatMessage, Tokenizer};
 use deai_engine::{GenParams, SamplingParams, StopReason};
@@ -747,8 +748,13 @@ struct ChatRequest {
 #[derive(Deserialize)]
 struct ChatMsg {
     role: String,
-    /// A string, or a list of `{"type": "text", "text": ...}` parts.
+    /// A string, or a list of `{"type": "text", "text": ...}` parts; `null` in an assistant
+    /// message that calls tools.
+    #[serde(default)]
     content: Value,
+    /// An assistant message's tool calls (sent back by the client with the tools' results).
+    #[serde(default)]
+    tool_calls: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -779,8 +785,14 @@ struct Common {
     frequency_penalty: Option<f64>,
     /// `{"token id": bias}`, bias in -100..=100.
     logit_bias: Option<Value>,
-    /// `{"type": "text"}` or `{"type": "json_object"}`.
-    response_format: Option<Value>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema", ...}` (kept
+    /// in document order: a schema's property order is the output's key order).
+    response_format: Option<OrderedJson>,
+    /// Chat: `[{"type": "function", "function": {"name", "description", "parameters"}}]`.
+    tools: Option<OrderedJson>,
+    /// Chat: `"none"`, `"auto"` (the default with tools), `"required"` or
+    /// `{"type": "function", "function": {"name": ...}}`.
+    tool_choice: Option<OrderedJson>,
     /// Every other field, checked by [`Common::check_rest`].
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
@@ -813,8 +825,9 @@ impl Common {
                 k if IGNORED_PARAMS.contains(&k) => true,
                 "echo" => v.is_null() || *v == Value::Bool(false),
                 "best_of" => v.is_null() || v.as_u64() == Some(1),
-                "tools" | "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
-                "tool_choice" | "function_call" => v.is_null() || v.as_str() == Some("none"),
+                // The deprecated forms of `tools` and `tool_choice`.
+                "functions" => v.is_null() || v.as_array().is_some_and(|a| a.is_empty()),
+                "function_call" => v.is_null() || v.as_str() == Some("none"),
                 "suffix" => v.is_null() || v.as_str() == Some(""),
                 _ => {
                     return Err(http_error(
@@ -942,39 +955,170 @@ impl Common {
         Ok(out)
     }
 
-    /// Whether `response_format` asks for one JSON object. As OpenAI requires, the prompt
-    /// must then mention JSON (a model not told to write JSON can fill its budget with
-    /// whitespace, which the grammar allows).
-    fn json_object(&self, prompt: &str) -> Result<bool, HttpError> {
+    /// The output grammar `response_format` asks for: `(json_object, schema)`. As OpenAI
+    /// requires, JSON mode needs the prompt to mention JSON (a model not told to write JSON can
+    /// fill its budget with whitespace, which that grammar allows; a schema's layout allows
+    /// none).
+    fn output_format(&self, prompt: &str) -> Result<(bool, Option<JsonSchema>), HttpError> {
         let bad = |m: String| http_error(StatusCode::BAD_REQUEST, m);
-        let json =
-            match &self.response_format {
-                None | Some(Value::Null) => false,
-                Some(v) => match v["type"].as_str() {
-                    Some("text") => false,
-                    Some("json_object") => true,
-                    Some("json_schema") => return Err(bad(
-                        "response_format json_schema is not supported by this gateway (answers \
-                         can be constrained to a JSON object: use json_object)"
+        let Some(v) = self
+            .response_format
+            .as_ref()
+            .filter(|v| **v != OrderedJson::Null)
+        else {
+            return Ok((false, None));
+        };
+        match v.get("type").and_then(OrderedJson::as_str) {
+            Some("text") => Ok((false, None)),
+            Some("json_object") => {
+                if !prompt.to_lowercase().contains("json") {
+                    return Err(bad(
+                        "'messages' (or the prompt) must contain the word 'json' in some form, \
+                         to use 'response_format' of type 'json_object'"
                             .into(),
-                    )
-                    .with_code("unsupported_parameter")),
-                    _ => {
-                        return Err(bad(format!(
-                            "response_format must be {{\"type\": \"text\"}} or \
-                         {{\"type\": \"json_object\"}}, got {v}"
-                        )))
-                    }
-                },
-            };
-        if json && !prompt.to_lowercase().contains("json") {
-            return Err(bad(
-                "'messages' (or the prompt) must contain the word 'json' in some form, to use \
-                 'response_format' of type 'json_object'"
-                    .into(),
-            ));
+                    ));
+                }
+                Ok((true, None))
+            }
+            Some("json_schema") => {
+                let spec = v.get("json_schema").ok_or_else(|| {
+                    bad("response_format json_schema needs a json_schema object".into())
+                })?;
+                let name = spec.get("name").and_then(OrderedJson::as_str).unwrap_or("");
+                if !valid_name(name) {
+                    return Err(bad(format!(
+                        "response_format.json_schema.name must be 1-64 letters, digits, _ or -, \
+                         got {name:?}"
+                    ))
+                    .with_code("invalid_value"));
+                }
+                let schema = spec
+                    .get("schema")
+                    .ok_or_else(|| bad("response_format.json_schema needs a schema".into()))?;
+                let schema = JsonSchema::compile_object(schema).map_err(|e| {
+                    bad(format!("response_format.json_schema: {e}")).with_code("invalid_value")
+                })?;
+                Ok((false, Some(schema)))
+            }
+            _ => Err(bad(format!(
+                "response_format must be {{\"type\": \"text\"}}, {{\"type\": \"json_object\"}} \
+                 or {{\"type\": \"json_schema\", ...}}, got {}",
+                v.to_text()
+            ))),
         }
-        Ok(json)
+    }
+
+    /// The tools the model may call and how (`None`: no tools, or `tool_choice: "none"`).
+    fn tools(&self) -> Result<Option<Tools>, HttpError> {
+        let bad = |m: String| http_error(StatusCode::BAD_REQUEST, m).with_code("invalid_value");
+        let list = match &self.tools {
+            None | Some(OrderedJson::Null) => return Ok(None),
+            Some(OrderedJson::Array(a)) if a.is_empty() => return Ok(None),
+            Some(OrderedJson::Array(a)) => a,
+            Some(v) => return Err(bad(format!("tools must be a list, got {}", v.to_text()))),
+        };
+        if list.len() > MAX_TOOLS {
+            return Err(bad(format!(
+                "tools lists {} functions, at most {MAX_TOOLS} are allowed",
+                list.len()
+            )));
+        }
+        let mut tools: Vec<Tool> = Vec::new();
+        for (i, t) in list.iter().enumerate() {
+            let f = match (
+                t.get("type").and_then(OrderedJson::as_str),
+                t.get("function"),
+            ) {
+                (Some("function"), Some(f)) => f,
+                _ => {
+                    return Err(bad(format!(
+                        "tools[{i}] must be {{\"type\": \"function\", \"function\": {{...}}}}"
+                    )))
+                }
+            };
+            let name = f.get("name").and_then(OrderedJson::as_str).unwrap_or("");
+            if !valid_name(name) {
+                return Err(bad(format!(
+                    "tools[{i}].function.name must be 1-64 letters, digits, _ or -, got {name:?}"
+                )));
+            }
+            if tools.iter().any(|t| t.name == name) {
+                return Err(bad(format!("tools names the function {name:?} twice")));
+            }
+            let description = match f.get("description") {
+                None | Some(OrderedJson::Null) => None,
+                Some(OrderedJson::String(d)) => Some(d.clone()),
+                Some(_) => {
+                    return Err(bad(format!(
+                        "tools[{i}].function.description must be a string"
+                    )))
+                }
+            };
+            let parameters = match f.get("parameters") {
+                None | Some(OrderedJson::Null) => OrderedJson::Object(vec![
+                    ("type".into(), OrderedJson::String("object".into())),
+                    ("properties".into(), OrderedJson::Object(vec![])),
+                ]),
+                Some(p) => p.clone(),
+            };
+            tools.push(Tool {
+                name: name.to_string(),
+                description,
+                parameters,
+            });
+        }
+        let choice = match &self.tool_choice {
+            None | Some(OrderedJson::Null) => ToolChoice::Auto,
+            Some(OrderedJson::String(c)) => match c.as_str() {
+                "none" => return Ok(None),
+                "auto" => ToolChoice::Auto,
+                "required" => ToolChoice::Required,
+                other => {
+                    return Err(bad(format!(
+                        "tool_choice must be \"none\", \"auto\", \"required\" or a function, got \
+                         {other:?}"
+                    )))
+                }
+            },
+            Some(c) => match c
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(OrderedJson::as_str)
+            {
+                Some(n) if tools.iter().any(|t| t.name == n) => ToolChoice::Named(n.to_string()),
+                Some(n) => {
+                    return Err(bad(format!(
+                        "tool_choice names {n:?}, which is not in tools"
+                    )))
+                }
+                None => {
+                    return Err(bad(format!(
+                        "tool_choice must be a string or {{\"type\": \"function\", \"function\": \
+                         {{\"name\": ...}}}}, got {}",
+                        c.to_text()
+                    )))
+                }
+            },
+        };
+        // The grammar: a call of one of the allowed tools (or, with "auto", plain text).
+        let allowed: Vec<(String, OrderedJson)> = tools
+            .iter()
+            .filter(|t| match &choice {
+                ToolChoice::Named(n) => t.name == *n,
+                _ => true,
+            })
+            .map(|t| (t.name.clone(), t.parameters.clone()))
+            .collect();
+        let grammar = match choice {
+            ToolChoice::Auto => JsonSchema::tool_calls_or_text(&allowed),
+            _ => JsonSchema::tool_calls(&allowed),
+        }
+        .map_err(|e| bad(format!("tools: {e}")))?;
+        Ok(Some(Tools {
+            tools,
+            choice,
+            grammar,
+        }))
     }
 
     /// The generation parameters; `prompt` is what the client wrote (the messages' text, or
@@ -985,6 +1129,7 @@ impl Common {
         prompt_len: usize,
         n_ctx: usize,
         vocab: usize,
+        tools: Option<&Tools>,
     ) -> Result<GenParams, HttpError> {
         self.check_rest()?;
         let bad = |m: String| http_error(StatusCode::BAD_REQUEST, m);
@@ -1010,7 +1155,15 @@ impl Common {
         let presence_penalty = penalty("presence_penalty", self.presence_penalty)?;
         let frequency_penalty = penalty("frequency_penalty", self.frequency_penalty)?;
         let logit_bias = self.logit_bias(vocab)?;
-        let json_object = self.json_object(prompt)?;
+        let (json_object, mut json_schema) = self.output_format(prompt)?;
+        if let Some(t) = tools {
+            if json_object || json_schema.is_some() {
+                return Err(bad(
+                    "tools and a JSON response_format both constrain the answer; use one".into(),
+                ));
+            }
+            json_schema = Some(t.grammar.clone());
+        }
         let stop: Vec<String> = match &self.stop {
             None | Some(Value::Null) => vec![],
             Some(Value::String(s)) => vec![s.clone()],
@@ -1036,6 +1189,7 @@ impl Common {
                 frequency_penalty,
                 logit_bias,
                 json_object,
+                json_schema,
                 // No seed asked: draw one (it is in the receipt, so the run stays checkable).
                 seed: self.seed.unwrap_or_else(|| {
                     u64::from_le_bytes(deai_proof::random_nonce()[..8].try_into().expect("8 bytes"))
@@ -1044,6 +1198,112 @@ impl Common {
             stop,
         })
     }
+}
+
+/// Most functions in `tools`.
+const MAX_TOOLS: usize = 32;
+
+/// OpenAI's rule for function and schema names.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+struct Tool {
+    name: String,
+    description: Option<String>,
+    parameters: OrderedJson,
+}
+
+enum ToolChoice {
+    Auto,
+    Required,
+    Named(String),
+}
+
+/// A request's tools: shown to the model in the system message, and its output constrained to
+/// `grammar` (a call, or with "auto" a call or plain text).
+struct Tools {
+    tools: Vec<Tool>,
+    choice: ToolChoice,
+    grammar: JsonSchema,
+}
+
+impl Tools {
+    /// What the model is told, appended to the system message.
+    fn instructions(&self) -> String {
+        let mut s = String::from(
+            "You can call these functions. To call one, reply with only a JSON object \
+             {\"name\": <function name>, \"arguments\": <its arguments>}.\n",
+        );
+        for t in &self.tools {
+            let mut f = vec![("name".to_string(), OrderedJson::String(t.name.clone()))];
+            if let Some(d) = &t.description {
+                f.push(("description".into(), OrderedJson::String(d.clone())));
+            }
+            f.push(("parameters".into(), t.parameters.clone()));
+            s.push_str(&OrderedJson::Object(f).to_text());
+            s.push('\n');
+        }
+        s.push_str(&match &self.choice {
+            ToolChoice::Auto => "If no function helps, answer in plain text.".to_string(),
+            ToolChoice::Required => "Reply with a function call.".to_string(),
+            ToolChoice::Named(n) => format!("Reply with a call to {n}."),
+        });
+        s
+    }
+}
+
+/// An output in the tool-call layout the grammar enforces,
+/// `{"name": "<name>", "arguments": <arguments>}`: `(name, arguments text)`, the arguments as
+/// the model wrote them. `None` for anything else (plain text, or a call cut short).
+fn tool_call(text: &str) -> Option<(String, String)> {
+    let v: OrderedJson = serde_json::from_str(text).ok()?;
+    let v = &v;
+    let name = v.get("name")?.as_str()?;
+    let head = format!(
+        "{{\"name\": {}, \"arguments\": ",
+        serde_json::to_string(name).ok()?
+    );
+    let args = text.strip_prefix(&head)?.strip_suffix('}')?;
+    match v {
+        OrderedJson::Object(m) if m.len() == 2 && matches!(m[1].1, OrderedJson::Object(_)) => {
+            Some((name.to_string(), args.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// The `tool_calls` entry of an answer that called `name` (its id derived from the request).
+fn tool_call_json(request: &Hash256, name: &str, args: &str) -> Value {
+    json!({ "id": format!("call_{}", &request.to_string()[..24]), "type": "function",
+            "function": { "name": name, "arguments": args } })
+}
+
+/// An assistant message's `tool_calls`, as the text the model wrote for them (one call per
+/// line, in the layout the tool grammar enforces).
+fn past_calls(calls: &Value) -> Result<String, HttpError> {
+    let bad = || {
+        http_error(
+            StatusCode::BAD_REQUEST,
+            "tool_calls must be a list of {\"type\": \"function\", \"function\": {\"name\", \
+             \"arguments\"}}",
+        )
+    };
+    let mut lines = Vec::new();
+    for c in calls.as_array().ok_or_else(bad)? {
+        let f = &c["function"];
+        let (Some(name), Some(args)) = (f["name"].as_str(), f["arguments"].as_str()) else {
+            return Err(bad());
+        };
+        lines.push(format!(
+            "{{\"name\": {}, \"arguments\": {args}}}",
+            serde_json::to_string(name).map_err(|_| bad())?
+        ));
+    }
+    Ok(lines.join("\n"))
 }
 
 fn message_text(content: &Value) -> Result<String, HttpError> {
@@ -1250,11 +1510,12 @@ async fn chat_completions(
             "messages must not be empty",
         ));
     }
+    let tools = req.common.tools()?;
     let mut msgs = Vec::new();
     for m in &req.messages {
         if !matches!(
             m.role.as_str(),
-            "system" | "user" | "assistant" | "developer"
+            "system" | "user" | "assistant" | "developer" | "tool"
         ) {
             return Err(http_error(
                 StatusCode::BAD_REQUEST,
@@ -1266,10 +1527,33 @@ async fn chat_completions(
         } else {
             &m.role
         };
+        let content = match (&m.tool_calls, &m.content) {
+            // An assistant's earlier calls, written as the model writes them.
+            (Some(calls), Value::Null) if role == "assistant" => past_calls(calls)?,
+            _ => message_text(&m.content)?,
+        };
         msgs.push(ChatMessage {
             role: role.to_string(),
-            content: message_text(&m.content)?,
+            content,
         });
+    }
+    if let Some(t) = &tools {
+        match msgs.first_mut() {
+            Some(m) if m.role == "system" => {
+                m.content = format!("{}\n\n{}", m.content, t.instructions())
+            }
+            _ => msgs.insert(
+                0,
+                ChatMessage {
+                    role: "system".into(),
+                    content: format!(
+                        "{}\n\n{}",
+                        deai_engine::tokenizer::DEFAULT_SYSTEM_PROMPT,
+                        t.instructions()
+                    ),
+                },
+            ),
+        }
     }
     let text = chat_prompt(&msgs, true);
     let tokens = model
@@ -1282,8 +1566,16 @@ async fn chat_completions(
         tokens.len(),
         model.n_ctx,
         model.tokenizer.vocab_size(),
+        tools.as_ref(),
     )?;
     let top = req.common.top_logprobs(true)?;
+    if tools.is_some() && top.is_some() {
+        return Err(http_error(
+            StatusCode::BAD_REQUEST,
+            "logprobs with tools is not supported by this gateway; ask for one or the other",
+        )
+        .with_code("unsupported_parameter"));
+    }
     let stream = req.common.stream.unwrap_or(false);
     let prompt = json!(msgs
         .iter()
@@ -1297,6 +1589,7 @@ async fn chat_completions(
         stream,
         chat: true,
         echo: None,
+        tools: tools.is_some(),
     };
     respond(g, client, model, tokens, params, reply, prompt).await
 }
@@ -1331,11 +1624,19 @@ async fn completions(
         .tokenizer
         .encode(&prompt, false)
         .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if req.common.tools.is_some() || req.common.tool_choice.is_some() {
+        return Err(http_error(
+            StatusCode::BAD_REQUEST,
+            "tools and tool_choice are chat parameters (POST /v1/chat/completions)",
+        )
+        .with_code("invalid_value"));
+    }
     let params = req.common.params(
         &prompt,
         tokens.len(),
         model.n_ctx,
         model.tokenizer.vocab_size(),
+        None,
     )?;
     let top = req.common.top_logprobs(false)?;
     let n = req.common.n()?;
@@ -1371,6 +1672,7 @@ async fn completions(
             stream,
             chat: false,
             echo,
+            tools: false,
         },
         json!({ "owner": key_hash(&headers), "prompt": prompt }),
     )
@@ -1386,6 +1688,8 @@ struct Reply {
     chat: bool,
     /// Completions' `echo`: this text (the prompt) before each choice's answer.
     echo: Option<String>,
+    /// Chat with tools: an answer in the tool-call layout is returned as `tool_calls`.
+    tools: bool,
 }
 
 async fn respond(
@@ -1403,6 +1707,7 @@ async fn respond(
         stream,
         chat,
         echo,
+        tools,
     } = reply;
     // Completions count logprob text offsets from the start of the prompt.
     let prompt_chars = prompt["prompt"].as_str().map_or(0, |p| p.chars().count());
@@ -1439,7 +1744,13 @@ async fn respond(
             let a = a?;
             let lp = renders[i](&a.logprobs);
             let finish = finish_reason(a.stop_reason);
-            choices.push(if chat {
+            let call = tools.then(|| tool_call(&a.text)).flatten();
+            choices.push(if let Some((name, args)) = call {
+                let call = tool_call_json(&a.request, &name, &args);
+                json!({ "index": i,
+                        "message": { "role": "assistant", "content": null, "tool_calls": [call] },
+                        "logprobs": lp, "finish_reason": "tool_calls" })
+            } else if chat {
                 json!({ "index": i, "message": { "role": "assistant", "content": a.text },
                         "logprobs": lp, "finish_reason": finish })
             } else {
@@ -1493,7 +1804,7 @@ async fn respond(
         (false, Some(p)) => Some(json!({ "content": p })),
         (false, None) => None,
     };
-    let events = stream_events(runs, chunk, opening);
+    let events = stream_events(runs, chunk, opening, tools);
     Ok((receipt_header, Sse::new(events)).into_response())
 }
 
@@ -1588,6 +1899,11 @@ struct StreamState {
     prompt_tokens: usize,
     completion_tokens: usize,
     ended: bool,
+    /// With tools, per choice: the text held back while it may be a tool call (empty, or
+    /// starting with `{`); `None` once it is plain text, which streams as it comes.
+    held: Vec<Option<String>>,
+    /// Events to send before reading more output.
+    pending: std::collections::VecDeque<Event>,
 }
 
 /// Turns the dispatchers' output into SSE events: a role chunk per choice, content chunks
@@ -1600,6 +1916,7 @@ fn stream_events(
         + Sync
         + 'static,
     open_delta: Option<Value>,
+    tools: bool,
 ) -> impl futures::Stream<Item = Result<Event, std::convert::Infallible>> {
     let chunk: Arc<ChunkFn> = Arc::new(chunk);
     let n = runs.len();
@@ -1621,59 +1938,108 @@ fn stream_events(
         prompt_tokens: 0,
         completion_tokens: 0,
         ended: false,
+        held: vec![tools.then(String::new); n],
+        pending: Default::default(),
     };
     let open_delta = Arc::new(open_delta.unwrap_or_default());
     futures::stream::unfold(state, move |mut st| {
         let chunk = chunk.clone();
         let open_delta = open_delta.clone();
         async move {
-            if st.ended {
-                return None;
-            }
             if let Some(i) = st.opening.pop_front() {
                 return Some((Ok(chunk(i, (*open_delta).clone(), &[], None, None)), st));
             }
-            let ev = match st.merged.next().await {
-                Some((i, Out::Text { text, logprobs })) => {
-                    chunk(i, json!({ "content": text }), &logprobs, None, None)
+            loop {
+                if let Some(ev) = st.pending.pop_front() {
+                    return Some((Ok(ev), st));
                 }
-                Some((
-                    i,
-                    Out::Done {
-                        job,
-                        stop_reason,
-                        prompt_tokens,
-                        output_tokens,
-                        worker,
+                if st.ended {
+                    return None;
+                }
+                match st.merged.next().await {
+                    Some((i, Out::Text { text, logprobs })) => match &mut st.held[i] {
+                        Some(buf) => {
+                            buf.push_str(&text);
+                            if !buf.is_empty() && !buf.starts_with('{') {
+                                // Plain text: send what was held, then stream.
+                                let t = std::mem::take(buf);
+                                st.held[i] = None;
+                                st.pending.push_back(chunk(
+                                    i,
+                                    json!({ "content": t }),
+                                    &[],
+                                    None,
+                                    None,
+                                ));
+                            }
+                        }
+                        None => st.pending.push_back(chunk(
+                            i,
+                            json!({ "content": text }),
+                            &logprobs,
+                            None,
+                            None,
+                        )),
                     },
-                )) => {
-                    st.done[i] = Some((st.requests[i], job, worker));
-                    st.prompt_tokens = prompt_tokens;
-                    st.completion_tokens += output_tokens;
-                    let finish = Some(finish_reason(stop_reason));
-                    if st.done.iter().all(Option::is_some) {
+                    Some((
+                        i,
+                        Out::Done {
+                            job,
+                            stop_reason,
+                            prompt_tokens,
+                            output_tokens,
+                            worker,
+                        },
+                    )) => {
+                        st.done[i] = Some((st.requests[i], job, worker));
+                        st.prompt_tokens = prompt_tokens;
+                        st.completion_tokens += output_tokens;
+                        let mut finish = finish_reason(stop_reason);
+                        if let Some(buf) = st.held[i].take() {
+                            if let Some((name, args)) = tool_call(&buf) {
+                                let mut call = tool_call_json(&st.requests[i], &name, &args);
+                                call["index"] = json!(0);
+                                st.pending.push_back(chunk(
+                                    i,
+                                    json!({ "tool_calls": [call] }),
+                                    &[],
+                                    None,
+                                    None,
+                                ));
+                                finish = "tool_calls";
+                            } else if !buf.is_empty() {
+                                // A call cut short: the text as it is.
+                                st.pending.push_back(chunk(
+                                    i,
+                                    json!({ "content": buf }),
+                                    &[],
+                                    None,
+                                    None,
+                                ));
+                            }
+                        }
+                        let extra = st.done.iter().all(Option::is_some).then(|| {
+                            st.ended = true;
+                            let done: Vec<_> = st.done.iter().flatten().copied().collect();
+                            (
+                                usage(st.prompt_tokens, st.completion_tokens),
+                                deai_field(&done),
+                            )
+                        });
+                        st.pending
+                            .push_back(chunk(i, json!({}), &[], Some(finish), extra));
+                    }
+                    Some((_, Out::Failed(e))) => {
                         st.ended = true;
-                        let done: Vec<_> = st.done.iter().flatten().copied().collect();
-                        let extra = (
-                            usage(st.prompt_tokens, st.completion_tokens),
-                            deai_field(&done),
-                        );
-                        chunk(i, json!({}), &[], finish, Some(extra))
-                    } else {
-                        chunk(i, json!({}), &[], finish, None)
+                        st.pending.push_back(worker_failed(&e));
+                    }
+                    // Every channel closed, yet a choice never finished (its dispatcher is gone).
+                    None => {
+                        st.ended = true;
+                        st.pending.push_back(worker_failed("request dropped"));
                     }
                 }
-                Some((_, Out::Failed(e))) => {
-                    st.ended = true;
-                    worker_failed(&e)
-                }
-                // Every channel closed, yet a choice never finished (its dispatcher is gone).
-                None => {
-                    st.ended = true;
-                    worker_failed("request dropped")
-                }
-            };
-            Some((Ok(ev), st))
+            }
         }
     })
     .chain(futures::stream::once(async {
@@ -1696,7 +2062,7 @@ mod param_tests {
         }
         let req: ChatRequest = serde_json::from_value(body).unwrap();
         req.common
-            .params("reply in JSON", 3, 2048, 1000)
+            .params("reply in JSON", 3, 2048, 1000, None)
             .map_err(|e| (e.status, e.message, e.code))
     }
 
@@ -1720,7 +2086,7 @@ mod param_tests {
             "model": "m", "messages": [], "response_format": {"type": "json_object"}
         }))
         .unwrap();
-        let e = req.common.params("hi", 3, 2048, 1000).unwrap_err();
+        let e = req.common.params("hi", 3, 2048, 1000, None).unwrap_err();
         assert!(
             e.message.contains("must contain the word 'json'"),
             "{}",
@@ -1778,12 +2144,8 @@ mod param_tests {
         // Asking for a feature this gateway does not have is a 400 naming it.
         for (bad, name) in [
             (json!({"echo": true}), "echo"),
-            (json!({"tools": [{"type": "function"}]}), "tools"),
-            (json!({"tool_choice": "auto"}), "tool_choice"),
-            (
-                json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
-                "response_format",
-            ),
+            (json!({"functions": [{"name": "f"}]}), "functions"),
+            (json!({"function_call": "auto"}), "function_call"),
             (json!({"best_of": 3}), "best_of"),
         ] {
             let (status, msg, code) = check(bad.clone()).unwrap_err();
@@ -1796,6 +2158,196 @@ mod param_tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(code, "unknown_parameter");
         assert_eq!(msg, "Unrecognized request argument supplied: temprature");
+    }
+
+    /// A chat request from JSON text (so object members keep their order, as over HTTP).
+    fn chat(text: &str) -> ChatRequest {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn json_schema_response_formats_compile_in_property_order() {
+        let req = chat(
+            r#"{"model": "m", "messages": [], "response_format": {"type": "json_schema",
+                "json_schema": {"name": "city_info", "strict": true, "schema": {"type": "object",
+                "properties": {"name": {"type": "string"}, "country": {"type": "string"},
+                "population": {"type": "integer"}},
+                "required": ["name", "country", "population"], "additionalProperties": false}}}}"#,
+        );
+        // No "json" in the prompt needed: the schema's layout leaves no room for whitespace.
+        let p = req
+            .common
+            .params("hi", 3, 2048, 1000, None)
+            .unwrap()
+            .sampling;
+        let schema = p.json_schema.expect("a schema");
+        assert!(!p.json_object);
+        assert_eq!(
+            schema.canonical(),
+            r#"{"object":[["name","string"],["country","string"],["population","integer"]]}"#
+        );
+        let out = br#"{"name": "Paris", "country": "France", "population": 2100000}"#;
+        let st = schema.after(&schema.start(), out).unwrap();
+        assert!(schema.is_complete(&st));
+        for (bad, says) in [
+            (r#"{"type": "json_schema"}"#, "needs a json_schema object"),
+            (
+                r#"{"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}"#,
+                "name must be",
+            ),
+            (
+                r#"{"type": "json_schema", "json_schema": {"name": "a b", "schema": {"type": "object"}}}"#,
+                "name must be",
+            ),
+            (
+                r#"{"type": "json_schema", "json_schema": {"name": "x"}}"#,
+                "needs a schema",
+            ),
+            (
+                r#"{"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string"}}}"#,
+                "top level must be of type object",
+            ),
+            (
+                r#"{"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string", "format": "email"}}}}}"#,
+                "\"format\" is not supported",
+            ),
+        ] {
+            let req = chat(&format!(
+                r#"{{"model": "m", "messages": [], "response_format": {bad}}}"#
+            ));
+            let e = req.common.params("hi", 3, 2048, 1000, None).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn tools_become_a_call_grammar_and_instructions() {
+        let tools = r#"[{"type": "function", "function": {"name": "get_weather",
+            "description": "Weather in a city", "parameters": {"type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}}}}},
+            {"type": "function", "function": {"name": "now"}}]"#;
+        let with = |choice: &str| {
+            chat(&format!(
+                r#"{{"model": "m", "messages": [], "tools": {tools}{choice}}}"#
+            ))
+        };
+        // The default ("auto"): a call or plain text.
+        let req = with("");
+        let t = req.common.tools().unwrap().expect("tools");
+        assert!(matches!(t.choice, ToolChoice::Auto));
+        assert!(t.grammar.canonical().starts_with(r#"{"orText":"#));
+        let text = t.instructions();
+        assert!(text.contains(r#"{"name":"get_weather","description":"Weather in a city","parameters":{"type":"object","properties":{"city""#), "{text}");
+        assert!(
+            text.contains(r#"{"name":"now","parameters":{"type":"object","properties":{}}}"#),
+            "{text}"
+        );
+        let p = req
+            .common
+            .params("hi", 3, 2048, 1000, Some(&t))
+            .unwrap()
+            .sampling;
+        assert_eq!(p.json_schema.as_ref(), Some(&t.grammar));
+        // A named function: only its calls.
+        let t = with(r#", "tool_choice": {"type": "function", "function": {"name": "now"}}"#)
+            .common
+            .tools()
+            .unwrap()
+            .unwrap();
+        let g = &t.grammar;
+        let call = br#"{"name": "now", "arguments": {}}"#;
+        assert!(g.is_complete(&g.after(&g.start(), call).unwrap()));
+        assert!(g.after(&g.start(), br#"{"name": "get_weather""#).is_none());
+        assert!(g.after(&g.start(), b"Hello").is_none());
+        // "required": any tool's call, never text.
+        let t = with(r#", "tool_choice": "required""#)
+            .common
+            .tools()
+            .unwrap()
+            .unwrap();
+        let g = &t.grammar;
+        let call = br#"{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}"#;
+        assert!(g.is_complete(&g.after(&g.start(), call).unwrap()));
+        assert!(g.after(&g.start(), b"Hello").is_none());
+        // "none" and an empty list: no tools.
+        assert!(with(r#", "tool_choice": "none""#)
+            .common
+            .tools()
+            .unwrap()
+            .is_none());
+        assert!(chat(r#"{"model": "m", "messages": [], "tools": []}"#)
+            .common
+            .tools()
+            .unwrap()
+            .is_none());
+        // Parsing the answer back: the arguments exactly as written.
+        assert_eq!(
+            tool_call(std::str::from_utf8(call).unwrap()),
+            Some((
+                "get_weather".into(),
+                r#"{"city": "Oslo", "unit": "c"}"#.into()
+            ))
+        );
+        assert_eq!(tool_call("Hello"), None);
+        assert_eq!(tool_call(r#"{"name": "now", "arguments": {"#), None);
+        assert_eq!(tool_call(r#"{"name":"now","arguments":{}}"#), None);
+        // Bad tool definitions and choices are 400s that say why.
+        for (extra, says) in [
+            (r#", "tool_choice": "sometimes""#, "tool_choice must be"),
+            (
+                r#", "tool_choice": {"type": "function", "function": {"name": "later"}}"#,
+                "not in tools",
+            ),
+            (r#", "tool_choice": 5"#, "tool_choice must be"),
+            (
+                r#", "response_format": {"type": "json_object"}"#,
+                "both constrain",
+            ),
+        ] {
+            let req = with(extra);
+            let e = req
+                .common
+                .tools()
+                .and_then(|t| req.common.params("json", 3, 2048, 1000, t.as_ref()))
+                .unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(says), "{extra}: {}", e.message);
+        }
+        for (tools, says) in [
+            (r#"{"type": "function"}"#, "must be a list"),
+            (r#"[{"type": "function"}]"#, "tools[0] must be"),
+            (
+                r#"[{"type": "function", "function": {"name": "a.b"}}]"#,
+                "name must be",
+            ),
+            (
+                r#"[{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]"#,
+                "twice",
+            ),
+            (
+                r#"[{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]"#,
+                "must be of type object",
+            ),
+            (
+                r#"[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": "y"}}}}}]"#,
+                "\"$ref\" is not supported",
+            ),
+        ] {
+            let req = chat(&format!(
+                r#"{{"model": "m", "messages": [], "tools": {tools}}}"#
+            ));
+            let e = req.common.tools().err().expect(tools);
+            assert!(e.message.contains(says), "{tools}: {}", e.message);
+        }
+        // Earlier calls in the conversation are shown to the model as it writes them.
+        let calls = json!([{"id": "call_1", "type": "function",
+                            "function": {"name": "now", "arguments": "{}"}}]);
+        assert_eq!(
+            past_calls(&calls).unwrap(),
+            r#"{"name": "now", "arguments": {}}"#
+        );
+        assert!(past_calls(&json!([{"function": {"name": "now"}}])).is_err());
     }
 
     /// A generated tiny model, loaded as the engine loads any GGUF file.
