@@ -279,6 +279,121 @@ def main():
 
     json_id = check("chat.completions.create (response_format json_object)", json_mode)
 
+    # --- structured outputs and tools (schema grammars, signed in the receipt) ------------
+    from pydantic import BaseModel  # openai's own dependency
+
+    class City(BaseModel):
+        name: str
+        country: str
+        population: int
+
+    def structured():
+        raw = client.chat.completions.with_raw_response.parse(
+            model=model, seed=42, max_tokens=60, temperature=0,
+            messages=[{"role": "user", "content": "Describe Paris: its name, country and population."}],
+            response_format=City)
+        r = raw.parse()
+        c = r.choices[0]
+        assert c.finish_reason == "stop", f"finish_reason {c.finish_reason!r}: {c.message.content!r}"
+        city = c.message.parsed
+        assert isinstance(city, City), f"parsed {city!r} from {c.message.content!r}"
+        keys = list(json.loads(c.message.content))
+        assert keys == ["name", "country", "population"], f"keys {keys} (schema order expected)"
+        rec = receipt_of(raw.headers.get("x-deai-receipt"))
+        schema = (rec.get("sampling") or {}).get("json_schema")
+        want = '{"object":[["name","string"],["country","string"],["population","integer"]]}'
+        assert rec.get("version") == 2 and schema == want, \
+            f"receipt does not sign the schema: version {rec.get('version')}, {schema!r}"
+        return raw.headers.get("x-deai-receipt"), f"{c.message.content}"
+
+    schema_id = check("chat.completions.parse (response_format: a pydantic model, strict "
+                      "json_schema)", structured)
+
+    class GetWeather(BaseModel):
+        city: str
+        unit: str
+
+    weather = openai.pydantic_function_tool(GetWeather, name="get_weather",
+                                            description="Current weather in a city")
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+
+    def tool_call():
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, seed=42, max_tokens=60, temperature=0, messages=ask,
+            tools=[weather], tool_choice=forced)
+        r = raw.parse()
+        c = r.choices[0]
+        assert c.finish_reason == "tool_calls", f"finish_reason {c.finish_reason!r}: {c.message}"
+        assert c.message.content is None, f"content beside a tool call: {c.message.content!r}"
+        calls = c.message.tool_calls or []
+        assert len(calls) == 1 and calls[0].function.name == "get_weather", f"{calls}"
+        args = json.loads(calls[0].function.arguments)
+        assert list(args) == ["city", "unit"] and all(isinstance(v, str) for v in args.values()), \
+            f"arguments {args!r}"
+        assert calls[0].id.startswith("call_"), calls[0].id
+        rec = receipt_of(raw.headers.get("x-deai-receipt"))
+        assert rec.get("version") == 2 and (rec.get("sampling") or {}).get("json_schema"), \
+            f"receipt does not sign the tool grammar: {rec.get('sampling')}"
+        return (calls[0], raw.headers.get("x-deai-receipt")), \
+            f"{calls[0].function.name}({calls[0].function.arguments})"
+
+    tool_result = check("chat.completions.create (tools, tool_choice names a function)", tool_call)
+
+    def tool_call_stream():
+        name, args, ids, finish = "", "", set(), None
+        for chunk in client.chat.completions.create(
+                model=model, seed=42, max_tokens=60, temperature=0, messages=ask,
+                tools=[weather], tool_choice=forced, stream=True):
+            for c in chunk.choices:
+                assert not (c.delta and c.delta.content), f"content in a tool call: {c.delta}"
+                for t in (c.delta.tool_calls or []) if c.delta else []:
+                    if t.id:
+                        ids.add(t.id)
+                    if t.function and t.function.name:
+                        name += t.function.name
+                    if t.function and t.function.arguments:
+                        args += t.function.arguments
+                if c.finish_reason is not None:
+                    finish = c.finish_reason
+        assert finish == "tool_calls", f"finish_reason {finish!r}"
+        assert tool_result is not None, "the non-streamed tool call failed, nothing to compare"
+        call = tool_result[0]
+        assert (name, args) == (call.function.name, call.function.arguments), \
+            f"streamed {name}({args}) differs from {call.function.name}({call.function.arguments})"
+        assert len(ids) == 1, f"tool call ids {ids}"
+        return None, f"{name}({args})"
+
+    check("chat.completions.create (tools, stream=true) gives the same call", tool_call_stream)
+
+    def tool_round_trip():
+        assert tool_result is not None, "the tool call failed, nothing to answer"
+        call = tool_result[0]
+        r = client.chat.completions.create(
+            model=model, seed=42, max_tokens=40, temperature=0, tools=[weather],
+            tool_choice="none", messages=ask + [
+                {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"}])
+        c = r.choices[0]
+        assert c.message.content and not c.message.tool_calls, f"{c.message}"
+        return None, repr(c.message.content)
+
+    check("chat.completions.create (the tool's result sent back, tool_choice none)",
+          tool_round_trip)
+
+    def tool_auto():
+        r = client.chat.completions.create(
+            model=model, seed=42, max_tokens=40, temperature=0, messages=ask, tools=[weather])
+        c = r.choices[0]
+        if c.message.tool_calls:
+            assert c.finish_reason == "tool_calls" and c.message.content is None, f"{c}"
+            json.loads(c.message.tool_calls[0].function.arguments)
+            return None, f"called {c.message.tool_calls[0].function.name}"
+        assert c.message.content and not c.message.content.startswith("{"), f"{c.message}"
+        return None, f"answered in text: {c.message.content!r}"
+
+    check("chat.completions.create (tools, tool_choice auto: a call or text)", tool_auto)
+
     # --- n > 1: each choice its own job, choice i sampled with seed + i --------------------
     sampled = {**request, "temperature": 0.8}
 
@@ -355,9 +470,13 @@ def main():
         raise AssertionError("no BadRequestError was raised")
 
     check("completions echo with logprobs (not supported) raises BadRequestError", echo_with_logprobs)
-    check("tools (not supported) raises BadRequestError",
-          expect(openai.BadRequestError,
-                 tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]))
+    check("tool_choice naming a function not in tools raises BadRequestError",
+          expect(openai.BadRequestError, tools=[weather],
+                 tool_choice={"type": "function", "function": {"name": "f"}}))
+    check("a json_schema with an unsupported keyword raises BadRequestError",
+          expect(openai.BadRequestError, response_format={
+              "type": "json_schema", "json_schema": {"name": "s", "schema": {
+                  "type": "object", "properties": {"a": {"type": "string", "pattern": "x+"}}}}}))
     check("n=9 raises BadRequestError", expect(openai.BadRequestError, n=9))
     check("an unknown argument raises BadRequestError",
           expect(openai.BadRequestError, extra_body={"bogus_argument": 1}))
@@ -394,6 +513,10 @@ def main():
     check("GET /v1/receipts/{id} of the logit_bias/penalties answer is accepted",
           verdict(adjusted_id))
     check("GET /v1/receipts/{id} of the JSON-mode answer is accepted", verdict(json_id))
+    check("GET /v1/receipts/{id} of the structured (json_schema) answer is accepted",
+          verdict(schema_id))
+    check("GET /v1/receipts/{id} of the tool call is accepted",
+          verdict(tool_result[1] if tool_result else None))
     check("GET /v1/receipts/{id} of choice 2 of the n=3 answer is accepted",
           verdict(several_result[1][2] if several_result else None))
 

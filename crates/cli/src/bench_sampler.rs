@@ -86,6 +86,16 @@ pub fn bench(b: SamplerBench) -> Result<()> {
             tokens: 0,
             verify_ms: f64::INFINITY,
         },
+        Case {
+            name: "json_schema",
+            sampling: SamplingParams {
+                json_schema: Some(bench_schema()),
+                ..plain.clone()
+            },
+            decode_tps: 0.0,
+            tokens: 0,
+            verify_ms: f64::INFINITY,
+        },
     ];
     let key = SigningKey::from_bytes(&[7; 32]);
     for rep in 0..b.reps {
@@ -176,4 +186,16 @@ fn report(engine: &Engine, cases: &[Case], json: bool) {
             per / (base.verify_ms / base.tokens as f64)
         );
     }
+}
+
+/// The structured-output case: a string, a number and a list of strings, so the run spends
+/// its tokens in every kind of schema state.
+fn bench_schema() -> deai_engine::json_schema::JsonSchema {
+    let schema: deai_engine::json_schema::Json = serde_json::from_str(
+        r#"{"type": "object", "properties": {"answer": {"type": "string"},
+            "confidence": {"type": "number"}, "tags": {"type": "array", "items": {"type": "string"}}}}"#,
+    )
+    .expect("the bench schema is JSON");
+    deai_engine::json_schema::JsonSchema::compile_object(&schema)
+        .expect("the bench schema compiles")
 }

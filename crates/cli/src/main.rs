@@ -140,6 +140,10 @@ struct SampleArgs {
     /// Constrain the output to one JSON object (the sampler masks every other token).
     #[arg(long)]
     json_object: bool,
+    /// Constrain the output to one value of the JSON Schema in FILE (top level an object; the
+    /// supported subset is in `deai_engine::json_schema`), written in a fixed compact layout.
+    #[arg(long, value_name = "FILE", conflicts_with = "json_object")]
+    json_schema: Option<std::path::PathBuf>,
     /// System message (default: the model's own).
     #[arg(long)]
     system: Option<String>,
@@ -167,7 +171,17 @@ impl SampleArgs {
         if self.max_tokens == 0 {
             bail!("-n/--max-tokens must be at least 1");
         }
-        let p = self.params();
+        let mut p = self.params();
+        if let Some(path) = &self.json_schema {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the JSON Schema {}", path.display()))?;
+            let schema: deai_engine::json_schema::Json = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            p.sampling.json_schema = Some(
+                deai_engine::json_schema::JsonSchema::compile_object(&schema)
+                    .map_err(|e| anyhow::anyhow!("--json-schema {}: {e}", path.display()))?,
+            );
+        }
         if p.sampling.logit_bias.windows(2).any(|w| w[0].0 == w[1].0) {
             bail!("--logit-bias names a token id twice");
         }
@@ -193,6 +207,7 @@ impl SampleArgs {
                     b
                 },
                 json_object: self.json_object,
+                json_schema: None,
             },
             stop: self.stop.clone(),
         }

@@ -421,6 +421,15 @@ impl ScalarLex {
         matches!(self.0.mode, Mode::Num(n) if n.complete())
     }
 
+    /// Digits so far in the part of the number being written (integer part or fraction; 0
+    /// elsewhere).
+    pub fn digits(&self) -> u8 {
+        match self.0.mode {
+            Mode::Num(Num::Int(d) | Num::Frac(d)) => d,
+            _ => 0,
+        }
+    }
+
     /// Whether the scalar so far is a number with a fraction or an exponent.
     pub fn is_fractional(&self) -> bool {
         matches!(

@@ -6,7 +6,9 @@
 //! describes, written one way: object keys exactly as the schema lists them, in its order,
 //! each once and none other; `": "` after a key and `", "` between members and items
 //! (Python's `json.dumps` layout); no other whitespace. Strings and numbers follow
-//! [`crate::json_prefix`]'s rules (UTF-8, escapes, paired surrogates, digit caps). So every
+//! [`crate::json_prefix`]'s rules (UTF-8, escapes, paired surrogates), numbers with at most
+//! [`MAX_DIGITS`] digits in the integer part and in the fraction (every integer fits an i64;
+//! a small model repeating a digit stops there instead of at the token limit). So every
 //! complete output parses with common JSON libraries and validates against the schema it was
 //! compiled from, and a model cannot stall in whitespace.
 //!
@@ -33,6 +35,8 @@ pub const MAX_SCHEMA_BYTES: usize = 8192;
 pub const MAX_NODES: usize = 256;
 /// Deepest nesting of schemas inside schemas.
 pub const MAX_SCHEMA_DEPTH: usize = 16;
+/// Most digits in a number's integer part, and in its fraction.
+pub const MAX_DIGITS: u8 = 18;
 /// Most alternative parses followed at once; beyond it the first ones (in schema order) are
 /// kept, the same on every machine.
 pub const MAX_LIVE: usize = 64;
@@ -824,6 +828,7 @@ impl JsonSchema {
                         return Some(false);
                     }
                     match lex.step(b) {
+                        Lexed::More(l) if l.digits() > MAX_DIGITS => return Some(false),
                         Lexed::More(l) => lex = l,
                         Lexed::Fail => return Some(false),
                         Lexed::Closed | Lexed::Ended => return None,
@@ -933,6 +938,7 @@ impl JsonSchema {
                     return;
                 }
                 match lex.step(b) {
+                    Lexed::More(l) if l.digits() > MAX_DIGITS => {}
                     Lexed::More(l) => {
                         *lex = l;
                         if out.len() < MAX_LIVE && !out.contains(&st) {
@@ -1037,7 +1043,7 @@ mod tests {
         let good = [
             r#"{"name": "Ada", "age": 36, "height": 1.65, "tags": [], "pet": null, "ok": true, "empty": {}}"#,
             r#"{"name": "B\"\u00e9\ud83d\ude00", "age": -0, "height": null, "tags": ["a", 3, null, true, "b"], "pet": {"kind": "cat", "lives": 9}, "ok": false, "empty": {}}"#,
-            r#"{"name": "", "age": 12345678901234567890, "height": -2.5e-3, "tags": ["b"], "pet": {"kind": "dog"}, "ok": true, "empty": {}}"#,
+            r#"{"name": "", "age": 123456789012345678, "height": -2.5e-3, "tags": ["b"], "pet": {"kind": "dog"}, "ok": true, "empty": {}}"#,
         ];
         for g in good {
             assert!(complete(&s, g), "{g}");
@@ -1095,7 +1101,15 @@ mod tests {
         assert!(!prefix(&num, r#"{"x": 1.}"#));
         assert!(!prefix(&num, r#"{"x": 1e}"#));
         assert!(complete(&num, r#"{"x": 1e5}"#));
-        assert!(!prefix(&num, &format!("{{\"x\": 1{}", "0".repeat(100))));
+        assert!(prefix(&num, &format!("{{\"x\": 1{}", "0".repeat(17))));
+        assert!(!prefix(&num, &format!("{{\"x\": 1{}", "0".repeat(18))));
+        assert!(complete(&num, &format!("{{\"x\": -0.{}}}", "5".repeat(18))));
+        assert!(!prefix(&num, &format!("{{\"x\": 0.{}", "5".repeat(19))));
+        let int = schema(r#"{"type": "object", "properties": {"n": {"type": "integer"}}}"#);
+        let max = format!("{{\"n\": -{}}}", "9".repeat(18));
+        assert!(complete(&int, &max));
+        let v: serde_json::Value = serde_json::from_str(&max).unwrap();
+        assert!(v["n"].is_i64(), "{max}");
     }
 
     #[test]
