@@ -179,7 +179,12 @@ fn bench_sampler_json_on_a_tiny_model() {
     let names: Vec<&str> = cases.iter().map(|c| c["case"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["plain greedy", "penalties + logit_bias", "json_object"]
+        [
+            "plain greedy",
+            "penalties + logit_bias",
+            "json_object",
+            "json_schema"
+        ]
     );
     for c in cases {
         assert!(c["decode_tps"].as_f64().unwrap() > 0.0, "{c}");
@@ -254,6 +259,62 @@ fn penalties_and_logit_bias_are_signed_and_verified() {
     assert_eq!(v["sampling"]["json_object"], true, "{v}");
     let o = deai(h, &["verify", jr.to_str().unwrap(), "-m", m]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    // --json-schema: the text is a prefix of a value of the schema, whose canonical text is
+    // signed in the receipt and replayed by `deai verify`.
+    let schema = h.join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"word": {"type": "string"}, "n": {"type": "integer"}}}"#,
+    )
+    .unwrap();
+    let sr = h.join("schema-receipt.json");
+    let o = run(&[
+        "--json-schema",
+        schema.to_str().unwrap(),
+        "--receipt",
+        sr.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let answer = out["text"].as_str().unwrap();
+    assert!(answer.starts_with(r#"{"word": ""#), "{answer:?}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&sr).unwrap()).unwrap();
+    assert_eq!(
+        v["sampling"]["json_schema"], r#"{"object":[["word","string"],["n","integer"]]}"#,
+        "{v}"
+    );
+    let o = deai(h, &["verify", sr.to_str().unwrap(), "-m", m]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    // A receipt whose schema was swapped for another is refused.
+    let swapped = std::fs::read_to_string(&sr)
+        .unwrap()
+        .replace(r#"[\"n\",\"integer\"]"#, r#"[\"n\",\"number\"]"#);
+    assert!(swapped.contains("number"), "{swapped}");
+    let tampered = h.join("tampered.json");
+    std::fs::write(&tampered, swapped).unwrap();
+    let o = deai(h, &["verify", tampered.to_str().unwrap(), "-m", m]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    // Schemas it cannot honour are refused before the model loads.
+    let bad = h.join("bad-schema.json");
+    for (content, says) in [
+        (r#"{"type": "string"}"#, "top level must be of type object"),
+        (
+            r#"{"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}}"#,
+            "\"maxLength\" is not supported",
+        ),
+        ("not json", "is not JSON"),
+    ] {
+        std::fs::write(&bad, content).unwrap();
+        let o = run(&["--json-schema", bad.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{content}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(says),
+            "{content}: {}",
+            text(&o.stderr)
+        );
+    }
+    let o = run(&["--json-schema", schema.to_str().unwrap(), "--json-object"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     // Out of range, repeated, unparsable, outside the vocabulary.
     for (args, says, code) in [
         (&["--presence-penalty", "2.5"][..], "presence_penalty", 1),
