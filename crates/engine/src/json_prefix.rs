@@ -23,7 +23,7 @@ pub const MAX_NUMBER_DIGITS: u8 = 100;
 /// Most digits in a number's exponent (so `|exponent| <= 99`).
 pub const MAX_EXPONENT_DIGITS: u8 = 2;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Num {
     /// After `-`: a digit must follow.
     Minus,
@@ -51,7 +51,7 @@ impl Num {
 }
 
 /// Where a `\u` escape stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Esc {
     /// `left` hex digits of an escape still to come; `first` is its first digit once read,
     /// `high` whether it is a high surrogate (`D800`-`DBFF`).
@@ -64,7 +64,7 @@ enum Esc {
     Low { left: u8 },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Mode {
     /// Before the top-level object: whitespace or `{`.
     Start,
@@ -107,7 +107,7 @@ enum Mode {
 }
 
 /// Where a byte string stands in the JSON-object grammar.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct JsonPrefix {
     mode: Mode,
     /// Bit `i` set: the container at depth `i` is an object (else an array).
@@ -381,11 +381,11 @@ impl JsonPrefix {
 /// One JSON string (from just after its opening quote) or number inside a larger document,
 /// lexed by the same rules as [`JsonPrefix`] (UTF-8, escapes, surrogate pairs, digit caps).
 /// [`crate::json_schema`] uses it for the free-form parts of a schema-shaped output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ScalarLex(JsonPrefix);
 
 /// What a byte does to a [`ScalarLex`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Lexed {
     /// The byte belongs to the scalar, which may go on.
     More(ScalarLex),

@@ -543,7 +543,7 @@ fn from_schema(v: &Json, path: &str, depth: usize) -> Result<Node, String> {
 }
 
 /// Where a literal lies in [`Grammar::lits`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Lit {
     at: u32,
     end: u32,
@@ -639,7 +639,7 @@ impl Grammar {
 }
 
 /// What remains to be matched, innermost last.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Goal {
     Lit(Lit),
     Value(u32),
@@ -678,7 +678,7 @@ impl fmt::Debug for JsonSchema {
 
 /// Where an output stands against a schema: the parses still alive (empty stacks are complete
 /// ones).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SchemaState {
     stacks: Vec<Vec<Goal>>,
 }

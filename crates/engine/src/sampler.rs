@@ -30,7 +30,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub const SAMPLER_ID: &str = "deai-sampler-v1";
 
@@ -190,7 +192,21 @@ pub struct Adjuster<'t> {
     json: Option<Option<JsonPrefix>>,
     /// `Some` with `json_schema`: the output against the schema (`None` inside: left it).
     schema: Option<(JsonSchema, Option<SchemaState>)>,
+    /// Grammar masks already computed, by state: the mask is a function of the state alone,
+    /// and most positions repeat one (inside a string, say), so the walk over the vocabulary
+    /// runs once per distinct state.
+    masks: RefCell<HashMap<GrammarState, Arc<Vec<bool>>>>,
 }
+
+/// A grammar's state, as the key of the mask cache.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum GrammarState {
+    Json(Option<JsonPrefix>),
+    Schema(Option<SchemaState>),
+}
+
+/// Most masks kept per run (each is one `bool` per vocabulary entry).
+const MASK_CACHE: usize = 128;
 
 impl<'t> Adjuster<'t> {
     pub fn new(p: &SamplingParams, tokenizer: &'t Tokenizer) -> Self {
@@ -201,6 +217,7 @@ impl<'t> Adjuster<'t> {
             counts: HashMap::new(),
             json: p.json_object.then_some(Some(JsonPrefix::new())),
             schema: p.json_schema.as_ref().map(|s| (s.clone(), Some(s.start()))),
+            masks: RefCell::new(HashMap::new()),
         }
     }
 
@@ -245,23 +262,41 @@ impl<'t> Adjuster<'t> {
                 }
             }
         }
-        if let Some(state) = self.json {
-            let allows = self.json_mask(state);
-            for (t, l) in out.iter_mut().enumerate() {
-                if !allows(t as u32) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-        }
-        if let Some((schema, state)) = &self.schema {
-            let allows = self.schema_mask(schema, state.as_ref());
-            for (t, l) in out.iter_mut().enumerate() {
-                if !allows(t as u32) {
+        if let Some(mask) = self.grammar_mask(out.len()) {
+            for (l, &ok) in out.iter_mut().zip(mask.iter()) {
+                if !ok {
                     *l = f32::NEG_INFINITY;
                 }
             }
         }
         Cow::Owned(out)
+    }
+
+    /// The output grammar's mask over `vocab` tokens for the current state (`None` without a
+    /// grammar), from the cache when this state was seen before.
+    fn grammar_mask(&self, vocab: usize) -> Option<Arc<Vec<bool>>> {
+        let key = match (&self.json, &self.schema) {
+            (Some(state), _) => GrammarState::Json(*state),
+            (None, Some((_, state))) => GrammarState::Schema(state.clone()),
+            (None, None) => return None,
+        };
+        if let Some(m) = self.masks.borrow().get(&key).filter(|m| m.len() == vocab) {
+            return Some(m.clone());
+        }
+        let mask: Vec<bool> = match (&self.json, &self.schema) {
+            (Some(state), _) => (0..vocab as u32).map(self.json_mask(*state)).collect(),
+            (None, Some((schema, state))) => (0..vocab as u32)
+                .map(self.schema_mask(schema, state.as_ref()))
+                .collect(),
+            (None, None) => return None,
+        };
+        let mask = Arc::new(mask);
+        let mut cache = self.masks.borrow_mut();
+        if cache.len() >= MASK_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, mask.clone());
+        Some(mask)
     }
 
     /// Which tokens `schema` lets follow an output in `state` (`None`: it already left the
@@ -855,6 +890,52 @@ mod tests {
         };
         assert!(both.validate().is_err());
         assert!(p.validate().is_ok());
+    }
+
+    #[test]
+    fn cached_grammar_masks_equal_fresh_ones() {
+        let tok = tokenizer();
+        let byte = |b: u8| 3 + b as u32;
+        let schema: crate::json_schema::Json = serde_json::from_str(
+            r#"{"type": "object", "properties": {"s": {"type": "string"}, "t": {"type": "array", "items": {"type": "string"}}}}"#,
+        )
+        .unwrap();
+        let object = SamplingParams {
+            json_object: true,
+            ..params(0.0, 0, 1.0, 0)
+        };
+        let with_schema = SamplingParams {
+            json_schema: Some(JsonSchema::compile_object(&schema).unwrap()),
+            ..params(0.0, 0, 1.0, 0)
+        };
+        let logits: Vec<f32> = (0..tok.vocab_size()).map(|i| (i % 7) as f32).collect();
+        for (p, text) in [
+            (
+                &object,
+                &br#"{"s": "aaaa\"bb", "t": ["x", "y", {"z": 1}]}"#[..],
+            ),
+            (
+                &with_schema,
+                &br#"{"s": "aaaa\"bb", "t": ["x", "y", "xx"]}"#[..],
+            ),
+        ] {
+            let mut cached = Adjuster::new(p, &tok);
+            let mut fresh = Adjuster::new(p, &tok);
+            for &b in text {
+                fresh.masks.borrow_mut().clear();
+                assert_eq!(cached.adjust(&logits), fresh.adjust(&logits));
+                cached.push(byte(b));
+                fresh.push(byte(b));
+            }
+            // Repeated states (inside the strings) were served from the cache.
+            assert!(
+                cached.masks.borrow().len() < text.len(),
+                "{}",
+                cached.masks.borrow().len()
+            );
+            fresh.masks.borrow_mut().clear();
+            assert_eq!(cached.adjust(&logits), fresh.adjust(&logits));
+        }
     }
 
     fn tokenizer() -> Tokenizer {
