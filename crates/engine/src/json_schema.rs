@@ -7,17 +7,20 @@
 //! each once and none other; `": "` after a key and `", "` between members and items
 //! (Python's `json.dumps` layout); no other whitespace. Strings and numbers follow
 //! [`crate::json_prefix`]'s rules (UTF-8, escapes, paired surrogates), numbers with at most
-//! [`MAX_DIGITS`] digits in the integer part and in the fraction (every integer fits an i64;
-//! a small model repeating a digit stops there instead of at the token limit). So every
-//! complete output parses with common JSON libraries and validates against the schema it was
-//! compiled from, and a model cannot stall in whitespace.
+//! [`MAX_DIGITS`] digits in the integer part and in the fraction (every integer the model
+//! writes fits an i64; a small model repeating a digit stops there instead of at the token
+//! limit). So every complete output parses with common JSON libraries and is an instance of
+//! the schema it was compiled from, and a model cannot stall in whitespace.
 //!
 //! The subset (as OpenAI's strict structured outputs): `type` (one or a list), `properties`,
 //! `required` (every listed key must be a property; every property is written, which a schema
 //! listing fewer also accepts), `additionalProperties` (none are written), `items`, `enum`,
-//! `const`, `anyOf`, and the annotations `title`, `description`, `default`, `examples`,
-//! `$schema`, `$comment`. Any other keyword (`pattern`, `minimum`, `$ref`, ...) is refused by
-//! name rather than ignored, since the output could then break it.
+//! `const` (exact values only), `anyOf` (with nothing structural beside it), `$ref` to the
+//! top level's `$defs` or `definitions` (as pydantic writes nested models; not recursive), and
+//! the annotations `title`, `description`, `default`, `examples`, `$schema`, `$comment`. Any
+//! other keyword (`pattern`, `minimum`, `format`, ...) is refused by name rather than
+//! ignored, since the output could then break it. Enum values are matched through one trie;
+//! schemas whose alternatives could need more than [`MAX_LIVE`] parses at once are refused.
 //!
 //! A compiled schema has a canonical text ([`JsonSchema::canonical`]): receipts carry it and
 //! [`JsonSchema::from_canonical`] rebuilds the same grammar from it, refusing any other
@@ -33,12 +36,16 @@ use crate::json_prefix::{Lexed, ScalarLex};
 pub const MAX_SCHEMA_BYTES: usize = 8192;
 /// Most nodes (types, enum sets, alternatives) in a schema.
 pub const MAX_NODES: usize = 256;
-/// Deepest nesting of schemas inside schemas.
+/// Deepest nesting of schemas inside schemas (as written, `$ref`s followed).
 pub const MAX_SCHEMA_DEPTH: usize = 16;
+/// Deepest nesting of the compiled tree (a list of types and a tool call add levels); the
+/// canonical text is read back under the same limit, so whatever compiles decodes.
+pub const MAX_NODE_DEPTH: usize = 40;
 /// Most digits in a number's integer part, and in its fraction.
 pub const MAX_DIGITS: u8 = 18;
-/// Most alternative parses followed at once; beyond it the first ones (in schema order) are
-/// kept, the same on every machine.
+/// Most alternative parses followed at once. Schemas whose alternatives could exceed it are
+/// refused when compiled; the matcher also keeps at most this many (the first, in schema
+/// order), the same on every machine.
 pub const MAX_LIVE: usize = 64;
 
 /// A JSON value that keeps object members in document order (a schema's `properties` order is
@@ -173,8 +180,9 @@ impl<'de> serde::Deserialize<'de> for Json {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Json, A::Error> {
                 let mut m: Vec<(String, Json)> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 while let Some((k, v)) = a.next_entry::<String, Json>()? {
-                    if m.iter().any(|(seen, _)| *seen == k) {
+                    if !seen.insert(k.clone()) {
                         return Err(de::Error::custom(format!("duplicate key {k:?}")));
                     }
                     m.push((k, v));
@@ -254,6 +262,29 @@ impl Node {
         }
     }
 
+    /// Levels of the tree (a leaf is 1).
+    fn depth(&self) -> usize {
+        1 + match self {
+            Node::Object(f) => f.iter().map(|(_, v)| v.depth()).max().unwrap_or(0),
+            Node::Array(i) | Node::OrText(i) => i.depth(),
+            Node::AnyOf(a) => a.iter().map(Node::depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// An upper bound on the parses followed at once while matching this node (each enum is
+    /// one trie, so one parse, two where a value is a prefix of another).
+    fn live(&self) -> usize {
+        match self {
+            Node::Object(f) => f.iter().map(|(_, v)| v.live()).max().unwrap_or(1),
+            Node::Array(i) => 1 + i.live(),
+            Node::AnyOf(a) => a.iter().map(Node::live).sum(),
+            Node::OrText(i) => 1 + i.live(),
+            Node::Enum(_) | Node::Boolean | Node::Null => 2,
+            _ => 1,
+        }
+    }
+
     fn count(&self) -> usize {
         1 + match self {
             Node::Object(f) => f.iter().map(|(_, v)| v.count()).sum(),
@@ -265,8 +296,8 @@ impl Node {
 
     /// Read back from [`Node::canonical`]'s shape (the caller checks the spelling).
     fn from_canonical(v: &Json, depth: usize) -> Result<Node, String> {
-        if depth > MAX_SCHEMA_DEPTH {
-            return Err(format!("nested deeper than {MAX_SCHEMA_DEPTH}"));
+        if depth >= MAX_NODE_DEPTH {
+            return Err(format!("nested deeper than {MAX_NODE_DEPTH}"));
         }
         let bad = || format!("not a canonical schema node: {}", v.to_text());
         Ok(match v {
@@ -325,6 +356,19 @@ fn enum_node(vals: &[Json]) -> Result<Node, String> {
                 v.to_text()
             ));
         }
+        if let Json::Number(n) = v {
+            // Written as serde_json writes it; beyond 2^53 an f64 no longer holds every
+            // integer, so the written value could differ from the schema's.
+            if n.as_f64()
+                .is_some_and(|x| !n.is_i64() && !n.is_u64() && x.abs() >= 9.007e15)
+            {
+                return Err(format!(
+                    "enum and const numbers must be exact (integers up to 2^64, or decimals \
+                     below 2^53), got {}",
+                    v.to_text()
+                ));
+            }
+        }
         let t = v.to_text();
         if texts.contains(&t) {
             return Err(format!("enum lists {t} twice"));
@@ -347,16 +391,19 @@ fn type_matches(ty: &str, v: &Json) -> bool {
     match (ty, v) {
         ("string", Json::String(_)) | ("boolean", Json::Bool(_)) | ("null", Json::Null) => true,
         ("number", Json::Number(_)) => true,
-        ("integer", Json::Number(n)) => n.is_i64() || n.is_u64(),
+        ("integer", Json::Number(n)) => {
+            n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|x| x.fract() == 0.0)
+        }
         _ => false,
     }
 }
 
-/// Compile one JSON Schema node at `path`.
-fn from_schema(v: &Json, path: &str, depth: usize) -> Result<Node, String> {
+/// Compile one JSON Schema node at `path`; `root` holds the `$defs` (or `definitions`) that
+/// `$ref`s name.
+fn from_schema(v: &Json, path: &str, depth: usize, root: &Json) -> Result<Node, String> {
     if depth > MAX_SCHEMA_DEPTH {
         return Err(format!(
-            "{path}: schemas nest deeper than {MAX_SCHEMA_DEPTH}"
+            "{path}: schemas nest deeper than {MAX_SCHEMA_DEPTH} (a recursive $ref?)"
         ));
     }
     let Json::Object(m) = v else {
@@ -374,6 +421,9 @@ fn from_schema(v: &Json, path: &str, depth: usize) -> Result<Node, String> {
         "enum",
         "const",
         "anyOf",
+        "$ref",
+        "$defs",
+        "definitions",
     ];
     if let Some((k, _)) = m
         .iter()
@@ -384,6 +434,44 @@ fn from_schema(v: &Json, path: &str, depth: usize) -> Result<Node, String> {
              are allowed)",
             known.join(", ")
         ));
+    }
+    let structural = |allowed: &[&str]| {
+        m.iter()
+            .map(|(k, _)| k.as_str())
+            .find(|k| {
+                !allowed.contains(k)
+                    && !ANNOTATIONS.contains(k)
+                    && !matches!(*k, "$defs" | "definitions")
+            })
+            .map(str::to_string)
+    };
+    if let Some(r) = v.get("$ref") {
+        if let Some(k) = structural(&["$ref"]) {
+            return Err(format!("{path}: {k:?} beside $ref is not supported"));
+        }
+        let target = r
+            .as_str()
+            .and_then(|r| {
+                [("#/$defs/", "$defs"), ("#/definitions/", "definitions")]
+                    .iter()
+                    .find_map(|(prefix, key)| Some((r.strip_prefix(prefix)?, *key)))
+            })
+            .filter(|(name, _)| !name.contains(['/', '~']))
+            .and_then(|(name, key)| Some((name, root.get(key)?.get(name)?)));
+        let Some((name, target)) = target else {
+            return Err(format!(
+                "{path}: $ref {} does not name an entry of the top level's $defs",
+                r.to_text()
+            ));
+        };
+        return from_schema(target, &format!("{path}({name})"), depth + 1, root);
+    }
+    if v.get("anyOf").is_some() {
+        if let Some(k) = structural(&["anyOf"]) {
+            return Err(format!(
+                "{path}: {k:?} beside anyOf is not supported (put it in each alternative)"
+            ));
+        }
     }
     let types: Option<Vec<&str>> = match v.get("type") {
         None => None,
@@ -404,11 +492,6 @@ fn from_schema(v: &Json, path: &str, depth: usize) -> Result<Node, String> {
         }
     };
     if let Some(alts) = v.get("anyOf") {
-        if v.get("type").is_some() || v.get("enum").is_some() || v.get("const").is_some() {
-            return Err(format!(
-                "{path}: anyOf beside type, enum or const is not supported"
-            ));
-        }
         let Json::Array(alts) = alts else {
             return Err(format!("{path}: anyOf must be a list of schemas"));
         };
@@ -418,7 +501,7 @@ fn from_schema(v: &Json, path: &str, depth: usize) -> Result<Node, String> {
         let nodes: Vec<Node> = alts
             .iter()
             .enumerate()
-            .map(|(i, a)| from_schema(a, &format!("{path}.anyOf[{i}]"), depth + 1))
+            .map(|(i, a)| from_schema(a, &format!("{path}.anyOf[{i}]"), depth + 1, root))
             .collect::<Result<_, _>>()?;
         return Ok(if nodes.len() == 1 {
             nodes.into_iter().next().expect("one")
@@ -499,7 +582,7 @@ fn from_schema(v: &Json, path: &str, depth: usize) -> Result<Node, String> {
                         .map(|(k, s)| {
                             Ok((
                                 k.clone(),
-                                from_schema(s, &format!("{path}.{k}"), depth + 1)?,
+                                from_schema(s, &format!("{path}.{k}"), depth + 1, root)?,
                             ))
                         })
                         .collect::<Result<_, String>>()?,
@@ -514,6 +597,7 @@ fn from_schema(v: &Json, path: &str, depth: usize) -> Result<Node, String> {
                     item,
                     &format!("{path}[]"),
                     depth + 1,
+                    root,
                 )?))
             }
             "object" | "array" => {
@@ -561,15 +645,24 @@ enum Rule {
     String,
     Number,
     Integer,
-    Lits(Vec<Lit>),
+    /// One of a set of literal texts (enum values, booleans, null): the root of their trie.
+    Trie(u32),
     AnyOf(Vec<u32>),
     OrText(u32),
+}
+
+/// A node of a literal set's trie: one edge per next byte, `terminal` where a value ends.
+#[derive(Debug, Default)]
+struct TrieNode {
+    edges: Vec<(u8, u32)>,
+    terminal: bool,
 }
 
 #[derive(Debug)]
 struct Grammar {
     rules: Vec<Rule>,
     lits: Vec<u8>,
+    trie: Vec<TrieNode>,
     root: u32,
     open_bracket: Lit,
     close_bracket: Lit,
@@ -591,6 +684,7 @@ impl Grammar {
         let mut g = Grammar {
             rules: Vec::new(),
             lits: Vec::new(),
+            trie: Vec::new(),
             root: 0,
             open_bracket: Lit { at: 0, end: 0 },
             close_bracket: Lit { at: 0, end: 0 },
@@ -603,6 +697,33 @@ impl Grammar {
         g.quote = g.lit(b"\"");
         g.root = g.add(node);
         g
+    }
+
+    /// The trie of `texts` (none empty): its root's index.
+    fn trie_of<S: AsRef<str>>(&mut self, texts: &[S]) -> u32 {
+        let root = self.trie.len() as u32;
+        self.trie.push(TrieNode::default());
+        for t in texts {
+            let mut at = root;
+            for &b in t.as_ref().as_bytes() {
+                let next = self.trie[at as usize]
+                    .edges
+                    .iter()
+                    .find(|(c, _)| *c == b)
+                    .map(|(_, n)| *n);
+                at = match next {
+                    Some(n) => n,
+                    None => {
+                        let n = self.trie.len() as u32;
+                        self.trie.push(TrieNode::default());
+                        self.trie[at as usize].edges.push((b, n));
+                        n
+                    }
+                };
+            }
+            self.trie[at as usize].terminal = true;
+        }
+        root
     }
 
     fn add(&mut self, node: &Node) -> u32 {
@@ -627,9 +748,9 @@ impl Grammar {
             Node::String => Rule::String,
             Node::Number => Rule::Number,
             Node::Integer => Rule::Integer,
-            Node::Boolean => Rule::Lits(vec![self.lit(b"true"), self.lit(b"false")]),
-            Node::Null => Rule::Lits(vec![self.lit(b"null")]),
-            Node::Enum(texts) => Rule::Lits(texts.iter().map(|t| self.lit(t.as_bytes())).collect()),
+            Node::Boolean => Rule::Trie(self.trie_of(&["true", "false"])),
+            Node::Null => Rule::Trie(self.trie_of(&["null"])),
+            Node::Enum(texts) => Rule::Trie(self.trie_of(texts)),
             Node::AnyOf(alts) => Rule::AnyOf(alts.iter().map(|a| self.add(a)).collect()),
             Node::OrText(inner) => Rule::OrText(self.add(inner)),
         };
@@ -651,6 +772,8 @@ enum Goal {
         integer: bool,
         lex: ScalarLex,
     },
+    /// Inside one of a set of literals, at this trie node.
+    Trie(u32),
     /// Free text, before its first byte (which may not be `{`).
     TextFirst,
     /// Free text: any byte, complete at any point.
@@ -688,6 +811,17 @@ impl JsonSchema {
         if node.count() > MAX_NODES {
             return Err(format!("the schema has more than {MAX_NODES} nodes"));
         }
+        if node.depth() > MAX_NODE_DEPTH {
+            return Err(format!(
+                "the schema nests deeper than {MAX_NODE_DEPTH} levels once compiled"
+            ));
+        }
+        if node.live() > MAX_LIVE {
+            return Err(format!(
+                "the schema's alternatives (anyOf, lists of types, arrays of them) allow more \
+                 than {MAX_LIVE} parses at once"
+            ));
+        }
         let mut canonical = String::new();
         node.canonical(&mut canonical);
         if canonical.len() > MAX_SCHEMA_BYTES {
@@ -704,13 +838,13 @@ impl JsonSchema {
 
     /// Compile a JSON Schema (the supported subset, module doc).
     pub fn compile(schema: &Json) -> Result<Self, String> {
-        Self::from_node(from_schema(schema, "schema", 0)?)
+        Self::from_node(from_schema(schema, "schema", 0, schema)?)
     }
 
     /// Compile a JSON Schema whose top level must be an object (`response_format` and tool
     /// parameters).
     pub fn compile_object(schema: &Json) -> Result<Self, String> {
-        let node = from_schema(schema, "schema", 0)?;
+        let node = from_schema(schema, "schema", 0, schema)?;
         if !matches!(node, Node::Object(_)) {
             return Err("the schema's top level must be of type object".into());
         }
@@ -732,7 +866,7 @@ impl JsonSchema {
     fn tool_call_node(tools: &[(String, Json)]) -> Result<Node, String> {
         let mut alts = Vec::new();
         for (name, params) in tools {
-            let args = from_schema(params, &format!("{name}.parameters"), 1)?;
+            let args = from_schema(params, &format!("{name}.parameters"), 1, params)?;
             if !matches!(args, Node::Object(_)) {
                 return Err(format!("tool {name:?}: parameters must be of type object"));
             }
@@ -836,6 +970,19 @@ impl JsonSchema {
                 }
                 Some(true)
             }
+            Goal::Trie(mut n) => {
+                for &b in bytes {
+                    let node = &self.grammar.trie[n as usize];
+                    if node.terminal {
+                        return None; // a value may end here: it depends on what follows
+                    }
+                    match node.edges.iter().find(|(c, _)| *c == b) {
+                        Some(&(_, next)) => n = next,
+                        None => return Some(false),
+                    }
+                }
+                (!self.grammar.trie[n as usize].terminal).then_some(true)
+            }
             Goal::Text => Some(true),
             Goal::TextFirst => Some(bytes.first() != Some(&b'{')),
             _ => None,
@@ -849,7 +996,11 @@ impl JsonSchema {
         let g = &*self.grammar;
         while let Some(&top) = st.last() {
             match top {
-                Goal::Lit(_) | Goal::Scalar { .. } | Goal::Text | Goal::TextFirst => break,
+                Goal::Lit(_)
+                | Goal::Scalar { .. }
+                | Goal::Trie(_)
+                | Goal::Text
+                | Goal::TextFirst => break,
                 Goal::Value(r) => {
                     st.pop();
                     match &g.rules[r as usize] {
@@ -875,14 +1026,7 @@ impl JsonSchema {
                             integer: matches!(g.rules[r as usize], Rule::Integer),
                             lex: ScalarLex::number(),
                         }),
-                        Rule::Lits(lits) => {
-                            for l in lits {
-                                let mut alt = st.clone();
-                                alt.push(Goal::Lit(*l));
-                                self.expand(alt, out);
-                            }
-                            return;
-                        }
+                        Rule::Trie(root) => st.push(Goal::Trie(*root)),
                         Rule::OrText(inner) => {
                             let mut value = st.clone();
                             value.push(Goal::Value(*inner));
@@ -958,6 +1102,27 @@ impl JsonSchema {
                         }
                     }
                     Lexed::Fail => {}
+                }
+            }
+            Goal::Trie(n) => {
+                let trie = &self.grammar.trie;
+                let Some(&(_, next)) = trie[*n as usize].edges.iter().find(|(c, _)| *c == b) else {
+                    return;
+                };
+                let node = &trie[next as usize];
+                if node.terminal {
+                    // The value may end here (and, if a longer one shares this prefix, go on).
+                    let mut done = st.clone();
+                    done.pop();
+                    self.expand(done, out);
+                }
+                if !node.edges.is_empty() {
+                    if let Some(top) = st.last_mut() {
+                        *top = Goal::Trie(next);
+                    }
+                    if out.len() < MAX_LIVE && !out.contains(&st) {
+                        out.push(st);
+                    }
                 }
             }
             Goal::Text => {
@@ -1118,7 +1283,7 @@ mod tests {
             (r#"{"type": "string", "pattern": "a+"}"#, "\"pattern\""),
             (
                 r##"{"type": "object", "properties": {"a": {"$ref": "#/x"}}}"##,
-                "\"$ref\"",
+                "does not name",
             ),
             (r#"{"type": "integer", "minimum": 0}"#, "\"minimum\""),
             (r#"{"type": "array"}"#, "needs items"),
@@ -1139,7 +1304,7 @@ mod tests {
             (r#"{"anyOf": []}"#, "no schemas"),
             (
                 r#"{"type": "string", "anyOf": [{"type": "null"}]}"#,
-                "anyOf beside",
+                "beside anyOf",
             ),
             ("true", "must be an object"),
         ];
@@ -1295,6 +1460,85 @@ mod tests {
     }
 
     #[test]
+    fn refs_large_enums_and_the_limit_on_alternatives() {
+        // A nested model as pydantic writes it: `$defs` at the top, `$ref`s to them.
+        let s = schema(
+            r##"{"$defs": {"Pet": {"type": "object", "title": "Pet",
+                "properties": {"kind": {"enum": ["cat", "dog"]}}}},
+                "type": "object", "properties": {"pet": {"$ref": "#/$defs/Pet"},
+                "pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}}}}"##,
+        );
+        assert!(complete(
+            &s,
+            r#"{"pet": {"kind": "cat"}, "pets": [{"kind": "dog"}]}"#
+        ));
+        for (text, says) in [
+            (
+                r##"{"$defs": {"N": {"type": "object", "properties": {"next": {"$ref": "#/$defs/N"}}}}, "$ref": "#/$defs/N"}"##,
+                "recursive",
+            ),
+            (r##"{"$ref": "#/$defs/Missing"}"##, "does not name"),
+            (
+                r##"{"$defs": {"A": {"type": "null"}}, "$ref": "#/$defs/A", "type": "null"}"##,
+                "beside $ref",
+            ),
+            (
+                r#"{"anyOf": [{"type": "null"}], "properties": {"a": {"type": "null"}}}"#,
+                "beside anyOf",
+            ),
+            (r#"{"enum": [12345678901234567890123]}"#, "must be exact"),
+        ] {
+            let e = JsonSchema::compile(&json(text)).expect_err(text);
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        // An integral decimal is an integer, as JSON Schema says.
+        assert!(JsonSchema::compile(&json(r#"{"type": "integer", "enum": [1e2]}"#)).is_ok());
+        // Every value of a large enum, inside an array (one trie, not a parse per value).
+        let vals: Vec<String> = (0..100).map(|i| format!("\"v{i}\"")).collect();
+        let e = schema(&format!(
+            r#"{{"type": "object", "properties": {{"a": {{"type": "array", "items": {{"enum": [{}]}}}}}}}}"#,
+            vals.join(", ")
+        ));
+        for i in [0, 9, 10, 63, 64, 99] {
+            assert!(
+                complete(&e, &format!(r#"{{"a": ["v{i}", "v{i}"]}}"#)),
+                "v{i}"
+            );
+        }
+        assert!(!prefix(&e, r#"{"a": ["v100"#));
+        assert!(!prefix(&e, r#"{"a": ["w"#));
+        // Values that are prefixes of others.
+        let n = schema(
+            r#"{"type": "object", "properties": {"a": {"type": "array", "items": {"enum": [1, 12, 123]}}}}"#,
+        );
+        assert!(complete(&n, r#"{"a": [1, 12, 123, 1]}"#));
+        assert!(!prefix(&n, r#"{"a": [13"#));
+        assert!(!prefix(&n, r#"{"a": [1234"#));
+        // Alternatives that could outgrow the parses followed at once are refused up front.
+        let alts: Vec<String> = (0..70)
+            .map(|i| {
+                format!(r#"{{"type": "object", "properties": {{"k{i}": {{"type": "null"}}}}}}"#)
+            })
+            .collect();
+        let e = JsonSchema::compile(&json(&format!(r#"{{"anyOf": [{}]}}"#, alts.join(", "))));
+        assert!(e.unwrap_err().contains("parses at once"));
+        // Whatever compiles decodes from its canonical text: a nullable field at the deepest
+        // level, also as a tool's parameters under `auto`.
+        let mut deep = r#"{"type": ["string", "null"]}"#.to_string();
+        for _ in 0..15 {
+            deep = format!(r#"{{"type": "object", "properties": {{"a": {deep}}}}}"#);
+        }
+        let d = JsonSchema::compile_object(&json(&deep)).unwrap();
+        assert_eq!(JsonSchema::from_canonical(d.canonical()).unwrap(), d);
+        let tools = [
+            ("f".to_string(), json(&deep)),
+            ("g".to_string(), json(&deep)),
+        ];
+        let t = JsonSchema::tool_calls_or_text(&tools).unwrap();
+        assert_eq!(JsonSchema::from_canonical(t.canonical()).unwrap(), t);
+    }
+
+    #[test]
     fn members_keep_document_order_and_duplicate_keys_are_refused() {
         let v = json(r#"{"z": 1, "a": {"y": [1, 2.5, "s", null, true]}, "m": false}"#);
         let Json::Object(m) = &v else { panic!() };
@@ -1370,7 +1614,8 @@ mod tests {
 
     #[test]
     fn random_outputs_are_accepted_and_the_fast_path_agrees_with_the_full_walk() {
-        let node = from_schema(&json(PERSON), "schema", 0).unwrap();
+        let p = json(PERSON);
+        let node = from_schema(&p, "schema", 0, &p).unwrap();
         let s = schema(PERSON);
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         for _ in 0..300 {

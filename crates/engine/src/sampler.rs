@@ -195,7 +195,29 @@ pub struct Adjuster<'t> {
     /// Grammar masks already computed, by state: the mask is a function of the state alone,
     /// and most positions repeat one (inside a string, say), so the walk over the vocabulary
     /// runs once per distinct state.
-    masks: RefCell<HashMap<GrammarState, Arc<Vec<bool>>>>,
+    masks: RefCell<HashMap<GrammarState, Arc<Mask>>>,
+}
+
+/// Which tokens a grammar allows: one bit per vocabulary entry.
+struct Mask {
+    bits: Vec<u64>,
+    len: usize,
+}
+
+impl Mask {
+    fn new(len: usize, allows: impl Fn(u32) -> bool) -> Self {
+        let mut bits = vec![0u64; len.div_ceil(64)];
+        for t in 0..len {
+            if allows(t as u32) {
+                bits[t / 64] |= 1 << (t % 64);
+            }
+        }
+        Mask { bits, len }
+    }
+
+    fn allows(&self, t: usize) -> bool {
+        self.bits[t / 64] >> (t % 64) & 1 == 1
+    }
 }
 
 /// A grammar's state, as the key of the mask cache.
@@ -205,7 +227,7 @@ enum GrammarState {
     Schema(Option<SchemaState>),
 }
 
-/// Most masks kept per run (each is one `bool` per vocabulary entry).
+/// Most masks kept per run (each is one bit per vocabulary entry: 6 KiB at 49,152 tokens).
 const MASK_CACHE: usize = 128;
 
 impl<'t> Adjuster<'t> {
@@ -263,8 +285,8 @@ impl<'t> Adjuster<'t> {
             }
         }
         if let Some(mask) = self.grammar_mask(out.len()) {
-            for (l, &ok) in out.iter_mut().zip(mask.iter()) {
-                if !ok {
+            for (t, l) in out.iter_mut().enumerate() {
+                if !mask.allows(t) {
                     *l = f32::NEG_INFINITY;
                 }
             }
@@ -274,20 +296,20 @@ impl<'t> Adjuster<'t> {
 
     /// The output grammar's mask over `vocab` tokens for the current state (`None` without a
     /// grammar), from the cache when this state was seen before.
-    fn grammar_mask(&self, vocab: usize) -> Option<Arc<Vec<bool>>> {
+    fn grammar_mask(&self, vocab: usize) -> Option<Arc<Mask>> {
         let key = match (&self.json, &self.schema) {
             (Some(state), _) => GrammarState::Json(*state),
             (None, Some((_, state))) => GrammarState::Schema(state.clone()),
             (None, None) => return None,
         };
-        if let Some(m) = self.masks.borrow().get(&key).filter(|m| m.len() == vocab) {
+        if let Some(m) = self.masks.borrow().get(&key).filter(|m| m.len == vocab) {
             return Some(m.clone());
         }
-        let mask: Vec<bool> = match (&self.json, &self.schema) {
-            (Some(state), _) => (0..vocab as u32).map(self.json_mask(*state)).collect(),
-            (None, Some((schema, state))) => (0..vocab as u32)
-                .map(self.schema_mask(schema, state.as_ref()))
-                .collect(),
+        let mask = match (&self.json, &self.schema) {
+            (Some(state), _) => Mask::new(vocab, self.json_mask(*state)),
+            (None, Some((schema, state))) => {
+                Mask::new(vocab, self.schema_mask(schema, state.as_ref()))
+            }
             (None, None) => return None,
         };
         let mask = Arc::new(mask);

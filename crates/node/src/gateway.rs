@@ -1070,7 +1070,17 @@ impl Common {
         let choice = match &self.tool_choice {
             None | Some(OrderedJson::Null) => ToolChoice::Auto,
             Some(OrderedJson::String(c)) => match c.as_str() {
-                "none" => return Ok(None),
+                "none" => {
+                    // Unused, but still checked: a bad definition is an error either way.
+                    JsonSchema::tool_calls(
+                        &tools
+                            .iter()
+                            .map(|t| (t.name.clone(), t.parameters.clone()))
+                            .collect::<Vec<_>>(),
+                    )
+                    .map_err(|e| bad(format!("tools: {e}")))?;
+                    return Ok(None);
+                }
                 "auto" => ToolChoice::Auto,
                 "required" => ToolChoice::Required,
                 other => {
@@ -1082,6 +1092,7 @@ impl Common {
             },
             Some(c) => match c
                 .get("function")
+                .filter(|_| c.get("type").and_then(OrderedJson::as_str) == Some("function"))
                 .and_then(|f| f.get("name"))
                 .and_then(OrderedJson::as_str)
             {
@@ -1527,11 +1538,20 @@ async fn chat_completions(
         } else {
             &m.role
         };
-        let content = match (&m.tool_calls, &m.content) {
-            // An assistant's earlier calls, written as the model writes them.
-            (Some(calls), Value::Null) if role == "assistant" => past_calls(calls)?,
-            _ => message_text(&m.content)?,
+        let mut content = match &m.content {
+            Value::Null if m.tool_calls.is_some() => String::new(),
+            c => message_text(c)?,
         };
+        // An assistant's earlier calls, written as the model writes them.
+        if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
+            let calls = past_calls(calls)?;
+            if !calls.is_empty() {
+                if !content.is_empty() {
+                    content.push('\n');
+                }
+                content.push_str(&calls);
+            }
+        }
         msgs.push(ChatMessage {
             role: role.to_string(),
             content,
@@ -1624,7 +1644,13 @@ async fn completions(
         .tokenizer
         .encode(&prompt, false)
         .map_err(|e| http_error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    if req.common.tools.is_some() || req.common.tool_choice.is_some() {
+    let empty = |v: &Option<OrderedJson>, off: &OrderedJson| {
+        v.as_ref()
+            .is_none_or(|v| *v == OrderedJson::Null || v == off)
+    };
+    if !empty(&req.common.tools, &OrderedJson::Array(vec![]))
+        || !empty(&req.common.tool_choice, &OrderedJson::String("none".into()))
+    {
         return Err(http_error(
             StatusCode::BAD_REQUEST,
             "tools and tool_choice are chat parameters (POST /v1/chat/completions)",
@@ -2301,6 +2327,10 @@ mod param_tests {
             ),
             (r#", "tool_choice": 5"#, "tool_choice must be"),
             (
+                r#", "tool_choice": {"function": {"name": "now"}}"#,
+                "tool_choice must be",
+            ),
+            (
                 r#", "response_format": {"type": "json_object"}"#,
                 "both constrain",
             ),
@@ -2331,7 +2361,7 @@ mod param_tests {
             ),
             (
                 r#"[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"$ref": "y"}}}}}]"#,
-                "\"$ref\" is not supported",
+                "does not name an entry",
             ),
         ] {
             let req = chat(&format!(
@@ -2340,6 +2370,12 @@ mod param_tests {
             let e = req.common.tools().err().expect(tools);
             assert!(e.message.contains(says), "{tools}: {}", e.message);
         }
+        // With "none" the tools are unused, but a bad definition is still an error.
+        let req = chat(
+            r#"{"model": "m", "messages": [], "tool_choice": "none", "tools": [{"type": "function",
+                "function": {"name": "f", "parameters": {"type": "string"}}}]}"#,
+        );
+        assert!(req.common.tools().is_err());
         // Earlier calls in the conversation are shown to the model as it writes them.
         let calls = json!([{"id": "call_1", "type": "function",
                             "function": {"name": "now", "arguments": "{}"}}]);

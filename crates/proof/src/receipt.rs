@@ -154,6 +154,8 @@ fn grammar_bytes(s: &SamplingParams) -> Vec<u8> {
         Some(schema) => {
             let text = schema.canonical().as_bytes();
             let mut out = vec![2];
+            // At most `MAX_SCHEMA_BYTES` (8192): a u16 holds it.
+            const _: () = assert!(json_schema::MAX_SCHEMA_BYTES <= u16::MAX as usize);
             out.extend_from_slice(&(text.len() as u16).to_le_bytes());
             out.extend_from_slice(text);
             out
@@ -303,8 +305,8 @@ impl<'a> R<'a> {
 }
 
 /// A version-2 receipt's logit adjustments (after `seed`), in canonical form: finite values in
-/// range, no `-0.0`, bias ids strictly ascending, the output grammar 0 (none) or 1 (one JSON
-/// object, 2 a JSON schema in canonical text), and at least one adjustment (a run without any has a version-1 receipt).
+/// range, no `-0.0`, bias ids strictly ascending, the output grammar 0 (none), 1 (one JSON
+/// object) or 2 (a JSON schema, then its canonical text), and at least one adjustment (a run without any has a version-1 receipt).
 fn decode_adjustments(r: &mut R, s: &mut SamplingParams) -> Result<(), DecodeError> {
     let value = |r: &mut R, what: &'static str, max: f32| -> Result<f32, DecodeError> {
         let v = f32::from_bits(r.u32(what)?);
