@@ -309,6 +309,23 @@ def main():
     schema_id = check("chat.completions.parse (response_format: a pydantic model, strict "
                       "json_schema)", structured)
 
+    class Trip(BaseModel):
+        city: City
+        days: int
+
+    def nested():
+        r = client.chat.completions.parse(
+            model=model, seed=7, max_tokens=80, temperature=0,
+            messages=[{"role": "user", "content": "Plan a short trip to Rome."}],
+            response_format=Trip)
+        c = r.choices[0]
+        assert c.finish_reason == "stop", f"finish_reason {c.finish_reason!r}: {c.message.content!r}"
+        trip = c.message.parsed
+        assert isinstance(trip, Trip) and isinstance(trip.city, City), f"parsed {trip!r}"
+        return None, c.message.content
+
+    check("chat.completions.parse (a nested pydantic model: $defs and $ref)", nested)
+
     class GetWeather(BaseModel):
         city: str
         unit: str
