@@ -579,6 +579,16 @@ fn logit_adjustments_are_replayed_and_dropping_them_is_caught() {
     }
 }
 
+/// The bytes of a receipt's output tokens, stop tokens left out.
+fn output_bytes(r: &Receipt, e: &Engine) -> Vec<u8> {
+    let tok = &e.model.tokenizer;
+    r.output_tokens
+        .iter()
+        .filter(|&&x| !tok.stop_ids().contains(&x))
+        .flat_map(|&x| tok.text_piece(x).unwrap().to_vec())
+        .collect()
+}
+
 /// `json_object` is part of the replayed sampler: the output of a constrained run is a JSON
 /// object prefix (whole when it stopped on its own) and verifies; tokens sampled without the
 /// grammar fail under a receipt that claims it, and the reverse.
@@ -594,13 +604,7 @@ fn json_object_runs_verify_and_the_grammar_cannot_be_dropped() {
         assert_eq!(honest.version, receipt::VERSION_ADJUSTED);
         let rep = verify(&honest, e, &t.id);
         assert!(rep.accepted(), "{:?}", rep.first_failure());
-        let tok = &e.model.tokenizer;
-        let body: Vec<u8> = honest
-            .output_tokens
-            .iter()
-            .filter(|&&x| !tok.stop_ids().contains(&x))
-            .flat_map(|&x| tok.text_piece(x).unwrap().to_vec())
-            .collect();
+        let body = output_bytes(&honest, e);
         let state = JsonPrefix::new()
             .after(&body)
             .expect("the output is a JSON prefix");
@@ -648,13 +652,7 @@ fn json_schema_runs_verify_and_the_schema_cannot_be_dropped_or_swapped() {
         assert_eq!(honest.version, receipt::VERSION_ADJUSTED);
         let rep = verify(&honest, e, &t.id);
         assert!(rep.accepted(), "{:?}", rep.first_failure());
-        let tok = &e.model.tokenizer;
-        let body: Vec<u8> = honest
-            .output_tokens
-            .iter()
-            .filter(|&&x| !tok.stop_ids().contains(&x))
-            .flat_map(|&x| tok.text_piece(x).unwrap().to_vec())
-            .collect();
+        let body = output_bytes(&honest, e);
         let state = schema
             .after(&schema.start(), &body)
             .expect("the output is a prefix of a value of the schema");
