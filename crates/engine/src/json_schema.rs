@@ -8,8 +8,11 @@
 //! (Python's `json.dumps` layout); no other whitespace. Strings and numbers follow
 //! [`crate::json_prefix`]'s rules (UTF-8, escapes, paired surrogates), numbers with at most
 //! [`MAX_DIGITS`] digits in the integer part and in the fraction (every integer the model
-//! writes fits an i64; a small model repeating a digit stops there instead of at the token
-//! limit). So every complete output parses with common JSON libraries and is an instance of
+//! writes fits an i64, integer `enum` values aside; a small model repeating a digit stops
+//! there instead of at the token limit). Numbers in `enum` and `const` are written as
+//! serde_json writes them (the shortest text of their f64, so `1e2` becomes `100.0` and
+//! digits past f64 precision are rounded); integers up to 2^64 stay exact, and other
+//! numbers of 2^53 or more are refused. So every complete output parses with common JSON libraries and is an instance of
 //! the schema it was compiled from, and a model cannot stall in whitespace.
 //!
 //! The subset (as OpenAI's strict structured outputs): `type` (one or a list), `properties`,
@@ -33,10 +36,10 @@ use std::sync::Arc;
 use crate::json_prefix::{Lexed, ScalarLex};
 
 /// Largest canonical text of a schema (it travels in every receipt of a run that uses it).
-pub const MAX_SCHEMA_BYTES: usize = 8192;
+pub const MAX_SCHEMA_BYTES: usize = 16384;
 /// Most nodes (types, enum sets, alternatives) in a schema.
-pub const MAX_NODES: usize = 256;
-/// Deepest nesting of schemas inside schemas (as written, `$ref`s followed).
+pub const MAX_NODES: usize = 1024;
+/// Most levels of schemas inside schemas (as written, `$ref`s followed).
 pub const MAX_SCHEMA_DEPTH: usize = 16;
 /// Deepest nesting of the compiled tree (a list of types and a tool call add levels); the
 /// canonical text is read back under the same limit, so whatever compiles decodes.
@@ -46,7 +49,7 @@ pub const MAX_DIGITS: u8 = 18;
 /// Most alternative parses followed at once. Schemas whose alternatives could exceed it are
 /// refused when compiled; the matcher also keeps at most this many (the first, in schema
 /// order), the same on every machine.
-pub const MAX_LIVE: usize = 64;
+pub const MAX_LIVE: usize = 256;
 
 /// A JSON value that keeps object members in document order (a schema's `properties` order is
 /// the output's key order).
@@ -280,7 +283,12 @@ impl Node {
             Node::Array(i) => 1 + i.live(),
             Node::AnyOf(a) => a.iter().map(Node::live).sum(),
             Node::OrText(i) => 1 + i.live(),
-            Node::Enum(_) | Node::Boolean | Node::Null => 2,
+            // A trie has two parses only where a value ends inside a longer one ("1", "12").
+            Node::Enum(texts) => {
+                let mut t: Vec<&String> = texts.iter().collect();
+                t.sort();
+                1 + usize::from(t.windows(2).any(|w| w[1].starts_with(w[0].as_str())))
+            }
             _ => 1,
         }
     }
@@ -349,6 +357,7 @@ fn enum_node(vals: &[Json]) -> Result<Node, String> {
         return Err("enum lists no values".into());
     }
     let mut texts: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for v in vals {
         if matches!(v, Json::Array(_) | Json::Object(_)) {
             return Err(format!(
@@ -370,7 +379,7 @@ fn enum_node(vals: &[Json]) -> Result<Node, String> {
             }
         }
         let t = v.to_text();
-        if texts.contains(&t) {
+        if !seen.insert(t.clone()) {
             return Err(format!("enum lists {t} twice"));
         }
         texts.push(t);
@@ -398,14 +407,39 @@ fn type_matches(ty: &str, v: &Json) -> bool {
     }
 }
 
-/// Compile one JSON Schema node at `path`; `root` holds the `$defs` (or `definitions`) that
-/// `$ref`s name.
-fn from_schema(v: &Json, path: &str, depth: usize, root: &Json) -> Result<Node, String> {
-    if depth > MAX_SCHEMA_DEPTH {
+/// What compiling one schema carries along: the top level (whose `$defs` or `definitions`
+/// `$ref`s name), the `$ref`s being expanded (a cycle is refused at once), and a budget of
+/// schema nodes (each `$ref` use counts its target again), so a few hundred bytes cannot
+/// expand into unbounded work.
+struct Ctx<'a> {
+    root: &'a Json,
+    refs: Vec<String>,
+    budget: usize,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(root: &'a Json) -> Self {
+        Ctx {
+            root,
+            refs: Vec::new(),
+            budget: MAX_NODES,
+        }
+    }
+}
+
+/// Compile one JSON Schema node at `path`.
+fn from_schema(v: &Json, path: &str, depth: usize, cx: &mut Ctx) -> Result<Node, String> {
+    if depth >= MAX_SCHEMA_DEPTH {
         return Err(format!(
-            "{path}: schemas nest deeper than {MAX_SCHEMA_DEPTH} (a recursive $ref?)"
+            "{path}: schemas nest deeper than {MAX_SCHEMA_DEPTH}"
         ));
     }
+    if cx.budget == 0 {
+        return Err(format!(
+            "the schema has more than {MAX_NODES} nodes (counting each $ref use)"
+        ));
+    }
+    cx.budget -= 1;
     let Json::Object(m) = v else {
         return Err(format!(
             "{path}: a schema must be an object, got {}",
@@ -457,14 +491,22 @@ fn from_schema(v: &Json, path: &str, depth: usize, root: &Json) -> Result<Node, 
                     .find_map(|(prefix, key)| Some((r.strip_prefix(prefix)?, *key)))
             })
             .filter(|(name, _)| !name.contains(['/', '~']))
-            .and_then(|(name, key)| Some((name, root.get(key)?.get(name)?)));
+            .and_then(|(name, key)| Some((name, cx.root.get(key)?.get(name)?)));
         let Some((name, target)) = target else {
             return Err(format!(
                 "{path}: $ref {} does not name an entry of the top level's $defs",
                 r.to_text()
             ));
         };
-        return from_schema(target, &format!("{path}({name})"), depth + 1, root);
+        if cx.refs.iter().any(|r| r == name) {
+            return Err(format!(
+                "{path}: $ref {name:?} is recursive, which is not supported"
+            ));
+        }
+        cx.refs.push(name.to_string());
+        let node = from_schema(target, &format!("{path}({name})"), depth + 1, cx);
+        cx.refs.pop();
+        return node;
     }
     if v.get("anyOf").is_some() {
         if let Some(k) = structural(&["anyOf"]) {
@@ -501,7 +543,7 @@ fn from_schema(v: &Json, path: &str, depth: usize, root: &Json) -> Result<Node, 
         let nodes: Vec<Node> = alts
             .iter()
             .enumerate()
-            .map(|(i, a)| from_schema(a, &format!("{path}.anyOf[{i}]"), depth + 1, root))
+            .map(|(i, a)| from_schema(a, &format!("{path}.anyOf[{i}]"), depth + 1, cx))
             .collect::<Result<_, _>>()?;
         return Ok(if nodes.len() == 1 {
             nodes.into_iter().next().expect("one")
@@ -551,6 +593,8 @@ fn from_schema(v: &Json, path: &str, depth: usize, root: &Json) -> Result<Node, 
                     Some(Json::Object(p)) => p,
                     Some(_) => return Err(format!("{path}: properties must be an object")),
                 };
+                let names: std::collections::HashSet<&str> =
+                    props.iter().map(|(k, _)| k.as_str()).collect();
                 match v.get("required") {
                     None => {}
                     Some(Json::Array(req)) => {
@@ -558,7 +602,7 @@ fn from_schema(v: &Json, path: &str, depth: usize, root: &Json) -> Result<Node, 
                             let name = r
                                 .as_str()
                                 .ok_or_else(|| format!("{path}: required must list strings"))?;
-                            if !props.iter().any(|(k, _)| k == name) {
+                            if !names.contains(name) {
                                 return Err(format!(
                                     "{path}: required names {name:?}, which is not a property \
                                      (additional properties are never written)"
@@ -582,7 +626,7 @@ fn from_schema(v: &Json, path: &str, depth: usize, root: &Json) -> Result<Node, 
                         .map(|(k, s)| {
                             Ok((
                                 k.clone(),
-                                from_schema(s, &format!("{path}.{k}"), depth + 1, root)?,
+                                from_schema(s, &format!("{path}.{k}"), depth + 1, cx)?,
                             ))
                         })
                         .collect::<Result<_, String>>()?,
@@ -597,7 +641,7 @@ fn from_schema(v: &Json, path: &str, depth: usize, root: &Json) -> Result<Node, 
                     item,
                     &format!("{path}[]"),
                     depth + 1,
-                    root,
+                    cx,
                 )?))
             }
             "object" | "array" => {
@@ -838,13 +882,13 @@ impl JsonSchema {
 
     /// Compile a JSON Schema (the supported subset, module doc).
     pub fn compile(schema: &Json) -> Result<Self, String> {
-        Self::from_node(from_schema(schema, "schema", 0, schema)?)
+        Self::from_node(from_schema(schema, "schema", 0, &mut Ctx::new(schema))?)
     }
 
     /// Compile a JSON Schema whose top level must be an object (`response_format` and tool
     /// parameters).
     pub fn compile_object(schema: &Json) -> Result<Self, String> {
-        let node = from_schema(schema, "schema", 0, schema)?;
+        let node = from_schema(schema, "schema", 0, &mut Ctx::new(schema))?;
         if !matches!(node, Node::Object(_)) {
             return Err("the schema's top level must be of type object".into());
         }
@@ -866,7 +910,12 @@ impl JsonSchema {
     fn tool_call_node(tools: &[(String, Json)]) -> Result<Node, String> {
         let mut alts = Vec::new();
         for (name, params) in tools {
-            let args = from_schema(params, &format!("{name}.parameters"), 1, params)?;
+            let args = from_schema(
+                params,
+                &format!("{name}.parameters"),
+                0,
+                &mut Ctx::new(params),
+            )?;
             if !matches!(args, Node::Object(_)) {
                 return Err(format!("tool {name:?}: parameters must be of type object"));
             }
@@ -1320,7 +1369,7 @@ mod tests {
         assert!(JsonSchema::compile(&json(&deep))
             .unwrap_err()
             .contains("deeper"));
-        let wide: Vec<String> = (0..300)
+        let wide: Vec<String> = (0..1100)
             .map(|i| format!(r#""k{i}": {{"type": "null"}}"#))
             .collect();
         let wide = format!(
@@ -1332,7 +1381,7 @@ mod tests {
             .contains("nodes"));
         let long = format!(
             r#"{{"type": "object", "properties": {{"{}": {{"type": "null"}}}}}}"#,
-            "k".repeat(9000)
+            "k".repeat(17000)
         );
         assert!(JsonSchema::compile(&json(&long))
             .unwrap_err()
@@ -1491,6 +1540,37 @@ mod tests {
             let e = JsonSchema::compile(&json(text)).expect_err(text);
             assert!(e.contains(says), "{text}: {e}");
         }
+        // A $ref fan-out (each entry naming the next ten times, 6 deep: a million uses) is
+        // refused by the
+        // node budget instead of being expanded.
+        let mut defs: Vec<String> = (0..6)
+            .map(|i| {
+                let props: Vec<String> = (0..10)
+                    .map(|j| format!(r##""p{j}": {{"$ref": "#/$defs/D{}"}}"##, i + 1))
+                    .collect();
+                format!(
+                    r#""D{i}": {{"type": "object", "properties": {{{}}}}}"#,
+                    props.join(", ")
+                )
+            })
+            .collect();
+        defs.push(r#""D6": {"type": "null"}"#.into());
+        let fan = format!(
+            r##"{{"$defs": {{{}}}, "$ref": "#/$defs/D0"}}"##,
+            defs.join(", ")
+        );
+        let e = JsonSchema::compile(&json(&fan)).unwrap_err();
+        assert!(e.contains("nodes"), "{e}");
+        // 32 tools (the gateway's most) under "auto" stay within the parses followed at once.
+        let tools: Vec<(String, Json)> = (0..32)
+            .map(|i| {
+                let p = r#"{"type": "object", "properties": {"x": {"type": ["string", "null"]}, "ok": {"type": "boolean"}}}"#;
+                (format!("tool_{i}"), json(p))
+            })
+            .collect();
+        let t = JsonSchema::tool_calls_or_text(&tools).unwrap();
+        let call = r#"{"name": "tool_31", "arguments": {"x": null, "ok": true}}"#;
+        assert!(complete(&t, call));
         // An integral decimal is an integer, as JSON Schema says.
         assert!(JsonSchema::compile(&json(r#"{"type": "integer", "enum": [1e2]}"#)).is_ok());
         // Every value of a large enum, inside an array (one trie, not a parse per value).
@@ -1515,7 +1595,7 @@ mod tests {
         assert!(!prefix(&n, r#"{"a": [13"#));
         assert!(!prefix(&n, r#"{"a": [1234"#));
         // Alternatives that could outgrow the parses followed at once are refused up front.
-        let alts: Vec<String> = (0..70)
+        let alts: Vec<String> = (0..300)
             .map(|i| {
                 format!(r#"{{"type": "object", "properties": {{"k{i}": {{"type": "null"}}}}}}"#)
             })
@@ -1615,7 +1695,7 @@ mod tests {
     #[test]
     fn random_outputs_are_accepted_and_the_fast_path_agrees_with_the_full_walk() {
         let p = json(PERSON);
-        let node = from_schema(&p, "schema", 0, &p).unwrap();
+        let node = from_schema(&p, "schema", 0, &mut Ctx::new(&p)).unwrap();
         let s = schema(PERSON);
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         for _ in 0..300 {

@@ -1011,9 +1011,14 @@ impl Common {
     /// The tools the model may call and how (`None`: no tools, or `tool_choice: "none"`).
     fn tools(&self) -> Result<Option<Tools>, HttpError> {
         let bad = |m: String| http_error(StatusCode::BAD_REQUEST, m).with_code("invalid_value");
+        let no_tools = || match &self.tool_choice {
+            None | Some(OrderedJson::Null) => Ok(None),
+            Some(OrderedJson::String(c)) if c == "none" || c == "auto" => Ok(None),
+            Some(c) => Err(bad(format!("tool_choice {} needs tools", c.to_text()))),
+        };
         let list = match &self.tools {
-            None | Some(OrderedJson::Null) => return Ok(None),
-            Some(OrderedJson::Array(a)) if a.is_empty() => return Ok(None),
+            None | Some(OrderedJson::Null) => return no_tools(),
+            Some(OrderedJson::Array(a)) if a.is_empty() => return no_tools(),
             Some(OrderedJson::Array(a)) => a,
             Some(v) => return Err(bad(format!("tools must be a list, got {}", v.to_text()))),
         };
@@ -1538,6 +1543,15 @@ async fn chat_completions(
         } else {
             &m.role
         };
+        if m.tool_calls.as_ref().is_some_and(|c| !c.is_null()) && role != "assistant" {
+            return Err(http_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "tool_calls belong to assistant messages, not {:?} ones",
+                    m.role
+                ),
+            ));
+        }
         let mut content = match &m.content {
             Value::Null if m.tool_calls.is_some() => String::new(),
             c => message_text(c)?,
@@ -2376,6 +2390,17 @@ mod param_tests {
                 "function": {"name": "f", "parameters": {"type": "string"}}}]}"#,
         );
         assert!(req.common.tools().is_err());
+        // Without tools, tool_choice may only say none or auto.
+        for (choice, ok) in [
+            (r#""none""#, true),
+            (r#""auto""#, true),
+            (r#""required""#, false),
+        ] {
+            let req = chat(&format!(
+                r#"{{"model": "m", "messages": [], "tool_choice": {choice}}}"#
+            ));
+            assert_eq!(req.common.tools().is_ok(), ok, "{choice}");
+        }
         // Earlier calls in the conversation are shown to the model as it writes them.
         let calls = json!([{"id": "call_1", "type": "function",
                             "function": {"name": "now", "arguments": "{}"}}]);

@@ -154,7 +154,7 @@ fn grammar_bytes(s: &SamplingParams) -> Vec<u8> {
         Some(schema) => {
             let text = schema.canonical().as_bytes();
             let mut out = vec![2];
-            // At most `MAX_SCHEMA_BYTES` (8192): a u16 holds it.
+            // At most `MAX_SCHEMA_BYTES` (16384): a u16 holds it.
             const _: () = assert!(json_schema::MAX_SCHEMA_BYTES <= u16::MAX as usize);
             out.extend_from_slice(&(text.len() as u16).to_le_bytes());
             out.extend_from_slice(text);

@@ -251,7 +251,7 @@ fn version_2_carries_logit_adjustments_canonically() {
         Err(DecodeError::Length { .. })
     ));
     assert!(matches!(
-        edit_schema(&|c| c[at + 27..at + 29].copy_from_slice(&9000u16.to_le_bytes())),
+        edit_schema(&|c| c[at + 27..at + 29].copy_from_slice(&20000u16.to_le_bytes())),
         Err(DecodeError::Length { .. })
     ));
     // Every truncation is an error.
