@@ -430,14 +430,6 @@ impl ScalarLex {
         }
     }
 
-    /// Whether the scalar so far is a number with a fraction or an exponent.
-    pub fn is_fractional(&self) -> bool {
-        matches!(
-            self.0.mode,
-            Mode::Num(Num::Dot | Num::Frac(_) | Num::E | Num::ESign | Num::Exp(_))
-        )
-    }
-
     pub fn step(self, b: u8) -> Lexed {
         let number_byte = b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
         match self.0.mode {

@@ -79,21 +79,6 @@ impl Json {
         }
     }
 
-    /// As a `serde_json::Value` (object members sorted: for reading, not for key order).
-    pub fn to_value(&self) -> serde_json::Value {
-        use serde_json::Value;
-        match self {
-            Json::Null => Value::Null,
-            Json::Bool(b) => Value::Bool(*b),
-            Json::Number(n) => Value::Number(n.clone()),
-            Json::String(s) => Value::String(s.clone()),
-            Json::Array(a) => Value::Array(a.iter().map(Json::to_value).collect()),
-            Json::Object(m) => {
-                Value::Object(m.iter().map(|(k, v)| (k.clone(), v.to_value())).collect())
-            }
-        }
-    }
-
     /// Compact JSON text, members in their order.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
