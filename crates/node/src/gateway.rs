@@ -157,6 +157,7 @@ impl Gateway {
             .merge(deai_explorer::router(deai_explorer::UiConfig::GATEWAY))
             .fallback(chain_proxy)
             .layer(axum::extract::DefaultBodyLimit::max(crate::MAX_BODY))
+            .layer(axum::middleware::map_response(crate::close_if_body_unread))
             .with_state(self.clone())
     }
 

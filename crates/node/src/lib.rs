@@ -41,6 +41,20 @@ impl BlockClock {
 /// Largest request body a role accepts (prompts are far smaller; receipts too).
 pub const MAX_BODY: usize = 4 << 20;
 
+/// Response middleware for every role's router: a 413 is answered before the body was read
+/// to its end, so the server closes that connection afterwards. Saying so in a
+/// `Connection: close` header keeps a keep-alive client from reusing the connection, where
+/// its next request would fail with an incomplete message (seen in CI).
+pub async fn close_if_body_unread(mut r: Response) -> Response {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    r
+}
+
 /// An HTTP client for a peer at `url`. Loopback peers are reached directly even when
 /// `HTTP_PROXY` is set (a proxy cannot reach this machine's loopback).
 pub fn http_client(url: &str, timeout: Duration) -> reqwest::Client {

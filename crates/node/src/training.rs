@@ -140,6 +140,7 @@ impl TrainCoordinator {
             .route("/train/v1/reports", get(reports))
             .merge(deai_explorer::router(deai_explorer::UiConfig::TRAINING))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_CONTRIBUTION))
+            .layer(axum::middleware::map_response(crate::close_if_body_unread))
             .with_state(self.clone())
     }
 

@@ -216,6 +216,7 @@ impl Worker {
             .merge(deai_explorer::router(deai_explorer::UiConfig::WORKER))
             .fallback(chain_proxy)
             .layer(axum::extract::DefaultBodyLimit::max(crate::MAX_BODY))
+            .layer(axum::middleware::map_response(crate::close_if_body_unread))
             .with_state(self.clone())
     }
 

@@ -730,6 +730,8 @@ fn gateway_and_worker_refuse_bad_input_with_clear_errors() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 413);
+            // The rest of the body was never read: the connection is not reused.
+            assert_eq!(r.headers()["connection"], "close");
             // Model lookup and unknown routes answer in the same error shape.
             let r = c
                 .get(format!("{g}/v1/models/{}", net.info.model))

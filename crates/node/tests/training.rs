@@ -210,6 +210,7 @@ async fn the_coordinator_refuses_bad_input_with_reasons() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["connection"], "close");
     let r = c
         .get(format!("{url}/train/v1/shards/xyz"))
         .send()
