@@ -110,6 +110,15 @@ pub struct TrainBench {
     /// Inner steps per round in the cheater and false-accusation trials.
     #[arg(long, default_value_t = 4)]
     trial_inner_steps: u32,
+    /// Inner AdamW peak learning rate (DiLoCo workers and the baseline alike).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f32,
+    /// Outer Nesterov learning rate.
+    #[arg(long, default_value_t = 0.7)]
+    outer_lr: f32,
+    /// Outer Nesterov momentum.
+    #[arg(long, default_value_t = 0.9)]
+    outer_momentum: f32,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -569,8 +578,8 @@ pub fn bench(b: TrainBench) -> Result<()> {
         b.inner_steps,
         b.rounds,
         b.batch,
-        2e-3,
-        (0.7, 0.9),
+        b.lr,
+        (b.outer_lr, b.outer_momentum),
         1,
         1,
     )?;
@@ -672,6 +681,9 @@ pub fn bench(b: TrainBench) -> Result<()> {
         "workers": b.workers,
         "inner_steps": b.inner_steps,
         "rounds": b.rounds,
+        "lr": b.lr,
+        "outer_lr": b.outer_lr,
+        "outer_momentum": b.outer_momentum,
         "tokens": base.tokens,
         "loss_baseline": loss_baseline,
         "loss_diloco": loss_diloco,

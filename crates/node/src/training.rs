@@ -59,8 +59,15 @@ pub struct RoundInfo {
     pub closing: bool,
 }
 
+/// What the routes read. Published by the aggregator (after each submission and when a
+/// round closes), so that no route waits while a round is verified.
 struct CoInner {
-    co: Coordinator,
+    job: JobSpec,
+    spec: RoundSpec,
+    previous: Option<Hash256>,
+    pending: usize,
+    attempted: usize,
+    reports: Vec<RoundReport>,
     /// safetensors bytes of the current and previous checkpoints, by hash.
     checkpoints: HashMap<Hash256, Arc<Vec<u8>>>,
     shards: HashMap<Hash256, Arc<Vec<u8>>>,
@@ -76,12 +83,16 @@ struct CoInner {
 #[derive(Clone)]
 pub struct TrainCoordinator {
     inner: Arc<Mutex<CoInner>>,
+    /// The aggregator. Held for the whole of a round's closing (re-executing challenged
+    /// steps, merging, evaluating), so routes never take it: only a submission does, and
+    /// only while the round is open. Lock order: `inner` before `co`, never the reverse.
+    co: Arc<Mutex<Coordinator>>,
     deadline: Duration,
     /// Records the job's rounds on the ledger (see [`TrainCoordinator::with_ledger`]).
     ledger: Option<Arc<Signer>>,
 }
 
-fn lock(m: &Mutex<CoInner>) -> std::sync::MutexGuard<'_, CoInner> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -100,14 +111,20 @@ impl TrainCoordinator {
             .collect();
         Ok(TrainCoordinator {
             inner: Arc::new(Mutex::new(CoInner {
-                co,
+                job: co.job.clone(),
+                spec: co.round_spec(),
+                previous: co.previous.as_ref().map(|w| w.hash()),
+                pending: co.pending(),
+                attempted: co.attempted(),
+                reports: co.reports.clone(),
                 checkpoints,
                 shards,
                 urls: HashMap::new(),
                 opened_at: Instant::now(),
                 closing: false,
-                done: false,
+                done: co.round >= co.job.rounds,
             })),
+            co: Arc::new(Mutex::new(co)),
             deadline,
             ledger: None,
         })
@@ -147,11 +164,11 @@ impl TrainCoordinator {
     pub fn info(&self) -> RoundInfo {
         let i = lock(&self.inner);
         RoundInfo {
-            spec: i.co.round_spec(),
-            previous: i.co.previous.as_ref().map(|w| w.hash()),
+            spec: i.spec,
+            previous: i.previous,
             done: i.done,
-            pending: i.co.pending(),
-            attempted: i.co.attempted(),
+            pending: i.pending,
+            attempted: i.attempted,
             deadline_ms_left: self
                 .deadline
                 .saturating_sub(i.opened_at.elapsed())
@@ -161,11 +178,19 @@ impl TrainCoordinator {
     }
 
     pub fn reports(&self) -> Vec<RoundReport> {
-        lock(&self.inner).co.reports.clone()
+        lock(&self.inner).reports.clone()
     }
 
+    /// The current weights (waits while a round is being closed).
     pub fn weights(&self) -> Weights {
-        lock(&self.inner).co.weights.clone()
+        self.coordinator().weights.clone()
+    }
+
+    /// The aggregator itself, locked. A round's closing holds it throughout. Of the routes
+    /// only a submission to an open round takes it (briefly); the others never wait for it
+    /// (a test holds it to show that).
+    pub fn coordinator(&self) -> std::sync::MutexGuard<'_, Coordinator> {
+        lock(&self.co)
     }
 
     /// Closes rounds until the job is done: a round closes when the job's worker count has
@@ -178,7 +203,7 @@ impl TrainCoordinator {
                     return Ok(());
                 }
                 !i.closing
-                    && (i.co.attempted() >= i.co.job.workers as usize
+                    && (i.attempted >= i.job.workers as usize
                         || i.opened_at.elapsed() >= self.deadline)
             };
             if ready {
@@ -190,35 +215,36 @@ impl TrainCoordinator {
     }
 
     async fn close_round(&self) -> Result<()> {
-        // The challenge draw comes after every commitment of the round.
-        let (randomness, needs) = {
+        // From here on contributions are refused without touching the aggregator.
+        let urls = {
             let mut i = lock(&self.inner);
             i.closing = true;
-            let spec = i.co.round_spec();
+            std::mem::take(&mut i.urls)
+        };
+        // The challenge draw comes after every commitment of the round.
+        let (randomness, needs) = {
+            let co = lock(&self.co);
+            let spec = co.round_spec();
             let randomness = Hash256::digest_parts(
                 "deai-train-challenge-round-v1",
                 &[
                     spec.randomness.as_bytes(),
-                    &(i.co.pending() as u64).to_le_bytes(),
+                    &(co.pending() as u64).to_le_bytes(),
                 ],
             );
-            let check = i.co.round_check();
-            let needs: Vec<([u8; 32], String, u32, Vec<u32>)> =
-                i.co.pending_contributions()
-                    .map(|c| {
-                        let s = check.challenged_start(c, randomness);
-                        let mut steps = vec![i.co.job.inner_steps];
-                        if s > 1 {
-                            steps.push(s - 1);
-                        }
-                        (
-                            c.worker,
-                            i.urls.get(&c.worker).cloned().unwrap_or_default(),
-                            c.round,
-                            steps,
-                        )
-                    })
-                    .collect();
+            let check = co.round_check();
+            let needs: Vec<([u8; 32], String, u32, Vec<u32>)> = co
+                .pending_contributions()
+                .map(|c| {
+                    let s = check.challenged_start(c, randomness);
+                    let mut steps = vec![co.job.inner_steps];
+                    if s > 1 {
+                        steps.push(s - 1);
+                    }
+                    let url = urls.get(&c.worker).cloned().unwrap_or_default();
+                    (c.worker, url, c.round, steps)
+                })
+                .collect();
             (randomness, needs)
         };
         let mut fetched: Vec<([u8; 32], Prefetched)> = vec![];
@@ -229,14 +255,14 @@ impl TrainCoordinator {
             }
             fetched.push((worker, p));
         }
-        let inner = self.inner.clone();
-        let (report, job_id) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let mut i = lock(&inner);
+        let co = self.co.clone();
+        let (report, job_id, next) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut co = lock(&co);
             let openers: Vec<([u8; 32], &dyn Opener)> = fetched
                 .iter()
                 .map(|(w, p)| (*w, p as &dyn Opener))
                 .collect();
-            let report = i.co.close_round(&openers, randomness)?;
+            let report = co.close_round(&openers, randomness)?;
             tracing::info!(
                 "training round {} closed: {} accepted, {} rejected, eval loss {:.4}",
                 report.round,
@@ -244,16 +270,27 @@ impl TrainCoordinator {
                 report.rejected.len(),
                 report.eval_loss
             );
-            let w = i.co.weights.clone();
-            let prev = report.checkpoint;
-            i.checkpoints.retain(|h, _| *h == prev);
-            i.checkpoints
-                .insert(w.hash(), Arc::new(checkpoint::to_safetensors(&w)?));
-            i.urls.clear();
-            i.done = i.co.round >= i.co.job.rounds;
-            Ok((report, i.co.job.id()))
+            let next = Published {
+                spec: co.round_spec(),
+                done: co.round >= co.job.rounds,
+                reports: co.reports.clone(),
+                checkpoint: Arc::new(checkpoint::to_safetensors(&co.weights)?),
+            };
+            Ok((report, co.job.id(), next))
         })
         .await??;
+        {
+            let mut i = lock(&self.inner);
+            let prev = report.checkpoint;
+            i.checkpoints.retain(|h, _| *h == prev);
+            i.checkpoints.insert(next.spec.checkpoint, next.checkpoint);
+            i.spec = next.spec;
+            i.previous = Some(prev);
+            i.pending = 0;
+            i.attempted = 0;
+            i.reports = next.reports;
+            i.done = next.done;
+        }
         if let Some(signer) = &self.ledger {
             self.post_round(signer, job_id, &report).await?;
         }
@@ -320,6 +357,15 @@ impl TrainCoordinator {
     }
 }
 
+/// What a closed round hands to the routes.
+struct Published {
+    spec: RoundSpec,
+    done: bool,
+    reports: Vec<RoundReport>,
+    /// safetensors bytes of the new checkpoint (`spec.checkpoint`).
+    checkpoint: Arc<Vec<u8>>,
+}
+
 /// Openings fetched before the (blocking) challenge runs.
 #[derive(Default)]
 struct Prefetched(HashMap<u32, std::result::Result<Vec<u8>, String>>);
@@ -360,7 +406,7 @@ async fn fetch_opening(url: &str, round: u32, step: u32) -> std::result::Result<
 }
 
 async fn job(State(s): State<TrainCoordinator>) -> Json<JobSpec> {
-    Json(lock(&s.inner).co.job.clone())
+    Json(lock(&s.inner).job.clone())
 }
 
 async fn round(State(s): State<TrainCoordinator>) -> Json<RoundInfo> {
@@ -496,7 +542,9 @@ async fn contribute(
             {
                 let mut i = lock(&s.inner);
                 if !i.done && !i.closing {
-                    i.co.refuse(&body, detail.clone());
+                    let mut co = lock(&s.co);
+                    co.refuse(&body, detail.clone());
+                    i.attempted = co.attempted();
                 }
             }
             return Err(refuse(
@@ -517,12 +565,18 @@ async fn contribute(
             serde_json::json!({"reason": "wrong-round", "detail": detail}),
         ));
     }
-    match i.co.submit(&body) {
+    // `closing` is false under `inner`, so no round is being closed: `co` is free.
+    let mut co = lock(&s.co);
+    let submitted = co.submit(&body);
+    (i.pending, i.attempted) = (co.pending(), co.attempted());
+    let round = co.round;
+    drop(co);
+    match submitted {
         Ok(w) => {
             i.urls.insert(w, url);
             Ok(Json(Admitted {
-                round: i.co.round,
-                pending: i.co.pending(),
+                round,
+                pending: i.pending,
             }))
         }
         Err(r) => {

@@ -235,3 +235,62 @@ async fn the_coordinator_refuses_bad_input_with_reasons() {
     assert_eq!(r.bytes().await.unwrap(), d.train[1].to_bytes());
     assert_eq!(coord.info().pending, 0, "nothing was admitted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_answer_while_the_aggregator_is_held() {
+    // A round's closing holds the aggregator while it re-executes challenged steps, merges
+    // and evaluates (seconds to minutes on a real model). Workers poll the round and fetch
+    // checkpoints and shards meanwhile: none of that may wait for it.
+    let (job, d, init) = setup(2, 1);
+    let co = Coordinator::new(job.clone(), init.clone(), d.train.clone(), d.val.clone()).unwrap();
+    let coord = TrainCoordinator::new(co, Duration::from_secs(600)).unwrap();
+    let addr = deai_node::serve("127.0.0.1:0".parse().unwrap(), coord.router())
+        .await
+        .unwrap();
+    let url = format!("http://{addr}");
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn({
+        let coord = coord.clone();
+        move || {
+            let _aggregator = coord.coordinator();
+            held_tx.send(()).unwrap();
+            release_rx.recv().ok();
+        }
+    });
+    held_rx.recv().unwrap();
+    // The timeout only turns a deadlock into a failure; it measures nothing.
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let get = |path: String| {
+        let c = c.clone();
+        let url = url.clone();
+        async move {
+            let r = c.get(format!("{url}{path}")).send().await.unwrap();
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+            r.bytes().await.unwrap()
+        }
+    };
+    let j: JobSpec = serde_json::from_slice(&get("/train/v1/job".into()).await).unwrap();
+    assert_eq!(j.id(), job.id());
+    let info: RoundInfo = serde_json::from_slice(&get("/train/v1/round".into()).await).unwrap();
+    assert_eq!(info.spec.checkpoint, init.hash());
+    assert_eq!((info.spec.round, info.pending, info.closing), (0, 0, false));
+    let reports = get("/train/v1/reports".into()).await;
+    assert_eq!(&reports[..], b"[]");
+    let ckpt = get(format!("/train/v1/checkpoints/{}", init.hash())).await;
+    assert_eq!(
+        checkpoint::from_safetensors(&ckpt, Some(init.hash()))
+            .unwrap()
+            .hash(),
+        init.hash()
+    );
+    let shard = get(format!("/train/v1/shards/{}", d.train[0].id())).await;
+    assert_eq!(&shard[..], &d.train[0].to_bytes()[..]);
+    assert_eq!(coord.info().spec.round, 0);
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+}
