@@ -110,6 +110,10 @@ pub struct TrainBench {
     /// Inner steps per round in the cheater and false-accusation trials.
     #[arg(long, default_value_t = 4)]
     trial_inner_steps: u32,
+    /// Trials of the worker that skips one step (caught only when the challenge
+    /// re-executes that step: a detection rate, not 100 %).
+    #[arg(long, default_value_t = 24)]
+    skip_one_trials: u32,
     /// Inner AdamW peak learning rate (DiLoCo workers and the baseline alike).
     #[arg(long, default_value_t = 2e-3)]
     lr: f32,
@@ -674,6 +678,21 @@ pub fn bench(b: TrainBench) -> Result<()> {
         );
     }
     let (false_acc, honest_checked) = false_accusations(s, b.trials)?;
+    // 5. The worker that skips one step of H: each trial has other keys, so another
+    // challenged step and another skipped one.
+    let mut skip_one_caught = 0;
+    for trial in 0..b.skip_one_trials {
+        if cheater_caught(s, Behavior::SkipOneStep, 500 + trial)? {
+            skip_one_caught += 1;
+        }
+    }
+    let skip_one_expected =
+        deai_train::diloco::skip_detection_probability(s.job.inner_steps, s.job.verify_steps);
+    log(format!(
+        "{:<17} caught {skip_one_caught}/{} (expected rate {skip_one_expected:.3})",
+        Behavior::SkipOneStep.name(),
+        b.skip_one_trials
+    ));
 
     let json = serde_json::json!({
         "preset": b.preset,
@@ -703,6 +722,9 @@ pub fn bench(b: TrainBench) -> Result<()> {
         "false_accusations": false_acc,
         "honest_checked": honest_checked,
         "diloco_rounds": rounds,
+        "skip_one_caught": skip_one_caught,
+        "skip_one_trials": b.skip_one_trials,
+        "skip_one_expected_rate": skip_one_expected,
     });
     if b.json {
         writeln!(std::io::stdout().lock(), "{json}")?;

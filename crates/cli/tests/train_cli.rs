@@ -253,6 +253,8 @@ fn bench_train_reports_every_metric_and_catches_every_cheater() {
             "1",
             "--trial-inner-steps",
             "2",
+            "--skip-one-trials",
+            "6",
             "--json",
         ],
         None,
@@ -274,6 +276,12 @@ fn bench_train_reports_every_metric_and_catches_every_cheater() {
     assert_eq!(j["cheaters_caught"], 7, "{j}");
     assert_eq!(j["false_accusations"], 0, "{j}");
     assert!(j["comm_ratio"].as_f64().unwrap() > 1.0);
+    // Skipping one of 2 steps with one re-executed: caught half the time on average; each
+    // trial is decided by its challenge draw, so any count 0..=6 is possible, but every
+    // trial ran (an honest worker rejected in a trial fails the bench).
+    assert_eq!(j["skip_one_trials"], 6);
+    assert!(j["skip_one_caught"].as_u64().unwrap() <= 6);
+    assert_eq!(j["skip_one_expected_rate"], 0.5);
 }
 
 #[test]

@@ -389,9 +389,32 @@ pub enum Behavior {
     StaleCheckpoint,
     /// Sends the same contribution twice.
     Replay,
+    /// Computes every inner step but one, which it skips (the state only counts it): the
+    /// cheapest cheat to hide. The step is [`Behavior::skipped_step`], chosen before the
+    /// challenge is drawn. Caught only when the challenge re-executes that step, so it is
+    /// not among [`Behavior::CHEATERS`] (caught every time); `deai bench train` measures
+    /// its detection rate against [`skip_detection_probability`].
+    SkipOneStep,
+}
+
+/// The probability that a challenge of `k` consecutive steps, its start uniform over
+/// `1..=H-k+1`, covers one skipped step chosen uniformly in `1..=H`.
+pub fn skip_detection_probability(h: u32, k: u32) -> f64 {
+    let (h, k) = (h.max(1) as u64, k.clamp(1, h.max(1)) as u64);
+    let starts = h - k + 1;
+    let covered: u64 = (1..=h)
+        .map(|step| (1..=starts).filter(|s| *s <= step && step < s + k).count() as u64)
+        .sum();
+    covered as f64 / (h * starts) as f64
 }
 
 impl Behavior {
+    /// The step (`1..=H`) a [`Behavior::SkipOneStep`] worker with round seed `seed` skips.
+    pub fn skipped_step(seed: u64, h: u32) -> u32 {
+        let d = Hash256::digest_parts("deai-train-skip-v1", &[&seed.to_le_bytes()]);
+        1 + (u64::from_le_bytes(d.0[..8].try_into().expect("8 bytes")) % h.max(1) as u64) as u32
+    }
+
     pub const CHEATERS: [Behavior; 7] = [
         Behavior::RandomDelta,
         Behavior::ScaledDelta,
@@ -412,11 +435,13 @@ impl Behavior {
             Behavior::PoisonedShard => "poisoned-shard",
             Behavior::StaleCheckpoint => "stale-checkpoint",
             Behavior::Replay => "replay",
+            Behavior::SkipOneStep => "skip-one-step",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        std::iter::once(Behavior::Honest)
+        [Behavior::Honest, Behavior::SkipOneStep]
+            .into_iter()
             .chain(Behavior::CHEATERS)
             .find(|b| b.name() == s)
     }
@@ -444,7 +469,12 @@ struct RunInputs {
 impl RunInputs {
     /// Inner step `h` (1-based) from `state`, as this worker does it.
     fn advance(&self, net: &Net, state: &mut TrainState, h: u32) -> Result<f32> {
-        if self.behavior == Behavior::SkipSteps {
+        let skipped = match self.behavior {
+            Behavior::SkipSteps => true,
+            Behavior::SkipOneStep => h == Behavior::skipped_step(self.seed, self.job.inner_steps),
+            _ => false,
+        };
+        if skipped {
             state.step += 1;
             return Ok(0.0);
         }
@@ -620,11 +650,33 @@ mod tests {
     }
 
     #[test]
+    fn skip_detection_probability_counts_covering_windows() {
+        // One re-executed step of H: 1/H. The whole round: certain.
+        assert!((skip_detection_probability(4, 1) - 0.25).abs() < 1e-12);
+        assert!((skip_detection_probability(30, 1) - 1.0 / 30.0).abs() < 1e-12);
+        assert!((skip_detection_probability(6, 6) - 1.0).abs() < 1e-12);
+        // H = 4, k = 2: starts 1..=3; steps 1 and 4 are covered by one start each, steps 2
+        // and 3 by two: 6 of 12.
+        assert!((skip_detection_probability(4, 2) - 0.5).abs() < 1e-12);
+        let h = 30;
+        let mut last = 0.0;
+        for k in 1..=h {
+            let p = skip_detection_probability(h, k);
+            assert!(p >= last && p <= 1.0, "{k}: {p}");
+            last = p;
+        }
+    }
+
+    #[test]
     fn behaviors_parse_by_name() {
         for b in Behavior::CHEATERS {
             assert_eq!(Behavior::parse(b.name()), Some(b));
         }
         assert_eq!(Behavior::parse("honest"), Some(Behavior::Honest));
+        assert_eq!(
+            Behavior::parse("skip-one-step"),
+            Some(Behavior::SkipOneStep)
+        );
         assert_eq!(Behavior::parse("lazy"), None);
     }
 }

@@ -223,6 +223,53 @@ fn every_cheater_class_is_caught_while_the_honest_worker_is_paid() {
 }
 
 #[test]
+fn a_worker_skipping_one_step_is_caught_exactly_when_the_challenge_covers_it() {
+    let d = dataset(2);
+    let j = job(&d, 1, 4, 1); // H = 4, one re-executed step per challenge
+    let co = coordinator(&j, &d);
+    let spec = co.round_spec();
+    let me = key(5).verifying_key().to_bytes();
+    let run = WorkerRun::run(
+        &key(5),
+        &j,
+        &spec,
+        &co.weights,
+        None,
+        &d.train,
+        Behavior::SkipOneStep,
+        |_, _| {},
+    )
+    .unwrap();
+    let skipped = Behavior::skipped_step(spec.seed(&me), j.inner_steps);
+    assert!((1..=j.inner_steps).contains(&skipped));
+    let check = RoundCheck::new(&j, &spec, &co.weights, &d.train);
+    // Its commitments are consistent: only re-executing the skipped step shows the lie.
+    check.precheck(&run.contribution).unwrap();
+    let (mut caught, mut missed) = (0, 0);
+    for r in 0..32u8 {
+        let randomness = deai_types::Hash256([r; 32]);
+        let start = check.challenged_start(&run.contribution, randomness);
+        match check.challenge(&run.contribution, &run, randomness) {
+            Err(e) => {
+                assert_eq!(start, skipped, "caught at another step: {e:?}");
+                assert_eq!(e.reason, Reason::StepMismatch);
+                assert_eq!(e.first_bad_step, Some(skipped));
+                caught += 1;
+            }
+            Ok(cost) => {
+                assert_ne!(
+                    start, skipped,
+                    "the skipped step was re-executed and passed"
+                );
+                assert_eq!(cost.steps, 1);
+                missed += 1;
+            }
+        }
+    }
+    assert!(caught > 0 && missed > 0, "{caught} caught, {missed} missed");
+}
+
+#[test]
 fn bisection_names_the_first_bad_step() {
     let d = dataset(2);
     let mut j = job(&d, 1, 6, 1);
