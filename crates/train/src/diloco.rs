@@ -398,14 +398,11 @@ pub enum Behavior {
 }
 
 /// The probability that a challenge of `k` consecutive steps, its start uniform over
-/// `1..=H-k+1`, covers one skipped step chosen uniformly in `1..=H`.
+/// `1..=H-k+1`, covers one skipped step chosen uniformly in `1..=H`: every start covers
+/// exactly `k` of the `H` steps, so `k / H`.
 pub fn skip_detection_probability(h: u32, k: u32) -> f64 {
-    let (h, k) = (h.max(1) as u64, k.clamp(1, h.max(1)) as u64);
-    let starts = h - k + 1;
-    let covered: u64 = (1..=h)
-        .map(|step| (1..=starts).filter(|s| *s <= step && step < s + k).count() as u64)
-        .sum();
-    covered as f64 / (h * starts) as f64
+    let h = h.max(1);
+    k.clamp(1, h) as f64 / h as f64
 }
 
 impl Behavior {
@@ -651,20 +648,20 @@ mod tests {
 
     #[test]
     fn skip_detection_probability_counts_covering_windows() {
-        // One re-executed step of H: 1/H. The whole round: certain.
-        assert!((skip_detection_probability(4, 1) - 0.25).abs() < 1e-12);
-        assert!((skip_detection_probability(30, 1) - 1.0 / 30.0).abs() < 1e-12);
-        assert!((skip_detection_probability(6, 6) - 1.0).abs() < 1e-12);
-        // H = 4, k = 2: starts 1..=3; steps 1 and 4 are covered by one start each, steps 2
-        // and 3 by two: 6 of 12.
-        assert!((skip_detection_probability(4, 2) - 0.5).abs() < 1e-12);
-        let h = 30;
-        let mut last = 0.0;
-        for k in 1..=h {
-            let p = skip_detection_probability(h, k);
-            assert!(p >= last && p <= 1.0, "{k}: {p}");
-            last = p;
+        // Count (start, skipped step) pairs where the window covers the step, as the
+        // challenge draws them (`RoundCheck::challenged_start`: start in 1..=H-k+1).
+        for h in 1..=12u32 {
+            for k in 1..=h {
+                let starts = h - k + 1;
+                let covered = (1..=starts)
+                    .flat_map(|s| (1..=h).map(move |step| (s, step)))
+                    .filter(|(s, step)| *s <= *step && *step < *s + k)
+                    .count();
+                let brute = covered as f64 / (h * starts) as f64;
+                assert!((skip_detection_probability(h, k) - brute).abs() < 1e-12);
+            }
         }
+        assert!((skip_detection_probability(30, 1) - 1.0 / 30.0).abs() < 1e-12);
     }
 
     #[test]
