@@ -826,7 +826,8 @@ fn cheater_caught(s: &Setup, class: Behavior, trial: u32) -> Result<bool> {
     }
     let (r, _) = run::run_round(&mut co, &mut workers, &mut |_| {})?;
     let me = hex::encode(&keys[1].verifying_key().to_bytes()[..6]);
-    if r.rejected.iter().any(|(w, _)| w != &me) || r.accepted.len() != 1 {
+    let honest = hex::encode(&keys[0].verifying_key().to_bytes()[..6]);
+    if r.rejected.iter().any(|(w, _)| w != &me) || !r.accepted.contains(&honest) {
         bail!(
             "the honest worker was rejected in a cheater trial: {:?}",
             r.rejected
