@@ -37,20 +37,15 @@ pub struct TrainArgs {
     /// Sequences per inner step.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Inner learning rate (peak of the cosine schedule).
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f32,
-    #[arg(long, default_value_t = 0.7)]
-    outer_lr: f32,
-    #[arg(long, default_value_t = 0.9)]
-    outer_momentum: f32,
+    #[command(flatten)]
+    opt: Optimizers,
     /// Inner steps a validator re-executes per contribution.
     #[arg(long, default_value_t = 1)]
     verify_steps: u32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Add one cheating worker: random-delta, scaled-delta, skip-steps, wrong-shard,
-    /// poisoned-shard, stale-checkpoint or replay.
+    /// poisoned-shard, stale-checkpoint, replay or skip-one-step.
     #[arg(long)]
     cheater: Option<String>,
     /// A round closes at this many seconds even if some workers have not contributed.
@@ -89,6 +84,21 @@ pub struct ExportArgs {
     name: String,
 }
 
+/// The optimizers' settings, shared by `deai train` and `deai bench train`.
+#[derive(Args, Clone)]
+pub struct Optimizers {
+    /// Inner AdamW learning rate, the peak of the cosine schedule (in the bench, the
+    /// single-worker baseline's too).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f32,
+    /// Outer Nesterov learning rate.
+    #[arg(long, default_value_t = 0.7)]
+    outer_lr: f32,
+    /// Outer Nesterov momentum.
+    #[arg(long, default_value_t = 0.9)]
+    outer_momentum: f32,
+}
+
 #[derive(Args, Clone)]
 pub struct TrainBench {
     #[arg(long, default_value = "shakespeare")]
@@ -114,15 +124,8 @@ pub struct TrainBench {
     /// re-executes that step: a detection rate, not 100 %).
     #[arg(long, default_value_t = 24)]
     skip_one_trials: u32,
-    /// Inner AdamW peak learning rate (DiLoCo workers and the baseline alike).
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f32,
-    /// Outer Nesterov learning rate.
-    #[arg(long, default_value_t = 0.7)]
-    outer_lr: f32,
-    /// Outer Nesterov momentum.
-    #[arg(long, default_value_t = 0.9)]
-    outer_momentum: f32,
+    #[command(flatten)]
+    opt: Optimizers,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -231,8 +234,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
         a.inner_steps,
         a.rounds,
         a.batch,
-        a.lr,
-        (a.outer_lr, a.outer_momentum),
+        a.opt.lr,
+        (a.opt.outer_lr, a.opt.outer_momentum),
         a.verify_steps,
         a.seed,
     )?;
@@ -582,8 +585,8 @@ pub fn bench(b: TrainBench) -> Result<()> {
         b.inner_steps,
         b.rounds,
         b.batch,
-        b.lr,
-        (b.outer_lr, b.outer_momentum),
+        b.opt.lr,
+        (b.opt.outer_lr, b.opt.outer_momentum),
         1,
         1,
     )?;
@@ -700,9 +703,9 @@ pub fn bench(b: TrainBench) -> Result<()> {
         "workers": b.workers,
         "inner_steps": b.inner_steps,
         "rounds": b.rounds,
-        "lr": b.lr,
-        "outer_lr": b.outer_lr,
-        "outer_momentum": b.outer_momentum,
+        "lr": b.opt.lr,
+        "outer_lr": b.opt.outer_lr,
+        "outer_momentum": b.opt.outer_momentum,
         "tokens": base.tokens,
         "loss_baseline": loss_baseline,
         "loss_diloco": loss_diloco,
