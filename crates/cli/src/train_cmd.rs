@@ -832,7 +832,7 @@ fn cheater_caught(s: &Setup, class: Behavior, trial: u32) -> Result<bool> {
     let honest = hex::encode(&keys[0].verifying_key().to_bytes()[..6]);
     if r.rejected.iter().any(|(w, _)| w != &me) || !r.accepted.contains(&honest) {
         bail!(
-            "the honest worker was rejected in a cheater trial: {:?}",
+            "the honest worker was not accepted in a cheater trial: {:?}",
             r.rejected
         );
     }

@@ -276,11 +276,10 @@ fn bench_train_reports_every_metric_and_catches_every_cheater() {
     assert_eq!(j["cheaters_caught"], 7, "{j}");
     assert_eq!(j["false_accusations"], 0, "{j}");
     assert!(j["comm_ratio"].as_f64().unwrap() > 1.0);
-    // Skipping one of 2 steps with one re-executed: caught half the time on average; each
-    // trial is decided by its challenge draw, so any count 0..=6 is possible, but every
-    // trial ran (an honest worker rejected in a trial fails the bench).
+    // Skipping one of 2 steps with one re-executed: caught half the time on average. Each
+    // trial is decided by its challenge draw (a train test checks that), so no count is
+    // asserted here; the bench fails if an honest worker is not accepted in any trial.
     assert_eq!(j["skip_one_trials"], 6);
-    assert!(j["skip_one_caught"].as_u64().unwrap() <= 6);
     assert_eq!(j["skip_one_expected_rate"], 0.5);
 }
 

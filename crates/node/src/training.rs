@@ -188,7 +188,8 @@ impl TrainCoordinator {
 
     /// The aggregator itself, locked. A round's closing holds it throughout. Of the routes
     /// only a submission to an open round takes it (briefly); the others never wait for it
-    /// (a test holds it to show that).
+    /// (a test holds it to show that). For reading: hold it briefly, since a submission
+    /// waits for it, and change nothing through it (the routes would not see the change).
     pub fn coordinator(&self) -> std::sync::MutexGuard<'_, Coordinator> {
         lock(&self.co)
     }

@@ -225,7 +225,8 @@ fn every_cheater_class_is_caught_while_the_honest_worker_is_paid() {
 #[test]
 fn a_worker_skipping_one_step_is_caught_exactly_when_the_challenge_covers_it() {
     let d = dataset(2);
-    let j = job(&d, 1, 4, 1); // H = 4, one re-executed step per challenge
+    let j = job(&d, 1, 4, 1); // H = 4
+    assert_eq!(j.verify_steps, 1, "one re-executed step per challenge");
     let co = coordinator(&j, &d);
     let spec = co.round_spec();
     let me = key(5).verifying_key().to_bytes();
