@@ -274,7 +274,6 @@ impl TrainCoordinator {
             let next = Published {
                 spec: co.round_spec(),
                 done: co.round >= co.job.rounds,
-                reports: co.reports.clone(),
                 checkpoint: Arc::new(checkpoint::to_safetensors(&co.weights)?),
             };
             Ok((report, co.job.id(), next))
@@ -289,7 +288,7 @@ impl TrainCoordinator {
             i.previous = Some(prev);
             i.pending = 0;
             i.attempted = 0;
-            i.reports = next.reports;
+            i.reports.push(report.clone());
             i.done = next.done;
         }
         if let Some(signer) = &self.ledger {
@@ -362,7 +361,6 @@ impl TrainCoordinator {
 struct Published {
     spec: RoundSpec,
     done: bool,
-    reports: Vec<RoundReport>,
     /// safetensors bytes of the new checkpoint (`spec.checkpoint`).
     checkpoint: Arc<Vec<u8>>,
 }
