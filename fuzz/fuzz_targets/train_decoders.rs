@@ -1,9 +1,11 @@
 //! Arbitrary bytes through every decoder of the training protocol: contributions (with their
-//! int8 pseudo-gradients), train-state openings, checkpoints (safetensors) and shards must
+//! int8 pseudo-gradients), train-state openings, checkpoints (safetensors), shards and round
+//! evidence (what auditors replay a round from) must
 //! return errors, never panic; whatever decodes re-encodes to the same bytes.
 
 #![no_main]
 
+use deai_train::audit::RoundEvidence;
 use deai_train::checkpoint::{from_safetensors, to_safetensors};
 use deai_train::data::Shard;
 use deai_train::diloco::Contribution;
@@ -28,5 +30,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(s) = Shard::from_bytes(data, None) {
         assert_eq!(s.to_bytes(), data);
+    }
+    if let Ok(e) = RoundEvidence::from_bytes(data) {
+        assert_eq!(e.to_bytes(), data);
     }
 });

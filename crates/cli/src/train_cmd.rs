@@ -870,10 +870,7 @@ fn false_accusations(s: &Setup, trials: u32) -> Result<(u32, u32)> {
             )?;
             let _ = co.submit(&run.contribution.to_bytes());
             std::env::set_var("RAYON_NUM_THREADS", verify_threads);
-            let r = co.close_round(
-                &[(key.verifying_key().to_bytes(), &run)],
-                deai_types::Hash256([trial as u8; 32]),
-            )?;
+            let r = co.close_round(&[(key.verifying_key().to_bytes(), &run)])?;
             std::env::remove_var("RAYON_NUM_THREADS");
             checked += 1;
             if !r.rejected.is_empty() {

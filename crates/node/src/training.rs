@@ -12,8 +12,9 @@
 //!
 //! Coordinator routes: `GET /train/v1/job`, `GET /train/v1/round`,
 //! `GET /train/v1/checkpoints/{hash}`, `GET /train/v1/shards/{hash}`,
-//! `POST /train/v1/contributions` (header `x-deai-worker-url`), `GET /train/v1/reports`.
-//! Worker route: `GET /train/v1/open/{round}/{step}`.
+//! `POST /train/v1/contributions` (header `x-deai-worker-url`), `GET /train/v1/reports`,
+//! `GET /train/v1/evidence/{round}` (what the last two closed rounds used, for
+//! [`audit_remote`]). Worker route: `GET /train/v1/open/{round}/{step}`.
 
 use crate::ledger_client::Signer;
 use crate::{http_client, http_error, HttpError};
@@ -45,6 +46,10 @@ pub const MAX_OPENING: usize = 512 << 20;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoundInfo {
     pub spec: RoundSpec,
+    /// The coordinator's commitment to this round's challenge secret, fixed before any
+    /// contribution arrives; the round's report reveals the secret
+    /// (`deai_train::verify::challenge_commitment`).
+    pub challenge_commitment: Hash256,
     /// The checkpoint before this round's (what a stale worker would start from).
     pub previous: Option<Hash256>,
     /// All rounds are done; `spec.checkpoint` is the final model.
@@ -64,12 +69,16 @@ pub struct RoundInfo {
 struct CoInner {
     job: JobSpec,
     spec: RoundSpec,
+    challenge_commitment: Hash256,
     previous: Option<Hash256>,
     pending: usize,
     attempted: usize,
     reports: Vec<RoundReport>,
-    /// safetensors bytes of the current and previous checkpoints, by hash.
+    /// safetensors bytes of the current and previous checkpoints and outer-optimizer
+    /// states, by hash.
     checkpoints: HashMap<Hash256, Arc<Vec<u8>>>,
+    /// Encoded evidence of the last two closed rounds, by round.
+    evidence: std::collections::BTreeMap<u32, Arc<Vec<u8>>>,
     shards: HashMap<Hash256, Arc<Vec<u8>>>,
     /// Where each pending contributor answers openings.
     urls: HashMap<[u8; 32], String>,
@@ -100,10 +109,9 @@ impl TrainCoordinator {
     /// A coordinator for `co`'s job; a round closes `deadline` after it opens at the latest.
     pub fn new(co: Coordinator, deadline: Duration) -> Result<Self> {
         let mut checkpoints = HashMap::new();
-        checkpoints.insert(
-            co.weights.hash(),
-            Arc::new(checkpoint::to_safetensors(&co.weights)?),
-        );
+        for w in [co.weights.clone(), co.outer_state()] {
+            checkpoints.insert(w.hash(), Arc::new(checkpoint::to_safetensors(&w)?));
+        }
         let shards = co
             .shards()
             .iter()
@@ -113,6 +121,7 @@ impl TrainCoordinator {
             inner: Arc::new(Mutex::new(CoInner {
                 job: co.job.clone(),
                 spec: co.round_spec(),
+                challenge_commitment: co.challenge_commitment(),
                 previous: co.previous.as_ref().map(|w| w.hash()),
                 pending: co.pending(),
                 attempted: co.attempted(),
@@ -120,6 +129,7 @@ impl TrainCoordinator {
                 checkpoints,
                 shards,
                 urls: HashMap::new(),
+                evidence: Default::default(),
                 opened_at: Instant::now(),
                 closing: false,
                 done: co.round >= co.job.rounds,
@@ -155,6 +165,7 @@ impl TrainCoordinator {
             .route("/train/v1/shards/{hash}", get(shard_bytes))
             .route("/train/v1/contributions", post(contribute))
             .route("/train/v1/reports", get(reports))
+            .route("/train/v1/evidence/{round}", get(evidence_bytes))
             .merge(deai_explorer::router(deai_explorer::UiConfig::TRAINING))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_CONTRIBUTION))
             .layer(axum::middleware::map_response(crate::close_if_body_unread))
@@ -165,6 +176,7 @@ impl TrainCoordinator {
         let i = lock(&self.inner);
         RoundInfo {
             spec: i.spec,
+            challenge_commitment: i.challenge_commitment,
             previous: i.previous,
             done: i.done,
             pending: i.pending,
@@ -225,14 +237,9 @@ impl TrainCoordinator {
         // The challenge draw comes after every commitment of the round.
         let (randomness, needs) = {
             let co = lock(&self.co);
-            let spec = co.round_spec();
-            let randomness = Hash256::digest_parts(
-                "deai-train-challenge-round-v1",
-                &[
-                    spec.randomness.as_bytes(),
-                    &(co.pending() as u64).to_le_bytes(),
-                ],
-            );
+            // The secret behind it was committed when the round opened; the set of
+            // contributions is fixed now (closing refuses new ones).
+            let randomness = co.challenge_randomness();
             let check = co.round_check();
             let needs: Vec<([u8; 32], String, u32, Vec<u32>)> = co
                 .pending_contributions()
@@ -263,7 +270,8 @@ impl TrainCoordinator {
                 .iter()
                 .map(|(w, p)| (*w, p as &dyn Opener))
                 .collect();
-            let report = co.close_round(&openers, randomness)?;
+            let report = co.close_round(&openers)?;
+            debug_assert_eq!(report.challenge, randomness);
             tracing::info!(
                 "training round {} closed: {} accepted, {} rejected, eval loss {:.4}",
                 report.round,
@@ -273,8 +281,11 @@ impl TrainCoordinator {
             );
             let next = Published {
                 spec: co.round_spec(),
+                challenge_commitment: co.challenge_commitment(),
                 done: co.round >= co.job.rounds,
                 checkpoint: Arc::new(checkpoint::to_safetensors(&co.weights)?),
+                outer_state: Arc::new(checkpoint::to_safetensors(&co.outer_state())?),
+                evidence: Arc::new(co.evidence().map(|e| e.to_bytes()).unwrap_or_default()),
             };
             Ok((report, co.job.id(), next))
         })
@@ -282,13 +293,29 @@ impl TrainCoordinator {
         {
             let mut i = lock(&self.inner);
             let prev = report.checkpoint;
-            i.checkpoints.retain(|h, _| *h == prev);
             i.checkpoints.insert(next.spec.checkpoint, next.checkpoint);
+            i.checkpoints
+                .insert(report.next_outer_state, next.outer_state);
+            i.evidence.insert(report.round, next.evidence);
+            while i.evidence.len() > 2 {
+                i.evidence.pop_first();
+            }
+            i.reports.push(report.clone());
+            // Kept: the current checkpoint and outer state, and the start of every round
+            // whose evidence is kept (what an auditor replays it from; the last one is also
+            // the previous checkpoint).
+            let mut keep = vec![next.spec.checkpoint, report.next_outer_state];
+            for r in i.evidence.keys() {
+                if let Some(rep) = i.reports.iter().rev().find(|x| x.round == *r) {
+                    keep.extend([rep.checkpoint, rep.outer_state]);
+                }
+            }
+            i.checkpoints.retain(|h, _| keep.contains(h));
             i.spec = next.spec;
+            i.challenge_commitment = next.challenge_commitment;
             i.previous = Some(prev);
             i.pending = 0;
             i.attempted = 0;
-            i.reports.push(report.clone());
             i.done = next.done;
         }
         if let Some(signer) = &self.ledger {
@@ -360,9 +387,13 @@ impl TrainCoordinator {
 /// What a closed round hands to the routes.
 struct Published {
     spec: RoundSpec,
+    challenge_commitment: Hash256,
     done: bool,
-    /// safetensors bytes of the new checkpoint (`spec.checkpoint`).
+    /// safetensors bytes of the new checkpoint (`spec.checkpoint`) and outer state.
     checkpoint: Arc<Vec<u8>>,
+    outer_state: Arc<Vec<u8>>,
+    /// The closed round's encoded evidence.
+    evidence: Arc<Vec<u8>>,
 }
 
 /// Openings fetched before the (blocking) challenge runs.
@@ -435,6 +466,19 @@ async fn checkpoint_bytes(
         http_error(
             StatusCode::NOT_FOUND,
             format!("no checkpoint {h} (only the current and previous are served)"),
+        )
+    })
+}
+
+async fn evidence_bytes(
+    State(s): State<TrainCoordinator>,
+    Path(round): Path<u32>,
+) -> Result<Vec<u8>, HttpError> {
+    let b = lock(&s.inner).evidence.get(&round).cloned();
+    b.map(|b| b.to_vec()).ok_or_else(|| {
+        http_error(
+            StatusCode::NOT_FOUND,
+            format!("no evidence of round {round} (only the last two closed rounds are kept)"),
         )
     })
 }
@@ -623,33 +667,11 @@ impl TrainWorker {
     }
 
     async fn get_bytes(&self, path: &str, limit: usize) -> Result<Vec<u8>> {
-        let url = format!("{}{path}", self.coordinator);
-        let mut resp = http_client(&self.coordinator, Duration::from_secs(120))
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        if !resp.status().is_success() {
-            bail!("GET {url}: {}", resp.status());
-        }
-        let mut out = vec![];
-        while let Some(c) = resp.chunk().await? {
-            if out.len() + c.len() > limit {
-                bail!("GET {url}: more than {limit} bytes");
-            }
-            out.extend_from_slice(&c);
-        }
-        Ok(out)
+        get_bytes(&self.coordinator, path, limit).await
     }
 
     async fn checkpoint(&self, h: Hash256) -> Result<Weights> {
-        let b = self
-            .get_bytes(
-                &format!("/train/v1/checkpoints/{h}"),
-                checkpoint::MAX_CHECKPOINT_BYTES,
-            )
-            .await?;
-        Ok(checkpoint::from_safetensors(&b, Some(h))?)
+        fetch_checkpoint(&self.coordinator, h).await
     }
 
     /// Takes part in rounds until the job is done (or `max_rounds` contributions); calls
@@ -766,6 +788,96 @@ impl TrainWorker {
                 .retain(|r, _| r + 2 > info.spec.round);
         }
     }
+}
+
+/// GET `base` + `path`, at most `limit` bytes.
+async fn get_bytes(base: &str, path: &str, limit: usize) -> Result<Vec<u8>> {
+    let url = format!("{base}{path}");
+    let mut resp = http_client(base, Duration::from_secs(120))
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    if !resp.status().is_success() {
+        bail!("GET {url}: {}", resp.status());
+    }
+    let mut out = vec![];
+    while let Some(c) = resp.chunk().await? {
+        if out.len() + c.len() > limit {
+            bail!("GET {url}: more than {limit} bytes");
+        }
+        out.extend_from_slice(&c);
+    }
+    Ok(out)
+}
+
+/// A checkpoint (or outer state) by hash from a coordinator at `base`, hash checked.
+async fn fetch_checkpoint(base: &str, h: Hash256) -> Result<Weights> {
+    let path = format!("/train/v1/checkpoints/{h}");
+    let b = get_bytes(base, &path, checkpoint::MAX_CHECKPOINT_BYTES).await?;
+    Ok(checkpoint::from_safetensors(&b, Some(h))?)
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> Result<T> {
+    let b = get_bytes(base, path, 64 << 20).await?;
+    serde_json::from_slice(&b).with_context(|| format!("GET {base}{path}: malformed JSON"))
+}
+
+/// Audits round `round` of the job a coordinator at `coordinator` runs, trusting nothing it
+/// serves: fetches the job, the round's report and evidence, its start checkpoint and
+/// outer state and the training shards (each checked by hash), and replays the round
+/// ([`deai_train::audit::audit_round`]). The challenge commitment is the previous report's;
+/// round 0's must be given (as `/train/v1/round` showed it before the round's
+/// contributions). The held-out shard is not served, so the eval loss is not re-checked.
+/// Returns the auditor's own report; an error names the first disagreement.
+pub async fn audit_remote(
+    coordinator: &str,
+    round: u32,
+    round0_commitment: Option<Hash256>,
+) -> Result<RoundReport> {
+    let base = coordinator.trim_end_matches('/');
+    let job: JobSpec = get_json(base, "/train/v1/job").await?;
+    let reports: Vec<RoundReport> = get_json(base, "/train/v1/reports").await?;
+    let report = reports
+        .iter()
+        .find(|r| r.round == round)
+        .with_context(|| format!("the coordinator has no report of round {round}"))?
+        .clone();
+    let committed = match round {
+        0 => round0_commitment.context(
+            "round 0's challenge commitment must be given (the round's /train/v1/round showed it)",
+        )?,
+        r => {
+            reports
+                .iter()
+                .find(|p| p.round == r - 1)
+                .with_context(|| {
+                    format!("no report of round {} to take the commitment from", r - 1)
+                })?
+                .next_challenge_commitment
+        }
+    };
+    let checkpoint = fetch_checkpoint(base, report.checkpoint).await?;
+    let outer_state = fetch_checkpoint(base, report.outer_state).await?;
+    let mut shards = vec![];
+    for h in &job.shards {
+        let b = get_bytes(base, &format!("/train/v1/shards/{h}"), 1 << 30).await?;
+        shards.push(deai_train::data::Shard::from_bytes(&b, Some(*h))?);
+    }
+    let ev = get_bytes(base, &format!("/train/v1/evidence/{round}"), 4 << 30).await?;
+    let evidence = deai_train::audit::RoundEvidence::from_bytes(&ev)?;
+    tokio::task::spawn_blocking(move || {
+        let inputs = deai_train::audit::AuditInputs {
+            job: &job,
+            checkpoint: &checkpoint,
+            outer_state: &outer_state,
+            shards: &shards,
+            val: None,
+            committed,
+        };
+        Ok(deai_train::audit::audit_round(&inputs, &report, &evidence)?)
+    })
+    .await?
 }
 
 async fn open(

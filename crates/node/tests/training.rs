@@ -55,6 +55,8 @@ async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
         Coordinator::new(job.clone(), init.clone(), d.train.clone(), d.val.clone()).unwrap();
     co.eval_windows = 4;
     let coord = TrainCoordinator::new(co, Duration::from_secs(8)).unwrap();
+    // Published before any contribution: the first round's challenge commitment.
+    let committed0 = coord.info().challenge_commitment;
     let addr = deai_node::serve("127.0.0.1:0".parse().unwrap(), coord.router())
         .await
         .unwrap();
@@ -164,6 +166,31 @@ async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+
+    // Anyone can re-check the last two rounds from what the coordinator serves, against the
+    // commitments published before each round; older evidence is gone.
+    assert_eq!(reports[0].challenge_commitment, committed0);
+    for r in [1, 2] {
+        let mine = deai_node::training::audit_remote(&url, r, None)
+            .await
+            .unwrap_or_else(|e| panic!("round {r}: {e:#}"));
+        let theirs = &reports[r as usize];
+        assert_eq!(mine.paid_keys, theirs.paid_keys);
+        assert_eq!(mine.slashed_keys, theirs.slashed_keys);
+        assert_eq!(mine.next_checkpoint, theirs.next_checkpoint);
+        assert_eq!(
+            theirs.challenge_commitment,
+            reports[r as usize - 1].next_challenge_commitment
+        );
+    }
+    let e = deai_node::training::audit_remote(&url, 0, Some(committed0))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("404"), "{e:#}");
+    let e = deai_node::training::audit_remote(&url, 0, None)
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("must be given"), "{e:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: safetensors checkpoints named by content hash, export to GGUF.
 //! - [`diloco`]: jobs, rounds, int8 pseudo-gradients, signed contributions, workers.
 //! - [`verify`]: free checks, step re-execution with bisection, the round coordinator.
+//! - [`audit`]: a closed round's evidence, and re-checking the round from it.
 //! - [`run`]: whole runs (single-worker baseline and DiLoCo) for the CLI and benchmarks.
 //!
 //! Bit-reproducibility: the same checkpoint, shard, seed and step count give the same train
@@ -22,6 +23,7 @@
 //! writing and the byte vocabulary, so exported checkpoints run on the inference path).
 //! Must never depend on the ledger, chain or node crates: they call into us.
 
+pub mod audit;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -161,15 +161,8 @@ pub fn run_round(
             )
         })
         .collect();
-    // Challenge randomness comes after every commitment (on a network: a later block).
-    let randomness = deai_types::Hash256::digest_parts(
-        "deai-train-challenge-round-v1",
-        &[
-            spec.randomness.as_bytes(),
-            &(co.pending() as u64).to_le_bytes(),
-        ],
-    );
-    let report = co.close_round(&openers, randomness)?;
+    // The challenge is drawn from the coordinator's secret, after every commitment.
+    let report = co.close_round(&openers)?;
     on(Event::Round(&report));
     Ok((report, compute))
 }

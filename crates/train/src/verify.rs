@@ -8,18 +8,58 @@
 //! the first step whose re-execution disagrees, so a third party can settle the dispute by
 //! re-running that one step. Finally the worker opens its end state, which must hash to the
 //! last leaf and reproduce the pseudo-gradient bit for bit.
+//!
+//! The challenge must be unpredictable to the worker when it commits: a worker that knows
+//! which window will be re-executed computes only that window and commits anything else
+//! (an arbitrary end state, hence an arbitrary pseudo-gradient). So the coordinator draws a
+//! secret when a round opens and publishes only its commitment
+//! ([`challenge_commitment`]); once the round's contributions are fixed, the challenge
+//! randomness is [`challenge_randomness`] over the secret and the admitted contributions'
+//! ids, and the report reveals the secret, so anyone can recompute every draw. The
+//! commitment binds the coordinator before it sees a contribution (it cannot pick a secret
+//! that spares a friend's window).
 
+use crate::audit::{Recording, RoundEvidence};
 use crate::data::Shard;
 use crate::diloco::{Contribution, Int8Delta, JobSpec, Opener, RoundSpec};
 use crate::model::{Net, Weights};
 use crate::optim::{train_step, Nesterov, TrainState};
 use crate::{Result, TrainError};
 use deai_types::Hash256;
-use serde::Serialize;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{OsRng, RngCore, SeedableRng};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
+/// The commitment to a round's challenge secret, published when the round opens.
+pub fn challenge_commitment(secret: &Hash256) -> Hash256 {
+    Hash256::digest_parts("deai-train-challenge-commit-v1", &[secret.as_bytes()])
+}
+
+/// A round's challenge randomness: the coordinator's secret (committed when the round
+/// opened, revealed in the report) over the round's inputs and the ids of the contributions
+/// it admitted, in worker-key order. Nobody knows it before every contribution is fixed.
+pub fn challenge_randomness(
+    secret: &Hash256,
+    round: &RoundSpec,
+    contributions: &[Hash256],
+) -> Hash256 {
+    let ids: Vec<u8> = contributions.iter().flat_map(|c| c.0).collect();
+    Hash256::digest_parts(
+        "deai-train-challenge-v2",
+        &[
+            secret.as_bytes(),
+            round.job.as_bytes(),
+            &round.round.to_le_bytes(),
+            round.checkpoint.as_bytes(),
+            round.randomness.as_bytes(),
+            &ids,
+        ],
+    )
+}
+
 /// Why a contribution was refused.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
     BadSignature,
@@ -58,7 +98,7 @@ impl Reason {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejection {
     pub reason: Reason,
     pub detail: String,
@@ -87,7 +127,7 @@ impl std::fmt::Display for Rejection {
 }
 
 /// What a passed challenge cost the validator.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChallengeCost {
     /// Inner steps re-executed.
     pub steps: u32,
@@ -272,13 +312,18 @@ impl<'a> RoundCheck<'a> {
     }
 }
 
-/// What happened in one round.
-#[derive(Clone, Debug, Serialize)]
+/// What happened in one round. Its JSON (losses that are NaN print as `null`) is what
+/// `/train/v1/reports` serves and what the ledger's report digest covers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoundReport {
     pub round: u32,
     /// The checkpoint the round started from and the one it produced.
     pub checkpoint: Hash256,
     pub next_checkpoint: Hash256,
+    /// The outer optimizer's momentum before and after the round, as weights of the same
+    /// shapes (content hashes; the coordinator serves both like checkpoints).
+    pub outer_state: Hash256,
+    pub next_outer_state: Hash256,
     pub accepted: Vec<String>,
     pub rejected: Vec<(String, Rejection)>,
     /// Full keys (hex) of the accepted contributors that did not also cheat this round:
@@ -287,8 +332,17 @@ pub struct RoundReport {
     /// Full keys (hex) of the workers whose own signed contribution was refused for a
     /// [`Reason::slashable`] reason: who the ledger slashes.
     pub slashed_keys: Vec<String>,
+    #[serde(deserialize_with = "nan_if_null")]
     pub eval_loss: f32,
+    /// The challenge: the commitment published when the round opened, the secret behind it
+    /// (revealed now), the randomness drawn from it and the admitted contributions
+    /// ([`challenge_randomness`]), and the next round's commitment.
+    pub challenge_commitment: Hash256,
+    pub challenge_secret: Hash256,
+    pub challenge: Hash256,
+    pub next_challenge_commitment: Hash256,
     /// Mean reported inner loss of accepted contributions.
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f32,
     /// Bytes of accepted contributions (what crossed the network to the aggregator).
     pub contribution_bytes: u64,
@@ -307,13 +361,18 @@ pub struct Coordinator {
     outer: Nesterov,
     pub round: u32,
     shards: Vec<Shard>,
-    val: Shard,
+    /// The held-out shard; an auditor without it does not evaluate (`eval_loss` is NaN).
+    val: Option<Shard>,
     /// Ids of contributions admitted this round and the previous one (older ones fail the
     /// round check anyway), so the set stays bounded over a long job.
     seen: HashSet<Hash256>,
     seen_previous: HashSet<Hash256>,
     pending: BTreeMap<[u8; 32], Contribution>,
     early_rejects: Vec<(Option<[u8; 32]>, Rejection)>,
+    /// Bytes of this round's contributions refused for a slashable reason (first per worker).
+    slash_proofs: Vec<Vec<u8>>,
+    /// What the last closed round used, for auditors.
+    evidence: Option<RoundEvidence>,
     /// Workers that submitted anything this round (admitted or refused).
     attempted: HashSet<[u8; 32]>,
     pub reports: Vec<RoundReport>,
@@ -321,8 +380,23 @@ pub struct Coordinator {
     /// (each costs a pass over every weight; workers poll the round and submit often).
     spec: RoundSpec,
     start_leaf: Hash256,
+    /// Draws each round's challenge secret (seeded from the OS; see
+    /// [`Coordinator::seed_challenges`]), and this round's secret.
+    secrets: ChaCha20Rng,
+    secret: Hash256,
     /// Evaluation windows per round (bounded for speed).
     pub eval_windows: usize,
+}
+
+/// serde_json writes a NaN float as `null`; read it back as NaN.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+}
+
+fn draw_secret(rng: &mut ChaCha20Rng) -> Hash256 {
+    let mut b = [0u8; 32];
+    rng.fill_bytes(&mut b);
+    Hash256(b)
 }
 
 /// Refusals at submission kept per round in the report.
@@ -334,6 +408,10 @@ fn who(w: &[u8; 32]) -> String {
 
 impl Coordinator {
     pub fn new(job: JobSpec, init: Weights, shards: Vec<Shard>, val: Shard) -> Result<Self> {
+        Self::build(job, init, shards, Some(val))
+    }
+
+    fn build(job: JobSpec, init: Weights, shards: Vec<Shard>, val: Option<Shard>) -> Result<Self> {
         job.validate()?;
         init.check()?;
         if init.cfg != job.model {
@@ -342,15 +420,20 @@ impl Coordinator {
             ));
         }
         let ids: Vec<Hash256> = shards.iter().map(|s| s.id()).collect();
-        if ids != job.shards || val.id() != job.val_shard {
+        if ids != job.shards || val.as_ref().is_some_and(|v| v.id() != job.val_shard) {
             return Err(TrainError::Config(
                 "shards do not match the job's shard list".into(),
             ));
         }
         let (spec, start_leaf) = Self::round_inputs(&job, 0, &init);
+        let mut secrets = ChaCha20Rng::from_rng(OsRng)
+            .map_err(|e| TrainError::Config(format!("no OS randomness: {e}")))?;
+        let secret = draw_secret(&mut secrets);
         Ok(Coordinator {
             spec,
             start_leaf,
+            secrets,
+            secret,
             outer: Nesterov::new(&init, job.outer_lr, job.outer_momentum),
             job,
             weights: init,
@@ -362,6 +445,8 @@ impl Coordinator {
             seen_previous: HashSet::new(),
             pending: BTreeMap::new(),
             early_rejects: vec![],
+            slash_proofs: vec![],
+            evidence: None,
             attempted: HashSet::new(),
             reports: vec![],
             eval_windows: 64,
@@ -370,6 +455,77 @@ impl Coordinator {
 
     pub fn shards(&self) -> &[Shard] {
         &self.shards
+    }
+
+    /// A coordinator for round `round` of `job`, from that round's checkpoint, outer
+    /// momentum and challenge secret: how an auditor replays a round
+    /// ([`crate::audit::audit_round`]). Without `val` rounds are not evaluated.
+    pub fn resume(
+        job: JobSpec,
+        checkpoint: Weights,
+        outer_state: &Weights,
+        round: u32,
+        secret: Hash256,
+        shards: Vec<Shard>,
+        val: Option<Shard>,
+    ) -> Result<Self> {
+        if round >= job.rounds {
+            return Err(TrainError::Config(format!(
+                "round {round} but the job has {} rounds",
+                job.rounds
+            )));
+        }
+        if outer_state.cfg != job.model
+            || outer_state.tensors.len() != checkpoint.tensors.len()
+            || outer_state
+                .tensors
+                .iter()
+                .zip(&checkpoint.tensors)
+                .any(|(a, b)| a.len() != b.len())
+        {
+            return Err(TrainError::Shape(
+                "the outer state does not have the model's shapes".into(),
+            ));
+        }
+        let mut co = Self::build(job, checkpoint, shards, val)?;
+        co.outer.buf = outer_state.tensors.clone();
+        co.round = round;
+        (co.spec, co.start_leaf) = Self::round_inputs(&co.job, round, &co.weights);
+        co.secret = secret;
+        Ok(co)
+    }
+
+    /// The outer optimizer's momentum, as weights of the model's shapes.
+    pub fn outer_state(&self) -> Weights {
+        Weights {
+            cfg: self.job.model.clone(),
+            tensors: self.outer.buf.clone(),
+        }
+    }
+
+    /// What the last closed round used ([`crate::audit`]).
+    pub fn evidence(&self) -> Option<&RoundEvidence> {
+        self.evidence.as_ref()
+    }
+
+    /// Draws this and every later round's challenge secret from `seed` instead of the OS,
+    /// so that runs repeat exactly (tests, benchmarks). Whoever knows the seed knows every
+    /// challenge in advance: never on a network.
+    pub fn seed_challenges(&mut self, seed: u64) {
+        self.secrets = ChaCha20Rng::seed_from_u64(seed);
+        self.secret = draw_secret(&mut self.secrets);
+    }
+
+    /// The commitment to this round's challenge secret: publish it when the round opens.
+    pub fn challenge_commitment(&self) -> Hash256 {
+        challenge_commitment(&self.secret)
+    }
+
+    /// This round's challenge randomness over the contributions admitted so far; call it
+    /// once the round is closed to submissions ([`Coordinator::close_round`] draws the same).
+    pub fn challenge_randomness(&self) -> Hash256 {
+        let ids: Vec<Hash256> = self.pending.values().map(|c| c.id()).collect();
+        challenge_randomness(&self.secret, &self.spec, &ids)
     }
 
     /// This round's public inputs. Locally the randomness is derived from the job and the
@@ -414,7 +570,9 @@ impl Coordinator {
         }
         let r = self.admit(bytes);
         if let Err(e) = &r {
-            self.record_early_reject(worker, e.clone());
+            if self.record_early_reject(worker, e.clone()) && e.reason.slashable() {
+                self.slash_proofs.push(bytes.to_vec());
+            }
         }
         r
     }
@@ -432,8 +590,9 @@ impl Coordinator {
 
     /// Keeps at most [`MAX_EARLY_REJECTS`] refusals per round for the report (a flood of
     /// junk must not grow it without bound); each worker's first slashable one is always
-    /// kept.
-    fn record_early_reject(&mut self, worker: Option<[u8; 32]>, e: Rejection) {
+    /// kept (its bytes are the proof an auditor re-checks). Returns whether this was the
+    /// worker's first slashable refusal.
+    fn record_early_reject(&mut self, worker: Option<[u8; 32]>, e: Rejection) -> bool {
         let first_proof = e.reason.slashable()
             && !self
                 .early_rejects
@@ -442,6 +601,7 @@ impl Coordinator {
         if self.early_rejects.len() < MAX_EARLY_REJECTS || first_proof {
             self.early_rejects.push((worker, e));
         }
+        first_proof
     }
 
     fn admit(&mut self, bytes: &[u8]) -> std::result::Result<[u8; 32], Rejection> {
@@ -486,16 +646,22 @@ impl Coordinator {
     /// Challenges every admitted contribution (openings through `openers`; a worker with no
     /// opener fails its challenge), merges the accepted ones, evaluates, and opens the next
     /// round. A round with no accepted contribution keeps the weights.
-    pub fn close_round(
-        &mut self,
-        openers: &[([u8; 32], &dyn Opener)],
-        randomness: Hash256,
-    ) -> Result<RoundReport> {
+    pub fn close_round(&mut self, openers: &[([u8; 32], &dyn Opener)]) -> Result<RoundReport> {
         let spec = self.round_spec();
+        let randomness = self.challenge_randomness();
+        let (challenge_commitment, challenge_secret) = (self.challenge_commitment(), self.secret);
+        self.secret = draw_secret(&mut self.secrets);
         let pending = std::mem::take(&mut self.pending);
         self.seen_previous = std::mem::take(&mut self.seen);
         self.attempted.clear();
         let mut rejected_keys = std::mem::take(&mut self.early_rejects);
+        let mut evidence = RoundEvidence {
+            round: self.round,
+            eval_windows: self.eval_windows as u32,
+            contributions: pending.values().map(|c| c.to_bytes()).collect(),
+            openings: vec![],
+            slash_proofs: std::mem::take(&mut self.slash_proofs),
+        };
         let mut accepted = vec![];
         let mut verify = ChallengeCost::default();
         let t_verify = std::time::Instant::now();
@@ -503,7 +669,12 @@ impl Coordinator {
             let check = self.round_check();
             for (w, c) in pending {
                 let res = match openers.iter().find(|(k, _)| *k == w) {
-                    Some((_, o)) => check.challenge(&c, *o, randomness),
+                    Some((_, o)) => {
+                        let rec = Recording::new(*o);
+                        let r = check.challenge(&c, &rec, randomness);
+                        evidence.openings.push((w, rec.log.into_inner()));
+                        r
+                    }
                     None => Err(Rejection::new(
                         Reason::BadOpening,
                         "the worker is unreachable",
@@ -533,6 +704,7 @@ impl Coordinator {
             .map(|(k, e)| (k.map(|k| who(&k)).unwrap_or_else(|| "?".into()), e))
             .collect();
         let old = self.weights.clone();
+        let outer_state = self.outer_state().hash();
         if !accepted.is_empty() {
             let n = accepted.len() as f64;
             let mut sum: Vec<Vec<f64>> = old.tensors.iter().map(|t| vec![0.0; t.len()]).collect();
@@ -553,6 +725,8 @@ impl Coordinator {
             round: self.round,
             checkpoint: spec.checkpoint,
             next_checkpoint: self.weights.hash(),
+            outer_state,
+            next_outer_state: self.outer_state().hash(),
             train_loss: if accepted.is_empty() {
                 f32::NAN
             } else {
@@ -569,6 +743,10 @@ impl Coordinator {
             slashed_keys: slashed.iter().map(hex::encode).collect(),
             rejected,
             eval_loss,
+            challenge_commitment,
+            challenge_secret,
+            challenge: randomness,
+            next_challenge_commitment: self.challenge_commitment(),
             verify,
             verify_seconds,
         };
@@ -576,15 +754,18 @@ impl Coordinator {
         self.round += 1;
         (self.spec, self.start_leaf) = Self::round_inputs(&self.job, self.round, &self.weights);
         self.reports.push(report.clone());
+        self.evidence = Some(evidence);
         Ok(report)
     }
 
-    /// Validation loss of the current weights.
+    /// Validation loss of the current weights (NaN for a coordinator without the held-out
+    /// shard, see [`Coordinator::resume`]).
     pub fn eval(&self) -> Result<f32> {
+        let Some(val) = &self.val else {
+            return Ok(f32::NAN);
+        };
         let net = Net::new(&self.weights)?;
-        let b = self
-            .val
-            .eval_batches(self.job.model.seq_len, 16, self.eval_windows);
+        let b = val.eval_batches(self.job.model.seq_len, 16, self.eval_windows);
         net.eval_loss(&b)
     }
 }

@@ -2,10 +2,12 @@
 
 use deai_train::checkpoint;
 use deai_train::data::{encode_bytes, synthetic_text, Dataset, Shard};
-use deai_train::diloco::{Behavior, Contribution, JobSpec, WorkerRun};
+use deai_train::diloco::{Behavior, Contribution, Int8Delta, JobSpec, Opener, WorkerRun};
 use deai_train::optim::{train_step, TrainState};
 use deai_train::run::{run_round, train_baseline, LocalWorker};
-use deai_train::verify::{Coordinator, Reason, RoundCheck};
+use deai_train::verify::{
+    challenge_commitment, challenge_randomness, Coordinator, Reason, RoundCheck,
+};
 use deai_train::{ModelConfig, Net, TrainConfig, TrainError, Weights};
 use ed25519_dalek::SigningKey;
 
@@ -270,6 +272,126 @@ fn a_worker_skipping_one_step_is_caught_exactly_when_the_challenge_covers_it() {
     assert!(caught > 0 && missed > 0, "{caught} caught, {missed} missed");
 }
 
+/// A worker that computes only the window it expects to be challenged (step `s` from a
+/// made-up state) and commits anything else: here an end state of halved weights, which a
+/// poisoning worker might want merged.
+struct WindowForger(std::collections::BTreeMap<u32, TrainState>);
+
+impl Opener for WindowForger {
+    fn open(&self, step: u32) -> deai_train::Result<Vec<u8>> {
+        self.0
+            .get(&step)
+            .map(|s| s.to_bytes())
+            .ok_or_else(|| TrainError::Rejected(format!("step {step} was never computed")))
+    }
+}
+
+fn forge_window(
+    j: &JobSpec,
+    co: &Coordinator,
+    k: &SigningKey,
+    s: u32,
+) -> (Contribution, WindowForger) {
+    let spec = co.round_spec();
+    let me = k.verifying_key().to_bytes();
+    let shard = &co.shards()[spec.shard_index(&me, co.shards().len())];
+    let start = TrainState::fresh(co.weights.clone());
+    let mut fake = start.clone();
+    fake.step = s as u64 - 1;
+    let mut after = fake.clone();
+    let net = Net::new(&fake.weights).unwrap();
+    let g = spec.global_step(j, s - 1);
+    train_step(&net, &mut after, shard, &j.train, spec.seed(&me), g).unwrap();
+    let mut end = TrainState::fresh(co.weights.clone());
+    end.step = j.inner_steps as u64;
+    for t in &mut end.weights.tensors {
+        t.iter_mut().for_each(|x| *x *= 0.5);
+    }
+    let mut leaves: Vec<deai_types::Hash256> = (0..=j.inner_steps)
+        .map(|i| deai_types::Hash256([i as u8 + 1; 32]))
+        .collect();
+    leaves[0] = start.hash();
+    leaves[s as usize - 1] = fake.hash();
+    leaves[s as usize] = after.hash();
+    leaves[j.inner_steps as usize] = end.hash();
+    let c = Contribution {
+        job: spec.job,
+        round: spec.round,
+        worker: me,
+        checkpoint: spec.checkpoint,
+        shard: shard.id(),
+        leaves,
+        mean_loss: 1.0,
+        delta: Int8Delta::between(&co.weights, &end.weights),
+        signature: [0; 64],
+    }
+    .sign(k);
+    let states = [(s - 1, fake), (s, after), (j.inner_steps, end)];
+    (c, WindowForger(states.into_iter().collect()))
+}
+
+#[test]
+fn a_worker_that_knew_its_challenge_could_forge_anything_so_it_cannot_know_it() {
+    let d = dataset(2);
+    let j = job(&d, 1, 6, 1);
+    let (k, s) = (key(9), 3);
+    // With the challenge known, computing one step passes off any pseudo-gradient.
+    let co = coordinator(&j, &d);
+    let spec = co.round_spec();
+    let (forged, forger) = forge_window(&j, &co, &k, s);
+    let check = RoundCheck::new(&j, &spec, &co.weights, &d.train);
+    check.precheck(&forged).unwrap();
+    let known = (0..=255u8)
+        .map(|i| deai_types::Hash256([i; 32]))
+        .find(|r| check.challenged_start(&forged, *r) == s)
+        .expect("some randomness picks the forged window");
+    assert_eq!(check.challenge(&forged, &forger, known).unwrap().steps, 1);
+    // So the coordinator draws it from a secret committed before the round's contributions
+    // and revealed after: the forgery passes only when the draw happens to hit its window.
+    let (mut caught, mut windows) = (0, std::collections::BTreeSet::new());
+    for seed in 0..12u64 {
+        let mut co = coordinator(&j, &d);
+        co.seed_challenges(seed);
+        let committed = co.challenge_commitment();
+        co.submit(&forged.to_bytes()).unwrap();
+        let r = co.close_round(&[(forged.worker, &forger)]).unwrap();
+        assert_eq!(r.challenge_commitment, committed);
+        assert_eq!(challenge_commitment(&r.challenge_secret), committed);
+        assert_eq!(
+            r.challenge,
+            challenge_randomness(&r.challenge_secret, &spec, &[forged.id()]),
+            "anyone recomputes the draw from the revealed secret"
+        );
+        assert_eq!(r.next_challenge_commitment, co.challenge_commitment());
+        assert_ne!(
+            r.next_challenge_commitment, committed,
+            "a fresh secret per round"
+        );
+        let start = check.challenged_start(&forged, r.challenge);
+        windows.insert(start);
+        if start == s {
+            assert_eq!(r.accepted.len(), 1, "{:?}", r.rejected);
+        } else {
+            assert!(r.accepted.is_empty());
+            let reason = &r.rejected[0].1.reason;
+            assert!(
+                matches!(reason, Reason::StepMismatch | Reason::BadOpening),
+                "{reason:?}"
+            );
+            assert_eq!(
+                r.slashed_keys.len(),
+                usize::from(*reason == Reason::StepMismatch)
+            );
+            caught += 1;
+        }
+    }
+    assert!(
+        windows.len() >= 3,
+        "the draw is not fixed by public inputs: {windows:?}"
+    );
+    assert!(caught >= 6, "caught {caught} of 12 (expected 5/6 of them)");
+}
+
 #[test]
 fn bisection_names_the_first_bad_step() {
     let d = dataset(2);
@@ -351,14 +473,9 @@ fn bad_and_late_submissions_are_refused_and_lose_nothing() {
     let e = co.submit(&nan.sign(&key(2)).to_bytes()).unwrap_err();
     assert!(e.detail.contains("scale"), "{}", e.detail);
     assert_eq!(co.pending(), 1, "the accepted contribution is still there");
-    let (r, _) = (
-        co.close_round(
-            &[(key(1).verifying_key().to_bytes(), &run)],
-            deai_types::Hash256([5; 32]),
-        )
-        .unwrap(),
-        (),
-    );
+    let r = co
+        .close_round(&[(key(1).verifying_key().to_bytes(), &run)])
+        .unwrap();
     assert_eq!(r.accepted.len(), 1);
     assert_eq!(r.rejected.len(), 6, "{:?}", r.rejected);
     // Late: round 0's contribution after the round closed.
@@ -378,7 +495,7 @@ fn bad_and_late_submissions_are_refused_and_lose_nothing() {
         let junk = vec![i as u8; 80];
         assert!(co.submit(&junk).is_err());
     }
-    let r = co.close_round(&[], deai_types::Hash256([6; 32])).unwrap();
+    let r = co.close_round(&[]).unwrap();
     assert_eq!(r.rejected.len(), deai_train::verify::MAX_EARLY_REJECTS);
     assert!(r.slashed_keys.is_empty());
 }
@@ -402,7 +519,7 @@ fn a_worker_that_cannot_open_its_states_is_rejected() {
     .unwrap();
     co.submit(&run.contribution.to_bytes()).unwrap();
     let before = co.weights.hash();
-    let r = co.close_round(&[], deai_types::Hash256([1; 32])).unwrap();
+    let r = co.close_round(&[]).unwrap();
     assert_eq!(r.rejected[0].1.reason, Reason::BadOpening);
     assert_eq!(
         r.next_checkpoint, before,
@@ -478,4 +595,160 @@ fn same_state_at_one_and_two_threads() {
         hash("2"),
         "the train state must not depend on the thread count"
     );
+}
+
+#[test]
+fn anyone_can_audit_a_closed_round_and_a_lying_coordinator_fails() {
+    use deai_train::audit::{audit_round, AuditInputs, RoundEvidence};
+    let d = dataset(4);
+    let j = job(&d, 3, 3, 2);
+    let mut co = coordinator(&j, &d);
+    let round = |co: &mut Coordinator, workers: &[(u8, Behavior)]| {
+        let spec = co.round_spec();
+        let runs: Vec<WorkerRun> = workers
+            .iter()
+            .map(|(k, b)| {
+                let r = WorkerRun::run(
+                    &key(*k),
+                    &j,
+                    &spec,
+                    &co.weights,
+                    co.previous.as_ref(),
+                    co.shards(),
+                    *b,
+                    |_, _| {},
+                )
+                .unwrap();
+                let _ = co.submit(&r.contribution.to_bytes());
+                r
+            })
+            .collect();
+        let openers: Vec<([u8; 32], &dyn Opener)> = runs
+            .iter()
+            .map(|r| (r.contribution.worker, r as &dyn Opener))
+            .collect();
+        co.close_round(&openers).unwrap()
+    };
+    // Round 0: an honest worker and two caught by their challenges.
+    let (committed, start, outer) = (
+        co.challenge_commitment(),
+        co.weights.clone(),
+        co.outer_state(),
+    );
+    let r0 = round(
+        &mut co,
+        &[
+            (1, Behavior::Honest),
+            (2, Behavior::WrongShard),
+            (3, Behavior::ScaledDelta),
+        ],
+    );
+    assert_eq!(
+        (r0.paid_keys.len(), r0.slashed_keys.len()),
+        (1, 2),
+        "{r0:?}"
+    );
+    let ev0 = RoundEvidence::from_bytes(&co.evidence().unwrap().to_bytes()).unwrap();
+    assert_eq!((ev0.contributions.len(), ev0.slash_proofs.len()), (3, 0));
+    let inputs = AuditInputs {
+        job: &j,
+        checkpoint: &start,
+        outer_state: &outer,
+        shards: &d.train,
+        val: Some(&d.val),
+        committed,
+    };
+    let mine = audit_round(&inputs, &r0, &ev0).unwrap();
+    assert_eq!(mine.next_checkpoint, r0.next_checkpoint);
+    assert_eq!(mine.eval_loss.to_bits(), r0.eval_loss.to_bits());
+    // Without the held-out shard the loss goes unchecked, the rest still is.
+    let no_val = AuditInputs {
+        val: None,
+        ..inputs
+    };
+    assert!(audit_round(&no_val, &r0, &ev0).unwrap().eval_loss.is_nan());
+
+    // Lies about money, the model, the challenge or the evidence all fail.
+    let fails = |r: &deai_train::RoundReport, ev: &RoundEvidence, what: &str| {
+        let e = audit_round(&inputs, r, ev).unwrap_err().to_string();
+        assert!(e.contains(what), "expected {what:?}: {e}");
+    };
+    let cheater = hex::encode(key(3).verifying_key().to_bytes());
+    let honest = hex::encode(key(1).verifying_key().to_bytes());
+    let mut lie = r0.clone();
+    lie.paid_keys.push(cheater.clone());
+    fails(&lie, &ev0, "paid keys");
+    let mut lie = r0.clone();
+    lie.slashed_keys.push(honest);
+    lie.slashed_keys.sort();
+    fails(&lie, &ev0, "slashed keys");
+    let mut lie = r0.clone();
+    lie.next_checkpoint = deai_types::Hash256([1; 32]);
+    fails(&lie, &ev0, "merged checkpoint");
+    let mut lie = r0.clone();
+    lie.challenge_secret = deai_types::Hash256([2; 32]);
+    fails(&lie, &ev0, "commitment");
+    let mut forged = ev0.clone();
+    for (_, opened) in &mut forged.openings {
+        for (_, o) in opened.iter_mut() {
+            *o = Err("timed out".into());
+        }
+    }
+    fails(&r0, &forged, "accepted list");
+    let mut wrong = inputs.checkpoint.clone();
+    wrong.tensors[0][0] += 1.0;
+    let e = audit_round(
+        &AuditInputs {
+            checkpoint: &wrong,
+            ..inputs
+        },
+        &r0,
+        &ev0,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("checkpoint given"), "{e}");
+
+    // Round 1 starts from round 0's outputs, momentum included, and audits the same way
+    // against the commitment round 0's report published. A stale worker is refused at the
+    // door for a slashable reason: its signed bytes are the proof.
+    let (start, outer) = (co.weights.clone(), co.outer_state());
+    assert!(outer.tensors.iter().flatten().any(|x| *x != 0.0));
+    let r1 = round(
+        &mut co,
+        &[(1, Behavior::Honest), (4, Behavior::StaleCheckpoint)],
+    );
+    assert_eq!(
+        (r1.paid_keys.len(), r1.slashed_keys.len()),
+        (1, 1),
+        "{r1:?}"
+    );
+    let ev1 = co.evidence().unwrap().clone();
+    assert_eq!((ev1.contributions.len(), ev1.slash_proofs.len()), (1, 1));
+    let inputs1 = AuditInputs {
+        checkpoint: &start,
+        outer_state: &outer,
+        committed: r0.next_challenge_commitment,
+        ..inputs
+    };
+    audit_round(&inputs1, &r1, &ev1).unwrap();
+    let mut dropped = ev1.clone();
+    dropped.slash_proofs.clear();
+    let e = audit_round(&inputs1, &r1, &dropped).unwrap_err();
+    assert!(e.to_string().contains("slashed keys"), "{e}");
+    let e = audit_round(
+        &AuditInputs {
+            committed,
+            ..inputs1
+        },
+        &r1,
+        &ev1,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("commitment"), "{e}");
+    let stale = AuditInputs {
+        outer_state: &no_val.outer_state.clone(),
+        ..inputs1
+    };
+    let e = audit_round(&stale, &r1, &ev1).unwrap_err();
+    assert!(e.to_string().contains("outer state"), "{e}");
 }
