@@ -343,7 +343,10 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Devnet(a) => devnet_cmd::devnet(a),
         Cmd::Node(a) => node_cmd::node(a),
         Cmd::Status(a) => status_cmd::status(a),
-        Cmd::Train(a) => train_cmd::train(a),
+        Cmd::Train(a) => match a.cmd.clone() {
+            Some(train_cmd::TrainSub::Audit(x)) => train_cmd::audit(x),
+            None => train_cmd::train(a),
+        },
         Cmd::Model(ModelCmd::Export(a)) => train_cmd::export(a),
     }
 }

@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Args, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct TrainArgs {
+    #[command(subcommand)]
+    pub cmd: Option<TrainSub>,
     /// One worker, plain AdamW for rounds x inner-steps steps (the baseline), no DiLoCo.
     #[arg(long)]
     local: bool,
@@ -69,6 +72,33 @@ pub struct TrainArgs {
     /// contributors' pay and the cheaters' slashing are recorded (not with --local).
     #[arg(long, conflicts_with = "local")]
     onchain: bool,
+}
+
+#[derive(clap::Subcommand, Clone)]
+pub enum TrainSub {
+    /// Re-check closed rounds of a running coordinator from the evidence it serves (its
+    /// contributions, openings and slash proofs), trusting nothing it says: the same
+    /// challenge, verdicts, payees, slashes, merged checkpoint and outer state, or exit 1
+    /// naming the first difference (exit 2: could not audit).
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct AuditArgs {
+    /// The coordinator's URL (`deai train` prints it).
+    #[arg(long)]
+    coordinator: String,
+    /// Rounds to audit, numbered as `deai train` prints them (1 = the first; repeatable;
+    /// default: the last two closed rounds, whose evidence the coordinator keeps).
+    #[arg(long)]
+    round: Vec<u32>,
+    /// Round 0's challenge commitment, as `/train/v1/round` (or `deai train`) showed it
+    /// before the round's contributions; needed to audit round 0.
+    #[arg(long)]
+    commitment: Option<deai_types::Hash256>,
+    /// Print one JSON object per round.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -478,6 +508,10 @@ async fn network_rounds(
     let addr = deai_node::serve("127.0.0.1:0".parse()?, coord.router()).await?;
     let url = format!("http://{addr}");
     eprintln!("coordinator on {url}");
+    eprintln!(
+        "round 1 challenge commitment {} (audit: deai train audit --coordinator {url} --commitment ...)",
+        coord.info().challenge_commitment
+    );
     eprintln!("explorer: {url}/#/training");
     let runner = tokio::spawn({
         let c = coord.clone();
@@ -819,6 +853,9 @@ fn cheater_caught(s: &Setup, class: Behavior, trial: u32) -> Result<bool> {
         s.data.val.clone(),
     )?;
     co.eval_windows = 1;
+    // Seeded challenges: a trial repeats exactly (never on a network, where they must be
+    // secret).
+    co.seed_challenges(1000 + trial as u64);
     let keys = worker_keys(2, 1000 + trial as u64);
     let mut workers = vec![
         LocalWorker::new(keys[0].clone(), Behavior::Honest),
@@ -853,6 +890,7 @@ fn false_accusations(s: &Setup, trials: u32) -> Result<(u32, u32)> {
                 s.data.val.clone(),
             )?;
             co.eval_windows = 1;
+            co.seed_challenges(2000 + trial as u64);
             let key = worker_keys(1, 2000 + trial as u64).remove(0);
             let spec = co.round_spec();
             // candle reads RAYON_NUM_THREADS at every matmul; this process is single-threaded
@@ -879,4 +917,107 @@ fn false_accusations(s: &Setup, trials: u32) -> Result<(u32, u32)> {
         }
     }
     Ok((bad, checked))
+}
+
+/// `deai train audit`: exit 0 every round checks out, 1 a round does not, 2 error.
+pub fn audit(a: AuditArgs) -> ! {
+    match audit_inner(&a) {
+        Ok(true) => std::process::exit(0),
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2)
+        }
+    }
+}
+
+fn audit_inner(a: &AuditArgs) -> Result<bool> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let url = a.coordinator.trim_end_matches('/');
+        let rounds = if a.round.is_empty() {
+            let client = reqwest::Client::builder().no_proxy().build()?;
+            let reports: Vec<deai_train::RoundReport> = client
+                .get(format!("{url}/train/v1/reports"))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .with_context(|| format!("GET {url}/train/v1/reports"))?
+                .json()
+                .await
+                .context("the coordinator's reports")?;
+            let closed: Vec<u32> = reports.iter().map(|r| r.round).collect();
+            let from = closed.len().saturating_sub(2);
+            closed[from..]
+                .iter()
+                .copied()
+                .filter(|r| *r > 0 || a.commitment.is_some())
+                .collect()
+        } else {
+            let mut v = vec![];
+            for r in &a.round {
+                v.push(r.checked_sub(1).context("rounds are numbered from 1")?);
+            }
+            v
+        };
+        if rounds.is_empty() {
+            bail!("no closed round to audit (round 0 needs --commitment)");
+        }
+        let mut all_ok = true;
+        for r in rounds {
+            let res = deai_node::training::audit_remote(url, r, a.commitment).await;
+            let disagreement = match &res {
+                Err(e) => match e.downcast_ref::<deai_train::TrainError>() {
+                    Some(deai_train::TrainError::Rejected(m)) if m.starts_with("audit:") => {
+                        Some(m.clone())
+                    }
+                    _ => None,
+                },
+                Ok(_) => None,
+            };
+            let mine = match (res, disagreement) {
+                (Ok(mine), _) => mine,
+                (Err(_), Some(m)) => {
+                    all_ok = false;
+                    if a.json {
+                        writeln!(
+                            std::io::stdout().lock(),
+                            "{}",
+                            serde_json::json!({"round": r, "ok": false, "error": m})
+                        )?;
+                    } else {
+                        writeln!(std::io::stdout().lock(), "round {:>3}  FAILED  {m}", r + 1)?;
+                    }
+                    continue;
+                }
+                (Err(e), None) => return Err(e.context(format!("auditing round {}", r + 1))),
+            };
+            if a.json {
+                writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    serde_json::json!({
+                        "round": r,
+                        "ok": true,
+                        "challenge": mine.challenge,
+                        "paid_keys": mine.paid_keys,
+                        "slashed_keys": mine.slashed_keys,
+                        "next_checkpoint": mine.next_checkpoint,
+                        "steps_reexecuted": mine.verify.steps,
+                    })
+                )?;
+            } else {
+                writeln!(
+                    std::io::stdout().lock(),
+                    "round {:>3}  ok  {} paid, {} slashed, checkpoint {}, {} steps re-executed",
+                    r + 1,
+                    mine.paid_keys.len(),
+                    mine.slashed_keys.len(),
+                    mine.next_checkpoint.short(),
+                    mine.verify.steps
+                )?;
+            }
+        }
+        Ok(all_ok)
+    })
 }

@@ -327,3 +327,89 @@ fn bad_flags_get_clear_errors() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn deai_train_audit_rechecks_the_rounds_a_running_coordinator_closed() {
+    use std::io::BufRead;
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("run");
+    let mut args: Vec<&str> = vec!["train"];
+    args.extend(TINY);
+    let out_s = out.to_str().unwrap();
+    args.extend([
+        "--rounds",
+        "2",
+        "--cheater",
+        "scaled-delta",
+        "--linger",
+        "120",
+        "--out",
+        out_s,
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deai"))
+        .args(&args)
+        .env("DEAI_HOME", home.path())
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut url, mut commitment) = (String::new(), String::new());
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in stderr.by_ref() {
+        let line = line.unwrap();
+        if let Some(u) = line.strip_prefix("coordinator on ") {
+            url = u.to_string();
+        }
+        if let Some(c) = line.strip_prefix("round 1 challenge commitment ") {
+            commitment = c.split_whitespace().next().unwrap().to_string();
+        }
+        if line.starts_with("training done") {
+            break;
+        }
+    }
+    assert!(
+        url.starts_with("http://") && commitment.len() == 64,
+        "{url} {commitment}"
+    );
+    let audit = |extra: &[&str]| {
+        let mut a = vec!["train", "audit", "--coordinator", &url, "--json"];
+        a.extend(extra);
+        deai(home.path(), &a, None)
+    };
+    // Both rounds check out (round 1 against the commitment printed before it began): the
+    // honest workers paid, the cheater slashed, the same checkpoints.
+    let o = audit(&["--round", "1", "--round", "2", "--commitment", &commitment]);
+    let lines: Vec<Value> = ok(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["ok"], true, "{l}");
+        assert_eq!(l["paid_keys"].as_array().unwrap().len(), 2, "{l}");
+        assert_eq!(l["slashed_keys"].as_array().unwrap().len(), 1, "{l}");
+    }
+    // Another commitment for round 1 is a failed audit (exit 1), not an error.
+    let o = audit(&["--round", "1", "--commitment", &"0".repeat(64)]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("commitment"));
+    // Without a commitment, round 1 cannot be audited; round 0 is not a round; nothing
+    // listens at a wrong URL: errors (exit 2).
+    for bad in [vec!["--round", "1"], vec!["--round", "0"]] {
+        assert_eq!(audit(&bad).status.code(), Some(2), "{bad:?}");
+    }
+    let o = deai(
+        home.path(),
+        &["train", "audit", "--coordinator", "http://127.0.0.1:9"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let _ = child.kill();
+    let _ = child.wait();
+}

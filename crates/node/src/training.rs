@@ -285,7 +285,7 @@ impl TrainCoordinator {
                 done: co.round >= co.job.rounds,
                 checkpoint: Arc::new(checkpoint::to_safetensors(&co.weights)?),
                 outer_state: Arc::new(checkpoint::to_safetensors(&co.outer_state())?),
-                evidence: Arc::new(co.evidence().map(|e| e.to_bytes()).unwrap_or_default()),
+                evidence: Arc::new(co.take_evidence().map(|e| e.to_bytes()).unwrap_or_default()),
             };
             Ok((report, co.job.id(), next))
         })
@@ -459,23 +459,34 @@ fn parse_hash(h: &str) -> Result<Hash256, HttpError> {
 async fn checkpoint_bytes(
     State(s): State<TrainCoordinator>,
     Path(h): Path<String>,
-) -> Result<Vec<u8>, HttpError> {
+) -> Result<Bytes, HttpError> {
     let h = parse_hash(&h)?;
     let b = lock(&s.inner).checkpoints.get(&h).cloned();
-    b.map(|b| b.to_vec()).ok_or_else(|| {
+    b.map(|b| Bytes::from_owner(ArcBytes(b))).ok_or_else(|| {
         http_error(
             StatusCode::NOT_FOUND,
-            format!("no checkpoint {h} (only the current and previous are served)"),
+            format!(
+                "no checkpoint or outer state {h} (served: the current ones and the starts of the last two closed rounds)"
+            ),
         )
     })
+}
+
+/// Shared bytes served without a copy per request.
+struct ArcBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 async fn evidence_bytes(
     State(s): State<TrainCoordinator>,
     Path(round): Path<u32>,
-) -> Result<Vec<u8>, HttpError> {
+) -> Result<Bytes, HttpError> {
     let b = lock(&s.inner).evidence.get(&round).cloned();
-    b.map(|b| b.to_vec()).ok_or_else(|| {
+    b.map(|b| Bytes::from_owner(ArcBytes(b))).ok_or_else(|| {
         http_error(
             StatusCode::NOT_FOUND,
             format!("no evidence of round {round} (only the last two closed rounds are kept)"),
@@ -723,6 +734,15 @@ impl TrainWorker {
                 done_rounds += 1;
                 continue;
             }
+            // The round's inputs follow from the job, the round and the checkpoint: a
+            // coordinator that hands this worker other randomness (to frame it with a
+            // wrong-shard "proof") is refused.
+            if info.spec != RoundSpec::new(job.id(), info.spec.round, info.spec.checkpoint) {
+                bail!(
+                    "the coordinator's round {} inputs are not derived from the job and checkpoint",
+                    info.spec.round
+                );
+            }
             let start = self.checkpoint(info.spec.checkpoint).await?;
             let previous = match info.previous {
                 Some(p) if self.behavior == Behavior::StaleCheckpoint => {
@@ -823,13 +843,16 @@ async fn get_json<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> Res
     serde_json::from_slice(&b).with_context(|| format!("GET {base}{path}: malformed JSON"))
 }
 
-/// Audits round `round` of the job a coordinator at `coordinator` runs, trusting nothing it
-/// serves: fetches the job, the round's report and evidence, its start checkpoint and
-/// outer state and the training shards (each checked by hash), and replays the round
+/// Audits round `round` of the job a coordinator at `coordinator` runs: fetches the job,
+/// the round's report and evidence, its start checkpoint and outer state and the training
+/// shards (each checked by hash), and replays the round
 /// ([`deai_train::audit::audit_round`]). The challenge commitment is the previous report's;
 /// round 0's must be given (as `/train/v1/round` showed it before the round's
-/// contributions). The held-out shard is not served, so the eval loss is not re-checked.
-/// Returns the auditor's own report; an error names the first disagreement.
+/// contributions). The round must start where the previous report ended. The report
+/// history itself comes from the coordinator: that it is the one the ledger recorded (each
+/// round's report digest, [`TrainCoordinator::report_digest`]) is not checked here. The
+/// held-out shard is not served, so the eval loss is not re-checked. Returns the auditor's
+/// own report; a disagreement is a `TrainError::Rejected` starting with `audit:`.
 pub async fn audit_remote(
     coordinator: &str,
     round: u32,
@@ -857,8 +880,21 @@ pub async fn audit_remote(
                 .next_challenge_commitment
         }
     };
+    // Each round starts where the one before ended; round 0 with zero momentum.
+    if let Some(prev) = reports.iter().find(|p| round > 0 && p.round == round - 1) {
+        if (prev.next_checkpoint, prev.next_outer_state) != (report.checkpoint, report.outer_state)
+        {
+            bail!(
+                "round {round} does not start from the checkpoint and outer state round {} ended with",
+                round - 1
+            );
+        }
+    }
     let checkpoint = fetch_checkpoint(base, report.checkpoint).await?;
     let outer_state = fetch_checkpoint(base, report.outer_state).await?;
+    if round == 0 && outer_state.tensors.iter().flatten().any(|x| *x != 0.0) {
+        bail!("round 0's outer state is not zero");
+    }
     let mut shards = vec![];
     for h in &job.shards {
         let b = get_bytes(base, &format!("/train/v1/shards/{h}"), 1 << 30).await?;

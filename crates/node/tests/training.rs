@@ -183,10 +183,18 @@ async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
             reports[r as usize - 1].next_challenge_commitment
         );
     }
-    let e = deai_node::training::audit_remote(&url, 0, Some(committed0))
+    let gone = client
+        .get(format!("{url}/train/v1/evidence/0"))
+        .send()
         .await
-        .unwrap_err();
-    assert!(format!("{e:#}").contains("404"), "{e:#}");
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let kept = client
+        .get(format!("{url}/train/v1/evidence/2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 200);
     let e = deai_node::training::audit_remote(&url, 0, None)
         .await
         .unwrap_err();

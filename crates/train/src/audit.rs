@@ -7,12 +7,20 @@
 //! report) and the challenge secret the report reveals, [`audit_round`] replays the round's
 //! closing on a fresh [`Coordinator`] and requires the same challenge, the same verdicts,
 //! the same payees and slashes, the same merged checkpoint and outer state. A coordinator
-//! that pays a cheater, slashes an honest worker, merges something else, or picks its
-//! challenge after seeing the contributions fails the audit.
+//! whose report pays a contribution that fails its challenge, slashes one without proof,
+//! merges something else, or reveals a secret other than the one it committed to fails the
+//! audit.
 //!
 //! What an audit cannot see: contributions the coordinator never admitted (a worker it
-//! ignored is neither paid nor slashed, and says so off chain), and whether a worker it calls
-//! unreachable really was.
+//! ignored is neither paid nor slashed, and says so off chain), whether a worker it calls
+//! unreachable really was, and collusion: the coordinator knows its secret from the start,
+//! so a worker it colludes with can grind its commitments until the challenge lands on the
+//! one window it computed, and the coordinator can steer the draw by leaving contributions
+//! out. The commitment defends against workers, not against the coordinator; mixing in a
+//! randomness beacon fixed after the close (a finalized block digest) is the next step.
+//! The audit checks a report against itself and its evidence; that the report is the one
+//! recorded on the ledger is for the caller to check (its digest,
+//! `TrainCoordinator::report_digest`).
 
 use crate::data::Shard;
 use crate::diloco::{Contribution, JobSpec, Opener};
@@ -277,15 +285,15 @@ pub fn audit_round(
         "the outer state",
         mine.next_outer_state == report.next_outer_state,
     )?;
+    // JSON prints every non-finite float as null: such losses compare equal.
+    let same_loss =
+        |x: f32, y: f32| x.to_bits() == y.to_bits() || !(x.is_finite() || y.is_finite());
     same(
         "the reported train loss",
-        mine.train_loss.to_bits() == report.train_loss.to_bits(),
+        same_loss(mine.train_loss, report.train_loss),
     )?;
     if a.val.is_some() {
-        same(
-            "the eval loss",
-            mine.eval_loss.to_bits() == report.eval_loss.to_bits(),
-        )?;
+        same("the eval loss", same_loss(mine.eval_loss, report.eval_loss))?;
     }
     Ok(mine)
 }

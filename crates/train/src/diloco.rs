@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 /// Values per int8 block (one f32 scale each).
 pub const QBLOCK: usize = 64;
+/// Largest |mean loss| a contribution may report.
+pub const MAX_MEAN_LOSS: f32 = 1e6;
 /// Most inner steps per round a job may ask for (bounds the leaves a decoder accepts).
 pub const MAX_INNER_STEPS: u32 = 10_000;
 
@@ -100,6 +102,20 @@ pub struct RoundSpec {
 }
 
 impl RoundSpec {
+    /// The inputs of round `round` of job `job` from `checkpoint`: the randomness is derived
+    /// from the three, so a worker can check what a coordinator hands it.
+    pub fn new(job: Hash256, round: u32, checkpoint: Hash256) -> Self {
+        RoundSpec {
+            job,
+            round,
+            checkpoint,
+            randomness: Hash256::digest_parts(
+                "deai-train-round-v1",
+                &[job.as_bytes(), &round.to_le_bytes(), checkpoint.as_bytes()],
+            ),
+        }
+    }
+
     fn draw(&self, what: &str, worker: &[u8; 32]) -> u64 {
         let h = Hash256::digest_parts(
             "deai-train-assign-v1",
@@ -353,6 +369,13 @@ impl Contribution {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(bad)?;
         let mean_loss = f32::from_le_bytes(r.arr("mean loss").map_err(bad)?);
+        // Reported, not trusted, but averaged into the report: bounded so that the average
+        // stays finite (a byte model's loss starts near ln 259 = 5.6).
+        if !(mean_loss.is_finite() && mean_loss.abs() <= MAX_MEAN_LOSS) {
+            return Err(TrainError::Decode(format!(
+                "contribution: mean loss {mean_loss} is not a finite value within ±{MAX_MEAN_LOSS}"
+            )));
+        }
         let delta = Int8Delta::decode(&mut r, cfg)?;
         let signature = r.arr("signature").map_err(bad)?;
         r.finish().map_err(bad)?;

@@ -15,9 +15,9 @@
 //! secret when a round opens and publishes only its commitment
 //! ([`challenge_commitment`]); once the round's contributions are fixed, the challenge
 //! randomness is [`challenge_randomness`] over the secret and the admitted contributions'
-//! ids, and the report reveals the secret, so anyone can recompute every draw. The
-//! commitment binds the coordinator before it sees a contribution (it cannot pick a secret
-//! that spares a friend's window).
+//! ids, and the report reveals the secret, so anyone can recompute every draw. This defends
+//! against workers only: the coordinator knows the secret all along, so a worker colluding
+//! with it could grind its commitments into the window it computed (see [`crate::audit`]).
 
 use crate::audit::{Recording, RoundEvidence};
 use crate::data::Shard;
@@ -503,9 +503,10 @@ impl Coordinator {
         }
     }
 
-    /// What the last closed round used ([`crate::audit`]).
-    pub fn evidence(&self) -> Option<&RoundEvidence> {
-        self.evidence.as_ref()
+    /// What the last closed round used ([`crate::audit`]), taken out (it holds the
+    /// openings: megabytes per contribution).
+    pub fn take_evidence(&mut self) -> Option<RoundEvidence> {
+        self.evidence.take()
     }
 
     /// Draws this and every later round's challenge secret from `seed` instead of the OS,
@@ -535,17 +536,7 @@ impl Coordinator {
     }
 
     fn round_inputs(job: &JobSpec, round: u32, weights: &Weights) -> (RoundSpec, Hash256) {
-        let id = job.id();
-        let checkpoint = weights.hash();
-        let spec = RoundSpec {
-            job: id,
-            round,
-            checkpoint,
-            randomness: Hash256::digest_parts(
-                "deai-train-round-v1",
-                &[id.as_bytes(), &round.to_le_bytes(), checkpoint.as_bytes()],
-            ),
-        };
+        let spec = RoundSpec::new(job.id(), round, weights.hash());
         (spec, TrainState::fresh(weights.clone()).hash())
     }
 
@@ -570,9 +561,7 @@ impl Coordinator {
         }
         let r = self.admit(bytes);
         if let Err(e) = &r {
-            if self.record_early_reject(worker, e.clone()) && e.reason.slashable() {
-                self.slash_proofs.push(bytes.to_vec());
-            }
+            self.record_early_reject(worker, e.clone(), bytes);
         }
         r
     }
@@ -585,23 +574,31 @@ impl Coordinator {
         if let Some(k) = worker {
             self.attempted.insert(k);
         }
-        self.record_early_reject(worker, Rejection::new(Reason::NotAdmitted, detail));
+        self.record_early_reject(worker, Rejection::new(Reason::NotAdmitted, detail), bytes);
     }
 
     /// Keeps at most [`MAX_EARLY_REJECTS`] refusals per round for the report (a flood of
     /// junk must not grow it without bound); each worker's first slashable one is always
-    /// kept (its bytes are the proof an auditor re-checks). Returns whether this was the
-    /// worker's first slashable refusal.
-    fn record_early_reject(&mut self, worker: Option<[u8; 32]>, e: Rejection) -> bool {
-        let first_proof = e.reason.slashable()
-            && !self
+    /// kept, with its bytes: the proof an auditor re-checks (at most
+    /// [`crate::audit::MAX_EVIDENCE_ITEMS`] proofs; past that a refusal is not slashed).
+    fn record_early_reject(&mut self, worker: Option<[u8; 32]>, e: Rejection, bytes: &[u8]) {
+        if e.reason.slashable() {
+            let first = !self
                 .early_rejects
                 .iter()
                 .any(|(w, r)| *w == worker && r.reason.slashable());
-        if self.early_rejects.len() < MAX_EARLY_REJECTS || first_proof {
+            if first && self.slash_proofs.len() < crate::audit::MAX_EVIDENCE_ITEMS {
+                self.slash_proofs.push(bytes.to_vec());
+                self.early_rejects.push((worker, e));
+                return;
+            }
+            if first {
+                return;
+            }
+        }
+        if self.early_rejects.len() < MAX_EARLY_REJECTS {
             self.early_rejects.push((worker, e));
         }
-        first_proof
     }
 
     fn admit(&mut self, bytes: &[u8]) -> std::result::Result<[u8; 32], Rejection> {
@@ -615,6 +612,12 @@ impl Coordinator {
             ));
         }
         self.round_check().precheck(&c)?;
+        if self.pending.len() >= crate::audit::MAX_EVIDENCE_ITEMS {
+            return Err(Rejection::new(
+                Reason::NotAdmitted,
+                "the round holds the most contributions one round's evidence may carry",
+            ));
+        }
         if self.pending.contains_key(&c.worker) {
             return Err(Rejection::new(
                 Reason::Duplicate,
@@ -650,7 +653,6 @@ impl Coordinator {
         let spec = self.round_spec();
         let randomness = self.challenge_randomness();
         let (challenge_commitment, challenge_secret) = (self.challenge_commitment(), self.secret);
-        self.secret = draw_secret(&mut self.secrets);
         let pending = std::mem::take(&mut self.pending);
         self.seen_previous = std::mem::take(&mut self.seen);
         self.attempted.clear();
@@ -721,6 +723,9 @@ impl Coordinator {
             self.weights.check()?;
         }
         let eval_loss = self.eval()?;
+        // The next round's secret, drawn only once nothing above can fail (a failed close
+        // keeps the published commitment valid).
+        self.secret = draw_secret(&mut self.secrets);
         let report = RoundReport {
             round: self.round,
             checkpoint: spec.checkpoint,

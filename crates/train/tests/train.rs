@@ -489,6 +489,14 @@ fn bad_and_late_submissions_are_refused_and_lose_nothing() {
             .reason,
         Reason::WrongRound
     );
+    // A reported loss must be finite and bounded: it is averaged into the report.
+    for bad in [f32::INFINITY, f32::NAN, 2e6] {
+        let mut c = late.clone();
+        c.mean_loss = bad;
+        let e = co.submit(&c.sign(&key(1)).to_bytes()).unwrap_err();
+        assert_eq!(e.reason, Reason::Malformed, "{bad}");
+        assert!(e.detail.contains("mean loss"), "{}", e.detail);
+    }
     // A flood of junk in one round is refused one by one, but the report keeps a bounded
     // number of refusals (and still the closing works).
     for i in 0..(deai_train::verify::MAX_EARLY_REJECTS + 50) {
@@ -648,7 +656,7 @@ fn anyone_can_audit_a_closed_round_and_a_lying_coordinator_fails() {
         (1, 2),
         "{r0:?}"
     );
-    let ev0 = RoundEvidence::from_bytes(&co.evidence().unwrap().to_bytes()).unwrap();
+    let ev0 = RoundEvidence::from_bytes(&co.take_evidence().unwrap().to_bytes()).unwrap();
     assert_eq!((ev0.contributions.len(), ev0.slash_proofs.len()), (3, 0));
     let inputs = AuditInputs {
         job: &j,
@@ -722,7 +730,7 @@ fn anyone_can_audit_a_closed_round_and_a_lying_coordinator_fails() {
         (1, 1),
         "{r1:?}"
     );
-    let ev1 = co.evidence().unwrap().clone();
+    let ev1 = co.take_evidence().unwrap();
     assert_eq!((ev1.contributions.len(), ev1.slash_proofs.len()), (1, 1));
     let inputs1 = AuditInputs {
         checkpoint: &start,
