@@ -200,7 +200,7 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
     // Contributors picked by the bits of `x` (so lists repeat keys, name outsiders, or run
     // past a job's worker count).
     let picks = |x: u8| -> Vec<Address> { (0..8).filter(|i| x >> i & 1 == 1).map(actor).collect() };
-    match k % 13 {
+    match k % 14 {
         0 => TxKind::Transfer {
             to: actor(a),
             amount: amt(b),
@@ -266,13 +266,20 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
             reward_per_round: amt(c),
             coordinator: actor(b >> 4),
         },
-        _ => TxKind::TrainRound {
+        12 => TxKind::TrainRound {
             job: job_id(a),
             round: (b % 4) as u32,
             checkpoint: Hash256([c; 32]),
             report: Hash256([b; 32]),
             accepted: picks(c),
             rejected: picks(c.rotate_left(3) & b),
+            url: "http://127.0.0.1:1".into(),
+        },
+        _ => TxKind::TrainVerdict {
+            job: job_id(a),
+            round: (b % 4) as u32,
+            report: Hash256([b; 32]),
+            accept: c & 1 == 1,
         },
     }
 }

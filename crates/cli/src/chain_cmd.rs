@@ -229,7 +229,8 @@ pub enum TxCmd {
         #[arg(long)]
         coordinator: String,
     },
-    /// Close a training round (the job's coordinator only).
+    /// Propose a training round's result (the job's coordinator only); it settles once
+    /// validators holding more than two thirds of the stake accept it.
     TrainRound {
         #[arg(long)]
         job: String,
@@ -247,6 +248,22 @@ pub enum TxCmd {
         /// Contributors slashed, comma-separated addresses.
         #[arg(long, default_value = "")]
         rejected: String,
+        /// Where the coordinator serves the round's report and evidence.
+        #[arg(long)]
+        url: String,
+    },
+    /// A validator's verdict on a proposed training round (after `deai train audit`).
+    TrainVerdict {
+        #[arg(long)]
+        job: String,
+        #[arg(long)]
+        round: u32,
+        /// SHA-256 of the proposed round's report.
+        #[arg(long)]
+        report: String,
+        /// Accept (`true`) or reject (`false`).
+        #[arg(long)]
+        accept: bool,
     },
 }
 
@@ -566,6 +583,7 @@ pub fn tx(a: TxArgs) -> Result<()> {
             report,
             accepted,
             rejected,
+            url,
         } => {
             let list = |s: &str, flag: &str| -> Result<Vec<[u8; 32]>> {
                 let v: Vec<[u8; 32]> = s
@@ -590,8 +608,20 @@ pub fn tx(a: TxArgs) -> Result<()> {
                 report: parse_hash(&report)?,
                 accepted: list(&accepted, "accepted")?,
                 rejected: list(&rejected, "rejected")?,
+                url,
             }
         }
+        TxCmd::TrainVerdict {
+            job,
+            round,
+            report,
+            accept,
+        } => TxKind::TrainVerdict {
+            job: parse_hash(&job)?,
+            round,
+            report: parse_hash(&report)?,
+            accept,
+        },
     };
     let status = get(&format!("{url}/v1/status"))?;
     let chain = parse_hash(

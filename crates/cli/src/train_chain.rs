@@ -2,9 +2,10 @@
 //! the output directory (commonware simplex on loopback, on-disk storage, like `deai
 //! devnet`), funds the job owner and the training workers at genesis, has every worker
 //! stake the ledger's worker minimum, and opens the job on chain (`open_training`, escrowing
-//! rounds x reward) with validator 0 as its coordinator. The coordinator then records each
+//! rounds x reward) with validator 0 as its coordinator. The coordinator then proposes each
 //! round (`train_round`): the merged checkpoint's hash, the report digest, who is paid and
-//! who is slashed.
+//! who is slashed; validators 1-3 replay it from the coordinator's evidence
+//! (`deai_node::training::TrainAuditor`) and their verdicts settle it.
 
 use anyhow::{Context, Result};
 use commonware_runtime::tokio as cw_tokio;
@@ -21,6 +22,8 @@ use std::time::Duration;
 pub struct TrainChain {
     pub urls: Vec<String>,
     pub coordinator: Signer,
+    /// The other validators, each through its own node: they judge the rounds.
+    pub auditors: Vec<Signer>,
     pub ledger: LedgerClient,
 }
 
@@ -128,18 +131,31 @@ pub async fn start(
             .await
             .context("opening the training job on chain")?;
     }
+    let mut auditors = vec![];
+    for (i, url) in urls.iter().enumerate().skip(1) {
+        let key = dir.join(format!("keys/validator-{i}.key"));
+        auditors.push(signer(
+            SigningKey::from_bytes(&local::read_key(&key)?),
+            chain_id,
+            fee,
+            url,
+        ));
+    }
     Ok(TrainChain {
         urls,
         coordinator,
+        auditors,
         ledger,
     })
 }
 
-/// The job's record and each worker's (balance, stake) as finalized, for the summary.
+/// The job's record, each worker's (balance, stake) and each judging validator's accepting
+/// and rejecting `train_verdict`s, as finalized, for the summary.
 pub async fn summary(
     ledger: &LedgerClient,
     job: &Hash256,
     workers: &[(Address, String)],
+    validators: &[Address],
 ) -> Result<serde_json::Value> {
     let t = ledger
         .training(job)
@@ -155,9 +171,33 @@ pub async fn summary(
             "stake": stake,
         }));
     }
+    let mut vs = vec![];
+    for a in validators {
+        let url = format!(
+            "{}/v1/account/{}/txs?limit=100",
+            ledger.url(),
+            hex::encode(a)
+        );
+        let v: serde_json::Value = ledger.http().get(&url).send().await?.json().await?;
+        let verdicts: Vec<&serde_json::Value> = v["txs"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter(|r| r["type"] == "train_verdict" && r["error"].is_null())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let yes = verdicts.iter().filter(|r| r["yes"] == true).count();
+        vs.push(serde_json::json!({
+            "address": hex::encode(a),
+            "accepted_rounds": yes,
+            "rejected_rounds": verdicts.len() - yes,
+        }));
+    }
     Ok(serde_json::json!({
         "height": ledger.height().await?,
         "training": t,
         "workers": ws,
+        "validators": vs,
     }))
 }

@@ -501,12 +501,21 @@ async fn network_rounds(
     };
     let mut coord = TrainCoordinator::new(co, std::time::Duration::from_secs(a.round_deadline))?;
     let mut ledger = None;
+    let mut auditors = vec![];
     if let Some(c) = on_chain {
         coord = coord.with_ledger(c.coordinator);
         ledger = Some(c.ledger);
+        auditors = c.auditors;
     }
     let addr = deai_node::serve("127.0.0.1:0".parse()?, coord.router()).await?;
     let url = format!("http://{addr}");
+    coord.set_public_url(&url);
+    // The other validators judge every proposed round before it settles.
+    let judges: Vec<[u8; 32]> = auditors.iter().map(|s| s.address()).collect();
+    let auditor_tasks: Vec<_> = auditors
+        .into_iter()
+        .map(|s| tokio::spawn(deai_node::training::TrainAuditor::new(s).run()))
+        .collect();
     eprintln!("coordinator on {url}");
     eprintln!(
         "round 1 challenge commitment {} (audit: deai train audit --coordinator {url} --commitment ...)",
@@ -585,8 +594,11 @@ async fn network_rounds(
         );
         tokio::time::sleep(std::time::Duration::from_secs(a.linger)).await;
     }
+    for t in auditor_tasks {
+        t.abort();
+    }
     let summary = match &ledger {
-        Some(l) => Some(crate::train_chain::summary(l, &job_id, &roles).await?),
+        Some(l) => Some(crate::train_chain::summary(l, &job_id, &roles, &judges).await?),
         None => None,
     };
     Ok((coord.weights(), coord.reports(), summary))
@@ -966,15 +978,10 @@ fn audit_inner(a: &AuditArgs) -> Result<bool> {
         let mut all_ok = true;
         for r in rounds {
             let res = deai_node::training::audit_remote(url, r, a.commitment).await;
-            let disagreement = match &res {
-                Err(e) => match e.downcast_ref::<deai_train::TrainError>() {
-                    Some(deai_train::TrainError::Rejected(m)) if m.starts_with("audit:") => {
-                        Some(m.clone())
-                    }
-                    _ => None,
-                },
-                Ok(_) => None,
-            };
+            let disagreement = res
+                .as_ref()
+                .err()
+                .and_then(deai_node::training::audit_finding);
             let mine = match (res, disagreement) {
                 (Ok(mine), _) => mine,
                 (Err(_), Some(m)) => {

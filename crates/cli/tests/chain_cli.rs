@@ -203,10 +203,34 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
             &"01".repeat(32),
             "--report",
             &"02".repeat(32),
+            "--url",
+            "http://127.0.0.1:9",
         ],
     );
     assert!(!o.status.success());
     assert!(text(&o).contains("coordinator"), "{}", text(&o));
+    // A verdict on a round nobody proposed fails on chain with the reason.
+    let o = deai(
+        home.path(),
+        &[
+            "tx",
+            "--url",
+            &url,
+            "--key",
+            key_s,
+            "train-verdict",
+            "--job",
+            &train_job,
+            "--round",
+            "0",
+            "--report",
+            &"02".repeat(32),
+            "--accept",
+            "true",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("active validator"), "{}", text(&o));
     // Bad input: a clear message and a failing exit code, no panic.
     for (args, want) in [
         (
@@ -284,6 +308,8 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
                 &to,
                 "--accepted",
                 "zz",
+                "--url",
+                "http://127.0.0.1:9",
             ],
             "--accepted",
         ),

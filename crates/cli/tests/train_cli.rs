@@ -178,6 +178,18 @@ fn diloco_on_chain_pays_the_honest_slashes_the_cheater_and_records_every_checkpo
     assert_eq!(t["rounds_done"], 3);
     assert_eq!(t["checkpoint"], summary["checkpoint_hash"], "{chain}");
     assert_eq!(t["escrow"], 0);
+    assert!(t["pending"].is_null(), "{chain}");
+    // Every round was settled by the other validators' verdicts after replaying it: 3 of 4
+    // equal stakes is the quorum (the coordinator's proposal counts as accepting), so each
+    // round needed two, and none was rejected.
+    let judges = chain["validators"].as_array().unwrap();
+    assert_eq!(judges.len(), 3, "{chain}");
+    let accepted: u64 = judges
+        .iter()
+        .map(|v| v["accepted_rounds"].as_u64().unwrap())
+        .sum();
+    assert!(accepted >= 2 * 3, "{chain}");
+    assert!(judges.iter().all(|v| v["rejected_rounds"] == 0), "{chain}");
     // The chain commits to the last round's report exactly as the coordinator serves it.
     let digest = deai_types::Hash256::digest_parts("deai-train-report-v1", &[raw[2].as_bytes()]);
     assert_eq!(t["last_report"], digest.to_hex(), "{chain}");

@@ -369,7 +369,7 @@ pub struct Meta {
 }
 
 mod training;
-pub use training::{TrainingJob, TrainingStatus, MAX_TRAIN_ROUNDS};
+pub use training::{PendingRound, TrainingJob, TrainingStatus, MAX_TRAIN_ROUNDS};
 
 /// A key in the state tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -1184,6 +1184,12 @@ impl State {
                 (*rounds, *workers, *reward_per_round),
                 *coordinator,
             ),
+            TxKind::TrainVerdict {
+                job,
+                round,
+                report,
+                accept,
+            } => self.train_verdict(from, *job, *round, *report, *accept),
             TxKind::TrainRound {
                 job,
                 round,
@@ -1191,6 +1197,7 @@ impl State {
                 report,
                 accepted,
                 rejected,
+                url,
             } => self.train_round(
                 from,
                 *job,
@@ -1198,6 +1205,7 @@ impl State {
                 *checkpoint,
                 *report,
                 (accepted, rejected),
+                url,
             ),
             TxKind::Propose { change } => {
                 if self.account(&from).stake == 0 {
@@ -1753,7 +1761,7 @@ fn u64_of(b: &[u8; 32]) -> u64 {
     u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
 }
 
-fn upsert_vote(votes: &mut Vec<Vote>, voter: Address, yes: bool) {
+pub(crate) fn upsert_vote(votes: &mut Vec<Vote>, voter: Address, yes: bool) {
     match votes.binary_search_by(|v| v.voter.cmp(&voter)) {
         Ok(i) => votes[i].yes = yes,
         Err(i) => votes.insert(i, Vote { voter, yes }),

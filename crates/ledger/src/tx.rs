@@ -194,9 +194,12 @@ pub enum TxKind {
         #[serde(with = "hex_addr")]
         coordinator: Address,
     },
-    /// The job's coordinator closes round `round`: the merged checkpoint, the digest of its
-    /// round report (served off chain), the contributors whose work passed re-execution
-    /// (they share the round's reward) and those caught cheating (slashed).
+    /// The job's coordinator proposes the result of round `round`: the merged checkpoint,
+    /// the digest of its round report, the contributors whose work passed re-execution (to
+    /// share the round's reward) and those caught cheating (to be slashed), and the URL where
+    /// it serves the round's report and evidence. It settles once validators holding more
+    /// than two thirds of the active stake accept it (`TrainVerdict`; the coordinator's own
+    /// stake counts as accepting).
     TrainRound {
         job: Hash256,
         round: u32,
@@ -206,6 +209,16 @@ pub enum TxKind {
         accepted: Vec<Address>,
         #[serde(with = "hex_addrs")]
         rejected: Vec<Address>,
+        url: String,
+    },
+    /// A validator's verdict on a proposed training round, after replaying it from the
+    /// coordinator's evidence (`deai train audit`). More than two thirds of the active
+    /// stake rejecting it slashes the coordinator and ends the job.
+    TrainVerdict {
+        job: Hash256,
+        round: u32,
+        report: Hash256,
+        accept: bool,
     },
     Propose {
         change: ParamChange,
@@ -393,6 +406,7 @@ impl TxKind {
                 report,
                 accepted,
                 rejected,
+                url,
             } => {
                 w.u8(13);
                 put_hash(w, job);
@@ -405,6 +419,19 @@ impl TxKind {
                         w.raw(a);
                     }
                 }
+                w.str(url);
+            }
+            TxKind::TrainVerdict {
+                job,
+                round,
+                report,
+                accept,
+            } => {
+                w.u8(14);
+                put_hash(w, job);
+                w.u32(*round);
+                put_hash(w, report);
+                w.bool(*accept);
             }
         }
     }
@@ -507,8 +534,15 @@ impl TxKind {
                     report,
                     accepted,
                     rejected,
+                    url: r.str("url", MAX_STR)?,
                 }
             }
+            14 => TxKind::TrainVerdict {
+                job: get_hash(r, "job")?,
+                round: r.u32("round")?,
+                report: get_hash(r, "report")?,
+                accept: r.bool("accept")?,
+            },
             t => {
                 return Err(DecodeError::UnknownTag {
                     what: "tx kind",
@@ -535,6 +569,7 @@ impl TxKind {
             TxKind::ReportEquivocation { .. } => "report_equivocation",
             TxKind::OpenTraining { .. } => "open_training",
             TxKind::TrainRound { .. } => "train_round",
+            TxKind::TrainVerdict { .. } => "train_verdict",
         }
     }
 }

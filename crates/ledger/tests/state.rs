@@ -801,7 +801,16 @@ fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
                 report: Hash256([5; 32]),
                 accepted: acc.into_iter().map(addr).collect(),
                 rejected: rej.into_iter().map(addr).collect(),
+                url: "http://127.0.0.1:1".into(),
             }),
+        (job.clone(), 0u32..3, any::<bool>()).prop_map(|(job, round, accept)| {
+            TxKind::TrainVerdict {
+                job,
+                round,
+                report: Hash256([5; 32]),
+                accept,
+            }
+        }),
     ];
     (who, kind)
 }
@@ -915,6 +924,13 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
         report: Hash256([0xee; 32]),
         accepted: acc.iter().map(|a| addr(*a)).collect(),
         rejected: rej.iter().map(|a| addr(*a)).collect(),
+        url: "http://127.0.0.1:9/".into(),
+    };
+    let verdict = |round, accept| TxKind::TrainVerdict {
+        job,
+        round,
+        report: Hash256([0xee; 32]),
+        accept,
     };
     // Only the coordinator, only the next round, no duplicates, only staked contributors,
     // at most `workers` accepted.
@@ -936,10 +952,40 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
     assert!(c
         .fails(coordinator, round(0, &[], &[CLIENT]))
         .contains("owner"));
+    let mut bad_url = round(0, &[WORKER], &[]);
+    if let TxKind::TrainRound { url, .. } = &mut bad_url {
+        *url = "file:///etc/passwd".into();
+    }
+    assert!(c.fails(coordinator, bad_url).contains("http(s) URL"));
+    assert!(c
+        .fails(VALS[1], verdict(0, true))
+        .contains("no round of this job waits"));
 
-    // Round 0: both pass; 1,001 split 500/500, the odd unit back to the owner.
+    // Round 0: both pass; 1,001 split 500/500, the odd unit back to the owner, once a
+    // quorum (the coordinator and two more of the four equal validators) accepts it.
     let (w0, w13, client1) = (c.bal(WORKER), c.bal(13), c.bal(CLIENT));
     c.ok(coordinator, round(0, &[WORKER, 13], &[]));
+    assert_eq!(c.bal(WORKER), w0, "not paid before the quorum");
+    let t = c.s.training(&job).unwrap().clone();
+    assert_eq!((t.rounds_done, t.pending.as_ref().unwrap().round), (0, 0));
+    assert!(c
+        .fails(coordinator, round(0, &[WORKER, 13], &[]))
+        .contains("already proposed"));
+    assert!(c
+        .fails(coordinator, verdict(0, true))
+        .contains("already gave"));
+    assert!(c
+        .fails(CHALLENGER, verdict(0, true))
+        .contains("not an active validator"));
+    let mut other = verdict(0, true);
+    if let TxKind::TrainVerdict { report, .. } = &mut other {
+        *report = Hash256([1; 32]);
+    }
+    assert!(c.fails(VALS[1], other).contains("proposed round is 0"));
+    c.ok(VALS[1], verdict(0, true));
+    assert_eq!(c.bal(WORKER), w0, "two of four is not a quorum");
+    assert!(c.fails(VALS[1], verdict(0, false)).contains("already gave"));
+    c.ok(VALS[2], verdict(0, true));
     assert_eq!(c.bal(WORKER), w0 + 500);
     assert_eq!(c.bal(13), w13 + 500);
     assert_eq!(c.bal(CLIENT), client1 + 1);
@@ -953,6 +999,8 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
     let coord0 = c.bal(coordinator);
     let burned0 = c.s.meta().burned;
     c.ok(coordinator, round(1, &[WORKER], &[13]));
+    c.ok(VALS[1], verdict(1, true));
+    c.ok(VALS[3], verdict(1, true));
     let slash = stake13 * c.s.params().slash_bps / BPS;
     assert!(slash > 0);
     assert_eq!(c.s.account(&addr(13)).stake, stake13 - slash);
@@ -973,6 +1021,85 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
     assert!(c
         .fails(coordinator, round(2, &[WORKER], &[]))
         .contains("Expired"));
+
+    // A round the validators reject: the coordinator is slashed (to the rejecters), nobody
+    // is paid for it, and the job ends with the owner refunded.
+    let job3 = Hash256([0x73; 32]);
+    c.ok(
+        CLIENT,
+        TxKind::OpenTraining {
+            job: job3,
+            checkpoint: Hash256([0; 32]),
+            rounds: 2,
+            workers: 1,
+            reward_per_round: 600,
+            coordinator: addr(coordinator),
+        },
+    );
+    let lie = TxKind::TrainRound {
+        job: job3,
+        round: 0,
+        checkpoint: Hash256([3; 32]),
+        report: Hash256([3; 32]),
+        accepted: vec![addr(WORKER)],
+        rejected: vec![],
+        url: "https://coordinator.example/".into(),
+    };
+    c.ok(coordinator, lie);
+    let (w1, client4, coord_stake) = (
+        c.bal(WORKER),
+        c.bal(CLIENT),
+        c.s.account(&addr(coordinator)).stake,
+    );
+    let (v2, burned1) = (c.bal(VALS[2]), c.s.meta().burned);
+    let no = |v: u8, c: &mut Chain| {
+        c.ok(
+            v,
+            TxKind::TrainVerdict {
+                job: job3,
+                round: 0,
+                report: Hash256([3; 32]),
+                accept: false,
+            },
+        )
+    };
+    no(VALS[1], &mut c);
+    no(VALS[2], &mut c);
+    assert_eq!(
+        c.s.training(&job3).unwrap().status,
+        TrainingStatus::Running,
+        "2 of 4 is not a quorum"
+    );
+    no(VALS[3], &mut c);
+    let t = c.s.training(&job3).unwrap().clone();
+    assert_eq!(t.status, TrainingStatus::Rejected);
+    assert_eq!(
+        (t.paid, t.refunded, t.escrow, t.rounds_done),
+        (0, 1_200, 0, 0)
+    );
+    assert!(t.pending.is_none());
+    assert_eq!(c.bal(WORKER), w1, "nobody is paid for a rejected round");
+    assert_eq!(c.bal(CLIENT), client4 + 1_200);
+    let slash = coord_stake * c.s.params().slash_bps / BPS;
+    assert!(slash > 0);
+    assert_eq!(c.s.account(&addr(coordinator)).stake, coord_stake - slash);
+    assert_eq!(
+        c.bal(VALS[2]),
+        v2 - 1 + slash / 3,
+        "a third each, less its fee"
+    );
+    assert_eq!(c.s.meta().burned, burned1 + slash - 3 * (slash / 3));
+    assert!(c
+        .fails(
+            VALS[1],
+            TxKind::TrainVerdict {
+                job: job3,
+                round: 0,
+                report: Hash256([3; 32]),
+                accept: true
+            }
+        )
+        .contains("Rejected"));
 
     // A job run to the end finishes with nothing held; nobody passing refunds the round.
     let job2 = Hash256([0x72; 32]);
@@ -998,8 +1125,20 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
                 report: Hash256([9; 32]),
                 accepted: acc,
                 rejected: vec![],
+                url: "http://10.0.0.1:8000".into(),
             },
         );
+        for v in [VALS[2], VALS[3]] {
+            c.ok(
+                v,
+                TxKind::TrainVerdict {
+                    job: job2,
+                    round: r,
+                    report: Hash256([9; 32]),
+                    accept: true,
+                },
+            );
+        }
     }
     let t = c.s.training(&job2).unwrap().clone();
     assert_eq!(t.status, TrainingStatus::Finished);

@@ -138,6 +138,21 @@ impl LedgerClient {
         }
     }
 
+    /// Every finalized training job (newest first, at most 1000).
+    pub async fn trainings(&self) -> Result<Vec<(Hash256, deai_ledger::TrainingJob)>> {
+        let v = self.get("/v1/trainings").await?.unwrap_or_default();
+        let list = v["trainings"].as_array().cloned().unwrap_or_default();
+        list.into_iter()
+            .map(|e| {
+                let id: Hash256 =
+                    serde_json::from_value(e["id"].clone()).context("bad training id")?;
+                let t =
+                    serde_json::from_value(e["training"].clone()).context("bad training JSON")?;
+                Ok((id, t))
+            })
+            .collect()
+    }
+
     /// Finalized jobs in `status` (`receipted`, `challenged`, ...; every status when empty),
     /// newest first, at most `limit`.
     pub async fn jobs(&self, status: &str, limit: usize) -> Result<Vec<(Hash256, Job)>> {

@@ -37,6 +37,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long a coordinator waits for the validators to settle a proposed round.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Largest contribution body (int8 pseudo-gradients are ~1 byte per parameter).
 pub const MAX_CONTRIBUTION: usize = 64 << 20;
 /// Largest opening a coordinator reads (a train state is 12 bytes per parameter).
@@ -99,6 +102,8 @@ pub struct TrainCoordinator {
     deadline: Duration,
     /// Records the job's rounds on the ledger (see [`TrainCoordinator::with_ledger`]).
     ledger: Option<Arc<Signer>>,
+    /// Where validators reach this coordinator (named in every `train_round`).
+    public_url: Arc<std::sync::OnceLock<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,17 +142,26 @@ impl TrainCoordinator {
             co: Arc::new(Mutex::new(co)),
             deadline,
             ledger: None,
+            public_url: Default::default(),
         })
     }
 
     /// Records every round on the ledger with `signer`, the coordinator named by the job's
     /// `open_training` transaction (opened on chain beforehand, with this job's id): each
-    /// round is closed by a `train_round` transaction (merged checkpoint, report digest,
-    /// who is paid, who is slashed) and the next round opens only once it is final.
-    /// Contributions from keys without the ledger's minimum worker stake are refused.
+    /// round is proposed by a `train_round` transaction (merged checkpoint, report digest,
+    /// who is paid, who is slashed, this coordinator's URL) and the next round opens only
+    /// once a validator quorum has accepted it ([`TrainAuditor`]). Contributions from keys
+    /// without the ledger's minimum worker stake are refused. Set the URL validators reach
+    /// this coordinator at with [`TrainCoordinator::set_public_url`] before the first round
+    /// closes.
     pub fn with_ledger(mut self, signer: Signer) -> Self {
         self.ledger = Some(Arc::new(signer));
         self
+    }
+
+    /// The URL validators fetch this coordinator's reports and evidence from.
+    pub fn set_public_url(&self, url: &str) {
+        let _ = self.public_url.set(url.trim_end_matches('/').to_string());
     }
 
     /// The digest of a round report as recorded on chain: SHA-256 over its JSON form as
@@ -361,6 +375,11 @@ impl TrainCoordinator {
         accepted.truncate(on_chain.workers as usize);
         let mut rejected = keys(&report.slashed_keys)?;
         rejected.truncate(MAX_TRAIN_WORKERS - accepted.len());
+        let url = self
+            .public_url
+            .get()
+            .context("the coordinator's public URL is not set (set_public_url)")?
+            .clone();
         let f = signer
             .submit_wait(
                 TxKind::TrainRound {
@@ -370,17 +389,52 @@ impl TrainCoordinator {
                     report: Self::report_digest(report),
                     accepted,
                     rejected,
+                    url,
                 },
                 Duration::from_secs(120),
             )
             .await
-            .with_context(|| format!("recording round {} on the ledger", report.round))?;
+            .with_context(|| format!("proposing round {} on the ledger", report.round))?;
+        if let Some(e) = f.error {
+            bail!("the ledger refused round {}: {e}", report.round);
+        }
         tracing::info!(
-            "training round {} recorded on the ledger at height {}",
+            "training round {} proposed on the ledger at height {}; waiting for the validators",
             report.round,
             f.height
         );
-        Ok(())
+        // The next round opens on a settled checkpoint only.
+        let t0 = Instant::now();
+        loop {
+            let t = signer
+                .ledger()
+                .training(&job)
+                .await?
+                .context("the training job left the ledger")?;
+            if t.rounds_done > report.round {
+                tracing::info!(
+                    "training round {} settled by a validator quorum",
+                    report.round
+                );
+                return Ok(());
+            }
+            if t.status != deai_ledger::TrainingStatus::Running {
+                bail!(
+                    "training job {} is {:?}: round {} was not accepted",
+                    job.short(),
+                    t.status,
+                    report.round
+                );
+            }
+            if t0.elapsed() > SETTLE_TIMEOUT {
+                bail!(
+                    "round {} has no validator quorum after {} s",
+                    report.round,
+                    SETTLE_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -866,34 +920,54 @@ pub async fn audit_remote(
         .find(|r| r.round == round)
         .with_context(|| format!("the coordinator has no report of round {round}"))?
         .clone();
-    let committed = match round {
-        0 => round0_commitment.context(
+    let prev = reports.iter().find(|p| round > 0 && p.round == round - 1);
+    let committed = match (round, prev) {
+        (0, _) => round0_commitment.context(
             "round 0's challenge commitment must be given (the round's /train/v1/round showed it)",
         )?,
-        r => {
-            reports
-                .iter()
-                .find(|p| p.round == r - 1)
-                .with_context(|| {
-                    format!("no report of round {} to take the commitment from", r - 1)
-                })?
-                .next_challenge_commitment
-        }
+        (_, Some(p)) => p.next_challenge_commitment,
+        (r, None) => bail!("no report of round {} to take the commitment from", r - 1),
     };
+    audit_fetched(base, job, report, prev, committed).await
+}
+
+/// A disagreement found by an audit (as opposed to an audit that could not run).
+fn disagreement(what: String) -> anyhow::Error {
+    TrainError::Rejected(format!("audit: {what}")).into()
+}
+
+/// Whether `e` is an audit's finding against the coordinator; its message if so.
+pub fn audit_finding(e: &anyhow::Error) -> Option<String> {
+    match e.downcast_ref::<TrainError>() {
+        Some(TrainError::Rejected(m)) if m.starts_with("audit:") => Some(m.clone()),
+        _ => None,
+    }
+}
+
+/// The continuity checks and the replay of `report`'s round from what the coordinator at
+/// `base` serves (`prev`: the report before it, for continuity).
+async fn audit_fetched(
+    base: &str,
+    job: JobSpec,
+    report: RoundReport,
+    prev: Option<&RoundReport>,
+    committed: Hash256,
+) -> Result<RoundReport> {
+    let round = report.round;
     // Each round starts where the one before ended; round 0 with zero momentum.
-    if let Some(prev) = reports.iter().find(|p| round > 0 && p.round == round - 1) {
+    if let Some(prev) = prev {
         if (prev.next_checkpoint, prev.next_outer_state) != (report.checkpoint, report.outer_state)
         {
-            bail!(
+            return Err(disagreement(format!(
                 "round {round} does not start from the checkpoint and outer state round {} ended with",
-                round - 1
-            );
+                prev.round
+            )));
         }
     }
     let checkpoint = fetch_checkpoint(base, report.checkpoint).await?;
     let outer_state = fetch_checkpoint(base, report.outer_state).await?;
     if round == 0 && outer_state.tensors.iter().flatten().any(|x| *x != 0.0) {
-        bail!("round 0's outer state is not zero");
+        return Err(disagreement("round 0's outer state is not zero".into()));
     }
     let mut shards = vec![];
     for h in &job.shards {
@@ -914,6 +988,178 @@ pub async fn audit_remote(
         Ok(deai_train::audit::audit_round(&inputs, &report, &evidence)?)
     })
     .await?
+}
+
+/// A validator's decision on a proposed training round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoundVerdict {
+    Accept,
+    /// The round is false; the reason.
+    Reject(String),
+}
+
+/// Decides on round `p`, proposed on the ledger for training job `id` (whose finalized
+/// record is `t`), from what the coordinator serves at `p.url`, anchored to the ledger:
+/// the served job is `id`; the served report is the proposed one (digest) and produced the
+/// proposed checkpoint; it starts from the ledger's checkpoint; the report before it is the
+/// one the ledger settled (its digest), and gives the challenge commitment; the proposed
+/// payees and slashes are the report's; and the round replays from its evidence
+/// ([`deai_train::audit::audit_round`]). Round 0's commitment has no earlier anchor: its
+/// report's own is used. `Err` when it cannot decide now (the coordinator unreachable, a
+/// fetch failed): try again later; a round nobody can judge expires with the job.
+pub async fn judge_round(
+    id: Hash256,
+    t: &deai_ledger::TrainingJob,
+    p: &deai_ledger::state::PendingRound,
+) -> Result<RoundVerdict> {
+    let base = p.url.trim_end_matches('/');
+    let reject = |m: String| Ok(RoundVerdict::Reject(m));
+    let job: JobSpec = get_json(base, "/train/v1/job").await?;
+    if job.id() != id {
+        return reject(format!(
+            "the coordinator serves job {}, not {}",
+            job.id().short(),
+            id.short()
+        ));
+    }
+    let reports: Vec<RoundReport> = get_json(base, "/train/v1/reports").await?;
+    let report = reports
+        .iter()
+        .find(|r| r.round == p.round)
+        .with_context(|| format!("the coordinator serves no report of round {} yet", p.round))?
+        .clone();
+    if TrainCoordinator::report_digest(&report) != p.report {
+        return reject("the served report is not the one proposed on the ledger".into());
+    }
+    if report.next_checkpoint != p.checkpoint {
+        return reject("the proposed checkpoint is not the report's".into());
+    }
+    if report.checkpoint != t.checkpoint {
+        return reject("the round does not start from the ledger's checkpoint".into());
+    }
+    let prev = match p.round {
+        0 => None,
+        r => {
+            let prev = reports.iter().find(|x| x.round == r - 1);
+            match prev {
+                Some(x) if Some(TrainCoordinator::report_digest(x)) == t.last_report => Some(x),
+                _ => {
+                    return reject(format!(
+                        "round {}'s served report is not the one the ledger settled",
+                        r - 1
+                    ))
+                }
+            }
+        }
+    };
+    let keys = |v: &[[u8; 32]]| -> Vec<String> { v.iter().map(hex::encode).collect() };
+    if let Some(a) = keys(&p.accepted)
+        .into_iter()
+        .find(|a| !report.paid_keys.contains(a))
+    {
+        return reject(format!(
+            "{} is proposed for pay but the report does not pay it",
+            &a[..12]
+        ));
+    }
+    if let Some(a) = keys(&p.rejected)
+        .into_iter()
+        .find(|a| !report.slashed_keys.contains(a))
+    {
+        return reject(format!(
+            "{} is proposed for a slash but the report does not slash it",
+            &a[..12]
+        ));
+    }
+    let committed = prev.map_or(report.challenge_commitment, |x| x.next_challenge_commitment);
+    match audit_fetched(base, job, report, prev, committed).await {
+        Ok(_) => Ok(RoundVerdict::Accept),
+        Err(e) => match audit_finding(&e) {
+            Some(m) => reject(m),
+            None => Err(e),
+        },
+    }
+}
+
+/// The validator's duty for training jobs: every proposed round it has not judged yet is
+/// replayed from the coordinator's evidence ([`judge_round`]) and answered with a
+/// `train_verdict`. Run one per validator key; the job's own coordinator does not judge
+/// its rounds (its proposal counts as accepting).
+pub struct TrainAuditor {
+    signer: Arc<Signer>,
+}
+
+impl TrainAuditor {
+    pub fn new(signer: Signer) -> Self {
+        TrainAuditor {
+            signer: Arc::new(signer),
+        }
+    }
+
+    /// Judges rounds until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::debug!("training auditor: {e:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// One pass over the ledger's training jobs; returns the verdicts posted.
+    pub async fn tick(&self) -> Result<usize> {
+        let me = self.signer.address();
+        let mut posted = 0;
+        for (id, t) in self.signer.ledger().trainings().await? {
+            let Some(p) = &t.pending else { continue };
+            if t.status != deai_ledger::TrainingStatus::Running
+                || t.coordinator == me
+                || p.votes.iter().any(|v| v.voter == me)
+            {
+                continue;
+            }
+            let verdict = match judge_round(id, &t, p).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(
+                        "training {} round {}: cannot judge yet: {e:#}",
+                        id.short(),
+                        p.round
+                    );
+                    continue;
+                }
+            };
+            if let RoundVerdict::Reject(why) = &verdict {
+                tracing::warn!(
+                    "training {} round {}: rejecting: {why}",
+                    id.short(),
+                    p.round
+                );
+            }
+            let f = self
+                .signer
+                .submit_wait(
+                    TxKind::TrainVerdict {
+                        job: id,
+                        round: p.round,
+                        report: p.report,
+                        accept: verdict == RoundVerdict::Accept,
+                    },
+                    Duration::from_secs(60),
+                )
+                .await?;
+            if let Some(e) = f.error {
+                tracing::warn!(
+                    "training {} round {}: verdict refused: {e}",
+                    id.short(),
+                    p.round
+                );
+            } else {
+                posted += 1;
+            }
+        }
+        Ok(posted)
+    }
 }
 
 async fn open(

@@ -199,6 +199,93 @@ async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
         .await
         .unwrap_err();
     assert!(format!("{e:#}").contains("must be given"), "{e:#}");
+
+    // A validator's judgment of a proposed round, anchored to the ledger's record of the
+    // job: the truthful proposal of round 2 is accepted, lies are rejected with a reason,
+    // and an unreachable coordinator gets no verdict yet.
+    use deai_ledger::state::PendingRound;
+    use deai_ledger::{TrainingJob, TrainingStatus};
+    use deai_node::training::{judge_round, RoundVerdict};
+    let digest = TrainCoordinator::report_digest;
+    let r2 = &reports[2];
+    let keys = |v: &[String]| -> Vec<[u8; 32]> {
+        v.iter()
+            .map(|h| {
+                let mut k = [0u8; 32];
+                hex::decode_to_slice(h, &mut k).unwrap();
+                k
+            })
+            .collect()
+    };
+    let record = TrainingJob {
+        owner: [0; 32],
+        coordinator: [1; 32],
+        rounds: 3,
+        workers: 4,
+        reward_per_round: 900,
+        checkpoint: r2.checkpoint,
+        last_report: Some(digest(&reports[1])),
+        pending: None,
+        rounds_done: 2,
+        opened_at: 0,
+        deadline: 100,
+        status: TrainingStatus::Running,
+        escrow: 900,
+        paid: 1800,
+        refunded: 0,
+        accepted: 0,
+        rejected: 0,
+        slashed: 0,
+    };
+    let honest = PendingRound {
+        round: 2,
+        checkpoint: r2.next_checkpoint,
+        report: digest(r2),
+        accepted: keys(&r2.paid_keys),
+        rejected: keys(&r2.slashed_keys),
+        url: url.clone(),
+        proposed_at: 0,
+        votes: vec![],
+    };
+    assert!(
+        !honest.rejected.is_empty(),
+        "the cheater is slashed: {r2:?}"
+    );
+    let id = job.id();
+    let verdict = |t: TrainingJob, p: PendingRound| async move { judge_round(id, &t, &p).await };
+    assert_eq!(
+        verdict(record.clone(), honest.clone()).await.unwrap(),
+        RoundVerdict::Accept
+    );
+    let rejects = |v: Result<RoundVerdict, anyhow::Error>, why: &str| match v.unwrap() {
+        RoundVerdict::Reject(m) => assert!(m.contains(why), "{why:?}: {m}"),
+        RoundVerdict::Accept => panic!("accepted a lie ({why})"),
+    };
+    let mut p = honest.clone();
+    p.rejected.push(key(1).verifying_key().to_bytes());
+    rejects(verdict(record.clone(), p).await, "does not slash it");
+    let mut p = honest.clone();
+    p.accepted.push(key(4).verifying_key().to_bytes());
+    rejects(verdict(record.clone(), p).await, "does not pay it");
+    let mut p = honest.clone();
+    p.report = deai_types::Hash256([7; 32]);
+    rejects(verdict(record.clone(), p).await, "not the one proposed");
+    let mut p = honest.clone();
+    p.checkpoint = deai_types::Hash256([7; 32]);
+    rejects(verdict(record.clone(), p).await, "proposed checkpoint");
+    let mut t = record.clone();
+    t.checkpoint = deai_types::Hash256([7; 32]);
+    rejects(verdict(t, honest.clone()).await, "ledger's checkpoint");
+    let mut t = record.clone();
+    t.last_report = Some(digest(&reports[0]));
+    rejects(verdict(t, honest.clone()).await, "settled");
+    rejects(
+        judge_round(deai_types::Hash256([9; 32]), &record, &honest).await,
+        "serves job",
+    );
+    let mut p = honest.clone();
+    p.url = "http://127.0.0.1:9".into();
+    assert!(verdict(record.clone(), p).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,14 +1,19 @@
-//! Training jobs on the ledger: DiLoCo rounds whose contributors are paid or slashed by the
-//! job's coordinator, one transaction per round.
+//! Training jobs on the ledger: DiLoCo rounds whose contributors are paid or slashed once a
+//! validator quorum has checked the coordinator's round.
 //!
-//! The chain does not re-execute training (that is the coordinator's job, off chain, with
-//! `deai_train::verify`); it holds the escrow, checks who may close which round, pays each
-//! round's reward to the accepted contributors, slashes the rejected ones and records the
-//! checkpoint hash every round produced. A job whose coordinator stops posting expires after
-//! `job_timeout` blocks per round and the rest of its escrow goes back to the owner.
+//! The chain does not re-execute training (the coordinator does, off chain, with
+//! `deai_train::verify`, and validators replay its round from the evidence it serves with
+//! `deai_train::audit`); it holds the escrow, checks who may propose which round, and
+//! settles a proposed round (`train_round`) once validators holding more than two thirds
+//! of the active stake accept it (`train_verdict`; the coordinator's stake counts as
+//! accepting): the accepted contributors share the round's reward, the rejected ones are
+//! slashed, the checkpoint hash is recorded. More than two thirds rejecting it slashes the
+//! coordinator and ends the job, refunding the owner. A job whose round is not proposed and
+//! settled within `job_timeout` blocks expires and the rest of its escrow goes back to the
+//! owner.
 
-use super::{err, Key, Res, State, DL_TRAIN};
-use crate::tx::{Address, MAX_TRAIN_WORKERS};
+use super::{err, upsert_vote, Key, Res, State, Vote, DL_TRAIN};
+use crate::tx::{Address, MAX_STR, MAX_TRAIN_WORKERS};
 use deai_types::Hash256;
 use serde::{Deserialize, Serialize};
 
@@ -22,8 +27,29 @@ pub enum TrainingStatus {
     Running,
     /// Every round was posted.
     Finished,
-    /// A round was not posted before its deadline; the rest of the escrow was refunded.
+    /// A round was not posted and settled before its deadline; the rest of the escrow was
+    /// refunded.
     Expired,
+    /// A validator quorum rejected a proposed round: the coordinator was slashed and the
+    /// rest of the escrow refunded.
+    Rejected,
+}
+
+/// A round the coordinator proposed, waiting for the validators' verdicts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRound {
+    pub round: u32,
+    pub checkpoint: Hash256,
+    pub report: Hash256,
+    #[serde(with = "crate::tx::hex_addrs")]
+    pub accepted: Vec<Address>,
+    #[serde(with = "crate::tx::hex_addrs")]
+    pub rejected: Vec<Address>,
+    /// Where the coordinator serves the round's report and evidence.
+    pub url: String,
+    pub proposed_at: u64,
+    /// By validator key, ascending (the coordinator's own accepting vote included).
+    pub votes: Vec<Vote>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,8 +64,11 @@ pub struct TrainingJob {
     pub reward_per_round: u64,
     /// The initial checkpoint, then the one each posted round produced.
     pub checkpoint: Hash256,
-    /// Digest of the last posted round report.
+    /// Digest of the last settled round report.
     pub last_report: Option<Hash256>,
+    /// The proposed round waiting for verdicts, if any.
+    #[serde(default)]
+    pub pending: Option<PendingRound>,
     pub rounds_done: u32,
     pub opened_at: u64,
     /// The height at whose end the next round times out.
@@ -119,6 +148,7 @@ impl State {
                 reward_per_round,
                 checkpoint,
                 last_report: None,
+                pending: None,
                 rounds_done: 0,
                 opened_at: h,
                 deadline,
@@ -136,9 +166,9 @@ impl State {
         Ok(())
     }
 
-    /// Closes one round: pays the accepted contributors equal shares of the round's reward
-    /// (the remainder, or the whole reward when nobody passed, goes back to the owner) and
-    /// slashes each rejected one (half to the coordinator, the rest burned).
+    /// Proposes one round's result; it settles when a validator quorum accepts it
+    /// ([`State::train_verdict`]), at once if the coordinator alone holds the quorum.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn train_round(
         &mut self,
         from: Address,
@@ -147,6 +177,7 @@ impl State {
         checkpoint: Hash256,
         report: Hash256,
         (accepted, rejected): (&[Address], &[Address]),
+        url: &str,
     ) -> Res {
         let t = self
             .trainings
@@ -167,6 +198,17 @@ impl State {
                 "round {round} but the job expects {}",
                 t.rounds_done
             ));
+        }
+        if t.pending.is_some() {
+            return err(format!(
+                "round {round} is already proposed and waits for verdicts"
+            ));
+        }
+        if url.len() > MAX_STR
+            || !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.chars().any(|c| !c.is_ascii_graphic())
+        {
+            return err("the round's URL must be an http(s) URL of printable ASCII");
         }
         if accepted.len() > t.workers as usize {
             return err(format!(
@@ -191,12 +233,148 @@ impl State {
                 self.account(a).stake
             ));
         }
+        let h = self.meta.height;
+        let deadline = h.saturating_add(self.meta.params.job_timeout);
+        let tm = self.training_mut(&id).expect("checked above");
+        tm.pending = Some(PendingRound {
+            round,
+            checkpoint,
+            report,
+            accepted: accepted.to_vec(),
+            rejected: rejected.to_vec(),
+            url: url.to_string(),
+            proposed_at: h,
+            votes: vec![Vote {
+                voter: from,
+                yes: true,
+            }],
+        });
+        // The validators get a full window to check it.
+        tm.deadline = deadline;
+        self.deadlines.remove(&(t.deadline, DL_TRAIN, id.0));
+        self.deadlines.insert((deadline, DL_TRAIN, id.0));
+        self.events.push(format!(
+            "training {} round {round} proposed: {} accepted, {} rejected",
+            id.short(),
+            accepted.len(),
+            rejected.len()
+        ));
+        self.tally_training(id);
+        Ok(())
+    }
+
+    /// A validator's verdict on the proposed round (the one whose report digest is
+    /// `report`).
+    pub(super) fn train_verdict(
+        &mut self,
+        from: Address,
+        id: Hash256,
+        round: u32,
+        report: Hash256,
+        accept: bool,
+    ) -> Res {
+        if !self.is_active_validator(&from) {
+            return err("sender is not an active validator");
+        }
+        let t = self.trainings.get(&id).ok_or("unknown training job")?;
+        if t.status != TrainingStatus::Running {
+            return err(format!("training job is {:?}", t.status));
+        }
+        let p = t
+            .pending
+            .as_ref()
+            .ok_or("no round of this job waits for verdicts")?;
+        if p.round != round || p.report != report {
+            return err(format!(
+                "the proposed round is {} with report {}",
+                p.round,
+                p.report.short()
+            ));
+        }
+        if p.votes.iter().any(|v| v.voter == from) {
+            return err("validator already gave a verdict on this round");
+        }
+        let tm = self.training_mut(&id).expect("checked above");
+        let p = tm.pending.as_mut().expect("checked above");
+        upsert_vote(&mut p.votes, from, accept);
+        self.tally_training(id);
+        Ok(())
+    }
+
+    /// Settles or rejects the proposed round once more than two thirds of the active
+    /// validator stake is on one side.
+    fn tally_training(&mut self, id: Hash256) {
+        let Some(p) = self.trainings.get(&id).and_then(|t| t.pending.clone()) else {
+            return;
+        };
+        let active: std::collections::BTreeMap<Address, u64> =
+            self.active_validators().into_iter().collect();
+        let total: u128 = active.values().map(|s| *s as u128).sum();
+        let (mut yes, mut no) = (0u128, 0u128);
+        for v in &p.votes {
+            let s = *active.get(&v.voter).unwrap_or(&0) as u128;
+            if v.yes {
+                yes += s
+            } else {
+                no += s
+            }
+        }
+        if no * 3 > total * 2 {
+            self.reject_training_round(id, &p);
+        } else if yes * 3 > total * 2 {
+            self.settle_training_round(id, &p);
+        }
+    }
+
+    /// A quorum found the coordinator's round false: the coordinator loses `slash_bps` of its
+    /// holdings (split among the rejecting validators, the remainder burned), nobody is paid
+    /// or slashed for the round, and the job ends with the rest of its escrow refunded.
+    fn reject_training_round(&mut self, id: Hash256, p: &PendingRound) {
+        let t = self.trainings[&id].clone();
+        let s = self.slash_holdings(&t.coordinator);
+        let rejecters: Vec<Address> = p.votes.iter().filter(|v| !v.yes).map(|v| v.voter).collect();
+        let each = s / rejecters.len().max(1) as u64;
+        for r in &rejecters {
+            self.credit(r, each);
+        }
+        self.meta.burned += s - each * rejecters.len() as u64;
+        self.credit(&t.owner, t.escrow);
+        let tm = self.training_mut(&id).expect("exists");
+        tm.refunded += tm.escrow;
+        tm.escrow = 0;
+        tm.pending = None;
+        tm.status = TrainingStatus::Rejected;
+        self.deadlines.remove(&(t.deadline, DL_TRAIN, id.0));
+        self.events.push(format!(
+            "training {} round {}: rejected by the validators; coordinator slashed {s}, owner refunded {}",
+            id.short(),
+            p.round,
+            t.escrow
+        ));
+    }
+
+    /// Settles the proposed round: pays the accepted contributors equal shares of the
+    /// round's reward (the remainder, or the whole reward when nobody passed or kept the
+    /// worker stake, goes back to the owner) and slashes each rejected one (half to the
+    /// coordinator, the rest burned).
+    fn settle_training_round(&mut self, id: Hash256, p: &PendingRound) {
+        let t = self.trainings[&id].clone();
+        let (from, round, checkpoint, report) = (t.coordinator, p.round, p.checkpoint, p.report);
+        let min = self.meta.params.min_worker_stake;
+        // A contributor that unstaked while the round waited is not paid.
+        let accepted: Vec<Address> = p
+            .accepted
+            .iter()
+            .filter(|a| self.account(a).stake >= min)
+            .copied()
+            .collect();
+        let rejected = &p.rejected;
         let reward = t.reward_per_round.min(t.escrow);
         let (share, refund) = match accepted.len() as u64 {
             0 => (0, reward),
             n => (reward / n, reward % n),
         };
-        for a in accepted {
+        for a in &accepted {
             self.credit(a, share);
         }
         self.credit(&t.owner, refund);
@@ -215,7 +393,8 @@ impl State {
         }
         let h = self.meta.height;
         let next_deadline = h.saturating_add(self.meta.params.job_timeout);
-        let tm = self.training_mut(&id).expect("checked above");
+        let tm = self.training_mut(&id).expect("exists");
+        tm.pending = None;
         tm.escrow -= reward;
         tm.paid += share * accepted.len() as u64;
         tm.refunded += refund;
@@ -244,7 +423,6 @@ impl State {
             rejected.len(),
             if finished { "; finished" } else { "" }
         ));
-        Ok(())
     }
 
     /// A round was not posted in time: the job ends and the owner gets the rest back.
@@ -259,6 +437,7 @@ impl State {
         let tm = self.training_mut(&id).expect("exists");
         tm.refunded += tm.escrow;
         tm.escrow = 0;
+        tm.pending = None;
         tm.status = TrainingStatus::Expired;
         self.events.push(format!(
             "training {} expired after {} rounds; owner refunded {}",
