@@ -250,7 +250,7 @@ pub enum TxCmd {
         rejected: String,
         /// Where the coordinator serves the round's report and evidence.
         #[arg(long)]
-        url: String,
+        coordinator_url: String,
     },
     /// A validator's verdict on a proposed training round (after `deai train audit`).
     TrainVerdict {
@@ -261,9 +261,9 @@ pub enum TxCmd {
         /// SHA-256 of the proposed round's report.
         #[arg(long)]
         report: String,
-        /// Accept (`true`) or reject (`false`).
+        /// accept or reject
         #[arg(long)]
-        accept: bool,
+        verdict: String,
     },
 }
 
@@ -583,7 +583,7 @@ pub fn tx(a: TxArgs) -> Result<()> {
             report,
             accepted,
             rejected,
-            url,
+            coordinator_url,
         } => {
             let list = |s: &str, flag: &str| -> Result<Vec<[u8; 32]>> {
                 let v: Vec<[u8; 32]> = s
@@ -608,19 +608,23 @@ pub fn tx(a: TxArgs) -> Result<()> {
                 report: parse_hash(&report)?,
                 accepted: list(&accepted, "accepted")?,
                 rejected: list(&rejected, "rejected")?,
-                url,
+                url: coordinator_url,
             }
         }
         TxCmd::TrainVerdict {
             job,
             round,
             report,
-            accept,
+            verdict,
         } => TxKind::TrainVerdict {
             job: parse_hash(&job)?,
             round,
             report: parse_hash(&report)?,
-            accept,
+            accept: match verdict.as_str() {
+                "accept" => true,
+                "reject" => false,
+                v => bail!("--verdict must be accept or reject, not {v:?}"),
+            },
         },
     };
     let status = get(&format!("{url}/v1/status"))?;

@@ -203,7 +203,7 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
             &"01".repeat(32),
             "--report",
             &"02".repeat(32),
-            "--url",
+            "--coordinator-url",
             "http://127.0.0.1:9",
         ],
     );
@@ -225,8 +225,8 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
             "0",
             "--report",
             &"02".repeat(32),
-            "--accept",
-            "true",
+            "--verdict",
+            "accept",
         ],
     );
     assert!(!o.status.success());
@@ -308,7 +308,7 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
                 &to,
                 "--accepted",
                 "zz",
-                "--url",
+                "--coordinator-url",
                 "http://127.0.0.1:9",
             ],
             "--accepted",

@@ -220,6 +220,8 @@ pub async fn start(
                 .run(Duration::from_millis(cfg.validator.every_ms.max(10))),
         );
         out.verifier = Some(v);
+        // The validator's duty for training jobs: judge every proposed round.
+        tokio::spawn(crate::training::TrainAuditor::new(signer()).run());
         if let Some(listen) = cfg.validator.listen {
             let router = crate::chain_proxy::explorer_router(
                 ledger.clone(),
