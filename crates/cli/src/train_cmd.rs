@@ -680,7 +680,28 @@ pub fn bench(b: TrainBench) -> Result<()> {
         .into_iter()
         .map(|k| LocalWorker::new(k, Behavior::Honest))
         .collect();
-    let compute = run::train_diloco(&mut co, &mut workers, |_| {})?;
+    // Every round is also audited from its evidence as a validator would (without the
+    // held-out shard, as over HTTP): what judging a round costs beside computing it.
+    let (mut compute, mut audit_time) = (0.0, 0.0);
+    while co.round < co.job.rounds {
+        let (committed, start, outer) =
+            (co.challenge_commitment(), co.weights.clone(), co.outer_state());
+        let (report, c) = run::run_round(&mut co, &mut workers, &mut |_| {})?;
+        compute += c;
+        let evidence = co.take_evidence().context("a closed round keeps its evidence")?;
+        let t = Instant::now();
+        let inputs = deai_train::audit::AuditInputs {
+            job: &co.job,
+            checkpoint: &start,
+            outer_state: &outer,
+            shards: co.shards(),
+            val: None,
+            committed,
+        };
+        deai_train::audit::audit_round(&inputs, &report, &evidence)
+            .context("auditing an honest round")?;
+        audit_time += t.elapsed().as_secs_f64();
+    }
     let loss_diloco = co.reports.last().map(|r| r.eval_loss).unwrap_or(f32::NAN);
     let rounds = co.reports.len() as f64;
     let verify_steps: u32 = co.reports.iter().map(|r| r.verify.steps).sum();
@@ -759,6 +780,7 @@ pub fn bench(b: TrainBench) -> Result<()> {
         "comm_ratio": comm_ratio,
         "bytes_per_contribution": bytes_per_contribution,
         "verify_cost_ratio": verify_time / compute,
+        "audit_cost_ratio": audit_time / compute,
         "verify_steps_ratio": verify_steps as f64 / (contributions as f64 * b.inner_steps as f64),
         "worker_tokens_per_s": worker_tok_s,
         "plain_candle_tokens_per_s": plain_tok_s,

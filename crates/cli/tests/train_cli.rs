@@ -281,6 +281,7 @@ fn bench_train_reports_every_metric_and_catches_every_cheater() {
         "cheaters_total",
         "false_accusations",
         "throughput_ratio",
+        "audit_cost_ratio",
     ] {
         assert!(j.get(k).is_some_and(|v| !v.is_null()), "missing {k}: {j}");
     }
