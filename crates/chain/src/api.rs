@@ -263,10 +263,24 @@ async fn training(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
     ))
 }
 
-/// `GET /v1/trainings`: every finalized training job, newest first (at most 1000).
-async fn trainings(AxState(api): AxState<Api>) -> R {
+#[derive(Deserialize)]
+struct TrainingsQuery {
+    /// Only jobs with a proposed round waiting for verdicts (what validators judge).
+    pending: Option<bool>,
+}
+
+/// `GET /v1/trainings[?pending=true]`: finalized training jobs, newest first (at most
+/// 1000); with `pending=true` only those whose proposed round waits for verdicts.
+async fn trainings(
+    AxState(api): AxState<Api>,
+    q: Result<Query<TrainingsQuery>, axum::extract::rejection::QueryRejection>,
+) -> R {
+    let Query(q) = q.map_err(|e| bad(e.to_string()))?;
     let s = api.app.finalized_state();
-    let mut list: Vec<_> = s.trainings().collect();
+    let mut list: Vec<_> = s
+        .trainings()
+        .filter(|(_, t)| !q.pending.unwrap_or(false) || t.pending.is_some())
+        .collect();
     list.sort_by_key(|(id, t)| (std::cmp::Reverse(t.opened_at), **id));
     let list: Vec<Value> = list
         .into_iter()

@@ -684,11 +684,16 @@ pub fn bench(b: TrainBench) -> Result<()> {
     // held-out shard, as over HTTP): what judging a round costs beside computing it.
     let (mut compute, mut audit_time) = (0.0, 0.0);
     while co.round < co.job.rounds {
-        let (committed, start, outer) =
-            (co.challenge_commitment(), co.weights.clone(), co.outer_state());
+        let (committed, start, outer) = (
+            co.challenge_commitment(),
+            co.weights.clone(),
+            co.outer_state(),
+        );
         let (report, c) = run::run_round(&mut co, &mut workers, &mut |_| {})?;
         compute += c;
-        let evidence = co.take_evidence().context("a closed round keeps its evidence")?;
+        let evidence = co
+            .take_evidence()
+            .context("a closed round keeps its evidence")?;
         let t = Instant::now();
         let inputs = deai_train::audit::AuditInputs {
             job: &co.job,

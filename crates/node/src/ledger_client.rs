@@ -138,9 +138,13 @@ impl LedgerClient {
         }
     }
 
-    /// Every finalized training job (newest first, at most 1000).
-    pub async fn trainings(&self) -> Result<Vec<(Hash256, deai_ledger::TrainingJob)>> {
-        let v = self.get("/v1/trainings").await?.unwrap_or_default();
+    /// Finalized training jobs whose proposed round waits for verdicts (newest first, at
+    /// most 1000).
+    pub async fn pending_trainings(&self) -> Result<Vec<(Hash256, deai_ledger::TrainingJob)>> {
+        let v = self
+            .get("/v1/trainings?pending=true")
+            .await?
+            .unwrap_or_default();
         let list = v["trainings"].as_array().cloned().unwrap_or_default();
         list.into_iter()
             .map(|e| {

@@ -37,6 +37,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Most shards, and bytes per shard, an audit downloads (bounds what a coordinator can make
+/// a validator fetch).
+pub const MAX_AUDIT_SHARDS: usize = 1024;
+pub const MAX_AUDIT_SHARD: usize = 256 << 20;
+
 /// How long a coordinator waits for the validators to settle a proposed round.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -348,33 +353,9 @@ impl TrainCoordinator {
             .training(&job)
             .await?
             .with_context(|| format!("training job {} is not on the ledger", job.short()))?;
-        let min = signer.ledger().params().await?.min_worker_stake;
-        let keys = |v: &[String]| -> Result<Vec<[u8; 32]>> {
-            v.iter()
-                .map(|h| {
-                    let mut k = [0u8; 32];
-                    hex::decode_to_slice(h, &mut k).context("report key")?;
-                    Ok(k)
-                })
-                .collect()
-        };
-        // A contributor that unstaked since it was admitted is not paid (the ledger would
-        // refuse the whole round); at most the job's worker count is paid.
-        let mut accepted = vec![];
-        for k in keys(&report.paid_keys)? {
-            if signer.ledger().account(&k).await?.1 >= min {
-                accepted.push(k);
-            } else {
-                tracing::warn!(
-                    "round {}: contributor {} unstaked; not paid",
-                    report.round,
-                    hex::encode(&k[..6])
-                );
-            }
-        }
-        accepted.truncate(on_chain.workers as usize);
-        let mut rejected = keys(&report.slashed_keys)?;
-        rejected.truncate(MAX_TRAIN_WORKERS - accepted.len());
+        // Exactly the report's lists (validators check that), cut to what the ledger takes;
+        // the ledger pays only those still holding the worker stake at settlement.
+        let (accepted, rejected) = proposed_lists(report, on_chain.workers)?;
         let url = self
             .public_url
             .get()
@@ -436,6 +417,25 @@ impl TrainCoordinator {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The payees and slashes a round's proposal lists: the report's `paid_keys` (at most the
+/// job's worker count) and `slashed_keys` (at most what the transaction has room for).
+pub fn proposed_lists(r: &RoundReport, workers: u32) -> Result<(Vec<[u8; 32]>, Vec<[u8; 32]>)> {
+    let keys = |v: &[String]| -> Result<Vec<[u8; 32]>> {
+        v.iter()
+            .map(|h| {
+                let mut k = [0u8; 32];
+                hex::decode_to_slice(h, &mut k).context("a report key is not 32 hex bytes")?;
+                Ok(k)
+            })
+            .collect()
+    };
+    let mut accepted = keys(&r.paid_keys)?;
+    accepted.truncate((workers as usize).min(MAX_TRAIN_WORKERS));
+    let mut rejected = keys(&r.slashed_keys)?;
+    rejected.truncate(MAX_TRAIN_WORKERS - accepted.len());
+    Ok((accepted, rejected))
 }
 
 /// What a closed round hands to the routes.
@@ -969,9 +969,15 @@ async fn audit_fetched(
     if round == 0 && outer_state.tensors.iter().flatten().any(|x| *x != 0.0) {
         return Err(disagreement("round 0's outer state is not zero".into()));
     }
+    if job.shards.len() > MAX_AUDIT_SHARDS {
+        bail!(
+            "the job names {} shards; an audit fetches at most {MAX_AUDIT_SHARDS}",
+            job.shards.len()
+        );
+    }
     let mut shards = vec![];
     for h in &job.shards {
-        let b = get_bytes(base, &format!("/train/v1/shards/{h}"), 1 << 30).await?;
+        let b = get_bytes(base, &format!("/train/v1/shards/{h}"), MAX_AUDIT_SHARD).await?;
         shards.push(deai_train::data::Shard::from_bytes(&b, Some(*h))?);
     }
     let ev = get_bytes(base, &format!("/train/v1/evidence/{round}"), 4 << 30).await?;
@@ -1052,24 +1058,16 @@ pub async fn judge_round(
             }
         }
     };
-    let keys = |v: &[[u8; 32]]| -> Vec<String> { v.iter().map(hex::encode).collect() };
-    if let Some(a) = keys(&p.accepted)
-        .into_iter()
-        .find(|a| !report.paid_keys.contains(a))
-    {
-        return reject(format!(
-            "{} is proposed for pay but the report does not pay it",
-            &a[..12]
-        ));
+    // Exactly the report's lists: leaving an honest worker unpaid or a cheater unslashed
+    // is as false as the reverse.
+    let Ok((accepted, rejected)) = proposed_lists(&report, t.workers) else {
+        return reject("the report's keys are malformed".into());
+    };
+    if p.accepted != accepted {
+        return reject("the proposed payees are not the report's paid keys".into());
     }
-    if let Some(a) = keys(&p.rejected)
-        .into_iter()
-        .find(|a| !report.slashed_keys.contains(a))
-    {
-        return reject(format!(
-            "{} is proposed for a slash but the report does not slash it",
-            &a[..12]
-        ));
+    if p.rejected != rejected {
+        return reject("the proposed slashes are not the report's slashed keys".into());
     }
     let committed = prev.map_or(report.challenge_commitment, |x| x.next_challenge_commitment);
     match audit_fetched(base, job, report, prev, committed).await {
@@ -1087,12 +1085,22 @@ pub async fn judge_round(
 /// its rounds (its proposal counts as accepting).
 pub struct TrainAuditor {
     signer: Arc<Signer>,
+    /// Rounds whose judgment failed (coordinator unreachable, bad data), and when to retry:
+    /// a coordinator that cannot be judged must not make the auditor re-download it
+    /// continuously.
+    retry: Mutex<HashMap<(Hash256, u32), Instant>>,
 }
+
+/// Longest one judgment may take (downloads and the replay) before it is abandoned.
+pub const JUDGE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Wait before judging a round again after a failed attempt.
+pub const JUDGE_RETRY: Duration = Duration::from_secs(20);
 
 impl TrainAuditor {
     pub fn new(signer: Signer) -> Self {
         TrainAuditor {
             signer: Arc::new(signer),
+            retry: Mutex::new(HashMap::new()),
         }
     }
 
@@ -1110,17 +1118,22 @@ impl TrainAuditor {
     pub async fn tick(&self) -> Result<usize> {
         let me = self.signer.address();
         let mut posted = 0;
-        for (id, t) in self.signer.ledger().trainings().await? {
+        let list = self.signer.ledger().pending_trainings().await?;
+        lock(&self.retry).retain(|_, at| *at > Instant::now());
+        for (id, t) in list {
             let Some(p) = &t.pending else { continue };
             if t.status != deai_ledger::TrainingStatus::Running
                 || t.coordinator == me
                 || p.votes.iter().any(|v| v.voter == me)
+                || lock(&self.retry).contains_key(&(id, p.round))
             {
                 continue;
             }
-            let verdict = match judge_round(id, &t, p).await {
+            let judged = tokio::time::timeout(JUDGE_TIMEOUT, judge_round(id, &t, p)).await;
+            let verdict = match judged.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out"))) {
                 Ok(v) => v,
                 Err(e) => {
+                    lock(&self.retry).insert((id, p.round), Instant::now() + JUDGE_RETRY);
                     tracing::debug!(
                         "training {} round {}: cannot judge yet: {e:#}",
                         id.short(),
@@ -1136,7 +1149,9 @@ impl TrainAuditor {
                     p.round
                 );
             }
-            let f = self
+            // A verdict that lands after the round settled (others were faster) is refused
+            // on chain; that must not stop the pass over the other jobs.
+            let sent = self
                 .signer
                 .submit_wait(
                     TxKind::TrainVerdict {
@@ -1147,15 +1162,20 @@ impl TrainAuditor {
                     },
                     Duration::from_secs(60),
                 )
-                .await?;
-            if let Some(e) = f.error {
-                tracing::warn!(
-                    "training {} round {}: verdict refused: {e}",
+                .await;
+            match sent {
+                Ok(f) if f.error.is_none() => posted += 1,
+                Ok(f) => tracing::info!(
+                    "training {} round {}: verdict refused: {:?}",
+                    id.short(),
+                    p.round,
+                    f.error
+                ),
+                Err(e) => tracing::info!(
+                    "training {} round {}: verdict not recorded: {e:#}",
                     id.short(),
                     p.round
-                );
-            } else {
-                posted += 1;
+                ),
             }
         }
         Ok(posted)

@@ -263,10 +263,16 @@ async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
     };
     let mut p = honest.clone();
     p.rejected.push(key(1).verifying_key().to_bytes());
-    rejects(verdict(record.clone(), p).await, "does not slash it");
+    rejects(verdict(record.clone(), p).await, "slashed keys");
+    let mut p = honest.clone();
+    p.rejected.clear();
+    rejects(verdict(record.clone(), p).await, "slashed keys");
     let mut p = honest.clone();
     p.accepted.push(key(4).verifying_key().to_bytes());
-    rejects(verdict(record.clone(), p).await, "does not pay it");
+    rejects(verdict(record.clone(), p).await, "paid keys");
+    let mut p = honest.clone();
+    p.accepted.pop();
+    rejects(verdict(record.clone(), p).await, "paid keys");
     let mut p = honest.clone();
     p.report = deai_types::Hash256([7; 32]);
     rejects(verdict(record.clone(), p).await, "not the one proposed");

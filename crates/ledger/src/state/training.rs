@@ -225,14 +225,8 @@ impl State {
         if rejected.contains(&t.owner) || rejected.contains(&from) {
             return err("the owner or coordinator cannot be a rejected contributor");
         }
-        let min = self.meta.params.min_worker_stake;
-        if let Some(a) = accepted.iter().find(|a| self.account(a).stake < min) {
-            return err(format!(
-                "contributor {} has stake {} below the worker minimum {min}",
-                hex::encode(&a[..4]),
-                self.account(a).stake
-            ));
-        }
+        // Contributors below the worker stake are listed anyway and not paid at settlement:
+        // the lists are exactly the report's, which validators check.
         let h = self.meta.height;
         let deadline = h.saturating_add(self.meta.params.job_timeout);
         let tm = self.training_mut(&id).expect("checked above");
@@ -361,7 +355,7 @@ impl State {
         let t = self.trainings[&id].clone();
         let (from, round, checkpoint, report) = (t.coordinator, p.round, p.checkpoint, p.report);
         let min = self.meta.params.min_worker_stake;
-        // A contributor that unstaked while the round waited is not paid.
+        // A contributor below the worker stake (never staked, or unstaked since) is not paid.
         let accepted: Vec<Address> = p
             .accepted
             .iter()
