@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use deai_ledger::tx::MAX_TRAIN_WORKERS;
-use deai_ledger::TxKind;
+use deai_ledger::{Address, TxKind};
 use deai_train::diloco::{Behavior, JobSpec, Opener, RoundSpec, WorkerRun};
 use deai_train::verify::RoundReport;
 use deai_train::{checkpoint, Coordinator, TrainError, Weights};
@@ -421,7 +421,7 @@ impl TrainCoordinator {
 
 /// The payees and slashes a round's proposal lists: the report's `paid_keys` (at most the
 /// job's worker count) and `slashed_keys` (at most what the transaction has room for).
-pub fn proposed_lists(r: &RoundReport, workers: u32) -> Result<(Vec<[u8; 32]>, Vec<[u8; 32]>)> {
+pub fn proposed_lists(r: &RoundReport, workers: u32) -> Result<(Vec<Address>, Vec<Address>)> {
     let keys = |v: &[String]| -> Result<Vec<[u8; 32]>> {
         v.iter()
             .map(|h| {
