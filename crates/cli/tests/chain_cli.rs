@@ -104,6 +104,10 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
             &p2p,
             "--http-port",
             &http,
+            // The training escrow below must outlive the whole test (kill and restart
+            // included) on a slow machine: 60 blocks (the default) are a few seconds.
+            "--job-timeout",
+            "1000000",
         ],
     );
     assert!(o.status.success(), "{}", text(&o));

@@ -1271,11 +1271,21 @@ impl State {
             v.verdicts += 1;
         }
         self.dirty.insert(Key::Validator(from));
-        // Quorum: more than two thirds of active validator stake on one side.
+        match self.quorum(&self.jobs[&job].verdicts) {
+            Some(false) => self.reject_job(job),
+            Some(true) => self.accept_job(job),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The side of `votes` holding more than two thirds of the active validator stake, if
+    /// either does (votes of keys that are no longer active validators weigh nothing).
+    pub(crate) fn quorum(&self, votes: &[Vote]) -> Option<bool> {
         let active: BTreeMap<Address, u64> = self.active_validators().into_iter().collect();
         let total: u128 = active.values().map(|s| *s as u128).sum();
         let (mut yes, mut no) = (0u128, 0u128);
-        for v in &self.jobs[&job].verdicts {
+        for v in votes {
             let s = *active.get(&v.voter).unwrap_or(&0) as u128;
             if v.yes {
                 yes += s
@@ -1284,11 +1294,12 @@ impl State {
             }
         }
         if no * 3 > total * 2 {
-            self.reject_job(job);
+            Some(false)
         } else if yes * 3 > total * 2 {
-            self.accept_job(job);
+            Some(true)
+        } else {
+            None
         }
-        Ok(())
     }
 
     /// Pays the worker, the validators who accepted it and the treasury; refunds the rest

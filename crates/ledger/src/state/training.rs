@@ -301,22 +301,10 @@ impl State {
         let Some(p) = self.trainings.get(&id).and_then(|t| t.pending.clone()) else {
             return;
         };
-        let active: std::collections::BTreeMap<Address, u64> =
-            self.active_validators().into_iter().collect();
-        let total: u128 = active.values().map(|s| *s as u128).sum();
-        let (mut yes, mut no) = (0u128, 0u128);
-        for v in &p.votes {
-            let s = *active.get(&v.voter).unwrap_or(&0) as u128;
-            if v.yes {
-                yes += s
-            } else {
-                no += s
-            }
-        }
-        if no * 3 > total * 2 {
-            self.reject_training_round(id, &p);
-        } else if yes * 3 > total * 2 {
-            self.settle_training_round(id, &p);
+        match self.quorum(&p.votes) {
+            Some(false) => self.reject_training_round(id, &p),
+            Some(true) => self.settle_training_round(id, &p),
+            None => {}
         }
     }
 
