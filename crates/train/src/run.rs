@@ -6,7 +6,7 @@ use crate::diloco::{Behavior, JobSpec, WorkerRun};
 use crate::model::{Net, Weights};
 use crate::optim::{train_step, TrainState};
 use crate::verify::{Coordinator, RoundReport};
-use crate::{Result, TrainError};
+use crate::Result;
 use ed25519_dalek::SigningKey;
 use std::time::Instant;
 
@@ -165,22 +165,6 @@ pub fn run_round(
     let report = co.close_round(&openers)?;
     on(Event::Round(&report));
     Ok((report, compute))
-}
-
-/// All of a job's rounds with `workers`.
-pub fn train_diloco(
-    co: &mut Coordinator,
-    workers: &mut [LocalWorker],
-    mut on: impl FnMut(Event),
-) -> Result<f64> {
-    if workers.is_empty() {
-        return Err(TrainError::Config("no workers".into()));
-    }
-    let mut compute = 0.0;
-    while co.round < co.job.rounds {
-        compute += run_round(co, workers, &mut on)?.1;
-    }
-    Ok(compute)
 }
 
 /// An SVG line chart of `series` (name, points), for loss curves.
