@@ -261,6 +261,7 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
         11 => TxKind::OpenTraining {
             job: job_id(a),
             checkpoint: Hash256([b; 32]),
+            commitment: Hash256([c; 32]),
             rounds: (b % 5) as u32,
             workers: (c % 5) as u32,
             reward_per_round: amt(c),

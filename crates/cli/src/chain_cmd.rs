@@ -219,6 +219,10 @@ pub enum TxCmd {
         /// The initial checkpoint's hash.
         #[arg(long)]
         checkpoint: String,
+        /// The coordinator's commitment to its first round's challenge secret (its
+        /// `/train/v1/round` shows it before the round opens).
+        #[arg(long)]
+        commitment: String,
         #[arg(long)]
         rounds: u32,
         #[arg(long)]
@@ -564,6 +568,7 @@ pub fn tx(a: TxArgs) -> Result<()> {
         TxCmd::OpenTraining {
             job,
             checkpoint,
+            commitment,
             rounds,
             workers,
             reward_per_round,
@@ -571,6 +576,7 @@ pub fn tx(a: TxArgs) -> Result<()> {
         } => TxKind::OpenTraining {
             job: parse_hash(&job)?,
             checkpoint: parse_hash(&checkpoint)?,
+            commitment: parse_hash(&commitment).context("--commitment")?,
             rounds,
             workers,
             reward_per_round,

@@ -39,7 +39,13 @@ pub async fn start(
     ctx: &cw_tokio::Context,
     dir: &Path,
     workers: &[SigningKey],
-    (job, checkpoint, rounds, n_workers, reward): (Hash256, Hash256, u32, u32, u64),
+    (job, (checkpoint, commitment), rounds, n_workers, reward): (
+        Hash256,
+        (Hash256, Hash256),
+        u32,
+        u32,
+        u64,
+    ),
 ) -> Result<TrainChain> {
     let owner_path = dir.join("keys").join("owner.key");
     if !dir.join("genesis.json").exists() {
@@ -121,6 +127,7 @@ pub async fn start(
                 TxKind::OpenTraining {
                     job,
                     checkpoint,
+                    commitment,
                     rounds,
                     workers: n_workers,
                     reward_per_round: reward,

@@ -482,7 +482,7 @@ async fn network_rounds(
         Some((ctx, dir)) => {
             let spec = (
                 job_id,
-                co.weights.hash(),
+                (co.weights.hash(), co.challenge_commitment()),
                 co.job.rounds,
                 co.job.workers,
                 co.job.reward_per_round,

@@ -169,6 +169,8 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
             &train_job,
             "--checkpoint",
             &"00".repeat(32),
+            "--commitment",
+            &"03".repeat(32),
             "--rounds",
             "4",
             "--workers",

@@ -1173,6 +1173,7 @@ impl State {
             TxKind::OpenTraining {
                 job,
                 checkpoint,
+                commitment,
                 rounds,
                 workers,
                 reward_per_round,
@@ -1180,7 +1181,7 @@ impl State {
             } => self.open_training(
                 from,
                 *job,
-                *checkpoint,
+                (*checkpoint, *commitment),
                 (*rounds, *workers, *reward_per_round),
                 *coordinator,
             ),

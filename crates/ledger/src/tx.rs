@@ -184,10 +184,14 @@ pub enum TxKind {
     /// Opens a DiLoCo training job: escrows `rounds x reward_per_round`. `job` is the
     /// training spec's content hash (model config, data shards, H, optimizers, seed),
     /// `checkpoint` the initial weights' hash, `coordinator` the registered validator that
-    /// verifies contributions and posts each round.
+    /// verifies contributions and posts each round, `commitment` the coordinator's
+    /// commitment to its first round's challenge secret (later rounds' are in the settled
+    /// reports), so that validators check round 0's challenge against a value fixed before
+    /// any contribution.
     OpenTraining {
         job: Hash256,
         checkpoint: Hash256,
+        commitment: Hash256,
         rounds: u32,
         workers: u32,
         reward_per_round: u64,
@@ -386,6 +390,7 @@ impl TxKind {
             TxKind::OpenTraining {
                 job,
                 checkpoint,
+                commitment,
                 rounds,
                 workers,
                 reward_per_round,
@@ -394,6 +399,7 @@ impl TxKind {
                 w.u8(12);
                 put_hash(w, job);
                 put_hash(w, checkpoint);
+                put_hash(w, commitment);
                 w.u32(*rounds)
                     .u32(*workers)
                     .u64(*reward_per_round)
@@ -509,6 +515,7 @@ impl TxKind {
             12 => TxKind::OpenTraining {
                 job: get_hash(r, "job")?,
                 checkpoint: get_hash(r, "checkpoint")?,
+                commitment: get_hash(r, "commitment")?,
                 rounds: r.u32("rounds")?,
                 workers: r.u32("workers")?,
                 reward_per_round: r.u64("reward per round")?,

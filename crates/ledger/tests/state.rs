@@ -782,6 +782,7 @@ fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
             |(job, rounds, workers, reward_per_round, c)| TxKind::OpenTraining {
                 job,
                 checkpoint: Hash256([0; 32]),
+                commitment: Hash256([0x0c; 32]),
                 rounds,
                 workers,
                 reward_per_round,
@@ -891,6 +892,7 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
     let open = |rounds, workers, reward, coord| TxKind::OpenTraining {
         job,
         checkpoint: Hash256([0; 32]),
+        commitment: Hash256([0x0c; 32]),
         rounds,
         workers,
         reward_per_round: reward,
@@ -990,6 +992,11 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
     assert_eq!((t.rounds_done, t.checkpoint), (1, Hash256([1; 32])));
     assert_eq!((t.paid, t.refunded, t.escrow), (1_000, 1, 2_002));
     assert_eq!(t.last_report, Some(Hash256([0xee; 32])));
+    assert_eq!(
+        t.first_commitment,
+        Hash256([0x0c; 32]),
+        "kept from the opening"
+    );
 
     // Round 1: 13 cheated: slashed slash_bps of its stake, half to the coordinator. An
     // accepted contributor without the worker stake is listed (the report's lists are
@@ -1031,6 +1038,7 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
         TxKind::OpenTraining {
             job: job3,
             checkpoint: Hash256([0; 32]),
+            commitment: Hash256([0x0c; 32]),
             rounds: 2,
             workers: 1,
             reward_per_round: 600,
@@ -1109,6 +1117,7 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
         TxKind::OpenTraining {
             job: job2,
             checkpoint: Hash256([0; 32]),
+            commitment: Hash256([0x0c; 32]),
             rounds: 2,
             workers: 1,
             reward_per_round: 700,

@@ -1010,8 +1010,8 @@ pub enum RoundVerdict {
 /// proposed checkpoint; it starts from the ledger's checkpoint; the report before it is the
 /// one the ledger settled (its digest), and gives the challenge commitment; the proposed
 /// payees and slashes are the report's; and the round replays from its evidence
-/// ([`deai_train::audit::audit_round`]). Round 0's commitment has no earlier anchor: its
-/// report's own is used. `Err` when it cannot decide now (the coordinator unreachable, a
+/// ([`deai_train::audit::audit_round`]). Round 0's commitment is the one the job was opened
+/// with (`first_commitment`). `Err` when it cannot decide now (the coordinator unreachable, a
 /// fetch failed): try again later; a round nobody can judge expires with the job.
 pub async fn judge_round(
     id: Hash256,
@@ -1069,7 +1069,7 @@ pub async fn judge_round(
     if p.rejected != rejected {
         return reject("the proposed slashes are not the report's slashed keys".into());
     }
-    let committed = prev.map_or(report.challenge_commitment, |x| x.next_challenge_commitment);
+    let committed = prev.map_or(t.first_commitment, |x| x.next_challenge_commitment);
     match audit_fetched(base, job, report, prev, committed).await {
         Ok(_) => Ok(RoundVerdict::Accept),
         Err(e) => match audit_finding(&e) {

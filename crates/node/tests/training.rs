@@ -224,6 +224,7 @@ async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
         workers: 4,
         reward_per_round: 900,
         checkpoint: r2.checkpoint,
+        first_commitment: committed0,
         last_report: Some(digest(&reports[1])),
         pending: None,
         rounds_done: 2,

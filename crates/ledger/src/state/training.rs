@@ -62,8 +62,10 @@ pub struct TrainingJob {
     /// Most contributors one round may accept.
     pub workers: u32,
     pub reward_per_round: u64,
-    /// The initial checkpoint, then the one each posted round produced.
+    /// The initial checkpoint, then the one each settled round produced.
     pub checkpoint: Hash256,
+    /// The coordinator's commitment to round 0's challenge secret, given when the job opened.
+    pub first_commitment: Hash256,
     /// Digest of the last settled round report.
     pub last_report: Option<Hash256>,
     /// The proposed round waiting for verdicts, if any.
@@ -113,7 +115,7 @@ impl State {
         &mut self,
         from: Address,
         job: Hash256,
-        checkpoint: Hash256,
+        (checkpoint, first_commitment): (Hash256, Hash256),
         (rounds, workers, reward_per_round): (u32, u32, u64),
         coordinator: Address,
     ) -> Res {
@@ -147,6 +149,7 @@ impl State {
                 workers,
                 reward_per_round,
                 checkpoint,
+                first_commitment,
                 last_report: None,
                 pending: None,
                 rounds_done: 0,
