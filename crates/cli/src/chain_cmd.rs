@@ -293,6 +293,15 @@ fn parse_addr(s: &str) -> Result<[u8; 32]> {
     Ok(a)
 }
 
+/// `--verdict accept|reject`.
+fn parse_verdict(v: &str) -> Result<bool> {
+    match v {
+        "accept" => Ok(true),
+        "reject" => Ok(false),
+        v => bail!("--verdict must be accept or reject, not {v:?}"),
+    }
+}
+
 fn parse_hash(s: &str) -> Result<Hash256> {
     s.parse().map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
 }
@@ -506,11 +515,7 @@ pub fn tx(a: TxArgs) -> Result<()> {
         },
         TxCmd::Verdict { job, verdict } => TxKind::Verdict {
             job: parse_hash(&job)?,
-            accept: match verdict.as_str() {
-                "accept" => true,
-                "reject" => false,
-                v => bail!("--verdict must be accept or reject, not {v:?}"),
-            },
+            accept: parse_verdict(&verdict)?,
         },
         TxCmd::Propose {
             param,
@@ -626,11 +631,7 @@ pub fn tx(a: TxArgs) -> Result<()> {
             job: parse_hash(&job)?,
             round,
             report: parse_hash(&report)?,
-            accept: match verdict.as_str() {
-                "accept" => true,
-                "reject" => false,
-                v => bail!("--verdict must be accept or reject, not {v:?}"),
-            },
+            accept: parse_verdict(&verdict)?,
         },
     };
     let status = get(&format!("{url}/v1/status"))?;
