@@ -168,7 +168,13 @@ fn read_receipt(path: &Path) -> Result<Receipt> {
 
 /// `deai verify`: exit 0 accept, 1 reject, 2 error.
 pub fn verify(a: VerifyArgs) -> ! {
-    match verify_inner(&a) {
+    exit_with_verdict(verify_inner(&a))
+}
+
+/// Exits as the checking commands do (`deai verify`, `deai train audit`): 0 when the check
+/// passed, 1 when it found a fault, 2 (with the error on stderr) when it could not run.
+pub fn exit_with_verdict(r: Result<bool>) -> ! {
+    match r {
         Ok(true) => std::process::exit(0),
         Ok(false) => std::process::exit(1),
         Err(e) => {

@@ -960,14 +960,7 @@ fn false_accusations(s: &Setup, trials: u32) -> Result<(u32, u32)> {
 
 /// `deai train audit`: exit 0 every round checks out, 1 a round does not, 2 error.
 pub fn audit(a: AuditArgs) -> ! {
-    match audit_inner(&a) {
-        Ok(true) => std::process::exit(0),
-        Ok(false) => std::process::exit(1),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(2)
-        }
-    }
+    crate::proof_cmd::exit_with_verdict(audit_inner(&a))
 }
 
 fn audit_inner(a: &AuditArgs) -> Result<bool> {
@@ -975,16 +968,7 @@ fn audit_inner(a: &AuditArgs) -> Result<bool> {
     rt.block_on(async {
         let url = a.coordinator.trim_end_matches('/');
         let rounds = if a.round.is_empty() {
-            let client = reqwest::Client::builder().no_proxy().build()?;
-            let reports: Vec<deai_train::RoundReport> = client
-                .get(format!("{url}/train/v1/reports"))
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .with_context(|| format!("GET {url}/train/v1/reports"))?
-                .json()
-                .await
-                .context("the coordinator's reports")?;
+            let reports = deai_node::training::reports_at(url).await?;
             let closed: Vec<u32> = reports.iter().map(|r| r.round).collect();
             let from = closed.len().saturating_sub(2);
             closed[from..]

@@ -914,7 +914,7 @@ pub async fn audit_remote(
 ) -> Result<RoundReport> {
     let base = coordinator.trim_end_matches('/');
     let job: JobSpec = get_json(base, "/train/v1/job").await?;
-    let reports: Vec<RoundReport> = get_json(base, "/train/v1/reports").await?;
+    let reports = reports_at(base).await?;
     let report = reports
         .iter()
         .find(|r| r.round == round)
@@ -929,6 +929,11 @@ pub async fn audit_remote(
         (r, None) => bail!("no report of round {} to take the commitment from", r - 1),
     };
     audit_fetched(base, job, report, prev, committed).await
+}
+
+/// The round reports a coordinator at `base` serves (`GET /train/v1/reports`).
+pub async fn reports_at(base: &str) -> Result<Vec<RoundReport>> {
+    get_json(base.trim_end_matches('/'), "/train/v1/reports").await
 }
 
 /// A disagreement found by an audit (as opposed to an audit that could not run).
@@ -1028,7 +1033,7 @@ pub async fn judge_round(
             id.short()
         ));
     }
-    let reports: Vec<RoundReport> = get_json(base, "/train/v1/reports").await?;
+    let reports = reports_at(base).await?;
     let report = reports
         .iter()
         .find(|r| r.round == p.round)
