@@ -57,10 +57,16 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
         deai_ledger::state::Params::check(deai_ledger::Param::JobTimeout, t)
             .map_err(|e| anyhow::anyhow!("--job-timeout: {e}"))?;
     }
-    let model_path = resolve_model(a.model.model.as_deref())?;
-    let engine = Arc::new(crate::load_engine(&a.model)?);
-    let model_id = deai_models::sha256_file(&model_path)?;
-    let mut behaviors = vec![Behavior::Honest; a.workers];
+    let (dir, _tmp) = match &a.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new().prefix("deai-devnet-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let mut opts = options(&dir, &a.model, a.workers, a.port_base)?;
+    let (model_path, engine) = (opts.model_path.clone(), opts.engine.clone());
+    let behaviors = &mut opts.workers;
     if let Some(c) = &a.cheater {
         let b = match c.as_str() {
             "alter-output" => Behavior::AlterOutput,
@@ -84,29 +90,7 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
         };
         *behaviors.last_mut().expect("at least one worker") = b;
     }
-    let (dir, _tmp) = match &a.dir {
-        Some(d) => (d.clone(), None),
-        None => {
-            let t = tempfile::Builder::new().prefix("deai-devnet-").tempdir()?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
-    let name = model_name(&model_path);
-    let opts = DevnetOptions {
-        dir: dir.clone(),
-        model_path,
-        model_name: name,
-        base_port: a.port_base,
-        workers: behaviors,
-        cheaters_pass_challenge: true,
-        price_per_1k: 1_000,
-        engine,
-        model_id,
-        params: deai_ledger::state::Params {
-            job_timeout: a.job_timeout.unwrap_or(devnet::devnet_params().job_timeout),
-            ..devnet::devnet_params()
-        },
-    };
+    opts.params.job_timeout = a.job_timeout.unwrap_or(opts.params.job_timeout);
     let demo = a.demo;
     let prompt = a.prompt.clone();
     devnet::runner(&dir).start(|ctx| async move {
@@ -135,6 +119,31 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
                 }
             }
         }
+    })
+}
+
+/// A devnet in `dir` serving the model `model` names with `workers` honest workers on ports
+/// from `port_base` (see [`DevnetArgs::port_base`]), with the devnet's chain parameters.
+pub fn options(
+    dir: &std::path::Path,
+    model: &ModelArgs,
+    workers: usize,
+    port_base: u16,
+) -> Result<DevnetOptions> {
+    let model_path = resolve_model(model.model.as_deref())?;
+    let engine = Arc::new(crate::load_engine(model)?);
+    let model_id = deai_models::sha256_file(&model_path)?;
+    Ok(DevnetOptions {
+        dir: dir.to_path_buf(),
+        model_name: model_name(&model_path),
+        model_path,
+        base_port: port_base,
+        workers: vec![Behavior::Honest; workers],
+        cheaters_pass_challenge: true,
+        price_per_1k: 1_000,
+        engine,
+        model_id,
+        params: devnet::devnet_params(),
     })
 }
 

@@ -16,16 +16,46 @@ use deai_node::ledger_client::{LedgerClient, Signer};
 use deai_types::Hash256;
 use ed25519_dalek::SigningKey;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the chain side of a training run needs.
 pub struct TrainChain {
     pub urls: Vec<String>,
-    pub coordinator: Signer,
-    /// The other validators, each through its own node: they judge the rounds.
+    /// Validator 0: it opens every round on chain. Shared with whatever else signs for
+    /// that validator in this process (one nonce sequence per key).
+    pub coordinator: Arc<Signer>,
+    /// Validators that judge the rounds and that this command must run itself (the
+    /// training-only chain's validators 1-3); empty on a devnet, whose validators judge.
     pub auditors: Vec<Signer>,
+    /// The validators expected to judge (for the summary's verdict counts).
+    pub judges: Vec<Address>,
     pub ledger: LedgerClient,
 }
+
+/// Where the job runs.
+pub enum ChainAt<'a> {
+    /// A training-only chain in this directory, started here (`deai train --onchain`).
+    Own(&'a cw_tokio::Context, &'a Path),
+    /// The inference devnet running in this process (`deai train --devnet`).
+    Devnet(&'a deai_node::devnet::Devnet),
+}
+
+/// Starts or attaches to the chain, stakes `workers` and opens `job` on it.
+pub async fn connect(
+    at: ChainAt<'_>,
+    workers: &[SigningKey],
+    job: JobOnChain,
+) -> Result<TrainChain> {
+    match at {
+        ChainAt::Own(ctx, dir) => start(ctx, dir, workers, job).await,
+        ChainAt::Devnet(net) => attach(net, workers, job).await,
+    }
+}
+
+/// What the job puts on chain when it opens: its id, the first checkpoint and challenge
+/// commitment, rounds, workers and reward per round.
+pub type JobOnChain = (Hash256, (Hash256, Hash256), u32, u32, u64);
 
 const OWNER_BALANCE: u64 = 1_000_000_000_000;
 const WORKER_BALANCE: u64 = 1_000_000;
@@ -34,18 +64,13 @@ fn signer(key: SigningKey, chain: Hash256, fee: u64, url: &str) -> Signer {
     Signer::new(key, chain, fee, LedgerClient::new(url))
 }
 
-/// Creates (if new) and starts the chain in `dir`, stakes `workers`, and opens `job` on it.
-pub async fn start(
+/// Creates (if new) and starts a training-only chain in `dir`, stakes `workers`, and opens
+/// `job` on it.
+async fn start(
     ctx: &cw_tokio::Context,
     dir: &Path,
     workers: &[SigningKey],
-    (job, (checkpoint, commitment), rounds, n_workers, reward): (
-        Hash256,
-        (Hash256, Hash256),
-        u32,
-        u32,
-        u64,
-    ),
+    job: JobOnChain,
 ) -> Result<TrainChain> {
     let owner_path = dir.join("keys").join("owner.key");
     if !dir.join("genesis.json").exists() {
@@ -77,13 +102,100 @@ pub async fn start(
     }
     let (urls, ledger) = deai_node::devnet::start_chain(ctx, dir).await?;
     let chain_id = ledger.chain_id().await?;
+    let fee = ledger.params().await?.min_fee;
+    let key = |name: &str| -> Result<SigningKey> {
+        Ok(SigningKey::from_bytes(&local::read_key(
+            &dir.join("keys").join(name),
+        )?))
+    };
+    let owner = signer(key("owner.key")?, chain_id, fee, &urls[0]);
+    let coordinator = Arc::new(signer(key("validator-0.key")?, chain_id, fee, &urls[0]));
+    let mut auditors = vec![];
+    for (i, url) in urls.iter().enumerate().skip(1) {
+        auditors.push(signer(
+            key(&format!("validator-{i}.key"))?,
+            chain_id,
+            fee,
+            url,
+        ));
+    }
+    let chain = TrainChain {
+        urls,
+        coordinator,
+        judges: auditors.iter().map(|s| s.address()).collect(),
+        auditors,
+        ledger,
+    };
+    open(&chain, &owner, workers, job, &dir.display().to_string()).await?;
+    Ok(chain)
+}
+
+/// The training job on the running inference devnet `net` (the network `deai devnet`
+/// runs): its client account funds the training workers and pays the job's escrow, its
+/// validator 0 coordinates, and its validators' auditors judge the rounds.
+async fn attach(
+    net: &deai_node::devnet::Devnet,
+    workers: &[SigningKey],
+    job: JobOnChain,
+) -> Result<TrainChain> {
+    let coordinator = net
+        .validators
+        .first()
+        .context("the devnet has no validator")?
+        .clone();
+    let chain = TrainChain {
+        urls: net.info.chain.clone(),
+        judges: net.validators[1..].iter().map(|s| s.address()).collect(),
+        coordinator,
+        auditors: vec![],
+        ledger: net.ledger.clone(),
+    };
+    // The workers are new accounts here: the client pays for their stake and fees.
+    let params = chain.ledger.params().await?;
+    let need = params.min_worker_stake + 16 * params.min_fee;
+    let mut funding = vec![];
+    for k in workers {
+        let to = k.verifying_key().to_bytes();
+        let have = chain.ledger.account(&to).await?;
+        if have.0 + have.1 < need {
+            let amount = need - have.0 - have.1;
+            funding.push(net.client.submit(TxKind::Transfer { to, amount }).await?);
+        }
+    }
+    for id in funding {
+        let f = chain.ledger.wait(&id, Duration::from_secs(60)).await?;
+        anyhow::ensure!(
+            f.error.is_none(),
+            "funding a training worker failed: {:?}",
+            f.error
+        );
+    }
+    open(&chain, &net.client, workers, job, "the devnet").await?;
+    Ok(chain)
+}
+
+/// Has every worker stake the ledger's worker minimum (each through its own chain node, as
+/// separate hosts would), then opens `job` from `owner` unless it is already open.
+async fn open(
+    chain: &TrainChain,
+    owner: &Signer,
+    workers: &[SigningKey],
+    (job, (checkpoint, commitment), rounds, n_workers, reward): JobOnChain,
+    place: &str,
+) -> Result<()> {
+    let ledger = &chain.ledger;
+    let chain_id = ledger.chain_id().await?;
     let params = ledger.params().await?;
     let fee = params.min_fee;
     let wait = Duration::from_secs(60);
-    // Every worker stakes the minimum (each through its own chain node, as separate hosts).
     let mut staking = vec![];
     for (i, k) in workers.iter().enumerate() {
-        let s = signer(k.clone(), chain_id, fee, &urls[(i + 1) % urls.len()]);
+        let s = signer(
+            k.clone(),
+            chain_id,
+            fee,
+            &chain.urls[(i + 1) % chain.urls.len()],
+        );
         let have = s.ledger().account(&s.address()).await?.1;
         if have < params.min_worker_stake {
             let amount = params.min_worker_stake - have;
@@ -98,62 +210,34 @@ pub async fn start(
             f.error
         );
     }
-    let coordinator = signer(
-        SigningKey::from_bytes(&local::read_key(&dir.join("keys/validator-0.key"))?),
-        chain_id,
-        fee,
-        &urls[0],
-    );
     if let Some(t) = ledger.training(&job).await? {
         // Resuming a job half-way is not built: the coordinator keeps its weights in memory.
         anyhow::ensure!(
             t.status == deai_ledger::TrainingStatus::Running && t.rounds_done == 0,
-            "training job {} is already {:?} after {} rounds on the chain in {}; a job cannot \
-             be resumed: use another --out (or --seed for another job)",
+            "training job {} is already {:?} after {} rounds on the chain in {place}; a job \
+             cannot be resumed: use another --out (or --seed for another job)",
             job.short(),
             t.status,
             t.rounds_done,
-            dir.display()
         );
-    } else {
-        let owner = signer(
-            SigningKey::from_bytes(&local::read_key(&owner_path)?),
-            chain_id,
-            fee,
-            &urls[0],
-        );
-        owner
-            .submit_wait(
-                TxKind::OpenTraining {
-                    job,
-                    checkpoint,
-                    commitment,
-                    rounds,
-                    workers: n_workers,
-                    reward_per_round: reward,
-                    coordinator: coordinator.address(),
-                },
-                wait,
-            )
-            .await
-            .context("opening the training job on chain")?;
+        return Ok(());
     }
-    let mut auditors = vec![];
-    for (i, url) in urls.iter().enumerate().skip(1) {
-        let key = dir.join(format!("keys/validator-{i}.key"));
-        auditors.push(signer(
-            SigningKey::from_bytes(&local::read_key(&key)?),
-            chain_id,
-            fee,
-            url,
-        ));
-    }
-    Ok(TrainChain {
-        urls,
-        coordinator,
-        auditors,
-        ledger,
-    })
+    owner
+        .submit_wait(
+            TxKind::OpenTraining {
+                job,
+                checkpoint,
+                commitment,
+                rounds,
+                workers: n_workers,
+                reward_per_round: reward,
+                coordinator: chain.coordinator.address(),
+            },
+            wait,
+        )
+        .await
+        .context("opening the training job on chain")?;
+    Ok(())
 }
 
 /// The job's record, each worker's (balance, stake) and each judging validator's accepting

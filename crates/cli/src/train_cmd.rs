@@ -54,8 +54,9 @@ pub struct TrainArgs {
     /// A round closes at this many seconds even if some workers have not contributed.
     #[arg(long, default_value_t = 600)]
     round_deadline: u64,
-    /// After the last round, keep the coordinator (and its explorer at `/`) serving the
-    /// finished job for this many seconds (not with --local).
+    /// After the last round, keep the coordinator (and its explorer at `/`; with --devnet,
+    /// the whole devnet) serving the finished job for this many seconds, or until Ctrl-C,
+    /// then print the summary (not with --local).
     #[arg(long, default_value_t = 0)]
     linger: u64,
     /// Validation windows evaluated per round.
@@ -72,6 +73,16 @@ pub struct TrainArgs {
     /// contributors' pay and the cheaters' slashing are recorded (not with --local).
     #[arg(long, conflicts_with = "local")]
     onchain: bool,
+    /// Run the job on the inference devnet instead: `deai devnet`'s whole network in this
+    /// process, in `<out>/devnet` (resumed if it exists), with its gateway and one inference
+    /// worker serving the model beside the training. The devnet's client account funds the
+    /// training workers and pays the escrow, its validator 0 coordinates, and its
+    /// validators judge every round as part of their duties (not with --local).
+    #[arg(long, conflicts_with_all = ["local", "onchain"])]
+    devnet: bool,
+    /// The inference model for --devnet.
+    #[command(flatten)]
+    model: crate::ModelArgs,
 }
 
 #[derive(clap::Subcommand, Clone)]
@@ -346,12 +357,29 @@ pub fn train(a: TrainArgs) -> Result<()> {
         let start_loss = co.eval()?;
         let n = a.workers as u64 + u64::from(cheater.is_some());
         let pb = bar(a.rounds as u64 * n * a.inner_steps as u64, a.json);
-        let (weights, reports, ledger) = if a.onchain {
-            let dir = out.join("chain");
+        let (weights, reports, ledger) = if a.onchain || a.devnet {
+            let dir = out.join(if a.devnet { "devnet" } else { "chain" });
             let (a, pb, stdout) = (&a, pb.clone(), &mut stdout);
+            use crate::train_chain::ChainAt;
             use deai_node::devnet::Runner as _;
             deai_node::devnet::runner(&dir).start(|ctx| async move {
-                let chain = Some((&ctx, dir.as_path()));
+                if !a.devnet {
+                    let chain = Some(ChainAt::Own(&ctx, dir.as_path()));
+                    return network_rounds(co, a, cheater, pb, tokens_per_step, stdout, chain)
+                        .await;
+                }
+                let base = crate::bench_network::free_base(1)?;
+                let opts = crate::devnet_cmd::options(&dir, &a.model, 1, base)?;
+                eprintln!(
+                    "starting the devnet in {} (chain, gateway, one inference worker) ...",
+                    dir.display()
+                );
+                let net = deai_node::devnet::start(&ctx, opts).await?;
+                eprintln!(
+                    "gateway: {}/v1 (model {:?}, api key {}) answers chat requests beside the training",
+                    net.info.gateway, net.info.model, net.info.api_key
+                );
+                let chain = Some(ChainAt::Devnet(&net));
                 network_rounds(co, a, cheater, pb, tokens_per_step, stdout, chain).await
             })?
         } else {
@@ -458,7 +486,7 @@ async fn network_rounds(
     pb: ProgressBar,
     tokens_per_step: f64,
     out: &mut impl Write,
-    chain: Option<(&commonware_runtime::tokio::Context, &Path)>,
+    chain: Option<crate::train_chain::ChainAt<'_>>,
 ) -> Result<(
     Weights,
     Vec<deai_train::RoundReport>,
@@ -479,7 +507,7 @@ async fn network_rounds(
     }
     let job_id = co.job.id();
     let on_chain = match chain {
-        Some((ctx, dir)) => {
+        Some(at) => {
             let spec = (
                 job_id,
                 (co.weights.hash(), co.challenge_commitment()),
@@ -488,12 +516,11 @@ async fn network_rounds(
                 co.job.reward_per_round,
             );
             let ks: Vec<SigningKey> = keys.iter().map(|(k, _)| k.clone()).collect();
-            let c = crate::train_chain::start(ctx, dir, &ks, spec).await?;
+            let c = crate::train_chain::connect(at, &ks, spec).await?;
             eprintln!(
-                "chain in {} (explorer {}/); training job {} opened on it",
-                dir.display(),
+                "training job {} opened on the chain (explorer {}/)",
+                job_id.short(),
                 c.urls[0],
-                job_id.short()
             );
             Some(c)
         }
@@ -502,16 +529,18 @@ async fn network_rounds(
     let mut coord = TrainCoordinator::new(co, std::time::Duration::from_secs(a.round_deadline))?;
     let mut ledger = None;
     let mut auditors = vec![];
+    let mut judges = vec![];
     if let Some(c) = on_chain {
         coord = coord.with_ledger(c.coordinator);
         ledger = Some(c.ledger);
         auditors = c.auditors;
+        judges = c.judges;
     }
     let addr = deai_node::serve("127.0.0.1:0".parse()?, coord.router()).await?;
     let url = format!("http://{addr}");
     coord.set_public_url(&url);
-    // The other validators judge every proposed round before it settles.
-    let judges: Vec<[u8; 32]> = auditors.iter().map(|s| s.address()).collect();
+    // The other validators judge every proposed round before it settles (on a devnet, its
+    // validators already do).
     let auditor_tasks: Vec<_> = auditors
         .into_iter()
         .map(|s| tokio::spawn(deai_node::training::TrainAuditor::new(s).run()))
@@ -589,10 +618,13 @@ async fn network_rounds(
     }
     if a.linger > 0 {
         eprintln!(
-            "training done; the coordinator keeps serving {url}/#/training for {} s",
+            "training done; the coordinator keeps serving {url}/#/training for {} s (Ctrl-C ends it)",
             a.linger
         );
-        tokio::time::sleep(std::time::Duration::from_secs(a.linger)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(a.linger)) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
     }
     for t in auditor_tasks {
         t.abort();

@@ -426,3 +426,141 @@ fn deai_train_audit_rechecks_the_rounds_a_running_coordinator_closed() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `deai train --devnet`: the training job runs on the inference devnet (the real model
+/// served by its gateway at the same time). The test chats through the gateway while the job
+/// opens, sees the validators settle both the inference receipt and every training round,
+/// and ends the linger with Ctrl-C. Needs the real model (`DEAI_MODEL_PATH`).
+#[test]
+fn diloco_on_the_inference_devnet_shares_its_chain_and_validators() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let Some(model) = std::env::var_os("DEAI_MODEL_PATH").filter(|p| !p.is_empty()) else {
+        eprintln!("SKIPPED: set DEAI_MODEL_PATH to run training on the inference devnet");
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("run");
+    let mut args = vec!["train", "--devnet", "-m", model.to_str().unwrap()];
+    args.extend(TINY);
+    args.extend(["--rounds", "3", "--linger", "300", "--json", "--out"]);
+    args.push(out.to_str().unwrap());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deai"))
+        .args(&args)
+        .env("DEAI_HOME", home.path())
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for l in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let mut seen = vec![];
+    let mut wait_for = |needle: &str| -> String {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < std::time::Duration::from_secs(300) {
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(l) => {
+                    seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no {needle:?} on stderr:\n{}", seen.join("\n"));
+    };
+    // "gateway: http://127.0.0.1:P/v1 (model "M", api key K) answers ..."
+    let line = wait_for("answers chat requests");
+    let gateway = line.split_whitespace().nth(1).unwrap().to_string();
+    let api_key = line
+        .split("api key ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{gateway}/chat/completions"))
+        .bearer_auth(api_key)
+        .json(&serde_json::json!({
+            "model": "SmolLM2-135M-Instruct",
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "max_tokens": 8,
+        }))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text());
+    let receipt = r.headers()["x-deai-receipt"].to_str().unwrap().to_string();
+    let base = gateway.trim_end_matches("/v1");
+    let t0 = std::time::Instant::now();
+    let verdict = loop {
+        let v: Value = http
+            .get(format!("{base}/v1/receipts/{receipt}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if v["verification"] != "pending" || t0.elapsed().as_secs() > 240 {
+            break v["verification"].clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(verdict, "accepted");
+    wait_for("training done");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    let stdout = reader.join().unwrap();
+    assert!(
+        status.success(),
+        "{status:?}\n{stdout}\n{}",
+        seen.join("\n")
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let chain = &summary["onchain"];
+    let t = &chain["training"];
+    assert_eq!(t["status"], "finished", "{chain}");
+    assert_eq!(t["rounds_done"], 3);
+    assert_eq!(t["checkpoint"], summary["checkpoint_hash"], "{chain}");
+    assert_eq!(
+        (t["escrow"].as_u64(), t["accepted"].as_u64()),
+        (Some(0), Some(6))
+    );
+    // The devnet's other three validators judged: two accepting verdicts per round at least.
+    let judges = chain["validators"].as_array().unwrap();
+    assert_eq!(judges.len(), 3, "{chain}");
+    let accepted: u64 = judges
+        .iter()
+        .map(|v| v["accepted_rounds"].as_u64().unwrap())
+        .sum();
+    assert!(accepted >= 2 * 3, "{chain}");
+    assert!(judges.iter().all(|v| v["rejected_rounds"] == 0), "{chain}");
+    // The workers were funded on the running chain (no genesis accounts), staked and paid.
+    for w in chain["workers"].as_array().unwrap() {
+        assert!(w["stake"].as_u64().unwrap() > 0, "{w}");
+        assert!(w["balance"].as_u64().unwrap() >= 3 * 1_000_000 / 2, "{w}");
+    }
+}

@@ -73,6 +73,11 @@ pub struct Devnet {
     pub info: DevnetInfo,
     pub workers: Vec<Worker>,
     pub verifiers: Vec<Arc<Verifier>>,
+    /// Each validator's signer, shared by its verifier and its training auditor (one nonce
+    /// sequence per key): whatever else acts for a validator in this process must use it.
+    pub validators: Vec<Arc<Signer>>,
+    /// The client account's signer (the gateway pays jobs with it).
+    pub client: Arc<Signer>,
     pub gateway: Gateway,
     pub ledger: LedgerClient,
 }
@@ -196,15 +201,16 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
     }
 
     // Verifiers start once the workers serve: after a restart they fetch receipts at once.
+    // Each validator also judges proposed training rounds, under the same signer.
     let mut verifiers = Vec::new();
+    let mut validators = Vec::new();
     for i in 0..chain.len() {
-        let v = Arc::new(Verifier::new(
-            signer(key_at(&dir, &format!("validator-{i}.key"))?, i),
-            opts.engine.clone(),
-            opts.model_id,
-        ));
+        let s = Arc::new(signer(key_at(&dir, &format!("validator-{i}.key"))?, i));
+        let v = Arc::new(Verifier::new(s.clone(), opts.engine.clone(), opts.model_id));
         tokio::spawn(v.clone().run(Duration::from_millis(200)));
+        tokio::spawn(crate::training::TrainAuditor::new(s.clone()).run());
         verifiers.push(v);
+        validators.push(s);
     }
 
     // Wait until every worker has passed (an accepted job) or failed (inactive) its
@@ -239,7 +245,7 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
                 tokenizer: Arc::new(opts.engine.model.tokenizer.clone()),
                 n_ctx: opts.engine.model.cfg.n_ctx,
             }],
-            api_keys: vec![(api_key.clone(), client)],
+            api_keys: vec![(api_key.clone(), client.clone())],
             attempts: 3,
             worker_timeout: Duration::from_secs(120),
             dir: dir.join("gateway"),
@@ -269,6 +275,8 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
         info,
         workers,
         verifiers,
+        validators,
+        client,
         gateway,
         ledger,
     })

@@ -185,7 +185,14 @@ pub async fn start(
         .await
         .with_context(|| format!("joining the chain at {}", cfg.chain))?;
     let params = ledger.params().await?;
-    let signer = || Signer::new(key.clone(), chain_id, params.min_fee, ledger.clone());
+    // One signer (one nonce sequence) for every role this key plays.
+    let shared = Arc::new(Signer::new(
+        key.clone(),
+        chain_id,
+        params.min_fee,
+        ledger.clone(),
+    ));
+    let signer = || shared.clone();
     let address = key.verifying_key().to_bytes();
     let data = cfg.data.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("deai-node-{}", hex::encode(&address[..6])))

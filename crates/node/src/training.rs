@@ -159,8 +159,8 @@ impl TrainCoordinator {
     /// without the ledger's minimum worker stake are refused. Set the URL validators reach
     /// this coordinator at with [`TrainCoordinator::set_public_url`] before the first round
     /// closes.
-    pub fn with_ledger(mut self, signer: Signer) -> Self {
-        self.ledger = Some(Arc::new(signer));
+    pub fn with_ledger(mut self, signer: impl Into<Arc<Signer>>) -> Self {
+        self.ledger = Some(signer.into());
         self
     }
 
@@ -1102,9 +1102,11 @@ pub const JUDGE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const JUDGE_RETRY: Duration = Duration::from_secs(20);
 
 impl TrainAuditor {
-    pub fn new(signer: Signer) -> Self {
+    /// `signer` may be shared with the validator's other duties (one nonce sequence per
+    /// account).
+    pub fn new(signer: impl Into<Arc<Signer>>) -> Self {
         TrainAuditor {
-            signer: Arc::new(signer),
+            signer: signer.into(),
             retry: Mutex::new(HashMap::new()),
         }
     }

@@ -47,7 +47,7 @@ pub struct Finding {
 }
 
 pub struct Verifier {
-    signer: Signer,
+    signer: Arc<Signer>,
     engine: Arc<Engine>,
     model_id: Hash256,
     done: Mutex<HashSet<Hash256>>,
@@ -97,9 +97,11 @@ fn yield_budget(elapsed: Duration, blocks_seen: u64, blocks_left: u64, cap: Dura
 }
 
 impl Verifier {
-    pub fn new(signer: Signer, engine: Arc<Engine>, model_id: Hash256) -> Self {
+    /// `signer` may be shared with the node's other duties under the same key (one nonce
+    /// sequence per account).
+    pub fn new(signer: impl Into<Arc<Signer>>, engine: Arc<Engine>, model_id: Hash256) -> Self {
         Verifier {
-            signer,
+            signer: signer.into(),
             engine,
             model_id,
             done: Mutex::new(HashSet::new()),

@@ -75,7 +75,7 @@ pub struct WorkerConfig {
 struct Inner {
     cfg: WorkerConfig,
     engine: Arc<Engine>,
-    signer: Signer,
+    signer: Arc<Signer>,
     /// This worker's public base URL (receipt pointers are built from it).
     url: String,
     /// Jobs this worker has run or is running: a replayed request is refused.
@@ -102,7 +102,7 @@ impl Worker {
     pub fn new(
         cfg: WorkerConfig,
         engine: Arc<Engine>,
-        signer: Signer,
+        signer: impl Into<Arc<Signer>>,
         url: String,
     ) -> Result<Self> {
         std::fs::create_dir_all(cfg.dir.join("receipts"))
@@ -110,7 +110,7 @@ impl Worker {
         Ok(Worker(Arc::new(Inner {
             cfg,
             engine,
-            signer,
+            signer: signer.into(),
             url,
             seen: Mutex::new(HashSet::new()),
             gate: tokio::sync::Semaphore::new(1),
