@@ -1084,6 +1084,36 @@ pub async fn judge_round(
     }
 }
 
+/// Failed attempts to judge a round before [`unavailable_verdict`] may reject it.
+pub const UNAVAILABLE_ATTEMPTS: u32 = 3;
+
+/// What a validator answers for round `p` of job `t` after `failures` failed attempts to
+/// judge it (the coordinator unreachable, too slow, or serving what does not decode; `last`
+/// the latest error), at ledger height `height`: nothing yet, or, once at least
+/// [`UNAVAILABLE_ATTEMPTS`] attempts failed and half the judging window (the blocks from the
+/// proposal to the job's deadline) has passed, a reject. A proposal whose evidence cannot be
+/// had is not a round anyone can check; rejecting it in time slashes the coordinator, where
+/// silence would let the job expire with the coordinator unpunished. Every validator reads
+/// the same heights, so the honest ones reach this point together. An honest coordinator
+/// loses its stake this way only if more than two thirds of the validator stake could not
+/// reach it for half the window.
+pub fn unavailable_verdict(
+    t: &deai_ledger::TrainingJob,
+    p: &deai_ledger::state::PendingRound,
+    height: u64,
+    failures: u32,
+    last: &anyhow::Error,
+) -> Option<RoundVerdict> {
+    let half = p.proposed_at + t.deadline.saturating_sub(p.proposed_at) / 2;
+    (failures >= UNAVAILABLE_ATTEMPTS && height >= half).then(|| {
+        RoundVerdict::Reject(format!(
+            "the coordinator did not serve round {}'s report and evidence through half the \
+             judging window (blocks {}..{}, {failures} attempts): {last:#}",
+            p.round, p.proposed_at, half
+        ))
+    })
+}
+
 /// The validator's duty for training jobs: every proposed round it has not judged yet is
 /// replayed from the coordinator's evidence ([`judge_round`]) and answered with a
 /// `train_verdict`. Run one per validator key; the job's own coordinator does not judge
@@ -1094,6 +1124,8 @@ pub struct TrainAuditor {
     /// a coordinator that cannot be judged must not make the auditor re-download it
     /// continuously.
     retry: Mutex<HashMap<(Hash256, u32), Instant>>,
+    /// Failed attempts per round (see [`unavailable_verdict`]).
+    failures: Mutex<HashMap<(Hash256, u32), u32>>,
 }
 
 /// Longest one judgment may take (downloads and the replay) before it is abandoned.
@@ -1108,6 +1140,7 @@ impl TrainAuditor {
         TrainAuditor {
             signer: signer.into(),
             retry: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -1127,6 +1160,10 @@ impl TrainAuditor {
         let mut posted = 0;
         let list = self.signer.ledger().pending_trainings().await?;
         lock(&self.retry).retain(|_, at| *at > Instant::now());
+        lock(&self.failures).retain(|(id, round), _| {
+            list.iter()
+                .any(|(j, t)| j == id && t.pending.as_ref().is_some_and(|p| p.round == *round))
+        });
         for (id, t) in list {
             let Some(p) = &t.pending else { continue };
             if t.status != deai_ledger::TrainingStatus::Running
@@ -1140,13 +1177,25 @@ impl TrainAuditor {
             let verdict = match judged.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out"))) {
                 Ok(v) => v,
                 Err(e) => {
-                    lock(&self.retry).insert((id, p.round), Instant::now() + JUDGE_RETRY);
-                    tracing::debug!(
-                        "training {} round {}: cannot judge yet: {e:#}",
-                        id.short(),
-                        p.round
-                    );
-                    continue;
+                    let failures = {
+                        let mut f = lock(&self.failures);
+                        let n = f.entry((id, p.round)).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    let height = self.signer.ledger().height().await?;
+                    match unavailable_verdict(&t, p, height, failures, &e) {
+                        Some(v) => v,
+                        None => {
+                            lock(&self.retry).insert((id, p.round), Instant::now() + JUDGE_RETRY);
+                            tracing::debug!(
+                                "training {} round {}: cannot judge yet: {e:#}",
+                                id.short(),
+                                p.round
+                            );
+                            continue;
+                        }
+                    }
                 }
             };
             if let RoundVerdict::Reject(why) = &verdict {

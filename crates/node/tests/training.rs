@@ -292,7 +292,23 @@ async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
     );
     let mut p = honest.clone();
     p.url = "http://127.0.0.1:9".into();
-    assert!(verdict(record.clone(), p).await.is_err());
+    let e = verdict(record.clone(), p.clone()).await.unwrap_err();
+    // ... until it has failed to serve the round through half the judging window (blocks
+    // 0..100 here) on three attempts: then the round is rejected, slashing the coordinator.
+    use deai_node::training::unavailable_verdict;
+    assert_eq!(unavailable_verdict(&record, &p, 49, 9, &e), None);
+    assert_eq!(unavailable_verdict(&record, &p, 99, 2, &e), None);
+    match unavailable_verdict(&record, &p, 50, 3, &e) {
+        Some(RoundVerdict::Reject(m)) => {
+            assert!(m.contains("did not serve round 2"), "{m}");
+            assert!(m.contains("127.0.0.1:9"), "the cause is kept: {m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut late = p.clone();
+    late.proposed_at = 60;
+    assert_eq!(unavailable_verdict(&record, &late, 79, 3, &e), None);
+    assert!(unavailable_verdict(&record, &late, 80, 3, &e).is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
