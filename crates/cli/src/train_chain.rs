@@ -241,7 +241,8 @@ async fn open(
 }
 
 /// The job's record, each worker's (balance, stake) and each judging validator's accepting
-/// and rejecting `train_verdict`s, as finalized, for the summary.
+/// and rejecting `train_verdict`s and its earnings (judging shares and, on a devnet,
+/// inference verdict fees), as finalized, for the summary.
 pub async fn summary(
     ledger: &LedgerClient,
     job: &Hash256,
@@ -262,8 +263,22 @@ pub async fn summary(
             "stake": stake,
         }));
     }
+    let all: serde_json::Value = ledger
+        .http()
+        .get(format!("{}/v1/validators", ledger.url()))
+        .send()
+        .await?
+        .json()
+        .await?;
     let mut vs = vec![];
     for a in validators {
+        let earned = all["validators"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["address"] == hex::encode(a))
+            .and_then(|v| v["validator"]["earned"].as_u64())
+            .unwrap_or(0);
         let url = format!(
             "{}/v1/account/{}/txs?limit=100",
             ledger.url(),
@@ -283,6 +298,7 @@ pub async fn summary(
             "address": hex::encode(a),
             "accepted_rounds": yes,
             "rejected_rounds": verdicts.len() - yes,
+            "earned": earned,
         }));
     }
     Ok(serde_json::json!({

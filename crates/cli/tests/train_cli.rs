@@ -197,8 +197,12 @@ fn diloco_on_chain_pays_the_honest_slashes_the_cheater_and_records_every_checkpo
         (t["accepted"].as_u64(), t["rejected"].as_u64()),
         (Some(6), Some(1))
     );
+    // Each round's reward: 5 % to the treasury, 10 % to the validators who accepted it (for
+    // judging it), the rest to the contributors.
     let reward = t["reward_per_round"].as_u64().unwrap();
-    assert_eq!(t["paid"].as_u64(), Some(3 * reward));
+    let pool = reward - reward / 20 - reward / 10;
+    assert_eq!(t["paid"].as_u64(), Some(3 * pool));
+    assert_eq!(t["fees"].as_u64(), Some(3 * (reward - pool)));
     let slashed = t["slashed"].as_u64().unwrap();
     assert!(slashed > 0);
     let workers = chain["workers"].as_array().unwrap();
@@ -208,8 +212,8 @@ fn diloco_on_chain_pays_the_honest_slashes_the_cheater_and_records_every_checkpo
     let min_stake = honest[0]["stake"].as_u64().unwrap();
     for w in &honest {
         assert_eq!(w["stake"].as_u64(), Some(min_stake));
-        // Genesis funds minus the stake and one fee, plus half of each round's reward.
-        assert!(w["balance"].as_u64().unwrap() > 1_000_000 - min_stake - 100 + 3 * reward / 2 - 1);
+        // Genesis funds minus the stake and one fee, plus half of each round's pool.
+        assert!(w["balance"].as_u64().unwrap() > 1_000_000 - min_stake - 100 + 3 * pool / 2 - 1);
     }
     assert_eq!(cheat[0]["stake"].as_u64(), Some(min_stake - slashed));
     assert!(cheat[0]["balance"].as_u64().unwrap() < 1_000_000 - min_stake);
@@ -549,6 +553,11 @@ fn diloco_on_the_inference_devnet_shares_its_chain_and_validators() {
         (t["escrow"].as_u64(), t["accepted"].as_u64()),
         (Some(0), Some(6))
     );
+    assert_eq!(
+        t["fees"].as_u64(),
+        Some(3 * 150_000),
+        "treasury and judging shares"
+    );
     // The devnet's other three validators judged: two accepting verdicts per round at least.
     let judges = chain["validators"].as_array().unwrap();
     assert_eq!(judges.len(), 3, "{chain}");
@@ -558,9 +567,17 @@ fn diloco_on_the_inference_devnet_shares_its_chain_and_validators() {
         .sum();
     assert!(accepted >= 2 * 3, "{chain}");
     assert!(judges.iter().all(|v| v["rejected_rounds"] == 0), "{chain}");
+    // ... and were paid for it (their earnings also count inference verdicts).
+    for v in judges {
+        let earned = v["earned"].as_u64().unwrap();
+        assert!(
+            earned >= v["accepted_rounds"].as_u64().unwrap() * 33_333,
+            "{v}"
+        );
+    }
     // The workers were funded on the running chain (no genesis accounts), staked and paid.
     for w in chain["workers"].as_array().unwrap() {
         assert!(w["stake"].as_u64().unwrap() > 0, "{w}");
-        assert!(w["balance"].as_u64().unwrap() >= 3 * 1_000_000 / 2, "{w}");
+        assert!(w["balance"].as_u64().unwrap() >= 3 * 850_000 / 2, "{w}");
     }
 }

@@ -842,9 +842,10 @@ impl State {
             total += t.escrow as u128;
             if !t.escrow_balanced() {
                 return err(format!(
-                    "training {}: paid {} + refunded {} + held {} != escrowed {} x {}",
+                    "training {}: paid {} + fees {} + refunded {} + held {} != escrowed {} x {}",
                     id.short(),
                     t.paid,
+                    t.fees,
                     t.refunded,
                     t.escrow,
                     t.rounds,

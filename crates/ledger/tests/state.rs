@@ -960,9 +960,12 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
         .fails(VALS[1], verdict(0, true))
         .contains("no round of this job waits"));
 
-    // Round 0: both pass; 1,001 split 500/500, the odd unit back to the owner, once a
-    // quorum (the coordinator and two more of the four equal validators) accepts it.
+    // Round 0: both pass, once a quorum (the coordinator and two more of the four equal
+    // validators) accepts it. Of the 1,001: treasury_bps (5 %) 50 to the treasury,
+    // validator_fee_bps (10 %) 100 to the three accepting validators (33 each, the odd
+    // unit to the treasury), and the 851 left split 425/425, the odd unit back to the owner.
     let (w0, w13, client1) = (c.bal(WORKER), c.bal(13), c.bal(CLIENT));
+    let v2_0 = c.bal(VALS[2]);
     c.ok(coordinator, round(0, &[WORKER, 13], &[]));
     assert_eq!(c.bal(WORKER), w0, "not paid before the quorum");
     let t = c.s.training(&job).unwrap().clone();
@@ -984,13 +987,24 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
     c.ok(VALS[1], verdict(0, true));
     assert_eq!(c.bal(WORKER), w0, "two of four is not a quorum");
     assert!(c.fails(VALS[1], verdict(0, false)).contains("already gave"));
+    let treasury0 = c.s.meta().treasury;
     c.ok(VALS[2], verdict(0, true));
-    assert_eq!(c.bal(WORKER), w0 + 500);
-    assert_eq!(c.bal(13), w13 + 500);
+    assert_eq!(c.bal(WORKER), w0 + 425);
+    assert_eq!(c.bal(13), w13 + 425);
     assert_eq!(c.bal(CLIENT), client1 + 1);
+    assert_eq!(
+        c.bal(VALS[2]),
+        v2_0 - 1 + 33,
+        "its verdict's fee, and its judging share"
+    );
+    let earned = |c: &Chain, v: u8| c.s.validators().find(|x| *x.0 == addr(v)).unwrap().1.earned;
+    assert_eq!(earned(&c, VALS[2]), 33);
+    assert_eq!(earned(&c, VALS[3]), 0, "it gave no verdict");
+    // The settling verdict's fee, the 5 % and the judging remainder.
+    assert_eq!(c.s.meta().treasury, treasury0 + 1 + 50 + 1);
     let t = c.s.training(&job).unwrap().clone();
     assert_eq!((t.rounds_done, t.checkpoint), (1, Hash256([1; 32])));
-    assert_eq!((t.paid, t.refunded, t.escrow), (1_000, 1, 2_002));
+    assert_eq!((t.paid, t.fees, t.refunded, t.escrow), (850, 150, 1, 2_002));
     assert_eq!(t.last_report, Some(Hash256([0xee; 32])));
     assert_eq!(
         t.first_commitment,
@@ -1011,9 +1025,9 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
     let slash = stake13 * c.s.params().slash_bps / BPS;
     assert!(slash > 0);
     assert_eq!(c.s.account(&addr(13)).stake, stake13 - slash);
-    assert_eq!(c.bal(coordinator), coord0 - 1 + slash / 2);
+    assert_eq!(c.bal(coordinator), coord0 - 1 + slash / 2 + 33);
     assert_eq!(c.s.meta().burned, burned0 + slash - slash / 2);
-    assert_eq!(c.bal(WORKER), w0 + 500 + 1_001);
+    assert_eq!(c.bal(WORKER), w0 + 425 + 851);
     assert_eq!(c.bal(CHALLENGER), unstaked);
     let t = c.s.training(&job).unwrap().clone();
     assert_eq!((t.accepted, t.rejected, t.slashed), (3, 1, slash));
@@ -1152,8 +1166,9 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
     }
     let t = c.s.training(&job2).unwrap().clone();
     assert_eq!(t.status, TrainingStatus::Finished);
-    assert_eq!((t.paid, t.refunded, t.escrow), (700, 700, 0));
-    assert_eq!(c.bal(CLIENT), client3 + 700);
+    // Each round: 35 treasury, 70 judging, 595 for contributors (refunded when none).
+    assert_eq!((t.paid, t.fees, t.refunded, t.escrow), (595, 210, 595, 0));
+    assert_eq!(c.bal(CLIENT), client3 + 595);
     // The record is in the state tree and survives a snapshot.
     let (rec, proof) = c.s.prove(&Key::Training(job2));
     let rec = rec.unwrap();

@@ -233,6 +233,7 @@ async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
         status: TrainingStatus::Running,
         escrow: 900,
         paid: 1800,
+        fees: 0,
         refunded: 0,
         accepted: 0,
         rejected: 0,

@@ -80,6 +80,9 @@ pub struct TrainingJob {
     pub escrow: u64,
     /// Paid to contributors so far.
     pub paid: u64,
+    /// Paid to the validators who accepted settled rounds (`validator_fee_bps` of each
+    /// round's reward, for judging it) and to the treasury (`treasury_bps`).
+    pub fees: u64,
     /// Refunded to the owner (rounding remainders, rounds nobody passed, expiry).
     pub refunded: u64,
     /// Contributions accepted / rejected over all rounds.
@@ -93,7 +96,7 @@ impl TrainingJob {
     /// Escrow accounting: what was escrowed is paid, refunded or still held.
     pub(super) fn escrow_balanced(&self) -> bool {
         let total = self.rounds as u128 * self.reward_per_round as u128;
-        self.paid as u128 + self.refunded as u128 + self.escrow as u128 == total
+        self.paid as u128 + self.fees as u128 + self.refunded as u128 + self.escrow as u128 == total
     }
 }
 
@@ -158,6 +161,7 @@ impl State {
                 status: TrainingStatus::Running,
                 escrow,
                 paid: 0,
+                fees: 0,
                 refunded: 0,
                 accepted: 0,
                 rejected: 0,
@@ -338,10 +342,12 @@ impl State {
         ));
     }
 
-    /// Settles the proposed round: pays the accepted contributors equal shares of the
-    /// round's reward (the remainder, or the whole reward when nobody passed or kept the
-    /// worker stake, goes back to the owner) and slashes each rejected one (half to the
-    /// coordinator, the rest burned).
+    /// Settles the proposed round. Of the round's reward, `treasury_bps` goes to the
+    /// treasury and `validator_fee_bps` to the validators whose verdicts accepted it (the
+    /// coordinator's proposal included), in equal shares, for judging it, as for inference
+    /// jobs; the accepted contributors share the rest equally (the remainder, or all of it
+    /// when nobody passed or kept the worker stake, goes back to the owner). Each rejected
+    /// contributor is slashed (half to the coordinator, the rest burned).
     fn settle_training_round(&mut self, id: Hash256, p: &PendingRound) {
         let t = self.trainings[&id].clone();
         let (from, round, checkpoint, report) = (t.coordinator, p.round, p.checkpoint, p.report);
@@ -355,9 +361,25 @@ impl State {
             .collect();
         let rejected = &p.rejected;
         let reward = t.reward_per_round.min(t.escrow);
+        let params = &self.meta.params;
+        let treasury_cut = super::bps_of(reward, params.treasury_bps).min(reward);
+        let judging = super::bps_of(reward, params.validator_fee_bps).min(reward - treasury_cut);
+        let pool = reward - treasury_cut - judging;
+        let judges: Vec<Address> = p.votes.iter().filter(|v| v.yes).map(|v| v.voter).collect();
+        let each = judging / judges.len().max(1) as u64;
+        // The division's remainder goes to the treasury.
+        let treasury = treasury_cut + judging - each * judges.len() as u64;
+        for v in &judges {
+            self.credit(v, each);
+            if let Some(val) = self.validators.get_mut(v) {
+                val.earned += each;
+            }
+            self.dirty.insert(Key::Validator(*v));
+        }
+        self.pay_treasury(treasury);
         let (share, refund) = match accepted.len() as u64 {
-            0 => (0, reward),
-            n => (reward / n, reward % n),
+            0 => (0, pool),
+            n => (pool / n, pool % n),
         };
         for a in &accepted {
             self.credit(a, share);
@@ -382,6 +404,7 @@ impl State {
         tm.pending = None;
         tm.escrow -= reward;
         tm.paid += share * accepted.len() as u64;
+        tm.fees += treasury_cut + judging;
         tm.refunded += refund;
         tm.accepted += accepted.len() as u64;
         tm.rejected += rejected.len() as u64;
