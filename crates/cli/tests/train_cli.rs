@@ -133,6 +133,22 @@ fn diloco_over_http_rejects_the_cheater_and_the_model_serves_and_verifies() {
     assert!(String::from_utf8_lossy(&e.stderr).contains("error:"));
 }
 
+/// Every round was settled by the verdicts of the three validators other than the
+/// coordinator, after replaying it: 3 of 4 equal stakes is the quorum (the coordinator's
+/// proposal counts as accepting), so each round needed two, and none was rejected. Returns
+/// the judges' summaries.
+fn settled_by_the_other_validators(chain: &Value, rounds: u64) -> &Vec<Value> {
+    let judges = chain["validators"].as_array().unwrap();
+    assert_eq!(judges.len(), 3, "{chain}");
+    let accepted: u64 = judges
+        .iter()
+        .map(|v| v["accepted_rounds"].as_u64().unwrap())
+        .sum();
+    assert!(accepted >= 2 * rounds, "{chain}");
+    assert!(judges.iter().all(|v| v["rejected_rounds"] == 0), "{chain}");
+    judges
+}
+
 #[test]
 fn diloco_on_chain_pays_the_honest_slashes_the_cheater_and_records_every_checkpoint() {
     let home = tempfile::tempdir().unwrap();
@@ -179,17 +195,7 @@ fn diloco_on_chain_pays_the_honest_slashes_the_cheater_and_records_every_checkpo
     assert_eq!(t["checkpoint"], summary["checkpoint_hash"], "{chain}");
     assert_eq!(t["escrow"], 0);
     assert!(t["pending"].is_null(), "{chain}");
-    // Every round was settled by the other validators' verdicts after replaying it: 3 of 4
-    // equal stakes is the quorum (the coordinator's proposal counts as accepting), so each
-    // round needed two, and none was rejected.
-    let judges = chain["validators"].as_array().unwrap();
-    assert_eq!(judges.len(), 3, "{chain}");
-    let accepted: u64 = judges
-        .iter()
-        .map(|v| v["accepted_rounds"].as_u64().unwrap())
-        .sum();
-    assert!(accepted >= 2 * 3, "{chain}");
-    assert!(judges.iter().all(|v| v["rejected_rounds"] == 0), "{chain}");
+    settled_by_the_other_validators(chain, 3);
     // The chain commits to the last round's report exactly as the coordinator serves it.
     let digest = deai_types::Hash256::digest_parts("deai-train-report-v1", &[raw[2].as_bytes()]);
     assert_eq!(t["last_report"], digest.to_hex(), "{chain}");
@@ -558,15 +564,7 @@ fn diloco_on_the_inference_devnet_shares_its_chain_and_validators() {
         Some(3 * 150_000),
         "treasury and judging shares"
     );
-    // The devnet's other three validators judged: two accepting verdicts per round at least.
-    let judges = chain["validators"].as_array().unwrap();
-    assert_eq!(judges.len(), 3, "{chain}");
-    let accepted: u64 = judges
-        .iter()
-        .map(|v| v["accepted_rounds"].as_u64().unwrap())
-        .sum();
-    assert!(accepted >= 2 * 3, "{chain}");
-    assert!(judges.iter().all(|v| v["rejected_rounds"] == 0), "{chain}");
+    let judges = settled_by_the_other_validators(chain, 3);
     // ... and were paid for it (their earnings also count inference verdicts).
     for v in judges {
         let earned = v["earned"].as_u64().unwrap();

