@@ -186,6 +186,10 @@ fn tx_row(t: &TxAt) -> Value {
         "id": t.outcome.id, "height": t.height, "index": t.index,
         "type": kind["type"], "from": hex::encode(t.tx.tx.from), "error": t.outcome.error,
     });
+    // The job a transaction is about (inference and training jobs alike).
+    if let Some(job) = kind.get("job") {
+        row["job"] = job.clone();
+    }
     // A verdict's `accept` or a governance vote's `yes`.
     if let Some(yes) = kind.get("accept").or_else(|| kind.get("yes")) {
         row["yes"] = yes.clone();

@@ -279,20 +279,26 @@ pub async fn summary(
             .find(|v| v["address"] == hex::encode(a))
             .and_then(|v| v["validator"]["earned"].as_u64())
             .unwrap_or(0);
-        let url = format!(
-            "{}/v1/account/{}/txs?limit=100",
-            ledger.url(),
-            hex::encode(a)
-        );
-        let v: serde_json::Value = ledger.http().get(&url).send().await?.json().await?;
-        let verdicts: Vec<&serde_json::Value> = v["txs"]
-            .as_array()
-            .map(|t| {
-                t.iter()
-                    .filter(|r| r["type"] == "train_verdict" && r["error"].is_null())
-                    .collect()
-            })
-            .unwrap_or_default();
+        // This job's verdicts among all the validator's transactions (on a devnet, most are
+        // inference verdicts), a page of 100 at a time, up to 100 pages.
+        let mut verdicts = vec![];
+        for page in 0..100 {
+            let url = format!(
+                "{}/v1/account/{}/txs?limit=100&offset={}",
+                ledger.url(),
+                hex::encode(a),
+                page * 100
+            );
+            let v: serde_json::Value = ledger.http().get(&url).send().await?.json().await?;
+            let txs = v["txs"].as_array().cloned().unwrap_or_default();
+            let last = txs.len() < 100;
+            verdicts.extend(txs.into_iter().filter(|r| {
+                r["type"] == "train_verdict" && r["job"] == job.to_hex() && r["error"].is_null()
+            }));
+            if last {
+                break;
+            }
+        }
         let yes = verdicts.iter().filter(|r| r["yes"] == true).count();
         vs.push(serde_json::json!({
             "address": hex::encode(a),

