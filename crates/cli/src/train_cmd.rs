@@ -138,6 +138,10 @@ pub struct Optimizers {
     /// Outer Nesterov momentum.
     #[arg(long, default_value_t = 0.9)]
     outer_momentum: f32,
+    /// Inner steps over which the learning rate ramps up again at the start of every round
+    /// but the first (each round's AdamW starts from zero moments); 0 disables it.
+    #[arg(long, default_value_t = 6)]
+    round_warmup: u64,
 }
 
 #[derive(Args, Clone)]
@@ -221,8 +225,7 @@ fn setup(
     inner_steps: u32,
     rounds: u32,
     batch: usize,
-    lr: f32,
-    outer: (f32, f32),
+    opt: &Optimizers,
     verify_steps: u32,
     seed: u64,
 ) -> Result<Setup> {
@@ -232,8 +235,9 @@ fn setup(
     let data = Dataset::split(&tokens, 2 * workers.max(1) as usize, 0.05, model.seq_len)?;
     let train = TrainConfig {
         batch,
-        lr,
+        lr: opt.lr,
         warmup_steps: (inner_steps as u64).min(20),
+        round_warmup_steps: opt.round_warmup,
         total_steps: inner_steps as u64 * rounds as u64,
         seed,
         ..TrainConfig::default()
@@ -244,8 +248,8 @@ fn setup(
         inner_steps,
         rounds,
         workers,
-        outer_lr: outer.0,
-        outer_momentum: outer.1,
+        outer_lr: opt.outer_lr,
+        outer_momentum: opt.outer_momentum,
         shards: data.train.iter().map(|s| s.id()).collect(),
         val_shard: data.val.id(),
         verify_steps,
@@ -278,8 +282,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         a.inner_steps,
         a.rounds,
         a.batch,
-        a.opt.lr,
-        (a.opt.outer_lr, a.opt.outer_momentum),
+        &a.opt,
         a.verify_steps,
         a.seed,
     )?;
@@ -695,8 +698,7 @@ pub fn bench(b: TrainBench) -> Result<()> {
         b.inner_steps,
         b.rounds,
         b.batch,
-        b.opt.lr,
-        (b.opt.outer_lr, b.opt.outer_momentum),
+        &b.opt,
         1,
         1,
     )?;
@@ -839,7 +841,10 @@ pub fn bench(b: TrainBench) -> Result<()> {
         "workers": b.workers,
         "inner_steps": b.inner_steps,
         "rounds": b.rounds,
+        "batch": b.batch,
+        "baseline_batch": b.batch * b.workers as usize,
         "lr": b.opt.lr,
+        "round_warmup": b.opt.round_warmup,
         "outer_lr": b.opt.outer_lr,
         "outer_momentum": b.opt.outer_momentum,
         "tokens": base.tokens,

@@ -118,6 +118,12 @@ pub struct TrainConfig {
     /// The schedule ends at `min_lr_ratio * lr`.
     pub min_lr_ratio: f32,
     pub warmup_steps: u64,
+    /// Steps over which the learning rate ramps up again at the start of every DiLoCo round
+    /// but the first. A round's AdamW starts from zero moments (so that its start state is
+    /// the public checkpoint alone), and its first bias-corrected steps are sign steps of
+    /// the full learning rate on every weight; the ramp keeps those from undoing part of the
+    /// averaged progress. 0 disables it.
+    pub round_warmup_steps: u64,
     /// Length of the cosine schedule (the whole run, in inner steps).
     pub total_steps: u64,
     pub weight_decay: f32,
@@ -137,6 +143,7 @@ impl Default for TrainConfig {
             lr: 2e-3,
             min_lr_ratio: 0.1,
             warmup_steps: 20,
+            round_warmup_steps: 6,
             total_steps: 1000,
             weight_decay: 0.1,
             beta1: 0.9,
@@ -189,6 +196,18 @@ impl TrainConfig {
         let min = self.lr as f64 * self.min_lr_ratio as f64;
         let cos = 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
         (min + (self.lr as f64 - min) * cos) as f32
+    }
+
+    /// Learning rate of the inner step `inner_step` (0-based, counted from the round's
+    /// checkpoint) at global step `global_step`: [`TrainConfig::lr_at`], ramped linearly over
+    /// the first `round_warmup_steps` steps of a round that does not start the run (where
+    /// `inner_step == global_step`, the global warmup applies instead).
+    pub fn lr_in_round(&self, global_step: u64, inner_step: u64) -> f32 {
+        let lr = self.lr_at(global_step);
+        if inner_step == global_step || inner_step >= self.round_warmup_steps {
+            return lr;
+        }
+        lr * (inner_step + 1) as f32 / self.round_warmup_steps as f32
     }
 }
 
@@ -246,6 +265,34 @@ mod tests {
         assert!((t.lr_at(60) - 0.55).abs() < 1e-5);
         assert!((t.lr_at(110) - 0.1).abs() < 1e-6);
         assert!((t.lr_at(10_000) - 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn later_rounds_ramp_up_again_but_the_first_and_a_single_run_do_not() {
+        let t = TrainConfig {
+            lr: 1.0,
+            warmup_steps: 10,
+            round_warmup_steps: 4,
+            total_steps: 110,
+            ..TrainConfig::default()
+        };
+        // A single run (or round 0): inner step == global step, the schedule alone.
+        for g in 0..30 {
+            assert_eq!(t.lr_in_round(g, g), t.lr_at(g));
+        }
+        // A later round: a ramp of 4 steps on top of the schedule, then the schedule.
+        let g0 = 50;
+        for k in 0..4u64 {
+            let want = t.lr_at(g0 + k) * (k + 1) as f32 / 4.0;
+            assert_eq!(t.lr_in_round(g0 + k, k), want);
+            assert!(t.lr_in_round(g0 + k, k) < t.lr_at(g0 + k) || k == 3);
+        }
+        assert_eq!(t.lr_in_round(g0 + 4, 4), t.lr_at(g0 + 4));
+        let off = TrainConfig {
+            round_warmup_steps: 0,
+            ..t
+        };
+        assert_eq!(off.lr_in_round(g0, 0), off.lr_at(g0));
     }
 
     #[test]

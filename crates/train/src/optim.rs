@@ -171,7 +171,7 @@ pub fn adamw_step(state: &mut TrainState, grads: &[Vec<f32>], lr: f32, cfg: &Tra
 }
 
 /// One inner step: loss and gradients on the batch drawn for `(seed, global_step)` from
-/// `shard`, clipping, AdamW. Returns the loss. Refuses non-finite losses or gradients.
+/// `shard`, clipping, AdamW at [`TrainConfig::lr_in_round`]. Returns the loss. Refuses non-finite losses or gradients.
 pub fn train_step(
     net: &Net,
     state: &mut TrainState,
@@ -194,7 +194,8 @@ pub fn train_step(
             "gradient norm {norm} at step {global_step}"
         )));
     }
-    adamw_step(state, &grads, cfg.lr_at(global_step), cfg);
+    let lr = cfg.lr_in_round(global_step, state.step);
+    adamw_step(state, &grads, lr, cfg);
     Ok(loss)
 }
 
