@@ -132,16 +132,35 @@ pub struct Optimizers {
     /// single-worker baseline's too).
     #[arg(long, default_value_t = 2e-3)]
     lr: f32,
-    /// Outer Nesterov learning rate.
-    #[arg(long, default_value_t = 0.7)]
-    outer_lr: f32,
-    /// Outer Nesterov momentum.
-    #[arg(long, default_value_t = 0.9)]
-    outer_momentum: f32,
+    /// Outer Nesterov learning rate [default: 0.7 for `deai train` (OpenDiLoCo's), 1.0 for
+    /// `deai bench train`].
+    #[arg(long)]
+    outer_lr: Option<f32>,
+    /// Outer Nesterov momentum [default: 0.9 for `deai train`, 0 for `deai bench train`:
+    /// over the bench's 4 outer steps momentum overshoots, see BENCHMARKS.md].
+    #[arg(long)]
+    outer_momentum: Option<f32>,
     /// Inner steps over which the learning rate ramps up again at the start of every round
     /// but the first (each round's AdamW starts from zero moments); 0 disables it.
     #[arg(long, default_value_t = 6)]
     round_warmup: u64,
+}
+
+/// `deai train`'s outer optimizer (lr, momentum): OpenDiLoCo's Nesterov.
+const TRAIN_OUTER: (f32, f32) = (0.7, 0.9);
+/// `deai bench train`'s: plain averaging of the pseudo-gradients. With the bench's 4 outer
+/// steps and a decaying inner rate, momentum keeps pushing along the early rounds' large
+/// deltas (measured in BENCHMARKS.md).
+const BENCH_OUTER: (f32, f32) = (1.0, 0.0);
+
+impl Optimizers {
+    /// The outer optimizer's (lr, momentum): the flags, else `default`.
+    fn outer_or(&self, default: (f32, f32)) -> (f32, f32) {
+        (
+            self.outer_lr.unwrap_or(default.0),
+            self.outer_momentum.unwrap_or(default.1),
+        )
+    }
 }
 
 #[derive(Args, Clone)]
@@ -157,7 +176,10 @@ pub struct TrainBench {
     inner_steps: u32,
     #[arg(long, default_value_t = 4)]
     rounds: u32,
-    #[arg(long, default_value_t = 8)]
+    /// Sequences per worker step; the baseline takes workers x batch. At 8 a worker's
+    /// AdamW steps are mostly gradient noise, which averaging the workers' deltas does not
+    /// turn back into the baseline's larger-batch progress (BENCHMARKS.md).
+    #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Trials per cheater class (each with other keys, so another challenged step).
     #[arg(long, default_value_t = 3)]
@@ -226,6 +248,7 @@ fn setup(
     rounds: u32,
     batch: usize,
     opt: &Optimizers,
+    outer: (f32, f32),
     verify_steps: u32,
     seed: u64,
 ) -> Result<Setup> {
@@ -248,8 +271,8 @@ fn setup(
         inner_steps,
         rounds,
         workers,
-        outer_lr: opt.outer_lr,
-        outer_momentum: opt.outer_momentum,
+        outer_lr: outer.0,
+        outer_momentum: outer.1,
         shards: data.train.iter().map(|s| s.id()).collect(),
         val_shard: data.val.id(),
         verify_steps,
@@ -283,6 +306,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         a.rounds,
         a.batch,
         &a.opt,
+        a.opt.outer_or(TRAIN_OUTER),
         a.verify_steps,
         a.seed,
     )?;
@@ -699,6 +723,7 @@ pub fn bench(b: TrainBench) -> Result<()> {
         b.rounds,
         b.batch,
         &b.opt,
+        b.opt.outer_or(BENCH_OUTER),
         1,
         1,
     )?;
@@ -845,8 +870,8 @@ pub fn bench(b: TrainBench) -> Result<()> {
         "baseline_batch": b.batch * b.workers as usize,
         "lr": b.opt.lr,
         "round_warmup": b.opt.round_warmup,
-        "outer_lr": b.opt.outer_lr,
-        "outer_momentum": b.opt.outer_momentum,
+        "outer_lr": s.job.outer_lr,
+        "outer_momentum": s.job.outer_momentum,
         "tokens": base.tokens,
         "loss_baseline": loss_baseline,
         "loss_diloco": loss_diloco,
@@ -1107,4 +1132,34 @@ fn audit_inner(a: &AuditArgs) -> Result<bool> {
         }
         Ok(all_ok)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Opt {
+        #[command(flatten)]
+        opt: Optimizers,
+    }
+
+    #[test]
+    fn each_command_has_its_outer_default_and_flags_override_either_part() {
+        let none = Opt::try_parse_from(["t"]).unwrap().opt;
+        assert_eq!(none.outer_or(TRAIN_OUTER), (0.7, 0.9));
+        assert_eq!(none.outer_or(BENCH_OUTER), (1.0, 0.0));
+        assert_eq!(none.round_warmup, 6);
+        let m = Opt::try_parse_from(["t", "--outer-momentum", "0.5"])
+            .unwrap()
+            .opt;
+        assert_eq!(m.outer_or(TRAIN_OUTER), (0.7, 0.5));
+        assert_eq!(m.outer_or(BENCH_OUTER), (1.0, 0.5));
+        let both = Opt::try_parse_from(["t", "--outer-lr", "0.3", "--outer-momentum", "0"])
+            .unwrap()
+            .opt;
+        assert_eq!(both.outer_or(TRAIN_OUTER), (0.3, 0.0));
+        assert!(Opt::try_parse_from(["t", "--outer-lr", "x"]).is_err());
+    }
 }

@@ -304,6 +304,14 @@ fn bench_train_reports_every_metric_and_catches_every_cheater() {
     // asserted here; the bench fails if an honest worker is not accepted in any trial.
     assert_eq!(j["skip_one_trials"], 6);
     assert_eq!(j["skip_one_expected_rate"], 0.5);
+    // The bench's own outer default (plain averaging), the same tokens for the baseline.
+    assert_eq!(j["outer_lr"], 1.0, "{j}");
+    assert_eq!(j["outer_momentum"], 0.0, "{j}");
+    assert_eq!(j["round_warmup"], 6, "{j}");
+    assert_eq!(
+        (j["batch"].as_u64(), j["baseline_batch"].as_u64()),
+        (Some(4), Some(8))
+    );
 }
 
 #[test]
