@@ -122,7 +122,9 @@ pub struct TrainConfig {
     /// but the first. A round's AdamW starts from zero moments (so that its start state is
     /// the public checkpoint alone), and its first bias-corrected steps are sign steps of
     /// the full learning rate on every weight; the ramp keeps those from undoing part of the
-    /// averaged progress. 0 disables it.
+    /// averaged progress. 0 disables it. A config written before this field existed reads
+    /// as 0 and 0 is not written, so such a job keeps its meaning and its id.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub round_warmup_steps: u64,
     /// Length of the cosine schedule (the whole run, in inner steps).
     pub total_steps: u64,
@@ -134,6 +136,10 @@ pub struct TrainConfig {
     pub grad_clip: f32,
     /// Seeds initialization and batch sampling.
     pub seed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Default for TrainConfig {
@@ -293,6 +299,21 @@ mod tests {
             ..t
         };
         assert_eq!(off.lr_in_round(g0, 0), off.lr_at(g0));
+    }
+
+    #[test]
+    fn a_config_without_the_round_warmup_keeps_its_meaning_and_its_json() {
+        let old = TrainConfig {
+            round_warmup_steps: 0,
+            ..TrainConfig::default()
+        };
+        let json = serde_json::to_string(&old).unwrap();
+        assert!(!json.contains("round_warmup"), "{json}");
+        let back: TrainConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, old);
+        assert_eq!(TrainConfig::default().round_warmup_steps, 6);
+        let new = serde_json::to_string(&TrainConfig::default()).unwrap();
+        assert!(new.contains("\"round_warmup_steps\":6"), "{new}");
     }
 
     #[test]

@@ -171,7 +171,8 @@ pub fn adamw_step(state: &mut TrainState, grads: &[Vec<f32>], lr: f32, cfg: &Tra
 }
 
 /// One inner step: loss and gradients on the batch drawn for `(seed, global_step)` from
-/// `shard`, clipping, AdamW at [`TrainConfig::lr_in_round`]. Returns the loss. Refuses non-finite losses or gradients.
+/// `shard`, clipping, AdamW at [`TrainConfig::lr_in_round`]. Returns the loss. Refuses
+/// non-finite losses or gradients.
 pub fn train_step(
     net: &Net,
     state: &mut TrainState,
