@@ -16,8 +16,10 @@
 //! The AVX2 path is therefore an *implementation* of the portable path, not an approximation
 //! of it; `tests::simd_matches_portable` checks this.
 
-use crate::gguf::WType;
 use crate::quant::{f16_at, QActs, QK};
+use crate::tensor::WType;
+
+pub use crate::simd::{simd_available, simd_name, vnni_available};
 
 /// Reduce 8 lanes in the fixed order `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, which is what
 /// the AVX2 sequence (128-bit halves, then `movehl`, then a shuffle) computes.
@@ -42,56 +44,6 @@ macro_rules! dispatch {
         let _ = $simd;
         $portable
     }};
-}
-
-/// Whether the AVX2+FMA+F16C kernels are usable on this CPU (and not disabled by
-/// `DEAI_FORCE_PORTABLE=1`, which tests and debugging use).
-pub fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAIL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAIL.get_or_init(|| {
-            std::env::var("DEAI_FORCE_PORTABLE").map_or(true, |v| v != "1")
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether the AVX512-VNNI variant of the matmul kernel is usable (on top of
-/// [`simd_available`]; `DEAI_NO_VNNI=1` disables it). Its results are bit-identical.
-pub fn vnni_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAIL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAIL.get_or_init(|| {
-            std::env::var("DEAI_NO_VNNI").map_or(true, |v| v != "1")
-                && simd_available()
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("avx512vl")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Name of the instruction set the kernels run on here (informational: results are equal).
-pub fn simd_name() -> &'static str {
-    if vnni_available() {
-        "avx2+fma+f16c+avx512vnni"
-    } else if simd_available() {
-        "avx2+fma+f16c"
-    } else {
-        "portable"
-    }
 }
 
 /// Activations for a matmul: quantized for quantized weights, plain f32 (`rows x cols`) for

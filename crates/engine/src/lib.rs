@@ -6,8 +6,9 @@
 //! prefix give bit-identical hidden states and logits at any thread count. That guarantee is
 //! named by a [`KernelProfile`] which receipts carry.
 //!
-//! Owns: GGUF reading and writing, tensor formats and kernels, the llama model file,
-//! tokenizer, sampler (with its JSON-object grammar), KV and prefix caches, the generation loop.
+//! Owns: GGUF reading and writing, tensor formats ([`tensor`]) and kernels (with CPU feature
+//! detection in [`simd`]), the llama model file, tokenizer, sampler (with its JSON-object
+//! grammar), KV and prefix caches, the generation loop.
 //! Must never depend on: networking, the ledger, receipts/proofs (those depend on us), or
 //! any clock inside the arithmetic (timings are measured around it, never inside it).
 
@@ -23,6 +24,8 @@ pub mod profile;
 pub mod quant;
 pub mod sampler;
 pub mod sched;
+pub mod simd;
+pub mod tensor;
 pub mod testing;
 pub mod tokenizer;
 

@@ -5,7 +5,7 @@
 //! as llama.cpp does, by a scalar routine whose result depends only on the row itself.
 
 use crate::error::{EngineError, Result};
-use crate::gguf::{RawTensor, WType};
+use crate::tensor::{RawTensor, WType};
 
 pub const QK: usize = 32;
 
@@ -234,11 +234,11 @@ impl QActs {
     /// depends only on that row: this is what keeps matmuls batch-invariant.
     pub fn quantize(x: &[f32], rows: usize, cols: usize) -> Self {
         let mut q = QActs::default();
-        q.quantize_into(x, rows, cols, crate::kernels::simd_available());
+        q.quantize_into(x, rows, cols, crate::simd::simd_available());
         q
     }
 
-    /// `simd`: use the AVX2 code path (only when `kernels::simd_available()`); both paths
+    /// `simd`: use the AVX2 code path (only when `simd::simd_available()`); both paths
     /// give identical bits.
     pub fn quantize_into(&mut self, x: &[f32], rows: usize, cols: usize, simd: bool) {
         debug_assert_eq!(cols % QK, 0);

@@ -10,7 +10,8 @@
 //! - [`checkpoint`]: safetensors checkpoints named by content hash, export to GGUF.
 //! - [`diloco`]: jobs, rounds, int8 pseudo-gradients, signed contributions, workers.
 //! - [`verify`]: free checks, step re-execution with bisection, the round coordinator.
-//! - [`audit`]: a closed round's evidence, and re-checking the round from it.
+//! - [`evidence`]: a closed round's evidence and its encoding.
+//! - [`audit`]: re-checking a closed round from its evidence.
 //! - [`run`]: whole runs (single-worker baseline and DiLoCo) for the CLI and benchmarks.
 //!
 //! Bit-reproducibility: the same checkpoint, shard, seed and step count give the same train
@@ -29,6 +30,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod diloco;
+pub mod evidence;
 pub mod model;
 pub mod optim;
 pub mod run;

@@ -19,9 +19,9 @@
 //! against workers only: the coordinator knows the secret all along, so a worker colluding
 //! with it could grind its commitments into the window it computed (see [`crate::audit`]).
 
-use crate::audit::{Recording, RoundEvidence};
 use crate::data::Shard;
 use crate::diloco::{Contribution, Int8Delta, JobSpec, Opener, RoundSpec};
+use crate::evidence::{Recording, RoundEvidence, MAX_EVIDENCE_ITEMS};
 use crate::model::{Net, Weights};
 use crate::optim::{train_step, Nesterov, TrainState};
 use crate::{Result, TrainError};
@@ -580,14 +580,14 @@ impl Coordinator {
     /// Keeps at most [`MAX_EARLY_REJECTS`] refusals per round for the report (a flood of
     /// junk must not grow it without bound); each worker's first slashable one is always
     /// kept, with its bytes: the proof an auditor re-checks (at most
-    /// [`crate::audit::MAX_EVIDENCE_ITEMS`] proofs; past that a refusal is not slashed).
+    /// [`MAX_EVIDENCE_ITEMS`] proofs; past that a refusal is not slashed).
     fn record_early_reject(&mut self, worker: Option<[u8; 32]>, e: Rejection, bytes: &[u8]) {
         if e.reason.slashable() {
             let first = !self
                 .early_rejects
                 .iter()
                 .any(|(w, r)| *w == worker && r.reason.slashable());
-            if first && self.slash_proofs.len() < crate::audit::MAX_EVIDENCE_ITEMS {
+            if first && self.slash_proofs.len() < MAX_EVIDENCE_ITEMS {
                 self.slash_proofs.push(bytes.to_vec());
                 self.early_rejects.push((worker, e));
                 return;
@@ -612,7 +612,7 @@ impl Coordinator {
             ));
         }
         self.round_check().precheck(&c)?;
-        if self.pending.len() >= crate::audit::MAX_EVIDENCE_ITEMS {
+        if self.pending.len() >= MAX_EVIDENCE_ITEMS {
             return Err(Rejection::new(
                 Reason::NotAdmitted,
                 "the round holds the most contributions one round's evidence may carry",
