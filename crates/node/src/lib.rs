@@ -18,6 +18,7 @@ pub mod proto;
 pub mod training;
 pub mod verifier;
 pub mod worker;
+pub mod worker_client;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -16,6 +16,7 @@
 
 use crate::ledger_client::{Signer, WorkerEntry};
 use crate::proto::{receipt_digest, RunEvent, RunRequest};
+use crate::worker_client::WorkerClient;
 use deai_engine::tokenizer::{chat_prompt, ChatMessage};
 use deai_engine::Engine;
 use deai_engine::GenParams;
@@ -250,24 +251,15 @@ impl Verifier {
             open_job,
             top_logprobs: None,
         };
-        let url = format!("{}/worker/v1/run", w.worker.endpoint.trim_end_matches('/'));
-        let answer = async {
-            let r = crate::http_client(&url, CHALLENGE_DEADLINE)
-                .post(&url)
-                .json(&req)
-                .send()
-                .await?;
-            anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
-            Ok::<_, anyhow::Error>(r.text().await?)
-        };
-        let body = match tokio::time::timeout(CHALLENGE_DEADLINE, answer).await {
-            Ok(Ok(b)) => b,
+        let worker = WorkerClient::new(&w.worker.endpoint, CHALLENGE_DEADLINE, CHALLENGE_DEADLINE);
+        let answer = async { worker.run(&req).await?.remaining_events().await };
+        let events = match tokio::time::timeout(CHALLENGE_DEADLINE, answer).await {
+            Ok(Ok(events)) => events,
             Ok(Err(e)) => anyhow::bail!("no answer: {e:#}"),
             Err(_) => anyhow::bail!("no answer within {CHALLENGE_DEADLINE:?}"),
         };
-        let receipt = body
-            .lines()
-            .filter_map(|l| serde_json::from_str::<RunEvent>(l).ok())
+        let receipt = events
+            .into_iter()
             .find_map(|ev| match ev {
                 RunEvent::Done { receipt, .. } => Some(receipt),
                 _ => None,

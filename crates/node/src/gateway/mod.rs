@@ -1,0 +1,256 @@
+//! The gateway: an OpenAI-compatible HTTP API in front of the network.
+//!
+//! For each request it authenticates the API key (one ledger account per key), tokenizes the
+//! prompt, picks a worker from the ledger's registry (model, then recent failures, load and
+//! price), signs an `OpenJob` escrowing the request's maximum cost, sends the job to the
+//! worker and relays its tokens (as one JSON answer or as server-sent events). A worker that
+//! refuses, fails or drops mid-stream is replaced by the next one with a fresh job; its
+//! unused escrow comes back to the client when that job times out on chain. Because a job's
+//! output is fixed by its seed on one kernel profile, a replacement's text continues where
+//! the client's stream stopped.
+//!
+//! Every answer names its receipt (`x-deai-receipt` header, `deai` field), which
+//! `GET /v1/receipts/{id}` serves with its verification status and ledger record.
+//!
+//! This module owns the [`Gateway`] type and its router; each concern has its own module:
+//! `openai` (request shapes and validation), `routing` (choosing workers, failover),
+//! `attempt` (one job on one worker, through [`crate::worker_client`]), `stream` (rendering
+//! answers and server-sent events), `store` (receipt and conversation files) and `views`
+//! (receipt and status views).
+
+mod attempt;
+mod config;
+mod openai;
+mod routing;
+mod store;
+mod stream;
+mod views;
+
+pub use config::{CatalogEntry, GatewayConfig};
+
+use crate::ledger_client::{LedgerClient, Signer};
+use crate::{http_error, HttpError};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use deai_types::Hash256;
+use openai::{json_body, model_json, ChatRequest, CompletionRequest, Prepared};
+use routing::Routing;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use store::Store;
+
+struct Inner {
+    cfg: GatewayConfig,
+    ledger: LedgerClient,
+    store: Store,
+    routing: Arc<Routing>,
+}
+
+#[derive(Clone)]
+pub struct Gateway(Arc<Inner>);
+
+impl Gateway {
+    pub fn new(cfg: GatewayConfig, ledger: LedgerClient) -> anyhow::Result<Self> {
+        let store = Store::open(&cfg.dir)?;
+        let routing = Arc::new(Routing::new(&cfg, ledger.clone(), store.clone()));
+        Ok(Gateway(Arc::new(Inner {
+            cfg,
+            ledger,
+            store,
+            routing,
+        })))
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/models", get(models))
+            .route("/v1/models/{id}", get(model_info))
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/completions", post(completions))
+            .route("/v1/receipts/{id}", get(receipt))
+            .route("/v1/gateway/status", get(gateway_status))
+            .merge(deai_explorer::router(deai_explorer::UiConfig::GATEWAY))
+            .fallback(chain_proxy)
+            .layer(axum::extract::DefaultBodyLimit::max(crate::MAX_BODY))
+            .layer(axum::middleware::map_response(crate::close_if_body_unread))
+            .with_state(self.clone())
+    }
+
+    fn auth(&self, headers: &HeaderMap) -> Result<Arc<Signer>, HttpError> {
+        let h = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                http_error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing API key: send `Authorization: Bearer <key>`",
+                )
+            })?;
+        let key = h.strip_prefix("Bearer ").unwrap_or(h).trim();
+        self.0
+            .cfg
+            .api_keys
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, s)| s.clone())
+            .ok_or_else(|| http_error(StatusCode::UNAUTHORIZED, "invalid API key"))
+    }
+
+    fn model(&self, name: &str) -> Result<&CatalogEntry, HttpError> {
+        self.0
+            .cfg
+            .models
+            .iter()
+            .find(|m| m.name == name || m.id.to_string() == name)
+            .ok_or_else(|| {
+                http_error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "the model `{name}` does not exist here; GET /v1/models lists the served ones"
+                    ),
+                )
+                .with_code("model_not_found")
+            })
+    }
+
+    /// Runs a checked request on the network and answers it.
+    async fn respond(
+        &self,
+        client: Arc<Signer>,
+        model: CatalogEntry,
+        prepared: Prepared,
+    ) -> Result<Response, HttpError> {
+        let Prepared {
+            tokens,
+            params,
+            reply,
+            prompt,
+        } = prepared;
+        // Completions count logprob text offsets from the start of the prompt.
+        let prompt_chars = prompt["prompt"].as_str().map_or(0, |p| p.chars().count());
+        let runs = self
+            .0
+            .routing
+            .start(
+                client,
+                &model,
+                tokens,
+                params,
+                reply.top_logprobs,
+                reply.n,
+                prompt,
+            )
+            .await?;
+        stream::render(&model, runs, reply, prompt_chars).await
+    }
+}
+
+// ---- handlers ----------------------------------------------------------------------------
+
+async fn models(AxState(g): AxState<Gateway>) -> Result<Json<Value>, HttpError> {
+    let mut data = Vec::new();
+    for m in &g.0.cfg.models {
+        data.push(model_json(m, g.0.routing.candidates(&m.id).await?.len()));
+    }
+    Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+async fn model_info(
+    AxState(g): AxState<Gateway>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    let m = g.model(&id)?;
+    Ok(Json(model_json(
+        m,
+        g.0.routing.candidates(&m.id).await?.len(),
+    )))
+}
+
+async fn receipt(
+    AxState(g): AxState<Gateway>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    // An API key is optional here; a wrong one is refused rather than silently ignored.
+    let viewer = match headers.contains_key("authorization") {
+        true => {
+            g.auth(&headers)?;
+            key_hash(&headers)
+        }
+        false => None,
+    };
+    let id = id
+        .trim_start_matches("chatcmpl-")
+        .trim_start_matches("cmpl-");
+    let id: Hash256 = id
+        .parse()
+        .map_err(|e| http_error(StatusCode::BAD_REQUEST, format!("bad receipt id: {e}")))?;
+    let view = views::receipt_view(&g.0.ledger, &g.0.store, id, viewer).await?;
+    Ok(Json(view))
+}
+
+/// SHA-256 of the request's API key (what a stored prompt is keyed to, never the key).
+fn key_hash(headers: &HeaderMap) -> Option<Hash256> {
+    let h = headers.get("authorization")?.to_str().ok()?;
+    let key = h.strip_prefix("Bearer ").unwrap_or(h).trim();
+    Some(Hash256::digest_parts(
+        "deai-gateway-api-key-v1",
+        &[key.as_bytes()],
+    ))
+}
+
+async fn gateway_status(AxState(g): AxState<Gateway>) -> Json<Value> {
+    Json(views::worker_stats(&g.0.ledger, &g.0.cfg.models, &g.0.routing).await)
+}
+
+/// Fallback: the chain's query routes, forwarded to the ledger node; else a 404.
+async fn chain_proxy(
+    AxState(g): AxState<Gateway>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    crate::chain_proxy::forward(&g.0.ledger, method, uri).await
+}
+
+async fn chat_completions(
+    AxState(g): AxState<Gateway>,
+    headers: HeaderMap,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Response, HttpError> {
+    let client = g.auth(&headers)?;
+    let req = json_body(body)?;
+    let model = g.model(&req.model)?.clone();
+    let prepared = req.prepare(&model, key_hash(&headers))?;
+    g.respond(client, model, prepared).await
+}
+
+async fn completions(
+    AxState(g): AxState<Gateway>,
+    headers: HeaderMap,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Result<Response, HttpError> {
+    let client = g.auth(&headers)?;
+    let req = json_body(body)?;
+    let model = g.model(&req.model)?.clone();
+    let prepared = req.prepare(&model, key_hash(&headers))?;
+    g.respond(client, model, prepared).await
+}
+
+#[cfg(test)]
+mod testing {
+    /// A generated tiny model, loaded as the engine loads any GGUF file.
+    pub(super) fn tiny_model() -> deai_engine::Model {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(
+            &path,
+            deai_engine::testing::tiny_model_gguf(&Default::default()),
+        )
+        .unwrap();
+        deai_engine::Model::load(&path).unwrap()
+    }
+}
