@@ -17,7 +17,6 @@ mod devnet_cmd;
 mod node_cmd;
 mod proof_cmd;
 mod status_cmd;
-mod train_chain;
 mod train_cmd;
 
 use anyhow::{bail, Context, Result};

@@ -1,17 +1,22 @@
 //! `deai train`, `deai model export` and `deai bench train`: decentralized training from the
 //! command line (DiLoCo rounds with verified contributions, or a single-worker baseline).
+//! Parses the flags, wires the library's pieces together and prints: the job is built by
+//! `deai_node::train_net::job`, the network runs as `deai_node::train_net::TrainingNetwork`
+//! and the benchmark is `deai_bench::train`.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use deai_node::train_net::chain::{self, ChainAt};
+use deai_node::train_net::job::{JobOptions, PreparedJob};
+use deai_node::train_net::{NetworkOptions, OnStep, TrainingNetwork, TrainingOutcome};
 use deai_train::checkpoint;
-use deai_train::data::{self, encode_bytes, Dataset, Shard};
-use deai_train::diloco::{Behavior, JobSpec};
-use deai_train::run::{self, Event, LocalWorker};
-use deai_train::{Coordinator, ModelConfig, TrainConfig, Weights};
-use ed25519_dalek::SigningKey;
+use deai_train::data::Shard;
+use deai_train::faults::Behavior;
+use deai_train::run::{self, Event};
+use deai_train::{Coordinator, Weights};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Args, Clone)]
@@ -202,87 +207,6 @@ fn home() -> PathBuf {
     deai_models::default_home()
 }
 
-/// Tokens of the chosen corpus.
-fn corpus_tokens(corpus: &str) -> Result<Vec<u16>> {
-    let bytes = match corpus {
-        "shakespeare" => {
-            let dir = data::fetch_shakespeare(&home())
-                .context("fetching the Shakespeare corpus (use --corpus synthetic offline)")?;
-            data::read_text_dir(&dir)?
-        }
-        "synthetic" => data::synthetic_text(2_000_000, 7),
-        dir => data::read_text_dir(Path::new(dir))?,
-    };
-    Ok(encode_bytes(&bytes))
-}
-
-fn model_config(preset: &str) -> Result<ModelConfig> {
-    ModelConfig::preset(preset)
-        .with_context(|| format!("unknown preset {preset:?} (tiny, small, demo)"))
-}
-
-fn worker_keys(n: u32, seed: u64) -> Vec<SigningKey> {
-    (0..n)
-        .map(|i| {
-            let h = deai_types::Hash256::digest_parts(
-                "deai-train-local-worker",
-                &[&seed.to_le_bytes(), &i.to_le_bytes()],
-            );
-            SigningKey::from_bytes(&h.0)
-        })
-        .collect()
-}
-
-struct Setup {
-    job: JobSpec,
-    data: Dataset,
-    init: Weights,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn setup(
-    corpus: &str,
-    preset: &str,
-    workers: u32,
-    inner_steps: u32,
-    rounds: u32,
-    batch: usize,
-    opt: &Optimizers,
-    outer: (f32, f32),
-    verify_steps: u32,
-    seed: u64,
-) -> Result<Setup> {
-    let model = model_config(preset)?;
-    let tokens = corpus_tokens(corpus)?;
-    // Twice as many shards as workers, so assignments vary between rounds.
-    let data = Dataset::split(&tokens, 2 * workers.max(1) as usize, 0.05, model.seq_len)?;
-    let train = TrainConfig {
-        batch,
-        lr: opt.lr,
-        warmup_steps: (inner_steps as u64).min(20),
-        round_warmup_steps: opt.round_warmup,
-        total_steps: inner_steps as u64 * rounds as u64,
-        seed,
-        ..TrainConfig::default()
-    };
-    let job = JobSpec {
-        model: model.clone(),
-        train,
-        inner_steps,
-        rounds,
-        workers,
-        outer_lr: outer.0,
-        outer_momentum: outer.1,
-        shards: data.train.iter().map(|s| s.id()).collect(),
-        val_shard: data.val.id(),
-        verify_steps,
-        reward_per_round: 1_000_000,
-    };
-    job.validate()?;
-    let init = Weights::init(&model, seed)?;
-    Ok(Setup { job, data, init })
-}
-
 fn bar(len: u64, quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
@@ -298,24 +222,30 @@ pub fn train(a: TrainArgs) -> Result<()> {
     if !a.devnet && (a.model.model.is_some() || a.model.threads.is_some()) {
         bail!("--model and --threads choose the inference devnet's model: they need --devnet");
     }
-    let s = setup(
-        &a.corpus,
-        &a.preset,
-        a.workers + u32::from(a.cheater.is_some()),
-        a.inner_steps,
-        a.rounds,
-        a.batch,
-        &a.opt,
-        a.opt.outer_or(TRAIN_OUTER),
-        a.verify_steps,
-        a.seed,
+    let (outer_lr, outer_momentum) = a.opt.outer_or(TRAIN_OUTER);
+    let s = PreparedJob::new(
+        &JobOptions {
+            corpus: a.corpus.clone(),
+            preset: a.preset.clone(),
+            workers: a.workers + u32::from(a.cheater.is_some()),
+            inner_steps: a.inner_steps,
+            rounds: a.rounds,
+            batch: a.batch,
+            lr: a.opt.lr,
+            round_warmup: a.opt.round_warmup,
+            outer_lr,
+            outer_momentum,
+            verify_steps: a.verify_steps,
+            seed: a.seed,
+        },
+        &home(),
     )?;
     let out = a
         .out
         .clone()
         .unwrap_or_else(|| home().join("train").join(&s.job.id().to_hex()[..12]));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let tokens_per_step = (s.job.train.batch * s.job.model.seq_len) as f64;
+    let tokens_per_step = s.tokens_per_step();
     eprintln!(
         "model {} ({} parameters), {} training shards + validation, job {}",
         a.preset,
@@ -387,10 +317,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
         let start_loss = co.eval()?;
         let n = a.workers as u64 + u64::from(cheater.is_some());
         let pb = bar(a.rounds as u64 * n * a.inner_steps as u64, a.json);
-        let (weights, reports, ledger) = if a.onchain || a.devnet {
+        let outcome = if a.onchain || a.devnet {
             let dir = out.join(if a.devnet { "devnet" } else { "chain" });
             let (a, pb, stdout) = (&a, pb.clone(), &mut stdout);
-            use crate::train_chain::ChainAt;
             use deai_node::devnet::Runner as _;
             deai_node::devnet::runner(&dir).start(|ctx| async move {
                 if !a.devnet {
@@ -398,7 +327,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                     return network_rounds(co, a, cheater, pb, tokens_per_step, stdout, chain)
                         .await;
                 }
-                let base = crate::bench_network::free_base(1)?;
+                let base = chain::free_port_base(1)?;
                 let opts = crate::devnet_cmd::options(&dir, &a.model, 1, base)?;
                 eprintln!(
                     "starting the devnet in {} (chain, gateway, one inference worker) ...",
@@ -426,16 +355,16 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 None,
             ))?
         };
-        onchain = ledger;
+        onchain = outcome.onchain.map(serde_json::to_value).transpose()?;
         pb.finish_and_clear();
         let mut curve = vec![(0.0, start_loss as f64)];
-        curve.extend(reports.iter().map(|r| {
+        curve.extend(outcome.reports.iter().map(|r| {
             (
                 (r.round + 1) as f64 * a.inner_steps as f64,
                 r.eval_loss as f64,
             )
         }));
-        (weights, curve)
+        (outcome.weights, curve)
     };
     let ckpt = out.join("checkpoint.safetensors");
     let hash = checkpoint::save(&weights, &ckpt)?;
@@ -534,8 +463,9 @@ fn prefix(v: &serde_json::Value) -> &str {
     s.get(..12).unwrap_or(s)
 }
 
-/// The rounds over HTTP on loopback: a coordinator and one training worker per key, each
-/// with its own server (openings), as on separate hosts. Prints each round's report.
+/// The rounds over HTTP on loopback ([`TrainingNetwork`]): a coordinator and one training
+/// worker per key, each with its own server (openings), as on separate hosts. Prints each
+/// round's report.
 async fn network_rounds(
     co: Coordinator,
     a: &TrainArgs,
@@ -543,87 +473,37 @@ async fn network_rounds(
     pb: ProgressBar,
     tokens_per_step: f64,
     out: &mut impl Write,
-    chain: Option<crate::train_chain::ChainAt<'_>>,
-) -> Result<(
-    Weights,
-    Vec<deai_train::RoundReport>,
-    Option<serde_json::Value>,
-)> {
-    use deai_node::training::{serve_worker, TrainCoordinator, TrainWorker};
+    chain: Option<ChainAt<'_>>,
+) -> Result<TrainingOutcome> {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    let mut keys: Vec<(SigningKey, Behavior)> = worker_keys(a.workers, a.seed)
-        .into_iter()
-        .map(|k| (k, Behavior::Honest))
-        .collect();
-    if let Some(b) = cheater {
-        keys.push((
-            worker_keys(a.workers + 1, a.seed ^ 0xc4ea7)[a.workers as usize].clone(),
-            b,
-        ));
-    }
-    let job_id = co.job.id();
-    let on_chain = match chain {
-        Some(at) => {
-            let spec = (
-                job_id,
-                (co.weights.hash(), co.challenge_commitment()),
-                co.job.rounds,
-                co.job.workers,
-                co.job.reward_per_round,
-            );
-            let ks: Vec<SigningKey> = keys.iter().map(|(k, _)| k.clone()).collect();
-            let c = crate::train_chain::connect(at, &ks, spec).await?;
-            eprintln!(
-                "training job {} opened on the chain (explorer {}/)",
-                job_id.short(),
-                c.urls[0],
-            );
-            Some(c)
-        }
-        None => None,
+    let opts = NetworkOptions {
+        workers: a.workers,
+        seed: a.seed,
+        cheater: cheater.and_then(Behavior::tamper),
+        round_deadline: std::time::Duration::from_secs(a.round_deadline),
     };
-    let mut coord = TrainCoordinator::new(co, std::time::Duration::from_secs(a.round_deadline))?;
-    let mut ledger = None;
-    let mut auditors = vec![];
-    let mut judges = vec![];
-    if let Some(c) = on_chain {
-        coord = coord.with_ledger(c.coordinator);
-        ledger = Some(c.ledger);
-        auditors = c.auditors;
-        judges = c.judges;
+    let mut net = TrainingNetwork::start(co, &opts, chain).await?;
+    if let Some(urls) = net.chain_urls() {
+        eprintln!(
+            "training job {} opened on the chain (explorer {}/)",
+            net.job_id().short(),
+            urls[0],
+        );
     }
-    let addr = deai_node::serve("127.0.0.1:0".parse()?, coord.router()).await?;
-    let url = format!("http://{addr}");
-    coord.set_public_url(&url);
-    // The other validators judge every proposed round before it settles (on a devnet, its
-    // validators already do).
-    let auditor_tasks: Vec<_> = auditors
-        .into_iter()
-        .map(|s| tokio::spawn(deai_node::training::TrainAuditor::new(s).run()))
-        .collect();
+    let url = net.url().to_string();
     eprintln!("coordinator on {url}");
     eprintln!(
         "round 1 challenge commitment {} (audit: deai train audit --coordinator {url} --commitment ...)",
-        coord.info().challenge_commitment
+        net.challenge_commitment()
     );
     eprintln!("explorer: {url}/#/training");
-    let runner = tokio::spawn({
-        let c = coord.clone();
-        async move { c.run().await }
-    });
-    let roles: Vec<([u8; 32], String)> = keys
-        .iter()
-        .map(|(k, b)| (k.verifying_key().to_bytes(), b.name().to_string()))
-        .collect();
     let done = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
-    let mut handles = vec![];
-    for (k, b) in keys {
-        let w = serve_worker(TrainWorker::new(k, &url, b, ""), "127.0.0.1:0".parse()?).await?;
-        let (done, pb) = (done.clone(), pb.clone());
+    let on_step: OnStep = {
+        let pb = pb.clone();
         let rounds = a.rounds;
-        let on_step = Arc::new(move |round: u32, step: u32, loss: f32| {
+        Arc::new(move |round: u32, step: u32, loss: f32| {
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             pb.set_position(n);
             let tps = n as f64 * tokens_per_step / t0.elapsed().as_secs_f64();
@@ -631,16 +511,11 @@ async fn network_rounds(
                 "round {}/{rounds}  step {step}  loss {loss:.3}  {tps:.0} tok/s",
                 round + 1
             ));
-        });
-        handles.push(tokio::spawn(async move { w.run(on_step).await }));
-    }
-    let mut printed = 0;
-    loop {
-        // Read "finished" first, so the reports read after it include the last round.
-        let finished = runner.is_finished();
-        let reports = coord.reports();
-        for r in &reports[printed..] {
-            let line = if a.json {
+        })
+    };
+    net.run(on_step, |r| {
+        let line =
+            if a.json {
                 serde_json::to_string(r)?
             } else {
                 let rej: Vec<String> = r
@@ -649,30 +524,20 @@ async fn network_rounds(
                     .map(|(w, e)| format!("{w}: {e}"))
                     .collect();
                 format!(
-                    "round {:>3}  eval loss {:.4}  accepted {}  rejected {}{}  checkpoint {}  {} KB in",
-                    r.round + 1,
-                    r.eval_loss,
-                    r.accepted.len(),
-                    r.rejected.len(),
-                    if rej.is_empty() { String::new() } else { format!(" [{}]", rej.join("; ")) },
-                    r.next_checkpoint.short(),
-                    r.contribution_bytes / 1024
-                )
+                "round {:>3}  eval loss {:.4}  accepted {}  rejected {}{}  checkpoint {}  {} KB in",
+                r.round + 1,
+                r.eval_loss,
+                r.accepted.len(),
+                r.rejected.len(),
+                if rej.is_empty() { String::new() } else { format!(" [{}]", rej.join("; ")) },
+                r.next_checkpoint.short(),
+                r.contribution_bytes / 1024
+            )
             };
-            pb.suspend(|| writeln!(out, "{line}"))?;
-        }
-        printed = reports.len();
-        if finished {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    runner.await??;
-    for h in handles {
-        if let Err(e) = h.await? {
-            tracing::warn!("a training worker stopped: {e:#}");
-        }
-    }
+        pb.suspend(|| writeln!(out, "{line}"))?;
+        Ok(())
+    })
+    .await?;
     if a.linger > 0 {
         // Listen for Ctrl-C before saying so: a signal in between must not kill the process.
         let interrupted = interrupt()?;
@@ -685,14 +550,7 @@ async fn network_rounds(
             _ = interrupted => {}
         }
     }
-    for t in auditor_tasks {
-        t.abort();
-    }
-    let summary = match &ledger {
-        Some(l) => Some(crate::train_chain::summary(l, &job_id, &roles, &judges).await?),
-        None => None,
-    };
-    Ok((coord.weights(), coord.reports(), summary))
+    net.finish().await
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
@@ -713,189 +571,30 @@ pub fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// Measures the targets in one run; see BENCHMARKS.md.
+/// Measures the targets in one run ([`deai_bench::train`]); see BENCHMARKS.md.
 pub fn bench(b: TrainBench) -> Result<()> {
-    let s = setup(
-        &b.corpus,
-        &b.preset,
-        b.workers,
-        b.inner_steps,
-        b.rounds,
-        b.batch,
-        &b.opt,
-        b.opt.outer_or(BENCH_OUTER),
-        1,
-        1,
-    )?;
-    let log = |m: String| {
+    let (outer_lr, outer_momentum) = b.opt.outer_or(BENCH_OUTER);
+    let options = deai_bench::train::Options {
+        corpus: b.corpus.clone(),
+        preset: b.preset.clone(),
+        workers: b.workers,
+        inner_steps: b.inner_steps,
+        rounds: b.rounds,
+        batch: b.batch,
+        trials: b.trials,
+        trial_inner_steps: b.trial_inner_steps,
+        skip_one_trials: b.skip_one_trials,
+        lr: b.opt.lr,
+        round_warmup: b.opt.round_warmup,
+        outer_lr,
+        outer_momentum,
+    };
+    let report = deai_bench::train::run(&options, |m| {
         if !b.json {
             eprintln!("{m}");
         }
-    };
-    let tokens_per_step = (s.job.train.batch * s.job.model.seq_len) as f64;
-
-    // 1. Single-worker AdamW with the same total tokens: batch x workers, R x H steps.
-    let all = Shard {
-        tokens: s.data.train.iter().flat_map(|x| x.tokens.clone()).collect(),
-    };
-    let steps = b.rounds as u64 * b.inner_steps as u64;
-    log(format!(
-        "baseline: {steps} steps of batch {}",
-        b.batch * b.workers as usize
-    ));
-    let base = run::train_baseline(
-        &s.job,
-        &s.init,
-        &all,
-        &s.data.val,
-        steps,
-        b.workers as usize,
-        steps,
-        64,
-        |_| {},
-    )?;
-    let loss_baseline = base.evals.last().map(|e| e.1).unwrap_or(f32::NAN);
-
-    // 2. DiLoCo with honest workers.
-    log(format!(
-        "diloco: {} workers x {} rounds x {} steps",
-        b.workers, b.rounds, b.inner_steps
-    ));
-    let mut co = Coordinator::new(
-        s.job.clone(),
-        s.init.clone(),
-        s.data.train.clone(),
-        s.data.val.clone(),
-    )?;
-    let mut workers: Vec<LocalWorker> = worker_keys(b.workers, 1)
-        .into_iter()
-        .map(|k| LocalWorker::new(k, Behavior::Honest))
-        .collect();
-    // Every round is also audited from its evidence as a validator would (without the
-    // held-out shard, as over HTTP): what judging a round costs beside computing it.
-    let (mut compute, mut audit_time) = (0.0, 0.0);
-    while co.round < co.job.rounds {
-        let (committed, start, outer) = (
-            co.challenge_commitment(),
-            co.weights.clone(),
-            co.outer_state(),
-        );
-        let (report, c) = run::run_round(&mut co, &mut workers, &mut |_| {})?;
-        compute += c;
-        let evidence = co
-            .take_evidence()
-            .context("a closed round keeps its evidence")?;
-        let t = Instant::now();
-        let inputs = deai_train::audit::AuditInputs {
-            job: &co.job,
-            checkpoint: &start,
-            outer_state: &outer,
-            shards: co.shards(),
-            val: None,
-            committed,
-        };
-        deai_train::audit::audit_round(&inputs, &report, &evidence)
-            .context("auditing an honest round")?;
-        audit_time += t.elapsed().as_secs_f64();
-    }
-    let loss_diloco = co.reports.last().map(|r| r.eval_loss).unwrap_or(f32::NAN);
-    let rounds = co.reports.len() as f64;
-    let verify_steps: u32 = co.reports.iter().map(|r| r.verify.steps).sum();
-    let contributions: usize = co.reports.iter().map(|r| r.accepted.len()).sum();
-    let bytes_per_contribution = co.reports.iter().map(|r| r.contribution_bytes).sum::<u64>()
-        as f64
-        / contributions.max(1) as f64;
-    // Data-parallel baseline traffic: every worker sends fp32 gradients every inner step.
-    let fp32_per_round = 4.0 * s.init.n_params() as f64 * b.inner_steps as f64;
-    let comm_ratio = fp32_per_round / bytes_per_contribution;
-    let worker_tok_s = contributions as f64 * b.inner_steps as f64 * tokens_per_step / compute;
-    let verify_time: f64 = co.reports.iter().map(|r| r.verify_seconds).sum();
-
-    // 3. Plain candle loop (tensor AdamW, no commitments) for throughput.
-    // Alternate the two loops in short runs and keep each one's best, so that load on a
-    // shared machine hits both alike.
-    let (mut plain_tok_s, mut worker_loop_tok_s) = (0f64, 0f64);
-    for _ in 0..3 {
-        plain_tok_s = plain_tok_s.max(plain_candle_tok_s(&s, 8)?);
-        worker_loop_tok_s = worker_loop_tok_s.max(worker_loop_tok_s_of(&s, 8)?);
-    }
-    // 4. Cheaters and false accusations, on a shorter round (the same model and data).
-    let mut trial = s;
-    trial.job.inner_steps = b.trial_inner_steps;
-    trial.job.train.warmup_steps = 1;
-    trial.job.validate()?;
-    let s = &trial;
-    let mut caught = 0;
-    let mut total = 0;
-    let mut per_class = serde_json::Map::new();
-    for class in Behavior::CHEATERS {
-        let mut c = 0;
-        for trial in 0..b.trials {
-            total += 1;
-            if cheater_caught(s, class, trial)? {
-                c += 1;
-                caught += 1;
-            }
-        }
-        log(format!("{:<17} caught {c}/{}", class.name(), b.trials));
-        per_class.insert(
-            class.name().into(),
-            serde_json::json!(format!("{c}/{}", b.trials)),
-        );
-    }
-    let (false_acc, honest_checked) = false_accusations(s, b.trials)?;
-    // 5. The worker that skips one step of H: each trial has other keys, so another
-    // challenged step and another skipped one.
-    let mut skip_one_caught = 0;
-    for trial in 0..b.skip_one_trials {
-        if cheater_caught(s, Behavior::SkipOneStep, 500 + trial)? {
-            skip_one_caught += 1;
-        }
-    }
-    let skip_one_expected =
-        deai_train::diloco::skip_detection_probability(s.job.inner_steps, s.job.verify_steps);
-    log(format!(
-        "{:<17} caught {skip_one_caught}/{} (expected rate {skip_one_expected:.3})",
-        Behavior::SkipOneStep.name(),
-        b.skip_one_trials
-    ));
-
-    let json = serde_json::json!({
-        "preset": b.preset,
-        "params": s.init.n_params(),
-        "workers": b.workers,
-        "inner_steps": b.inner_steps,
-        "rounds": b.rounds,
-        "batch": b.batch,
-        "baseline_batch": b.batch * b.workers as usize,
-        "lr": b.opt.lr,
-        "round_warmup": b.opt.round_warmup,
-        "outer_lr": s.job.outer_lr,
-        "outer_momentum": s.job.outer_momentum,
-        "tokens": base.tokens,
-        "loss_baseline": loss_baseline,
-        "loss_diloco": loss_diloco,
-        "loss_ratio": loss_diloco / loss_baseline,
-        "comm_ratio": comm_ratio,
-        "bytes_per_contribution": bytes_per_contribution,
-        "verify_cost_ratio": verify_time / compute,
-        "audit_cost_ratio": audit_time / compute,
-        "verify_steps_ratio": verify_steps as f64 / (contributions as f64 * b.inner_steps as f64),
-        "worker_tokens_per_s": worker_tok_s,
-        "plain_candle_tokens_per_s": plain_tok_s,
-        "worker_loop_tokens_per_s": worker_loop_tok_s,
-        "throughput_ratio": plain_tok_s / worker_loop_tok_s,
-        "baseline_tokens_per_s": base.tokens as f64 / base.seconds,
-        "cheaters_caught": caught,
-        "cheaters_total": total,
-        "per_class": per_class,
-        "false_accusations": false_acc,
-        "honest_checked": honest_checked,
-        "diloco_rounds": rounds,
-        "skip_one_caught": skip_one_caught,
-        "skip_one_trials": b.skip_one_trials,
-        "skip_one_expected_rate": skip_one_expected,
-    });
+    })?;
+    let json = serde_json::to_value(&report)?;
     if b.json {
         writeln!(std::io::stdout().lock(), "{json}")?;
     } else {
@@ -906,150 +605,6 @@ pub fn bench(b: TrainBench) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// Tokens/s of a plain candle loop on the same model: forward, backward, AdamW as tensor
-/// ops on the `Var`s, no hashing or host copies.
-fn plain_candle_tok_s(s: &Setup, steps: u64) -> Result<f64> {
-    use candle_core::Tensor;
-    let net = deai_train::Net::new(&s.init)?;
-    let shard = &s.data.train[0];
-    let cfg = &s.job.train;
-    let vars = net.vars();
-    let mut m: Vec<Tensor> = vars
-        .iter()
-        .map(|v| v.zeros_like())
-        .collect::<candle_core::Result<_>>()?;
-    let mut v2: Vec<Tensor> = m.clone();
-    let t = Instant::now();
-    for step in 0..steps {
-        let batch = shard.batch(s.job.model.seq_len, cfg.batch, 3, step)?;
-        let grads = net.loss_grad_store(&batch)?;
-        let lr = cfg.lr_at(step) as f64;
-        let tt = (step + 1) as i32;
-        let (bc1, bc2) = (
-            1.0 - (cfg.beta1 as f64).powi(tt),
-            1.0 - (cfg.beta2 as f64).powi(tt),
-        );
-        for (i, var) in vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            m[i] = ((&m[i] * cfg.beta1 as f64)? + (g * (1.0 - cfg.beta1 as f64))?)?;
-            v2[i] = ((&v2[i] * cfg.beta2 as f64)? + (g.sqr()? * (1.0 - cfg.beta2 as f64))?)?;
-            let upd = ((&m[i] / bc1)? / ((&v2[i] / bc2)?.sqrt()? + cfg.eps as f64)?)?;
-            let w = var.as_tensor();
-            let next = (w - ((upd + (w * cfg.weight_decay as f64)?)? * lr)?)?;
-            var.set(&next)?;
-        }
-    }
-    Ok(steps as f64 * (cfg.batch * s.job.model.seq_len) as f64 / t.elapsed().as_secs_f64())
-}
-
-/// Tokens/s of the DiLoCo worker's own loop (`WorkerRun::run`: host AdamW, a state hash
-/// after every step, states kept for openings, int8 delta and signature) for `steps` steps.
-fn worker_loop_tok_s_of(s: &Setup, steps: u32) -> Result<f64> {
-    let mut job = s.job.clone();
-    job.inner_steps = steps;
-    job.verify_steps = 1;
-    let co = Coordinator::new(
-        job.clone(),
-        s.init.clone(),
-        s.data.train.clone(),
-        s.data.val.clone(),
-    )?;
-    let spec = co.round_spec();
-    let key = worker_keys(1, 77).remove(0);
-    let t = Instant::now();
-    deai_train::WorkerRun::run(
-        &key,
-        &job,
-        &spec,
-        &co.weights,
-        None,
-        co.shards(),
-        Behavior::Honest,
-        |_, _| {},
-    )?;
-    Ok(steps as f64 * (job.train.batch * job.model.seq_len) as f64 / t.elapsed().as_secs_f64())
-}
-
-/// One round with an honest worker and a `class` cheater (keys vary with `trial`, so the
-/// challenged step does too); true if the cheater's contribution was rejected.
-fn cheater_caught(s: &Setup, class: Behavior, trial: u32) -> Result<bool> {
-    let mut job = s.job.clone();
-    job.rounds = 2;
-    let mut co = Coordinator::new(
-        job,
-        s.init.clone(),
-        s.data.train.clone(),
-        s.data.val.clone(),
-    )?;
-    co.eval_windows = 1;
-    // Seeded challenges: a trial repeats exactly (never on a network, where they must be
-    // secret).
-    co.seed_challenges(1000 + trial as u64);
-    let keys = worker_keys(2, 1000 + trial as u64);
-    let mut workers = vec![
-        LocalWorker::new(keys[0].clone(), Behavior::Honest),
-        LocalWorker::new(keys[1].clone(), class),
-    ];
-    if matches!(class, Behavior::StaleCheckpoint | Behavior::Replay) {
-        run::run_round(&mut co, &mut workers, &mut |_| {})?;
-    }
-    let (r, _) = run::run_round(&mut co, &mut workers, &mut |_| {})?;
-    let me = hex::encode(&keys[1].verifying_key().to_bytes()[..6]);
-    let honest = hex::encode(&keys[0].verifying_key().to_bytes()[..6]);
-    if r.rejected.iter().any(|(w, _)| w != &me) || !r.accepted.contains(&honest) {
-        bail!(
-            "the honest worker was not accepted in a cheater trial: {:?}",
-            r.rejected
-        );
-    }
-    Ok(r.rejected.iter().any(|(w, _)| w == &me))
-}
-
-/// Honest workers trained at one thread count and verified at another: how many were
-/// rejected, of how many checked.
-fn false_accusations(s: &Setup, trials: u32) -> Result<(u32, u32)> {
-    let mut bad = 0;
-    let mut checked = 0;
-    for trial in 0..trials {
-        for (train_threads, verify_threads) in [("1", "2"), ("2", "1")] {
-            let mut co = Coordinator::new(
-                s.job.clone(),
-                s.init.clone(),
-                s.data.train.clone(),
-                s.data.val.clone(),
-            )?;
-            co.eval_windows = 1;
-            co.seed_challenges(2000 + trial as u64);
-            let key = worker_keys(1, 2000 + trial as u64).remove(0);
-            let spec = co.round_spec();
-            // candle reads RAYON_NUM_THREADS at every matmul; this process is single-threaded
-            // here, so switching it between phases is safe.
-            std::env::set_var("RAYON_NUM_THREADS", train_threads);
-            let run = deai_train::WorkerRun::run(
-                &key,
-                &co.job,
-                &spec,
-                &co.weights,
-                None,
-                co.shards(),
-                Behavior::Honest,
-                |_, _| {},
-            )?;
-            let _ = co.submit(&run.contribution.to_bytes());
-            std::env::set_var("RAYON_NUM_THREADS", verify_threads);
-            let r = co.close_round(&[(key.verifying_key().to_bytes(), &run)])?;
-            std::env::remove_var("RAYON_NUM_THREADS");
-            checked += 1;
-            if !r.rejected.is_empty() {
-                bad += 1;
-            }
-        }
-    }
-    Ok((bad, checked))
 }
 
 /// `deai train audit`: exit 0 every round checks out, 1 a round does not, 2 error.

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod ledger_client;
 pub mod node;
 pub mod proto;
+pub mod train_net;
 pub mod training;
 pub mod verifier;
 pub mod worker;

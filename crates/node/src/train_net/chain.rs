@@ -1,31 +1,36 @@
-//! `deai train --onchain`: the training job on a real chain. Starts a 4-validator chain in
-//! the output directory (commonware simplex on loopback, on-disk storage, like `deai
-//! devnet`), funds the job owner and the training workers at genesis, has every worker
-//! stake the ledger's worker minimum, and opens the job on chain (`open_training`, escrowing
-//! rounds x reward) with validator 0 as its coordinator. The coordinator then proposes each
-//! round (`train_round`): the merged checkpoint's hash, the report digest, who is paid and
-//! who is slashed; validators 1-3 replay it from the coordinator's evidence
-//! (`deai_node::training::TrainAuditor`) and their verdicts settle it.
+//! The chain side of a training network: a job escrowed, its rounds proposed and judged, and
+//! its workers paid or slashed on a ledger. Either a training-only 4-validator chain that
+//! this process starts in a directory (commonware simplex on loopback, on-disk storage, like
+//! the devnet's), which funds the job owner and the training workers at genesis, or the
+//! inference devnet already running in this process, whose client account funds them. Every
+//! worker stakes the ledger's worker minimum and the job opens on chain (`open_training`,
+//! escrowing rounds x reward) with validator 0 as its coordinator. The coordinator then
+//! proposes each round (`train_round`): the merged checkpoint's hash, the report digest, who
+//! is paid and who is slashed; the other validators replay it from the coordinator's
+//! evidence ([`crate::training::TrainAuditor`]) and their verdicts settle it.
 
+use crate::devnet::{self, Devnet};
+use crate::ledger_client::{LedgerClient, Signer};
 use anyhow::{Context, Result};
 use commonware_runtime::tokio as cw_tokio;
 use deai_chain::local::{self, InitOptions};
 use deai_ledger::state::GenesisAccount;
-use deai_ledger::{Address, TxKind};
-use deai_node::ledger_client::{LedgerClient, Signer};
+use deai_ledger::{Address, TrainingJob, TxKind};
 use deai_types::Hash256;
 use ed25519_dalek::SigningKey;
+use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// What the chain side of a training run needs.
 pub struct TrainChain {
+    /// The chain nodes' API URLs.
     pub urls: Vec<String>,
     /// Validator 0: it opens every round on chain. Shared with whatever else signs for
     /// that validator in this process (one nonce sequence per key).
     pub coordinator: Arc<Signer>,
-    /// Validators that judge the rounds and that this command must run itself (the
+    /// Validators that judge the rounds and that this process must run itself (the
     /// training-only chain's validators 1-3); empty on a devnet, whose validators judge.
     pub auditors: Vec<Signer>,
     /// The validators expected to judge (for the summary's verdict counts).
@@ -38,14 +43,30 @@ pub enum ChainAt<'a> {
     /// A training-only chain in this directory, started here (`deai train --onchain`).
     Own(&'a cw_tokio::Context, &'a Path),
     /// The inference devnet running in this process (`deai train --devnet`).
-    Devnet(&'a deai_node::devnet::Devnet),
+    Devnet(&'a Devnet),
+}
+
+/// What a job puts on chain when it opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OnchainJob {
+    /// The job spec's id.
+    pub job_id: Hash256,
+    /// The initial checkpoint's hash.
+    pub checkpoint: Hash256,
+    /// The coordinator's commitment to round 0's challenge secret.
+    pub first_commitment: Hash256,
+    pub rounds: u32,
+    /// Most contributors one round may accept.
+    pub workers: u32,
+    /// Escrowed per round, paid to contributors and judges.
+    pub reward_per_round: u64,
 }
 
 /// Starts or attaches to the chain, stakes `workers` and opens `job` on it.
 pub async fn connect(
     at: ChainAt<'_>,
     workers: &[SigningKey],
-    job: JobOnChain,
+    job: OnchainJob,
 ) -> Result<TrainChain> {
     match at {
         ChainAt::Own(ctx, dir) => start(ctx, dir, workers, job).await,
@@ -53,9 +74,15 @@ pub async fn connect(
     }
 }
 
-/// What the job puts on chain when it opens: its id, the first checkpoint and challenge
-/// commitment, rounds, workers and reward per round.
-pub type JobOnChain = (Hash256, (Hash256, Hash256), u32, u32, u64);
+/// A free block of loopback ports for a 4-validator chain (p2p on `+0..4`, HTTP on
+/// `+100..104`) and a devnet's gateway (`+200`) with `inference_workers` workers (`+201..`).
+pub fn free_port_base(inference_workers: usize) -> Result<u16> {
+    let offsets: Vec<u16> = (0..4)
+        .chain(100..104)
+        .chain(200..=200 + inference_workers as u16)
+        .collect();
+    Ok(deai_chain::ports::free_port_base(&offsets)?)
+}
 
 const OWNER_BALANCE: u64 = 1_000_000_000_000;
 const WORKER_BALANCE: u64 = 1_000_000;
@@ -70,7 +97,7 @@ async fn start(
     ctx: &cw_tokio::Context,
     dir: &Path,
     workers: &[SigningKey],
-    job: JobOnChain,
+    job: OnchainJob,
 ) -> Result<TrainChain> {
     let owner_path = dir.join("keys").join("owner.key");
     if !dir.join("genesis.json").exists() {
@@ -87,20 +114,20 @@ async fn start(
             balance: WORKER_BALANCE,
             stake: 0,
         }));
-        let base = crate::bench_network::free_base(0)?;
+        let base = free_port_base(0)?;
         local::init_with(
             dir,
             &InitOptions {
                 base_p2p_port: base,
                 base_http_port: base + 100,
-                params: deai_node::devnet::devnet_params(),
+                params: devnet::devnet_params(),
                 chain_name: "deai-train".into(),
                 ..InitOptions::default()
             },
             extra,
         )?;
     }
-    let (urls, ledger) = deai_node::devnet::start_chain(ctx, dir).await?;
+    let (urls, ledger) = devnet::start_chain(ctx, dir).await?;
     let chain_id = ledger.chain_id().await?;
     let fee = ledger.params().await?.min_fee;
     let key = |name: &str| -> Result<SigningKey> {
@@ -130,14 +157,10 @@ async fn start(
     Ok(chain)
 }
 
-/// The training job on the running inference devnet `net` (the network `deai devnet`
-/// runs): its client account funds the training workers and pays the job's escrow, its
-/// validator 0 coordinates, and its validators' auditors judge the rounds.
-async fn attach(
-    net: &deai_node::devnet::Devnet,
-    workers: &[SigningKey],
-    job: JobOnChain,
-) -> Result<TrainChain> {
+/// The training job on the running inference devnet `net`: its client account funds the
+/// training workers and pays the job's escrow, its validator 0 coordinates, and its
+/// validators' auditors judge the rounds.
+async fn attach(net: &Devnet, workers: &[SigningKey], job: OnchainJob) -> Result<TrainChain> {
     let coordinator = net
         .validators
         .first()
@@ -180,7 +203,7 @@ async fn open(
     chain: &TrainChain,
     owner: &Signer,
     workers: &[SigningKey],
-    (job, (checkpoint, commitment), rounds, n_workers, reward): JobOnChain,
+    job: OnchainJob,
     place: &str,
 ) -> Result<()> {
     let ledger = &chain.ledger;
@@ -210,27 +233,27 @@ async fn open(
             f.error
         );
     }
-    if let Some(t) = ledger.training(&job).await? {
+    if let Some(t) = ledger.training(&job.job_id).await? {
         // Resuming a job half-way is not built: the coordinator keeps its weights in memory.
         anyhow::ensure!(
             t.status == deai_ledger::TrainingStatus::Running && t.rounds_done == 0,
             "training job {} is already {:?} after {} rounds on the chain in {place}; a job \
              cannot be resumed: use another --out (or --seed for another job)",
-            job.short(),
+            job.job_id.short(),
             t.status,
             t.rounds_done,
         );
         return Ok(());
     }
     owner
-        .submit_wait(
+        .submit_and_wait(
             TxKind::OpenTraining {
-                job,
-                checkpoint,
-                commitment,
-                rounds,
-                workers: n_workers,
-                reward_per_round: reward,
+                job: job.job_id,
+                checkpoint: job.checkpoint,
+                commitment: job.first_commitment,
+                rounds: job.rounds,
+                workers: job.workers,
+                reward_per_round: job.reward_per_round,
                 coordinator: chain.coordinator.address(),
             },
             wait,
@@ -240,36 +263,65 @@ async fn open(
     Ok(())
 }
 
-/// The job's record, each worker's (balance, stake) and each judging validator's accepting
-/// and rejecting `train_verdict`s and its earnings (judging shares and, on a devnet,
-/// inference verdict fees), as finalized, for the summary.
+/// The job on chain after its run, as finalized.
+#[derive(Clone, Debug, Serialize)]
+pub struct OnchainSummary {
+    /// The finalized height it was read at.
+    pub height: u64,
+    /// The job's record.
+    pub training: TrainingJob,
+    pub workers: Vec<WorkerAccount>,
+    pub validators: Vec<JudgeRecord>,
+}
+
+/// A training worker's account after the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerAccount {
+    #[serde(with = "deai_ledger::tx::hex_addr")]
+    pub address: Address,
+    /// Its behavior's name (`honest` or the cheat it plays).
+    pub role: String,
+    pub balance: u64,
+    pub stake: u64,
+}
+
+/// A judging validator's verdicts on the job and its earnings.
+#[derive(Clone, Debug, Serialize)]
+pub struct JudgeRecord {
+    #[serde(with = "deai_ledger::tx::hex_addr")]
+    pub address: Address,
+    /// Its accepting `train_verdict`s on this job.
+    pub accepted_rounds: usize,
+    /// Its rejecting ones.
+    pub rejected_rounds: usize,
+    /// All it earned as a validator (judging shares and, on a devnet, inference verdict
+    /// fees).
+    pub earned: u64,
+}
+
+/// The job's record, each worker's balance and stake, and each judging validator's
+/// verdicts and earnings, as finalized, for the summary.
 pub async fn summary(
     ledger: &LedgerClient,
     job: &Hash256,
     workers: &[(Address, String)],
     validators: &[Address],
-) -> Result<serde_json::Value> {
-    let t = ledger
+) -> Result<OnchainSummary> {
+    let training = ledger
         .training(job)
         .await?
         .context("the training job is not on the ledger")?;
     let mut ws = vec![];
     for (a, role) in workers {
         let (balance, stake, _) = ledger.account(a).await?;
-        ws.push(serde_json::json!({
-            "address": hex::encode(a),
-            "role": role,
-            "balance": balance,
-            "stake": stake,
-        }));
+        ws.push(WorkerAccount {
+            address: *a,
+            role: role.clone(),
+            balance,
+            stake,
+        });
     }
-    let all: serde_json::Value = ledger
-        .http()
-        .get(format!("{}/v1/validators", ledger.url()))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let all = ledger.validators_json().await?;
     let mut vs = vec![];
     for a in validators {
         let earned = all["validators"]
@@ -300,17 +352,55 @@ pub async fn summary(
             }
         }
         let yes = verdicts.iter().filter(|r| r["yes"] == true).count();
-        vs.push(serde_json::json!({
-            "address": hex::encode(a),
-            "accepted_rounds": yes,
-            "rejected_rounds": verdicts.len() - yes,
-            "earned": earned,
-        }));
+        vs.push(JudgeRecord {
+            address: *a,
+            accepted_rounds: yes,
+            rejected_rounds: verdicts.len() - yes,
+            earned,
+        });
     }
-    Ok(serde_json::json!({
-        "height": ledger.height().await?,
-        "training": t,
-        "workers": ws,
-        "validators": vs,
-    }))
+    Ok(OnchainSummary {
+        height: ledger.height().await?,
+        training,
+        workers: ws,
+        validators: vs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_rows_name_accounts_in_hex() {
+        let w = serde_json::to_value(WorkerAccount {
+            address: [0xab; 32],
+            role: "honest".into(),
+            balance: 5,
+            stake: 7,
+        })
+        .unwrap();
+        assert_eq!(w["address"], "ab".repeat(32));
+        assert_eq!(
+            (w["role"].as_str(), w["stake"].as_u64()),
+            (Some("honest"), Some(7))
+        );
+        let j = serde_json::to_value(JudgeRecord {
+            address: [1; 32],
+            accepted_rounds: 3,
+            rejected_rounds: 0,
+            earned: 9,
+        })
+        .unwrap();
+        assert_eq!(j["address"], "01".repeat(32));
+        assert_eq!(j["accepted_rounds"], 3);
+    }
+
+    #[test]
+    fn a_port_block_leaves_room_for_the_chain_the_gateway_and_the_workers() {
+        let base = free_port_base(2).unwrap();
+        for o in (0..4).chain(100..104).chain(200..=202) {
+            std::net::TcpListener::bind(("127.0.0.1", base + o)).unwrap();
+        }
+    }
 }
