@@ -29,7 +29,6 @@ use deai_engine::{Engine, GenParams, SamplingParams};
 use deai_ledger::state::JobStatus;
 use deai_node::devnet::{self, DevnetInfo, DevnetOptions, Runner as _};
 use deai_node::ledger_client::LedgerClient;
-use deai_node::worker::Behavior;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -726,7 +725,7 @@ pub fn bench(a: NetworkBench) -> Result<()> {
         model_path,
         model_name: name,
         base_port: base,
-        workers: vec![Behavior::Honest; a.workers],
+        workers: vec![None; a.workers],
         cheaters_pass_challenge: true,
         price_per_1k: 1_000,
         engine: engine.clone(),

@@ -6,7 +6,7 @@ use crate::{chain_cmd, resolve_model, ModelArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use deai_node::devnet::{self, DevnetOptions, Runner as _};
-use deai_node::worker::Behavior;
+use deai_node::faults::Behavior;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,7 +88,7 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
                 bail!("unknown --cheater {other:?}: alter-output, fake-proof or other-weights")
             }
         };
-        *behaviors.last_mut().expect("at least one worker") = b;
+        *behaviors.last_mut().expect("at least one worker") = b.tamper();
     }
     opts.params.job_timeout = a.job_timeout.unwrap_or(opts.params.job_timeout);
     let demo = a.demo;
@@ -138,7 +138,7 @@ pub fn options(
         model_name: model_name(&model_path),
         model_path,
         base_port: port_base,
-        workers: vec![Behavior::Honest; workers],
+        workers: vec![None; workers],
         cheaters_pass_challenge: true,
         price_per_1k: 1_000,
         engine,

@@ -7,7 +7,7 @@
 use crate::gateway::{CatalogEntry, Gateway, GatewayConfig};
 use crate::ledger_client::{LedgerClient, Signer};
 use crate::verifier::Verifier;
-use crate::worker::{Behavior, Worker, WorkerConfig};
+use crate::worker::{Tamper, Worker, WorkerConfig};
 use anyhow::{Context, Result};
 use commonware_runtime::tokio as cw_tokio;
 use deai_chain::local::{self, InitOptions, RunOptions};
@@ -42,8 +42,8 @@ pub struct DevnetOptions {
     /// Chain p2p on `base_port..+4`, chain HTTP on `+100..`, gateway on `+200`, workers on
     /// `+201..`.
     pub base_port: u16,
-    /// One entry per worker.
-    pub workers: Vec<Behavior>,
+    /// One entry per worker: how it lies (`None`: honest).
+    pub workers: Vec<Option<Arc<dyn Tamper>>>,
     /// Cheating workers answer their capability challenge honestly and cheat afterwards
     /// (true), or cheat from their first job (false).
     pub cheaters_pass_challenge: bool,
@@ -173,7 +173,7 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
     };
 
     let mut workers = Vec::new();
-    for (i, behavior) in opts.workers.iter().enumerate() {
+    for (i, tamper) in opts.workers.iter().enumerate() {
         let addr = SocketAddr::from(([127, 0, 0, 1], opts.base_port + 201 + i as u16));
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("binding worker {i} on {addr}"))?;
@@ -185,9 +185,9 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
                 price_per_1k: opts.price_per_1k,
                 hardware: format!("cpu x{}", opts.engine.threads()),
                 dir: dir.join(format!("worker-{i}")),
-                behavior: behavior.clone(),
+                tamper: tamper.clone(),
                 post_timeout: Duration::from_secs(60),
-                honest_jobs: u64::from(opts.cheaters_pass_challenge),
+                tamper_after: u64::from(opts.cheaters_pass_challenge),
             },
             opts.engine.clone(),
             signer(key_at(&dir, &format!("worker-{i}.key"))?, i + 1),

@@ -11,6 +11,8 @@
 
 pub mod chain_proxy;
 pub mod devnet;
+#[cfg(feature = "faults")]
+pub mod faults;
 pub mod gateway;
 pub mod ledger_client;
 pub mod node;

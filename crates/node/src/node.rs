@@ -5,7 +5,7 @@
 use crate::gateway::{CatalogEntry, Gateway, GatewayConfig};
 use crate::ledger_client::{LedgerClient, Signer};
 use crate::verifier::Verifier;
-use crate::worker::{Behavior, Worker, WorkerConfig};
+use crate::worker::{Worker, WorkerConfig};
 use anyhow::{bail, Context, Result};
 use deai_engine::Engine;
 use deai_types::Hash256;
@@ -262,9 +262,9 @@ pub async fn start(
                     .clone()
                     .unwrap_or_else(|| format!("cpu x{}", engine.threads())),
                 dir: data.join("worker"),
-                behavior: Behavior::Honest,
+                tamper: None,
                 post_timeout: Duration::from_secs(120),
-                honest_jobs: 0,
+                tamper_after: 0,
             },
             engine.clone(),
             signer(),

@@ -26,7 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use deai_ledger::tx::MAX_TRAIN_WORKERS;
 use deai_ledger::{Address, TxKind};
-use deai_train::diloco::{Behavior, JobSpec, Opener, RoundSpec, WorkerRun};
+use deai_train::diloco::{JobSpec, Opener, RoundSpec, Tamper, WorkerRun};
 use deai_train::verify::RoundReport;
 use deai_train::{checkpoint, Coordinator, TrainError, Weights};
 use deai_types::Hash256;
@@ -699,13 +699,14 @@ async fn contribute(
     }
 }
 
-/// A training worker: follows a coordinator's rounds, trains (or cheats, in tests), posts
-/// contributions and answers openings.
+/// A training worker: follows a coordinator's rounds, trains (through its [`Tamper`], if
+/// any), posts contributions and answers openings.
 #[derive(Clone)]
 pub struct TrainWorker {
     key: Arc<SigningKey>,
     coordinator: String,
-    behavior: Behavior,
+    /// How it lies; `None` for an honest worker.
+    tamper: Option<Arc<dyn Tamper>>,
     /// This worker's own URL (where openings are served).
     pub url: String,
     runs: Arc<Mutex<HashMap<u32, Arc<WorkerRun>>>>,
@@ -714,11 +715,16 @@ pub struct TrainWorker {
 }
 
 impl TrainWorker {
-    pub fn new(key: SigningKey, coordinator: &str, behavior: Behavior, url: &str) -> Self {
+    pub fn new(
+        key: SigningKey,
+        coordinator: &str,
+        tamper: Option<Arc<dyn Tamper>>,
+        url: &str,
+    ) -> Self {
         TrainWorker {
             key: Arc::new(key),
             coordinator: coordinator.trim_end_matches('/').to_string(),
-            behavior,
+            tamper,
             url: url.to_string(),
             runs: Arc::new(Mutex::new(HashMap::new())),
             max_rounds: None,
@@ -775,8 +781,9 @@ impl TrainWorker {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            if let (Behavior::Replay, Some(old)) = (self.behavior, &last_bytes) {
-                // A replaying cheater resends last round's contribution instead of training.
+            let resends = self.tamper.as_ref().is_some_and(|t| t.resends());
+            if let (true, Some(old)) = (resends, &last_bytes) {
+                // Its tamper resends last round's contribution instead of training.
                 let resp = client
                     .post(format!("{}/train/v1/contributions", self.coordinator))
                     .header("x-deai-worker-url", &self.url)
@@ -799,16 +806,16 @@ impl TrainWorker {
             }
             let start = self.checkpoint(info.spec.checkpoint).await?;
             let previous = match info.previous {
-                Some(p) if self.behavior == Behavior::StaleCheckpoint => {
+                Some(p) if self.tamper.as_ref().is_some_and(|t| t.wants_previous()) => {
                     Some(self.checkpoint(p).await?)
                 }
                 _ => None,
             };
-            let (key, job2, shards2, behavior, spec) = (
+            let (key, job2, shards2, tamper, spec) = (
                 self.key.clone(),
                 job.clone(),
                 shards.clone(),
-                self.behavior,
+                self.tamper.clone(),
                 info.spec,
             );
             let cb = on_step.clone();
@@ -820,7 +827,7 @@ impl TrainWorker {
                     &start,
                     previous.as_ref(),
                     &shards2,
-                    behavior,
+                    tamper.as_deref(),
                     |s, l| cb(spec.round, s, l),
                 )
             })

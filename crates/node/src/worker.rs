@@ -2,8 +2,9 @@
 //! `OpenJob` naming it, runs the engine, streams tokens back, stores the signed receipt on
 //! disk, and posts the receipt's digest and address on chain once the job is finalized.
 //!
-//! A worker can be told to cheat ([`Behavior`]) so that tests and the demo can show the
-//! validators catching it; honest is the default.
+//! [`Tamper`] is the seam through which a worker could lie about a job: the `faults` module
+//! (cargo feature `faults`) plays the cheating workers through it, so that tests and the demo
+//! can show the validators catching them. An honest worker has none.
 
 use crate::ledger_client::Signer;
 use crate::proto::{receipt_digest, RunEvent, RunRequest};
@@ -15,10 +16,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use deai_engine::Engine;
+use deai_engine::{Engine, Generation};
 use deai_ledger::{Address, TxKind};
 use deai_proof::{build_receipt, ProofConfig, Receipt};
 use deai_types::Hash256;
+use ed25519_dalek::SigningKey;
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -26,36 +28,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How a worker treats its jobs.
-#[derive(Clone)]
-pub enum Behavior {
-    Honest,
-    /// Replaces one output token (text and receipt) and re-signs the receipt.
-    AlterOutput,
-    /// Sends a receipt whose activation proof was not computed (zeroed commitments).
-    FakeProof,
-    /// Runs other weights (e.g. one layer perturbed) while claiming the registered model.
-    OtherWeights(Arc<Engine>),
-    /// Drops the connection after this many tokens, as a killed process would, and never
-    /// posts a receipt.
-    DieAfter(usize),
-    /// Signs an honest receipt but streams another first token id than the one it signs
-    /// (a worker relaying one answer and getting paid for another).
-    MisreportStream,
-}
+/// The seam through which a worker could lie about a job. Each hook receives what the honest
+/// worker produced at one point of a run and returns what is streamed, signed or stored
+/// instead; every default passes it through. An honest worker has no tamper; the cheating
+/// workers validators and the gateway must catch implement it in `faults` (cargo feature
+/// `faults`).
+pub trait Tamper: Send + Sync + std::fmt::Debug {
+    /// The engine to run jobs on instead of the registered one.
+    fn engine(&self) -> Option<&Engine> {
+        None
+    }
 
-impl std::fmt::Debug for Behavior {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Behavior::Honest => "honest",
-            Behavior::AlterOutput => "alter-output",
-            Behavior::FakeProof => "fake-proof",
-            Behavior::OtherWeights(_) => "other-weights",
-            Behavior::DieAfter(_) => "die-after",
-            Behavior::MisreportStream => "misreport-stream",
-        })
+    /// What to stream for the `index`th generated token (0-based) of a run on `engine`, in
+    /// order: `None` ends the response mid-stream.
+    fn token(&self, _engine: &Engine, _index: usize, event: RunEvent) -> Vec<Option<RunEvent>> {
+        vec![Some(event)]
+    }
+
+    /// After generation on `engine`, before the receipt is built: may rewrite the generation
+    /// (which the receipt then signs), returns further token events to stream, or fails the
+    /// job.
+    fn generated(&self, _engine: &Engine, _g: &mut Generation) -> Result<Vec<RunEvent>> {
+        Ok(vec![])
+    }
+
+    /// The signed receipt before it is stored, streamed and posted: may change it (and
+    /// re-sign it with `key`).
+    fn receipt(&self, _r: &mut Receipt, _key: &SigningKey) -> Result<()> {
+        Ok(())
     }
 }
+
+/// The identity tamper: what an honest worker does at every hook.
+#[derive(Debug)]
+struct Untampered;
+
+impl Tamper for Untampered {}
 
 pub struct WorkerConfig {
     pub model_id: Hash256,
@@ -64,12 +72,13 @@ pub struct WorkerConfig {
     pub hardware: String,
     /// Receipts are stored under `dir/receipts/`.
     pub dir: PathBuf,
-    pub behavior: Behavior,
+    /// How this worker lies ([`Tamper`]); `None` for an honest worker.
+    pub tamper: Option<Arc<dyn Tamper>>,
     /// How long to wait for a job's escrow to be finalized before giving up on posting.
     pub post_timeout: Duration,
-    /// Jobs answered honestly before `behavior` applies (1: a cheater that passes its
-    /// capability challenge and cheats afterwards).
-    pub honest_jobs: u64,
+    /// Jobs served untampered before `tamper` applies (1: a worker that passes its
+    /// capability challenge and lies afterwards).
+    pub tamper_after: u64,
 }
 
 struct Inner {
@@ -496,68 +505,30 @@ fn execute(
     tx: &tokio::sync::mpsc::Sender<Option<RunEvent>>,
 ) -> Result<(Vec<u8>, u32)> {
     let i = &w.0;
-    let honest = Behavior::Honest;
-    let behavior = if i.served.load(Ordering::Relaxed) < i.cfg.honest_jobs {
-        &honest
-    } else {
-        &i.cfg.behavior
+    let tamper: &dyn Tamper = match &i.cfg.tamper {
+        Some(t) if i.served.load(Ordering::Relaxed) >= i.cfg.tamper_after => t.as_ref(),
+        _ => &Untampered,
     };
-    let engine: &Engine = match behavior {
-        Behavior::OtherWeights(e) => e,
-        _ => &i.engine,
+    let engine: &Engine = tamper.engine().unwrap_or(&i.engine);
+    let send = |ev: Option<RunEvent>| {
+        let _ = tx.blocking_send(ev);
     };
-    let alter = matches!(behavior, Behavior::AlterOutput);
-    let misreport = matches!(behavior, Behavior::MisreportStream);
-    let vocab = engine.model.tokenizer.vocab_size() as u32;
-    let die_after = match behavior {
-        Behavior::DieAfter(n) => Some(*n),
-        _ => None,
-    };
-    let mut sent = 0usize;
+    let mut index = 0usize;
     let top = req.top_logprobs.map(usize::from);
     let mut g = engine.generate_with_logprobs(&req.prompt_tokens, &req.params, top, |ev| {
-        if die_after.is_some_and(|n| sent >= n) {
-            return;
-        }
-        if !alter {
-            let token = if misreport && sent == 0 {
-                (ev.token + 1) % vocab
-            } else {
-                ev.token
-            };
-            let _ = tx.blocking_send(Some(RunEvent::Token {
-                token,
-                text: ev.text.to_string(),
-                logprobs: ev.logprobs.clone(),
-            }));
-            sent += 1;
-            if die_after == Some(sent) {
-                let _ = tx.blocking_send(None);
-            }
-        }
+        let event = RunEvent::Token {
+            token: ev.token,
+            text: ev.text.to_string(),
+            logprobs: ev.logprobs.clone(),
+        };
+        tamper
+            .token(engine, index, event)
+            .into_iter()
+            .for_each(send);
+        index += 1;
     })?;
-    if die_after.is_some() {
-        anyhow::bail!("simulated crash mid-stream");
-    }
-    if alter {
-        // Swap the first output token for another one and tell the client the altered text.
-        if let Some(t) = g.output_tokens.first_mut() {
-            *t = (*t + 1) % engine.model.tokenizer.vocab_size() as u32;
-        }
-        g.text = engine.model.tokenizer.decode(&g.output_tokens);
-        // The altered tokens, streamed as the receipt will sign them (the text all at once).
-        for (k, &token) in g.output_tokens.iter().enumerate() {
-            let text = if k == 0 {
-                g.text.clone()
-            } else {
-                String::new()
-            };
-            let _ = tx.blocking_send(Some(RunEvent::Token {
-                token,
-                text,
-                logprobs: None,
-            }));
-        }
+    for event in tamper.generated(engine, &mut g)? {
+        send(Some(event));
     }
     let mut r: Receipt = build_receipt(
         &req.spec(),
@@ -567,13 +538,7 @@ fn execute(
         ProofConfig::default(),
         i.signer.key(),
     )?;
-    if matches!(behavior, Behavior::FakeProof) {
-        for c in &mut r.proof.chunks {
-            c.digest = [0; 8];
-            c.coeffs.iter_mut().for_each(|x| *x = 0);
-        }
-        r.sign(i.signer.key())?;
-    }
+    tamper.receipt(&mut r, i.signer.key())?;
     let bytes = r.to_bytes()?;
     let json = r.to_json();
     let path = w.receipt_path(&job);

@@ -14,9 +14,9 @@ use deai_engine::{Engine, EngineConfig};
 use deai_ledger::state::{JobStatus, Params};
 use deai_ledger::{Address, TxKind};
 use deai_node::devnet::{self, Devnet, DevnetOptions, Runner as _};
+use deai_node::faults::Behavior;
 use deai_node::ledger_client::{LedgerClient, Signer};
 use deai_node::proto::RunRequest;
-use deai_node::worker::Behavior;
 use deai_types::Hash256;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -86,7 +86,10 @@ fn with_devnet_opts<F, Fut>(
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("devnet");
-    let workers = workers(tmp.path());
+    let workers = workers(tmp.path())
+        .into_iter()
+        .map(Behavior::tamper)
+        .collect();
     let opts = DevnetOptions {
         dir: dir.clone(),
         model_path: path.clone(),

@@ -3,7 +3,8 @@
 
 use deai_node::training::{serve_worker, RoundInfo, TrainCoordinator, TrainWorker};
 use deai_train::data::{encode_bytes, synthetic_text, Dataset};
-use deai_train::diloco::{Behavior, JobSpec};
+use deai_train::diloco::JobSpec;
+use deai_train::faults::Behavior;
 use deai_train::{checkpoint, Coordinator, ModelConfig, TrainConfig, Weights};
 use ed25519_dalek::SigningKey;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,7 +75,7 @@ async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
         (key(4), Behavior::WrongShard, None),
     ];
     for (k, b, max) in specs.iter().cloned() {
-        let mut w = TrainWorker::new(k, &url, b, "");
+        let mut w = TrainWorker::new(k, &url, b.tamper(), "");
         w.max_rounds = max;
         let w = serve_worker(w, "127.0.0.1:0".parse().unwrap())
             .await

@@ -1,6 +1,6 @@
 //! DiLoCo rounds: the job, per-round assignment from public randomness, int8 pseudo-gradients,
-//! signed contributions that commit to every inner step, and the worker that produces them
-//! (honestly, or as one of the cheater classes the verifier must catch).
+//! signed contributions that commit to every inner step, and the worker that produces them,
+//! with the [`Tamper`] seam through which a cheating worker (`faults`) lies.
 //!
 //! A round: every worker starts from the round's checkpoint with fresh AdamW moments, runs
 //! `H` inner steps on its assigned shard with its assigned seed, and sends
@@ -393,33 +393,6 @@ impl Contribution {
     }
 }
 
-/// How a worker behaves: honest, or one of the cheater classes verification must catch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Behavior {
-    Honest,
-    /// Sends random values instead of its pseudo-gradient.
-    RandomDelta,
-    /// Sends its pseudo-gradient times 3.
-    ScaledDelta,
-    /// Skips the inner steps' compute (the state only counts steps).
-    SkipSteps,
-    /// Trains on another shard than the one assigned, and claims the assigned one.
-    WrongShard,
-    /// Trains on its shard with every 16th token replaced.
-    PoisonedShard,
-    /// Starts from the previous round's checkpoint and claims the current one.
-    StaleCheckpoint,
-    /// Sends the same contribution twice.
-    Replay,
-    /// Computes every inner step but one, which it skips (the state only counts it): the
-    /// cheapest cheat to hide. The step is [`Behavior::skipped_step`], chosen before the
-    /// challenge is drawn. Caught only when the challenge re-executes that step, so it is
-    /// not among [`Behavior::CHEATERS`] (caught every time); `deai bench train` measures
-    /// its detection rate against [`skip_detection_probability`].
-    SkipOneStep,
-}
-
 /// The probability that a challenge of `k` consecutive steps, its start uniform over
 /// `1..=H-k+1`, covers one skipped step chosen uniformly in `1..=H`: every start covers
 /// exactly `k` of the `H` steps, so `k / H`.
@@ -428,42 +401,54 @@ pub fn skip_detection_probability(h: u32, k: u32) -> f64 {
     k.clamp(1, h) as f64 / h as f64
 }
 
-impl Behavior {
-    /// The step (`1..=H`) a [`Behavior::SkipOneStep`] worker with round seed `seed` skips.
-    pub fn skipped_step(seed: u64, h: u32) -> u32 {
-        let d = Hash256::digest_parts("deai-train-skip-v1", &[&seed.to_le_bytes()]);
-        1 + (u64::from_le_bytes(d.0[..8].try_into().expect("8 bytes")) % h.max(1) as u64) as u32
+/// The seam through which a training worker could lie. Each hook receives what an honest
+/// worker would use at one point of a round and returns what this worker uses instead; every
+/// default passes the honest value through. An honest worker has no tamper (`None`); the
+/// cheater classes the verifier must catch implement it in `faults` (cargo feature `faults`).
+pub trait Tamper: Send + Sync + std::fmt::Debug {
+    /// A name for reports (what the worker plays).
+    fn name(&self) -> &str;
+
+    /// Whether to send last round's contribution again instead of training (when there is
+    /// one).
+    fn resends(&self) -> bool {
+        false
     }
 
-    pub const CHEATERS: [Behavior; 7] = [
-        Behavior::RandomDelta,
-        Behavior::ScaledDelta,
-        Behavior::SkipSteps,
-        Behavior::WrongShard,
-        Behavior::PoisonedShard,
-        Behavior::StaleCheckpoint,
-        Behavior::Replay,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Behavior::Honest => "honest",
-            Behavior::RandomDelta => "random-delta",
-            Behavior::ScaledDelta => "scaled-delta",
-            Behavior::SkipSteps => "skip-steps",
-            Behavior::WrongShard => "wrong-shard",
-            Behavior::PoisonedShard => "poisoned-shard",
-            Behavior::StaleCheckpoint => "stale-checkpoint",
-            Behavior::Replay => "replay",
-            Behavior::SkipOneStep => "skip-one-step",
-        }
+    /// Whether [`Tamper::start`] wants the previous round's checkpoint (a network worker
+    /// fetches it only then).
+    fn wants_previous(&self) -> bool {
+        false
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        [Behavior::Honest, Behavior::SkipOneStep]
-            .into_iter()
-            .chain(Behavior::CHEATERS)
-            .find(|b| b.name() == s)
+    /// The weights to start the round from, given the round's `checkpoint` and the one
+    /// before it, when the caller has it.
+    fn start(&self, checkpoint: &Weights, _previous: Option<&Weights>) -> Weights {
+        checkpoint.clone()
+    }
+
+    /// The shard to train on, given the job's shards and the assigned index.
+    fn shard(&self, shards: &[Shard], assigned: usize) -> Shard {
+        shards[assigned].clone()
+    }
+
+    /// Whether inner step `step` (of `inner_steps`, round seed `seed`) is only counted, not
+    /// computed.
+    fn skips(&self, _seed: u64, _step: u32, _inner_steps: u32) -> bool {
+        false
+    }
+
+    /// Rewrites the pseudo-gradient before it is signed.
+    fn delta(&self, _delta: &mut Int8Delta) {}
+}
+
+/// The identity tamper: what an honest worker does at every hook.
+#[derive(Debug)]
+struct Untampered;
+
+impl Tamper for Untampered {
+    fn name(&self) -> &str {
+        "honest"
     }
 }
 
@@ -476,25 +461,22 @@ pub struct WorkerRun {
     inputs: RunInputs,
 }
 
-/// What a worker trains from, after its behavior is applied.
+/// What a worker trains from, after its tamper (if any) is applied.
 struct RunInputs {
     start: Weights,
     shard: Shard,
     seed: u64,
     round: RoundSpec,
     job: JobSpec,
-    behavior: Behavior,
+    /// The inner steps the tamper only counts ([`Tamper::skips`]), ascending; empty for an
+    /// honest worker.
+    skipped: Vec<u32>,
 }
 
 impl RunInputs {
     /// Inner step `h` (1-based) from `state`, as this worker does it.
     fn advance(&self, net: &Net, state: &mut TrainState, h: u32) -> Result<f32> {
-        let skipped = match self.behavior {
-            Behavior::SkipSteps => true,
-            Behavior::SkipOneStep => h == Behavior::skipped_step(self.seed, self.job.inner_steps),
-            _ => false,
-        };
-        if skipped {
+        if self.skipped.binary_search(&h).is_ok() {
             state.step += 1;
             return Ok(0.0);
         }
@@ -512,9 +494,10 @@ fn keep_every(cfg: &ModelConfig, h: u32) -> u32 {
 }
 
 impl WorkerRun {
-    /// Runs `H` inner steps for `round` as `behavior` dictates and signs the contribution.
-    /// `checkpoint` is the round's checkpoint; `previous` the one before (used only by the
-    /// stale-checkpoint cheater); `shards` the job's training shards in job order.
+    /// Runs `H` inner steps for `round` and signs the contribution; `tamper` (`None` for an
+    /// honest worker) may change what it trains from and what it sends. `checkpoint` is the
+    /// round's checkpoint; `previous` the one before, when the caller has it (only a tamper
+    /// reads it); `shards` the job's training shards in job order.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         key: &SigningKey,
@@ -523,33 +506,25 @@ impl WorkerRun {
         checkpoint: &Weights,
         previous: Option<&Weights>,
         shards: &[Shard],
-        behavior: Behavior,
+        tamper: Option<&dyn Tamper>,
         mut on_step: impl FnMut(u32, f32),
     ) -> Result<WorkerRun> {
+        let tamper = tamper.unwrap_or(&Untampered);
         let me = key.verifying_key().to_bytes();
         let idx = round.shard_index(&me, shards.len());
         let assigned = shards[idx].id();
-        let mut shard = shards[idx].clone();
-        match behavior {
-            Behavior::WrongShard => shard = shards[(idx + 1) % shards.len()].clone(),
-            Behavior::PoisonedShard => {
-                for t in shard.tokens.iter_mut().step_by(16) {
-                    *t = crate::config::BYTE_OFFSET as u16 + b'X' as u16;
-                }
-            }
-            _ => {}
-        }
-        let start = match (behavior, previous) {
-            (Behavior::StaleCheckpoint, Some(p)) => p.clone(),
-            _ => checkpoint.clone(),
-        };
+        let shard = tamper.shard(shards, idx);
+        let start = tamper.start(checkpoint, previous);
+        let seed = round.seed(&me);
         let inputs = RunInputs {
             start: start.clone(),
             shard,
-            seed: round.seed(&me),
+            seed,
             round: *round,
             job: job.clone(),
-            behavior,
+            skipped: (1..=job.inner_steps)
+                .filter(|&h| tamper.skips(seed, h, job.inner_steps))
+                .collect(),
         };
         let net = Net::new(&start)?;
         let keep = keep_every(&job.model, job.inner_steps);
@@ -567,19 +542,7 @@ impl WorkerRun {
             }
         }
         let mut delta = Int8Delta::between(&inputs.start, &state.weights);
-        match behavior {
-            Behavior::RandomDelta => {
-                let mut x = 0x9e3779b97f4a7c15u64;
-                for v in delta.values.iter_mut().flatten() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *v = ((x % 255) as i16 - 127) as i8;
-                }
-            }
-            Behavior::ScaledDelta => delta.scales.iter_mut().flatten().for_each(|s| *s *= 3.0),
-            _ => {}
-        }
+        tamper.delta(&mut delta);
         let contribution = Contribution {
             job: round.job,
             round: round.round,
@@ -685,18 +648,5 @@ mod tests {
             }
         }
         assert!((skip_detection_probability(30, 1) - 1.0 / 30.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn behaviors_parse_by_name() {
-        for b in Behavior::CHEATERS {
-            assert_eq!(Behavior::parse(b.name()), Some(b));
-        }
-        assert_eq!(Behavior::parse("honest"), Some(Behavior::Honest));
-        assert_eq!(
-            Behavior::parse("skip-one-step"),
-            Some(Behavior::SkipOneStep)
-        );
-        assert_eq!(Behavior::parse("lazy"), None);
     }
 }

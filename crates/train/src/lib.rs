@@ -8,7 +8,10 @@
 //! - [`model`]: host weights (the master copy) and the candle autograd graph.
 //! - [`optim`]: AdamW, clipping, Nesterov, and the train state each step commits to.
 //! - [`checkpoint`]: safetensors checkpoints named by content hash, export to GGUF.
-//! - [`diloco`]: jobs, rounds, int8 pseudo-gradients, signed contributions, workers.
+//! - [`diloco`]: jobs, rounds, int8 pseudo-gradients, signed contributions, workers, and
+//!   the [`Tamper`] seam a cheating worker lies through.
+//! - `faults` (cargo feature `faults`, off by default): the cheater classes, for tests,
+//!   benchmarks and demos.
 //! - [`verify`]: free checks, step re-execution with bisection, the round coordinator.
 //! - [`evidence`]: a closed round's evidence and its encoding.
 //! - [`audit`]: re-checking a closed round from its evidence.
@@ -31,13 +34,15 @@ pub mod config;
 pub mod data;
 pub mod diloco;
 pub mod evidence;
+#[cfg(feature = "faults")]
+pub mod faults;
 pub mod model;
 pub mod optim;
 pub mod run;
 pub mod verify;
 
 pub use config::{ModelConfig, TrainConfig, BYTE_VOCAB};
-pub use diloco::{Behavior, Contribution, JobSpec, RoundSpec, WorkerRun};
+pub use diloco::{Contribution, JobSpec, RoundSpec, Tamper, WorkerRun};
 pub use model::{Net, Weights};
 pub use verify::{Coordinator, Reason, Rejection, RoundReport};
 

@@ -2,12 +2,13 @@
 //! one process), with progress events for the CLI, plus a small SVG loss plot.
 
 use crate::data::Shard;
-use crate::diloco::{Behavior, JobSpec, WorkerRun};
+use crate::diloco::{JobSpec, Tamper, WorkerRun};
 use crate::model::{Net, Weights};
 use crate::optim::{train_step, TrainState};
 use crate::verify::{Coordinator, RoundReport};
 use crate::Result;
 use ed25519_dalek::SigningKey;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Progress of a run.
@@ -90,25 +91,26 @@ pub fn train_baseline(
 /// A worker taking part in a local DiLoCo run.
 pub struct LocalWorker {
     pub key: SigningKey,
-    pub behavior: Behavior,
-    /// Its last contribution's bytes (what a replaying cheater sends again).
+    /// How it lies ([`Tamper`]); `None` for an honest worker.
+    pub tamper: Option<Arc<dyn Tamper>>,
+    /// Its last contribution's bytes (what a tamper that [`Tamper::resends`] sends again).
     last: Option<Vec<u8>>,
 }
 
 impl LocalWorker {
-    pub fn new(key: SigningKey, behavior: Behavior) -> Self {
+    pub fn new(key: SigningKey, tamper: Option<Arc<dyn Tamper>>) -> Self {
         LocalWorker {
             key,
-            behavior,
+            tamper,
             last: None,
         }
     }
 }
 
-/// One DiLoCo round with `workers`: each trains (or cheats) and submits its bytes, then the
-/// coordinator challenges and merges. A replaying worker resends its previous round's
-/// contribution when it has one (and trains honestly otherwise). Returns the report and the
-/// worker compute time in seconds.
+/// One DiLoCo round with `workers`: each trains (through its tamper, if any) and submits its
+/// bytes, then the coordinator challenges and merges. A worker whose tamper resends submits
+/// its previous round's contribution again when it has one (and trains otherwise). Returns
+/// the report and the worker compute time in seconds.
 pub fn run_round(
     co: &mut Coordinator,
     workers: &mut [LocalWorker],
@@ -118,17 +120,11 @@ pub fn run_round(
     let mut runs: Vec<(usize, WorkerRun)> = vec![];
     let t0 = Instant::now();
     for (i, w) in workers.iter_mut().enumerate() {
-        if w.behavior == Behavior::Replay {
-            if let Some(old) = &w.last {
-                let _ = co.submit(old);
-                continue;
-            }
+        let tamper = w.tamper.as_deref();
+        if let (true, Some(old)) = (tamper.is_some_and(|t| t.resends()), &w.last) {
+            let _ = co.submit(old);
+            continue;
         }
-        let behavior = if w.behavior == Behavior::Replay {
-            Behavior::Honest
-        } else {
-            w.behavior
-        };
         let run = WorkerRun::run(
             &w.key,
             &co.job,
@@ -136,7 +132,7 @@ pub fn run_round(
             &co.weights,
             co.previous.as_ref(),
             co.shards(),
-            behavior,
+            tamper,
             |step, loss| {
                 on(Event::Step {
                     round: spec.round,

@@ -2,7 +2,8 @@
 
 use deai_train::checkpoint;
 use deai_train::data::{encode_bytes, synthetic_text, Dataset, Shard};
-use deai_train::diloco::{Behavior, Contribution, Int8Delta, JobSpec, Opener, WorkerRun};
+use deai_train::diloco::{Contribution, Int8Delta, JobSpec, Opener, WorkerRun};
+use deai_train::faults::Behavior;
 use deai_train::optim::{train_step, TrainState};
 use deai_train::run::{run_round, train_baseline, LocalWorker};
 use deai_train::verify::{
@@ -149,8 +150,8 @@ fn honest_rounds_are_accepted_and_improve_the_model() {
     let mut co = coordinator(&j, &d);
     let start = co.eval().unwrap();
     let mut workers = vec![
-        LocalWorker::new(key(1), Behavior::Honest),
-        LocalWorker::new(key(2), Behavior::Honest),
+        LocalWorker::new(key(1), None),
+        LocalWorker::new(key(2), None),
     ];
     let mut checkpoints = vec![co.weights.hash()];
     for _ in 0..3 {
@@ -176,8 +177,8 @@ fn catch(behavior: Behavior) -> Reason {
     let j = job(&d, 2, 4, 2);
     let mut co = coordinator(&j, &d);
     let mut workers = vec![
-        LocalWorker::new(key(1), Behavior::Honest),
-        LocalWorker::new(key(9), behavior),
+        LocalWorker::new(key(1), None),
+        LocalWorker::new(key(9), behavior.tamper()),
     ];
     if matches!(behavior, Behavior::StaleCheckpoint | Behavior::Replay) {
         // These need a previous round: the first one is honest for the replayer, and the
@@ -239,7 +240,7 @@ fn a_worker_skipping_one_step_is_caught_exactly_when_the_challenge_covers_it() {
         &co.weights,
         None,
         &d.train,
-        Behavior::SkipOneStep,
+        Some(&Behavior::SkipOneStep),
         |_, _| {},
     )
     .unwrap();
@@ -406,7 +407,7 @@ fn bisection_names_the_first_bad_step() {
         &co.weights,
         None,
         &d.train,
-        Behavior::Honest,
+        None,
         |_, _| {},
     )
     .unwrap();
@@ -443,7 +444,7 @@ fn bad_and_late_submissions_are_refused_and_lose_nothing() {
         &co.weights,
         None,
         &d.train,
-        Behavior::Honest,
+        None,
         |_, _| {},
     )
     .unwrap();
@@ -521,7 +522,7 @@ fn a_worker_that_cannot_open_its_states_is_rejected() {
         &co.weights,
         None,
         &d.train,
-        Behavior::Honest,
+        None,
         |_, _| {},
     )
     .unwrap();
@@ -623,7 +624,7 @@ fn anyone_can_audit_a_closed_round_and_a_lying_coordinator_fails() {
                     &co.weights,
                     co.previous.as_ref(),
                     co.shards(),
-                    *b,
+                    b.tamper().as_deref(),
                     |_, _| {},
                 )
                 .unwrap();

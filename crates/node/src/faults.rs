@@ -1,0 +1,161 @@
+//! Byzantine inference workers, for tests and the demo (cargo feature `faults`, off by
+//! default), in the style of commonware's `simplex/mocks`: each cheating class that the
+//! validators or the gateway must catch is its own type lying through the honest worker's
+//! [`Tamper`] seam, and [`Behavior`] names them for the devnet and its command line. The
+//! honest worker ([`crate::worker`]) holds no cheating branch.
+//!
+//! Training cheaters live in `deai_train::faults`.
+
+use crate::proto::RunEvent;
+use crate::worker::Tamper;
+use anyhow::{bail, Result};
+use deai_engine::{Engine, Generation};
+use deai_proof::Receipt;
+use ed25519_dalek::SigningKey;
+use std::sync::Arc;
+
+/// How a worker treats its jobs: honest, or one of the cheating classes.
+#[derive(Clone)]
+pub enum Behavior {
+    Honest,
+    /// Replaces one output token (text and receipt) and re-signs the receipt ([`AlterOutput`]).
+    AlterOutput,
+    /// Sends a receipt whose activation proof was not computed ([`FakeProof`]).
+    FakeProof,
+    /// Runs other weights while claiming the registered model ([`OtherWeights`]).
+    OtherWeights(Arc<Engine>),
+    /// Drops the connection after this many tokens and never posts a receipt ([`DieAfter`]).
+    DieAfter(usize),
+    /// Streams another first token than the one it signs ([`MisreportStream`]).
+    MisreportStream,
+}
+
+impl std::fmt::Debug for Behavior {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Behavior::Honest => "honest",
+            Behavior::AlterOutput => "alter-output",
+            Behavior::FakeProof => "fake-proof",
+            Behavior::OtherWeights(_) => "other-weights",
+            Behavior::DieAfter(_) => "die-after",
+            Behavior::MisreportStream => "misreport-stream",
+        })
+    }
+}
+
+impl Behavior {
+    /// The tamper a worker playing this behavior runs with: `None` for an honest one.
+    pub fn tamper(self) -> Option<Arc<dyn Tamper>> {
+        Some(match self {
+            Behavior::Honest => return None,
+            Behavior::AlterOutput => Arc::new(AlterOutput),
+            Behavior::FakeProof => Arc::new(FakeProof),
+            Behavior::OtherWeights(e) => Arc::new(OtherWeights(e)),
+            Behavior::DieAfter(n) => Arc::new(DieAfter(n)),
+            Behavior::MisreportStream => Arc::new(MisreportStream),
+        })
+    }
+}
+
+/// Replaces the first output token (text and receipt) with the next token id, streams the
+/// altered tokens at once after generation (the text all in the first), and signs them.
+#[derive(Debug)]
+pub struct AlterOutput;
+
+impl Tamper for AlterOutput {
+    fn token(&self, _: &Engine, _: usize, _: RunEvent) -> Vec<Option<RunEvent>> {
+        vec![]
+    }
+
+    fn generated(&self, engine: &Engine, g: &mut Generation) -> Result<Vec<RunEvent>> {
+        if let Some(t) = g.output_tokens.first_mut() {
+            *t = (*t + 1) % engine.model.tokenizer.vocab_size() as u32;
+        }
+        g.text = engine.model.tokenizer.decode(&g.output_tokens);
+        Ok(g.output_tokens
+            .iter()
+            .enumerate()
+            .map(|(k, &token)| RunEvent::Token {
+                token,
+                text: if k == 0 {
+                    g.text.clone()
+                } else {
+                    String::new()
+                },
+                logprobs: None,
+            })
+            .collect())
+    }
+}
+
+/// Sends a receipt whose activation proof was not computed (zeroed commitments), re-signed.
+#[derive(Debug)]
+pub struct FakeProof;
+
+impl Tamper for FakeProof {
+    fn receipt(&self, r: &mut Receipt, key: &SigningKey) -> Result<()> {
+        for c in &mut r.proof.chunks {
+            c.digest = [0; 8];
+            c.coeffs.iter_mut().for_each(|x| *x = 0);
+        }
+        r.sign(key)?;
+        Ok(())
+    }
+}
+
+/// Runs other weights (e.g. one layer perturbed) while claiming the registered model.
+pub struct OtherWeights(pub Arc<Engine>);
+
+impl std::fmt::Debug for OtherWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OtherWeights")
+    }
+}
+
+impl Tamper for OtherWeights {
+    fn engine(&self) -> Option<&Engine> {
+        Some(&self.0)
+    }
+}
+
+/// Drops the connection after this many tokens, as a killed process would, and never posts
+/// a receipt.
+#[derive(Debug)]
+pub struct DieAfter(pub usize);
+
+impl Tamper for DieAfter {
+    fn token(&self, _: &Engine, index: usize, event: RunEvent) -> Vec<Option<RunEvent>> {
+        match index + 1 {
+            sent if sent < self.0 => vec![Some(event)],
+            sent if sent == self.0 => vec![Some(event), None],
+            _ => vec![],
+        }
+    }
+
+    fn generated(&self, _: &Engine, _: &mut Generation) -> Result<Vec<RunEvent>> {
+        bail!("simulated crash mid-stream")
+    }
+}
+
+/// Signs an honest receipt but streams another first token id than the one it signs (a
+/// worker relaying one answer and getting paid for another).
+#[derive(Debug)]
+pub struct MisreportStream;
+
+impl Tamper for MisreportStream {
+    fn token(&self, engine: &Engine, index: usize, event: RunEvent) -> Vec<Option<RunEvent>> {
+        let event = match event {
+            RunEvent::Token {
+                token,
+                text,
+                logprobs,
+            } if index == 0 => RunEvent::Token {
+                token: (token + 1) % engine.model.tokenizer.vocab_size() as u32,
+                text,
+                logprobs,
+            },
+            other => other,
+        };
+        vec![Some(event)]
+    }
+}
