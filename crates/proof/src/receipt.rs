@@ -1,13 +1,15 @@
 //! Receipts v1 and v2: the signed record of one run, its canonical binary encoding and its JSON view.
 //!
-//! The byte layout is specified in `docs/receipt.md`. Encoding is written by hand: versioned,
-//! little-endian, length-prefixed, with explicit maximum sizes. [`Receipt::decode`] rejects
-//! truncated input, trailing bytes, unknown versions, oversized lengths and non-canonical
-//! forms, and never panics.
+//! The byte layout is specified in `docs/receipt.md`. Encoding uses the workspace's canonical
+//! codec ([`deai_types::codec`]): versioned, little-endian, length-prefixed, with explicit
+//! maximum sizes. [`Receipt::decode`] rejects truncated input, trailing bytes, unknown
+//! versions, oversized lengths and non-canonical forms, and never panics. The digest posted on
+//! chain for a receipt ([`receipt_digest`], [`Receipt::digest`]) is defined here too.
 
 use crate::activation::{self, ActivationProof, ChunkProof};
 use deai_engine::json_schema::{self, JsonSchema};
 use deai_engine::{sampler, GenParams, SamplingParams, StopReason};
+use deai_types::codec::{self, Reader, Writer};
 use deai_types::Hash256;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -59,6 +61,12 @@ pub enum DecodeError {
     TrailingBytes(usize),
     #[error("receipt is {0} bytes, more than the {MAX_RECEIPT_BYTES}-byte limit")]
     TooLarge(usize),
+}
+
+/// The digest a worker posts on chain for canonical receipt bytes (what validators and
+/// `deai verify --onchain` compare with the chain's record).
+pub fn receipt_digest(receipt_bytes: &[u8]) -> Hash256 {
+    Hash256::digest_parts("deai-receipt-v1", &[receipt_bytes])
 }
 
 /// Timings reported by the worker (informational; signed but not verifiable).
@@ -209,106 +217,84 @@ pub struct Receipt {
     pub signature: [u8; 64],
 }
 
-struct W(Vec<u8>);
-impl W {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v)
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes())
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes())
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes())
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        self.0.extend_from_slice(b)
-    }
-    fn str16(&mut self, s: &str) {
-        self.u16(s.len().min(u16::MAX as usize) as u16);
-        self.bytes(s.as_bytes())
-    }
-    fn tokens(&mut self, t: &[u32]) {
-        self.u32(t.len().min(u32::MAX as usize) as u32);
-        for x in t {
-            self.u32(*x)
-        }
-    }
-}
-
-struct R<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-impl<'a> R<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|e| *e <= self.b.len())
-            .ok_or(DecodeError::Truncated(what))?;
-        let s = &self.b[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn arr<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N, what)?);
-        Ok(a)
-    }
-    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.arr::<1>(what)?[0])
-    }
-    fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
-        Ok(u16::from_le_bytes(self.arr(what)?))
-    }
-    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.arr(what)?))
-    }
-    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(self.arr(what)?))
-    }
-    fn len(
-        &mut self,
-        len: usize,
-        what: &'static str,
-        min: usize,
-        max: usize,
-    ) -> Result<usize, DecodeError> {
-        if len < min || len > max {
-            return Err(DecodeError::Length {
+impl From<codec::DecodeError> for DecodeError {
+    fn from(e: codec::DecodeError) -> Self {
+        match e {
+            codec::DecodeError::Truncated(what) => DecodeError::Truncated(what),
+            codec::DecodeError::Length {
                 what,
                 len,
                 min,
                 max,
-            });
+            } => DecodeError::Length {
+                what,
+                len,
+                min,
+                max,
+            },
+            codec::DecodeError::UnknownTag { what, tag } => {
+                DecodeError::NonCanonical(format!("{what} {tag}"))
+            }
+            codec::DecodeError::Trailing(n) => DecodeError::TrailingBytes(n),
+            codec::DecodeError::NonCanonical(s) => DecodeError::NonCanonical(s),
         }
-        Ok(len)
     }
-    fn str16(&mut self, what: &'static str, min: usize, max: usize) -> Result<String, DecodeError> {
-        let n = self.u16(what)? as usize;
-        let n = self.len(n, what, min, max)?;
-        let b = self.take(n, what)?;
-        String::from_utf8(b.to_vec())
-            .map_err(|_| DecodeError::NonCanonical(format!("{what}: not UTF-8")))
+}
+
+/// A string with a u16 length prefix (saturated; the decoder refuses what does not fit).
+fn write_str16(w: &mut Writer, s: &str) {
+    w.u16(s.len().min(u16::MAX as usize) as u16);
+    w.raw(s.as_bytes());
+}
+
+/// Token ids with a u32 count prefix.
+fn write_tokens(w: &mut Writer, t: &[u32]) {
+    w.u32(t.len().min(u32::MAX as usize) as u32);
+    for x in t {
+        w.u32(*x);
     }
-    fn tokens(&mut self, what: &'static str) -> Result<Vec<u32>, DecodeError> {
-        let n = self.u32(what)? as usize;
-        let n = self.len(n, what, 1, MAX_TOKENS)?;
-        let b = self.take(n * 4, what)?;
-        Ok(b.chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+}
+
+/// `len` if it lies in `min..=max`.
+fn check_len(len: usize, what: &'static str, min: usize, max: usize) -> Result<usize, DecodeError> {
+    if len < min || len > max {
+        return Err(DecodeError::Length {
+            what,
+            len,
+            min,
+            max,
+        });
     }
+    Ok(len)
+}
+
+/// A UTF-8 string with a u16 length prefix in `min..=max`.
+fn read_str16(
+    r: &mut Reader,
+    what: &'static str,
+    min: usize,
+    max: usize,
+) -> Result<String, DecodeError> {
+    let n = check_len(r.u16(what)? as usize, what, min, max)?;
+    let b = r.raw(n, what)?;
+    String::from_utf8(b.to_vec())
+        .map_err(|_| DecodeError::NonCanonical(format!("{what}: not UTF-8")))
+}
+
+/// Token ids with a u32 count prefix in `1..=MAX_TOKENS`.
+fn read_tokens(r: &mut Reader, what: &'static str) -> Result<Vec<u32>, DecodeError> {
+    let n = check_len(r.u32(what)? as usize, what, 1, MAX_TOKENS)?;
+    let b = r.raw(n * 4, what)?;
+    Ok(b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 /// A version-2 receipt's logit adjustments (after `seed`), in canonical form: finite values in
 /// range, no `-0.0`, bias ids strictly ascending, the output grammar 0 (none), 1 (one JSON
 /// object) or 2 (a JSON schema, then its canonical text), and at least one adjustment (a run without any has a version-1 receipt).
-fn decode_adjustments(r: &mut R, s: &mut SamplingParams) -> Result<(), DecodeError> {
-    let value = |r: &mut R, what: &'static str, max: f32| -> Result<f32, DecodeError> {
+fn decode_adjustments(r: &mut Reader, s: &mut SamplingParams) -> Result<(), DecodeError> {
+    let value = |r: &mut Reader, what: &'static str, max: f32| -> Result<f32, DecodeError> {
         let v = f32::from_bits(r.u32(what)?);
         if !(-max..=max).contains(&v) || v.to_bits() == 1 << 31 {
             return Err(DecodeError::NonCanonical(format!("{what} {v}")));
@@ -318,7 +304,7 @@ fn decode_adjustments(r: &mut R, s: &mut SamplingParams) -> Result<(), DecodeErr
     s.presence_penalty = value(r, "presence penalty", sampler::MAX_PENALTY)?;
     s.frequency_penalty = value(r, "frequency penalty", sampler::MAX_PENALTY)?;
     let n = r.u16("logit bias count")? as usize;
-    r.len(n, "logit bias count", 0, sampler::MAX_LOGIT_BIAS)?;
+    check_len(n, "logit bias count", 0, sampler::MAX_LOGIT_BIAS)?;
     s.logit_bias.reserve(n);
     for _ in 0..n {
         let t = r.u32("logit bias token")?;
@@ -334,7 +320,7 @@ fn decode_adjustments(r: &mut R, s: &mut SamplingParams) -> Result<(), DecodeErr
         0 => {}
         1 => s.json_object = true,
         2 => {
-            let text = r.str16("output schema", 1, json_schema::MAX_SCHEMA_BYTES)?;
+            let text = read_str16(r, "output schema", 1, json_schema::MAX_SCHEMA_BYTES)?;
             s.json_schema = Some(
                 JsonSchema::from_canonical(&text)
                     .map_err(|e| DecodeError::NonCanonical(format!("output schema: {e}")))?,
@@ -359,18 +345,18 @@ fn stop_code(r: StopReason) -> u8 {
 }
 
 impl Receipt {
-    fn encode_body(&self, w: &mut W) {
-        w.bytes(MAGIC);
+    fn encode_body(&self, w: &mut Writer) {
+        w.raw(MAGIC);
         w.u16(self.version);
-        w.bytes(&self.job_id);
-        w.bytes(&self.job_nonce);
-        w.bytes(self.model_id.as_bytes());
-        w.str16(&self.profile_id);
-        w.str16(&self.profile_detail);
-        w.tokens(&self.prompt_tokens);
-        w.bytes(&self.prompt_commitment);
-        w.tokens(&self.output_tokens);
-        w.bytes(&self.output_commitment);
+        w.raw(&self.job_id);
+        w.raw(&self.job_nonce);
+        w.raw(self.model_id.as_bytes());
+        write_str16(w, &self.profile_id);
+        write_str16(w, &self.profile_detail);
+        write_tokens(w, &self.prompt_tokens);
+        w.raw(&self.prompt_commitment);
+        write_tokens(w, &self.output_tokens);
+        w.raw(&self.output_commitment);
         let s = &self.sampling;
         w.u32(s.temperature.to_bits());
         w.u32(s.top_k.min(u32::MAX as usize) as u32);
@@ -384,12 +370,12 @@ impl Receipt {
                 w.u32(*t);
                 w.u32(b.to_bits());
             }
-            w.bytes(&grammar_bytes(s));
+            w.raw(&grammar_bytes(s));
         }
         w.u32(self.max_tokens);
         w.u8(self.stop.len().min(255) as u8);
         for st in &self.stop {
-            w.str16(st);
+            write_str16(w, st);
         }
         w.u8(stop_code(self.stop_reason));
         w.u16(self.proof.chunk_size);
@@ -399,12 +385,12 @@ impl Receipt {
             for x in &c.coeffs {
                 w.u16(*x);
             }
-            w.bytes(&c.digest);
+            w.raw(&c.digest);
         }
         w.u64(self.timings.prefill_us);
         w.u64(self.timings.decode_us);
         w.u64(self.timings.proof_us);
-        w.bytes(&self.worker_key);
+        w.raw(&self.worker_key);
     }
 
     /// The bytes the signature covers: the canonical encoding without the signature. Errors
@@ -417,16 +403,22 @@ impl Receipt {
     /// Canonical encoding. Fails if the receipt would not decode back to itself (a field out
     /// of range, a proof whose shape does not match the output length, ...).
     pub fn to_bytes(&self) -> Result<Vec<u8>, DecodeError> {
-        let mut w = W(Vec::new());
+        let mut w = Writer::new();
         self.encode_body(&mut w);
-        w.bytes(&self.signature);
-        let back = Receipt::decode(&w.0)?;
+        w.raw(&self.signature);
+        let b = w.into_bytes();
+        let back = Receipt::decode(&b)?;
         if back != *self {
             return Err(DecodeError::NonCanonical(
                 "receipt fields do not survive encoding".into(),
             ));
         }
-        Ok(w.0)
+        Ok(b)
+    }
+
+    /// The digest posted on chain for this receipt: [`receipt_digest`] of its canonical bytes.
+    pub fn digest(&self) -> Result<Hash256, DecodeError> {
+        Ok(receipt_digest(&self.to_bytes()?))
     }
 
     /// Decode canonical bytes.
@@ -434,8 +426,8 @@ impl Receipt {
         if b.len() > MAX_RECEIPT_BYTES {
             return Err(DecodeError::TooLarge(b.len()));
         }
-        let mut r = R { b, pos: 0 };
-        if r.take(4, "magic")? != MAGIC {
+        let mut r = Reader::new(b);
+        if r.raw(4, "magic")? != MAGIC {
             return Err(DecodeError::BadMagic);
         }
         let version = r.u16("version")?;
@@ -445,11 +437,11 @@ impl Receipt {
         let job_id = r.arr("job id")?;
         let job_nonce = r.arr("job nonce")?;
         let model_id = Hash256(r.arr("model id")?);
-        let profile_id = r.str16("profile id", 1, MAX_PROFILE_ID)?;
-        let profile_detail = r.str16("profile detail", 0, MAX_PROFILE_DETAIL)?;
-        let prompt_tokens = r.tokens("prompt tokens")?;
+        let profile_id = read_str16(&mut r, "profile id", 1, MAX_PROFILE_ID)?;
+        let profile_detail = read_str16(&mut r, "profile detail", 0, MAX_PROFILE_DETAIL)?;
+        let prompt_tokens = read_tokens(&mut r, "prompt tokens")?;
         let prompt_commitment = r.arr("prompt commitment")?;
-        let output_tokens = r.tokens("output tokens")?;
+        let output_tokens = read_tokens(&mut r, "output tokens")?;
         let output_commitment = r.arr("output commitment")?;
         let temperature = f32::from_bits(r.u32("temperature")?);
         if !(temperature.is_finite() && temperature >= 0.0) || temperature.to_bits() == 1 << 31 {
@@ -474,12 +466,12 @@ impl Receipt {
             decode_adjustments(&mut r, &mut sampling)?;
         }
         let max_tokens = r.u32("max_tokens")?;
-        r.len(max_tokens as usize, "max_tokens", 1, MAX_TOKENS)?;
+        check_len(max_tokens as usize, "max_tokens", 1, MAX_TOKENS)?;
         let n_stop = r.u8("stop count")? as usize;
-        r.len(n_stop, "stop count", 0, MAX_STOPS)?;
+        check_len(n_stop, "stop count", 0, MAX_STOPS)?;
         let mut stop = Vec::with_capacity(n_stop);
         for _ in 0..n_stop {
-            stop.push(r.str16("stop string", 1, MAX_STOP_LEN)?);
+            stop.push(read_str16(&mut r, "stop string", 1, MAX_STOP_LEN)?);
         }
         let stop_reason = match r.u8("stop reason")? {
             0 => StopReason::Eos,
@@ -488,14 +480,14 @@ impl Receipt {
             x => return Err(DecodeError::NonCanonical(format!("stop reason {x}"))),
         };
         let chunk_size = r.u16("chunk size")?;
-        r.len(
+        check_len(
             chunk_size as usize,
             "chunk size",
             1,
             activation::MAX_CHUNK as usize,
         )?;
         let top_k_proof = r.u16("proof top-k")?;
-        r.len(
+        check_len(
             top_k_proof as usize,
             "proof top-k",
             activation::MIN_K as usize,
@@ -508,7 +500,7 @@ impl Receipt {
             let rows = (n - j * chunk_size as usize).min(chunk_size as usize);
             let k = activation::k_for(rows, chunk_size, top_k_proof);
             let m = r.u16("chunk modulus")?;
-            r.len(m as usize, "chunk modulus", k, activation::P as usize)?;
+            check_len(m as usize, "chunk modulus", k, activation::P as usize)?;
             let mut coeffs = Vec::with_capacity(k);
             for _ in 0..k {
                 let c = r.u16("chunk coefficient")?;
@@ -529,9 +521,7 @@ impl Receipt {
         };
         let worker_key = r.arr("worker key")?;
         let signature = r.arr("signature")?;
-        if r.pos != b.len() {
-            return Err(DecodeError::TrailingBytes(b.len() - r.pos));
-        }
+        r.finish()?;
         Ok(Receipt {
             version,
             job_id,

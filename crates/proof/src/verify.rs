@@ -5,6 +5,8 @@
 
 use crate::activation::{self, Thresholds};
 use crate::receipt::{self, Receipt};
+use deai_engine::model::ForwardOut;
+use deai_engine::tokenizer::Tokenizer;
 use deai_engine::{sampler, Engine, KernelProfile, StopReason};
 use deai_types::Hash256;
 use serde::{Deserialize, Serialize};
@@ -99,71 +101,115 @@ pub fn verify(r: &Receipt, engine: &Engine, model_id: &Hash256) -> Report {
     verify_with(r, engine, model_id, &VerifyConfig::default())
 }
 
-struct Checks(Vec<Check>);
-impl Checks {
-    fn add(&mut self, name: &str, ok: bool, detail: impl Into<String>, position: Option<u64>) {
-        self.0.push(Check {
-            name: name.into(),
-            ok,
-            detail: detail.into(),
-            position,
-        });
-    }
-}
-
-/// The valid UTF-8 prefix of `b` (as the engine's stop-string search sees it).
-fn valid_prefix(b: &[u8]) -> &str {
-    match std::str::from_utf8(b) {
-        Ok(s) => s,
-        Err(e) => std::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or(""),
-    }
-}
-
+/// Verify `r` with `engine` (which must hold the model whose weights file hashes to
+/// `model_id`) under `cfg`: each check below in turn, every one even after a failure.
 pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &VerifyConfig) -> Report {
-    let mut c = Checks(vec![]);
     let here = KernelProfile::current();
+    let exact = r.profile_id == here.id;
+    let vocab = engine.model.cfg.vocab;
+    let mut checks = vec![check_encoding(r), check_signature(r)];
+    checks.extend(check_worker_key(r, cfg.expected_worker));
+    checks.extend([
+        check_job_id(r, cfg.expected_job_id),
+        check_model_id(r, model_id),
+        check_kernel_profile(r, &here.id, cfg.require_same_profile),
+        check_prompt_commitment(r),
+        check_output_commitment(r),
+        check_parameters(r, vocab),
+    ]);
+    // One deadline for the prefill and the checks after it.
+    let deadline = cfg
+        .background_patience
+        .map(deai_engine::sched::deadline_after);
+    let (prefill, out) = run_prefill(r, engine, cfg.background_patience);
+    checks.push(prefill);
+    // The checks below are background work too (sampling replay over every output
+    // position's logits): they wait for their turn and hold off the other validators' work.
+    let _turn = deadline.map(|d| engine.background_turn(Some(d)));
+    checks.extend([
+        check_activations(
+            r,
+            out.as_ref(),
+            engine.model.cfg.d_model,
+            exact,
+            &cfg.thresholds,
+        ),
+        check_sampling(r, engine, out.as_ref(), exact, cfg),
+        check_termination(r, &engine.model.tokenizer),
+    ]);
+    report(checks)
+}
 
-    // Encoding and signature.
-    match r.to_bytes() {
-        Ok(_) => c.add("encoding", true, "canonical v1", None),
-        Err(e) => c.add("encoding", false, e.to_string(), None),
+/// The verdict over `checks`: accept only when every one passed.
+fn report(checks: Vec<Check>) -> Report {
+    let verdict = if checks.iter().all(|x| x.ok) {
+        Verdict::Accept
+    } else {
+        Verdict::Reject
+    };
+    Report { verdict, checks }
+}
+
+fn check(name: &str, ok: bool, detail: impl Into<String>, position: Option<u64>) -> Check {
+    Check {
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+        position,
     }
+}
+
+/// `encoding`: the receipt has a canonical v1/v2 encoding.
+fn check_encoding(r: &Receipt) -> Check {
+    match r.to_bytes() {
+        Ok(_) => check("encoding", true, "canonical v1", None),
+        Err(e) => check("encoding", false, e.to_string(), None),
+    }
+}
+
+/// `signature`: the worker key signed the canonical bytes.
+fn check_signature(r: &Receipt) -> Check {
     match r.verify_signature() {
-        Ok(()) => c.add(
+        Ok(()) => check(
             "signature",
             true,
             format!("ed25519 by {}", hex::encode(r.worker_key)),
             None,
         ),
-        Err(e) => c.add("signature", false, e, None),
+        Err(e) => check("signature", false, e, None),
     }
-    if let Some(w) = cfg.expected_worker {
-        let ok = w == r.worker_key;
-        c.add(
-            "worker_key",
-            ok,
-            if ok {
-                "expected worker".to_string()
-            } else {
-                format!(
-                    "expected {}, got {}",
-                    hex::encode(w),
-                    hex::encode(r.worker_key)
-                )
-            },
-            None,
-        );
-    }
+}
 
-    // Ids and commitments.
-    let params = r.gen_params();
-    let job = receipt::job_id(&r.model_id, &r.prompt_tokens, &params, &r.job_nonce);
-    let job_ok = job == r.job_id && cfg.expected_job_id.is_none_or(|e| e == r.job_id);
-    c.add(
+/// `worker_key`: the receipt is signed by the expected worker (no check when none is expected).
+fn check_worker_key(r: &Receipt, expected: Option<[u8; 32]>) -> Option<Check> {
+    let w = expected?;
+    let ok = w == r.worker_key;
+    Some(check(
+        "worker_key",
+        ok,
+        if ok {
+            "expected worker".to_string()
+        } else {
+            format!(
+                "expected {}, got {}",
+                hex::encode(w),
+                hex::encode(r.worker_key)
+            )
+        },
+        None,
+    ))
+}
+
+/// `job_id`: the job id is the hash of the model, prompt, parameters and nonce, and is the
+/// expected job's (when one is expected).
+fn check_job_id(r: &Receipt, expected: Option<[u8; 32]>) -> Check {
+    let job = receipt::job_id(&r.model_id, &r.prompt_tokens, &r.gen_params(), &r.job_nonce);
+    let ok = job == r.job_id && expected.is_none_or(|e| e == r.job_id);
+    check(
         "job_id",
-        job_ok,
+        ok,
         if job == r.job_id {
-            match cfg.expected_job_id {
+            match expected {
                 Some(e) if e != r.job_id => format!("expected job {}", hex::encode(e)),
                 _ => "job id = hash of model, prompt, parameters and nonce".into(),
             }
@@ -174,8 +220,12 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
             )
         },
         None,
-    );
-    c.add(
+    )
+}
+
+/// `model_id`: the receipt names the verifier's model.
+fn check_model_id(r: &Receipt, model_id: &Hash256) -> Check {
+    check(
         "model_id",
         r.model_id == *model_id,
         format!(
@@ -184,45 +234,63 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
             model_id.short()
         ),
         None,
-    );
-    let exact = r.profile_id == here.id;
-    c.add(
+    )
+}
+
+/// `kernel_profile`: equal profile ids are compared exactly; another profile is compared within
+/// thresholds unless `require_same` refuses it.
+fn check_kernel_profile(r: &Receipt, here: &str, require_same: bool) -> Check {
+    let exact = r.profile_id == here;
+    check(
         "kernel_profile",
-        exact || !cfg.require_same_profile,
+        exact || !require_same,
         if exact {
             format!("{}: exact comparison", r.profile_id)
         } else {
             format!(
                 "receipt {} vs verifier {}: comparison within thresholds",
-                r.profile_id, here.id
+                r.profile_id, here
             )
         },
         None,
-    );
-    let pc = receipt::prompt_commitment(&r.prompt_tokens) == r.prompt_commitment;
-    c.add(
+    )
+}
+
+/// `prompt_commitment`: the commitment binds the prompt tokens.
+fn check_prompt_commitment(r: &Receipt) -> Check {
+    let ok = receipt::prompt_commitment(&r.prompt_tokens) == r.prompt_commitment;
+    check(
         "prompt_commitment",
-        pc,
-        if pc {
+        ok,
+        if ok {
             "binds the prompt tokens"
         } else {
             "does not match the prompt tokens"
         },
         None,
-    );
-    let oc = receipt::output_commitment(&r.output_tokens) == r.output_commitment;
-    c.add(
+    )
+}
+
+/// `output_commitment`: the commitment binds the output tokens.
+fn check_output_commitment(r: &Receipt) -> Check {
+    let ok = receipt::output_commitment(&r.output_tokens) == r.output_commitment;
+    check(
         "output_commitment",
-        oc,
-        if oc {
+        ok,
+        if ok {
             "binds the output tokens"
         } else {
             "does not match the output tokens"
         },
         None,
-    );
-    let pv = params.sampling.validate_for_vocab(engine.model.cfg.vocab);
-    c.add(
+    )
+}
+
+/// `parameters`: the sampling settings are valid for a vocabulary of `vocab` tokens, and the
+/// output is non-empty and within `max_tokens`.
+fn check_parameters(r: &Receipt, vocab: usize) -> Check {
+    let pv = r.sampling.validate_for_vocab(vocab);
+    check(
         "parameters",
         pv.is_ok() && !r.output_tokens.is_empty() && r.output_tokens.len() <= r.max_tokens as usize,
         match &pv {
@@ -234,14 +302,20 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
             ),
         },
         None,
-    );
+    )
+}
 
-    // The validator prefill: prompt + all output tokens but the last.
+/// `prefill`: the validator prefill over the prompt and all output tokens but the last (as
+/// background work yielding for up to `patience`, when given). Returns its hidden states and
+/// logits when it ran.
+fn run_prefill(
+    r: &Receipt,
+    engine: &Engine,
+    patience: Option<std::time::Duration>,
+) -> (Check, Option<ForwardOut>) {
     let p = r.prompt_tokens.len();
     let n = r.output_tokens.len();
-    let cfgm = &engine.model.cfg;
-    let d = cfgm.d_model;
-    let vocab = cfgm.vocab;
+    let vocab = engine.model.cfg.vocab;
     let mut fed: Vec<u32> = r.prompt_tokens.clone();
     fed.extend_from_slice(&r.output_tokens[..n.saturating_sub(1)]);
     let bad_tok = r
@@ -249,9 +323,6 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
         .iter()
         .chain(&r.output_tokens)
         .position(|&t| t as usize >= vocab);
-    let patience = cfg.background_patience;
-    // One deadline for the prefill and the checks after it.
-    let deadline = patience.map(deai_engine::sched::deadline_after);
     let forward = if p == 0 || n == 0 {
         Err("empty prompt or output".to_string())
     } else if let Some(i) = bad_tok {
@@ -263,155 +334,171 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
         }
         .map_err(|e| e.to_string())
     };
-    let out = match forward {
-        Ok(o) => {
-            c.add(
+    match forward {
+        Ok(o) => (
+            check(
                 "prefill",
                 true,
                 format!("{} positions recomputed", fed.len()),
                 None,
-            );
-            Some(o)
-        }
-        Err(e) => {
-            c.add("prefill", false, e, None);
-            None
-        }
+            ),
+            Some(o),
+        ),
+        Err(e) => (check("prefill", false, e, None), None),
+    }
+}
+
+/// `activations`: every chunk's commitment matches the recomputed hidden states of the output
+/// positions (exactly when `exact`, else within `thresholds`).
+fn check_activations(
+    r: &Receipt,
+    out: Option<&ForwardOut>,
+    d: usize,
+    exact: bool,
+    thresholds: &Thresholds,
+) -> Check {
+    let Some(o) = out else {
+        return check("activations", false, "not run: no prefill", None);
     };
-
-    // The checks below are background work too (sampling replay over every output
-    // position's logits): they wait for their turn and hold off the other validators' work.
-    let _turn = deadline.map(|d| engine.background_turn(Some(d)));
-
-    // Activations.
-    match &out {
-        None => c.add("activations", false, "not run: no prefill", None),
-        Some(o) => {
-            let rows = activation::output_rows(&o.hidden, d, p, n);
-            let pr = &r.proof;
-            let expected = activation::n_chunks(n, pr.chunk_size);
-            match rows {
-                None => c.add(
-                    "activations",
-                    false,
-                    "hidden states do not cover the output",
-                    None,
-                ),
-                Some(_) if pr.chunks.len() != expected => c.add(
-                    "activations",
-                    false,
-                    format!("{} chunks, expected {expected}", pr.chunks.len()),
-                    None,
-                ),
-                Some(rows) => {
-                    let per = pr.chunk_size as usize * d;
-                    let mut first_bad: Option<(usize, String)> = None;
-                    let mut bad = 0;
-                    for (j, (chunk, rows)) in pr.chunks.iter().zip(rows.chunks(per)).enumerate() {
-                        let k = activation::k_for(rows.len() / d, pr.chunk_size, pr.top_k);
-                        let res = activation::check_chunk(
-                            chunk,
-                            &r.job_id,
-                            j,
-                            d,
-                            rows,
-                            k,
-                            exact,
-                            &cfg.thresholds,
-                        );
-                        if !res.ok {
-                            bad += 1;
-                            if first_bad.is_none() {
-                                first_bad = Some((j, res.detail));
-                            }
-                        }
-                    }
-                    match first_bad {
-                        None => c.add(
-                            "activations",
-                            true,
-                            format!(
-                                "{expected} chunks {}",
-                                if exact {
-                                    "match exactly"
-                                } else {
-                                    "within thresholds"
-                                }
-                            ),
-                            None,
-                        ),
-                        Some((j, detail)) => c.add(
-                            "activations",
-                            false,
-                            format!("{bad}/{expected} chunks fail; chunk {j}: {detail}"),
-                            Some((j * pr.chunk_size as usize) as u64),
-                        ),
-                    }
-                }
+    let n = r.output_tokens.len();
+    let pr = &r.proof;
+    let expected = activation::n_chunks(n, pr.chunk_size);
+    let Some(rows) = activation::output_rows(&o.hidden, d, r.prompt_tokens.len(), n) else {
+        return check(
+            "activations",
+            false,
+            "hidden states do not cover the output",
+            None,
+        );
+    };
+    if pr.chunks.len() != expected {
+        return check(
+            "activations",
+            false,
+            format!("{} chunks, expected {expected}", pr.chunks.len()),
+            None,
+        );
+    }
+    let per = pr.chunk_size as usize * d;
+    let mut first_bad: Option<(usize, String)> = None;
+    let mut bad = 0;
+    for (j, (chunk, rows)) in pr.chunks.iter().zip(rows.chunks(per)).enumerate() {
+        let k = activation::k_for(rows.len() / d, pr.chunk_size, pr.top_k);
+        let res = activation::check_chunk(chunk, &r.job_id, j, d, rows, k, exact, thresholds);
+        if !res.ok {
+            bad += 1;
+            if first_bad.is_none() {
+                first_bad = Some((j, res.detail));
             }
         }
     }
-
-    // Sampling replay.
-    match &out {
-        None => c.add("sampling", false, "not run: no prefill", None),
-        Some(o) if o.logits.len() != n * vocab || pv.is_err() => c.add(
-            "sampling",
-            false,
-            "not run: invalid parameters or logits",
+    match first_bad {
+        None => check(
+            "activations",
+            true,
+            format!(
+                "{expected} chunks {}",
+                if exact {
+                    "match exactly"
+                } else {
+                    "within thresholds"
+                }
+            ),
             None,
         ),
-        Some(o) => {
-            let s = &r.sampling;
-            let mut first: Option<(usize, String)> = None;
-            let mut ties = 0;
-            let mut counts = sampler::Adjuster::new(s, &engine.model.tokenizer);
-            for (i, &tok) in r.output_tokens.iter().enumerate() {
-                let row = counts.adjust(&o.logits[i * vocab..(i + 1) * vocab]);
-                let row = &row[..];
-                counts.push(tok);
-                let want = sampler::sample(row, s, (p + i) as u64);
-                if want == tok {
-                    continue;
-                }
-                let tol = if s.is_greedy() {
-                    cfg.greedy_tol
-                } else {
-                    cfg.logit_tol
-                };
-                if !exact && sampler::accepts_within(row, s, (p + i) as u64, tok, tol) {
-                    ties += 1;
-                    continue;
-                }
-                first = Some((i, format!("token #{i} is {tok}, the sampler picks {want}")));
-                break;
-            }
-            match first {
-                None => c.add(
-                    "sampling",
-                    true,
-                    format!(
-                        "{n} tokens replayed ({}){}",
-                        if s.is_greedy() {
-                            "greedy"
-                        } else {
-                            "seeded sampler"
-                        },
-                        if ties > 0 {
-                            format!(", {ties} within the cross-profile tolerance")
-                        } else {
-                            String::new()
-                        }
-                    ),
-                    None,
-                ),
-                Some((i, d)) => c.add("sampling", false, d, Some(i as u64)),
-            }
-        }
+        Some((j, detail)) => check(
+            "activations",
+            false,
+            format!("{bad}/{expected} chunks fail; chunk {j}: {detail}"),
+            Some((j * pr.chunk_size as usize) as u64),
+        ),
     }
+}
 
-    // Termination.
-    let stops = engine.model.tokenizer.stop_ids();
+/// `sampling`: replaying the sampler on the recomputed logits picks every output token (exactly
+/// when `exact`, else within the configured cross-profile tolerance).
+fn check_sampling(
+    r: &Receipt,
+    engine: &Engine,
+    out: Option<&ForwardOut>,
+    exact: bool,
+    cfg: &VerifyConfig,
+) -> Check {
+    let p = r.prompt_tokens.len();
+    let n = r.output_tokens.len();
+    let vocab = engine.model.cfg.vocab;
+    let o = match out {
+        None => return check("sampling", false, "not run: no prefill", None),
+        Some(o) if o.logits.len() != n * vocab || r.sampling.validate_for_vocab(vocab).is_err() => {
+            return check(
+                "sampling",
+                false,
+                "not run: invalid parameters or logits",
+                None,
+            )
+        }
+        Some(o) => o,
+    };
+    let s = &r.sampling;
+    let mut first: Option<(usize, String)> = None;
+    let mut ties = 0;
+    let mut counts = sampler::Adjuster::new(s, &engine.model.tokenizer);
+    for (i, &tok) in r.output_tokens.iter().enumerate() {
+        let row = counts.adjust(&o.logits[i * vocab..(i + 1) * vocab]);
+        let row = &row[..];
+        counts.push(tok);
+        let want = sampler::sample(row, s, (p + i) as u64);
+        if want == tok {
+            continue;
+        }
+        let tol = if s.is_greedy() {
+            cfg.greedy_tol
+        } else {
+            cfg.logit_tol
+        };
+        if !exact && sampler::accepts_within(row, s, (p + i) as u64, tok, tol) {
+            ties += 1;
+            continue;
+        }
+        first = Some((i, format!("token #{i} is {tok}, the sampler picks {want}")));
+        break;
+    }
+    match first {
+        None => check(
+            "sampling",
+            true,
+            format!(
+                "{n} tokens replayed ({}){}",
+                if s.is_greedy() {
+                    "greedy"
+                } else {
+                    "seeded sampler"
+                },
+                if ties > 0 {
+                    format!(", {ties} within the cross-profile tolerance")
+                } else {
+                    String::new()
+                }
+            ),
+            None,
+        ),
+        Some((i, d)) => check("sampling", false, d, Some(i as u64)),
+    }
+}
+
+/// The valid UTF-8 prefix of `b` (as the engine's stop-string search sees it).
+fn valid_prefix(b: &[u8]) -> &str {
+    match std::str::from_utf8(b) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or(""),
+    }
+}
+
+/// `termination`: the output ends where and how the stop reason says (a stop token, a stop
+/// string or `max_tokens`), and nothing that would have stopped it comes earlier.
+fn check_termination(r: &Receipt, tokenizer: &Tokenizer) -> Check {
+    let n = r.output_tokens.len();
+    let stops = tokenizer.stop_ids();
     let is_stop = |t: &u32| stops.contains(t);
     let last = r.output_tokens.last().copied();
     let early_stop = r.output_tokens[..n.saturating_sub(1)]
@@ -419,7 +506,7 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
         .position(is_stop);
     let bytes_of = |toks: &[u32]| -> Vec<u8> {
         toks.iter()
-            .flat_map(|&t| engine.model.tokenizer.token_bytes(t).unwrap_or_default())
+            .flat_map(|&t| tokenizer.token_bytes(t).unwrap_or_default())
             .collect()
     };
     let stop_strings: Vec<&String> = r.stop.iter().filter(|s| !s.is_empty()).collect();
@@ -428,76 +515,72 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
         let s = valid_prefix(&b);
         stop_strings.iter().any(|st| s.contains(st.as_str()))
     };
-    let within = n <= r.max_tokens as usize;
-    let (ok, detail, pos) = if let Some(i) = early_stop {
-        (
+    if let Some(i) = early_stop {
+        return check(
+            "termination",
             false,
             format!("stop token at #{i} before the end"),
             Some(i as u64),
-        )
-    } else if !within {
-        (
+        );
+    }
+    if n > r.max_tokens as usize {
+        return check(
+            "termination",
             false,
             format!("{n} tokens exceed max_tokens {}", r.max_tokens),
             Some(r.max_tokens as u64),
-        )
-    } else {
-        let body = &r.output_tokens[..n.saturating_sub(1)];
-        match r.stop_reason {
-            StopReason::Eos => {
-                let ok = last.is_some_and(|t| is_stop(&t)) && !text_hits(body);
-                (
-                    ok,
-                    if ok {
-                        "ends with a stop token".into()
-                    } else {
-                        "last token is not a stop token (or a stop string came first)".to_string()
-                    },
-                    (!ok).then_some(n.saturating_sub(1) as u64),
-                )
-            }
-            StopReason::MaxTokens => {
-                let ok = n == r.max_tokens as usize
-                    && !last.is_some_and(|t| is_stop(&t))
-                    && !text_hits(&r.output_tokens);
-                (
-                    ok,
-                    if ok {
-                        format!("{n} = max_tokens, no stop token or string")
-                    } else {
-                        format!(
-                            "{n} tokens (max {}), or a stop token/string ended it earlier",
-                            r.max_tokens
-                        )
-                    },
-                    (!ok).then_some(n.saturating_sub(1) as u64),
-                )
-            }
-            StopReason::StopString => {
-                let ok = !last.is_some_and(|t| is_stop(&t))
-                    && text_hits(&r.output_tokens)
-                    && !text_hits(body);
-                (
-                    ok,
-                    if ok {
-                        "the last token completes a stop string".into()
-                    } else {
-                        "the output does not end at a stop string".to_string()
-                    },
-                    (!ok).then_some(n.saturating_sub(1) as u64),
-                )
-            }
+        );
+    }
+    let body = &r.output_tokens[..n.saturating_sub(1)];
+    let (ok, detail) = match r.stop_reason {
+        StopReason::Eos => {
+            let ok = last.is_some_and(|t| is_stop(&t)) && !text_hits(body);
+            (
+                ok,
+                if ok {
+                    "ends with a stop token".into()
+                } else {
+                    "last token is not a stop token (or a stop string came first)".to_string()
+                },
+            )
+        }
+        StopReason::MaxTokens => {
+            let ok = n == r.max_tokens as usize
+                && !last.is_some_and(|t| is_stop(&t))
+                && !text_hits(&r.output_tokens);
+            (
+                ok,
+                if ok {
+                    format!("{n} = max_tokens, no stop token or string")
+                } else {
+                    format!(
+                        "{n} tokens (max {}), or a stop token/string ended it earlier",
+                        r.max_tokens
+                    )
+                },
+            )
+        }
+        StopReason::StopString => {
+            let ok = !last.is_some_and(|t| is_stop(&t))
+                && text_hits(&r.output_tokens)
+                && !text_hits(body);
+            (
+                ok,
+                if ok {
+                    "the last token completes a stop string".into()
+                } else {
+                    "the output does not end at a stop string".to_string()
+                },
+            )
         }
     };
-    c.add("termination", ok, detail, pos);
-
-    let verdict = if c.0.iter().all(|x| x.ok) {
-        Verdict::Accept
-    } else {
-        Verdict::Reject
-    };
-    Report {
-        verdict,
-        checks: c.0,
-    }
+    check(
+        "termination",
+        ok,
+        detail,
+        (!ok).then_some(n.saturating_sub(1) as u64),
+    )
 }
+
+#[cfg(test)]
+mod tests;

@@ -326,3 +326,45 @@ proptest! {
         }
     }
 }
+
+/// The encoding is frozen: a fixed v1 and v2 receipt encode to the same bytes, and digest to
+/// the same on-chain value, as before receipts moved onto `deai_types::codec`.
+#[test]
+fn encoding_and_digest_are_frozen() {
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let b = sample();
+    let mut r = Receipt::decode(&b).unwrap();
+    assert_eq!(r.digest().unwrap(), deai_proof::receipt_digest(&b));
+    r.sampling.presence_penalty = 0.5;
+    r.sampling.logit_bias = vec![(3, 2.5), (70_000, -100.0)];
+    let schema = r#"{"type": "object", "properties": {"city": {"type": "string"}}}"#;
+    r.sampling.json_schema = Some(
+        deai_engine::json_schema::JsonSchema::compile_object(
+            &serde_json::from_str(schema).unwrap(),
+        )
+        .unwrap(),
+    );
+    r.version = 2;
+    r.sign(&key).unwrap();
+    let b2 = r.to_bytes().unwrap();
+    assert_eq!(r.digest().unwrap(), deai_proof::receipt_digest(&b2));
+    let golden = [
+        (
+            &b,
+            864,
+            "b52d6a7e79018b40f0042cbff1a6090146faa7120399b73096fdfd1cff00b6d2",
+            "aec0668f8423f2f9b182f0fac459dd07c9f901d333dd00c7c657839a43919f96",
+        ),
+        (
+            &b2,
+            923,
+            "e947e6eaaf28a6f46db15fec5d479d04ed17cecc0a1b1816d0ce5d042aa61e13",
+            "1e13d65a871905f252278747966114acf099b8d29742b565921ea79e01d9d8a8",
+        ),
+    ];
+    for (bytes, len, sha, digest) in golden {
+        assert_eq!(bytes.len(), len);
+        assert_eq!(Hash256::digest(bytes).to_hex(), sha);
+        assert_eq!(deai_proof::receipt_digest(bytes).to_hex(), digest);
+    }
+}
