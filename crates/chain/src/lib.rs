@@ -13,11 +13,9 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod block;
 pub mod epoch;
 pub mod evidence;
-pub mod explorer_bench;
 pub mod lightclient;
 pub mod local;
 pub mod mempool;

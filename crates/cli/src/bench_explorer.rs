@@ -1,18 +1,11 @@
-//! `deai bench explorer`: how the explorer's queries scale. Two chains are built in this
-//! process by executing real signed transactions (a small one and a large one, 100k blocks
-//! and 10k jobs by default), each served by the real node API on loopback; every query the
-//! explorer's pages make is timed over HTTP on both, and the ratio large/small is printed.
-//! With `--browser` (Debian's chromium + chromedriver and Python's selenium), each page is
-//! also loaded in headless Chromium against both chains: first contentful paint and time
-//! until the first data is on screen.
+//! `deai bench explorer`: flags, and the table or JSON of `deai_bench::explorer`'s report
+//! (the explorer's queries on a small and a large chain over HTTP; with `--browser`, page
+//! loads in headless Chromium).
 
-use anyhow::{Context, Result};
+use crate::bench::json_line;
+use anyhow::Result;
 use clap::Args;
-use deai_chain::api::{self, Api};
-use deai_chain::explorer_bench::{populate, Populated};
-use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use deai_bench::explorer::{self, Report};
 
 #[derive(Args)]
 pub struct ExplorerBench {
@@ -37,166 +30,40 @@ pub struct ExplorerBench {
     json: bool,
 }
 
-struct Served {
-    url: String,
-    jobs: u64,
-    p: Populated,
-    _rt: tokio::runtime::Runtime,
-}
-
-fn serve(p: Populated, jobs: u64) -> Result<Served> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let router = api::router(Api {
-        app: p.app.clone(),
-        marshal: None,
-        me: [0; 32],
-        evidence: None,
-    });
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("http://{}", listener.local_addr()?);
-    rt.spawn(async move { axum::serve(listener, router).await });
-    Ok(Served {
-        url,
-        jobs,
-        p,
-        _rt: rt,
-    })
-}
-
-/// The queries the explorer's pages make, by name.
-fn queries(s: &Served) -> Vec<(&'static str, String)> {
-    let tip = s.p.app.finalized_height();
-    let client = hex::encode(s.p.client);
-    vec![
-        ("status (overview)", "/v1/status".into()),
-        (
-            "blocks, newest page",
-            format!("/v1/blocks?before={}&limit=20", tip + 1),
-        ),
-        (
-            "blocks, oldest page",
-            "/v1/blocks?before=21&limit=20".into(),
-        ),
-        ("block detail", format!("/v1/block/{}", tip / 2)),
-        ("jobs, newest page", "/v1/jobs?limit=20".into()),
-        (
-            "jobs, middle page",
-            format!("/v1/jobs?limit=20&offset={}", s.jobs / 2),
-        ),
-        (
-            "jobs of one status",
-            "/v1/jobs?status=receipted&limit=20".into(),
-        ),
-        ("job detail + trail", format!("/v1/job/{}", s.p.some_job)),
-        ("transaction", format!("/v1/tx/{}", s.p.some_tx)),
-        (
-            "account transactions",
-            format!("/v1/account/{client}/txs?limit=20"),
-        ),
-        ("search by id", format!("/v1/search?q={}", s.p.some_tx)),
-        ("search by height", format!("/v1/search?q={}", tip / 3)),
-    ]
-}
-
-fn median_ms(c: &reqwest::blocking::Client, url: &str, reps: usize) -> Result<(f64, usize)> {
-    let mut bytes = 0;
-    for _ in 0..3 {
-        let r = c.get(url).send()?;
-        anyhow::ensure!(r.status().is_success(), "{url}: HTTP {}", r.status());
-        bytes = r.bytes()?.len();
-    }
-    let mut t = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let t0 = Instant::now();
-        let r = c.get(url).send()?;
-        let _ = r.bytes()?;
-        t.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
-    t.sort_by(f64::total_cmp);
-    Ok((t[t.len() / 2], bytes))
-}
-
-fn browser_times(s: &Served, jobs: u64, reps: usize) -> Result<Value> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/explorer_paint.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .args([&s.url, &s.p.some_job.to_string(), &hex::encode(s.p.client)])
-        .arg((jobs / 2).to_string())
-        .arg(reps.to_string())
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    anyhow::ensure!(out.status.success(), "{} failed", script.display());
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 pub fn bench(b: ExplorerBench) -> Result<()> {
-    let build = |blocks: u64, jobs: u64| -> Result<Served> {
-        let t0 = Instant::now();
-        let per_block = jobs.div_ceil((blocks / 2).max(1)).max(1);
-        let p = populate(blocks, jobs, per_block)?;
-        eprintln!(
-            "built {blocks} blocks with {jobs} jobs in {:.1} s",
-            t0.elapsed().as_secs_f64()
-        );
-        serve(p, jobs)
-    };
-    let small = build(b.small_blocks, b.small_jobs)?;
-    let large = build(b.blocks, b.jobs)?;
-    let c = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let mut rows = Vec::new();
-    for ((name, qs), (_, ql)) in queries(&small).into_iter().zip(queries(&large)) {
-        let (ms_small, _) = median_ms(&c, &format!("{}{qs}", small.url), b.reps)?;
-        let (ms_large, bytes) = median_ms(&c, &format!("{}{ql}", large.url), b.reps)?;
-        rows.push(json!({
-            "query": name, "small_ms": ms_small, "large_ms": ms_large,
-            "ratio": ms_large / ms_small, "large_bytes": bytes,
-        }));
-    }
-    let browser = if b.browser {
-        let reps = b.reps.min(10);
-        Some(json!({
-            "small": browser_times(&small, b.small_jobs, reps)?,
-            "large": browser_times(&large, b.jobs, reps)?,
-        }))
-    } else {
-        None
-    };
-    let out = json!({
-        "small": { "blocks": b.small_blocks, "jobs": b.small_jobs },
-        "large": { "blocks": b.blocks, "jobs": b.jobs },
-        "queries": rows, "browser": browser,
-    });
+    let report = explorer::run(&explorer::Options {
+        blocks: b.blocks,
+        jobs: b.jobs,
+        small_blocks: b.small_blocks,
+        small_jobs: b.small_jobs,
+        reps: b.reps,
+        browser: b.browser,
+    })?;
     if b.json {
-        println!("{out}");
-        return Ok(());
+        println!("{}", json_line(&report));
+    } else {
+        print_table(&report, b.reps);
     }
+    Ok(())
+}
+
+fn print_table(r: &Report, reps: usize) {
     println!(
         "explorer queries over HTTP on loopback, median of {} (small: {} blocks / {} jobs; large: {} blocks / {} jobs)",
-        b.reps, b.small_blocks, b.small_jobs, b.blocks, b.jobs
+        reps, r.small.blocks, r.small.jobs, r.large.blocks, r.large.jobs
     );
     println!(
         "{:<28} {:>10} {:>10} {:>7} {:>9}",
         "query", "small ms", "large ms", "ratio", "bytes"
     );
-    for r in &rows {
+    for q in &r.queries {
+        // The byte count has always been printed unpadded.
         println!(
-            "{:<28} {:>10.3} {:>10.3} {:>6.2}x {:>9}",
-            r["query"].as_str().unwrap_or_default(),
-            r["small_ms"].as_f64().unwrap_or(f64::NAN),
-            r["large_ms"].as_f64().unwrap_or(f64::NAN),
-            r["ratio"].as_f64().unwrap_or(f64::NAN),
-            r["large_bytes"]
+            "{:<28} {:>10.3} {:>10.3} {:>6.2}x {}",
+            q.query, q.small_ms, q.large_ms, q.ratio, q.large_bytes
         );
     }
-    if let Some(br) = &out["browser"].as_object() {
+    if let Some(br) = r.browser.as_ref().and_then(|b| b.as_object()) {
         println!("headless Chromium, full page loads, median ms from navigation start:");
         println!(
             "{:<20} {:>10} {:>10} {:>7}",
@@ -218,5 +85,4 @@ pub fn bench(b: ExplorerBench) -> Result<()> {
             }
         }
     }
-    Ok(())
 }

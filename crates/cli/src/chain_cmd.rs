@@ -688,7 +688,7 @@ pub fn bench_chain(a: BenchChainArgs) -> Result<()> {
     if a.validators == 0 || a.rate == 0 || a.seconds == 0 {
         bail!("--validators, --rate and --seconds must be positive");
     }
-    let r = deai_chain::bench::run(&deai_chain::bench::BenchOptions {
+    let r = deai_bench::chain::run(&deai_bench::chain::Options {
         validators: a.validators,
         rate: a.rate,
         seconds: a.seconds,

@@ -10,6 +10,7 @@
 mod bench;
 mod bench_explorer;
 mod bench_network;
+mod bench_proof;
 mod bench_sampler;
 mod calibrate_cmd;
 mod chain_cmd;

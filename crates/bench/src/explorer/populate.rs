@@ -1,11 +1,9 @@
-//! Data for `deai bench explorer`: a finalized chain of any length, built without consensus
+//! The data of `deai bench explorer`: a finalized chain of any length, built without consensus
 //! by executing real signed transactions block by block through [`App::apply_finalized`]
 //! (the path finalized blocks take on a node), so the explorer's queries can be timed
 //! against 100k blocks and 10k jobs with their receipts.
 
-use crate::app::App;
-use crate::block::Block;
-use crate::mempool::Mempool;
+use deai_chain::{App, Block, Mempool};
 use deai_ledger::{Genesis, GenesisAccount, Params, State, Tx, TxKind};
 use deai_types::Hash256;
 use ed25519_dalek::SigningKey;

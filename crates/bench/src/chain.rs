@@ -2,8 +2,9 @@
 //! of signed transactions, and finality latency measured per transaction; plus the cost of
 //! the state root as the account count grows.
 
-use crate::local::{self, InitOptions, RunOptions};
+use crate::stats::percentile;
 use commonware_runtime::{Clock, Runner};
+use deai_chain::local::{self, InitOptions, RunOptions};
 use deai_ledger::{GenesisAccount, Params, SignedTx, Tx, TxKind};
 use deai_types::Hash256;
 use ed25519_dalek::SigningKey;
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
-pub struct BenchOptions {
+pub struct Options {
     pub validators: usize,
     /// Offered load, transactions per second.
     pub rate: u64,
@@ -23,9 +24,9 @@ pub struct BenchOptions {
     pub base_port: u16,
 }
 
-impl Default for BenchOptions {
+impl Default for Options {
     fn default() -> Self {
-        BenchOptions {
+        Options {
             validators: 4,
             rate: 3_000,
             seconds: 10,
@@ -36,7 +37,7 @@ impl Default for BenchOptions {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct BenchReport {
+pub struct Report {
     pub validators: usize,
     pub offered_tx_per_s: u64,
     pub tx_per_s: f64,
@@ -58,14 +59,6 @@ fn seed(i: usize) -> [u8; 32] {
     s[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
     s[31] = 0xbe;
     s
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Microseconds to update `changes` leaves of a state tree holding `leaves` leaves and
@@ -93,8 +86,8 @@ pub fn root_cost(leaves: usize, changes: usize) -> f64 {
     best
 }
 
-/// Runs the network benchmark. Blocks until done.
-pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
+/// Runs the chain benchmark on validators in this process. Blocks until done.
+pub fn run(o: &Options) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
     let keys: Vec<SigningKey> = (0..o.senders)
         .map(|i| SigningKey::from_bytes(&seed(i)))
@@ -162,7 +155,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
         let submit = |sender: usize, t: SignedTx| nodes[sender % nodes.len()].app.submit(t);
 
         // Phase 1: transfers.
-        let (tx_per_s, mut lat, blocks_per_s) = {
+        let (tx_per_s, lat, blocks_per_s) = {
             let total = o.rate * o.seconds;
             let mut sent: HashMap<Hash256, Instant> = HashMap::new();
             let mut lat = Vec::new();
@@ -321,14 +314,14 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
             rlat.len() as f64 / last_final.duration_since(start).as_secs_f64().max(1e-9);
         let root_10k = root_cost(10_000, 3_000);
         let root_1m = root_cost(1_000_000, 3_000);
-        Ok::<_, anyhow::Error>(BenchReport {
+        Ok::<_, anyhow::Error>(Report {
             validators: o.validators,
             offered_tx_per_s: o.rate,
             tx_per_s,
             receipts_per_s,
-            finality_p50_ms: pct(&mut lat, 0.5),
-            finality_p99_ms: pct(&mut lat, 0.99),
-            receipt_finality_p50_ms: pct(&mut rlat, 0.5),
+            finality_p50_ms: percentile(&lat, 50.0),
+            finality_p99_ms: percentile(&lat, 99.0),
+            receipt_finality_p50_ms: percentile(&rlat, 50.0),
             blocks_per_s,
             root_us_10k_accounts: root_10k,
             root_us_1m_accounts: root_1m,
