@@ -15,7 +15,7 @@
 //! even where the sample rate would skip it.
 
 use crate::ledger_client::{Signer, WorkerEntry};
-use crate::proto::{receipt_digest, RunEvent, RunRequest};
+use crate::proto::{RunEvent, RunRequest};
 use crate::worker_client::WorkerClient;
 use deai_engine::tokenizer::{chat_prompt, ChatMessage};
 use deai_engine::Engine;
@@ -23,7 +23,7 @@ use deai_engine::GenParams;
 use deai_ledger::state::{Job, JobStatus, BPS};
 use deai_ledger::Address;
 use deai_ledger::TxKind;
-use deai_proof::Receipt;
+use deai_proof::{receipt_digest, Receipt};
 use deai_types::Hash256;
 use std::collections::HashMap;
 use std::collections::HashSet;

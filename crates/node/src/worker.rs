@@ -7,7 +7,7 @@
 //! can show the validators catching them. An honest worker has none.
 
 use crate::ledger_client::Signer;
-use crate::proto::{receipt_digest, RunEvent, RunRequest};
+use crate::proto::{RunEvent, RunRequest};
 use crate::{http_error, HttpError};
 use anyhow::{Context, Result};
 use axum::body::Body;
@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use deai_engine::{Engine, Generation};
 use deai_ledger::{Address, TxKind};
-use deai_proof::{build_receipt, ProofConfig, Receipt};
+use deai_proof::{build_receipt, receipt_digest, ProofConfig, Receipt};
 use deai_types::Hash256;
 use ed25519_dalek::SigningKey;
 use serde_json::json;
