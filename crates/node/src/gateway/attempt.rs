@@ -135,7 +135,7 @@ fn check_receipt(
     }
     r.verify_signature()?;
     let bytes = r.to_bytes().map_err(|e| e.to_string())?;
-    if crate::proto::receipt_digest(&bytes) != digest {
+    if deai_proof::receipt_digest(&bytes) != digest {
         return Err("its digest does not match its bytes".into());
     }
     Ok(r)
@@ -293,7 +293,7 @@ mod tests {
         )
         .unwrap();
         let job = Hash256(spec.id());
-        let digest = crate::proto::receipt_digest(&r.to_bytes().unwrap());
+        let digest = deai_proof::receipt_digest(&r.to_bytes().unwrap());
         let json: Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(check_receipt(&json, job, &worker, digest).unwrap(), r);
         // Replayed onto another job.

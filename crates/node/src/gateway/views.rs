@@ -96,7 +96,7 @@ pub(super) async fn receipt_view(
             deai_proof::Receipt::from_json(&r.to_string())
                 .ok()
                 .and_then(|r| r.to_bytes().ok())
-                .is_some_and(|b| crate::proto::receipt_digest(&b) == rec.digest)
+                .is_some_and(|b| deai_proof::receipt_digest(&b) == rec.digest)
         }),
         _ => None,
     };
