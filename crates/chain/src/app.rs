@@ -11,7 +11,7 @@ use crate::block::{from_digest, to_digest, Block, Digest, Header};
 use crate::mempool::{Mempool, Rejected};
 use commonware_actor::Feedback;
 use commonware_consensus::marshal::{ancestry::Ancestry, Update};
-use commonware_consensus::simplex::{scheme::ed25519, types::Context};
+use commonware_consensus::simplex::types::Context;
 use commonware_consensus::Reporter;
 use commonware_cryptography::{ed25519::PublicKey, Digested, Digestible};
 use commonware_utils::Acknowledgement;
@@ -23,7 +23,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub type Scheme = ed25519::Scheme;
+pub use crate::scheme::Scheme;
 pub type Ctx = Context<Digest, PublicKey>;
 
 /// A finalized block as the node remembers it (for the API and tests).

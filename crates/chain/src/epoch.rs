@@ -11,9 +11,8 @@
 //! A set is only ever added after its boundary block is final, and never changes or goes
 //! away, so every honest node that has applied the same finalized prefix answers the same.
 
-use crate::app::Scheme;
 use crate::block::Digest;
-use crate::node::{public_key, NAMESPACE};
+use crate::scheme::{public_key, Scheme, NAMESPACE};
 use commonware_consensus::types::Epoch;
 use commonware_cryptography::certificate::{self, Scoped};
 use commonware_cryptography::ed25519::{PrivateKey, PublicKey};

@@ -11,10 +11,9 @@
 //! Views restart in every epoch, so the ledger's `view` of a report is the [`round_id`]
 //! `epoch << 32 | view`, which grows across epochs.
 
-use crate::app::Scheme;
 use crate::block::Digest;
 use crate::epoch::Epochs;
-use crate::node::address;
+use crate::scheme::{address, Scheme};
 use commonware_consensus::simplex::types::{Activity, Attributable};
 use commonware_consensus::{Epochable, Viewable};
 use commonware_parallel::Sequential;

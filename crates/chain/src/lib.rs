@@ -6,8 +6,8 @@
 //! mempool. [`node`] assembles one validator from these components over any commonware
 //! runtime and p2p network.
 //!
-//! Owns: blocks ([`block`]), the consensus application ([`app`]), the mempool
-//! ([`mempool`]) and validator wiring ([`node`]).
+//! Owns: the consensus scheme and keys ([`scheme`]), blocks ([`block`]), the consensus
+//! application ([`app`]), the mempool ([`mempool`]) and validator wiring ([`node`]).
 //! Must never depend on: the inference engine, proofs of inference, or the CLI. The ledger
 //! below it never sees consensus types.
 
@@ -21,6 +21,7 @@ pub mod local;
 pub mod mempool;
 pub mod node;
 pub mod ports;
+pub mod scheme;
 
 pub use app::{App, FinalizedBlock};
 pub use block::{Block, Header};

@@ -9,9 +9,8 @@
 //! set of epoch `i + 1`. The client walks them in order, so each set is vouched for by the
 //! one before it.
 
-use crate::app::Scheme;
 use crate::block::{Digest, Header};
-use crate::node::{public_key, NAMESPACE};
+use crate::scheme::{public_key, Scheme, NAMESPACE};
 use commonware_codec::{Encode, Read};
 use commonware_consensus::simplex::types::Finalization;
 use commonware_consensus::Epochable;

@@ -4,10 +4,11 @@
 //! (deterministic in tests, tokio in production) and the p2p network (simulated or
 //! authenticated).
 
-use crate::app::{run_finalizer, App, Finalizer, Scheme};
+use crate::app::{run_finalizer, App, Finalizer};
 use crate::block::{Block, Digest};
 use crate::epoch::{EpochProvider, Epochs};
 use crate::mempool::Mempool;
+use crate::scheme::Scheme;
 use commonware_broadcast::buffered;
 use commonware_consensus::{
     marshal::{
@@ -36,8 +37,7 @@ use rand_core_cw::CryptoRng;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Consensus signing namespace.
-pub const NAMESPACE: &[u8] = b"deai-chain-v1";
+pub use crate::scheme::{address, private_key, public_key, NAMESPACE};
 
 /// p2p channel ids.
 pub const CH_VOTES: u64 = 0;
@@ -46,26 +46,6 @@ pub const CH_RESOLVER: u64 = 2;
 pub const CH_BACKFILL: u64 = 3;
 pub const CH_BROADCAST: u64 = 4;
 pub const CHANNELS: [u64; 5] = [CH_VOTES, CH_CERTS, CH_RESOLVER, CH_BACKFILL, CH_BROADCAST];
-
-/// The consensus key for a 32-byte ed25519 seed (the same key signs ledger transactions).
-pub fn private_key(seed: &[u8; 32]) -> PrivateKey {
-    use commonware_codec::Read;
-    PrivateKey::read_cfg(&mut bytes::Bytes::copy_from_slice(seed), &())
-        .expect("any 32 bytes are an ed25519 seed")
-}
-
-/// The consensus public key for a ledger address.
-pub fn public_key(addr: &[u8; 32]) -> Option<PublicKey> {
-    use commonware_codec::Read;
-    PublicKey::read_cfg(&mut bytes::Bytes::copy_from_slice(addr), &()).ok()
-}
-
-/// The ledger address of a consensus public key.
-pub fn address(pk: &PublicKey) -> [u8; 32] {
-    let mut a = [0u8; 32];
-    a.copy_from_slice(pk.as_ref());
-    a
-}
 
 /// The consensus set that finalizes the block after `state` (the genesis set, for a genesis
 /// state), sorted.
