@@ -1,0 +1,286 @@
+//! A block: its validity, applying it, the per-transaction dispatcher and the deadlines
+//! that fall due at its end.
+
+use super::{err, u64_of, Key, Res, State, DL_EXECUTE, DL_JOB, DL_TRAIN, DL_UNBOND, DL_VOTE_END};
+use crate::tx::{Address, SignedTx, Tx, TxKind, MAX_TX_BYTES};
+use deai_types::Hash256;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Most transactions in one block.
+pub const MAX_BLOCK_TXS: usize = 10_000;
+
+/// Why a block cannot be applied. The state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    #[error("block height {got} does not follow {have}")]
+    Height { have: u64, got: u64 },
+    #[error("{0} transactions exceed the block limit {MAX_BLOCK_TXS}")]
+    TooManyTxs(usize),
+    #[error("transaction {index}: {reason}")]
+    Tx { index: usize, reason: String },
+}
+
+/// What one transaction did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxOutcome {
+    pub id: Hash256,
+    /// `None` when the action took effect, else why it did not (fee and nonce still count).
+    pub error: Option<String>,
+}
+
+/// What a block did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockResult {
+    pub height: u64,
+    pub state_root: Hash256,
+    pub outcomes: Vec<TxOutcome>,
+    /// Jobs and proposals that reached an outcome at the end of this block.
+    pub events: Vec<String>,
+}
+
+impl State {
+    /// Checks everything about `tx` that makes a block containing it invalid, given the
+    /// sender's expected nonce. Signatures are checked separately (in a batch).
+    fn check_static(&self, tx: &SignedTx, expected_nonce: u64) -> Res {
+        let t = &tx.tx;
+        if t.chain != self.meta.chain_id {
+            return err("wrong chain id");
+        }
+        if t.nonce != expected_nonce {
+            return err(format!(
+                "nonce {} but the account expects {expected_nonce}",
+                t.nonce
+            ));
+        }
+        if t.fee < self.meta.params.min_fee {
+            return err(format!(
+                "fee {} below the minimum {}",
+                t.fee, self.meta.params.min_fee
+            ));
+        }
+        if tx.to_bytes().len() > MAX_TX_BYTES {
+            return err("transaction too large");
+        }
+        Ok(())
+    }
+
+    /// Mempool admission: the checks that make a block invalid, plus the fee being payable.
+    pub fn check_tx(&self, tx: &SignedTx, expected_nonce: u64) -> Res {
+        self.check_static(tx, expected_nonce)?;
+        tx.verify_signature()?;
+        if self.account(&tx.tx.from).balance < tx.tx.fee {
+            return err("balance does not cover the fee");
+        }
+        Ok(())
+    }
+
+    /// Whether `txs` form a valid block on top of this state (signatures included).
+    pub fn validate_block(&self, txs: &[SignedTx]) -> Result<(), BlockError> {
+        if txs.len() > MAX_BLOCK_TXS {
+            return Err(BlockError::TooManyTxs(txs.len()));
+        }
+        let mut nonces: BTreeMap<Address, u64> = BTreeMap::new();
+        for (i, tx) in txs.iter().enumerate() {
+            let n = nonces
+                .entry(tx.tx.from)
+                .or_insert_with(|| self.account(&tx.tx.from).nonce);
+            self.check_static(tx, *n)
+                .map_err(|reason| BlockError::Tx { index: i, reason })?;
+            *n += 1;
+        }
+        verify_signatures(txs)
+    }
+
+    /// Applies block `height` with `txs`. On error nothing changed.
+    pub fn apply_block(
+        &mut self,
+        height: u64,
+        txs: &[SignedTx],
+    ) -> Result<BlockResult, BlockError> {
+        if height != self.meta.height + 1 {
+            return Err(BlockError::Height {
+                have: self.meta.height,
+                got: height,
+            });
+        }
+        self.validate_block(txs)?;
+        self.meta.height = height;
+        self.dirty.insert(Key::Meta);
+        let mut outcomes = Vec::with_capacity(txs.len());
+        for tx in txs {
+            let error = self.execute(tx).err();
+            outcomes.push(TxOutcome { id: tx.id(), error });
+        }
+        self.end_block(height);
+        self.flush();
+        Ok(BlockResult {
+            height,
+            state_root: self.root,
+            outcomes,
+            events: std::mem::take(&mut self.events),
+        })
+    }
+
+    /// Runs one transaction of a valid block: the nonce and fee always count, then the
+    /// handler of its kind acts or says why not.
+    fn execute(&mut self, tx: &SignedTx) -> Res {
+        let t = &tx.tx;
+        let from = t.from;
+        self.pay_fee(t)?;
+        match &t.kind {
+            TxKind::Transfer { to, amount } => self.transfer(from, to, *amount),
+            TxKind::Stake { amount } => self.stake(from, *amount),
+            TxKind::Unstake { amount } => self.unstake(from, *amount),
+            TxKind::RegisterWorker {
+                models,
+                profile,
+                hardware,
+                price_per_1k,
+                endpoint,
+            } => self.register_worker(from, models, profile, hardware, *price_per_1k, endpoint),
+            TxKind::RegisterValidator { endpoint, p2p } => {
+                self.register_validator(from, endpoint, p2p)
+            }
+            TxKind::OpenJob {
+                job,
+                model,
+                max_tokens,
+                escrow,
+                worker,
+            } => self.open_job(from, *job, *model, *max_tokens, *escrow, *worker),
+            TxKind::PostReceipt {
+                job,
+                receipt,
+                tokens,
+                pointer,
+            } => self.post_receipt(from, *job, *receipt, *tokens, pointer),
+            TxKind::Challenge { job } => self.challenge(from, *job),
+            TxKind::Verdict { job, accept } => self.verdict(from, *job, *accept),
+            TxKind::ReportEquivocation { offender, view, .. } => {
+                self.report_equivocation(from, *offender, *view)
+            }
+            TxKind::OpenTraining {
+                job,
+                checkpoint,
+                commitment,
+                rounds,
+                workers,
+                reward_per_round,
+                coordinator,
+            } => self.open_training(
+                from,
+                *job,
+                (*checkpoint, *commitment),
+                (*rounds, *workers, *reward_per_round),
+                *coordinator,
+            ),
+            TxKind::TrainVerdict {
+                job,
+                round,
+                report,
+                accept,
+            } => self.train_verdict(from, *job, *round, *report, *accept),
+            TxKind::TrainRound {
+                job,
+                round,
+                checkpoint,
+                report,
+                accepted,
+                rejected,
+                url,
+            } => self.train_round(
+                from,
+                *job,
+                *round,
+                *checkpoint,
+                *report,
+                (accepted, rejected),
+                url,
+            ),
+            TxKind::Propose { change } => self.propose(from, change),
+            TxKind::Vote { proposal, yes } => self.vote(from, *proposal, *yes),
+        }
+    }
+
+    /// Bumps the sender's nonce and moves the fee to the treasury; a sender who cannot pay
+    /// it keeps the bumped nonce and the transaction does nothing else.
+    fn pay_fee(&mut self, t: &Tx) -> Res {
+        let from = t.from;
+        self.acct_mut(&from).nonce += 1;
+        if self.account(&from).balance < t.fee {
+            return err("balance does not cover the fee");
+        }
+        self.acct_mut(&from).balance -= t.fee;
+        self.pay_treasury(t.fee);
+        Ok(())
+    }
+
+    // ----- end of block -----------------------------------------------------------------
+
+    fn end_block(&mut self, h: u64) {
+        while let Some(first) = self.deadlines.get_min().copied().filter(|d| d.0 <= h) {
+            self.deadlines.remove(&first);
+            let (_, kind, id) = first;
+            match kind {
+                DL_UNBOND => self.release_unbonding(id, h),
+                DL_JOB => self.job_timeout(Hash256(id), h),
+                DL_VOTE_END => self.tally(u64_of(&id), h),
+                DL_EXECUTE => self.execute_proposal(u64_of(&id)),
+                DL_TRAIN => self.training_timeout(Hash256(id), h),
+                _ => unreachable!("only the five kinds are inserted"),
+            }
+        }
+        if self.is_epoch_end(h) {
+            let next = self.next_validator_set();
+            // With no staked validator left the chain could never finalize again: keep the
+            // old set, which can still finalize the unstake being undone.
+            if next.is_empty() {
+                self.events.push(format!(
+                    "epoch {}: no validator meets the minimum stake, the set is unchanged",
+                    self.epoch_of(h) + 1
+                ));
+            } else if next != self.meta.validator_set {
+                self.events.push(format!(
+                    "epoch {}: validator set of {} (was {})",
+                    self.epoch_of(h) + 1,
+                    next.len(),
+                    self.meta.validator_set.len()
+                ));
+                self.meta.validator_set = next;
+            }
+        }
+    }
+}
+
+/// Verifies every signature in a block, in one batch when possible.
+fn verify_signatures(txs: &[SignedTx]) -> Result<(), BlockError> {
+    use ed25519_dalek::{Signature, VerifyingKey};
+    let mut msgs = Vec::with_capacity(txs.len());
+    let mut keys = Vec::with_capacity(txs.len());
+    let mut sigs = Vec::with_capacity(txs.len());
+    for (i, tx) in txs.iter().enumerate() {
+        let key = VerifyingKey::from_bytes(&tx.tx.from).map_err(|_| BlockError::Tx {
+            index: i,
+            reason: "sender is not a valid ed25519 key".into(),
+        })?;
+        keys.push(key);
+        msgs.push(tx.tx.signing_bytes());
+        sigs.push(Signature::from_bytes(&tx.sig));
+    }
+    let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
+    if ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
+        return Ok(());
+    }
+    // Find the first bad one for the error message.
+    for (i, tx) in txs.iter().enumerate() {
+        tx.verify_signature().map_err(|reason| BlockError::Tx {
+            index: i,
+            reason: reason.into(),
+        })?;
+    }
+    Err(BlockError::Tx {
+        index: 0,
+        reason: "batch signature check failed".into(),
+    })
+}

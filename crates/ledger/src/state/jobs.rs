@@ -1,0 +1,417 @@
+//! Inference jobs: opening one with escrow, the worker's receipt, challenges, validator
+//! verdicts, and settlement (paying the worker, or refunding the client and slashing the
+//! worker), plus the one price function both the ledger and the nodes bill by.
+
+use super::{
+    bps_of, err, upsert_vote, ChallengeRecord, Job, JobStatus, Key, ReceiptRecord, Res, Settlement,
+    State, Vote, DL_JOB,
+};
+use crate::tx::Address;
+use deai_types::Hash256;
+use std::collections::BTreeMap;
+
+/// What `tokens` tokens cost at `price_per_1k` per thousand: `tokens * price_per_1k / 1000`,
+/// rounded up (a single token at any positive price costs at least 1), saturating at
+/// `u64::MAX`. The ledger bills a receipt this way (capped by the job's escrow), so a client
+/// or gateway that escrows `job_cost(max_tokens, price)` covers any receipt up to
+/// `max_tokens`.
+pub fn job_cost(tokens: u64, price_per_1k: u64) -> u64 {
+    ((tokens as u128 * price_per_1k as u128).div_ceil(1000)).min(u64::MAX as u128) as u64
+}
+
+impl State {
+    fn job_mut(&mut self, j: &Hash256) -> Option<&mut Job> {
+        self.dirty.insert(Key::Job(*j));
+        self.jobs.get_mut(j)
+    }
+
+    fn set_job_deadline(&mut self, id: Hash256, old: u64, new: u64) {
+        self.deadlines.remove(&(old, DL_JOB, id.0));
+        self.deadlines.insert((new, DL_JOB, id.0));
+    }
+
+    /// Escrows `escrow` from the client for a job on `model`, optionally for one worker.
+    pub(super) fn open_job(
+        &mut self,
+        from: Address,
+        job: Hash256,
+        model: Hash256,
+        max_tokens: u32,
+        escrow: u64,
+        worker: Option<Address>,
+    ) -> Res {
+        if self.jobs.contains_key(&job) {
+            return err(format!("job {} already exists", job.short()));
+        }
+        if !self.meta.params.model_allowed(&model) {
+            return err(format!(
+                "model {} is not allowed by governance",
+                model.short()
+            ));
+        }
+        if escrow == 0 || max_tokens == 0 {
+            return err("escrow and max_tokens must be positive");
+        }
+        if let Some(w) = worker {
+            match self.workers.get(&w) {
+                Some(wk) if wk.active && wk.models.contains(&model) => {}
+                _ => return err("the named worker is not an active worker for this model"),
+            }
+        }
+        self.debit(&from, escrow, "escrow")?;
+        let h = self.meta.height;
+        let deadline = h.saturating_add(self.meta.params.job_timeout);
+        self.jobs.insert(
+            job,
+            Job {
+                client: from,
+                model,
+                max_tokens,
+                escrow,
+                worker,
+                opened_at: h,
+                deadline,
+                status: JobStatus::Open,
+                receipt: None,
+                challenge: None,
+                verdicts: Vec::new(),
+                settlement: None,
+            },
+        );
+        self.dirty.insert(Key::Job(job));
+        self.deadlines.insert((deadline, DL_JOB, job.0));
+        Ok(())
+    }
+
+    /// The worker's receipt for an open job, billed at its price ([`job_cost`], capped by
+    /// the escrow); the challenge window starts.
+    pub(super) fn post_receipt(
+        &mut self,
+        from: Address,
+        job: Hash256,
+        receipt: Hash256,
+        tokens: u32,
+        pointer: &str,
+    ) -> Res {
+        let h = self.meta.height;
+        let j = self.jobs.get(&job).ok_or("unknown job")?;
+        if j.status != JobStatus::Open {
+            return err(format!("job is {:?}, not open", j.status));
+        }
+        let w = self
+            .workers
+            .get(&from)
+            .ok_or("sender is not a registered worker")?;
+        if !w.active {
+            return err("worker is inactive (slashed)");
+        }
+        match j.worker {
+            Some(assigned) if assigned != from => return err("job is assigned to another worker"),
+            None if !w.models.contains(&j.model) => {
+                return err("worker does not serve the job's model")
+            }
+            _ => {}
+        }
+        if tokens == 0 {
+            return err("tokens must be positive");
+        }
+        let cost = job_cost(tokens as u64, w.price_per_1k).min(j.escrow);
+        let (old, new) = (
+            j.deadline,
+            h.saturating_add(self.meta.params.challenge_window),
+        );
+        let jm = self.job_mut(&job).expect("checked above");
+        jm.status = JobStatus::Receipted;
+        jm.worker = Some(from);
+        jm.deadline = new;
+        jm.receipt = Some(ReceiptRecord {
+            worker: from,
+            digest: receipt,
+            tokens,
+            pointer: pointer.to_string(),
+            posted_at: h,
+            cost,
+        });
+        self.set_job_deadline(job, old, new);
+        Ok(())
+    }
+
+    /// Challenges a receipt inside its window, posting the bond; the verdict window starts.
+    pub(super) fn challenge(&mut self, from: Address, job: Hash256) -> Res {
+        let h = self.meta.height;
+        let j = self.jobs.get(&job).ok_or("unknown job")?;
+        if j.status != JobStatus::Receipted {
+            return err(format!(
+                "job is {:?}; only a receipted job can be challenged",
+                j.status
+            ));
+        }
+        if j.worker == Some(from) {
+            return err("a worker cannot challenge its own receipt");
+        }
+        let old = j.deadline;
+        let bond = self.meta.params.challenge_bond;
+        self.debit(&from, bond, "challenge bond")?;
+        let new = h.saturating_add(self.meta.params.verdict_window);
+        let jm = self.job_mut(&job).expect("checked above");
+        jm.status = JobStatus::Challenged;
+        jm.deadline = new;
+        jm.challenge = Some(ChallengeRecord {
+            challenger: from,
+            bond,
+            at: h,
+        });
+        self.set_job_deadline(job, old, new);
+        Ok(())
+    }
+
+    /// A validator's verdict on a receipted or challenged job; a quorum settles it.
+    pub(super) fn verdict(&mut self, from: Address, job: Hash256, accept: bool) -> Res {
+        let min = self.meta.params.min_validator_stake;
+        if !self.validators.contains_key(&from) || self.account(&from).stake < min {
+            return err("sender is not an active validator");
+        }
+        let j = self.jobs.get(&job).ok_or("unknown job")?;
+        if !matches!(j.status, JobStatus::Receipted | JobStatus::Challenged) {
+            return err(format!("job is {:?}; no verdict possible", j.status));
+        }
+        if j.verdicts.iter().any(|v| v.voter == from) {
+            return err("validator already gave a verdict on this job");
+        }
+        let jm = self.job_mut(&job).expect("checked above");
+        upsert_vote(&mut jm.verdicts, from, accept);
+        if let Some(v) = self.validators.get_mut(&from) {
+            v.verdicts += 1;
+        }
+        self.dirty.insert(Key::Validator(from));
+        match self.quorum(&self.jobs[&job].verdicts) {
+            Some(false) => self.reject_job(job),
+            Some(true) => self.accept_job(job),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The side of `votes` holding more than two thirds of the active validator stake, if
+    /// either does (votes of keys that are no longer active validators weigh nothing).
+    pub(super) fn quorum(&self, votes: &[Vote]) -> Option<bool> {
+        let active: BTreeMap<Address, u64> = self.active_validators().into_iter().collect();
+        let total: u128 = active.values().map(|s| *s as u128).sum();
+        let (mut yes, mut no) = (0u128, 0u128);
+        for v in votes {
+            let s = *active.get(&v.voter).unwrap_or(&0) as u128;
+            if v.yes {
+                yes += s
+            } else {
+                no += s
+            }
+        }
+        if no * 3 > total * 2 {
+            Some(false)
+        } else if yes * 3 > total * 2 {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
+    /// Pays the worker, the validators who accepted it and the treasury; refunds the rest
+    /// of the escrow; a failed challenger's bond goes to the worker.
+    pub(super) fn accept_job(&mut self, id: Hash256) {
+        let h = self.meta.height;
+        let j = self.jobs[&id].clone();
+        let r = j.receipt.clone().expect("accepted jobs have receipts");
+        let p = &self.meta.params;
+        let cost = r.cost.min(j.escrow);
+        // Params::validate keeps the two shares within the cost; the clamps make that
+        // impossible to break even if a bad parameter set slipped through.
+        let treasury_cut = bps_of(cost, p.treasury_bps).min(cost);
+        let mut validator_fee = bps_of(cost, p.validator_fee_bps).min(cost - treasury_cut);
+        let worker_paid = cost - treasury_cut - validator_fee;
+        let refund = j.escrow - cost;
+        let voters: Vec<Address> = j
+            .verdicts
+            .iter()
+            .filter(|v| v.yes)
+            .map(|v| v.voter)
+            .collect();
+        let mut treasury = treasury_cut;
+        if voters.is_empty() {
+            treasury += validator_fee;
+            validator_fee = 0;
+        } else {
+            let each = validator_fee / voters.len() as u64;
+            treasury += validator_fee - each * voters.len() as u64;
+            // What the validators actually got; the remainder went to the treasury.
+            validator_fee = each * voters.len() as u64;
+            for v in &voters {
+                self.credit(v, each);
+                if let Some(val) = self.validators.get_mut(v) {
+                    val.earned += each;
+                }
+                self.dirty.insert(Key::Validator(*v));
+            }
+        }
+        self.credit(&r.worker, worker_paid);
+        self.credit(&j.client, refund);
+        self.pay_treasury(treasury);
+        let mut bond_to_worker = 0;
+        if let Some(c) = &j.challenge {
+            bond_to_worker = c.bond;
+            self.credit(&r.worker, c.bond);
+        }
+        if let Some(w) = self.workers.get_mut(&r.worker) {
+            w.jobs_done += 1;
+            w.tokens_served += r.tokens as u64;
+            w.earned += worker_paid + bond_to_worker;
+        }
+        self.dirty.insert(Key::Worker(r.worker));
+        let jm = self.job_mut(&id).expect("exists");
+        jm.status = JobStatus::Accepted;
+        jm.settlement = Some(Settlement {
+            height: h,
+            worker_paid: worker_paid + bond_to_worker,
+            validator_fee,
+            treasury_cut: treasury,
+            client_refund: refund,
+            ..Default::default()
+        });
+        self.deadlines.remove(&(j.deadline, DL_JOB, id.0));
+        self.events.push(format!("job {} accepted", id.short()));
+    }
+
+    /// Refunds the client, slashes the worker (stake first, then unbonding funds), pays the
+    /// challenger half of the slash plus its bond back (or the rejecting validators, if
+    /// there was no challenger) and burns the rest.
+    fn reject_job(&mut self, id: Hash256) {
+        let h = self.meta.height;
+        let j = self.jobs[&id].clone();
+        let worker = j.worker.expect("rejected jobs have a worker");
+        let slash = self.slash_holdings(&worker);
+        let reward = slash / 2;
+        let mut challenger_paid = 0;
+        let mut burned = slash - reward;
+        match &j.challenge {
+            Some(c) => {
+                self.credit(&c.challenger, c.bond + reward);
+                challenger_paid = c.bond + reward;
+            }
+            None => {
+                let voters: Vec<Address> = j
+                    .verdicts
+                    .iter()
+                    .filter(|v| !v.yes)
+                    .map(|v| v.voter)
+                    .collect();
+                let each = reward / voters.len().max(1) as u64;
+                for v in &voters {
+                    self.credit(v, each);
+                    if let Some(val) = self.validators.get_mut(v) {
+                        val.earned += each;
+                    }
+                    self.dirty.insert(Key::Validator(*v));
+                }
+                burned += reward - each * voters.len() as u64;
+            }
+        }
+        self.meta.burned += burned;
+        self.credit(&j.client, j.escrow);
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.jobs_rejected += 1;
+            w.slashed += slash;
+            w.active = false;
+        }
+        self.dirty.insert(Key::Worker(worker));
+        let jm = self.job_mut(&id).expect("exists");
+        jm.status = JobStatus::Rejected;
+        jm.settlement = Some(Settlement {
+            height: h,
+            client_refund: j.escrow,
+            slashed: slash,
+            burned,
+            challenger_paid,
+            ..Default::default()
+        });
+        self.deadlines.remove(&(j.deadline, DL_JOB, id.0));
+        self.events.push(format!(
+            "job {} rejected; worker slashed {slash}",
+            id.short()
+        ));
+    }
+
+    /// A job's phase ran out at the end of block `h`: an open job expires, a receipted one
+    /// is accepted, a challenged one is unresolved.
+    pub(super) fn job_timeout(&mut self, id: Hash256, h: u64) {
+        let Some(j) = self.jobs.get(&id).cloned() else {
+            return;
+        };
+        if j.deadline != h && j.deadline > h {
+            return;
+        }
+        match j.status {
+            JobStatus::Open => {
+                self.credit(&j.client, j.escrow);
+                let jm = self.job_mut(&id).expect("exists");
+                jm.status = JobStatus::Expired;
+                jm.settlement = Some(Settlement {
+                    height: h,
+                    client_refund: j.escrow,
+                    ..Default::default()
+                });
+                self.events
+                    .push(format!("job {} expired; client refunded", id.short()));
+            }
+            JobStatus::Receipted => self.accept_job(id),
+            JobStatus::Challenged => {
+                self.credit(&j.client, j.escrow);
+                let c = j
+                    .challenge
+                    .clone()
+                    .expect("challenged jobs have a challenge");
+                self.credit(&c.challenger, c.bond);
+                let jm = self.job_mut(&id).expect("exists");
+                jm.status = JobStatus::Unresolved;
+                jm.settlement = Some(Settlement {
+                    height: h,
+                    client_refund: j.escrow,
+                    challenger_paid: c.bond,
+                    ..Default::default()
+                });
+                self.events.push(format!(
+                    "job {} unresolved; escrow and bond refunded",
+                    id.short()
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::job_cost;
+
+    #[test]
+    fn job_cost_rounds_up_and_saturates() {
+        // Exact thousands.
+        assert_eq!(job_cost(1000, 1), 1);
+        assert_eq!(job_cost(2000, 50), 100);
+        assert_eq!(job_cost(0, 50), 0);
+        assert_eq!(job_cost(1234, 0), 0);
+        // Any fraction of a unit is billed as a whole one.
+        assert_eq!(job_cost(1, 1), 1);
+        assert_eq!(job_cost(1001, 1), 2);
+        assert_eq!(job_cost(999, 1), 1);
+        assert_eq!(job_cost(1500, 3), 5); // 4.5
+        assert_eq!(job_cost(10, 150), 2); // 1.5
+        assert_eq!(job_cost(100, 7), 1); // 0.7
+                                         // The product does not overflow before the division ...
+        assert_eq!(job_cost(u32::MAX as u64, u64::MAX), u64::MAX);
+        assert_eq!(job_cost(u64::MAX, 1000), u64::MAX);
+        assert_eq!(job_cost(u64::MAX, 1), u64::MAX.div_ceil(1000));
+        assert_eq!(job_cost(1_000_000, u64::MAX / 1000), u64::MAX / 1000 * 1000);
+        // ... and a cost beyond u64 saturates.
+        assert_eq!(job_cost(u64::MAX, 1001), u64::MAX);
+        assert_eq!(job_cost(u64::MAX, u64::MAX), u64::MAX);
+    }
+}

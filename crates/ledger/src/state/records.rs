@@ -1,0 +1,242 @@
+//! The records the state tree commits to (accounts, workers, validators, jobs, proposals,
+//! the chain-wide [`Meta`]), the tree [`Key`] each lives under, and their canonical
+//! encoding.
+
+use super::Params;
+use crate::tx::{Address, ParamChange};
+use deai_types::Hash256;
+use serde::{Deserialize, Serialize};
+
+/// Funds released at a later height.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unbond {
+    pub amount: u64,
+    pub release: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub balance: u64,
+    pub nonce: u64,
+    pub stake: u64,
+    pub unbonding: Vec<Unbond>,
+}
+
+impl Account {
+    /// In u128: a snapshot from elsewhere could hold entries whose sum overflows u64.
+    pub(super) fn unbonding_total(&self) -> u128 {
+        self.unbonding.iter().map(|u| u.amount as u128).sum()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    pub models: Vec<Hash256>,
+    pub profile: String,
+    pub hardware: String,
+    pub price_per_1k: u64,
+    pub endpoint: String,
+    /// False after a slash until the worker registers again with enough stake.
+    pub active: bool,
+    pub registered_at: u64,
+    pub jobs_done: u64,
+    pub jobs_rejected: u64,
+    pub tokens_served: u64,
+    pub earned: u64,
+    pub slashed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validator {
+    pub endpoint: String,
+    /// Its consensus p2p address (`host:port`), or empty.
+    pub p2p: String,
+    pub registered_at: u64,
+    pub verdicts: u64,
+    pub earned: u64,
+    /// Total taken from its stake for equivocation.
+    pub slashed: u64,
+    /// Views it was slashed for (sorted; at most [`MAX_SLASHED_VIEWS`], the newest kept).
+    pub slashed_views: Vec<u64>,
+}
+
+/// How many slashed views a validator record keeps (older views can no longer be reported).
+pub const MAX_SLASHED_VIEWS: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Escrowed, waiting for a receipt.
+    Open,
+    /// Receipt posted; inside the challenge window.
+    Receipted,
+    /// Challenged; waiting for a validator quorum.
+    Challenged,
+    /// Settled: worker paid.
+    Accepted,
+    /// Validators rejected the receipt: client refunded, worker slashed.
+    Rejected,
+    /// No receipt before the timeout: client refunded.
+    Expired,
+    /// Challenged but no quorum before the verdict deadline: client and challenger refunded.
+    Unresolved,
+}
+
+impl JobStatus {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Accepted | JobStatus::Rejected | JobStatus::Expired | JobStatus::Unresolved
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptRecord {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub worker: Address,
+    pub digest: Hash256,
+    pub tokens: u32,
+    pub pointer: String,
+    pub posted_at: u64,
+    /// What the job costs at the worker's price ([`job_cost`](super::job_cost)), capped by
+    /// the escrow.
+    pub cost: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeRecord {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub challenger: Address,
+    pub bond: u64,
+    pub at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub voter: Address,
+    pub yes: bool,
+}
+
+/// Where a finished job's money went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settlement {
+    pub height: u64,
+    pub worker_paid: u64,
+    pub validator_fee: u64,
+    pub treasury_cut: u64,
+    pub client_refund: u64,
+    pub slashed: u64,
+    pub burned: u64,
+    pub challenger_paid: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub client: Address,
+    pub model: Hash256,
+    pub max_tokens: u32,
+    pub escrow: u64,
+    #[serde(with = "crate::tx::hex_addr_opt")]
+    pub worker: Option<Address>,
+    pub opened_at: u64,
+    /// The height at whose end the current phase times out.
+    pub deadline: u64,
+    pub status: JobStatus,
+    pub receipt: Option<ReceiptRecord>,
+    pub challenge: Option<ChallengeRecord>,
+    /// Validator verdicts, `yes` = accept; sorted by voter.
+    pub verdicts: Vec<Vote>,
+    pub settlement: Option<Settlement>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProposalStatus {
+    Voting,
+    Passed,
+    Rejected,
+    Executed,
+    /// Passed, but the change would have made the parameter set invalid in combination
+    /// with parameters in force at execution time; nothing changed.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub id: u64,
+    #[serde(with = "crate::tx::hex_addr")]
+    pub proposer: Address,
+    pub change: ParamChange,
+    pub created: u64,
+    /// Last height at which votes count.
+    pub voting_end: u64,
+    pub execute_at: Option<u64>,
+    /// Sorted by voter.
+    pub votes: Vec<Vote>,
+    pub status: ProposalStatus,
+    pub yes_stake: u64,
+    pub no_stake: u64,
+}
+
+/// Chain-wide totals and parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub chain_id: Hash256,
+    pub height: u64,
+    pub supply: u64,
+    pub burned: u64,
+    pub treasury: u64,
+    pub total_stake: u64,
+    pub next_proposal: u64,
+    pub params: Params,
+    /// Blocks per consensus epoch, fixed at genesis: epoch `e` is heights
+    /// `e * epoch_length ..= e * epoch_length + epoch_length - 1`.
+    pub epoch_length: u64,
+    /// The consensus validator set that finalizes the next block (sorted addresses). It is
+    /// recomputed from stake only at the end of an epoch's last block, so every block of an
+    /// epoch is finalized by one set, and the last block of epoch `e` names the set of `e+1`.
+    pub validator_set: Vec<Address>,
+}
+
+/// A key in the state tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    Meta,
+    Account(Address),
+    Worker(Address),
+    Validator(Address),
+    Job(Hash256),
+    Proposal(u64),
+    Training(Hash256),
+}
+
+impl Key {
+    /// The 256-bit tree key: SHA-256 over a namespace and the id.
+    pub fn hash(&self) -> [u8; 32] {
+        let (ns, id): (&str, Vec<u8>) = match self {
+            Key::Meta => ("meta", vec![]),
+            Key::Account(a) => ("account", a.to_vec()),
+            Key::Worker(a) => ("worker", a.to_vec()),
+            Key::Validator(a) => ("validator", a.to_vec()),
+            Key::Job(j) => ("job", j.0.to_vec()),
+            Key::Proposal(p) => ("proposal", p.to_le_bytes().to_vec()),
+            Key::Training(t) => ("training", t.0.to_vec()),
+        };
+        Hash256::digest_parts("deai-state-key", &[ns.as_bytes(), &id]).0
+    }
+}
+
+/// Decodes a record's canonical bytes (as
+/// [`State::encode_record`](super::State::encode_record) writes them and state proofs carry
+/// them), e.g. a [`Job`] proven by a light client.
+pub fn decode_record<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("record does not decode: {e}"))
+}
+
+/// The leaf value committed for an encoded record.
+pub fn value_hash(encoded: &[u8]) -> [u8; 32] {
+    Hash256::digest_parts("deai-state-value", &[encoded]).0
+}
