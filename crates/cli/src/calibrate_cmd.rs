@@ -3,18 +3,9 @@
 //! next to same-profile controls and dishonest pairs, and derive the cross-profile
 //! [`Thresholds`].
 //!
-//! Rule (also in BENCHMARKS.md): for each statistic, `h` = the worst honest cross-profile
-//! chunk; for each dishonest class, `d_c` = its least suspicious run (the minimum over runs
-//! of the run's worst chunk: one failing chunk rejects a run). With `d` = the smallest
-//! `d_c` above `h`, the threshold is halfway, `h + (d - h) / 2` (equal margin against false
-//! rejections and against cheaters); where no class lies above `h` the statistic does not
-//! separate and the threshold is `1.5 h` (a margin against false rejections only).
-//!
-//! It also compares the two profiles' logits at the same positions and derives the sampling
-//! replay's cross-profile tolerance ([`deai_proof::verify::LOGIT_TOL`]): 1.5 x the worst
-//! change of a logit difference among the candidates within 1 of the max (or of the
-//! verifier's gap to the other profile's greedy pick), and reports what that tolerance lets
-//! a cheater choose (`cheat_freedom_*`).
+//! The rules that turn these measurements into thresholds and tolerances live in
+//! [`deai_proof::calibrate`], beside the [`Thresholds`] they derive; this command runs the
+//! engines and llama.cpp, feeds the rules, and prints.
 
 use crate::{resolve_model, ModelArgs};
 use anyhow::{bail, Context, Result};
@@ -22,7 +13,11 @@ use clap::Args;
 use deai_engine::gguf::{requantize, WType};
 use deai_engine::tokenizer::{chat_prompt, ChatMessage};
 use deai_engine::{Engine, EngineConfig, GenParams, SamplingParams};
-use deai_proof::activation::{self, ChunkStats, Thresholds};
+use deai_proof::activation::{self, Thresholds};
+use deai_proof::calibrate::{
+    chunk_stats_against, derive, exp_frac, logit_stats, mean, median, Class, Derived, Kind,
+    TopLogits,
+};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,118 +77,6 @@ const PROMPTS: [&str; 32] = [
     "What is the tallest mountain on Earth?",
     "Why do we dream?",
 ];
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Control,
-    Honest,
-    Dishonest,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Control => "same-profile control",
-            Kind::Honest => "honest cross-profile",
-            Kind::Dishonest => "dishonest",
-        }
-    }
-}
-
-struct Class {
-    name: &'static str,
-    kind: Kind,
-    /// Per run: the chunk statistics.
-    runs: Vec<Vec<ChunkStats>>,
-    /// Runs whose recomputed rows were bit-identical to the committed ones.
-    bit_identical: usize,
-}
-
-impl Class {
-    fn new(name: &'static str, kind: Kind) -> Self {
-        Class {
-            name,
-            kind,
-            runs: vec![],
-            bit_identical: 0,
-        }
-    }
-    fn chunks(&self) -> impl Iterator<Item = &ChunkStats> {
-        self.runs.iter().flatten()
-    }
-    fn range(&self, f: impl Fn(&ChunkStats) -> f64) -> (f64, f64) {
-        self.chunks()
-            .map(f)
-            .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
-                (lo.min(v), hi.max(v))
-            })
-    }
-    /// (rejected chunks, rejected runs) under `th`.
-    fn rejected(&self, th: &Thresholds) -> (usize, usize) {
-        let chunks = self.chunks().filter(|s| !s.within(th)).count();
-        let runs = self
-            .runs
-            .iter()
-            .filter(|r| r.iter().any(|s| !s.within(th)))
-            .count();
-        (chunks, runs)
-    }
-}
-
-fn exp_frac(s: &ChunkStats) -> f64 {
-    s.exp_mismatch_frac()
-}
-fn mean(s: &ChunkStats) -> f64 {
-    s.mean_mantissa_diff
-}
-fn median(s: &ChunkStats) -> f64 {
-    s.median_mantissa_diff
-}
-
-/// One statistic's derivation: the honest worst chunk, each dishonest class's least
-/// suspicious run (the run's worst chunk, since one failing chunk rejects a run), the
-/// threshold and whether any class separates.
-struct Derived {
-    honest_worst: f64,
-    dishonest_best: Vec<(&'static str, f64)>,
-    threshold: f64,
-    separable: bool,
-}
-
-fn derive(classes: &[Class], f: fn(&ChunkStats) -> f64) -> Derived {
-    let run_max = |r: &Vec<ChunkStats>| r.iter().map(f).fold(0.0f64, f64::max);
-    let h = classes
-        .iter()
-        .filter(|c| c.kind == Kind::Honest)
-        .flat_map(|c| c.runs.iter().map(run_max))
-        .fold(0.0f64, f64::max);
-    let dishonest_best: Vec<(&'static str, f64)> = classes
-        .iter()
-        .filter(|c| c.kind == Kind::Dishonest)
-        .map(|c| {
-            (
-                c.name,
-                c.runs.iter().map(run_max).fold(f64::INFINITY, f64::min),
-            )
-        })
-        .collect();
-    let d = dishonest_best
-        .iter()
-        .map(|x| x.1)
-        .filter(|&d| d > h)
-        .fold(f64::INFINITY, f64::min);
-    let separable = d.is_finite();
-    Derived {
-        honest_worst: h,
-        dishonest_best,
-        threshold: if separable {
-            h + (d - h) / 2.0
-        } else {
-            1.5 * h
-        },
-        separable,
-    }
-}
 
 fn check_python(py: &Path) -> Result<()> {
     let hint = "install it with `bash scripts/bench-engine.sh` (creates .venv with \
@@ -282,7 +165,6 @@ fn llamacpp_hidden(
 }
 
 /// One position's largest logits as (id, logit), descending.
-type TopLogits = Vec<(u32, f32)>;
 
 #[derive(serde::Deserialize)]
 struct LogitsOut {
@@ -314,150 +196,6 @@ fn llamacpp_logits(
         bail!("llama.cpp returned an empty logits row");
     }
     Ok((out.n_vocab, out.rows))
-}
-
-/// The cross-profile logit comparison behind [`deai_proof::verify::GREEDY_TOL`] and
-/// [`deai_proof::verify::LOGIT_TOL`].
-#[derive(Default, serde::Serialize)]
-struct LogitStats {
-    rows: usize,
-    /// Rows where llama.cpp's argmax differs from deai's.
-    argmax_flips: usize,
-    /// Worst gap, in deai's logits, between deai's max and llama.cpp's greedy pick.
-    honest_worst_greedy_gap: f64,
-    /// Worst width, over rows, of the window holding the shifts `deai_j - llama_j` of the
-    /// candidates within 1, 2, 4 and 8 logits of llama.cpp's max, and of all its top 64 (the
-    /// premise of `accepts_within`: every pairwise logit difference moves by at most this).
-    worst_window_within: [f64; 5],
-    /// 1.5 x the worst greedy gap, rounded up to 2 significant digits.
-    derived_greedy_tol: f64,
-    /// 1.5 x the worst window within 4 logits of the max (candidates carrying all but a
-    /// sliver of the mass at T 0.8), rounded up.
-    derived_logit_tol: f64,
-    /// Honest cross-profile picks checked with the derived tolerances: llama.cpp's greedy
-    /// pick, and its seeded pick (T 0.8, top-k 40, top-p 0.95, 4 seeds, from its top 64
-    /// logits) verified against deai's logits. Picks that differ from deai's exact pick, and
-    /// how many of those the rule would reject (false rejections).
-    greedy_picks: usize,
-    greedy_flips: usize,
-    greedy_false_rejects: usize,
-    sampled_picks: usize,
-    sampled_flips: usize,
-    sampled_false_rejects: usize,
-    /// Share of rows where the tolerance lets a cheater pick another token than the exact
-    /// pick (greedy with the greedy tolerance; sampled with the sampling one, seed 1).
-    cheat_freedom_greedy: f64,
-    cheat_freedom_sampled: f64,
-}
-
-/// 1.5 x `h`, rounded up to two significant digits.
-fn margin_tol(h: f64) -> f64 {
-    let x = 1.5 * h;
-    if x <= 0.0 {
-        return 0.0;
-    }
-    let scale = 10f64.powi(x.log10().floor() as i32 - 1);
-    (x / scale).ceil() * scale
-}
-
-fn logit_stats(deai: &[Vec<f32>], llama: &[TopLogits], vocab: usize) -> Result<LogitStats> {
-    use deai_engine::sampler::{accepts_within, argmax, sample};
-    let mut st = LogitStats::default();
-    for (row, top) in deai.iter().zip(llama) {
-        if row.len() != vocab {
-            bail!("deai logits row of {} values, expected {vocab}", row.len());
-        }
-        if top.iter().any(|&(j, _)| j as usize >= vocab) {
-            bail!("llama.cpp named a token outside the vocabulary");
-        }
-        let (a, la) = top[0];
-        let d = argmax(row);
-        st.rows += 1;
-        st.argmax_flips += usize::from(a != d);
-        st.honest_worst_greedy_gap = st
-            .honest_worst_greedy_gap
-            .max((row[d as usize] - row[a as usize]) as f64);
-        for (w, worst) in [1.0, 2.0, 4.0, 8.0, f64::INFINITY]
-            .iter()
-            .zip(&mut st.worst_window_within)
-        {
-            let shifts = top
-                .iter()
-                .filter(|&&(_, lj)| (la - lj) as f64 <= *w)
-                .map(|&(j, lj)| row[j as usize] as f64 - lj as f64);
-            let (lo, hi) = shifts.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-                (lo.min(x), hi.max(x))
-            });
-            *worst = worst.max(hi - lo);
-        }
-    }
-    st.derived_greedy_tol = margin_tol(st.honest_worst_greedy_gap);
-    st.derived_logit_tol = margin_tol(st.worst_window_within[2]);
-    let (gtol, stol) = (st.derived_greedy_tol as f32, st.derived_logit_tol as f32);
-    let greedy = SamplingParams::default();
-    let sampled = |seed| SamplingParams {
-        temperature: 0.8,
-        top_k: 40,
-        top_p: 0.95,
-        seed,
-        ..Default::default()
-    };
-    let (mut free_g, mut free_s) = (0usize, 0usize);
-    let mut other = vec![f32::NEG_INFINITY; vocab];
-    for (pos, (row, top)) in deai.iter().zip(llama).enumerate() {
-        let pos = pos as u64;
-        // Honest picks of the other profile, checked against deai's logits.
-        other.fill(f32::NEG_INFINITY);
-        for &(j, lj) in top {
-            other[j as usize] = lj;
-        }
-        let pick = sample(&other, &greedy, pos);
-        st.greedy_picks += 1;
-        if pick != sample(row, &greedy, pos) {
-            st.greedy_flips += 1;
-            st.greedy_false_rejects += usize::from(!accepts_within(row, &greedy, pos, pick, gtol));
-        }
-        for seed in 1..=4 {
-            let p = sampled(seed);
-            let pick = sample(&other, &p, pos);
-            st.sampled_picks += 1;
-            if pick != sample(row, &p, pos) {
-                st.sampled_flips += 1;
-                st.sampled_false_rejects += usize::from(!accepts_within(row, &p, pos, pick, stol));
-            }
-        }
-        // What the tolerances let a cheater choose among deai's 64 best candidates.
-        let mut ids: Vec<u32> = (0..row.len() as u32).collect();
-        ids.select_nth_unstable_by(63, |x, y| row[*y as usize].total_cmp(&row[*x as usize]));
-        ids.truncate(64);
-        let free = |p: &SamplingParams, tol: f32| {
-            let exact = sample(row, p, pos);
-            ids.iter()
-                .any(|&t| t != exact && accepts_within(row, p, pos, t, tol))
-        };
-        free_g += usize::from(free(&greedy, gtol));
-        free_s += usize::from(free(&sampled(1), stol));
-    }
-    st.cheat_freedom_greedy = free_g as f64 / st.rows.max(1) as f64;
-    st.cheat_freedom_sampled = free_s as f64 / st.rows.max(1) as f64;
-    Ok(st)
-}
-
-/// Chunk statistics of the commitment to `committed` rows against `other` rows.
-fn stats(committed: &[f32], other: &[f32], d: usize) -> Result<Vec<ChunkStats>> {
-    let cfg = deai_proof::ProofConfig::default();
-    let proof = activation::build(&[0u8; 32], committed, d, cfg.chunk_size, cfg.top_k)
-        .context("building the activation proof")?;
-    let per = cfg.chunk_size as usize * d;
-    Ok(proof
-        .chunks
-        .iter()
-        .zip(other.chunks(per))
-        .map(|(c, rows)| {
-            let k = activation::k_for(rows.len() / d, cfg.chunk_size, cfg.top_k);
-            activation::chunk_stats(c, rows, k)
-        })
-        .collect())
 }
 
 fn other_token(t: u32) -> u32 {
@@ -588,14 +326,18 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         committed(&cached, &ids, &ids, a.tokens)?;
         let again = committed(&cached, &ids, &ids, a.tokens)?;
         prefix_cls.bit_identical += usize::from(again.rows == honest.rows);
-        prefix_cls.runs.push(stats(&honest.rows, &again.rows, d)?);
+        prefix_cls
+            .runs
+            .push(chunk_stats_against(&honest.rows, &again.rows, d).map_err(anyhow::Error::msg)?);
         // Control: a validator prefill with another thread count.
         let s = seq_of(&honest);
         let pre = threaded.prefill_all(&s.tokens, s.tokens.len() - 1)?;
         let rows = activation::output_rows(&pre.hidden, d, ids.len(), honest.output.len())
             .context("prefill rows")?;
         threads_cls.bit_identical += usize::from(rows == honest.rows.as_slice());
-        threads_cls.runs.push(stats(&honest.rows, rows, d)?);
+        threads_cls
+            .runs
+            .push(chunk_stats_against(&honest.rows, rows, d).map_err(anyhow::Error::msg)?);
 
         cheats.push((0, committed(&worker, &ids, &changed, a.tokens)?));
         cheats.push((1, committed(&q8e, &ids, &ids, a.tokens)?));
@@ -626,14 +368,18 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
             nrows += 1;
         }
         honest_cls.bit_identical += usize::from(&r.rows == o);
-        honest_cls.runs.push(stats(&r.rows, o, d)?);
+        honest_cls
+            .runs
+            .push(chunk_stats_against(&r.rows, o, d).map_err(anyhow::Error::msg)?);
     }
     let mut classes = vec![prefix_cls, threads_cls, honest_cls];
     for name in dishonest_names {
         classes.push(Class::new(name, Kind::Dishonest));
     }
     for ((ci, r), o) in cheats.iter().zip(&other[honest_runs.len()..]) {
-        classes[3 + ci].runs.push(stats(&r.rows, o, d)?);
+        classes[3 + ci]
+            .runs
+            .push(chunk_stats_against(&r.rows, o, d).map_err(anyhow::Error::msg)?);
     }
     let mean_cos = sum_cos / nrows.max(1) as f64;
 
@@ -672,7 +418,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         deai_rows.extend(out.logits.chunks(vocab).map(<[f32]>::to_vec));
         llama_rows.extend(top.iter().cloned());
     }
-    let lstats = logit_stats(&deai_rows, &llama_rows, vocab)?;
+    let lstats = logit_stats(&deai_rows, &llama_rows, vocab).map_err(anyhow::Error::msg)?;
     let current_tol = deai_proof::verify::LOGIT_TOL;
     // Separable as a whole: every honest run accepted and every dishonest run rejected by
     // the derived thresholds.
@@ -838,64 +584,4 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         current.max_median_mantissa_diff
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn margin_rounds_up_to_two_digits() {
-        assert_eq!(margin_tol(0.0), 0.0);
-        assert!((margin_tol(0.6406) - 0.97).abs() < 1e-9);
-        assert!((margin_tol(0.02) - 0.03).abs() < 1e-9);
-        assert!(margin_tol(0.2865) >= 1.5 * 0.2865);
-    }
-
-    #[test]
-    fn logit_stats_measure_shift_windows_and_check_honest_picks() {
-        let vocab = 70;
-        // Row 0: deai prefers token 1 by 0.2, llama.cpp token 2 by 0.1 (a flip; shifts 3-7.0
-        // = -4.0 and 2.8-7.1 = -4.3: a window of 0.3). Row 1: llama.cpp's logits are deai's
-        // plus 5 (no window at all).
-        let mut r0 = vec![-10.0f32; vocab];
-        r0[1] = 3.0;
-        r0[2] = 2.8;
-        let mut r1 = vec![-10.0f32; vocab];
-        r1[4] = 1.0;
-        r1[5] = 0.5;
-        let l0 = vec![(2, 7.1), (1, 7.0)];
-        let l1 = vec![(4, 6.0), (5, 5.5)];
-        let st = logit_stats(&[r0, r1], &[l0, l1], vocab).unwrap();
-        assert_eq!(st.rows, 2);
-        assert_eq!(st.argmax_flips, 1);
-        assert!((st.honest_worst_greedy_gap - 0.2).abs() < 1e-5);
-        assert!(
-            (st.worst_window_within[0] - 0.3).abs() < 1e-5,
-            "{:?}",
-            st.worst_window_within
-        );
-        assert!(
-            (st.derived_greedy_tol - 0.3).abs() < 0.011,
-            "{}",
-            st.derived_greedy_tol
-        );
-        assert!(
-            (st.derived_logit_tol - 0.45).abs() < 0.011,
-            "{}",
-            st.derived_logit_tol
-        );
-        // llama.cpp's greedy pick in row 0 differs from deai's and is within the tolerance.
-        assert_eq!(
-            (st.greedy_picks, st.greedy_flips, st.greedy_false_rejects),
-            (2, 1, 0)
-        );
-        assert_eq!(st.sampled_picks, 8);
-        // Row 0's runner-up (0.2 below) is a free choice for a greedy cheater; row 1's (0.5
-        // below) is not.
-        assert!((st.cheat_freedom_greedy - 0.5).abs() < 1e-9);
-        // Bad shapes are errors.
-        assert!(logit_stats(&[vec![0.0; 3]], &[vec![(0, 0.0)]], vocab).is_err());
-        assert!(logit_stats(&[vec![0.0; vocab]], &[vec![(999, 0.0)]], vocab).is_err());
-    }
 }

@@ -13,6 +13,7 @@
 //! The format is specified in `docs/receipt.md`.
 
 pub mod activation;
+pub mod calibrate;
 pub mod receipt;
 pub mod tamper;
 pub mod verify;
