@@ -24,11 +24,13 @@
 use crate::stats::{median, percentile};
 use crate::sys::{cpu_model, loadavg};
 use anyhow::{bail, Context, Result};
+use deai_client::ChainClient;
 use deai_engine::tokenizer::{chat_prompt, ChatMessage};
 use deai_engine::{Engine, GenParams, SamplingParams};
 use deai_ledger::state::JobStatus;
+use deai_ledger::Address;
 use deai_node::devnet::{self, DevnetInfo, DevnetOptions, Runner as _};
-use deai_node::ledger_client::LedgerClient;
+use deai_types::Hash256;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -339,37 +341,28 @@ async fn stream_chat(
 
 /// Final statuses of `jobs` on chain (jobs not final yet are absent).
 async fn final_statuses(
-    http: &reqwest::Client,
-    chain: &str,
-    client: &str,
+    chain: &ChainClient,
+    client: &Address,
     jobs: &HashSet<String>,
 ) -> Result<HashMap<String, JobStatus>> {
     let mut out = HashMap::new();
-    let v: Value = http
-        .get(format!("{chain}/v1/jobs?account={client}&limit=1000"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    for j in v["jobs"].as_array().into_iter().flatten() {
-        let id = j["id"].as_str().unwrap_or_default().to_string();
-        if jobs.contains(&id) {
-            let st: JobStatus = serde_json::from_value(j["job"]["status"].clone())?;
-            if st.is_final() {
-                out.insert(id, st);
-            }
+    let (page, total) = chain.account_jobs(client, 1000).await?;
+    for (id, job) in page {
+        let id = id.to_string();
+        if jobs.contains(&id) && job.status.is_final() {
+            out.insert(id, job.status);
         }
     }
     // More jobs than one page holds: ask for the rest one by one.
-    if v["total"].as_u64().unwrap_or(0) > 1000 {
+    if total > 1000 {
         let missing: Vec<&String> = jobs.iter().filter(|j| !out.contains_key(*j)).collect();
         for id in missing {
-            let r = http.get(format!("{chain}/v1/job/{id}")).send().await?;
-            if r.status().is_success() {
-                let v: Value = r.json().await?;
-                let st: JobStatus = serde_json::from_value(v["job"]["status"].clone())?;
-                if st.is_final() {
-                    out.insert(id.clone(), st);
+            let Ok(h) = id.parse::<Hash256>() else {
+                continue;
+            };
+            if let Some(job) = chain.job(&h).await? {
+                if job.status.is_final() {
+                    out.insert(id.clone(), job.status);
                 }
             }
         }
@@ -379,15 +372,14 @@ async fn final_statuses(
 
 /// Waits up to `timeout` for every job in `jobs` to be final; returns the statuses seen.
 async fn wait_final(
-    http: &reqwest::Client,
     info: &DevnetInfo,
     jobs: &HashSet<String>,
     timeout: Duration,
 ) -> Result<HashMap<String, JobStatus>> {
-    let client = hex::encode(info.client);
+    let chain = ChainClient::new(&info.chain[0]);
     let t0 = Instant::now();
     loop {
-        let st = final_statuses(http, &info.chain[0], &client, jobs).await?;
+        let st = final_statuses(&chain, &info.client, jobs).await?;
         if st.len() == jobs.len() || t0.elapsed() >= timeout {
             return Ok(st);
         }
@@ -489,16 +481,10 @@ async fn measure(
     let reference_short = bare(p_short.clone(), 1).await??[0].text.clone();
     let r = stream_chat(&http, &info, &o.prompt, o.seed, o.max_tokens).await;
     tally.count(&r, &reference);
-    wait_final(
-        &http,
-        &info,
-        &tally.jobs,
-        Duration::from_secs(o.settle_secs),
-    )
-    .await?;
+    wait_final(&info, &tally.jobs, Duration::from_secs(o.settle_secs)).await?;
 
     // Chain round trip as the roles see it (one finalized-state read).
-    let ledger = LedgerClient::new(&info.chain[0]);
+    let ledger = ChainClient::new(&info.chain[0]);
     let mut rtt = Vec::new();
     for _ in 0..o.reps.max(5) {
         let t = Instant::now();
@@ -521,7 +507,7 @@ async fn measure(
         tally.count(&r, &reference);
         if let Ok(s) = r {
             let one: HashSet<String> = [s.job.clone()].into();
-            wait_final(&http, &info, &one, Duration::from_secs(o.settle_secs)).await?;
+            wait_final(&info, &one, Duration::from_secs(o.settle_secs)).await?;
             quiet.push(s);
         }
     }
@@ -545,13 +531,7 @@ async fn measure(
     )
     .await;
     // A re-execution adds its wait to the stats when it ends: read them once all are done.
-    wait_final(
-        &http,
-        &info,
-        &tally.jobs,
-        Duration::from_secs(o.settle_secs),
-    )
-    .await?;
+    wait_final(&info, &tally.jobs, Duration::from_secs(o.settle_secs)).await?;
     let yielded = engine.yield_stats();
     let patience = verifiers.first().map(|v| v.patience());
     for v in &verifiers {
@@ -588,13 +568,7 @@ async fn measure(
     let quiet_ttft = ttft(&quiet);
     let e2e_tokens = b2b.first().map_or(0, |s| s.completion_tokens);
     // Let the validators catch up before the load starts.
-    wait_final(
-        &http,
-        &info,
-        &tally.jobs,
-        Duration::from_secs(o.settle_secs),
-    )
-    .await?;
+    wait_final(&info, &tally.jobs, Duration::from_secs(o.settle_secs)).await?;
 
     eprintln!(
         "{} concurrent clients for {} s (max_tokens {}) ...",
@@ -653,13 +627,7 @@ async fn measure(
         tally.jobs.len()
     );
     let ts = Instant::now();
-    let st = wait_final(
-        &http,
-        &info,
-        &tally.jobs,
-        Duration::from_secs(o.settle_secs),
-    )
-    .await?;
+    let st = wait_final(&info, &tally.jobs, Duration::from_secs(o.settle_secs)).await?;
     let settle_s = ts.elapsed().as_secs_f64();
     let n = |s: JobStatus| st.values().filter(|x| **x == s).count();
     let (accepted, rejected) = (n(JobStatus::Accepted), n(JobStatus::Rejected));

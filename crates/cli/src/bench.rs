@@ -2,12 +2,12 @@
 //! harness lives in `deai-bench`; each `bench_*` module here turns flags into its options,
 //! calls it and prints its report as a table or as JSON.
 
+use crate::output::json_line;
 use crate::{resolve_model, ModelArgs};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use deai_bench::engine::{self, Weights};
 use deai_engine::EngineConfig;
-use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -68,16 +68,6 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Explorer(b) => crate::bench_explorer::bench(b),
         BenchCmd::Sampler(b) => crate::bench_sampler::bench(b),
     }
-}
-
-/// `report` as one line of JSON with its keys sorted, as the bench commands have always
-/// printed their objects.
-pub(crate) fn json_line(report: &impl Serialize) -> String {
-    // Reports are plain structs of numbers, strings, lists and JSON values: they always
-    // serialize.
-    serde_json::to_value(report)
-        .expect("a bench report serializes to JSON")
-        .to_string()
 }
 
 fn engine_bench(b: EngineBench) -> Result<()> {

@@ -2,7 +2,7 @@
 //! (the explorer's queries on a small and a large chain over HTTP; with `--browser`, page
 //! loads in headless Chromium).
 
-use crate::bench::json_line;
+use crate::output::json_line;
 use anyhow::Result;
 use clap::Args;
 use deai_bench::explorer::{self, Report};

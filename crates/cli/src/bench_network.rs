@@ -3,7 +3,7 @@
 //! lost or duplicated, or a job ended final but not accepted (rejected, expired, unresolved);
 //! jobs still pending after `--settle-secs` are reported only.
 
-use crate::bench::json_line;
+use crate::output::json_line;
 use crate::{load_engine, resolve_model, ModelArgs};
 use anyhow::{bail, Result};
 use clap::Args;

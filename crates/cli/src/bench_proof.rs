@@ -1,6 +1,6 @@
 //! `deai bench proof`: flags, and the table or JSON lines of `deai_bench::proof`'s report.
 
-use crate::bench::json_line;
+use crate::output::json_line;
 use crate::ModelArgs;
 use anyhow::{bail, Result};
 use clap::Args;

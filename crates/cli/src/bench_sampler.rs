@@ -1,6 +1,6 @@
 //! `deai bench sampler`: flags, and the table or JSON of `deai_bench::sampler`'s report.
 
-use crate::bench::json_line;
+use crate::output::json_line;
 use crate::{load_engine, ModelArgs};
 use anyhow::{bail, Result};
 use clap::Args;

@@ -4,11 +4,11 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use deai_chain::local::{self, InitOptions, RunOptions};
-use deai_ledger::{Param, ParamChange, Tx, TxKind};
+use deai_client::blocking::ChainClient;
+use deai_ledger::{Param, ParamChange, TxKind};
 use deai_types::Hash256;
-use serde_json::Value;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn default_dir() -> PathBuf {
     deai_models::default_home().join("chain")
@@ -306,30 +306,6 @@ fn parse_hash(s: &str) -> Result<Hash256> {
     s.parse().map_err(|e| anyhow::anyhow!("{s:?}: {e}"))
 }
 
-/// An HTTP client for talking to a node at `url`. Loopback nodes are reached directly even
-/// when `HTTP_PROXY` is set without a matching `NO_PROXY` (as on hosts that reach the
-/// internet only through a proxy): a proxy cannot reach this machine's loopback.
-pub fn client(url: &str) -> Result<reqwest::blocking::Client> {
-    let mut b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10));
-    if deai_node::is_loopback_url(url) {
-        b = b.no_proxy();
-    }
-    Ok(b.build()?)
-}
-
-pub fn get(url: &str) -> Result<Value> {
-    let r = client(url)?
-        .get(url)
-        .send()
-        .with_context(|| format!("cannot reach {url} (is `deai chain run` up?)"))?;
-    let status = r.status();
-    let v: Value = r.json().with_context(|| format!("{url}: not JSON"))?;
-    if !status.is_success() {
-        bail!("{url}: {}", v["error"].as_str().unwrap_or("error"));
-    }
-    Ok(v)
-}
-
 pub fn chain(c: ChainCmd) -> Result<()> {
     match c {
         ChainCmd::Init {
@@ -450,7 +426,7 @@ pub fn chain(c: ChainCmd) -> Result<()> {
             )
         }
         ChainCmd::Status { url } => {
-            let v = get(&format!("{}/v1/status", url.trim_end_matches('/')))?;
+            let v = ChainClient::new(&url)?.status()?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
@@ -464,7 +440,6 @@ pub fn tx(a: TxArgs) -> Result<()> {
         .unwrap_or_else(|| default_dir().join("keys/faucet.key"));
     let seed = local::read_key(&key_path)?;
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let from = key.verifying_key().to_bytes();
     let kind = match a.kind {
         TxCmd::Transfer { to, amount } => TxKind::Transfer {
             to: parse_addr(&to)?,
@@ -634,54 +609,18 @@ pub fn tx(a: TxArgs) -> Result<()> {
             accept: parse_verdict(&verdict)?,
         },
     };
-    let status = get(&format!("{url}/v1/status"))?;
-    let chain = parse_hash(
-        status["chain_id"]
-            .as_str()
-            .context("status has no chain_id")?,
-    )?;
-    let acct = get(&format!("{url}/v1/account/{}", hex::encode(from)))?;
-    let nonce = acct["account"]["nonce"]
-        .as_u64()
-        .context("account has no nonce")?;
-    let t = Tx {
-        chain,
-        from,
-        nonce,
-        fee: a.fee,
-        kind,
-    }
-    .sign(&key);
-    let r = client(&url)?
-        .post(format!("{url}/v1/tx"))
-        .json(&serde_json::json!({ "tx": t }))
-        .send()
-        .with_context(|| format!("cannot reach {url}"))?;
-    let ok = r.status().is_success();
-    let v: Value = r.json()?;
-    if !ok {
-        bail!("refused: {}", v["error"].as_str().unwrap_or("error"));
-    }
-    let id = v["id"].as_str().unwrap_or_default().to_string();
-    println!("submitted {} {id}", t.tx.kind.name());
+    let chain = ChainClient::new(&url)?;
+    let signer = chain.signer(key, a.fee)?;
+    let name = kind.name();
     if a.no_wait {
+        let id = chain.submit(&signer, kind)?;
+        println!("submitted {name} {id}");
         return Ok(());
     }
-    let t0 = Instant::now();
-    loop {
-        let s = get(&format!("{url}/v1/tx/{id}"))?;
-        if s["status"] == "finalized" {
-            match s["error"].as_str() {
-                None => println!("finalized at height {}", s["height"]),
-                Some(e) => bail!("finalized at height {} but failed: {e}", s["height"]),
-            }
-            return Ok(());
-        }
-        if t0.elapsed() > Duration::from_secs(60) {
-            bail!("not finalized after 60 s (still {})", s["status"]);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let f = chain.submit_and_wait(&signer, kind, Duration::from_secs(60))?;
+    println!("submitted {name} {}", f.id);
+    println!("finalized at height {}", f.height);
+    Ok(())
 }
 
 pub fn bench_chain(a: BenchChainArgs) -> Result<()> {
@@ -719,32 +658,4 @@ pub fn bench_chain(a: BenchChainArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use deai_node::is_loopback_url;
-
-    #[test]
-    fn loopback_urls_are_recognised() {
-        for u in [
-            "http://127.0.0.1:27100",
-            "http://127.9.9.9/",
-            "http://localhost:80/v1",
-            "http://LOCALHOST",
-            "http://[::1]:8080/x",
-        ] {
-            assert!(is_loopback_url(u), "{u}");
-        }
-        for u in [
-            "http://10.0.0.1:27100",
-            "https://example.com",
-            "http://localhost.example.com",
-            "http://[::2]:1",
-            "not a url",
-            "",
-        ] {
-            assert!(!is_loopback_url(u), "{u}");
-        }
-    }
 }

@@ -2,9 +2,11 @@
 //! which sends one chat request through the gateway as an ordinary HTTP client and follows
 //! its receipt to the validators' verdict and the settlement on chain.
 
-use crate::{chain_cmd, resolve_model, ModelArgs};
+use crate::{resolve_model, ModelArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use deai_client::blocking::ChainClient;
+use deai_ledger::Address;
 use deai_node::devnet::{self, DevnetOptions, Runner as _};
 use deai_node::faults::Behavior;
 use serde_json::{json, Value};
@@ -162,17 +164,13 @@ pub fn model_name(path: &std::path::Path) -> String {
         .unwrap_or_else(|| "model".into())
 }
 
-fn balances(chain: &str, who: &[(&str, String)]) -> Result<Vec<(String, u64, u64)>> {
+fn balances(chain: &ChainClient, who: &[(&str, Address)]) -> Result<Vec<(String, u64, u64)>> {
     let mut out = Vec::new();
     for (name, addr) in who {
-        let v = chain_cmd::get(&format!("{chain}/v1/account/{addr}"))?;
-        out.push((
-            name.to_string(),
-            v["account"]["balance"].as_u64().unwrap_or(0),
-            v["account"]["stake"].as_u64().unwrap_or(0),
-        ));
+        let (balance, stake, _) = chain.account(addr)?;
+        out.push((name.to_string(), balance, stake));
     }
-    let s = chain_cmd::get(&format!("{chain}/v1/status"))?;
+    let s = chain.status()?;
     out.push(("treasury".into(), s["treasury"].as_u64().unwrap_or(0), 0));
     out.push(("burned".into(), s["burned"].as_u64().unwrap_or(0), 0));
     Ok(out)
@@ -180,22 +178,13 @@ fn balances(chain: &str, who: &[(&str, String)]) -> Result<Vec<(String, u64, u64
 
 /// The demo, as any OpenAI client would do it, then following the receipt on chain.
 fn run_demo(i: &devnet::DevnetInfo, prompt: &str) -> Result<()> {
-    let chain = &i.chain[0];
-    let mut who: Vec<(&str, String)> = vec![("client", hex::encode(i.client))];
-    let workers = chain_cmd::get(&format!("{chain}/v1/workers"))?;
+    let chain = ChainClient::new(&i.chain[0])?;
+    let mut who: Vec<(&str, Address)> = vec![("client", i.client)];
     let names = ["worker-0", "worker-1", "worker-2", "worker-3"];
-    for (k, w) in workers["workers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        who.push((
-            names.get(k).copied().unwrap_or("worker"),
-            w["address"].as_str().unwrap_or_default().to_string(),
-        ));
+    for (k, w) in chain.workers()?.into_iter().enumerate() {
+        who.push((names.get(k).copied().unwrap_or("worker"), w.address));
     }
-    let vals = chain_cmd::get(&format!("{chain}/v1/validators"))?;
+    let vals = chain.validators_json()?;
     let vnames = ["validator-0", "validator-1", "validator-2", "validator-3"];
     for (k, v) in vals["validators"]
         .as_array()
@@ -203,12 +192,12 @@ fn run_demo(i: &devnet::DevnetInfo, prompt: &str) -> Result<()> {
         .flatten()
         .enumerate()
     {
-        who.push((
-            vnames.get(k).copied().unwrap_or("validator"),
-            v["address"].as_str().unwrap_or_default().to_string(),
-        ));
+        let mut a = [0u8; 32];
+        hex::decode_to_slice(v["address"].as_str().unwrap_or_default(), &mut a)
+            .context("bad validator address from the node")?;
+        who.push((vnames.get(k).copied().unwrap_or("validator"), a));
     }
-    let before = balances(chain, &who)?;
+    let before = balances(&chain, &who)?;
     let http = reqwest::blocking::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(600))
@@ -311,7 +300,7 @@ fn run_demo(i: &devnet::DevnetInfo, prompt: &str) -> Result<()> {
     );
     println!("  finalized at height {}", l["settlement"]["height"]);
     println!("  settlement {}", l["settlement"]);
-    let after = balances(chain, &who)?;
+    let after = balances(&chain, &who)?;
     println!("\nbalances that moved:");
     for ((name, b0, s0), (_, b1, s1)) in before.iter().zip(&after) {
         if b0 != b1 {

@@ -16,6 +16,7 @@ mod calibrate_cmd;
 mod chain_cmd;
 mod devnet_cmd;
 mod node_cmd;
+mod output;
 mod proof_cmd;
 mod status_cmd;
 mod train_cmd;

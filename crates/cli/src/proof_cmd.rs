@@ -4,6 +4,7 @@
 use crate::ModelArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use deai_client::blocking::ChainClient;
 use deai_engine::{Engine, EngineConfig, GenParams, Generation};
 use deai_proof::{build_receipt, JobSpec, ProofConfig, Receipt, SigningKey};
 use std::path::{Path, PathBuf};
@@ -259,7 +260,7 @@ fn onchain_checks(
         }
         None => {
             eprintln!("note: genesis validator set taken from {url} (pass --genesis to pin it)");
-            let s = crate::chain_cmd::get(&format!("{url}/v1/status"))?;
+            let s = ChainClient::new(url)?.status()?;
             s["genesis_validator_set"]
                 .as_array()
                 .into_iter()
@@ -281,7 +282,7 @@ fn onchain_checks(
         detail,
         position: None,
     };
-    let v = crate::chain_cmd::get(&format!("{url}/v1/proof/job/{job}"))?;
+    let v = ChainClient::new(url)?.state_proof("job", &job.to_string())?;
     let sp: deai_chain::lightclient::StateProof =
         serde_json::from_value(v).context("the node's state proof is malformed")?;
     let proven = match deai_chain::lightclient::verify_state_proof(&validators, &key, &sp) {
@@ -310,33 +311,9 @@ fn onchain_checks(
     )];
     let j: deai_ledger::state::Job =
         deai_ledger::state::decode_record(&bytes).map_err(|e| anyhow::anyhow!(e))?;
-    let digest = deai_node::proto::receipt_digest(&r.to_bytes()?);
-    out.push(match &j.receipt {
-        None => check(
-            "onchain_receipt",
-            false,
-            "no receipt posted for the job".into(),
-        ),
-        Some(rec) if rec.digest != digest => check(
-            "onchain_receipt",
-            false,
-            format!(
-                "the chain holds receipt digest {}, this receipt is {}",
-                rec.digest.short(),
-                digest.short()
-            ),
-        ),
-        Some(rec) if rec.worker != r.worker_key => check(
-            "onchain_receipt",
-            false,
-            "posted by another worker than the receipt's signer".into(),
-        ),
-        Some(_) if j.model != r.model_id => check(
-            "onchain_receipt",
-            false,
-            "the job names another model".into(),
-        ),
-        Some(rec) => check(
+    out.push(match deai_node::onchain::receipt_matches_job(r, &job, &j) {
+        Err(m) => check("onchain_receipt", false, m.to_string()),
+        Ok(rec) => check(
             "onchain_receipt",
             true,
             format!(

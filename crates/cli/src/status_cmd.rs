@@ -2,9 +2,10 @@
 //! compute-time counter): validators, workers with their earnings, slashes and revenue per
 //! compute-hour, jobs by status, supply, treasury and burns.
 
-use crate::chain_cmd;
 use anyhow::Result;
 use clap::Args;
+use deai_client::blocking::ChainClient;
+use deai_node::worker_client::WorkerClient;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -28,28 +29,25 @@ const STATUSES: [&str; 7] = [
 ];
 
 /// Milliseconds a worker reports having spent on jobs, if it answers.
-fn compute_ms(endpoint: &str) -> Option<u64> {
-    let url = format!("{}/worker/v1/health", endpoint.trim_end_matches('/'));
-    let c = chain_cmd::client(&url).ok()?;
-    let r = c.get(&url).timeout(Duration::from_secs(3)).send().ok()?;
-    r.json::<Value>().ok()?["compute_ms"].as_u64()
+fn compute_ms(chain: &ChainClient, endpoint: &str) -> Option<u64> {
+    let w = WorkerClient::new(endpoint, Duration::from_secs(3), Duration::from_secs(3));
+    chain.block_on(w.health())?["compute_ms"].as_u64()
 }
 
 pub fn status(a: StatusArgs) -> Result<()> {
-    let url = a.url.trim_end_matches('/');
-    let s = chain_cmd::get(&format!("{url}/v1/status"))?;
-    let vals = chain_cmd::get(&format!("{url}/v1/validators"))?;
-    let workers = chain_cmd::get(&format!("{url}/v1/workers"))?;
+    let chain = ChainClient::new(&a.url)?;
+    let s = chain.status()?;
+    let vals = chain.validators_json()?;
+    let workers = chain.workers_json()?;
     let mut jobs = serde_json::Map::new();
     for st in STATUSES {
-        let v = chain_cmd::get(&format!("{url}/v1/jobs?status={st}&limit=1"))?;
-        jobs.insert(st.into(), v["total"].clone());
+        jobs.insert(st.into(), chain.jobs_total(st)?.into());
     }
     let mut wl = Vec::new();
     for w in workers["workers"].as_array().into_iter().flatten() {
         let rec = &w["worker"];
         let earned = rec["earned"].as_u64().unwrap_or(0);
-        let ms = compute_ms(rec["endpoint"].as_str().unwrap_or_default());
+        let ms = compute_ms(&chain, rec["endpoint"].as_str().unwrap_or_default());
         let per_hour = ms
             .filter(|&m| m > 0)
             .map(|m| earned as f64 / (m as f64 / 3.6e6));

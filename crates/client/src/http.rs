@@ -50,7 +50,12 @@ mod tests {
         ] {
             assert!(is_loopback_url(u), "{u}");
         }
-        for u in ["http://10.0.0.1", "http://example.com", "not a url", "http://[::2]"] {
+        for u in [
+            "http://10.0.0.1",
+            "http://example.com",
+            "not a url",
+            "http://[::2]",
+        ] {
             assert!(!is_loopback_url(u), "{u}");
         }
     }

@@ -202,6 +202,46 @@ impl ChainClient {
         Ok(out)
     }
 
+    /// Jobs assigned to or opened by `a`, newest first, at most `limit`; and how many there
+    /// are in all.
+    pub async fn account_jobs(
+        &self,
+        a: &Address,
+        limit: usize,
+    ) -> Result<(Vec<(Hash256, Job)>, u64)> {
+        let v = self
+            .get_some(&format!(
+                "/v1/jobs?account={}&limit={limit}",
+                hex::encode(a)
+            ))
+            .await?;
+        let mut out = Vec::new();
+        for j in v["jobs"].as_array().into_iter().flatten() {
+            out.push((
+                serde_json::from_value(j["id"].clone()).context("bad job id")?,
+                serde_json::from_value(j["job"].clone()).context("bad job JSON")?,
+            ));
+        }
+        Ok((out, v["total"].as_u64().unwrap_or(0)))
+    }
+
+    /// A page of `a`'s finalized transactions as the explorer index lists them (newest
+    /// first): `limit` rows from `offset`.
+    pub async fn account_txs(
+        &self,
+        a: &Address,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<Value>> {
+        let v = self
+            .get_some(&format!(
+                "/v1/account/{}/txs?limit={limit}&offset={offset}",
+                hex::encode(a)
+            ))
+            .await?;
+        Ok(v["txs"].as_array().cloned().unwrap_or_default())
+    }
+
     /// Whether any job assigned to (or opened by) `a` is open, receipted or challenged.
     pub async fn has_jobs_in_flight(&self, a: &Address) -> Result<bool> {
         for st in ["open", "receipted", "challenged"] {

@@ -43,7 +43,12 @@ async fn submit(
 ) -> (axum::http::StatusCode, Json<Value>) {
     let tx: SignedTx = serde_json::from_value(body["tx"].clone()).unwrap();
     let mut f = f.lock().unwrap();
-    let bad = |e: &str| (axum::http::StatusCode::BAD_REQUEST, Json(json!({ "error": e })));
+    let bad = |e: &str| {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(json!({ "error": e })),
+        )
+    };
     if tx.verify_signature().is_err() {
         return bad("bad signature");
     }
@@ -121,7 +126,10 @@ fn submit_and_wait_signs_numbers_and_waits_for_finality() -> Result<()> {
     for amount in [1, 2, 3] {
         let f = c.submit_and_wait(
             &signer,
-            TxKind::Transfer { to: [9; 32], amount },
+            TxKind::Transfer {
+                to: [9; 32],
+                amount,
+            },
             Duration::from_secs(10),
         )?;
         assert_eq!((f.height, f.error), (6, None));
@@ -129,10 +137,17 @@ fn submit_and_wait_signs_numbers_and_waits_for_finality() -> Result<()> {
     assert_eq!(fake.lock().unwrap().expected_nonce, 3);
     // An action that fails on chain is an error that names it.
     let e = c
-        .submit_and_wait(&signer, TxKind::Stake { amount: 99 }, Duration::from_secs(10))
+        .submit_and_wait(
+            &signer,
+            TxKind::Stake { amount: 99 },
+            Duration::from_secs(10),
+        )
         .unwrap_err()
         .to_string();
-    assert!(e.contains("stake failed on chain") && e.contains("insufficient"), "{e}");
+    assert!(
+        e.contains("stake failed on chain") && e.contains("insufficient"),
+        "{e}"
+    );
     Ok(())
 }
 
@@ -145,7 +160,10 @@ fn a_drifted_nonce_is_reread_and_the_transaction_resigned_once() -> Result<()> {
     });
     let c = ChainClient::new(&url)?;
     let signer = c.signer(key(), 1)?;
-    let kind = TxKind::Transfer { to: [9; 32], amount: 1 };
+    let kind = TxKind::Transfer {
+        to: [9; 32],
+        amount: 1,
+    };
     c.submit_and_wait(&signer, kind.clone(), Duration::from_secs(10))?;
     let f = fake.lock().unwrap();
     assert_eq!((f.refusals, f.expected_nonce), (1, 5));

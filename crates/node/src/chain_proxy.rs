@@ -3,9 +3,9 @@
 //! scripts, need only one origin. Writes (`POST /v1/tx`) are not forwarded.
 
 use crate::http_error;
-use crate::ledger_client::LedgerClient;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use deai_client::ChainClient;
 
 /// The chain's read-only query routes, which a gateway forwards to its ledger node so that
 /// the explorer it serves (and scripts) need only one origin.
@@ -30,7 +30,7 @@ pub const CHAIN_QUERY_ROUTES: [&str; 16] = [
 
 /// A GET on a chain query route is forwarded to the ledger node (status, body and content
 /// type relayed as they are); anything else is an OpenAI-shaped 404.
-pub async fn forward(ledger: &LedgerClient, method: Method, uri: Uri) -> Response {
+pub async fn forward(ledger: &ChainClient, method: Method, uri: Uri) -> Response {
     let path = uri.path();
     let first = path
         .strip_prefix("/v1/")
@@ -72,7 +72,7 @@ pub async fn forward(ledger: &LedgerClient, method: Method, uri: Uri) -> Respons
 
 /// The explorer with the chain's query routes forwarded to `ledger`: the whole HTTP side of
 /// a node whose roles have no API of their own (a validator).
-pub fn explorer_router(ledger: LedgerClient, ui: deai_explorer::UiConfig) -> axum::Router {
+pub fn explorer_router(ledger: ChainClient, ui: deai_explorer::UiConfig) -> axum::Router {
     deai_explorer::router(ui).fallback(move |method: Method, uri: Uri| {
         let ledger = ledger.clone();
         async move { forward(&ledger, method, uri).await }

@@ -5,12 +5,12 @@
 //! (same keys, same API key, finalized state replayed from disk).
 
 use crate::gateway::{CatalogEntry, Gateway, GatewayConfig};
-use crate::ledger_client::{LedgerClient, Signer};
 use crate::verifier::Verifier;
 use crate::worker::{Tamper, Worker, WorkerConfig};
 use anyhow::{Context, Result};
 use commonware_runtime::tokio as cw_tokio;
 use deai_chain::local::{self, InitOptions, RunOptions};
+use deai_client::{ChainClient, Signer};
 use deai_engine::Engine;
 use deai_ledger::state::{GenesisAccount, Params};
 use deai_ledger::Address;
@@ -79,7 +79,7 @@ pub struct Devnet {
     /// The client account's signer (the gateway pays jobs with it).
     pub client: Arc<Signer>,
     pub gateway: Gateway,
-    pub ledger: LedgerClient,
+    pub ledger: ChainClient,
 }
 
 const CLIENT_BALANCE: u64 = 1_000_000_000;
@@ -140,10 +140,10 @@ fn init(opts: &DevnetOptions) -> Result<()> {
 pub async fn start_chain(
     ctx: &cw_tokio::Context,
     dir: &Path,
-) -> Result<(Vec<String>, LedgerClient)> {
+) -> Result<(Vec<String>, ChainClient)> {
     let nodes = local::start_validators(ctx, dir, &[0, 1, 2, 3], &RunOptions::default()).await?;
     let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
-    let ledger = LedgerClient::new(&urls[0]);
+    let ledger = ChainClient::new(&urls[0]);
     let t0 = tokio::time::Instant::now();
     while ledger.height().await.unwrap_or(0) < 1 {
         anyhow::ensure!(
@@ -168,7 +168,7 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
             key,
             chain_id,
             fee,
-            LedgerClient::new(&chain[i % chain.len()]),
+            ChainClient::new(&chain[i % chain.len()]),
         )
     };
 
@@ -251,7 +251,7 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
             dir: dir.join("gateway"),
             require_qualified: true,
         },
-        LedgerClient::new(&chain[0]),
+        ChainClient::new(&chain[0]),
     )?;
     let gw = crate::serve(
         SocketAddr::from(([127, 0, 0, 1], opts.base_port + 200)),

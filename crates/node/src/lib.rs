@@ -5,7 +5,7 @@
 //! **training** coordinator and workers (DiLoCo rounds over HTTP, `deai-train` inside).
 //!
 //! Owns: the gateway/worker protocol, routing, the roles' HTTP APIs and their assembly.
-//! Talks to the ledger only through a chain node's HTTP API ([`ledger_client`]), as a role on
+//! Talks to the ledger only through a chain node's HTTP API (`deai-client`), as a role on
 //! another host would; links `deai-chain` only to start the chain inside `devnet`.
 //! Must never depend on the CLI.
 
@@ -14,8 +14,8 @@ pub mod devnet;
 #[cfg(feature = "faults")]
 pub mod faults;
 pub mod gateway;
-pub mod ledger_client;
 pub mod node;
+pub mod onchain;
 pub mod proto;
 pub mod train_net;
 pub mod training;
@@ -59,35 +59,7 @@ pub async fn close_if_body_unread(mut r: Response) -> Response {
     r
 }
 
-/// An HTTP client for a peer at `url`. Loopback peers are reached directly even when
-/// `HTTP_PROXY` is set (a proxy cannot reach this machine's loopback).
-pub fn http_client(url: &str, timeout: Duration) -> reqwest::Client {
-    // No redirects: every URL a node fetches was checked (or registered) as given, and a
-    // redirect would let its owner point the request anywhere else.
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout);
-    if is_loopback_url(url) {
-        b = b.no_proxy();
-    }
-    b.build()
-        .expect("a client with these options always builds")
-}
-
-/// True when `url`'s host is `localhost` or a loopback IP address.
-pub fn is_loopback_url(url: &str) -> bool {
-    let Ok(u) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    let host = u.host_str().unwrap_or_default();
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
+pub use deai_client::{http_client, is_loopback_url};
 
 /// Serves `router` on `addr` in the background; returns the bound address.
 pub async fn serve(

@@ -3,10 +3,10 @@
 //! by a TOML file (flags override it). Consensus itself runs in `deai chain run`.
 
 use crate::gateway::{CatalogEntry, Gateway, GatewayConfig};
-use crate::ledger_client::{LedgerClient, Signer};
 use crate::verifier::Verifier;
 use crate::worker::{Worker, WorkerConfig};
 use anyhow::{bail, Context, Result};
+use deai_client::{ChainClient, Signer};
 use deai_engine::Engine;
 use deai_types::Hash256;
 use ed25519_dalek::SigningKey;
@@ -179,7 +179,7 @@ pub async fn start(
         .as_ref()
         .context("no key: give --key FILE (create one with `deai keys new --out FILE`)")?;
     let key = read_signing_key(key_path)?;
-    let ledger = LedgerClient::new(&cfg.chain);
+    let ledger = ChainClient::new(&cfg.chain);
     let chain_id = ledger
         .chain_id()
         .await

@@ -69,10 +69,6 @@ pub enum RunEvent {
     },
 }
 
-/// The digest rule lives in deai-proof. This re-export only keeps `gateway/` compiling until it
-/// calls `deai_proof::receipt_digest` itself; then it goes.
-pub use deai_proof::receipt_digest;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,6 @@
 //! `GET /train/v1/evidence/{round}` (what the last two closed rounds used, for
 //! [`audit_remote`]). Worker route: `GET /train/v1/open/{round}/{step}`.
 
-use crate::ledger_client::Signer;
 use crate::{http_client, http_error, HttpError};
 use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
@@ -24,6 +23,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use deai_client::Signer;
 use deai_ledger::tx::MAX_TRAIN_WORKERS;
 use deai_ledger::{Address, TxKind};
 use deai_train::diloco::{JobSpec, Opener, RoundSpec, Tamper, WorkerRun};
@@ -362,7 +362,7 @@ impl TrainCoordinator {
             .context("the coordinator's public URL is not set (set_public_url)")?
             .clone();
         let f = signer
-            .submit_wait(
+            .submit_and_wait(
                 TxKind::TrainRound {
                     job,
                     round: report.round,
@@ -1246,7 +1246,7 @@ impl TrainAuditor {
             // on chain; that must not stop the pass over the other jobs.
             let sent = self
                 .signer
-                .submit_wait(
+                .submit_and_wait(
                     TxKind::TrainVerdict {
                         job: id,
                         round: p.round,

@@ -14,16 +14,16 @@
 //! challenge is also challenged on chain, so the quorum rejects it and slashes the worker
 //! even where the sample rate would skip it.
 
-use crate::ledger_client::{Signer, WorkerEntry};
 use crate::proto::{RunEvent, RunRequest};
 use crate::worker_client::WorkerClient;
+use deai_client::{Signer, WorkerEntry};
 use deai_engine::tokenizer::{chat_prompt, ChatMessage};
 use deai_engine::Engine;
 use deai_engine::GenParams;
 use deai_ledger::state::{Job, JobStatus, BPS};
 use deai_ledger::Address;
 use deai_ledger::TxKind;
-use deai_proof::{receipt_digest, Receipt};
+use deai_proof::Receipt;
 use deai_types::Hash256;
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -228,8 +228,8 @@ impl Verifier {
             nonce,
         };
         let job = Hash256(spec.id());
-        let escrow = crate::worker::job_cost(
-            prompt_tokens.len() + CHALLENGE_TOKENS,
+        let escrow = deai_ledger::job_cost(
+            (prompt_tokens.len() + CHALLENGE_TOKENS) as u64,
             w.worker.price_per_1k,
         );
         let open_job = self
@@ -398,21 +398,8 @@ impl Verifier {
             Ok(r) => r,
             Err(e) => return reject(format!("receipt does not decode: {e}")),
         };
-        match r.to_bytes() {
-            Ok(b) if receipt_digest(&b) == rec.digest => {}
-            _ => return reject("receipt does not match the digest on chain".into()),
-        }
-        if Hash256(r.job_id) != *id {
-            return reject("receipt is for another job".into());
-        }
-        if Some(r.worker_key) != job.worker {
-            return reject("receipt is signed by another key than the job's worker".into());
-        }
-        if r.model_id != job.model {
-            return reject("receipt names another model than the job".into());
-        }
-        if (r.prompt_tokens.len() + r.output_tokens.len()) as u32 != rec.tokens {
-            return reject("billed tokens differ from the receipt".into());
+        if let Err(m) = crate::onchain::receipt_matches_job(&r, id, job) {
+            return reject(m.to_string());
         }
         let engine = self.engine.clone();
         let model_id = self.model_id;

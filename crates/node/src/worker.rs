@@ -6,7 +6,6 @@
 //! (cargo feature `faults`) plays the cheating workers through it, so that tests and the demo
 //! can show the validators catching them. An honest worker has none.
 
-use crate::ledger_client::Signer;
 use crate::proto::{RunEvent, RunRequest};
 use crate::{http_error, HttpError};
 use anyhow::{Context, Result};
@@ -16,6 +15,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use deai_client::Signer;
 use deai_engine::{Engine, Generation};
 use deai_ledger::{Address, TxKind};
 use deai_proof::{build_receipt, receipt_digest, ProofConfig, Receipt};
@@ -148,7 +148,7 @@ impl Worker {
         let (_, stake, _) = ledger.account(&s.address()).await?;
         let t = Duration::from_secs(60);
         if stake < params.min_worker_stake {
-            s.submit_wait(
+            s.submit_and_wait(
                 TxKind::Stake {
                     amount: params.min_worker_stake - stake,
                 },
@@ -162,7 +162,7 @@ impl Worker {
             .into_iter()
             .any(|w| w.address == s.address() && w.worker.endpoint == self.0.url);
         if !registered {
-            s.submit_wait(
+            s.submit_and_wait(
                 TxKind::RegisterWorker {
                     models: vec![self.0.cfg.model_id],
                     profile: self.0.engine.profile().id,
@@ -272,10 +272,10 @@ impl Worker {
         if (*max_tokens as usize) < req.params.max_tokens {
             return bad("open_job escrows fewer tokens than max_tokens");
         }
-        let need = job_cost(
+        let need = deai_ledger::job_cost(
             req.prompt_tokens
                 .len()
-                .saturating_add(req.params.max_tokens),
+                .saturating_add(req.params.max_tokens) as u64,
             i.cfg.price_per_1k,
         );
         if *escrow < need {
@@ -374,11 +374,6 @@ pub fn admission(
         ));
     }
     Ok(())
-}
-
-/// What `tokens` tokens cost at `price_per_1k` (rounded up, as the ledger bills).
-pub fn job_cost(tokens: usize, price_per_1k: u64) -> u64 {
-    ((tokens as u128 * price_per_1k as u128).div_ceil(1000)).min(u64::MAX as u128) as u64
 }
 
 async fn health(AxState(w): AxState<Worker>) -> Json<serde_json::Value> {
@@ -578,7 +573,12 @@ async fn post_receipt(w: &Worker, job: Hash256, digest: Hash256, tokens: u32) {
         tokens,
         pointer,
     };
-    match w.0.signer.submit_wait(kind, Duration::from_secs(60)).await {
+    match w
+        .0
+        .signer
+        .submit_and_wait(kind, Duration::from_secs(60))
+        .await
+    {
         Ok(f) => tracing::info!(%job, height = f.height, "receipt posted"),
         Err(e) => tracing::warn!(%job, "posting the receipt failed: {e:#}"),
     }

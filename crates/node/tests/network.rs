@@ -10,12 +10,12 @@
 //!
 //! Needs `DEAI_MODEL_PATH` (set by `scripts/test.sh`); without it each test prints SKIPPED.
 
+use deai_client::{ChainClient, Signer};
 use deai_engine::{Engine, EngineConfig};
 use deai_ledger::state::{JobStatus, Params};
 use deai_ledger::{Address, TxKind};
 use deai_node::devnet::{self, Devnet, DevnetOptions, Runner as _};
 use deai_node::faults::Behavior;
-use deai_node::ledger_client::{LedgerClient, Signer};
 use deai_node::proto::RunRequest;
 use deai_types::Hash256;
 use serde_json::{json, Value};
@@ -153,7 +153,7 @@ fn job_of(v: &Value) -> Hash256 {
 
 /// Waits until every job in `jobs` is final on chain; returns their records.
 async fn wait_final(
-    ledger: &LedgerClient,
+    ledger: &ChainClient,
     jobs: &[Hash256],
     secs: u64,
 ) -> HashMap<Hash256, deai_ledger::state::Job> {

@@ -4,12 +4,12 @@
 //! and keep it ([`Store`]).
 
 use super::store::Store;
-use crate::ledger_client::{Signer, WorkerEntry};
 use crate::proto::{RunEvent, RunRequest};
-use crate::worker::job_cost;
 use crate::worker_client::WorkerClient;
+use deai_client::{Signer, WorkerEntry};
 use deai_engine::sampler::TokenLogprobs;
 use deai_engine::{GenParams, StopReason};
+use deai_ledger::job_cost;
 use deai_ledger::{Address, TxKind};
 use deai_types::Hash256;
 use serde_json::Value;
@@ -155,7 +155,7 @@ async fn open_job(choice: &Choice, w: &WorkerEntry) -> anyhow::Result<(Hash256, 
         .id(),
     );
     let escrow = job_cost(
-        choice.prompt_tokens.len() + choice.params.max_tokens,
+        (choice.prompt_tokens.len() + choice.params.max_tokens) as u64,
         w.worker.price_per_1k,
     );
     let kind = TxKind::OpenJob {

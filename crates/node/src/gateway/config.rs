@@ -1,7 +1,7 @@
 //! What a gateway is started with: the models it offers, the API keys it accepts and how
 //! hard it tries a request.
 
-use crate::ledger_client::Signer;
+use deai_client::Signer;
 use deai_engine::tokenizer::Tokenizer;
 use deai_types::Hash256;
 use std::path::PathBuf;

@@ -28,7 +28,6 @@ mod views;
 
 pub use config::{CatalogEntry, GatewayConfig};
 
-use crate::ledger_client::{LedgerClient, Signer};
 use crate::{http_error, HttpError};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State as AxState};
@@ -36,6 +35,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use deai_client::{ChainClient, Signer};
 use deai_types::Hash256;
 use openai::{json_body, model_json, ChatRequest, CompletionRequest, Prepared};
 use routing::Routing;
@@ -45,7 +45,7 @@ use store::Store;
 
 struct Inner {
     cfg: GatewayConfig,
-    ledger: LedgerClient,
+    ledger: ChainClient,
     store: Store,
     routing: Arc<Routing>,
 }
@@ -54,7 +54,7 @@ struct Inner {
 pub struct Gateway(Arc<Inner>);
 
 impl Gateway {
-    pub fn new(cfg: GatewayConfig, ledger: LedgerClient) -> anyhow::Result<Self> {
+    pub fn new(cfg: GatewayConfig, ledger: ChainClient) -> anyhow::Result<Self> {
         let store = Store::open(&cfg.dir)?;
         let routing = Arc::new(Routing::new(&cfg, ledger.clone(), store.clone()));
         Ok(Gateway(Arc::new(Inner {

@@ -6,11 +6,11 @@
 use super::attempt::{attempt, Choice, Out, Sent};
 use super::config::{CatalogEntry, GatewayConfig};
 use super::store::Store;
-use crate::ledger_client::{LedgerClient, Signer, WorkerEntry};
-use crate::worker::job_cost;
 use crate::{http_error, HttpError};
 use axum::http::StatusCode;
+use deai_client::{ChainClient, Signer, WorkerEntry};
 use deai_engine::GenParams;
+use deai_ledger::job_cost;
 use deai_ledger::Address;
 use deai_types::Hash256;
 use serde_json::{json, Value};
@@ -34,7 +34,7 @@ pub(super) struct Tally {
 
 /// The gateway's choice of workers, and the dispatch of each choice with failover.
 pub(super) struct Routing {
-    ledger: LedgerClient,
+    ledger: ChainClient,
     store: Store,
     /// Workers tried per choice before giving up.
     attempts: usize,
@@ -47,7 +47,7 @@ pub(super) struct Routing {
 }
 
 impl Routing {
-    pub(super) fn new(cfg: &GatewayConfig, ledger: LedgerClient, store: Store) -> Self {
+    pub(super) fn new(cfg: &GatewayConfig, ledger: ChainClient, store: Store) -> Self {
         Routing {
             ledger,
             store,
@@ -138,7 +138,7 @@ impl Routing {
             .with_code("no_worker"));
         };
         // Each choice escrows its maximum cost and pays a transaction fee.
-        let need = job_cost(total, first.worker.price_per_1k)
+        let need = job_cost(total as u64, first.worker.price_per_1k)
             .saturating_add(client.fee())
             .saturating_mul(n as u64);
         let (balance, _, _) = self.ledger.account(&client.address()).await.map_err(|e| {

@@ -5,10 +5,10 @@
 use super::config::CatalogEntry;
 use super::routing::Routing;
 use super::store::Store;
-use crate::ledger_client::{LedgerClient, WorkerEntry};
 use crate::worker_client::WorkerClient;
 use crate::{http_error, HttpError};
 use axum::http::StatusCode;
+use deai_client::{ChainClient, WorkerEntry};
 use deai_types::Hash256;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -20,7 +20,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// them, and the compute time the worker reports (`/worker/v1/health`, asked with a short
 /// timeout; `null` when it does not answer), for revenue per compute-hour.
 pub(super) async fn worker_stats(
-    ledger: &LedgerClient,
+    ledger: &ChainClient,
     models: &[CatalogEntry],
     routing: &Routing,
 ) -> Value {
@@ -68,7 +68,7 @@ pub(super) async fn worker_stats(
 /// The receipt of request or job `id`, with its ledger record and verification status, and
 /// the conversation when `viewer` (the SHA-256 of an API key) sent it.
 pub(super) async fn receipt_view(
-    ledger: &LedgerClient,
+    ledger: &ChainClient,
     store: &Store,
     id: Hash256,
     viewer: Option<Hash256>,

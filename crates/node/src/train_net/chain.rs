@@ -10,10 +10,10 @@
 //! evidence ([`crate::training::TrainAuditor`]) and their verdicts settle it.
 
 use crate::devnet::{self, Devnet};
-use crate::ledger_client::{LedgerClient, Signer};
 use anyhow::{Context, Result};
 use commonware_runtime::tokio as cw_tokio;
 use deai_chain::local::{self, InitOptions};
+use deai_client::{ChainClient, Signer};
 use deai_ledger::state::GenesisAccount;
 use deai_ledger::{Address, TrainingJob, TxKind};
 use deai_types::Hash256;
@@ -35,7 +35,7 @@ pub struct TrainChain {
     pub auditors: Vec<Signer>,
     /// The validators expected to judge (for the summary's verdict counts).
     pub judges: Vec<Address>,
-    pub ledger: LedgerClient,
+    pub ledger: ChainClient,
 }
 
 /// Where the job runs.
@@ -88,7 +88,7 @@ const OWNER_BALANCE: u64 = 1_000_000_000_000;
 const WORKER_BALANCE: u64 = 1_000_000;
 
 fn signer(key: SigningKey, chain: Hash256, fee: u64, url: &str) -> Signer {
-    Signer::new(key, chain, fee, LedgerClient::new(url))
+    Signer::new(key, chain, fee, ChainClient::new(url))
 }
 
 /// Creates (if new) and starts a training-only chain in `dir`, stakes `workers`, and opens
@@ -302,7 +302,7 @@ pub struct JudgeRecord {
 /// The job's record, each worker's balance and stake, and each judging validator's
 /// verdicts and earnings, as finalized, for the summary.
 pub async fn summary(
-    ledger: &LedgerClient,
+    ledger: &ChainClient,
     job: &Hash256,
     workers: &[(Address, String)],
     validators: &[Address],
@@ -335,14 +335,7 @@ pub async fn summary(
         // inference verdicts), a page of 100 at a time, up to 100 pages.
         let mut verdicts = vec![];
         for page in 0..100 {
-            let url = format!(
-                "{}/v1/account/{}/txs?limit=100&offset={}",
-                ledger.url(),
-                hex::encode(a),
-                page * 100
-            );
-            let v: serde_json::Value = ledger.http().get(&url).send().await?.json().await?;
-            let txs = v["txs"].as_array().cloned().unwrap_or_default();
+            let txs = ledger.account_txs(a, 100, page * 100).await?;
             let last = txs.len() < 100;
             verdicts.extend(txs.into_iter().filter(|r| {
                 r["type"] == "train_verdict" && r["job"] == job.to_hex() && r["error"].is_null()

@@ -41,7 +41,7 @@ pub type OnStep = Arc<dyn Fn(u32, u32, f32) + Send + Sync>;
 /// What the chain side leaves for the summary.
 struct ChainRecord {
     urls: Vec<String>,
-    ledger: crate::ledger_client::LedgerClient,
+    ledger: deai_client::ChainClient,
     judges: Vec<Address>,
 }
 

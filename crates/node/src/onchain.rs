@@ -1,0 +1,217 @@
+//! The one check of a receipt against its job's record on chain, used by the validators
+//! before they re-run a receipt ([`crate::verifier`]) and by `deai verify --onchain`.
+//!
+//! A receipt that passes is the very one the worker posted for this job: same digest, same
+//! job, signed by the job's assigned worker who also posted it, for the job's model, and
+//! billing exactly the tokens it holds. What the receipt *proves* about the model run is
+//! `deai-proof`'s to check; this module checks only that the ledger and the receipt agree.
+
+use deai_ledger::state::{Job, ReceiptRecord};
+use deai_proof::Receipt;
+use deai_types::Hash256;
+
+/// How a receipt and its job's record on chain disagree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The job has no receipt posted.
+    NoReceipt,
+    /// The chain holds another digest (or the receipt does not encode).
+    Digest {
+        chain: Hash256,
+        receipt: Option<Hash256>,
+    },
+    /// The receipt names another job.
+    OtherJob,
+    /// The receipt's signer is not the job's assigned worker, or not who posted it.
+    OtherWorker,
+    /// The receipt names another model than the job.
+    OtherModel,
+    /// The tokens billed on chain are not the receipt's prompt plus output tokens.
+    BilledTokens { chain: u32, receipt: usize },
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mismatch::NoReceipt => write!(f, "no receipt posted"),
+            Mismatch::Digest {
+                chain,
+                receipt: Some(r),
+            } => write!(
+                f,
+                "receipt does not match the digest on chain (the chain holds {}, this receipt is {})",
+                chain.short(),
+                r.short()
+            ),
+            Mismatch::Digest {
+                chain,
+                receipt: None,
+            } => write!(
+                f,
+                "receipt does not match the digest on chain (the chain holds {}, this receipt does not encode)",
+                chain.short()
+            ),
+            Mismatch::OtherJob => write!(f, "receipt is for another job"),
+            Mismatch::OtherWorker => write!(
+                f,
+                "receipt is signed by another key than the job's worker (or its poster)"
+            ),
+            Mismatch::OtherModel => write!(f, "receipt names another model than the job"),
+            Mismatch::BilledTokens { chain, receipt } => write!(
+                f,
+                "billed tokens differ from the receipt ({chain} on chain, {receipt} in the receipt)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Mismatch {}
+
+/// Checks that `r` is the receipt posted on chain for job `id` (record `job`); returns the
+/// posted record.
+pub fn receipt_matches_job<'a>(
+    r: &Receipt,
+    id: &Hash256,
+    job: &'a Job,
+) -> Result<&'a ReceiptRecord, Mismatch> {
+    let rec = job.receipt.as_ref().ok_or(Mismatch::NoReceipt)?;
+    let digest = r.digest().ok();
+    if digest != Some(rec.digest) {
+        return Err(Mismatch::Digest {
+            chain: rec.digest,
+            receipt: digest,
+        });
+    }
+    if Hash256(r.job_id) != *id {
+        return Err(Mismatch::OtherJob);
+    }
+    if Some(r.worker_key) != job.worker || rec.worker != r.worker_key {
+        return Err(Mismatch::OtherWorker);
+    }
+    if r.model_id != job.model {
+        return Err(Mismatch::OtherModel);
+    }
+    let held = r.prompt_tokens.len() + r.output_tokens.len();
+    if held != rec.tokens as usize {
+        return Err(Mismatch::BilledTokens {
+            chain: rec.tokens,
+            receipt: held,
+        });
+    }
+    Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deai_engine::{Engine, EngineConfig, GenParams};
+    use deai_ledger::state::JobStatus;
+
+    /// A receipt from the tiny generated model, and the job record an honest worker's post
+    /// leaves on chain for it.
+    fn honest() -> (Receipt, Hash256, Job) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(
+            &path,
+            deai_engine::testing::tiny_model_gguf(&Default::default()),
+        )
+        .unwrap();
+        let engine = Engine::new(
+            deai_engine::Model::load(&path).unwrap(),
+            EngineConfig::default(),
+        )
+        .unwrap();
+        let spec = deai_proof::JobSpec {
+            model_id: Hash256([9; 32]),
+            prompt_tokens: vec![5, 6, 7],
+            params: GenParams {
+                max_tokens: 4,
+                ..Default::default()
+            },
+            nonce: [1; 32],
+        };
+        let g = engine
+            .generate(&spec.prompt_tokens, &spec.params, |_| {})
+            .unwrap();
+        let key = deai_proof::generate_key();
+        let r = deai_proof::build_receipt(
+            &spec,
+            &g,
+            engine.model.cfg.d_model,
+            &engine.profile(),
+            deai_proof::ProofConfig::default(),
+            &key,
+        )
+        .unwrap();
+        let worker = r.worker_key;
+        let job = Job {
+            client: [1; 32],
+            model: spec.model_id,
+            max_tokens: 4,
+            escrow: 100,
+            worker: Some(worker),
+            opened_at: 1,
+            deadline: 10,
+            status: JobStatus::Receipted,
+            receipt: Some(ReceiptRecord {
+                worker,
+                digest: r.digest().unwrap(),
+                tokens: (r.prompt_tokens.len() + r.output_tokens.len()) as u32,
+                pointer: "http://127.0.0.1:1/r".into(),
+                posted_at: 2,
+                cost: 1,
+            }),
+            challenge: None,
+            verdicts: vec![],
+            settlement: None,
+        };
+        (r, Hash256(spec.id()), job)
+    }
+
+    #[test]
+    fn the_posted_receipt_matches_and_every_disagreement_is_named() {
+        let (r, id, job) = honest();
+        assert_eq!(
+            receipt_matches_job(&r, &id, &job),
+            Ok(job.receipt.as_ref().unwrap())
+        );
+
+        let mut j = job.clone();
+        j.receipt = None;
+        assert_eq!(receipt_matches_job(&r, &id, &j), Err(Mismatch::NoReceipt));
+
+        // The worker posted another digest (say, of a receipt it never served).
+        let mut j = job.clone();
+        j.receipt.as_mut().unwrap().digest = Hash256([3; 32]);
+        assert!(matches!(
+            receipt_matches_job(&r, &id, &j),
+            Err(Mismatch::Digest { .. })
+        ));
+
+        // Looked up under another job id.
+        assert_eq!(
+            receipt_matches_job(&r, &Hash256([0; 32]), &job),
+            Err(Mismatch::OtherJob)
+        );
+
+        // Assigned to, or posted by, someone else.
+        let mut j = job.clone();
+        j.worker = Some([7; 32]);
+        assert_eq!(receipt_matches_job(&r, &id, &j), Err(Mismatch::OtherWorker));
+        let mut j = job.clone();
+        j.receipt.as_mut().unwrap().worker = [7; 32];
+        assert_eq!(receipt_matches_job(&r, &id, &j), Err(Mismatch::OtherWorker));
+
+        let mut j = job.clone();
+        j.model = Hash256([8; 32]);
+        assert_eq!(receipt_matches_job(&r, &id, &j), Err(Mismatch::OtherModel));
+
+        // Billed for more tokens than the receipt holds (the pay-for-nothing attack).
+        let mut j = job.clone();
+        j.receipt.as_mut().unwrap().tokens += 1000;
+        let e = receipt_matches_job(&r, &id, &j).unwrap_err();
+        assert!(matches!(e, Mismatch::BilledTokens { .. }), "{e}");
+        assert!(e.to_string().contains("billed tokens differ"), "{e}");
+    }
+}
