@@ -17,7 +17,7 @@ pub mod explorer;
 pub mod network;
 pub mod proof;
 pub mod sampler;
-mod scripts;
+pub mod scripts;
 mod stats;
 mod sys;
 pub mod train;

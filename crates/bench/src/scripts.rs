@@ -1,5 +1,5 @@
-//! The repository's `scripts/` helpers that some harnesses drive (llama.cpp through
-//! llama-cpp-python, headless Chromium through selenium).
+//! The repository's `scripts/` helpers that some harnesses and `deai calibrate` drive
+//! (llama.cpp through llama-cpp-python, headless Chromium through selenium).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ pub(crate) fn script_path(name: &str) -> PathBuf {
 }
 
 /// The path of a helper script in `scripts/`, or an error if it is missing.
-fn helper_script(name: &str) -> Result<PathBuf> {
+pub fn helper_script(name: &str) -> Result<PathBuf> {
     let path = script_path(name);
     if !path.is_file() {
         bail!(
@@ -25,7 +25,7 @@ fn helper_script(name: &str) -> Result<PathBuf> {
 
 /// Run a helper script of `scripts/` (`py script INPUT_JSON`) and return the last line it
 /// printed, which is its JSON answer; on failure, the tail of its stderr.
-pub(crate) fn run_python_helper(
+pub fn run_python_helper(
     py: &Path,
     script: &str,
     input: &serde_json::Value,

@@ -135,7 +135,12 @@ fn llamacpp_hidden(
         "seqs": seqs.iter().map(|s| json!({"tokens": s.tokens, "from": s.from, "n": s.n}))
             .collect::<Vec<_>>(),
     });
-    let last = crate::run_python_helper(py, HIDDEN_SCRIPT, &input, "llama.cpp hidden states")?;
+    let last = deai_bench::scripts::run_python_helper(
+        py,
+        HIDDEN_SCRIPT,
+        &input,
+        "llama.cpp hidden states",
+    )?;
     let last = last.as_str();
     let h: HiddenOut = serde_json::from_str(last).context("parsing the llama.cpp helper output")?;
     if h.rows.len() != seqs.len() {
@@ -186,7 +191,8 @@ fn llamacpp_logits(
         "seqs": seqs.iter().map(|s| json!({"tokens": s.tokens, "from": s.from, "n": s.n}))
             .collect::<Vec<_>>(),
     });
-    let last = crate::run_python_helper(py, LOGITS_SCRIPT, &input, "llama.cpp logits")?;
+    let last =
+        deai_bench::scripts::run_python_helper(py, LOGITS_SCRIPT, &input, "llama.cpp logits")?;
     let out: LogitsOut =
         serde_json::from_str(&last).context("parsing the llama.cpp logits helper output")?;
     if out.rows.len() != seqs.len() || out.rows.iter().zip(seqs).any(|(r, s)| r.len() != s.n) {
@@ -263,8 +269,8 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         bail!("--threads must be at least 1");
     }
     check_python(&a.baseline_python)?;
-    crate::helper_script(HIDDEN_SCRIPT)?;
-    crate::helper_script(LOGITS_SCRIPT)?;
+    deai_bench::scripts::helper_script(HIDDEN_SCRIPT)?;
+    deai_bench::scripts::helper_script(LOGITS_SCRIPT)?;
     let path = resolve_model(a.model.model.as_deref())?;
     let threads = a
         .model

@@ -612,13 +612,12 @@ pub fn tx(a: TxArgs) -> Result<()> {
     let chain = ChainClient::new(&url)?;
     let signer = chain.signer(key, a.fee)?;
     let name = kind.name();
+    let id = chain.submit(&signer, kind)?;
+    println!("submitted {name} {id}");
     if a.no_wait {
-        let id = chain.submit(&signer, kind)?;
-        println!("submitted {name} {id}");
         return Ok(());
     }
-    let f = chain.submit_and_wait(&signer, kind, Duration::from_secs(60))?;
-    println!("submitted {name} {}", f.id);
+    let f = chain.wait_effective(&signer, name, &id, Duration::from_secs(60))?;
     println!("finalized at height {}", f.height);
     Ok(())
 }

@@ -11,3 +11,10 @@ pub fn json_line(report: &impl Serialize) -> String {
         .expect("a bench report serializes to JSON")
         .to_string()
 }
+
+/// `println!` that returns write errors (such as a closed pipe) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}

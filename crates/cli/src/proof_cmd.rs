@@ -39,8 +39,9 @@ pub struct VerifyArgs {
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
     /// Also check the ledger at this chain node: a state proof of the job, checked against
-    /// the validators' finality certificate, shows the receipt's digest, worker and model on
-    /// chain and the job's settlement.
+    /// the validators' finality certificate, shows the receipt's digest, its signer as the
+    /// job's assigned worker and poster, the model and the billed tokens on chain, and the
+    /// job's settlement.
     #[arg(long, value_name = "URL")]
     pub onchain: Option<String>,
     /// The chain's genesis.json: the validator set the proof must be signed by (default:
@@ -241,8 +242,8 @@ fn verify_inner(a: &VerifyArgs) -> Result<bool> {
 }
 
 /// The ledger side of `deai verify --onchain`: the job's record, proven against the
-/// finality certificate of a validator quorum, must carry this receipt's digest, worker and
-/// model, and must not have been rejected.
+/// finality certificate of a validator quorum, must match this receipt
+/// (`deai_node::onchain::receipt_matches_job`), and must not have been rejected.
 fn onchain_checks(
     r: &Receipt,
     url: &str,

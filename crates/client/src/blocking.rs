@@ -118,6 +118,17 @@ impl ChainClient {
         self.block_on(signer.submit(kind))
     }
 
+    /// [`Signer::wait_effective`], synchronously.
+    pub fn wait_effective(
+        &self,
+        signer: &Signer,
+        name: &str,
+        id: &Hash256,
+        timeout: Duration,
+    ) -> Result<Finalized> {
+        self.block_on(signer.wait_effective(name, id, timeout))
+    }
+
     /// [`Signer::submit_and_wait`], synchronously.
     pub fn submit_and_wait(
         &self,

@@ -465,9 +465,21 @@ impl Signer {
     pub async fn submit_and_wait(&self, kind: TxKind, timeout: Duration) -> Result<Finalized> {
         let name = kind.name();
         let id = self.submit(kind).await?;
-        let f = self.ledger.wait(&id, timeout).await?;
+        self.wait_effective(name, &id, timeout).await
+    }
+
+    /// The second half of [`Signer::submit_and_wait`], for a caller that reports the id in
+    /// between: waits for transaction `id` (a `name`) to be finalized, and makes an action
+    /// that failed on chain an error.
+    pub async fn wait_effective(
+        &self,
+        name: &str,
+        id: &Hash256,
+        timeout: Duration,
+    ) -> Result<Finalized> {
+        let f = self.ledger.wait(id, timeout).await?;
         if let Some(e) = &f.error {
-            bail!("{name} failed on chain at height {}: {e}", f.height);
+            bail!("{name} {id} failed on chain at height {}: {e}", f.height);
         }
         Ok(f)
     }

@@ -145,7 +145,7 @@ fn submit_and_wait_signs_numbers_and_waits_for_finality() -> Result<()> {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("stake failed on chain") && e.contains("insufficient"),
+        e.starts_with("stake ") && e.contains("failed on chain") && e.contains("insufficient"),
         "{e}"
     );
     Ok(())

@@ -17,6 +17,8 @@ pub mod gateway;
 pub mod node;
 pub mod onchain;
 pub mod proto;
+#[cfg(test)]
+mod testing;
 pub mod train_net;
 pub mod training;
 pub mod verifier;

@@ -104,46 +104,13 @@ pub fn receipt_matches_job<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deai_engine::{Engine, EngineConfig, GenParams};
     use deai_ledger::state::JobStatus;
 
     /// A receipt from the tiny generated model, and the job record an honest worker's post
     /// leaves on chain for it.
     fn honest() -> (Receipt, Hash256, Job) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        std::fs::write(
-            &path,
-            deai_engine::testing::tiny_model_gguf(&Default::default()),
-        )
-        .unwrap();
-        let engine = Engine::new(
-            deai_engine::Model::load(&path).unwrap(),
-            EngineConfig::default(),
-        )
-        .unwrap();
-        let spec = deai_proof::JobSpec {
-            model_id: Hash256([9; 32]),
-            prompt_tokens: vec![5, 6, 7],
-            params: GenParams {
-                max_tokens: 4,
-                ..Default::default()
-            },
-            nonce: [1; 32],
-        };
-        let g = engine
-            .generate(&spec.prompt_tokens, &spec.params, |_| {})
-            .unwrap();
-        let key = deai_proof::generate_key();
-        let r = deai_proof::build_receipt(
-            &spec,
-            &g,
-            engine.model.cfg.d_model,
-            &engine.profile(),
-            deai_proof::ProofConfig::default(),
-            &key,
-        )
-        .unwrap();
+        let t = crate::testing::TinyJob::new();
+        let (r, spec) = (t.receipt, t.spec);
         let worker = r.worker_key;
         let job = Job {
             client: [1; 32],

@@ -261,38 +261,15 @@ pub(super) async fn attempt(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::tiny_model;
     use super::*;
+    use crate::testing::TinyJob;
     use serde_json::json;
 
     #[test]
     fn a_receipt_is_accepted_only_from_its_worker_for_its_job() {
-        use deai_engine::{Engine, EngineConfig};
-        let engine = Engine::new(tiny_model(), EngineConfig::default()).unwrap();
-        let spec = deai_proof::JobSpec {
-            model_id: Hash256([9; 32]),
-            prompt_tokens: vec![5, 6, 7],
-            params: GenParams {
-                max_tokens: 4,
-                ..Default::default()
-            },
-            nonce: [1; 32],
-        };
-        let g = engine
-            .generate(&spec.prompt_tokens, &spec.params, |_| {})
-            .unwrap();
-        let key = deai_proof::generate_key();
-        let worker: Address = key.verifying_key().to_bytes();
-        let r = deai_proof::build_receipt(
-            &spec,
-            &g,
-            engine.model.cfg.d_model,
-            &engine.profile(),
-            deai_proof::ProofConfig::default(),
-            &key,
-        )
-        .unwrap();
-        let job = Hash256(spec.id());
+        let t = TinyJob::new();
+        let (engine, r, job) = (&t.engine, t.receipt.clone(), t.id());
+        let worker: Address = r.worker_key;
         let digest = deai_proof::receipt_digest(&r.to_bytes().unwrap());
         let json: Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(check_receipt(&json, job, &worker, digest).unwrap(), r);

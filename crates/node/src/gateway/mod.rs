@@ -239,18 +239,3 @@ async fn completions(
     let prepared = req.prepare(&model, key_hash(&headers))?;
     g.respond(client, model, prepared).await
 }
-
-#[cfg(test)]
-mod testing {
-    /// A generated tiny model, loaded as the engine loads any GGUF file.
-    pub(super) fn tiny_model() -> deai_engine::Model {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        std::fs::write(
-            &path,
-            deai_engine::testing::tiny_model_gguf(&Default::default()),
-        )
-        .unwrap();
-        deai_engine::Model::load(&path).unwrap()
-    }
-}

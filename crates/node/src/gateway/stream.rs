@@ -454,8 +454,8 @@ fn stream_events(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::tiny_model;
     use super::*;
+    use crate::testing::tiny_model;
 
     #[test]
     fn several_choices_list_every_receipt() {
