@@ -103,7 +103,8 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
             job_timeout: 100_000,
             challenge_window: 100_000,
             ..Params::default()
-        },
+        }
+        .fit_periods(deai_ledger::state::DEFAULT_EPOCH_LENGTH),
         ..Default::default()
     };
     opts.chain_name = "bench".into();

@@ -76,23 +76,41 @@ impl Mempool {
         if self.ids.len() >= self.max {
             return Err(Rejected::Full(self.max));
         }
-        state.check_tx(&tx, got).map_err(Rejected::Invalid)?;
+        // The sender's balance must cover the fees of everything it has pending, so an
+        // account can never queue (or get finalized) more transactions than it pays for.
+        let pending_fees = self.pending_fees(&from, next);
+        state
+            .check_tx(&tx, got, pending_fees)
+            .map_err(Rejected::Invalid)?;
         let id = tx.id();
         self.ids.insert(id);
         self.by_sender.entry(from).or_default().insert(got, tx);
         Ok(id)
     }
 
+    /// The fees of `who`'s pending transactions from nonce `next` on.
+    fn pending_fees(&self, who: &Address, next: u64) -> u64 {
+        self.by_sender.get(who).map_or(0, |m| {
+            m.range(next..)
+                .fold(0u64, |a, (_, t)| a.saturating_add(t.tx.fee))
+        })
+    }
+
     /// Up to `max` transactions that extend `state`: for each sender, its pending nonces
-    /// from the account's next one without gaps, taken round-robin across senders.
+    /// from the account's next one without gaps and as far as its balance covers their
+    /// fees (a block must not hold a fee its sender cannot pay), taken round-robin across
+    /// senders.
     pub fn select(&self, state: &State, max: usize) -> Vec<SignedTx> {
         let mut queues: Vec<Vec<&SignedTx>> = Vec::new();
         for (from, txs) in &self.by_sender {
-            let mut next = state.account(from).nonce;
+            let acct = state.account(from);
+            let mut next = acct.nonce;
+            let mut fees = 0u128;
             let run: Vec<&SignedTx> = txs
                 .range(next..)
-                .take_while(|(n, _)| {
-                    let ok = **n == next;
+                .take_while(|(n, t)| {
+                    fees += t.tx.fee as u128;
+                    let ok = **n == next && fees <= acct.balance as u128;
                     next += 1;
                     ok
                 })
@@ -147,5 +165,77 @@ impl Mempool {
                 self.by_sender.remove(from);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deai_ledger::{Genesis, GenesisAccount, GenesisValidator, Params, Tx, TxKind};
+    use ed25519_dalek::SigningKey;
+
+    fn state(poor: &SigningKey, balance: u64) -> State {
+        let v = SigningKey::from_bytes(&[1; 32]).verifying_key().to_bytes();
+        State::from_genesis(&Genesis {
+            chain_name: "mempool".into(),
+            accounts: vec![
+                GenesisAccount {
+                    address: v,
+                    balance: 0,
+                    stake: 100_000,
+                },
+                GenesisAccount {
+                    address: poor.verifying_key().to_bytes(),
+                    balance,
+                    stake: 0,
+                },
+            ],
+            validators: vec![GenesisValidator {
+                address: v,
+                endpoint: String::new(),
+                p2p: String::new(),
+            }],
+            params: Params::default(),
+            epoch_length: 1_000,
+        })
+        .unwrap()
+    }
+
+    fn tx(s: &State, k: &SigningKey, nonce: u64) -> SignedTx {
+        Tx {
+            chain: s.chain_id(),
+            from: [0; 32],
+            nonce,
+            fee: 1,
+            kind: TxKind::Stake { amount: 1 },
+        }
+        .sign(k)
+    }
+
+    /// The fee-free spam attack: an account holding 3 units queues as many transactions as
+    /// it likes, one fee each checked against the same balance. Only 3 get in, and a
+    /// proposer never selects more than the balance pays for.
+    #[test]
+    fn an_account_queues_only_the_transactions_its_balance_pays_fees_for() {
+        let k = SigningKey::from_bytes(&[9; 32]);
+        let s = state(&k, 3);
+        let mut m = Mempool::new(1_000, 100);
+        for n in 0..3 {
+            m.insert(tx(&s, &k, n), &s).unwrap();
+        }
+        let e = m.insert(tx(&s, &k, 3), &s).unwrap_err();
+        assert!(e.to_string().contains("does not cover the fees"), "{e}");
+        assert_eq!(m.len(), 3);
+        let picked = m.select(&s, 100);
+        assert_eq!(picked.len(), 3);
+        s.validate_block(&picked).unwrap();
+        // Once the first one (fee 1 and a stake of 1) is in, the balance of 1 pays for one
+        // more: the proposer selects one, not two.
+        let mut s2 = s.clone();
+        s2.apply_block(1, &picked[..1]).unwrap();
+        m.prune(&s2);
+        let next = m.select(&s2, 100);
+        assert_eq!(next.len(), 1);
+        s2.validate_block(&next).unwrap();
     }
 }

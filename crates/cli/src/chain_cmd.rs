@@ -363,6 +363,8 @@ pub fn chain(c: ChainCmd) -> Result<()> {
                     *slot = v;
                 }
             }
+            // Unbonding and voting must outlast an epoch plus the windows chosen above.
+            let params = params.fit_periods(epoch_length);
             let g = local::init(
                 &dir,
                 &InitOptions {

@@ -324,6 +324,33 @@ fn onchain_checks(
             ),
         ),
     });
+    // The profile the worker registered, proven like the job: a receipt may not declare
+    // another one to be judged by looser cross-profile thresholds.
+    let wkey = deai_ledger::state::Key::Worker(r.worker_key);
+    let v = ChainClient::new(url)?.state_proof("worker", &hex::encode(r.worker_key))?;
+    let sp: deai_chain::lightclient::StateProof =
+        serde_json::from_value(v).context("the node's state proof is malformed")?;
+    out.push(
+        match deai_chain::lightclient::verify_state_proof(&validators, &wkey, &sp) {
+            Err(e) => check("onchain_profile", false, e.to_string()),
+            Ok(p) => {
+                let w: Option<deai_ledger::state::Worker> = match p.value {
+                    Some(b) => Some(
+                        deai_ledger::state::decode_record(&b).map_err(|e| anyhow::anyhow!(e))?,
+                    ),
+                    None => None,
+                };
+                match deai_node::onchain::receipt_matches_worker(r, w.as_ref()) {
+                    Err(m) => check("onchain_profile", false, m.to_string()),
+                    Ok(()) => check(
+                        "onchain_profile",
+                        true,
+                        format!("kernel profile {} as its worker registered", r.profile_id),
+                    ),
+                }
+            }
+        },
+    );
     use deai_ledger::state::JobStatus;
     let (ok, detail) = match j.status {
         JobStatus::Accepted => (true, format!("accepted and settled: {:?}", j.settlement)),

@@ -6,7 +6,7 @@
 
 use deai_types::codec::{DecodeError, Reader, Writer};
 use deai_types::Hash256;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 /// An account: the raw ed25519 public key of its owner.
@@ -61,10 +61,13 @@ pub enum Param {
     VotingPeriod,
     /// Blocks between the end of a passed vote and its execution.
     ExecutionDelay,
+    /// Stake a worker locks for each receipt until it settles, as a share of the billed
+    /// cost in basis points (10000 = 1x); a rejected receipt loses at least this much.
+    CollateralBps,
 }
 
 impl Param {
-    pub const ALL: [Param; 17] = [
+    pub const ALL: [Param; 18] = [
         Param::PriceFloor,
         Param::SampleRateBps,
         Param::SlashBps,
@@ -82,6 +85,7 @@ impl Param {
         Param::ThresholdBps,
         Param::VotingPeriod,
         Param::ExecutionDelay,
+        Param::CollateralBps,
     ];
 
     fn code(self) -> u8 {
@@ -648,7 +652,7 @@ impl SignedTx {
     pub fn verify_signature(&self) -> Result<(), &'static str> {
         let key = VerifyingKey::from_bytes(&self.tx.from)
             .map_err(|_| "sender is not a valid ed25519 key")?;
-        key.verify(&self.tx.signing_bytes(), &Signature::from_bytes(&self.sig))
+        key.verify_strict(&self.tx.signing_bytes(), &Signature::from_bytes(&self.sig))
             .map_err(|_| "bad signature")
     }
 }

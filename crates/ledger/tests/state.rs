@@ -383,10 +383,14 @@ fn failed_actions_pay_the_fee_and_bump_the_nonce() {
     assert!(e.contains("balance"), "{e}");
     assert_eq!(c.bal(CHALLENGER), b0 - 1);
     assert_eq!(c.s.account(&addr(CHALLENGER)).nonce, n0 + 1);
-    // An account with nothing cannot pay the fee: nonce bumps, nothing else moves.
+    // An account with nothing cannot pay the fee: a block carrying its transaction is
+    // invalid (fees are checked per sender before a block applies, see
+    // `a_block_whose_sender_cannot_pay_all_its_fees_is_invalid`).
     let poor = 99u8;
-    let e = c.fails(poor, TxKind::Stake { amount: 1 });
-    assert!(e.contains("fee"), "{e}");
+    let t = c.tx(poor, 0, TxKind::Stake { amount: 1 });
+    let h = c.s.height() + 1;
+    let e = c.s.apply_block(h, &[t]).unwrap_err();
+    assert!(e.to_string().contains("fees"), "{e}");
 }
 
 #[test]
@@ -467,9 +471,12 @@ fn unbonding_releases_later_and_slashing_reaches_it() {
     c.setup_worker(WORKER, 100);
     let job = Hash256([10; 32]);
     c.open_and_receipt(job, 1_000, 1_000);
-    // The worker tries to run with its stake before the verdict.
-    c.ok(WORKER, TxKind::Unstake { amount: 10_000 });
-    assert_eq!(c.s.account(&addr(WORKER)).stake, 0);
+    // The worker tries to run with its stake before the verdict: the receipt's collateral
+    // (10x its cost of 100) stays bonded; the rest goes into unbonding.
+    let e = c.fails(WORKER, TxKind::Unstake { amount: 10_000 });
+    assert!(e.contains("locked as collateral"), "{e}");
+    c.ok(WORKER, TxKind::Unstake { amount: 9_000 });
+    assert_eq!(c.s.account(&addr(WORKER)).stake, 1_000);
     c.block(vec![
         (1, TxKind::Verdict { job, accept: false }),
         (2, TxKind::Verdict { job, accept: false }),
@@ -535,7 +542,7 @@ fn governance_passes_executes_later_and_respects_quorum() {
     };
     assert!(c
         .fails(1, TxKind::Propose { change: bad })
-        .contains("basis points"));
+        .contains("slash_bps must be within"));
     let p = c.s.proposal(1).unwrap();
     let end = p.voting_end;
     while c.s.height() < end {
@@ -842,9 +849,18 @@ proptest! {
                 t
             }).collect();
             let h = a.s.height() + 1;
-            a.s.apply_block(h, &signed).unwrap();
+            let root = a.s.root();
+            match a.s.apply_block(h, &signed) {
+                Ok(_) => replay.push(signed),
+                // A sender without the fees for all its transactions makes the block
+                // invalid (generated actors may hold nothing); it changes nothing.
+                Err(e) => {
+                    prop_assert!(e.to_string().contains("fees"), "{e}");
+                    prop_assert_eq!(a.s.root(), root);
+                    prop_assert_eq!(a.s.height(), h - 1);
+                }
+            }
             prop_assert!(a.s.audit().is_ok(), "{:?}", a.s.audit());
-            replay.push(signed);
         }
         let mut b = b.s;
         for txs in &replay {
@@ -1264,4 +1280,458 @@ fn a_passed_change_that_breaks_the_parameter_set_fails_and_changes_nothing() {
     c.empty_blocks(c.s.params().challenge_window);
     assert_eq!(c.s.job(&job).unwrap().status, JobStatus::Accepted);
     c.s.audit().unwrap();
+}
+
+// ----- issue 23: stake behind every receipt, paid fees, governance that cannot brick -----
+
+fn worker_rec(c: &Chain, who: u8) -> Worker {
+    c.s.worker(&addr(who)).cloned().unwrap()
+}
+
+/// The attack as found: stake the minimum, register, unstake all but one unit, then post a
+/// receipt (a random digest, a huge token count) for a job never run.
+#[test]
+fn a_fake_receipt_after_unstaking_is_refused() {
+    let mut c = Chain::new();
+    let min = c.s.params().min_worker_stake;
+    c.ok(WORKER, TxKind::Stake { amount: min });
+    c.ok(
+        WORKER,
+        TxKind::RegisterWorker {
+            models: vec![MODEL],
+            profile: "deai-cpu-bi-v1".into(),
+            hardware: "h".into(),
+            price_per_1k: 100,
+            endpoint: "e".into(),
+        },
+    );
+    c.ok(WORKER, TxKind::Unstake { amount: min - 1 });
+    let job = Hash256([77; 32]);
+    c.ok(
+        CLIENT,
+        TxKind::OpenJob {
+            job,
+            model: MODEL,
+            max_tokens: 100,
+            escrow: 500,
+            worker: Some(addr(WORKER)),
+        },
+    );
+    let e = c.fails(
+        WORKER,
+        TxKind::PostReceipt {
+            job,
+            receipt: Hash256([0xab; 32]),
+            tokens: u32::MAX,
+            pointer: "p".into(),
+        },
+    );
+    assert!(e.contains("below the worker minimum"), "{e}");
+    // Even with the minimum restaked, the receipt's collateral (10x the 500 it would bill)
+    // is not covered.
+    c.ok(WORKER, TxKind::Stake { amount: min - 1 });
+    let e = c.fails(
+        WORKER,
+        TxKind::PostReceipt {
+            job,
+            receipt: Hash256([0xab; 32]),
+            tokens: u32::MAX,
+            pointer: "p".into(),
+        },
+    );
+    assert!(e.contains("collateral"), "{e}");
+    c.empty_blocks(c.s.params().job_timeout + 1);
+    assert_eq!(c.s.job(&job).unwrap().status, JobStatus::Expired);
+    assert_eq!(worker_rec(&c, WORKER).earned, 0);
+}
+
+#[test]
+fn collateral_is_locked_until_settlement_and_a_rejection_takes_at_least_it() {
+    let mut c = Chain::new();
+    c.setup_worker(WORKER, 1_000);
+    // Cost 900 at 1000 per 1k tokens: collateral 9,000 of the 10,000 staked.
+    let (a, b) = (Hash256([1; 32]), Hash256([2; 32]));
+    c.open_and_receipt(a, 1_000, 900);
+    let w = worker_rec(&c, WORKER);
+    assert_eq!(w.locked, 9_000);
+    assert_eq!(
+        c.s.job(&a).unwrap().receipt.as_ref().unwrap().collateral,
+        9_000
+    );
+    // A second receipt would need another 9,000 of free stake.
+    c.ok(
+        CLIENT,
+        TxKind::OpenJob {
+            job: b,
+            model: MODEL,
+            max_tokens: 100,
+            escrow: 1_000,
+            worker: Some(addr(WORKER)),
+        },
+    );
+    let e = c.fails(
+        WORKER,
+        TxKind::PostReceipt {
+            job: b,
+            receipt: Hash256([9; 32]),
+            tokens: 900,
+            pointer: "p".into(),
+        },
+    );
+    assert!(e.contains("free stake 1000"), "{e}");
+    let e = c.fails(WORKER, TxKind::Unstake { amount: 1_001 });
+    assert!(e.contains("locked as collateral"), "{e}");
+    // Rejected: the slash is the collateral (9,000), more than slash_bps of the holdings
+    // (5,000).
+    c.block(vec![
+        (
+            1,
+            TxKind::Verdict {
+                job: a,
+                accept: false,
+            },
+        ),
+        (
+            2,
+            TxKind::Verdict {
+                job: a,
+                accept: false,
+            },
+        ),
+        (
+            3,
+            TxKind::Verdict {
+                job: a,
+                accept: false,
+            },
+        ),
+    ]);
+    let j = c.s.job(&a).unwrap();
+    assert_eq!(j.status, JobStatus::Rejected);
+    assert_eq!(j.settlement.as_ref().unwrap().slashed, 9_000);
+    let w = worker_rec(&c, WORKER);
+    assert_eq!((w.locked, w.slashed), (0, 9_000));
+    assert_eq!(c.s.account(&addr(WORKER)).stake, 1_000);
+}
+
+#[test]
+fn an_accepted_receipt_releases_its_collateral() {
+    let mut c = Chain::new();
+    c.setup_worker(WORKER, 100);
+    let job = Hash256([3; 32]);
+    c.open_and_receipt(job, 1_000, 1_000);
+    assert_eq!(worker_rec(&c, WORKER).locked, 1_000);
+    c.empty_blocks(c.s.params().challenge_window + 1);
+    assert_eq!(c.s.job(&job).unwrap().status, JobStatus::Accepted);
+    assert_eq!(worker_rec(&c, WORKER).locked, 0);
+    c.ok(WORKER, TxKind::Unstake { amount: 10_000 });
+}
+
+/// The expected value of faking a receipt, measured on the ledger at the default
+/// parameters: pay-off when unsampled (accepted at the window's end) against the loss when
+/// sampled and rejected, weighted by the sample rate. Negative for cheap and dear jobs.
+#[test]
+fn faking_a_receipt_loses_money_in_expectation_at_the_defaults() {
+    for (escrow, tokens, price) in [
+        (10u64, 5u32, 1_000u64),
+        (500, 4_000, 100),
+        (5_000, 1_000, 5_000),
+    ] {
+        let outcome = |accept: bool| -> i128 {
+            let mut c = Chain::new();
+            c.setup_worker(WORKER, price);
+            c.ok(WORKER, TxKind::Stake { amount: 60_000 });
+            let before = c.bal(WORKER) as i128 + c.s.account(&addr(WORKER)).stake as i128;
+            let job = Hash256([5; 32]);
+            c.open_and_receipt(job, escrow, tokens);
+            if accept {
+                c.empty_blocks(c.s.params().challenge_window + 1);
+            } else {
+                c.block(vec![
+                    (1, TxKind::Verdict { job, accept: false }),
+                    (2, TxKind::Verdict { job, accept: false }),
+                    (3, TxKind::Verdict { job, accept: false }),
+                ]);
+            }
+            let a = c.s.account(&addr(WORKER));
+            let unb: u64 = a.unbonding.iter().map(|u| u.amount).sum();
+            a.balance as i128 + a.stake as i128 + unb as i128 - before + 1 // its PostReceipt fee
+        };
+        let (paid, lost) = (outcome(true), outcome(false));
+        assert!(paid > 0 && lost < 0, "{paid} {lost}");
+        let s = Params::default().sample_rate_bps as i128;
+        let ev = (BPS as i128 - s) * paid + s * lost;
+        assert!(
+            ev < 0,
+            "escrow {escrow}: EV x 10000 = {ev} (paid {paid}, lost {lost})"
+        );
+    }
+}
+
+#[test]
+fn governance_cannot_make_faking_pay_or_brick_itself() {
+    let d = Params::default();
+    d.validate_for(1_000).unwrap();
+    // Lowering the sample rate without raising the collateral would make faking pay.
+    let cheap = Params {
+        sample_rate_bps: 500,
+        ..d.clone()
+    };
+    assert!(cheap
+        .validate_for(1_000)
+        .unwrap_err()
+        .contains("collateral_bps"));
+    let ok = Params {
+        sample_rate_bps: 500,
+        collateral_bps: 190_000,
+        ..d.clone()
+    };
+    ok.validate_for(1_000).unwrap();
+    // Unbonding shorter than an epoch plus the evidence window lets a staker leave.
+    let leave = Params {
+        unbonding_period: 100,
+        ..d.clone()
+    };
+    assert!(leave
+        .validate_for(1_000)
+        .unwrap_err()
+        .contains("unbonding_period"));
+    let mut g = genesis();
+    g.params.unbonding_period = 100;
+    assert!(State::from_genesis(&g).is_err());
+
+    let mut c = Chain::new();
+    for (param, value) in [
+        (Param::ThresholdBps, 10_000),
+        (Param::QuorumBps, 10_000),
+        (Param::MinFee, u64::MAX),
+        (Param::SampleRateBps, 0),
+        (Param::ChallengeWindow, 1),
+    ] {
+        let e = c.fails(
+            1,
+            TxKind::Propose {
+                change: ParamChange::Set { param, value },
+            },
+        );
+        assert!(e.contains("must be within"), "{param:?}: {e}");
+    }
+    // A sample-rate cut that passes its vote fails at execution and changes nothing.
+    c.ok(
+        1,
+        TxKind::Propose {
+            change: ParamChange::Set {
+                param: Param::SampleRateBps,
+                value: 500,
+            },
+        },
+    );
+    let id = c.s.meta().next_proposal - 1;
+    c.block(
+        VALS.iter()
+            .map(|v| {
+                (
+                    *v,
+                    TxKind::Vote {
+                        proposal: id,
+                        yes: true,
+                    },
+                )
+            })
+            .collect(),
+    );
+    c.empty_blocks(c.s.params().voting_period + c.s.params().execution_delay + 1);
+    assert_eq!(c.s.proposal(id).unwrap().status, ProposalStatus::Failed);
+    assert_eq!(c.s.params().sample_rate_bps, 1_000);
+    // A validator minimum above every validator's stake would stop verdicts: it fails too.
+    c.ok(
+        1,
+        TxKind::Propose {
+            change: ParamChange::Set {
+                param: Param::MinValidatorStake,
+                value: 60_000,
+            },
+        },
+    );
+    let id = c.s.meta().next_proposal - 1;
+    c.block(
+        VALS.iter()
+            .map(|v| {
+                (
+                    *v,
+                    TxKind::Vote {
+                        proposal: id,
+                        yes: true,
+                    },
+                )
+            })
+            .collect(),
+    );
+    c.empty_blocks(c.s.params().voting_period + c.s.params().execution_delay + 1);
+    assert_eq!(c.s.proposal(id).unwrap().status, ProposalStatus::Failed);
+    assert_eq!(
+        c.s.params().min_validator_stake,
+        Params::default().min_validator_stake
+    );
+}
+
+/// Votes weigh the stake a voter had bonded before the proposal opened, fixed when cast:
+/// staking more (or arriving) after it opened adds nothing, and the quorum counts the stake
+/// of the time it opened.
+#[test]
+fn votes_weigh_stake_bonded_before_the_proposal() {
+    let mut c = Chain::new();
+    c.ok(
+        1,
+        TxKind::Propose {
+            change: ParamChange::Set {
+                param: Param::PriceFloor,
+                value: 2,
+            },
+        },
+    );
+    let id = c.s.meta().next_proposal - 1;
+    assert_eq!(c.s.proposal(id).unwrap().total_stake, 200_000);
+    // A whale stakes after the proposal opened and tries to vote it down.
+    c.ok(CLIENT, TxKind::Stake { amount: 900_000 });
+    let e = c.fails(
+        CLIENT,
+        TxKind::Vote {
+            proposal: id,
+            yes: false,
+        },
+    );
+    assert!(e.contains("after proposal"), "{e}");
+    // Validator 1 votes yes with 50,000, then stakes 900,000 more: still 50,000.
+    c.ok(
+        1,
+        TxKind::Vote {
+            proposal: id,
+            yes: true,
+        },
+    );
+    c.ok(
+        2,
+        TxKind::Vote {
+            proposal: id,
+            yes: true,
+        },
+    );
+    c.ok(1, TxKind::Stake { amount: 900_000 });
+    // Validator 3 votes no, then unstakes: its vote keeps its weight (the stake is still
+    // slashable while unbonding, which outlasts the vote).
+    c.ok(
+        3,
+        TxKind::Vote {
+            proposal: id,
+            yes: false,
+        },
+    );
+    c.ok(3, TxKind::Unstake { amount: 40_000 });
+    // Re-voting after staking more is refused.
+    let e = c.fails(
+        1,
+        TxKind::Vote {
+            proposal: id,
+            yes: true,
+        },
+    );
+    assert!(e.contains("after proposal"), "{e}");
+    c.empty_blocks(c.s.params().voting_period + 1);
+    let p = c.s.proposal(id).unwrap();
+    assert_eq!((p.yes_stake, p.no_stake), (100_000, 50_000));
+    assert_eq!(p.status, ProposalStatus::Executed);
+}
+
+#[test]
+fn a_block_whose_sender_cannot_pay_all_its_fees_is_invalid() {
+    let mut c = Chain::new();
+    let poor = 98u8;
+    c.ok(
+        CLIENT,
+        TxKind::Transfer {
+            to: addr(poor),
+            amount: 1,
+        },
+    );
+    // One fee-paying transaction: fine (the transfer itself fails, the fee is paid).
+    let root = c.s.root();
+    let t0 = c.tx(poor, 0, TxKind::Stake { amount: 1 });
+    let t1 = c.tx(poor, 1, TxKind::Stake { amount: 1 });
+    let h = c.s.height() + 1;
+    // Two: the block is invalid and changes nothing (the attack: 94 finalized for 1 fee).
+    let e = c.s.apply_block(h, &[t0.clone(), t1]).unwrap_err();
+    assert!(e.to_string().contains("does not cover the fees"), "{e}");
+    assert_eq!(c.s.root(), root);
+    let r = c.s.apply_block(h, &[t0]).unwrap();
+    assert!(r.outcomes[0].error.as_deref().unwrap().contains("balance"));
+    assert_eq!(c.bal(poor), 0);
+    // Fees are charged before any action: a transfer of the whole balance cannot leave the
+    // sender's next fee unpaid.
+    let rich = 97u8;
+    c.ok(
+        CLIENT,
+        TxKind::Transfer {
+            to: addr(rich),
+            amount: 10,
+        },
+    );
+    let r = c.block(vec![
+        (
+            rich,
+            TxKind::Transfer {
+                to: addr(1),
+                amount: 8,
+            },
+        ),
+        (
+            rich,
+            TxKind::Transfer {
+                to: addr(1),
+                amount: 1,
+            },
+        ),
+    ]);
+    assert_eq!(r.outcomes[0].error, None);
+    assert!(r.outcomes[1].error.is_some());
+    assert_eq!(c.bal(rich), 0);
+}
+
+/// A signature that plain `verify` accepts but `verify_strict` refuses: the identity point
+/// as the key (a weak key) with R = identity and S = 0 verifies for any message.
+#[test]
+fn transactions_from_weak_keys_are_refused() {
+    let mut c = Chain::new();
+    let mut weak = [0u8; 32];
+    weak[0] = 1; // the compressed identity point
+    let tx = Tx {
+        chain: c.s.chain_id(),
+        from: weak,
+        nonce: 0,
+        fee: 1,
+        kind: TxKind::Stake { amount: 1 },
+    };
+    let mut sig = [0u8; 64];
+    sig[0] = 1; // R = identity, S = 0
+    let signed = SignedTx { tx, sig };
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&weak).unwrap();
+    assert!(
+        ed25519_dalek::Verifier::verify(
+            &key,
+            &signed.tx.signing_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&sig)
+        )
+        .is_ok(),
+        "the forged signature passes the lax check"
+    );
+    assert!(signed.verify_signature().is_err());
+    c.ok(
+        CLIENT,
+        TxKind::Transfer {
+            to: weak,
+            amount: 100,
+        },
+    );
+    let h = c.s.height() + 1;
+    assert!(c.s.apply_block(h, &[signed]).is_err());
 }

@@ -67,6 +67,7 @@ pub fn devnet_params() -> Params {
         job_timeout: 12_000,
         ..Params::default()
     }
+    .fit_periods(deai_ledger::state::DEFAULT_EPOCH_LENGTH)
 }
 
 pub struct Devnet {
@@ -84,6 +85,8 @@ pub struct Devnet {
 
 const CLIENT_BALANCE: u64 = 1_000_000_000;
 const WORKER_BALANCE: u64 = 1_000_000;
+/// What each devnet worker bonds (see [`crate::node::DEFAULT_WORKER_STAKE`]).
+const WORKER_STAKE: u64 = 600_000;
 
 fn key_at(dir: &Path, name: &str) -> Result<SigningKey> {
     Ok(SigningKey::from_bytes(&local::read_key(
@@ -179,6 +182,24 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
             .with_context(|| format!("binding worker {i} on {addr}"))?;
         drop(listener);
         let url = format!("http://{addr}");
+        let worker_signer = signer(key_at(&dir, &format!("worker-{i}.key"))?, i + 1);
+        // Bond more than the minimum: each receipt locks 10x what it bills until it
+        // settles, and a busy devnet worker has many in flight.
+        let (_, staked, _) = worker_signer
+            .ledger()
+            .account(&worker_signer.address())
+            .await?;
+        if staked < WORKER_STAKE {
+            worker_signer
+                .submit_and_wait(
+                    deai_ledger::TxKind::Stake {
+                        amount: WORKER_STAKE - staked,
+                    },
+                    Duration::from_secs(60),
+                )
+                .await
+                .with_context(|| format!("worker {i} bonding its stake"))?;
+        }
         let w = Worker::new(
             WorkerConfig {
                 model_id: opts.model_id,
@@ -190,7 +211,7 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
                 tamper_after: u64::from(opts.cheaters_pass_challenge),
             },
             opts.engine.clone(),
-            signer(key_at(&dir, &format!("worker-{i}.key"))?, i + 1),
+            worker_signer,
             url,
         )?;
         crate::serve(addr, w.router()).await?;

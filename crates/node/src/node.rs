@@ -73,7 +73,14 @@ pub struct WorkerSection {
     pub public_url: Option<String>,
     pub price_per_1k: u64,
     pub hardware: Option<String>,
+    /// Stake to bond (raised to the chain's worker minimum if lower). Each receipt locks
+    /// `collateral_bps` of what it bills until it settles (10x by default), so this bounds
+    /// the receipts the worker can have in flight.
+    pub stake: u64,
 }
+
+/// A worker's default bond: at 10x collateral, receipts billing 5,000 in flight.
+pub const DEFAULT_WORKER_STAKE: u64 = 50_000;
 
 impl Default for WorkerSection {
     fn default() -> Self {
@@ -82,6 +89,7 @@ impl Default for WorkerSection {
             public_url: None,
             price_per_1k: 1_000,
             hardware: None,
+            stake: DEFAULT_WORKER_STAKE,
         }
     }
 }
@@ -244,14 +252,25 @@ pub async fn start(
             .clone()
             .unwrap_or_else(|| format!("http://{}", w.listen));
         let (balance, stake, _) = ledger.account(&address).await?;
-        let need = params.min_worker_stake.saturating_sub(stake);
+        let need = params.min_worker_stake.max(w.stake).saturating_sub(stake);
         if balance < need.saturating_add(2 * params.min_fee) {
             bail!(
-                "the worker account {} holds {balance}; staking needs {need} more plus fees: \
-                 fund it (`deai tx transfer --to {} --amount N`)",
+                "the worker account {} holds {balance}; staking needs {need} more plus fees \
+                 (`[worker] stake` is {}): fund it (`deai tx transfer --to {} --amount N`) or \
+                 lower the stake",
                 hex::encode(address),
+                w.stake,
                 hex::encode(address)
             );
+        }
+        if need > 0 {
+            signer()
+                .submit_and_wait(
+                    deai_ledger::TxKind::Stake { amount: need },
+                    Duration::from_secs(60),
+                )
+                .await
+                .context("bonding the worker's stake")?;
         }
         let worker = Worker::new(
             WorkerConfig {

@@ -28,6 +28,11 @@ pub enum Mismatch {
     OtherModel,
     /// The tokens billed on chain are not the receipt's prompt plus output tokens.
     BilledTokens { chain: u32, receipt: usize },
+    /// The receipt declares another kernel profile than its worker registered on chain (a
+    /// worker may not pick the looser cross-profile thresholds for itself).
+    OtherProfile { registered: String, receipt: String },
+    /// The receipt's worker is not registered on chain.
+    UnknownWorker,
 }
 
 impl std::fmt::Display for Mismatch {
@@ -61,11 +66,35 @@ impl std::fmt::Display for Mismatch {
                 f,
                 "billed tokens differ from the receipt ({chain} on chain, {receipt} in the receipt)"
             ),
+            Mismatch::OtherProfile {
+                registered,
+                receipt,
+            } => write!(
+                f,
+                "receipt declares kernel profile {receipt:?} but its worker registered {registered:?}"
+            ),
+            Mismatch::UnknownWorker => write!(f, "the receipt's worker is not registered"),
         }
     }
 }
 
 impl std::error::Error for Mismatch {}
+
+/// Checks that `r` declares the kernel profile its worker registered (`worker`, the
+/// worker's record on chain, `None` if it has none).
+pub fn receipt_matches_worker(
+    r: &Receipt,
+    worker: Option<&deai_ledger::state::Worker>,
+) -> Result<(), Mismatch> {
+    let w = worker.ok_or(Mismatch::UnknownWorker)?;
+    if w.profile != r.profile_id {
+        return Err(Mismatch::OtherProfile {
+            registered: w.profile.clone(),
+            receipt: r.profile_id.clone(),
+        });
+    }
+    Ok(())
+}
 
 /// Checks that `r` is the receipt posted on chain for job `id` (record `job`); returns the
 /// posted record.
@@ -128,6 +157,7 @@ mod tests {
                 pointer: "http://127.0.0.1:1/r".into(),
                 posted_at: 2,
                 cost: 1,
+                collateral: 10,
             }),
             challenge: None,
             verdicts: vec![],
@@ -180,5 +210,35 @@ mod tests {
         let e = receipt_matches_job(&r, &id, &j).unwrap_err();
         assert!(matches!(e, Mismatch::BilledTokens { .. }), "{e}");
         assert!(e.to_string().contains("billed tokens differ"), "{e}");
+    }
+
+    /// The profile-downgrade attack: the worker re-signs its receipt under another kernel
+    /// profile (whose cross-profile thresholds are looser) than the one it registered.
+    #[test]
+    fn a_receipt_must_declare_its_workers_registered_profile() {
+        let (r, _, _) = honest();
+        let w = |profile: &str| deai_ledger::state::Worker {
+            models: vec![],
+            profile: profile.into(),
+            hardware: String::new(),
+            price_per_1k: 1,
+            endpoint: String::new(),
+            active: true,
+            registered_at: 0,
+            jobs_done: 0,
+            jobs_rejected: 0,
+            tokens_served: 0,
+            earned: 0,
+            slashed: 0,
+            locked: 0,
+        };
+        assert_eq!(receipt_matches_worker(&r, Some(&w(&r.profile_id))), Ok(()));
+        let e = receipt_matches_worker(&r, Some(&w("llama.cpp-cpu"))).unwrap_err();
+        assert!(matches!(e, Mismatch::OtherProfile { .. }), "{e}");
+        assert!(e.to_string().contains("registered"), "{e}");
+        assert_eq!(
+            receipt_matches_worker(&r, None),
+            Err(Mismatch::UnknownWorker)
+        );
     }
 }

@@ -401,6 +401,16 @@ impl Verifier {
         if let Err(m) = crate::onchain::receipt_matches_job(&r, id, job) {
             return reject(m.to_string());
         }
+        // The profile is the worker's registered one, not whatever the receipt declares.
+        let worker = match self.signer.ledger().workers().await {
+            Ok(ws) => ws.into_iter().find(|w| w.address == r.worker_key),
+            Err(e) => return Check::Unavailable(format!("worker registry unavailable: {e:#}")),
+        };
+        if let Err(m) =
+            crate::onchain::receipt_matches_worker(&r, worker.as_ref().map(|w| &w.worker))
+        {
+            return reject(m.to_string());
+        }
         let engine = self.engine.clone();
         let model_id = self.model_id;
         let cfg = deai_proof::VerifyConfig {

@@ -61,6 +61,7 @@ fn params() -> Params {
         verdict_window: 1500,
         ..devnet::devnet_params()
     }
+    .fit_periods(deai_ledger::state::DEFAULT_EPOCH_LENGTH)
 }
 
 /// Runs `f` against a fresh devnet with `workers` (cheaters pass their capability challenge

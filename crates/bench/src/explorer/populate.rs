@@ -54,7 +54,8 @@ pub fn populate(blocks: u64, jobs: u64, per_block: u64) -> anyhow::Result<Popula
             challenge_window: blocks + 10,
             verdict_window: blocks + 10,
             ..Params::default()
-        },
+        }
+        .fit_periods(deai_ledger::state::DEFAULT_EPOCH_LENGTH),
         epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
     };
     let mut state = State::from_genesis(&genesis).map_err(anyhow::Error::msg)?;

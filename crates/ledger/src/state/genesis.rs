@@ -59,7 +59,13 @@ impl Genesis {
 impl State {
     /// The state at height 0.
     pub fn from_genesis(g: &Genesis) -> Result<State, String> {
-        g.params.validate()?;
+        if g.epoch_length < 2 {
+            return err(format!(
+                "epoch length {} must be at least 2 blocks",
+                g.epoch_length
+            ));
+        }
+        g.params.validate_for(g.epoch_length)?;
         if g.chain_name.is_empty() || g.chain_name.len() > 64 {
             return err("chain name must be 1..=64 bytes");
         }
@@ -140,12 +146,6 @@ impl State {
                 },
             );
             s.dirty.insert(Key::Validator(v.address));
-        }
-        if g.epoch_length < 2 {
-            return err(format!(
-                "epoch length {} must be at least 2 blocks",
-                g.epoch_length
-            ));
         }
         // Empty only for a ledger run without consensus (benchmarks, tools).
         s.meta.validator_set = s.next_validator_set();

@@ -2,7 +2,7 @@
 //! end of the voting period and execution after the delay.
 
 use super::{
-    err, id_bytes, upsert_vote, Key, Params, Proposal, ProposalStatus, Res, State, BPS, DL_EXECUTE,
+    err, id_bytes, Key, Params, Proposal, ProposalStatus, Res, StakeVote, State, BPS, DL_EXECUTE,
     DL_VOTE_END,
 };
 use crate::tx::{Address, ParamChange};
@@ -31,6 +31,7 @@ impl State {
                 voting_end: end,
                 execute_at: None,
                 votes: Vec::new(),
+                total_stake: self.meta.total_stake,
                 status: ProposalStatus::Voting,
                 yes_stake: 0,
                 no_stake: 0,
@@ -41,23 +42,42 @@ impl State {
         Ok(())
     }
 
-    /// A staker's vote (a later vote replaces its earlier one); it weighs the voter's stake
-    /// at the tally.
+    /// A staker's vote (a later vote replaces its earlier one), weighing its stake now.
+    /// Stake bonded after the proposal opened cannot vote on it, so nobody can stake (or
+    /// borrow stake) just for one tally; stake unstaked after voting stays slashable for
+    /// the unbonding period, which outlasts any vote.
     pub(super) fn vote(&mut self, from: Address, proposal: u64, yes: bool) -> Res {
         let p = self.proposals.get(&proposal).ok_or("unknown proposal")?;
         if p.status != ProposalStatus::Voting {
             return err("voting on this proposal has ended");
         }
-        if self.account(&from).stake == 0 {
+        let acct = self.account(&from);
+        if acct.stake == 0 {
             return err("only stakers may vote");
+        }
+        if acct.bonded_at > p.created {
+            return err(format!(
+                "stake was added at height {} after proposal {proposal} opened at {}; only \
+                 stake bonded before a proposal votes on it",
+                acct.bonded_at, p.created
+            ));
         }
         self.dirty.insert(Key::Proposal(proposal));
         let p = self.proposals.get_mut(&proposal).expect("checked above");
-        upsert_vote(&mut p.votes, from, yes);
+        let vote = StakeVote {
+            voter: from,
+            yes,
+            stake: acct.stake,
+        };
+        match p.votes.binary_search_by(|v| v.voter.cmp(&from)) {
+            Ok(i) => p.votes[i] = vote,
+            Err(i) => p.votes.insert(i, vote),
+        }
         Ok(())
     }
 
-    /// Counts the votes at the end of the voting period, by the voters' stake then.
+    /// Counts the votes at the end of the voting period by the stake each weighed when it
+    /// was cast, against all stake when the proposal opened.
     pub(super) fn tally(&mut self, id: u64, h: u64) {
         let Some(p) = self.proposals.get(&id).cloned() else {
             return;
@@ -67,22 +87,21 @@ impl State {
         }
         let (mut yes, mut no) = (0u128, 0u128);
         for v in &p.votes {
-            let s = self.account(&v.voter).stake as u128;
             if v.yes {
-                yes += s
+                yes += v.stake as u128
             } else {
-                no += s
+                no += v.stake as u128
             }
         }
         let params = &self.meta.params;
-        let total = self.meta.total_stake as u128;
+        let total = p.total_stake as u128;
         let quorum = (yes + no) * BPS as u128 >= total * params.quorum_bps as u128;
         let passed = quorum && yes * BPS as u128 > (yes + no) * params.threshold_bps as u128;
         let exec = h.saturating_add(params.execution_delay);
         self.dirty.insert(Key::Proposal(id));
         let pm = self.proposals.get_mut(&id).expect("exists");
-        pm.yes_stake = yes as u64;
-        pm.no_stake = no as u64;
+        pm.yes_stake = yes.min(u64::MAX as u128) as u64;
+        pm.no_stake = no.min(u64::MAX as u128) as u64;
         if passed {
             pm.status = ProposalStatus::Passed;
             pm.execute_at = Some(exec);
@@ -117,9 +136,15 @@ impl State {
             }
         }
         self.dirty.insert(Key::Proposal(id));
-        // A combination the single-parameter check could not see: undo it, and close the
+        // A combination the single-parameter check could not see, or a validator minimum
+        // that would leave too little stake to reach verdicts: undo it, and close the
         // proposal so that nothing (a restart included) retries it.
-        if let Err(e) = self.meta.params.validate() {
+        let checked = self
+            .meta
+            .params
+            .validate_for(self.meta.epoch_length)
+            .and_then(|()| self.check_validator_liveness(&before));
+        if let Err(e) = checked {
             self.meta.params = before;
             self.proposals.get_mut(&id).expect("exists").status = ProposalStatus::Failed;
             self.events.push(format!("proposal {id} failed: {e}"));
@@ -127,5 +152,27 @@ impl State {
         }
         self.proposals.get_mut(&id).expect("exists").status = ProposalStatus::Executed;
         self.events.push(format!("proposal {id} executed"));
+    }
+
+    /// A new validator minimum must leave at least two thirds of the stake that counts
+    /// under `before` counting, or verdicts (and the validator set) could stall for good.
+    fn check_validator_liveness(&self, before: &Params) -> Result<(), String> {
+        let now: u128 = self.active_validators().iter().map(|v| v.1 as u128).sum();
+        let min = before.min_validator_stake;
+        let was: u128 = self
+            .validators
+            .keys()
+            .map(|a| self.account(a).stake)
+            .filter(|s| *s >= min)
+            .map(|s| s as u128)
+            .sum();
+        if now * 3 < was * 2 {
+            return Err(format!(
+                "min_validator_stake {} would leave validators holding {now} of the {was} \
+                 stake that votes on verdicts now (less than two thirds)",
+                self.meta.params.min_validator_stake
+            ));
+        }
+        Ok(())
     }
 }

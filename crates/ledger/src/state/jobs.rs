@@ -25,6 +25,14 @@ impl State {
         self.jobs.get_mut(j)
     }
 
+    /// Releases the collateral a job's receipt locked (it has settled).
+    fn unlock_collateral(&mut self, r: &ReceiptRecord) {
+        if let Some(w) = self.workers.get_mut(&r.worker) {
+            w.locked = w.locked.saturating_sub(r.collateral);
+            self.dirty.insert(Key::Worker(r.worker));
+        }
+    }
+
     fn set_job_deadline(&mut self, id: Hash256, old: u64, new: u64) {
         self.deadlines.remove(&(old, DL_JOB, id.0));
         self.deadlines.insert((new, DL_JOB, id.0));
@@ -115,7 +123,29 @@ impl State {
         if tokens == 0 {
             return err("tokens must be positive");
         }
+        let p = &self.meta.params;
         let cost = job_cost(tokens as u64, w.price_per_1k).min(j.escrow);
+        // Stake backs every receipt until it settles: the minimum, plus collateral that
+        // grows with what the receipt bills (Params::check_incentives).
+        let stake = self.account(&from).stake;
+        if stake < p.min_worker_stake {
+            return err(format!(
+                "stake {stake} below the worker minimum {}",
+                p.min_worker_stake
+            ));
+        }
+        let collateral = bps_of(cost, p.collateral_bps);
+        let free = stake.saturating_sub(w.locked);
+        if free < collateral {
+            return err(format!(
+                "free stake {free} (stake {stake}, {} locked) does not cover this receipt's \
+                 collateral {collateral}",
+                w.locked
+            ));
+        }
+        let wm = self.workers.get_mut(&from).expect("checked above");
+        wm.locked += collateral;
+        self.dirty.insert(Key::Worker(from));
         let (old, new) = (
             j.deadline,
             h.saturating_add(self.meta.params.challenge_window),
@@ -131,6 +161,7 @@ impl State {
             pointer: pointer.to_string(),
             posted_at: h,
             cost,
+            collateral,
         });
         self.set_job_deadline(job, old, new);
         Ok(())
@@ -221,6 +252,7 @@ impl State {
         let h = self.meta.height;
         let j = self.jobs[&id].clone();
         let r = j.receipt.clone().expect("accepted jobs have receipts");
+        self.unlock_collateral(&r);
         let p = &self.meta.params;
         let cost = r.cost.min(j.escrow);
         // Params::validate keeps the two shares within the cost; the clamps make that
@@ -287,7 +319,11 @@ impl State {
         let h = self.meta.height;
         let j = self.jobs[&id].clone();
         let worker = j.worker.expect("rejected jobs have a worker");
-        let slash = self.slash_holdings(&worker);
+        let collateral = j.receipt.as_ref().map_or(0, |r| r.collateral);
+        if let Some(r) = &j.receipt {
+            self.unlock_collateral(r);
+        }
+        let slash = self.slash_holdings(&worker, collateral);
         let reward = slash / 2;
         let mut challenger_paid = 0;
         let mut burned = slash - reward;
@@ -368,6 +404,9 @@ impl State {
                     .challenge
                     .clone()
                     .expect("challenged jobs have a challenge");
+                if let Some(r) = &j.receipt {
+                    self.unlock_collateral(r);
+                }
                 self.credit(&c.challenger, c.bond);
                 let jm = self.job_mut(&id).expect("exists");
                 jm.status = JobStatus::Unresolved;

@@ -25,6 +25,9 @@ pub struct Params {
     pub threshold_bps: u64,
     pub voting_period: u64,
     pub execution_delay: u64,
+    /// Stake locked per receipt, in basis points of its billed cost (see
+    /// [`Params::check_incentives`]).
+    pub collateral_bps: u64,
     /// Models jobs may name, sorted.
     pub allowed_models: Vec<Hash256>,
 }
@@ -38,7 +41,9 @@ impl Default for Params {
             challenge_window: 20,
             verdict_window: 40,
             job_timeout: 60,
-            unbonding_period: 100,
+            // An epoch (1000 blocks by default) plus the challenge and verdict windows: a
+            // validator or worker that unstakes is still slashable for everything it did.
+            unbonding_period: 1_100,
             treasury_bps: 500,
             validator_fee_bps: 1_000,
             min_worker_stake: 1_000,
@@ -47,8 +52,9 @@ impl Default for Params {
             min_fee: 1,
             quorum_bps: 3_334,
             threshold_bps: 5_001,
-            voting_period: 20,
+            voting_period: 1_100,
             execution_delay: 5,
+            collateral_bps: 100_000,
             allowed_models: Vec::new(),
         }
     }
@@ -74,6 +80,7 @@ impl Params {
             Param::ThresholdBps => self.threshold_bps,
             Param::VotingPeriod => self.voting_period,
             Param::ExecutionDelay => self.execution_delay,
+            Param::CollateralBps => self.collateral_bps,
         }
     }
 
@@ -96,49 +103,110 @@ impl Params {
             Param::ThresholdBps => &mut self.threshold_bps,
             Param::VotingPeriod => &mut self.voting_period,
             Param::ExecutionDelay => &mut self.execution_delay,
+            Param::CollateralBps => &mut self.collateral_bps,
         }
     }
 
-    /// Whether `p = v` is a sane setting; governance refuses proposals that are not.
+    /// The values `p` may take: the bounds that keep the chain live and cheating
+    /// unprofitable whatever governance decides. Governance refuses proposals outside them.
+    pub fn bounds(p: Param) -> (u64, u64) {
+        match p {
+            Param::PriceFloor => (0, 1_000_000_000),
+            // At least 1% of receipts is re-executed (with the collateral rule below).
+            Param::SampleRateBps => (100, BPS),
+            Param::SlashBps => (1_000, BPS),
+            // Windows the validators can meet: at least 10 blocks.
+            Param::ChallengeWindow | Param::VerdictWindow => (10, 1_000_000),
+            Param::JobTimeout => (10, 1_000_000),
+            // Lower bounds that depend on the epoch length: see `validate_for`.
+            Param::UnbondingPeriod | Param::VotingPeriod => (10, 1_000_000),
+            Param::ExecutionDelay => (1, 1_000_000),
+            Param::TreasuryBps | Param::ValidatorFeeBps => (0, BPS),
+            Param::MinWorkerStake | Param::MinValidatorStake => (1, u64::MAX / 4),
+            Param::ChallengeBond => (1, 1_000_000_000),
+            // A fee nobody can pay would stop every transaction, governance's own included.
+            Param::MinFee => (1, 10_000),
+            // A quorum above half the stake lets an abstaining half freeze governance.
+            Param::QuorumBps => (1_000, 5_000),
+            // A majority, but never so high that a large minority blocks every change
+            // (10000 with a strict comparison could never pass again).
+            Param::ThresholdBps => (5_001, 8_000),
+            Param::CollateralBps => (0, 10_000_000),
+        }
+    }
+
+    /// Whether `p = v` is within [`Params::bounds`].
     pub fn check(p: Param, v: u64) -> Result<(), String> {
-        let bps = matches!(
-            p,
-            Param::SampleRateBps
-                | Param::SlashBps
-                | Param::TreasuryBps
-                | Param::ValidatorFeeBps
-                | Param::QuorumBps
-                | Param::ThresholdBps
-        );
-        let blocks = matches!(
-            p,
-            Param::ChallengeWindow
-                | Param::VerdictWindow
-                | Param::JobTimeout
-                | Param::UnbondingPeriod
-                | Param::VotingPeriod
-                | Param::ExecutionDelay
-        );
-        if bps && v > BPS {
-            return Err(format!("{} must be at most {BPS} basis points", p.name()));
-        }
-        if blocks && !(1..=1_000_000).contains(&v) {
-            return Err(format!("{} must be 1..=1000000 blocks", p.name()));
-        }
-        if matches!(p, Param::ThresholdBps | Param::QuorumBps) && v == 0 {
-            return Err(format!("{} must be positive", p.name()));
+        let (lo, hi) = Self::bounds(p);
+        if !(lo..=hi).contains(&v) {
+            return Err(format!("{} must be within {lo}..={hi}, got {v}", p.name()));
         }
         Ok(())
     }
 
-    pub(super) fn validate(&self) -> Result<(), String> {
+    /// The expected-value rule: a worker that posts a receipt for work it did not do (or
+    /// did wrong) is caught with probability `s = sample_rate_bps / 10000` and then loses
+    /// at least its collateral `C = cost x collateral_bps / 10000`; otherwise it is paid
+    /// `P < cost`. Faking pays `(1 - s) P - s C`, which is negative for every job when
+    /// `s C >= (1 - s) cost`, i.e. `sample_rate_bps x collateral_bps >= (10000 -
+    /// sample_rate_bps) x 10000`. The defaults (10% sampling, 10x collateral) give
+    /// `-0.1 x 10 cost + 0.9 P < -0.1 cost` per fake job. docs/economics.md writes the model
+    /// out.
+    pub fn check_incentives(&self) -> Result<(), String> {
+        let lhs = self.sample_rate_bps as u128 * self.collateral_bps as u128;
+        let rhs = (BPS - self.sample_rate_bps.min(BPS)) as u128 * BPS as u128;
+        if lhs < rhs {
+            return Err(format!(
+                "collateral_bps {} is too low for sample_rate_bps {}: faking a receipt would \
+                 pay in expectation (need sample_rate_bps x collateral_bps >= (10000 - \
+                 sample_rate_bps) x 10000, i.e. collateral_bps >= {})",
+                self.collateral_bps,
+                self.sample_rate_bps,
+                rhs.div_ceil(self.sample_rate_bps.max(1) as u128)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every bound, the shares' sum, the incentive rule, and the periods that must cover an
+    /// epoch of `epoch_length` blocks plus the evidence window (challenge + verdict): a
+    /// staker who unstakes stays slashable, and a vote outlasts an epoch's set change.
+    pub fn validate_for(&self, epoch_length: u64) -> Result<(), String> {
         for p in Param::ALL {
             Self::check(p, self.get(p))?;
         }
         if self.treasury_bps + self.validator_fee_bps > BPS {
             return Err("treasury_bps + validator_fee_bps exceed 10000".into());
         }
+        self.check_incentives()?;
+        let evidence = self.challenge_window.saturating_add(self.verdict_window);
+        let need = epoch_length.saturating_add(evidence);
+        if self.unbonding_period < need {
+            return Err(format!(
+                "unbonding_period {} must cover an epoch ({epoch_length}) plus the challenge \
+                 and verdict windows ({evidence}): at least {need}",
+                self.unbonding_period
+            ));
+        }
+        if self.voting_period < epoch_length {
+            return Err(format!(
+                "voting_period {} must cover an epoch ({epoch_length} blocks)",
+                self.voting_period
+            ));
+        }
         Ok(())
+    }
+
+    /// Raises `unbonding_period` and `voting_period` to the least [`Params::validate_for`]
+    /// accepts for `epoch_length` (for genesis files built with long windows or short
+    /// epochs); other parameters are left as they are.
+    pub fn fit_periods(mut self, epoch_length: u64) -> Self {
+        let evidence = self.challenge_window.saturating_add(self.verdict_window);
+        self.unbonding_period = self
+            .unbonding_period
+            .max(epoch_length.saturating_add(evidence));
+        self.voting_period = self.voting_period.max(epoch_length);
+        self
     }
 
     pub fn model_allowed(&self, m: &Hash256) -> bool {

@@ -20,6 +20,9 @@ pub struct Account {
     pub nonce: u64,
     pub stake: u64,
     pub unbonding: Vec<Unbond>,
+    /// The height of the last stake increase: stake added after a proposal opened does not
+    /// vote on it.
+    pub bonded_at: u64,
 }
 
 impl Account {
@@ -44,6 +47,9 @@ pub struct Worker {
     pub tokens_served: u64,
     pub earned: u64,
     pub slashed: u64,
+    /// Stake locked as collateral for its receipts that have not settled yet; it cannot be
+    /// unstaked, and a rejected receipt loses at least its own share of it.
+    pub locked: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +108,9 @@ pub struct ReceiptRecord {
     /// What the job costs at the worker's price ([`job_cost`](super::job_cost)), capped by
     /// the escrow.
     pub cost: u64,
+    /// The worker's stake locked for this receipt until it settles
+    /// ([`Params::collateral_bps`](super::Params::collateral_bps) of `cost`).
+    pub collateral: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +126,15 @@ pub struct Vote {
     #[serde(with = "crate::tx::hex_addr")]
     pub voter: Address,
     pub yes: bool,
+}
+
+/// A governance vote and the stake it weighs, fixed when it is cast.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StakeVote {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub voter: Address,
+    pub yes: bool,
+    pub stake: u64,
 }
 
 /// Where a finished job's money went.
@@ -175,7 +193,9 @@ pub struct Proposal {
     pub voting_end: u64,
     pub execute_at: Option<u64>,
     /// Sorted by voter.
-    pub votes: Vec<Vote>,
+    pub votes: Vec<StakeVote>,
+    /// All stake when the proposal opened: the quorum's base.
+    pub total_stake: u64,
     pub status: ProposalStatus,
     pub yes_stake: u64,
     pub no_stake: u64,

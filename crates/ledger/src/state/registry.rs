@@ -59,6 +59,7 @@ impl State {
             tokens_served: prev.as_ref().map_or(0, |w| w.tokens_served),
             earned: prev.as_ref().map_or(0, |w| w.earned),
             slashed: prev.as_ref().map_or(0, |w| w.slashed),
+            locked: prev.as_ref().map_or(0, |w| w.locked),
         };
         self.workers.insert(from, w);
         self.dirty.insert(Key::Worker(from));

@@ -19,16 +19,28 @@ impl State {
             return err("stake of 0");
         }
         self.debit(&from, amount, "stake")?;
-        self.acct_mut(&from).stake += amount;
+        let h = self.meta.height;
+        let acct = self.acct_mut(&from);
+        acct.stake += amount;
+        acct.bonded_at = h;
         self.meta.total_stake += amount;
         Ok(())
     }
 
-    /// Moves stake into an unbonding entry released `unbonding_period` blocks from now.
+    /// Moves stake into an unbonding entry released `unbonding_period` blocks from now; a
+    /// worker's collateral for unsettled receipts stays bonded.
     pub(super) fn unstake(&mut self, from: Address, amount: u64) -> Res {
         let have = self.account(&from).stake;
         if amount == 0 || amount > have {
             return err(format!("unstake {amount} of stake {have}"));
+        }
+        let locked = self.workers.get(&from).map_or(0, |w| w.locked);
+        if have - amount < locked {
+            return err(format!(
+                "unstake {amount} would leave {} of stake, below the {locked} locked as \
+                 collateral for unsettled receipts",
+                have - amount
+            ));
         }
         let release = self
             .meta
@@ -57,12 +69,15 @@ impl State {
         a.balance = a.balance.saturating_add(released);
     }
 
-    /// Takes `slash_bps` of what `who` holds (stake first, then the newest unbonding
-    /// entries) and returns the amount taken; the caller decides where it goes.
-    pub(super) fn slash_holdings(&mut self, who: &Address) -> u64 {
+    /// Takes `slash_bps` of what `who` holds, but at least `floor` (a receipt's
+    /// collateral) and at most everything (stake first, then the newest unbonding entries),
+    /// and returns the amount taken; the caller decides where it goes.
+    pub(super) fn slash_holdings(&mut self, who: &Address, floor: u64) -> u64 {
         let acct = self.account(who);
         let held = (acct.stake as u128 + acct.unbonding_total()).min(u64::MAX as u128) as u64;
-        let slash = bps_of(held, self.meta.params.slash_bps);
+        let slash = bps_of(held, self.meta.params.slash_bps)
+            .max(floor)
+            .min(held);
         let mut left = slash;
         let a = self.acct_mut(who);
         let from_stake = left.min(a.stake);
@@ -105,7 +120,7 @@ impl State {
                 "view {view} is older than the {MAX_SLASHED_VIEWS} views this validator was slashed for"
             ));
         }
-        let slash = self.slash_holdings(&offender);
+        let slash = self.slash_holdings(&offender, 0);
         if slash == 0 {
             return err("the validator holds nothing to slash");
         }

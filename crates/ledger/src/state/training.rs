@@ -320,7 +320,7 @@ impl State {
     /// or slashed for the round, and the job ends with the rest of its escrow refunded.
     fn reject_training_round(&mut self, id: Hash256, p: &PendingRound) {
         let t = self.trainings[&id].clone();
-        let s = self.slash_holdings(&t.coordinator);
+        let s = self.slash_holdings(&t.coordinator, 0);
         let rejecters: Vec<Address> = p.votes.iter().filter(|v| !v.yes).map(|v| v.voter).collect();
         let each = s / rejecters.len().max(1) as u64;
         for r in &rejecters {
@@ -387,7 +387,7 @@ impl State {
         self.credit(&t.owner, refund);
         let mut slashed = 0u64;
         for r in rejected {
-            let s = self.slash_holdings(r);
+            let s = self.slash_holdings(r, 0);
             let to_coordinator = s / 2;
             self.credit(&from, to_coordinator);
             self.meta.burned += s - to_coordinator;
