@@ -64,10 +64,15 @@ pub enum Param {
     /// Stake a worker locks for each receipt until it settles, as a share of the billed
     /// cost in basis points (10000 = 1x); a rejected receipt loses at least this much.
     CollateralBps,
+    /// Share of a slash paid to whoever brought the evidence (the challenger, the rejecting
+    /// validators, the coordinator that rejected a contribution, an equivocation's
+    /// reporter), in basis points; the rest is burned, so nobody profits from another
+    /// party's rejection beyond it.
+    ReporterBps,
 }
 
 impl Param {
-    pub const ALL: [Param; 18] = [
+    pub const ALL: [Param; 19] = [
         Param::PriceFloor,
         Param::SampleRateBps,
         Param::SlashBps,
@@ -86,6 +91,7 @@ impl Param {
         Param::VotingPeriod,
         Param::ExecutionDelay,
         Param::CollateralBps,
+        Param::ReporterBps,
     ];
 
     fn code(self) -> u8 {

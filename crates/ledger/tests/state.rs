@@ -201,10 +201,12 @@ fn rejected_job_refunds_client_and_slashes_worker_to_the_challenger() {
     assert_eq!(j.status, JobStatus::Rejected);
     let st = j.settlement.clone().unwrap();
     assert_eq!(st.slashed, 10_000 * 5_000 / BPS);
-    assert_eq!(st.challenger_paid, 100 + 2_500);
-    assert_eq!(c.s.meta().burned - burned0, 2_500);
+    // The challenger gets its bond back and reporter_bps (10%) of the 5,000 slash; the
+    // rest is burned.
+    assert_eq!(st.challenger_paid, 100 + 500);
+    assert_eq!(c.s.meta().burned - burned0, 4_500);
     assert_eq!(c.bal(CLIENT), client0 - 1);
-    assert_eq!(c.bal(CHALLENGER), ch0 - 1 + 2_500);
+    assert_eq!(c.bal(CHALLENGER), ch0 - 1 + 500);
     assert_eq!(c.s.account(&addr(WORKER)).stake, 5_000);
     // The slashed worker is inactive: it gets no new jobs and cannot post receipts.
     let w = c.s.worker(&addr(WORKER)).unwrap();
@@ -240,8 +242,9 @@ fn an_equivocating_validator_is_slashed_once_per_view_and_the_reporter_paid() {
     c.ok(13, report(7));
     let slash = stake0 * c.s.params().slash_bps / BPS;
     assert_eq!(c.s.account(&addr(3)).stake, stake0 - slash);
-    assert_eq!(c.bal(13), reporter0 - 1 + slash / 2);
-    assert_eq!(c.s.meta().burned - burned0, slash - slash / 2);
+    let reward = slash * c.s.params().reporter_bps / BPS;
+    assert_eq!(c.bal(13), reporter0 - 1 + reward);
+    assert_eq!(c.s.meta().burned - burned0, slash - reward);
     let v = c.s.validator(&addr(3)).unwrap();
     assert_eq!((v.slashed, v.slashed_views.clone()), (slash, vec![7]));
     // The same view again (say, its conflicting finalize) is refused; another view is not.
@@ -1041,8 +1044,9 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
     let slash = stake13 * c.s.params().slash_bps / BPS;
     assert!(slash > 0);
     assert_eq!(c.s.account(&addr(13)).stake, stake13 - slash);
-    assert_eq!(c.bal(coordinator), coord0 - 1 + slash / 2 + 33);
-    assert_eq!(c.s.meta().burned, burned0 + slash - slash / 2);
+    let reward = slash * c.s.params().reporter_bps / BPS;
+    assert_eq!(c.bal(coordinator), coord0 - 1 + reward + 33);
+    assert_eq!(c.s.meta().burned, burned0 + slash - reward);
     assert_eq!(c.bal(WORKER), w0 + 425 + 851);
     assert_eq!(c.bal(CHALLENGER), unstaked);
     let t = c.s.training(&job).unwrap().clone();
@@ -1122,12 +1126,15 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
     let slash = coord_stake * c.s.params().slash_bps / BPS;
     assert!(slash > 0);
     assert_eq!(c.s.account(&addr(coordinator)).stake, coord_stake - slash);
+    // The rejecters share reporter_bps of the slash (a third each); the rest is burned, so
+    // a cartel gains little from a false rejection.
+    let reward = slash * c.s.params().reporter_bps / BPS;
     assert_eq!(
         c.bal(VALS[2]),
-        v2 - 1 + slash / 3,
-        "a third each, less its fee"
+        v2 - 1 + reward / 3,
+        "a third of the reporter share each, less its fee"
     );
-    assert_eq!(c.s.meta().burned, burned1 + slash - 3 * (slash / 3));
+    assert_eq!(c.s.meta().burned, burned1 + slash - 3 * (reward / 3));
     assert!(c
         .fails(
             VALS[1],

@@ -312,9 +312,10 @@ impl State {
         self.events.push(format!("job {} accepted", id.short()));
     }
 
-    /// Refunds the client, slashes the worker (stake first, then unbonding funds), pays the
-    /// challenger half of the slash plus its bond back (or the rejecting validators, if
-    /// there was no challenger) and burns the rest.
+    /// Refunds the client, slashes the worker (at least the receipt's collateral; stake
+    /// first, then unbonding funds), pays the challenger `reporter_bps` of the slash plus its
+    /// bond back (or the rejecting validators, if there was no challenger) and burns the
+    /// rest.
     fn reject_job(&mut self, id: Hash256) {
         let h = self.meta.height;
         let j = self.jobs[&id].clone();
@@ -324,7 +325,7 @@ impl State {
             self.unlock_collateral(r);
         }
         let slash = self.slash_holdings(&worker, collateral);
-        let reward = slash / 2;
+        let reward = bps_of(slash, self.meta.params.reporter_bps);
         let mut challenger_paid = 0;
         let mut burned = slash - reward;
         match &j.challenge {

@@ -28,6 +28,8 @@ pub struct Params {
     /// Stake locked per receipt, in basis points of its billed cost (see
     /// [`Params::check_incentives`]).
     pub collateral_bps: u64,
+    /// A slash's share paid to its reporter; the rest is burned.
+    pub reporter_bps: u64,
     /// Models jobs may name, sorted.
     pub allowed_models: Vec<Hash256>,
 }
@@ -55,6 +57,7 @@ impl Default for Params {
             voting_period: 1_100,
             execution_delay: 5,
             collateral_bps: 100_000,
+            reporter_bps: 1_000,
             allowed_models: Vec::new(),
         }
     }
@@ -81,6 +84,7 @@ impl Params {
             Param::VotingPeriod => self.voting_period,
             Param::ExecutionDelay => self.execution_delay,
             Param::CollateralBps => self.collateral_bps,
+            Param::ReporterBps => self.reporter_bps,
         }
     }
 
@@ -104,6 +108,7 @@ impl Params {
             Param::VotingPeriod => &mut self.voting_period,
             Param::ExecutionDelay => &mut self.execution_delay,
             Param::CollateralBps => &mut self.collateral_bps,
+            Param::ReporterBps => &mut self.reporter_bps,
         }
     }
 
@@ -132,6 +137,9 @@ impl Params {
             // (10000 with a strict comparison could never pass again).
             Param::ThresholdBps => (5_001, 8_000),
             Param::CollateralBps => (0, 10_000_000),
+            // Enough to pay for bringing evidence, never enough to make a false rejection
+            // (by a cartel that can reach a quorum) a business.
+            Param::ReporterBps => (0, 5_000),
         }
     }
 

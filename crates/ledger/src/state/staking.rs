@@ -99,7 +99,7 @@ impl State {
     }
 
     /// Slashes a validator for equivocating in `view` (the chain has checked the evidence):
-    /// once per view, half to the reporter, the rest burned.
+    /// once per view, `reporter_bps` of it to the reporter, the rest burned.
     pub(super) fn report_equivocation(
         &mut self,
         reporter: Address,
@@ -107,7 +107,9 @@ impl State {
         view: u64,
     ) -> Res {
         if reporter == offender {
-            return err("a validator cannot report itself (it would earn half its own slash)");
+            return err(
+                "a validator cannot report itself (it would earn a share of its own slash)",
+            );
         }
         let Some(v) = self.validators.get(&offender) else {
             return err("the reported key is not a registered validator");
@@ -124,7 +126,7 @@ impl State {
         if slash == 0 {
             return err("the validator holds nothing to slash");
         }
-        let reward = slash / 2;
+        let reward = bps_of(slash, self.meta.params.reporter_bps);
         self.credit(&reporter, reward);
         self.meta.burned += slash - reward;
         let v = self.validators.get_mut(&offender).expect("checked above");

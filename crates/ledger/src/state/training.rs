@@ -316,13 +316,15 @@ impl State {
     }
 
     /// A quorum found the coordinator's round false: the coordinator loses `slash_bps` of its
-    /// holdings (split among the rejecting validators, the remainder burned), nobody is paid
+    /// holdings (`reporter_bps` of it split among the rejecting validators, the rest
+    /// burned), nobody is paid
     /// or slashed for the round, and the job ends with the rest of its escrow refunded.
     fn reject_training_round(&mut self, id: Hash256, p: &PendingRound) {
         let t = self.trainings[&id].clone();
         let s = self.slash_holdings(&t.coordinator, 0);
         let rejecters: Vec<Address> = p.votes.iter().filter(|v| !v.yes).map(|v| v.voter).collect();
-        let each = s / rejecters.len().max(1) as u64;
+        let reward = super::bps_of(s, self.meta.params.reporter_bps);
+        let each = reward / rejecters.len().max(1) as u64;
         for r in &rejecters {
             self.credit(r, each);
         }
@@ -347,7 +349,7 @@ impl State {
     /// coordinator's proposal included), in equal shares, for judging it, as for inference
     /// jobs; the accepted contributors share the rest equally (the remainder, or all of it
     /// when nobody passed or kept the worker stake, goes back to the owner). Each rejected
-    /// contributor is slashed (half to the coordinator, the rest burned).
+    /// contributor is slashed (`reporter_bps` to the coordinator, the rest burned).
     fn settle_training_round(&mut self, id: Hash256, p: &PendingRound) {
         let t = self.trainings[&id].clone();
         let (from, round, checkpoint, report) = (t.coordinator, p.round, p.checkpoint, p.report);
@@ -388,7 +390,7 @@ impl State {
         let mut slashed = 0u64;
         for r in rejected {
             let s = self.slash_holdings(r, 0);
-            let to_coordinator = s / 2;
+            let to_coordinator = super::bps_of(s, self.meta.params.reporter_bps);
             self.credit(&from, to_coordinator);
             self.meta.burned += s - to_coordinator;
             slashed += s;
