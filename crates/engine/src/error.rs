@@ -22,6 +22,9 @@ pub enum EngineError {
     ContextOverflow { needed: usize, n_ctx: usize },
     #[error("empty prompt: at least one token is needed")]
     EmptyPrompt,
+    /// The caller stopped the run ([`crate::Engine::generate_cancellable`]).
+    #[error("generation cancelled by the caller")]
+    Cancelled,
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -7,6 +7,8 @@ use crate::model::{ForwardOut, Model};
 use crate::profile::KernelProfile;
 use crate::sampler::{self, SamplingParams};
 use crate::sched::{Gate, Interactive, Turn, YieldStats, BACKGROUND_CHUNK};
+use crate::tokenizer::Tokenizer;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -256,6 +258,23 @@ impl Engine {
         top_logprobs: Option<usize>,
         mut on_token: impl FnMut(&TokenEvent),
     ) -> Result<Generation> {
+        self.generate_cancellable(prompt, params, top_logprobs, |ev| {
+            on_token(ev);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// [`Engine::generate_with_logprobs`] whose caller may stop the run: when `on_token`
+    /// returns `ControlFlow::Break(())`, no further token is computed and the run fails with
+    /// [`EngineError::Cancelled`] (a cancelled run has no [`Generation`], so nothing can sign
+    /// it). A run that is never cancelled produces exactly the tokens of the others.
+    pub fn generate_cancellable(
+        &self,
+        prompt: &[u32],
+        params: &GenParams,
+        top_logprobs: Option<usize>,
+        mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<Generation> {
         params.sampling.validate_for_vocab(self.model.cfg.vocab)?;
         if let Some(k) = top_logprobs.filter(|&k| k > sampler::MAX_TOP_LOGPROBS) {
             return Err(EngineError::InvalidParam(format!(
@@ -297,8 +316,7 @@ impl Engine {
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
 
         let t1 = Instant::now();
-        let stops = self.model.tokenizer.stop_ids();
-        let mut text = TextStream::new(&params.stop);
+        let mut text = OutputText::new(&params.stop, params.max_tokens);
         let mut output = Vec::new();
         let mut logits = out.logits;
         let mut counts = sampler::Adjuster::new(&params.sampling, &self.model.tokenizer);
@@ -307,31 +325,22 @@ impl Engine {
             let tok = sampler::sample(&counts.adjust(&logits), &params.sampling, pos);
             counts.push(tok);
             output.push(tok);
-            if stops.contains(&tok) {
-                let rest = text.flush();
-                on_token(&TokenEvent {
-                    token: tok,
-                    text: &rest,
-                    logprobs: None,
-                });
-                break StopReason::Eos;
-            }
-            let bytes = self.model.tokenizer.token_bytes(tok).unwrap_or_default();
-            let (mut piece, hit_stop) = text.push(&bytes);
-            let last = !hit_stop && output.len() >= params.max_tokens;
-            if last {
-                piece.push_str(&text.flush());
-            }
-            on_token(&TokenEvent {
+            let (piece, end) = text.push(&self.model.tokenizer, tok);
+            // A stop token is not text: it has no log-probabilities to report.
+            let logprobs = match end {
+                Some(StopReason::Eos) => None,
+                _ => top_logprobs.map(|k| sampler::logprobs(&logits, tok, k)),
+            };
+            let flow = on_token(&TokenEvent {
                 token: tok,
                 text: &piece,
-                logprobs: top_logprobs.map(|k| sampler::logprobs(&logits, tok, k)),
+                logprobs,
             });
-            if hit_stop {
-                break StopReason::StopString;
+            if flow.is_break() {
+                return Err(EngineError::Cancelled);
             }
-            if last {
-                break StopReason::MaxTokens;
+            if let Some(reason) = end {
+                break reason;
             }
             let out = self.forward(&[tok], &mut cache, 0)?;
             hidden.extend_from_slice(&out.hidden);
@@ -352,7 +361,7 @@ impl Engine {
         Ok(Generation {
             prompt_tokens: prompt.to_vec(),
             output_tokens: output,
-            text: text.finish(),
+            text: text.text(),
             stop_reason,
             hidden,
             cached_tokens: hit.len,
@@ -362,20 +371,89 @@ impl Engine {
     }
 }
 
+/// The text of a run's output tokens, exactly as the engine streams it: each token's bytes
+/// through a [`TextStream`], a stop token (EOS, `<|im_end|>`...) ends the text and flushes
+/// what was held back, a stop string cuts it, and the `max_tokens`th token flushes it. The
+/// generation loop uses it, and so does anyone who must derive a run's text from its token
+/// ids alone (the gateway, which never trusts a worker's text).
+#[derive(Clone, Debug)]
+pub struct OutputText {
+    text: TextStream,
+    max_tokens: usize,
+    tokens: usize,
+    end: Option<StopReason>,
+    /// The tokenizer's stop tokens, read at the first push.
+    stop_ids: Option<Vec<u32>>,
+}
+
+impl OutputText {
+    /// The text of a run with stop strings `stops` and at most `max_tokens` output tokens.
+    pub fn new(stops: &[String], max_tokens: usize) -> Self {
+        OutputText {
+            text: TextStream::new(stops),
+            max_tokens,
+            tokens: 0,
+            end: None,
+            stop_ids: None,
+        }
+    }
+
+    /// Takes the next output token: the text that became final with it (the pieces of a run
+    /// concatenate to [`OutputText::text`]) and, when it ended the run, why. Tokens after the
+    /// end add nothing.
+    pub fn push(&mut self, tokenizer: &Tokenizer, tok: u32) -> (String, Option<StopReason>) {
+        if self.end.is_some() {
+            return (String::new(), self.end);
+        }
+        self.tokens += 1;
+        let stops = self.stop_ids.get_or_insert_with(|| tokenizer.stop_ids());
+        if stops.contains(&tok) {
+            self.end = Some(StopReason::Eos);
+            return (self.text.flush(), self.end);
+        }
+        let bytes = tokenizer.token_bytes(tok).unwrap_or_default();
+        let (mut piece, hit_stop) = self.text.push(&bytes);
+        if hit_stop {
+            self.end = Some(StopReason::StopString);
+        } else if self.tokens >= self.max_tokens {
+            piece.push_str(&self.text.flush());
+            self.end = Some(StopReason::MaxTokens);
+        }
+        (piece, self.end)
+    }
+
+    /// Why the run ended, once a pushed token ended it.
+    pub fn end(&self) -> Option<StopReason> {
+        self.end
+    }
+
+    /// Output tokens pushed so far (those after the end included).
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// The whole text so far: without a stop token, cut before a stop string.
+    pub fn text(&self) -> String {
+        self.text.finish()
+    }
+}
+
 /// Turns token bytes into final text: holds back incomplete UTF-8 and any tail that could
 /// still become a stop string, and cuts the text at the first stop string.
-struct TextStream<'a> {
-    stops: &'a [String],
+#[derive(Clone, Debug)]
+pub struct TextStream {
+    stops: Vec<String>,
     bytes: Vec<u8>,
     /// Length of `text()` already emitted.
     emitted: usize,
     stopped_at: Option<usize>,
 }
 
-impl<'a> TextStream<'a> {
-    fn new(stops: &'a [String]) -> Self {
+impl TextStream {
+    /// A stream cut at the first of `stops` (empty ones are ignored).
+    pub fn new(stops: &[String]) -> Self {
         TextStream {
-            stops,
+            stops: stops.to_vec(),
             bytes: vec![],
             emitted: 0,
             stopped_at: None,
@@ -391,7 +469,7 @@ impl<'a> TextStream<'a> {
     }
 
     /// Append a token's bytes; returns the newly final text and whether a stop string hit.
-    fn push(&mut self, b: &[u8]) -> (String, bool) {
+    pub fn push(&mut self, b: &[u8]) -> (String, bool) {
         self.bytes.extend_from_slice(b);
         let s = self.valid();
         if let Some(at) = self
@@ -408,7 +486,7 @@ impl<'a> TextStream<'a> {
         }
         // Hold back the longest tail that is a proper prefix of some stop string.
         let mut safe = s.len();
-        for st in self.stops {
+        for st in &self.stops {
             for (i, _) in st.char_indices().skip(1) {
                 if s.ends_with(&st[..i]) {
                     safe = safe.min(s.len() - i);
@@ -421,7 +499,7 @@ impl<'a> TextStream<'a> {
     }
 
     /// Everything not yet emitted (end of generation: held-back text becomes final).
-    fn flush(&mut self) -> String {
+    pub fn flush(&mut self) -> String {
         if self.stopped_at.is_some() {
             return String::new();
         }
@@ -431,7 +509,8 @@ impl<'a> TextStream<'a> {
         rest
     }
 
-    fn finish(&self) -> String {
+    /// The whole text so far, cut before a stop string.
+    pub fn finish(&self) -> String {
         let s = String::from_utf8_lossy(&self.bytes).into_owned();
         match self.stopped_at {
             Some(at) => s[..at].to_string(),
@@ -462,5 +541,137 @@ mod tests {
         let mut ts = TextStream::new(&stops);
         assert_eq!(ts.push(b"xE"), ("x".to_string(), false));
         assert_eq!(ts.flush(), "E");
+    }
+
+    fn tiny_engine() -> Engine {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(
+            &path,
+            crate::testing::tiny_model_gguf(&crate::testing::TinySpec::default()),
+        )
+        .unwrap();
+        Engine::new(Model::load(&path).unwrap(), EngineConfig::default()).unwrap()
+    }
+
+    fn long_params() -> GenParams {
+        let mut p = GenParams {
+            max_tokens: 24,
+            ..Default::default()
+        };
+        p.sampling.seed = 3;
+        p
+    }
+
+    #[test]
+    fn a_cancelled_run_stops_after_k_tokens_and_an_uncancelled_one_is_unchanged() {
+        let engine = tiny_engine();
+        let prompt = [5u32, 6, 7, 8];
+        let params = long_params();
+        let mut seen = Vec::new();
+        let plain = engine
+            .generate(&prompt, &params, |ev| seen.push(ev.token))
+            .unwrap();
+        assert_eq!(seen, plain.output_tokens);
+        let k = 3;
+        assert!(plain.output_tokens.len() > k, "{plain:?}");
+        // Cancelled after the kth token: no more tokens are computed, and no generation comes
+        // back to be signed.
+        let mut calls = Vec::new();
+        let err = engine
+            .generate_cancellable(&prompt, &params, Some(2), |ev| {
+                calls.push(ev.token);
+                if calls.len() == k {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Cancelled), "{err:?}");
+        assert_eq!(calls, plain.output_tokens[..k]);
+        // Never cancelled: the same tokens, text and hidden states as the plain run (the
+        // prefix cache now holds this prompt, which changes no bit).
+        let mut pieces = String::new();
+        let again = engine
+            .generate_cancellable(&prompt, &params, None, |ev| {
+                pieces.push_str(ev.text);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(again.output_tokens, plain.output_tokens);
+        assert_eq!(again.text, plain.text);
+        assert_eq!(pieces, plain.text);
+        assert_eq!(again.stop_reason, plain.stop_reason);
+        assert_eq!(again.hidden, plain.hidden);
+        // After a cancelled run the engine serves the next one as before.
+        let after = engine.generate(&prompt, &params, |_| {}).unwrap();
+        assert_eq!(after.output_tokens, plain.output_tokens);
+    }
+
+    #[test]
+    fn output_text_from_ids_alone_is_the_engines_text() {
+        let engine = tiny_engine();
+        let tok = &engine.model.tokenizer;
+        let prompt = [5u32, 6, 7, 8];
+        let stop_ids = tok.stop_ids();
+        let mut runs = 0;
+        for seed in 0..16u64 {
+            let mut params = long_params();
+            params.sampling.seed = seed;
+            // Mostly ASCII letters, so that there is valid text to cut.
+            params.sampling.logit_bias = (0..engine.model.cfg.vocab as u32)
+                .filter(|&i| {
+                    tok.token_bytes(i)
+                        .is_some_and(|b| b.len() == 1 && b[0].is_ascii_lowercase())
+                })
+                .map(|i| (i, 8.0))
+                .collect();
+            let first = engine.generate(&prompt, &params, |_| {}).unwrap();
+            // A stop string taken from the middle of the text's valid UTF-8 (stop strings
+            // are matched there) cuts it there.
+            let chars: Vec<char> = first
+                .text
+                .chars()
+                .take_while(|&c| c != '\u{FFFD}')
+                .collect();
+            if chars.len() >= 4 {
+                let at = chars.len() / 2;
+                params.stop = vec![chars[at..at + 2].iter().collect()];
+            }
+            let mut pieces = Vec::new();
+            let g = engine
+                .generate(&prompt, &params, |ev| pieces.push(ev.text.to_string()))
+                .unwrap();
+            let mut out = OutputText::new(&params.stop, params.max_tokens);
+            for (i, &t) in g.output_tokens.iter().enumerate() {
+                let (piece, end) = out.push(tok, t);
+                assert_eq!(piece, pieces[i], "seed {seed}, token {i}");
+                let last = i + 1 == g.output_tokens.len();
+                assert_eq!(end.is_some(), last, "seed {seed}, token {i}");
+            }
+            assert_eq!(out.end(), Some(g.stop_reason));
+            assert_eq!(out.text(), g.text);
+            // Tokens after the end add nothing.
+            assert_eq!(out.push(tok, 40), (String::new(), Some(g.stop_reason)));
+            if !params.stop.is_empty() {
+                runs += 1;
+                assert_eq!(g.stop_reason, StopReason::StopString, "seed {seed}");
+            }
+        }
+        assert!(runs > 0, "no run had text to cut");
+        // A stop token ends the text and flushes what was held back.
+        let stops = vec!["xy".to_string()];
+        let mut out = OutputText::new(&stops, 10);
+        let x = tok.token_id("x").or_else(|| {
+            (0..engine.model.cfg.vocab as u32).find(|&i| tok.token_bytes(i) == Some(b"x".to_vec()))
+        });
+        let x = x.unwrap();
+        assert_eq!(out.push(tok, x), (String::new(), None), "x may start `xy`");
+        assert_eq!(
+            out.push(tok, stop_ids[0]),
+            ("x".to_string(), Some(StopReason::Eos))
+        );
+        assert_eq!(out.text(), "x");
     }
 }

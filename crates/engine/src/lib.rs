@@ -30,7 +30,9 @@ pub mod testing;
 pub mod tokenizer;
 
 pub use error::{EngineError, Result};
-pub use generate::{Engine, EngineConfig, GenParams, Generation, StopReason, TokenEvent};
+pub use generate::{
+    Engine, EngineConfig, GenParams, Generation, OutputText, StopReason, TextStream, TokenEvent,
+};
 pub use model::{LlamaConfig, Model};
 pub use profile::KernelProfile;
 pub use sampler::SamplingParams;

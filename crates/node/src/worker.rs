@@ -2,6 +2,15 @@
 //! `OpenJob` naming it, runs the engine, streams tokens back, stores the signed receipt on
 //! disk, and posts the receipt's digest and address on chain once the job is finalized.
 //!
+//! A request is worth running only if its escrow can exist: the `OpenJob` must be signed for
+//! this worker's chain, with a nonce the client's account has not used yet (unless that
+//! transaction is the one that opened the job). Until the worker has seen the escrow
+//! finalized on chain it computes at most [`FREE_TOKENS`] output tokens; then it waits for
+//! the escrow at most [`ESCROW_WAIT`] (or its `post_timeout`, if shorter) and otherwise stops
+//! the run with an error and no receipt. The engine never waits for a slow reader: a run's
+//! events queue in memory (at most `max_tokens` of them), and a client that disconnects
+//! cancels its run, releasing the engine.
+//!
 //! [`Tamper`] is the seam through which a worker could lie about a job: the `faults` module
 //! (cargo feature `faults`) plays the cheating workers through it, so that tests and the demo
 //! can show the validators catching them. An honest worker has none.
@@ -23,10 +32,22 @@ use deai_types::Hash256;
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Output tokens a worker computes for a job before it has seen the job's escrow finalized
+/// on chain: the most a request that never pays can get (with its prompt's prefill).
+pub const FREE_TOKENS: usize = 16;
+
+/// Longest a run waits, after [`FREE_TOKENS`] tokens, for its escrow to be finalized before
+/// it is cancelled (no receipt); a worker whose `post_timeout` is shorter waits that long.
+pub const ESCROW_WAIT: Duration = Duration::from_secs(20);
+
+/// How often a run's escrow is looked up on chain while it is not yet finalized.
+const ESCROW_POLL: Duration = Duration::from_millis(100);
 
 /// The seam through which a worker could lie about a job. Each hook receives what the honest
 /// worker produced at one point of a run and returns what is streamed, signed or stored
@@ -74,7 +95,8 @@ pub struct WorkerConfig {
     pub dir: PathBuf,
     /// How this worker lies ([`Tamper`]); `None` for an honest worker.
     pub tamper: Option<Arc<dyn Tamper>>,
-    /// How long to wait for a job's escrow to be finalized before giving up on posting.
+    /// How long to wait for a job's escrow to be finalized before giving up on posting (and,
+    /// capped by [`ESCROW_WAIT`], before cancelling a run past its [`FREE_TOKENS`]).
     pub post_timeout: Duration,
     /// Jobs served untampered before `tamper` applies (1: a worker that passes its
     /// capability challenge and lies afterwards).
@@ -102,6 +124,8 @@ struct Inner {
     /// Jobs refused because they would not start before their deadline.
     refused_busy: AtomicU64,
     clock: crate::BlockClock,
+    /// The chain this worker's ledger node runs (read once).
+    chain_id: tokio::sync::OnceCell<Hash256>,
 }
 
 #[derive(Clone)]
@@ -129,6 +153,7 @@ impl Worker {
             mean_job_us: AtomicU64::new(0),
             refused_busy: AtomicU64::new(0),
             clock: Default::default(),
+            chain_id: tokio::sync::OnceCell::new(),
         })))
     }
 
@@ -229,13 +254,29 @@ impl Worker {
             .with_state(self.clone())
     }
 
+    /// The id of the chain this worker serves (its ledger node's, asked once).
+    async fn chain_id(&self) -> Result<Hash256> {
+        let ledger = self.0.signer.ledger();
+        Ok(*self
+            .0
+            .chain_id
+            .get_or_try_init(|| ledger.chain_id())
+            .await?)
+    }
+
+    /// How long a run past [`FREE_TOKENS`] waits for its escrow.
+    fn escrow_wait(&self) -> Duration {
+        self.0.cfg.post_timeout.min(ESCROW_WAIT)
+    }
+
     fn receipt_path(&self, job: &Hash256) -> PathBuf {
         self.0.cfg.dir.join("receipts").join(format!("{job}.json"))
     }
 
     /// Checks that `req` is a job this worker should run: its model, a valid signed
-    /// `OpenJob` naming exactly this job, this worker and enough escrow, from a client
-    /// whose finalized balance covers it, and not seen before.
+    /// `OpenJob` for this worker's chain naming exactly this job, this worker and enough
+    /// escrow, from a client whose finalized balance covers it and whose finalized nonce has
+    /// not passed the transaction's (unless the job is already on chain), and not seen before.
     /// Returns the job id and its place in this worker's queue.
     async fn admit(&self, req: &RunRequest) -> Result<(Hash256, Place), HttpError> {
         let i = &self.0;
@@ -263,6 +304,16 @@ impl Worker {
             ));
         };
         let bad = |m: &str| Err(http_error(StatusCode::BAD_REQUEST, m.to_string()));
+        let unavailable =
+            |e: anyhow::Error| http_error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"));
+        let chain = self.chain_id().await.map_err(unavailable)?;
+        if tx.tx.chain != chain {
+            return bad(&format!(
+                "open_job is signed for chain {}, but this worker serves chain {chain}: its \
+                 escrow can never exist there",
+                tx.tx.chain
+            ));
+        }
         if *j != job {
             return bad("open_job names another job");
         }
@@ -284,16 +335,24 @@ impl Worker {
                 format!("escrow {escrow} is below this worker's price for the job ({need})"),
             ));
         }
-        let (balance, _, _) = i
+        let (balance, _, nonce) = i
             .signer
             .ledger()
             .account(&tx.tx.from)
             .await
             .map_err(|e| http_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        // Only when the balance looks short: the escrow may already be taken (finalized).
-        if balance < escrow.saturating_add(tx.tx.fee)
-            && i.signer.ledger().job(&job).await.ok().flatten().is_none()
-        {
+        let stale = tx.tx.nonce < nonce;
+        let short = balance < escrow.saturating_add(tx.tx.fee);
+        // Only when something looks wrong: the escrow may already be taken (finalized), by
+        // this very transaction.
+        if (stale || short) && i.signer.ledger().job(&job).await.ok().flatten().is_none() {
+            if stale {
+                return bad(&format!(
+                    "open_job has nonce {}, below the client's finalized nonce {nonce}: that \
+                     nonce is spent, so this escrow can never be finalized",
+                    tx.tx.nonce
+                ));
+            }
             return Err(http_error(
                 StatusCode::PAYMENT_REQUIRED,
                 "the client's balance does not cover the escrow",
@@ -440,15 +499,26 @@ async fn run(
     let (job, place) = w.admit(&req).await?;
     // Make sure the escrow reaches the chain even if the gateway's copy was lost.
     let _ = w.0.signer.ledger().submit(&req.open_job).await;
-    // `None` on the channel aborts the response mid-stream (a simulated crash).
-    let (tx, rx) = tokio::sync::mpsc::channel::<Option<RunEvent>>(256);
+    // `None` on the channel aborts the response mid-stream (a simulated crash). Unbounded, so
+    // that the engine never waits for a slow reader: a run sends at most `max_tokens` token
+    // events (and a tamper's extras) and one last event.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Option<RunEvent>>();
+    // Published by the escrow watcher once the job's escrow is finalized on chain.
+    let paid = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(watch_escrow(w.clone(), req.clone(), job, paid.clone()));
     let w2 = w.clone();
     tokio::spawn(async move {
         let permit = w2.0.gate.acquire().await.expect("semaphore never closed");
+        if tx.is_closed() {
+            // The client left while the job queued: nothing to run it for.
+            watcher.abort();
+            return;
+        }
         let w3 = w2.clone();
         let tx2 = tx.clone();
         let t0 = std::time::Instant::now();
-        let out = tokio::task::spawn_blocking(move || execute(&w3, &req, job, &tx2)).await;
+        let out = tokio::task::spawn_blocking(move || execute(&w3, &req, job, &tx2, &paid)).await;
+        watcher.abort();
         w2.0.compute_us
             .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         w2.record_job_time(t0.elapsed());
@@ -460,18 +530,14 @@ async fn run(
                 post_receipt(&w2, job, receipt_digest(&bytes), tokens).await;
             }
             Ok(Err(e)) => {
-                let _ = tx
-                    .send(Some(RunEvent::Error {
-                        message: format!("{e:#}"),
-                    }))
-                    .await;
+                let _ = tx.send(Some(RunEvent::Error {
+                    message: format!("{e:#}"),
+                }));
             }
             Err(e) => {
-                let _ = tx
-                    .send(Some(RunEvent::Error {
-                        message: format!("worker task failed: {e}"),
-                    }))
-                    .await;
+                let _ = tx.send(Some(RunEvent::Error {
+                    message: format!("worker task failed: {e}"),
+                }));
             }
         }
     });
@@ -491,13 +557,65 @@ async fn run(
         .expect("static response parts"))
 }
 
+/// Watches the chain until `job`'s escrow is finalized as `req` says (open, for this model
+/// and worker, from the signer of its `OpenJob`, escrowing at least this worker's price),
+/// then sets `paid`. Runs until then or until aborted (when the run ends); a job found in
+/// another state or shape is never paid for.
+async fn watch_escrow(w: Worker, req: RunRequest, job: Hash256, paid: Arc<AtomicBool>) {
+    let i = &w.0;
+    let need = deai_ledger::job_cost(
+        req.prompt_tokens
+            .len()
+            .saturating_add(req.params.max_tokens) as u64,
+        i.cfg.price_per_1k,
+    );
+    loop {
+        match i.signer.ledger().job(&job).await {
+            Ok(Some(j)) => {
+                let ours = j.status == deai_ledger::state::JobStatus::Open
+                    && j.model == i.cfg.model_id
+                    && j.worker == Some(w.address())
+                    && j.client == req.open_job.tx.from
+                    && j.escrow >= need;
+                if ours {
+                    paid.store(true, Ordering::Release);
+                } else {
+                    tracing::warn!(%job, "the job on chain is not the escrow this run needs");
+                }
+                return;
+            }
+            _ => tokio::time::sleep(ESCROW_POLL).await,
+        }
+    }
+}
+
+/// Waits (blocking) until `paid` is set, at most `wait`, and no longer once the client is
+/// gone; returns whether the escrow was seen.
+fn wait_for_escrow(
+    paid: &AtomicBool,
+    wait: Duration,
+    tx: &tokio::sync::mpsc::UnboundedSender<Option<RunEvent>>,
+) -> bool {
+    let t0 = std::time::Instant::now();
+    while !paid.load(Ordering::Acquire) {
+        if t0.elapsed() >= wait || tx.is_closed() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 /// Runs the job on the engine (blocking), streaming tokens into `tx`; stores the receipt and
-/// returns its canonical bytes and the billed token count.
+/// returns its canonical bytes and the billed token count. Past [`FREE_TOKENS`] output
+/// tokens it goes on only once `paid` (the escrow is finalized), waiting for it at most the
+/// worker's escrow wait; it stops as soon as `tx`'s receiver is gone (the client left).
 fn execute(
     w: &Worker,
     req: &RunRequest,
     job: Hash256,
-    tx: &tokio::sync::mpsc::Sender<Option<RunEvent>>,
+    tx: &tokio::sync::mpsc::UnboundedSender<Option<RunEvent>>,
+    paid: &AtomicBool,
 ) -> Result<(Vec<u8>, u32)> {
     let i = &w.0;
     let tamper: &dyn Tamper = match &i.cfg.tamper {
@@ -506,11 +624,17 @@ fn execute(
     };
     let engine: &Engine = tamper.engine().unwrap_or(&i.engine);
     let send = |ev: Option<RunEvent>| {
-        let _ = tx.blocking_send(ev);
+        let _ = tx.send(ev);
     };
     let mut index = 0usize;
     let top = req.top_logprobs.map(usize::from);
-    let mut g = engine.generate_with_logprobs(&req.prompt_tokens, &req.params, top, |ev| {
+    let wait = w.escrow_wait();
+    let mut unpaid = false;
+    let run = engine.generate_cancellable(&req.prompt_tokens, &req.params, top, |ev| {
+        if tx.is_closed() {
+            // The client disconnected: free the engine for the next job.
+            return ControlFlow::Break(());
+        }
         let event = RunEvent::Token {
             token: ev.token,
             text: ev.text.to_string(),
@@ -521,7 +645,28 @@ fn execute(
             .into_iter()
             .for_each(send);
         index += 1;
-    })?;
+        // Unpaid work is bounded: no token past the free ones before the escrow is final.
+        let more = index < req.params.max_tokens;
+        if more
+            && index >= FREE_TOKENS
+            && !paid.load(Ordering::Acquire)
+            && !wait_for_escrow(paid, wait, tx)
+        {
+            unpaid = !tx.is_closed();
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    let mut g = match run {
+        Err(deai_engine::EngineError::Cancelled) if unpaid => anyhow::bail!(
+            "the escrow of job {job} was not finalized on chain within {wait:?} after \
+             {FREE_TOKENS} unpaid tokens: run stopped, no receipt"
+        ),
+        Err(deai_engine::EngineError::Cancelled) => {
+            anyhow::bail!("the client disconnected: run of job {job} stopped, no receipt")
+        }
+        r => r?,
+    };
     for event in tamper.generated(engine, &mut g)? {
         send(Some(event));
     }
@@ -541,7 +686,7 @@ fn execute(
     std::fs::write(&tmp, json.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("storing {}", path.display()))?;
     let tokens = (r.prompt_tokens.len() + r.output_tokens.len()) as u32;
-    let _ = tx.blocking_send(Some(RunEvent::Done {
+    let _ = tx.send(Some(RunEvent::Done {
         job,
         stop_reason: r.stop_reason,
         prompt_tokens: r.prompt_tokens.len(),

@@ -91,12 +91,7 @@ impl Gateway {
                 )
             })?;
         let key = h.strip_prefix("Bearer ").unwrap_or(h).trim();
-        self.0
-            .cfg
-            .api_keys
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, s)| s.clone())
+        find_key(&self.0.cfg.api_keys, key)
             .ok_or_else(|| http_error(StatusCode::UNAUTHORIZED, "invalid API key"))
     }
 
@@ -142,6 +137,7 @@ impl Gateway {
                 params,
                 reply.top_logprobs,
                 reply.n,
+                reply.stream,
                 prompt,
             )
             .await?;
@@ -193,6 +189,35 @@ async fn receipt(
     Ok(Json(view))
 }
 
+/// The account of API key `key` among `keys`, found in time independent of where the keys
+/// and `key` first differ: every configured key is compared, in constant time ([`ct_eq`]),
+/// by their SHA-256 digests (so that not even a key's length shows), and no comparison stops
+/// early.
+fn find_key<T: Clone>(keys: &[(String, T)], key: &str) -> Option<T> {
+    let digest = |k: &str| Hash256::digest_parts("deai-gateway-api-key-compare", &[k.as_bytes()]);
+    let want = digest(key);
+    let mut found = None;
+    for (k, v) in keys {
+        if ct_eq(&digest(k).0, &want.0) {
+            found = Some(v.clone());
+        }
+    }
+    found
+}
+
+/// Whether `a == b`, in time that depends only on their lengths, not on their contents (no
+/// early exit at the first differing byte, which would let a caller guess a key byte by byte
+/// from response times). Unequal lengths compare unequal, after the same work over the
+/// shorter length.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(u8::from(a.len() != b.len()), |acc, (x, y)| acc | (x ^ y));
+    // `black_box` keeps the optimizer from turning the fold back into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
 /// SHA-256 of the request's API key (what a stored prompt is keyed to, never the key).
 fn key_hash(headers: &HeaderMap) -> Option<Hash256> {
     let h = headers.get("authorization")?.to_str().ok()?;
@@ -238,4 +263,29 @@ async fn completions(
     let model = g.model(&req.model)?.clone();
     let prepared = req.prepare(&model, key_hash(&headers))?;
     g.respond(client, model, prepared).await
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::{ct_eq, find_key};
+
+    #[test]
+    fn api_keys_compare_in_constant_time_and_exactly() {
+        assert!(ct_eq(b"sk-abc", b"sk-abc"));
+        assert!(ct_eq(b"", b""));
+        // A difference anywhere, first or last byte, and a prefix of either length.
+        assert!(!ct_eq(b"sk-abc", b"xk-abc"));
+        assert!(!ct_eq(b"sk-abc", b"sk-abd"));
+        assert!(!ct_eq(b"sk-abc", b"sk-ab"));
+        assert!(!ct_eq(b"sk-ab", b"sk-abc"));
+        assert!(!ct_eq(b"", b"a"));
+        // Lengths that differ by a multiple of 256 still differ.
+        assert!(!ct_eq(&[0u8; 256], &[]));
+        let keys = vec![("sk-one".to_string(), 1), ("sk-two".to_string(), 2)];
+        assert_eq!(find_key(&keys, "sk-one"), Some(1));
+        assert_eq!(find_key(&keys, "sk-two"), Some(2));
+        for wrong in ["sk-on", "sk-one ", "sk-onf", "", "SK-ONE", "sk-twosk-one"] {
+            assert_eq!(find_key(&keys, wrong), None, "{wrong:?}");
+        }
+    }
 }

@@ -114,6 +114,7 @@ impl Routing {
         params: GenParams,
         top_logprobs: Option<usize>,
         n: usize,
+        stream: bool,
         prompt: Value,
     ) -> Result<Vec<(Hash256, tokio::sync::mpsc::Receiver<Out>)>, HttpError> {
         let total = prompt_tokens.len().saturating_add(params.max_tokens);
@@ -188,6 +189,8 @@ impl Routing {
                 prompt_tokens: prompt_tokens.clone(),
                 params,
                 top_logprobs,
+                stream,
+                tokenizer: model.tokenizer.clone(),
             };
             let (tx, rx) = tokio::sync::mpsc::channel(256);
             let routing = self.clone();
@@ -205,7 +208,7 @@ impl Routing {
         workers: Vec<WorkerEntry>,
         out: tokio::sync::mpsc::Sender<Out>,
     ) {
-        // What the client already has: bytes of text, and tokens whose logprobs it was sent.
+        // What a streaming client already has: text, and tokens whose logprobs it was sent.
         let mut sent = Sent::default();
         let mut errors = Vec::new();
         for w in workers.iter().take(self.attempts.max(1)) {

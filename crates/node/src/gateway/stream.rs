@@ -2,6 +2,9 @@
 //! or server-sent events as tokens arrive (chunks per choice, a final chunk with `usage` and
 //! the `deai` receipt field, then `[DONE]`); token log-probabilities in chat's and
 //! completions' shapes; tool calls held back until they are known to be one.
+//!
+//! All text here comes from token ids ([`super::attempt`]): a JSON answer is the text of the
+//! one attempt whose receipt signs its ids, never a failed attempt's.
 
 use super::attempt::Out;
 use super::config::CatalogEntry;
@@ -229,25 +232,23 @@ async fn collect(
     request: Hash256,
     mut rx: tokio::sync::mpsc::Receiver<Out>,
 ) -> Result<Answer, HttpError> {
-    let mut text = String::new();
-    let mut lps = Vec::new();
     loop {
         match rx.recv().await {
-            Some(Out::Text { text: t, logprobs }) => {
-                text.push_str(&t);
-                lps.extend(logprobs);
-            }
+            // Only the successful attempt's answer, as a whole, counts.
+            Some(Out::Text { .. }) => {}
             Some(Out::Done {
                 job,
                 stop_reason,
                 prompt_tokens,
                 output_tokens,
                 worker,
+                text,
+                logprobs,
             }) => {
                 return Ok(Answer {
                     request,
                     text,
-                    logprobs: lps,
+                    logprobs,
                     job,
                     stop_reason,
                     prompt_tokens,
@@ -394,13 +395,18 @@ fn stream_events(
                             prompt_tokens,
                             output_tokens,
                             worker,
+                            text,
+                            ..
                         },
                     )) => {
                         st.done[i] = Some((st.requests[i], job, worker));
                         st.prompt_tokens = prompt_tokens;
                         st.completion_tokens += output_tokens;
                         let mut finish = finish_reason(stop_reason);
-                        if let Some(buf) = st.held[i].take() {
+                        // Nothing of a held-back choice was sent: its answer is the text of
+                        // the ids its receipt signs.
+                        if st.held[i].take().is_some() {
+                            let buf = text;
                             if let Some((name, args)) = tool_call(&buf) {
                                 let mut call = tool_call_json(&st.requests[i], &name, &args);
                                 call["index"] = json!(0);
