@@ -47,6 +47,11 @@ pub struct Finding {
     pub reason: Option<String>,
 }
 
+/// How many jobs of each status (challenged, receipted) one [`Verifier::tick`] looks at.
+pub const SCAN: usize = 1_000;
+/// How many receipts one [`Verifier::tick`] checks at once.
+pub const IN_FLIGHT: usize = 4;
+
 pub struct Verifier {
     signer: Arc<Signer>,
     engine: Arc<Engine>,
@@ -61,6 +66,8 @@ pub struct Verifier {
     patience_ms: std::sync::atomic::AtomicU64,
     /// First (time, height) this verifier saw: the observed block time.
     clock: crate::BlockClock,
+    /// One re-execution on the engine at a time (fetches and checks around it overlap).
+    prefill: tokio::sync::Mutex<()>,
 }
 
 /// Default cap on how long a verification yields to generation on the same engine.
@@ -110,6 +117,7 @@ impl Verifier {
             probes: Mutex::new(HashMap::new()),
             patience_ms: (DEFAULT_PATIENCE.as_millis() as u64).into(),
             clock: Default::default(),
+            prefill: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -292,17 +300,21 @@ impl Verifier {
     }
 
     /// Checks once for receipts to verify; returns what it verified.
+    ///
+    /// First it sorts out what is due: challenged jobs, then receipted ones by nearest
+    /// deadline (up to [`SCAN`] of each), dropping the ones already judged, of another model
+    /// or not sampled, so that unsampled receipts never crowd sampled ones out. Then it checks
+    /// the rest, [`IN_FLIGHT`] at a time (fetching receipts concurrently; the engine runs
+    /// the prefills one after another), nearest deadline first.
     pub async fn tick(&self) -> anyhow::Result<Vec<Finding>> {
         let ledger = self.signer.ledger();
         let params = ledger.params().await?;
         let height = ledger.height().await?;
         let me = self.signer.address();
-        // Challenged jobs first, then nearest deadline first: under load, the receipts closest
-        // to settling unverified are checked before ones that can wait.
-        let mut todo: Vec<(Hash256, Job)> = ledger.jobs_due("challenged", 200).await?;
-        todo.extend(ledger.jobs_due("receipted", 200).await?);
-        let mut out = Vec::new();
-        for (id, job) in todo {
+        let mut due: Vec<(Hash256, Job)> = ledger.jobs_due("challenged", SCAN).await?;
+        due.extend(ledger.jobs_due("receipted", SCAN).await?);
+        let mut todo = Vec::new();
+        for (id, job) in due {
             if self.done.lock().unwrap().contains(&id) || job.verdicts.iter().any(|v| v.voter == me)
             {
                 continue;
@@ -320,14 +332,26 @@ impl Verifier {
                     continue;
                 }
             }
+            todo.push((id, job));
+        }
+        use futures::StreamExt;
+        let checks = futures::stream::iter(todo.into_iter().map(|(id, job)| async move {
             let patience = self.patience_for(height, job.deadline);
-            let finding = match self.check_yielding(&id, &job, patience).await {
+            let check = self.check_yielding(&id, &job, patience).await;
+            (id, job, check)
+        }))
+        .buffered(IN_FLIGHT);
+        futures::pin_mut!(checks);
+        let mut out = Vec::new();
+        while let Some((id, job, check)) = checks.next().await {
+            let posted_at = job.receipt.as_ref().map_or(0, |r| r.posted_at);
+            let finding = match check {
                 Check::Done(f) => f,
                 Check::Unavailable(why) => {
                     // The worker may be restarting: ask again later, and reject only once
                     // half the challenge window has passed without the receipt.
                     let patience = params.challenge_window / 2;
-                    if height < rec.posted_at.saturating_add(patience) {
+                    if height < posted_at.saturating_add(patience) {
                         tracing::debug!(job = %id, "receipt not available yet: {why}");
                         continue;
                     }
@@ -417,6 +441,7 @@ impl Verifier {
             background_patience: (!patience.is_zero()).then_some(patience),
             ..Default::default()
         };
+        let _turn = self.prefill.lock().await;
         let report = tokio::task::spawn_blocking(move || {
             deai_proof::verify_with(&r, &engine, &model_id, &cfg)
         })
