@@ -1,6 +1,6 @@
 //! # deai-bench
 //!
-//! Owns: every benchmark harness of `deai bench` — the engine against llama.cpp
+//! Owns: every benchmark harness of `deai bench` — the money attack matrix ([`attacks`]), the engine against llama.cpp
 //! ([`engine`]), receipts and their tamper matrix ([`proof`]), the sampler's step 0
 //! ([`sampler`]), the ledger on consensus ([`chain`]), the whole network through the gateway
 //! ([`network`]), training, and the explorer's queries ([`explorer`]). Each harness takes a
@@ -10,6 +10,7 @@
 //! Must never be depended on by anything but the CLI: the harnesses drive the library crates
 //! from outside, as a user would, and no library may rely on them.
 
+pub mod attacks;
 pub mod chain;
 pub mod engine;
 mod engines;

@@ -34,6 +34,10 @@ pub enum BenchCmd {
     /// The explorer's queries at 100k blocks / 10k jobs vs a small chain, over HTTP; with
     /// `--browser`, page loads and first paint in headless Chromium.
     Explorer(crate::bench_explorer::ExplorerBench),
+    /// The money attacks (fake and inflated receipts, fee-free spam, governance freeze,
+    /// flash-staked votes, stake-and-leave) run as the attacker would on the ledger every
+    /// validator runs: attempts, successes, attacker profit, honest loss, false slashes.
+    Attacks(crate::bench_attacks::AttacksBench),
 }
 
 #[derive(Args)]
@@ -67,6 +71,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Train(b) => crate::train_cmd::bench(b),
         BenchCmd::Explorer(b) => crate::bench_explorer::bench(b),
         BenchCmd::Sampler(b) => crate::bench_sampler::bench(b),
+        BenchCmd::Attacks(b) => crate::bench_attacks::bench(b),
     }
 }
 

@@ -11,6 +11,7 @@
 #[macro_use]
 mod output;
 mod bench;
+mod bench_attacks;
 mod bench_explorer;
 mod bench_network;
 mod bench_proof;

@@ -702,3 +702,44 @@ fn calibrate_argument_and_missing_python_errors() {
         assert!(err.contains("--baseline-python"), "{err}");
     }
 }
+
+/// `deai bench attacks`: one JSON row per class, the honest baseline, a summary with no
+/// failing class; `--attempts 0` is a clear error.
+#[test]
+fn bench_attacks_prints_every_class_and_no_attack_pays() {
+    let env = Env::new();
+    let out = ok(
+        &env.run(&["bench", "attacks", "--attempts", "3", "--json"]),
+        "bench attacks",
+    );
+    let rows: Vec<Value> = out.lines().map(json).collect();
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["attack"].as_str()).collect();
+    for class in [
+        "fake_receipt_after_unstaking",
+        "fake_receipt",
+        "inflated_tokens",
+        "lazy_receipt",
+        "fee_free_spam",
+        "governance_freeze",
+        "flash_stake_vote",
+        "stake_and_leave_validator",
+        "honest_jobs",
+    ] {
+        assert!(names.contains(&class), "{class} missing: {out}");
+    }
+    for r in rows.iter().filter(|r| r["attack"].is_string()) {
+        if r["attack"] != "honest_jobs" {
+            assert!(r["attacker_profit"].as_i64().unwrap() <= 0, "{r}");
+        }
+        assert_eq!(r["false_slashes"], 0, "{r}");
+    }
+    let summary = rows.last().unwrap();
+    assert_eq!(summary["summary"], true, "{summary}");
+    assert_eq!(summary["failing"], serde_json::json!([]), "{summary}");
+    fails(
+        &env.run(&["bench", "attacks", "--attempts", "0"]),
+        1,
+        "--attempts",
+        "zero attempts",
+    );
+}
