@@ -34,8 +34,13 @@ pub struct Row {
     pub attempts: u32,
     /// Attempts in which the attacker got what it was after (paid, counted, unpunished).
     pub succeeded: u32,
-    /// The attacker's holdings after minus before, over all attempts (fees included).
+    /// The attacker's holdings after minus before, over all attempts (fees included); for
+    /// classes caught only by sampling, the expectation (see `expected`).
     pub attacker_profit: i64,
+    /// Whether `attacker_profit` is an expectation: attempts x ((1 - s) x measured pay of an
+    /// accepted job - s x measured loss of a rejected one), for classes only sampling
+    /// catches (a realized sum over few attempts would mostly show luck).
+    pub expected: bool,
     /// What honest parties lost beyond their own fees, over all attempts.
     pub honest_loss: i64,
     /// Honest workers or validators slashed.
@@ -238,7 +243,12 @@ impl Net {
                 worker: Some(addr(worker)),
             },
         );
-        assert_eq!(e, None, "opening a job for {worker}: {:?}", self.s.worker(&addr(worker)));
+        assert_eq!(
+            e,
+            None,
+            "opening a job for {worker}: {:?}",
+            self.s.worker(&addr(worker))
+        );
     }
 
     fn post(&mut self, worker: u8, job: Hash256, digest: Hash256, tokens: u32) -> Option<String> {
@@ -322,6 +332,7 @@ fn fake_receipt_after_unstaking(n: u32) -> Row {
         attacker_profit: profit,
         honest_loss: loss,
         false_slashes: 0,
+        expected: false,
         why: "PostReceipt needs the stake minimum and free collateral (10x the billed cost); \
               the job expires and the client is refunded"
             .into(),
@@ -354,9 +365,10 @@ fn inflated_tokens(n: u32) -> Row {
 }
 
 /// The worker serves a cheap wrong answer with a receipt consistent with it: only the
-/// validators' sample can tell. Unsampled ones are paid; the collateral makes it lose.
+/// validators' sample can tell. Unsampled ones are paid; the collateral makes it lose in
+/// expectation.
 fn lazy_receipt(n: u32) -> Row {
-    receipt_attack(
+    let mut row = receipt_attack(
         "lazy_receipt",
         n,
         |served| (served, 200),
@@ -364,7 +376,28 @@ fn lazy_receipt(n: u32) -> Row {
         "undetectable by the client; sampled at sample_rate_bps and rejected with the \
          collateral, so it loses in expectation (docs/economics.md); unsampled ones cost their \
          clients the escrow",
-    )
+    );
+    // The two outcomes, measured: one job accepted unsampled, one rejected when sampled.
+    let one = |reject: bool| {
+        let mut net = Net::new();
+        net.worker(ATTACKER, 1_000_000);
+        let a0 = net.holdings(ATTACKER);
+        let job = job_id("lazy-one", 0);
+        net.open(job, ATTACKER);
+        net.post(ATTACKER, job, Hash256([1; 32]), 200);
+        if reject {
+            net.verdicts(job, false);
+        } else {
+            net.settle_by_window();
+        }
+        (net.holdings(ATTACKER) - a0) as i128
+    };
+    let (paid, lost) = (one(false), one(true));
+    let s = Params::default().sample_rate_bps as i128;
+    let per_job = ((BPS as i128 - s) * paid + s * lost) / BPS as i128;
+    row.attacker_profit = (per_job * row.attempts as i128) as i64;
+    row.expected = true;
+    row
 }
 
 /// Shared by the receipt classes: `post(served digest) -> (posted digest, billed tokens)`;
@@ -429,6 +462,7 @@ fn receipt_attack(
         attacker_profit: net.holdings(ATTACKER) - a0,
         honest_loss: loss,
         false_slashes: 0,
+        expected: false,
         why: why.into(),
     }
 }
@@ -467,6 +501,7 @@ fn honest_jobs(n: u32) -> Row {
         attacker_profit: net.holdings(HONEST) - w0,
         honest_loss: (net.client_loss(c0) - cost).max(0),
         false_slashes: u32::from(net.worker_slashed(HONEST)),
+        expected: false,
         why: "honest receipts: sampled ones re-run and accepted, the rest settle; `succeeded` \
               counts jobs paid, `attacker_profit` is the honest worker's earnings"
             .into(),
@@ -517,6 +552,7 @@ fn fee_free_spam(n: u32) -> Row {
         attacker_profit: profit,
         honest_loss: 0,
         false_slashes: 0,
+        expected: false,
         why: "the mempool and block validity count every pending fee against the balance".into(),
     }
 }
@@ -603,6 +639,7 @@ fn governance_freeze(n: u32) -> Row {
         attacker_profit: 0,
         honest_loss: 0,
         false_slashes: 0,
+        expected: false,
         why: "parameter bounds refuse the proposal, or the cross-parameter rules fail it at \
               execution; an ordinary change with full support still passes"
             .into(),
@@ -662,6 +699,7 @@ fn flash_stake_vote(n: u32) -> Row {
         attacker_profit: profit,
         honest_loss: 0,
         false_slashes: 0,
+        expected: false,
         why: "stake bonded after a proposal opened cannot vote on it".into(),
     }
 }
@@ -702,6 +740,7 @@ fn stake_and_leave_validator(n: u32) -> Row {
         attacker_profit: profit,
         honest_loss: 0,
         false_slashes: 0,
+        expected: false,
         why: "unbonding_period covers an epoch plus the challenge and verdict windows, so the \
               unbonding funds are still slashable"
             .into(),

@@ -64,13 +64,18 @@ fn print_table(r: &Report) {
             row.attack,
             row.attempts,
             row.succeeded,
-            row.attacker_profit,
+            format!(
+                "{}{}",
+                row.attacker_profit,
+                if row.expected { " (E)" } else { "" }
+            ),
             row.honest_loss,
             row.false_slashes
         )
     };
     r.rows.iter().for_each(line);
     line(&r.honest);
+    println!("(E): in expectation at the sample rate, from the measured pay and loss of one job");
     for row in r.rows.iter().chain([&r.honest]) {
         println!("  {}: {}", row.attack, row.why);
     }
