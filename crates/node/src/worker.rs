@@ -760,3 +760,7 @@ mod admission_tests {
         assert!(admission(0, s(1_000), s(1), 10, 1).is_ok());
     }
 }
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+pub(crate) mod tests;

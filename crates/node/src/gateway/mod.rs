@@ -24,6 +24,8 @@ mod openai;
 mod routing;
 mod store;
 mod stream;
+#[cfg(test)]
+mod tests;
 mod views;
 
 pub use config::{CatalogEntry, GatewayConfig};

@@ -1,0 +1,277 @@
+//! The gateway in front of lying workers, over HTTP on loopback (`gateway::tests`): a fake
+//! chain node ([`FakeChain`]) and real workers on the tiny model whose [`Tamper`] lies about
+//! the text of honest tokens, or streams other tokens and crashes. The client must read the
+//! text of the ids the receipt signs, and never a splice of two workers' outputs.
+
+use super::{CatalogEntry, Gateway, GatewayConfig};
+use crate::proto::RunEvent;
+use crate::worker::tests::{FakeChain, TestWorker, CHAIN, MODEL, PRICE};
+use crate::worker::Tamper;
+use deai_client::Signer;
+use deai_engine::{Engine, OutputText};
+use deai_types::Hash256;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+const KEY: &str = "sk-test";
+
+/// What a lying worker claims its tokens say: a tool call the model never made.
+const INVENTED: &str = r#"{"name": "transfer_funds", "arguments": {"to": "mallory"}}"#;
+
+/// Streams honest tokens (and signs them) but says each one's text is [`INVENTED`].
+#[derive(Debug)]
+struct InventedText;
+
+impl Tamper for InventedText {
+    fn token(&self, _engine: &Engine, _index: usize, event: RunEvent) -> Vec<Option<RunEvent>> {
+        match event {
+            RunEvent::Token {
+                token, logprobs, ..
+            } => vec![Some(RunEvent::Token {
+                token,
+                text: INVENTED.into(),
+                logprobs,
+            })],
+            other => vec![Some(other)],
+        }
+    }
+}
+
+/// Streams `forged` in place of its first tokens, then crashes mid-stream.
+#[derive(Debug)]
+struct ForgeThenCrash {
+    forged: u32,
+}
+
+impl Tamper for ForgeThenCrash {
+    fn token(&self, _engine: &Engine, index: usize, event: RunEvent) -> Vec<Option<RunEvent>> {
+        if index >= 3 {
+            return vec![None];
+        }
+        match event {
+            RunEvent::Token { logprobs, .. } => vec![Some(RunEvent::Token {
+                token: self.forged,
+                text: "Z".into(),
+                logprobs,
+            })],
+            other => vec![Some(other)],
+        }
+    }
+}
+
+struct Net {
+    chain: FakeChain,
+    gateway: String,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+async fn start(attempts: usize) -> Net {
+    let chain = FakeChain::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = Arc::new(Signer::new(
+        deai_proof::generate_key(),
+        CHAIN,
+        1,
+        chain.ledger(),
+    ));
+    let cfg = GatewayConfig {
+        models: vec![CatalogEntry {
+            name: "tiny".into(),
+            id: MODEL,
+            tokenizer: Arc::new(crate::testing::tiny_model().tokenizer),
+            n_ctx: 512,
+        }],
+        api_keys: vec![(KEY.into(), client)],
+        attempts,
+        worker_timeout: Duration::from_secs(30),
+        dir: dir.path().to_path_buf(),
+        require_qualified: false,
+    };
+    let router = Gateway::new(cfg, chain.ledger()).unwrap().router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    Net {
+        chain,
+        gateway,
+        _dir: dir,
+        http,
+    }
+}
+
+impl Net {
+    async fn worker(&self, tamper: Option<Arc<dyn Tamper>>, price: u64) -> TestWorker {
+        let w = TestWorker::start(&self.chain, tamper, Duration::from_secs(5)).await;
+        self.chain.register(w.worker.address(), &w.url, price);
+        w
+    }
+
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.gateway))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// The text the ids of `job`'s receipt (stored by `w`) make, as the engine makes it (with the
+/// stop strings and token limit the receipt signs).
+fn text_of_receipt(w: &TestWorker, job: &Value) -> String {
+    let job: Hash256 = serde_json::from_value(job.clone()).unwrap();
+    let r = w.receipt(&job);
+    let tok = crate::testing::tiny_model().tokenizer;
+    let mut out = OutputText::new(&r.stop, r.max_tokens as usize);
+    for &t in &r.output_tokens {
+        out.push(&tok, t);
+    }
+    assert_eq!(out.end(), Some(r.stop_reason));
+    out.text()
+}
+
+/// The `data:` payloads of a server-sent event stream.
+fn sse(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cannot_put_words_in_its_tokens_mouth() {
+    let net = start(1).await;
+    let w = net.worker(Some(Arc::new(InventedText)), PRICE).await;
+    let req = json!({ "model": "tiny", "prompt": "hello there", "max_tokens": 12, "seed": 3 });
+    // One JSON answer: the text of the ids the receipt signs, not the worker's text.
+    let r = net.post("/v1/completions", req.clone()).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(text, text_of_receipt(&w, &v["deai"]["job"]));
+    assert!(!v.to_string().contains("mallory"), "{v}");
+    // Streamed: every delta comes from the ids too.
+    let mut req = req;
+    req["stream"] = json!(true);
+    let body = net.post("/v1/completions", req).await.text().await.unwrap();
+    assert!(!body.contains("mallory"), "{body}");
+    let mut streamed = String::new();
+    let mut job = Value::Null;
+    for d in sse(&body) {
+        if d == "[DONE]" {
+            continue;
+        }
+        let c: Value = serde_json::from_str(&d).unwrap();
+        assert!(c.get("error").is_none(), "{c}");
+        streamed.push_str(c["choices"][0]["text"].as_str().unwrap_or(""));
+        if !c["deai"].is_null() {
+            job = c["deai"]["job"].clone();
+        }
+    }
+    assert_eq!(streamed, text_of_receipt(&w, &job));
+    // A chat with tools: the invented tool call is not the answer, in either form.
+    let chat = json!({
+        "model": "tiny", "max_tokens": 24, "seed": 5,
+        "messages": [{ "role": "user", "content": "weather in Paris?" }],
+        "tools": [{ "type": "function", "function": { "name": "get_weather",
+            "parameters": { "type": "object",
+                            "properties": { "city": { "type": "string" } } } } }],
+    });
+    for stream in [false, true] {
+        let mut chat = chat.clone();
+        chat["stream"] = json!(stream);
+        let r = net.post("/v1/chat/completions", chat).await;
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("transfer_funds"), "{body}");
+        assert!(!body.contains("mallory"), "{body}");
+        if stream {
+            let last: Value = sse(&body)
+                .iter()
+                .rev()
+                .find_map(|d| serde_json::from_str(d).ok())
+                .unwrap();
+            assert!(!last["deai"]["job"].is_null(), "{body}");
+            continue;
+        }
+        // The answer, a call or plain text, is the text of the signed ids.
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let ids_text = text_of_receipt(&w, &v["deai"]["job"]);
+        let m = &v["choices"][0]["message"];
+        let answer = match m["tool_calls"][0]["function"].as_object() {
+            Some(f) => format!(
+                "{{\"name\": {}, \"arguments\": {}}}",
+                json!(f["name"]),
+                f["arguments"].as_str().unwrap()
+            ),
+            None => m["content"].as_str().unwrap().to_string(),
+        };
+        assert_eq!(answer, ids_text, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_failover_the_client_never_reads_a_splice_of_two_workers() {
+    let net = start(2).await;
+    let tok = crate::testing::tiny_model().tokenizer;
+    let z = (0..512)
+        .find(|&i| tok.token_bytes(i) == Some(b"Z".to_vec()))
+        .unwrap();
+    // The cheapest worker goes first: it streams forged tokens, then crashes; the honest
+    // one is tried next.
+    let forger = ForgeThenCrash { forged: z };
+    let _liar = net.worker(Some(Arc::new(forger)), PRICE).await;
+    let honest = net.worker(None, PRICE + 1).await;
+    let req = json!({ "model": "tiny", "prompt": "hello there", "max_tokens": 12, "seed": 3,
+                      "stream": true });
+    // Streamed: the forged text already went out, and the honest output does not continue
+    // it, so the stream ends with an error rather than a splice under the honest receipt.
+    let body = net
+        .post("/v1/completions", req.clone())
+        .await
+        .text()
+        .await
+        .unwrap();
+    let mut streamed = String::new();
+    let mut error = None;
+    for d in sse(&body) {
+        if d == "[DONE]" {
+            continue;
+        }
+        let c: Value = serde_json::from_str(&d).unwrap();
+        if let Some(e) = c.get("error") {
+            error = Some(e.to_string());
+            continue;
+        }
+        assert!(c["deai"].is_null(), "no receipt may cover this answer: {c}");
+        streamed.push_str(c["choices"][0]["text"].as_str().unwrap_or(""));
+    }
+    assert_eq!(streamed, "ZZZ", "{body}");
+    let error = error.expect("the stream ends with an error");
+    assert!(
+        error.contains("differs") || error.contains("does not cover"),
+        "{error}"
+    );
+    // One JSON answer (both workers failed once; the cheaper forger goes first again): only
+    // the honest worker's text, whose receipt signs all of it.
+    let mut req = req;
+    req["stream"] = json!(false);
+    let r = net.post("/v1/completions", req).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    let honest_text = text_of_receipt(&honest, &v["deai"]["job"]);
+    assert!(
+        !honest_text.starts_with("ZZZ"),
+        "the test needs the honest text to differ from the forged one"
+    );
+    assert_eq!(text, honest_text);
+}
