@@ -182,14 +182,17 @@ pub enum TxCmd {
         verdict: String,
     },
     Propose {
-        /// A parameter name (e.g. slash_bps) with --value, or allow_model / disallow_model
-        /// with --model.
+        /// A parameter name (e.g. slash_bps) with --value, allow_model / disallow_model
+        /// with --model, or allow_profile / disallow_profile with --profile.
         #[arg(long)]
         param: String,
         #[arg(long)]
         value: Option<u64>,
         #[arg(long)]
         model: Option<String>,
+        /// A kernel profile id (e.g. deai-cpu-bi-v1).
+        #[arg(long)]
+        profile: Option<String>,
     },
     Vote {
         #[arg(long)]
@@ -498,15 +501,22 @@ pub fn tx(a: TxArgs) -> Result<()> {
             param,
             value,
             model,
+            profile,
         } => {
-            let change = match (param.as_str(), value, model) {
-                ("allow_model", None, Some(m)) => ParamChange::AllowModel {
+            let change = match (param.as_str(), value, model, profile) {
+                ("allow_model", None, Some(m), None) => ParamChange::AllowModel {
                     model: parse_hash(&m)?,
                 },
-                ("disallow_model", None, Some(m)) => ParamChange::DisallowModel {
+                ("disallow_model", None, Some(m), None) => ParamChange::DisallowModel {
                     model: parse_hash(&m)?,
                 },
-                (p, Some(v), None) => ParamChange::Set {
+                ("allow_profile", None, None, Some(profile)) => {
+                    ParamChange::AllowProfile { profile }
+                }
+                ("disallow_profile", None, None, Some(profile)) => {
+                    ParamChange::DisallowProfile { profile }
+                }
+                (p, Some(v), None, None) => ParamChange::Set {
                     param: Param::parse(p).with_context(|| {
                         let names: Vec<String> = Param::ALL.iter().map(|p| p.name()).collect();
                         format!("unknown parameter {p:?}; known: {}", names.join(", "))
@@ -514,7 +524,8 @@ pub fn tx(a: TxArgs) -> Result<()> {
                     value: v,
                 },
                 _ => bail!(
-                    "give --param NAME --value V, or --param allow_model|disallow_model --model ID"
+                    "give --param NAME --value V, --param allow_model|disallow_model --model ID, \
+                     or --param allow_profile|disallow_profile --profile ID"
                 ),
             };
             TxKind::Propose { change }

@@ -48,6 +48,10 @@ pub struct VerifyArgs {
     /// ask the node, which then has to be trusted for the validator set).
     #[arg(long, requires = "onchain")]
     pub genesis: Option<PathBuf>,
+    /// A foreign kernel profile to compare within the calibrated cross-profile thresholds
+    /// (repeatable). Receipts under any other profile than this machine's are rejected.
+    #[arg(long, value_name = "PROFILE_ID")]
+    pub cross_profile: Vec<String>,
 }
 
 #[derive(Args)]
@@ -204,7 +208,11 @@ fn verify_inner(a: &VerifyArgs) -> Result<bool> {
     }
     let engine = Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))?;
     let t0 = std::time::Instant::now();
-    let mut rep = deai_proof::verify(&r, &engine, &model_id);
+    let cfg = deai_proof::VerifyConfig {
+        cross_profiles: a.cross_profile.clone(),
+        ..Default::default()
+    };
+    let mut rep = deai_proof::verify_with(&r, &engine, &model_id, &cfg);
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     if let Some(url) = &a.onchain {
         let checks = onchain_checks(&r, url.trim_end_matches('/'), a.genesis.as_deref())?;

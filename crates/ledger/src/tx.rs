@@ -118,9 +118,23 @@ impl Param {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ParamChange {
-    Set { param: Param, value: u64 },
-    AllowModel { model: Hash256 },
-    DisallowModel { model: Hash256 },
+    Set {
+        param: Param,
+        value: u64,
+    },
+    AllowModel {
+        model: Hash256,
+    },
+    DisallowModel {
+        model: Hash256,
+    },
+    /// Accept workers (and receipts) of this kernel profile.
+    AllowProfile {
+        profile: String,
+    },
+    DisallowProfile {
+        profile: String,
+    },
 }
 
 /// What a transaction does.
@@ -284,6 +298,12 @@ impl ParamChange {
                 w.u8(2);
                 put_hash(w, model);
             }
+            ParamChange::AllowProfile { profile } => {
+                w.u8(3).str(profile);
+            }
+            ParamChange::DisallowProfile { profile } => {
+                w.u8(4).str(profile);
+            }
         }
     }
 
@@ -305,6 +325,12 @@ impl ParamChange {
             },
             2 => ParamChange::DisallowModel {
                 model: get_hash(r, "model")?,
+            },
+            3 => ParamChange::AllowProfile {
+                profile: r.str("profile", MAX_STR)?,
+            },
+            4 => ParamChange::DisallowProfile {
+                profile: r.str("profile", MAX_STR)?,
             },
             t => {
                 return Err(DecodeError::UnknownTag {

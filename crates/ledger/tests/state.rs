@@ -1742,3 +1742,57 @@ fn transactions_from_weak_keys_are_refused() {
     let h = c.s.height() + 1;
     assert!(c.s.apply_block(h, &[signed]).is_err());
 }
+
+/// Kernel profiles are registered, not declared: a worker may only register a profile the
+/// chain accepts, and governance adds (or removes) profiles.
+#[test]
+fn workers_register_only_profiles_governance_accepts() {
+    let mut c = Chain::new();
+    c.ok(WORKER, TxKind::Stake { amount: 10_000 });
+    let reg = |profile: &str| TxKind::RegisterWorker {
+        models: vec![MODEL],
+        profile: profile.into(),
+        hardware: "h".into(),
+        price_per_1k: 100,
+        endpoint: "e".into(),
+    };
+    let e = c.fails(WORKER, reg("llama.cpp-cpu-loose"));
+    assert!(e.contains("not accepted"), "{e}");
+    c.ok(WORKER, reg(deai_ledger::state::DEFAULT_PROFILE));
+    // The last profile cannot be removed.
+    let e = c.fails(
+        1,
+        TxKind::Propose {
+            change: ParamChange::DisallowProfile {
+                profile: deai_ledger::state::DEFAULT_PROFILE.into(),
+            },
+        },
+    );
+    assert!(e.contains("last accepted"), "{e}");
+    c.ok(
+        1,
+        TxKind::Propose {
+            change: ParamChange::AllowProfile {
+                profile: "deai-gpu-v1".into(),
+            },
+        },
+    );
+    let id = c.s.meta().next_proposal - 1;
+    c.block(
+        VALS.iter()
+            .map(|v| {
+                (
+                    *v,
+                    TxKind::Vote {
+                        proposal: id,
+                        yes: true,
+                    },
+                )
+            })
+            .collect(),
+    );
+    c.empty_blocks(c.s.params().voting_period + c.s.params().execution_delay + 1);
+    assert!(c.s.params().profile_allowed("deai-gpu-v1"));
+    c.ok(13, TxKind::Stake { amount: 10_000 });
+    c.ok(13, reg("deai-gpu-v1"));
+}

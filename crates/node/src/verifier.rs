@@ -437,8 +437,15 @@ impl Verifier {
         }
         let engine = self.engine.clone();
         let model_id = self.model_id;
+        // Profiles the chain accepts are compared within the calibrated thresholds; the
+        // worker's own is its registered one (checked above).
+        let cross_profiles = match self.signer.ledger().params().await {
+            Ok(p) => p.profiles,
+            Err(e) => return Check::Unavailable(format!("chain parameters unavailable: {e:#}")),
+        };
         let cfg = deai_proof::VerifyConfig {
             background_patience: (!patience.is_zero()).then_some(patience),
+            cross_profiles,
             ..Default::default()
         };
         let _turn = self.prefill.lock().await;
@@ -481,6 +488,20 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new chain accepts exactly the CPU engine's kernel profile: the ledger's seed and
+    /// the engine's id must not drift apart, or no worker could register.
+    #[test]
+    fn the_ledgers_default_profile_is_the_engines() {
+        assert_eq!(
+            deai_ledger::state::DEFAULT_PROFILE,
+            deai_engine::profile::PROFILE_ID
+        );
+        assert_eq!(
+            deai_ledger::Params::default().profiles,
+            vec![deai_engine::profile::PROFILE_ID.to_string()]
+        );
+    }
 
     #[test]
     fn yield_budget_follows_the_observed_block_time_and_the_cap() {

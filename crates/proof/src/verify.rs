@@ -73,9 +73,11 @@ pub struct VerifyConfig {
     pub expected_job_id: Option<[u8; 32]>,
     /// The worker key the verifier expects (None: any).
     pub expected_worker: Option<[u8; 32]>,
-    /// Reject receipts made under another kernel profile instead of comparing within
-    /// thresholds.
-    pub require_same_profile: bool,
+    /// Foreign kernel profiles whose receipts are compared within `thresholds` (the ones
+    /// `deai calibrate` measured against this verifier's profile). A receipt under any other
+    /// foreign profile is rejected: a worker may not choose a profile just for the looser
+    /// comparison. Empty (the default): same profile only.
+    pub cross_profiles: Vec<String>,
     /// Run the prefill as background work that yields to generation on the same engine for
     /// up to this long ([`Engine::prefill_all_background`]; same bits). None: at once.
     pub background_patience: Option<std::time::Duration>,
@@ -89,7 +91,7 @@ impl Default for VerifyConfig {
             logit_tol: LOGIT_TOL,
             expected_job_id: None,
             expected_worker: None,
-            require_same_profile: false,
+            cross_profiles: Vec::new(),
             background_patience: None,
         }
     }
@@ -112,7 +114,7 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
     checks.extend([
         check_job_id(r, cfg.expected_job_id),
         check_model_id(r, model_id),
-        check_kernel_profile(r, &here.id, cfg.require_same_profile),
+        check_kernel_profile(r, &here.id, &cfg.cross_profiles),
         check_prompt_commitment(r),
         check_output_commitment(r),
         check_parameters(r, vocab),
@@ -237,19 +239,28 @@ fn check_model_id(r: &Receipt, model_id: &Hash256) -> Check {
     )
 }
 
-/// `kernel_profile`: equal profile ids are compared exactly; another profile is compared within
-/// thresholds unless `require_same` refuses it.
-fn check_kernel_profile(r: &Receipt, here: &str, require_same: bool) -> Check {
+/// `kernel_profile`: equal profile ids are compared exactly; a foreign profile the verifier
+/// was told it has a calibration for (`cross_profiles`) within thresholds; any other is
+/// rejected.
+fn check_kernel_profile(r: &Receipt, here: &str, cross: &[String]) -> Check {
     let exact = r.profile_id == here;
+    let known = cross.iter().any(|p| *p == r.profile_id);
     check(
         "kernel_profile",
-        exact || !require_same,
+        exact || known,
         if exact {
             format!("{}: exact comparison", r.profile_id)
-        } else {
+        } else if known {
             format!(
                 "receipt {} vs verifier {}: comparison within thresholds",
                 r.profile_id, here
+            )
+        } else {
+            format!(
+                "receipt under foreign kernel profile {} (verifier {}) with no calibration for \
+                 it: name it as a cross profile (`deai verify --cross-profile {}`) to compare \
+                 within the calibrated thresholds",
+                r.profile_id, here, r.profile_id
             )
         },
         None,

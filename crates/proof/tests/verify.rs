@@ -296,10 +296,17 @@ fn cross_profile_replay_uses_the_logit_tolerance() {
     };
     let cfg = |tol: f32| VerifyConfig {
         greedy_tol: tol,
+        cross_profiles: vec!["other-profile-v1".into()],
         ..VerifyConfig::default()
     };
     let rep = verify_with(&other(honest.clone()), e, &t.id, &cfg(0.0));
     assert!(rep.accepted(), "{:?}", rep.first_failure());
+    // The profile-downgrade attack: without a calibration for that profile the same receipt
+    // is rejected, whatever its tolerance would have allowed.
+    let rep = verify_with(&other(honest.clone()), e, &t.id, &VerifyConfig::default());
+    assert!(!rep.accepted());
+    let c = rep.check("kernel_profile").unwrap();
+    assert!(!c.ok && c.detail.contains("no calibration"), "{c:?}");
 
     // The output position whose runner-up is closest to the max.
     let p = honest.prompt_tokens.len();

@@ -16,6 +16,16 @@ impl State {
         match change {
             ParamChange::Set { param, value } => Params::check(*param, *value)?,
             ParamChange::AllowModel { .. } | ParamChange::DisallowModel { .. } => {}
+            ParamChange::AllowProfile { profile } if profile.is_empty() => {
+                return err("a kernel profile id must not be empty")
+            }
+            ParamChange::AllowProfile { .. } => {}
+            ParamChange::DisallowProfile { profile } => {
+                if self.meta.params.profiles.len() == 1 && self.meta.params.profile_allowed(profile)
+                {
+                    return err("the last accepted kernel profile cannot be disallowed");
+                }
+            }
         }
         let h = self.meta.height;
         let id = self.meta.next_proposal;
@@ -133,6 +143,14 @@ impl State {
             }
             ParamChange::DisallowModel { model } => {
                 params.allowed_models.retain(|m| *m != model);
+            }
+            ParamChange::AllowProfile { profile } => {
+                if let Err(i) = params.profiles.binary_search(&profile) {
+                    params.profiles.insert(i, profile);
+                }
+            }
+            ParamChange::DisallowProfile { profile } => {
+                params.profiles.retain(|p| *p != profile);
             }
         }
         self.dirty.insert(Key::Proposal(id));

@@ -32,6 +32,19 @@ pub struct Params {
     pub reporter_bps: u64,
     /// Models jobs may name, sorted.
     pub allowed_models: Vec<Hash256>,
+    /// Kernel profiles workers may register (and receipts declare), sorted. Validators
+    /// compare a receipt of another profile than their own within the calibrated
+    /// cross-profile thresholds only if it is listed here.
+    #[serde(default = "default_profiles")]
+    pub profiles: Vec<String>,
+}
+
+/// The kernel profile of deai's CPU engine (`deai_engine::profile::PROFILE_ID`; a node test
+/// keeps the two equal): the one profile a new chain accepts.
+pub const DEFAULT_PROFILE: &str = "deai-cpu-bi-v1";
+
+fn default_profiles() -> Vec<String> {
+    vec![DEFAULT_PROFILE.to_string()]
 }
 
 impl Default for Params {
@@ -59,6 +72,7 @@ impl Default for Params {
             collateral_bps: 100_000,
             reporter_bps: 1_000,
             allowed_models: Vec::new(),
+            profiles: default_profiles(),
         }
     }
 }
@@ -186,6 +200,12 @@ impl Params {
         if self.treasury_bps + self.validator_fee_bps > BPS {
             return Err("treasury_bps + validator_fee_bps exceed 10000".into());
         }
+        if self.profiles.is_empty() {
+            return Err("at least one kernel profile must be accepted".into());
+        }
+        if let Some(p) = self.profiles.iter().find(|p| p.is_empty() || p.len() > 64) {
+            return Err(format!("kernel profile id {p:?} must be 1..=64 bytes"));
+        }
         self.check_incentives()?;
         let evidence = self.challenge_window.saturating_add(self.verdict_window);
         let need = epoch_length.saturating_add(evidence);
@@ -215,6 +235,10 @@ impl Params {
             .max(epoch_length.saturating_add(evidence));
         self.voting_period = self.voting_period.max(epoch_length);
         self
+    }
+
+    pub fn profile_allowed(&self, p: &str) -> bool {
+        self.profiles.iter().any(|x| x == p)
     }
 
     pub fn model_allowed(&self, m: &Hash256) -> bool {

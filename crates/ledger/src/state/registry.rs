@@ -29,6 +29,12 @@ impl State {
         if let Some(m) = models.iter().find(|m| !p.model_allowed(m)) {
             return err(format!("model {} is not allowed by governance", m.short()));
         }
+        if !p.profile_allowed(profile) {
+            return err(format!(
+                "kernel profile {profile:?} is not accepted by this chain (accepted: {})",
+                p.profiles.join(", ")
+            ));
+        }
         if price_per_1k < p.price_floor {
             return err(format!(
                 "price {price_per_1k} below the floor {}",

@@ -163,16 +163,22 @@ fn model_id_rejects_another_model() {
 }
 
 #[test]
-fn kernel_profile_rejects_another_profile_only_when_required() {
+fn kernel_profile_accepts_a_foreign_profile_only_with_a_calibration_for_it() {
     let r = honest().receipt;
     let here = KernelProfile::current().id;
-    assert_pass(&check_kernel_profile(&r, &here, true), "kernel_profile");
+    assert_pass(&check_kernel_profile(&r, &here, &[]), "kernel_profile");
+    // Verified on a machine of another profile: only if that machine was told the receipt's
+    // profile is one it has thresholds for.
     assert_pass(
-        &check_kernel_profile(&r, "another-profile", false),
+        &check_kernel_profile(&r, "another-profile", &[r.profile_id.clone()]),
         "kernel_profile",
     );
     assert_fail(
-        &check_kernel_profile(&r, "another-profile", true),
+        &check_kernel_profile(&r, "another-profile", &[]),
+        "kernel_profile",
+    );
+    assert_fail(
+        &check_kernel_profile(&r, "another-profile", &["a-third-profile".into()]),
         "kernel_profile",
     );
 }
