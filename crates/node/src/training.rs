@@ -4,8 +4,9 @@
 //! Each round the coordinator publishes the round's inputs; workers fetch the checkpoint and
 //! their assigned shard by hash (and check the hash), run the inner steps, and post a signed
 //! contribution, naming the URL where they answer openings. The round closes when the job's
-//! worker count has submitted (a refused submission counts) or its deadline passes (a missing
-//! worker never stalls it);
+//! worker count has submitted (a refused submission counts if it was signed by its worker;
+//! one from an unstaked key does not) or its deadline passes (a missing worker never stalls
+//! it);
 //! the coordinator then draws the challenge, fetches the openings it needs from each worker,
 //! re-executes the challenged step (`deai_train::verify`), merges what passed and publishes
 //! the next checkpoint.

@@ -554,26 +554,35 @@ impl Coordinator {
     /// Admits a contribution's bytes for this round (free checks only) and returns its
     /// worker. A rejected one is recorded in the round's report; nothing already admitted
     /// changes.
+    ///
+    /// A worker counts towards [`Coordinator::attempted`] only once its key is proven: its
+    /// contribution was admitted, or refused for a reason found after its signature verified
+    /// (or as a copy of bytes admitted before). A key read from bytes nobody verified
+    /// (malformed, badly signed) counts for nothing, so junk naming other workers' keys
+    /// cannot close a round early.
     pub fn submit(&mut self, bytes: &[u8]) -> std::result::Result<[u8; 32], Rejection> {
         let worker = Contribution::worker_of(bytes);
-        if let Some(k) = worker {
-            self.attempted.insert(k);
-        }
         let r = self.admit(bytes);
-        if let Err(e) = &r {
-            self.record_early_reject(worker, e.clone(), bytes);
+        match &r {
+            Ok(k) => {
+                self.attempted.insert(*k);
+            }
+            Err(e) => {
+                let proven = !matches!(e.reason, Reason::Malformed | Reason::BadSignature);
+                if let Some(k) = worker.filter(|_| proven) {
+                    self.attempted.insert(k);
+                }
+                self.record_early_reject(worker, e.clone(), bytes)
+            }
         }
         r
     }
 
     /// Records a contribution the node refused before [`Coordinator::submit`] (its
-    /// admission policy): the worker counts as having tried this round, and the refusal is
-    /// in the round's report. Never slashable.
+    /// admission policy): the refusal is in the round's report. Never slashable, and it does
+    /// not count towards closing the round.
     pub fn refuse(&mut self, bytes: &[u8], detail: impl Into<String>) {
         let worker = Contribution::worker_of(bytes);
-        if let Some(k) = worker {
-            self.attempted.insert(k);
-        }
         self.record_early_reject(worker, Rejection::new(Reason::NotAdmitted, detail), bytes);
     }
 
@@ -635,8 +644,9 @@ impl Coordinator {
         self.pending.values()
     }
 
-    /// Distinct workers that submitted anything this round, admitted or refused (a round
-    /// need not wait for a worker whose contribution was already refused).
+    /// Distinct workers with a proven key that submitted this round, admitted or refused
+    /// (see [`Coordinator::submit`]; a round need not wait for a worker whose contribution
+    /// was already refused).
     pub fn attempted(&self) -> usize {
         self.attempted.len()
     }

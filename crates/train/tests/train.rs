@@ -474,11 +474,20 @@ fn bad_and_late_submissions_are_refused_and_lose_nothing() {
     let e = co.submit(&nan.sign(&key(2)).to_bytes()).unwrap_err();
     assert!(e.detail.contains("scale"), "{}", e.detail);
     assert_eq!(co.pending(), 1, "the accepted contribution is still there");
+    // The early-closing attack: junk naming other workers' keys (a flipped bit, wrong
+    // shapes, keys of throwaway signers) counts for nothing towards closing the round; only
+    // the admitted contribution does.
+    for k in 3..40u8 {
+        let mut junk = good.clone();
+        junk[40..72].copy_from_slice(&key(k).verifying_key().to_bytes());
+        assert!(co.submit(&junk).is_err());
+    }
+    assert_eq!(co.attempted(), 1, "only the admitted worker counts");
     let r = co
         .close_round(&[(key(1).verifying_key().to_bytes(), &run)])
         .unwrap();
     assert_eq!(r.accepted.len(), 1);
-    assert_eq!(r.rejected.len(), 6, "{:?}", r.rejected);
+    assert_eq!(r.rejected.len(), 6 + 37, "{:?}", r.rejected);
     // Late: round 0's contribution after the round closed.
     assert_eq!(co.submit(&good).unwrap_err().reason, Reason::Duplicate);
     let late = Contribution::from_bytes(&good, &j.model).unwrap();
