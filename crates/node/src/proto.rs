@@ -45,9 +45,12 @@ impl RunRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RunEvent {
-    /// Text that became final with one more token.
+    /// One more output token.
     Token {
         token: u32,
+        /// The text that became final with it, as the worker says. Informational only: the
+        /// gateway ignores it and derives every piece of text from the token ids (which the
+        /// receipt signs); kept for compatibility.
         text: String,
         /// When the request asked for them ([`RunRequest::top_logprobs`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]

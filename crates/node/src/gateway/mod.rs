@@ -7,7 +7,9 @@
 //! refuses, fails or drops mid-stream is replaced by the next one with a fresh job; its
 //! unused escrow comes back to the client when that job times out on chain. Because a job's
 //! output is fixed by its seed on one kernel profile, a replacement's text continues where
-//! the client's stream stopped.
+//! the client's stream stopped; one that does not is refused too, and the stream ends with an
+//! error rather than a splice. All text the client reads is derived from the token ids the
+//! receipt signs, with the gateway's own tokenizer; a worker's text is never relayed.
 //!
 //! Every answer names its receipt (`x-deai-receipt` header, `deai` field), which
 //! `GET /v1/receipts/{id}` serves with its verification status and ledger record.
