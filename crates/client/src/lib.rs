@@ -284,6 +284,18 @@ impl ChainClient {
         Ok(out)
     }
 
+    /// One registered worker with its stake (None if `a` is not registered).
+    pub async fn worker(&self, a: &Address) -> Result<Option<WorkerEntry>> {
+        match self.get(&format!("/v1/worker/{}", hex::encode(a))).await? {
+            None => Ok(None),
+            Some(w) => Ok(Some(WorkerEntry {
+                address: *a,
+                worker: serde_json::from_value(w["worker"].clone()).context("bad worker")?,
+                stake: w["stake"].as_u64().unwrap_or(0),
+            })),
+        }
+    }
+
     /// The validators as the node lists them (`{"validators": [{address, stake, validator}]}`).
     pub async fn validators_json(&self) -> Result<Value> {
         self.get_some("/v1/validators").await

@@ -17,7 +17,7 @@ pub mod state;
 pub mod tx;
 
 pub use state::{
-    job_cost, Account, BlockError, BlockResult, Genesis, GenesisAccount, GenesisValidator, Job,
+    collateral, job_cost, Account, BlockError, BlockResult, Genesis, GenesisAccount, GenesisValidator, Job,
     JobStatus, Key, Params, Proposal, ProposalStatus, State, TrainingJob, TrainingStatus,
     TxOutcome, Worker,
 };

@@ -35,7 +35,7 @@ mod training;
 
 pub use block::{BlockError, BlockResult, TxOutcome, MAX_BLOCK_TXS};
 pub use genesis::{Genesis, GenesisAccount, GenesisValidator, DEFAULT_EPOCH_LENGTH};
-pub use jobs::job_cost;
+pub use jobs::{collateral, job_cost};
 pub use params::{Params, DEFAULT_PROFILE};
 pub use records::{
     decode_record, value_hash, Account, ChallengeRecord, Job, JobStatus, Key, Meta, Proposal,

@@ -126,6 +126,8 @@ struct Inner {
     clock: crate::BlockClock,
     /// The chain this worker's ledger node runs (read once).
     chain_id: tokio::sync::OnceCell<Hash256>,
+    /// Collateral reserved for admitted jobs whose receipts are not on chain yet.
+    reserved: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -154,6 +156,7 @@ impl Worker {
             refused_busy: AtomicU64::new(0),
             clock: Default::default(),
             chain_id: tokio::sync::OnceCell::new(),
+            reserved: AtomicU64::new(0),
         })))
     }
 
@@ -269,7 +272,7 @@ impl Worker {
         self.0.cfg.post_timeout.min(ESCROW_WAIT)
     }
 
-    fn receipt_path(&self, job: &Hash256) -> PathBuf {
+    pub(crate) fn receipt_path(&self, job: &Hash256) -> PathBuf {
         self.0.cfg.dir.join("receipts").join(format!("{job}.json"))
     }
 
@@ -278,7 +281,7 @@ impl Worker {
     /// escrow, from a client whose finalized balance covers it and whose finalized nonce has
     /// not passed the transaction's (unless the job is already on chain), and not seen before.
     /// Returns the job id and its place in this worker's queue.
-    async fn admit(&self, req: &RunRequest) -> Result<(Hash256, Place), HttpError> {
+    async fn admit(&self, req: &RunRequest) -> Result<(Hash256, Place, Reserved), HttpError> {
         let i = &self.0;
         if req.model_id != i.cfg.model_id {
             return Err(http_error(
@@ -358,6 +361,7 @@ impl Worker {
                 "the client's balance does not cover the escrow",
             ));
         }
+        let reserved = self.reserve_collateral(*escrow).await?;
         // Take a place in the queue before the queue check (whose ledger reads take a
         // while), so that jobs admitted together each see the others ahead of them; only a
         // request that is otherwise acceptable holds one.
@@ -370,7 +374,57 @@ impl Worker {
                 format!("job {job} was already run (replay)"),
             ));
         }
-        Ok((job, place))
+        Ok((job, place, reserved))
+    }
+
+    /// Reserves the collateral this job's receipt will lock (`escrow` bounds what it bills):
+    /// the worker's free stake on chain (stake less what its posted receipts lock), less
+    /// what the jobs it admitted but has not receipted yet will lock, must cover it, or the
+    /// ledger would refuse the receipt and the work would go unpaid (503: the gateway tries
+    /// another worker). Released when the guard drops, after the receipt is posted.
+    async fn reserve_collateral(&self, escrow: u64) -> Result<Reserved, HttpError> {
+        let i = &self.0;
+        let ledger = i.signer.ledger();
+        let unavailable =
+            |e: anyhow::Error| http_error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"));
+        let bps = ledger.params().await.map_err(unavailable)?.collateral_bps;
+        let need = deai_ledger::collateral(escrow, bps);
+        let me = ledger
+            .worker(&self.address())
+            .await
+            .map_err(unavailable)?
+            .filter(|w| w.worker.active)
+            .ok_or_else(|| {
+                http_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this worker is not an active registered worker on chain",
+                )
+            })?;
+        let held = i
+            .reserved
+            .fetch_add(need, Ordering::SeqCst)
+            .saturating_add(need);
+        let guard = Reserved(self.clone(), need);
+        let free = me.stake.saturating_sub(me.worker.locked);
+        if held > free {
+            return Err(http_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "worker's free stake {free} does not cover the collateral of its jobs in \
+                     flight and this one ({held}); try another worker"
+                ),
+            ));
+        }
+        Ok(guard)
+    }
+}
+
+/// Collateral reserved for an admitted job until its receipt is on chain (or it failed).
+struct Reserved(Worker, u64);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.0 .0.reserved.fetch_sub(self.1, Ordering::SeqCst);
     }
 }
 
@@ -496,7 +550,7 @@ async fn run(
             ),
         ));
     }
-    let (job, place) = w.admit(&req).await?;
+    let (job, place, reserved) = w.admit(&req).await?;
     // Make sure the escrow reaches the chain even if the gateway's copy was lost.
     let _ = w.0.signer.ledger().submit(&req.open_job).await;
     // `None` on the channel aborts the response mid-stream (a simulated crash). Unbounded, so
@@ -528,6 +582,8 @@ async fn run(
             Ok(Ok((bytes, tokens))) => {
                 w2.0.served.fetch_add(1, Ordering::Relaxed);
                 post_receipt(&w2, job, receipt_digest(&bytes), tokens).await;
+                // On chain now (or given up): the ledger's lock replaces the reservation.
+                drop(reserved);
             }
             Ok(Err(e)) => {
                 let _ = tx.send(Some(RunEvent::Error {
@@ -683,8 +739,7 @@ fn execute(
     let json = r.to_json();
     let path = w.receipt_path(&job);
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("storing {}", path.display()))?;
+    write_durably(&tmp, &path, json.as_bytes())?;
     let tokens = (r.prompt_tokens.len() + r.output_tokens.len()) as u32;
     let _ = tx.send(Some(RunEvent::Done {
         job,
@@ -695,6 +750,24 @@ fn execute(
         receipt_digest: receipt_digest(&bytes),
     }));
     Ok((bytes, tokens))
+}
+
+/// Writes `bytes` to `tmp`, flushes it to disk, renames it to `path` and flushes the
+/// directory: a receipt whose digest goes on chain must survive a crash (the validators and
+/// the client fetch it later, and a worker that cannot produce it is slashed).
+fn write_durably(tmp: &std::path::Path, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(tmp, path).with_context(|| format!("storing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Waits for the job's escrow to be finalized, then posts the receipt digest and pointer.

@@ -57,6 +57,7 @@ impl FakeChain {
             .route("/v1/account/{a}", get(account))
             .route("/v1/job/{id}", get(job))
             .route("/v1/workers", get(workers))
+            .route("/v1/worker/{a}", get(worker))
             .route("/v1/tx", post(submit))
             .route("/v1/tx/{id}", get(tx_status))
             .with_state(state.clone());
@@ -147,6 +148,25 @@ async fn job(State(st): State<Shared>, Path(id): Path<String>) -> Response {
 
 async fn workers(State(st): State<Shared>) -> Json<Value> {
     Json(json!({ "workers": st.lock().unwrap().workers }))
+}
+
+/// A worker listed in the registry, or else any key as an active worker staking 1,000,000
+/// with nothing locked (the fake chain's workers are all registered).
+async fn worker(State(st): State<Shared>, Path(a): Path<String>) -> Json<Value> {
+    let st = st.lock().unwrap();
+    if let Some(w) = st.workers.iter().find(|w| w["address"] == a.as_str()) {
+        return Json(w.clone());
+    }
+    Json(json!({
+        "address": a,
+        "stake": 1_000_000,
+        "worker": {
+            "models": [MODEL], "profile": "test", "hardware": "test",
+            "price_per_1k": PRICE, "endpoint": "", "active": true,
+            "registered_at": 1, "jobs_done": 1, "jobs_rejected": 0, "tokens_served": 0,
+            "earned": 0, "slashed": 0, "locked": 0,
+        },
+    }))
 }
 
 async fn submit(State(st): State<Shared>, Json(body): Json<Value>) -> Json<Value> {
@@ -415,4 +435,48 @@ async fn a_client_that_leaves_mid_run_frees_the_engine_and_gets_no_receipt() {
     assert!(generated < 100, "{generated} tokens generated for nobody");
     assert!(!w.worker.receipt_path(&left.job_id()).exists());
     assert_eq!(w.worker.0.served.load(Ordering::Relaxed), 1);
+}
+
+/// A worker whose free stake cannot cover a job's collateral refuses it (503) rather than run
+/// it and have its receipt refused on chain; with the stake there, the same job runs, and the
+/// reservation is released once the receipt is posted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_a_job_its_free_stake_cannot_back() {
+    let chain = FakeChain::start(true).await;
+    let w = TestWorker::start(&chain, None, Duration::from_secs(5)).await;
+    let me = w.worker.address();
+    let key = deai_proof::generate_key();
+    let entry = |stake: u64, locked: u64| {
+        json!({
+            "address": hex::encode(me),
+            "stake": stake,
+            "worker": {
+                "models": [MODEL], "profile": "test", "hardware": "test",
+                "price_per_1k": PRICE, "endpoint": w.url, "active": true,
+                "registered_at": 1, "jobs_done": 1, "jobs_rejected": 0, "tokens_served": 0,
+                "earned": 0, "slashed": 0, "locked": locked,
+            },
+        })
+    };
+    // 7 tokens at 1,000 per 1k: escrow 7, collateral 70 at the default 10x. Stake 100 with
+    // 40 locked by receipts already posted leaves 60.
+    chain.state.lock().unwrap().workers = vec![entry(100, 40)];
+    let req = job_request(&key, me, long(4), CHAIN, 0);
+    let err = w.client().run(&req).await.err().unwrap().to_string();
+    assert!(
+        err.contains("503") && err.contains("free stake 60"),
+        "{err}"
+    );
+    assert_eq!(w.worker.0.reserved.load(Ordering::SeqCst), 0);
+    chain.state.lock().unwrap().workers = vec![entry(100, 30)];
+    let req = job_request(&key, me, long(4), CHAIN, 1);
+    assert!(done(&events(&w, &req).await.unwrap()));
+    let t0 = std::time::Instant::now();
+    while w.worker.0.reserved.load(Ordering::SeqCst) != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "reservation never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

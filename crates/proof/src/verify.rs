@@ -244,7 +244,7 @@ fn check_model_id(r: &Receipt, model_id: &Hash256) -> Check {
 /// rejected.
 fn check_kernel_profile(r: &Receipt, here: &str, cross: &[String]) -> Check {
     let exact = r.profile_id == here;
-    let known = cross.iter().any(|p| *p == r.profile_id);
+    let known = cross.contains(&r.profile_id);
     check(
         "kernel_profile",
         exact || known,

@@ -19,6 +19,15 @@ pub fn job_cost(tokens: u64, price_per_1k: u64) -> u64 {
     ((tokens as u128 * price_per_1k as u128).div_ceil(1000)).min(u64::MAX as u128) as u64
 }
 
+/// The stake a receipt billing `cost` locks until it settles: `cost x collateral_bps /
+/// 10000`, rounded down, saturating at `u64::MAX` ([`Params::check_incentives`] says why).
+/// Workers and gateways call it to know whether a worker can take a job.
+///
+/// [`Params::check_incentives`]: super::Params::check_incentives
+pub fn collateral(cost: u64, collateral_bps: u64) -> u64 {
+    ((cost as u128 * collateral_bps as u128) / super::BPS as u128).min(u64::MAX as u128) as u64
+}
+
 impl State {
     fn job_mut(&mut self, j: &Hash256) -> Option<&mut Job> {
         self.dirty.insert(Key::Job(*j));
@@ -134,7 +143,7 @@ impl State {
                 p.min_worker_stake
             ));
         }
-        let collateral = bps_of(cost, p.collateral_bps);
+        let collateral = collateral(cost, p.collateral_bps);
         let free = stake.saturating_sub(w.locked);
         if free < collateral {
             return err(format!(

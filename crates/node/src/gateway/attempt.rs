@@ -323,6 +323,16 @@ pub(super) async fn attempt(
                 store
                     .keep_answer(&choice.request, &job, &receipt, &text)
                     .await?;
+                // Hold the worker to this receipt on chain: another digest or token count
+                // posted for the job is challenged.
+                super::watch::spawn(
+                    choice.client.clone(),
+                    job,
+                    super::watch::Served {
+                        digest: receipt_digest,
+                        tokens: (r.prompt_tokens.len() + r.output_tokens.len()) as u32,
+                    },
+                );
                 let _ = out
                     .send(Out::Done {
                         job,

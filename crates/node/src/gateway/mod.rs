@@ -29,6 +29,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 mod views;
+mod watch;
 
 pub use config::{CatalogEntry, GatewayConfig};
 

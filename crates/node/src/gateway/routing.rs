@@ -1,6 +1,6 @@
 //! Choosing workers and failing over: the ledger's registry (cached briefly) filtered to
-//! active, staked workers of a model and ranked by what this gateway saw of them (failures,
-//! rejections, load, price, use); a request's choices spread over the best-ranked workers,
+//! active, staked workers of a model whose free stake covers the job's collateral, ranked by
+//! what this gateway saw of them (failures, rejections, price, load, use); a request's choices spread over the best-ranked workers,
 //! each choice tried on one worker after another until one completes it.
 
 use super::attempt::{attempt, Choice, Out, Sent};
@@ -43,6 +43,8 @@ pub(super) struct Routing {
     /// Route only to workers with at least one accepted job on chain.
     require_qualified: bool,
     registry: tokio::sync::Mutex<Option<(Instant, Vec<WorkerEntry>)>>,
+    /// The chain's `collateral_bps`, read with the registry.
+    collateral_bps: std::sync::atomic::AtomicU64,
     tally: Mutex<Tally>,
 }
 
@@ -55,6 +57,7 @@ impl Routing {
             worker_timeout: cfg.worker_timeout,
             require_qualified: cfg.require_qualified,
             registry: tokio::sync::Mutex::new(None),
+            collateral_bps: std::sync::atomic::AtomicU64::new(0),
             tally: Mutex::new(Tally::default()),
         }
     }
@@ -78,6 +81,10 @@ impl Routing {
                 )
             })?;
             *reg = Some((Instant::now(), list));
+            if let Ok(p) = self.ledger.params().await {
+                self.collateral_bps
+                    .store(p.collateral_bps, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let min_stake = 1; // the ledger enforces its own minimum at registration
         let seen = self.tally();
@@ -89,12 +96,14 @@ impl Routing {
             .filter(|w| w.worker.active && w.stake >= min_stake && w.worker.models.contains(model))
             .filter(|w| !self.require_qualified || w.worker.jobs_done > 0)
             .collect();
+        // Price before load: a busy cheap worker queues the job or refuses it (503, and the
+        // next is tried); an idle dear one must not win just by being idle.
         c.sort_by_key(|w| {
             (
                 seen.failures.get(&w.address).copied().unwrap_or(0),
                 w.worker.jobs_rejected,
-                seen.load.get(&w.address).copied().unwrap_or(0),
                 w.worker.price_per_1k,
+                seen.load.get(&w.address).copied().unwrap_or(0),
                 seen.assigned.get(&w.address).copied().unwrap_or(0),
                 w.address,
             )
@@ -130,7 +139,16 @@ impl Routing {
             )
             .with_code("context_length_exceeded"));
         }
-        let workers = self.candidates(&model.id).await?;
+        let mut workers = self.candidates(&model.id).await?;
+        // Only workers whose free stake covers this job's collateral can post its receipt
+        // (the ledger refuses the rest, leaving the work unpaid).
+        let bps = self
+            .collateral_bps
+            .load(std::sync::atomic::Ordering::Relaxed);
+        workers.retain(|w| {
+            let escrow = job_cost(total as u64, w.worker.price_per_1k);
+            w.stake.saturating_sub(w.worker.locked) >= deai_ledger::collateral(escrow, bps)
+        });
         let Some(first) = workers.first() else {
             return Err(http_error(
                 StatusCode::SERVICE_UNAVAILABLE,

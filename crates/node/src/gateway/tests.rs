@@ -275,3 +275,30 @@ async fn after_failover_the_client_never_reads_a_splice_of_two_workers() {
     );
     assert_eq!(text, honest_text);
 }
+
+/// Routing by the stake behind a receipt: the cheapest worker, whose free stake cannot cover
+/// the job's collateral (its receipt would be refused on chain, the work unpaid), is passed
+/// over for a dearer one that can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_routes_only_to_workers_whose_stake_backs_the_job() {
+    let net = start(1).await;
+    let broke = net.worker(None, PRICE).await;
+    let backed = net.worker(None, PRICE * 2).await;
+    {
+        let mut st = net.chain.state.lock().unwrap();
+        let w = st
+            .workers
+            .iter_mut()
+            .find(|w| w["address"] == hex::encode(broke.worker.address()).as_str())
+            .unwrap();
+        w["stake"] = json!(50);
+        w["worker"]["locked"] = json!(40);
+    }
+    let req = json!({ "model": "tiny", "prompt": "hello there", "max_tokens": 12, "seed": 3 });
+    let r = net.post("/v1/completions", req).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let job: Hash256 = serde_json::from_value(v["deai"]["job"].clone()).unwrap();
+    assert!(backed.worker.receipt_path(&job).exists(), "{v}");
+    assert!(!broke.worker.receipt_path(&job).exists());
+}
