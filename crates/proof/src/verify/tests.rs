@@ -170,7 +170,7 @@ fn kernel_profile_accepts_a_foreign_profile_only_with_a_calibration_for_it() {
     // Verified on a machine of another profile: only if that machine was told the receipt's
     // profile is one it has thresholds for.
     assert_pass(
-        &check_kernel_profile(&r, "another-profile", &[r.profile_id.clone()]),
+        &check_kernel_profile(&r, "another-profile", std::slice::from_ref(&r.profile_id)),
         "kernel_profile",
     );
     assert_fail(
