@@ -17,8 +17,8 @@ pub mod state;
 pub mod tx;
 
 pub use state::{
-    collateral, job_cost, Account, BlockError, BlockResult, Genesis, GenesisAccount, GenesisValidator, Job,
-    JobStatus, Key, Params, Proposal, ProposalStatus, State, TrainingJob, TrainingStatus,
-    TxOutcome, Worker,
+    collateral, job_cost, Account, BlockError, BlockResult, Genesis, GenesisAccount,
+    GenesisValidator, Job, JobStatus, Key, Params, Proposal, ProposalStatus, State, TrainingJob,
+    TrainingStatus, TxOutcome, Worker,
 };
 pub use tx::{Address, Param, ParamChange, SignedTx, Tx, TxKind};

@@ -39,7 +39,8 @@ pub use jobs::{collateral, job_cost};
 pub use params::{Params, DEFAULT_PROFILE};
 pub use records::{
     decode_record, value_hash, Account, ChallengeRecord, Job, JobStatus, Key, Meta, Proposal,
-    ProposalStatus, ReceiptRecord, Settlement, StakeVote, Unbond, Validator, Vote, Worker, MAX_SLASHED_VIEWS,
+    ProposalStatus, ReceiptRecord, Settlement, StakeVote, Unbond, Validator, Vote, Worker,
+    MAX_SLASHED_VIEWS,
 };
 pub use registry::MAX_CONSENSUS_VALIDATORS;
 pub use training::{PendingRound, TrainingJob, TrainingStatus, MAX_TRAIN_ROUNDS};
