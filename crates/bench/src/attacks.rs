@@ -377,10 +377,14 @@ fn lazy_receipt(n: u32) -> Row {
          collateral, so it loses in expectation (docs/economics.md); unsampled ones cost their \
          clients the escrow",
     );
-    // The two outcomes, measured: one job accepted unsampled, one rejected when sampled.
+    // The two outcomes, measured: one job accepted unsampled, one rejected when sampled, by
+    // a worker that stakes as little as it can (the minimum plus one job's collateral), so
+    // that its loss is the collateral rule's, not `slash_bps` of a large stake.
     let one = |reject: bool| {
         let mut net = Net::new();
-        net.worker(ATTACKER, 1_000_000);
+        let p = net.s.params().clone();
+        let stake = p.min_worker_stake + deai_ledger::collateral(ESCROW, p.collateral_bps);
+        net.worker(ATTACKER, stake);
         let a0 = net.holdings(ATTACKER);
         let job = job_id("lazy-one", 0);
         net.open(job, ATTACKER);

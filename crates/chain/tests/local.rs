@@ -541,7 +541,7 @@ fn a_staked_worker_follows_over_p2p_and_an_unstaked_key_is_refused() {
             1,
             TxKind::RegisterWorker {
                 models: vec![model],
-                profile: "cpu".into(),
+                profile: deai_ledger::state::DEFAULT_PROFILE.into(),
                 hardware: "test".into(),
                 price_per_1k: p.price_floor,
                 endpoint: "http://127.0.0.1:1".into(),

@@ -373,8 +373,10 @@ pub struct Coordinator {
     slash_proofs: Vec<Vec<u8>>,
     /// What the last closed round used, for auditors.
     evidence: Option<RoundEvidence>,
-    /// Workers that submitted anything this round (admitted or refused).
+    /// Workers with a proven key that submitted this round (see [`Coordinator::submit`]).
     attempted: HashSet<[u8; 32]>,
+    /// Every worker admitted in some round of this job (a known participant).
+    participants: HashSet<[u8; 32]>,
     pub reports: Vec<RoundReport>,
     /// This round's inputs and the hash of its fresh start state, kept while the weights stay
     /// (each costs a pass over every weight; workers poll the round and submit often).
@@ -448,6 +450,7 @@ impl Coordinator {
             slash_proofs: vec![],
             evidence: None,
             attempted: HashSet::new(),
+            participants: HashSet::new(),
             reports: vec![],
             eval_windows: 64,
         })
@@ -566,6 +569,7 @@ impl Coordinator {
         match &r {
             Ok(k) => {
                 self.attempted.insert(*k);
+                self.participants.insert(*k);
             }
             Err(e) => {
                 let proven = !matches!(e.reason, Reason::Malformed | Reason::BadSignature);
@@ -579,10 +583,19 @@ impl Coordinator {
     }
 
     /// Records a contribution the node refused before [`Coordinator::submit`] (its
-    /// admission policy): the refusal is in the round's report. Never slashable, and it does
-    /// not count towards closing the round.
+    /// admission policy): the refusal is in the round's report. Never slashable; it counts
+    /// towards closing the round only from a worker admitted in an earlier round, signed by
+    /// it (a stranger's key, or junk naming a participant's, counts for nothing).
     pub fn refuse(&mut self, bytes: &[u8], detail: impl Into<String>) {
         let worker = Contribution::worker_of(bytes);
+        // A participant of earlier rounds refused now (say, slashed below the stake) has
+        // tried: the round need not wait for it, once its signature shows the key is its.
+        let known = Contribution::from_bytes(bytes, &self.job.model)
+            .ok()
+            .filter(|c| self.participants.contains(&c.worker) && c.verify_signature().is_ok());
+        if let Some(c) = known {
+            self.attempted.insert(c.worker);
+        }
         self.record_early_reject(worker, Rejection::new(Reason::NotAdmitted, detail), bytes);
     }
 

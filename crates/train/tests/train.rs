@@ -516,6 +516,13 @@ fn bad_and_late_submissions_are_refused_and_lose_nothing() {
     let r = co.close_round(&[]).unwrap();
     assert_eq!(r.rejected.len(), deai_train::verify::MAX_EARLY_REJECTS);
     assert!(r.slashed_keys.is_empty());
+    // Refused by the node's policy (not staked): a participant of an earlier round, signed by
+    // its own key, counts as having tried; the same contribution from a stranger does not.
+    assert_eq!(co.attempted(), 0);
+    co.refuse(&late.clone().sign(&key(7)).to_bytes(), "not staked");
+    assert_eq!(co.attempted(), 0, "a stranger's key");
+    co.refuse(&late.clone().sign(&key(1)).to_bytes(), "not staked");
+    assert_eq!(co.attempted(), 1, "a participant of round 0");
 }
 
 #[test]

@@ -86,7 +86,7 @@ pub fn populate(blocks: u64, jobs: u64, per_block: u64) -> anyhow::Result<Popula
                 0,
                 TxKind::RegisterWorker {
                     models: vec![model],
-                    profile: "bench".into(),
+                    profile: deai_ledger::state::DEFAULT_PROFILE.into(),
                     hardware: "none".into(),
                     price_per_1k: 1,
                     endpoint: "http://127.0.0.1:9/".into(),
