@@ -108,6 +108,28 @@ impl Chain {
         let r = self.block(vec![(who, kind)]);
         r.outcomes[0].error.clone().expect("tx should fail")
     }
+    /// Validator 1 proposes `change`, all four validators vote yes, and the chain runs past
+    /// the vote and the execution delay; returns the proposal id.
+    fn pass(&mut self, change: ParamChange) -> u64 {
+        self.ok(1, TxKind::Propose { change });
+        let id = self.s.meta().next_proposal - 1;
+        self.block(
+            VALS.iter()
+                .map(|v| {
+                    (
+                        *v,
+                        TxKind::Vote {
+                            proposal: id,
+                            yes: true,
+                        },
+                    )
+                })
+                .collect(),
+        );
+        let p = self.s.params().clone();
+        self.empty_blocks(p.voting_period + p.execution_delay + 1);
+        id
+    }
     fn empty_blocks(&mut self, n: u64) {
         for _ in 0..n {
             self.block(vec![]);
@@ -1524,57 +1546,17 @@ fn governance_cannot_make_faking_pay_or_brick_itself() {
         assert!(e.contains("must be within"), "{param:?}: {e}");
     }
     // A sample-rate cut that passes its vote fails at execution and changes nothing.
-    c.ok(
-        1,
-        TxKind::Propose {
-            change: ParamChange::Set {
-                param: Param::SampleRateBps,
-                value: 500,
-            },
-        },
-    );
-    let id = c.s.meta().next_proposal - 1;
-    c.block(
-        VALS.iter()
-            .map(|v| {
-                (
-                    *v,
-                    TxKind::Vote {
-                        proposal: id,
-                        yes: true,
-                    },
-                )
-            })
-            .collect(),
-    );
-    c.empty_blocks(c.s.params().voting_period + c.s.params().execution_delay + 1);
+    let id = c.pass(ParamChange::Set {
+        param: Param::SampleRateBps,
+        value: 500,
+    });
     assert_eq!(c.s.proposal(id).unwrap().status, ProposalStatus::Failed);
     assert_eq!(c.s.params().sample_rate_bps, 1_000);
     // A validator minimum above every validator's stake would stop verdicts: it fails too.
-    c.ok(
-        1,
-        TxKind::Propose {
-            change: ParamChange::Set {
-                param: Param::MinValidatorStake,
-                value: 60_000,
-            },
-        },
-    );
-    let id = c.s.meta().next_proposal - 1;
-    c.block(
-        VALS.iter()
-            .map(|v| {
-                (
-                    *v,
-                    TxKind::Vote {
-                        proposal: id,
-                        yes: true,
-                    },
-                )
-            })
-            .collect(),
-    );
-    c.empty_blocks(c.s.params().voting_period + c.s.params().execution_delay + 1);
+    let id = c.pass(ParamChange::Set {
+        param: Param::MinValidatorStake,
+        value: 60_000,
+    });
     assert_eq!(c.s.proposal(id).unwrap().status, ProposalStatus::Failed);
     assert_eq!(
         c.s.params().min_validator_stake,
