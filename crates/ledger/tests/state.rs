@@ -1617,6 +1617,36 @@ fn votes_weigh_stake_bonded_before_the_proposal() {
         },
     );
     c.ok(3, TxKind::Unstake { amount: 40_000 });
+    // Propose, stake and vote in one block: the stake bonded in the proposal's own block
+    // does not vote on it either.
+    let r = c.block(vec![
+        (
+            2,
+            TxKind::Propose {
+                change: ParamChange::Set {
+                    param: Param::PriceFloor,
+                    value: 3,
+                },
+            },
+        ),
+        (2, TxKind::Stake { amount: 1 }),
+        (
+            2,
+            TxKind::Vote {
+                proposal: id + 1,
+                yes: true,
+            },
+        ),
+    ]);
+    assert_eq!(r.outcomes[0].error, None);
+    assert!(
+        r.outcomes[2]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("after proposal"),
+        "{r:?}"
+    );
     // Re-voting after staking more is refused.
     let e = c.fails(
         1,

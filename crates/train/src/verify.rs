@@ -558,11 +558,11 @@ impl Coordinator {
     /// worker. A rejected one is recorded in the round's report; nothing already admitted
     /// changes.
     ///
-    /// A worker counts towards [`Coordinator::attempted`] only once its key is proven: its
-    /// contribution was admitted, or refused for a reason found after its signature verified
-    /// (or as a copy of bytes admitted before). A key read from bytes nobody verified
-    /// (malformed, badly signed) counts for nothing, so junk naming other workers' keys
-    /// cannot close a round early.
+    /// A worker counts towards [`Coordinator::attempted`] only once it is proven to have
+    /// tried this round: its contribution was admitted, or refused though it is for this job
+    /// and round and signed by its worker (not a replay of last round's bytes). Junk naming
+    /// other workers' keys, or old signed contributions replayed by anyone, count for
+    /// nothing, so neither can close a round early.
     pub fn submit(&mut self, bytes: &[u8]) -> std::result::Result<[u8; 32], Rejection> {
         let worker = Contribution::worker_of(bytes);
         let r = self.admit(bytes);
@@ -572,8 +572,7 @@ impl Coordinator {
                 self.participants.insert(*k);
             }
             Err(e) => {
-                let proven = !matches!(e.reason, Reason::Malformed | Reason::BadSignature);
-                if let Some(k) = worker.filter(|_| proven) {
+                if let Some(k) = self.tried_this_round(bytes, false) {
                     self.attempted.insert(k);
                 }
                 self.record_early_reject(worker, e.clone(), bytes)
@@ -590,13 +589,24 @@ impl Coordinator {
         let worker = Contribution::worker_of(bytes);
         // A participant of earlier rounds refused now (say, slashed below the stake) has
         // tried: the round need not wait for it, once its signature shows the key is its.
-        let known = Contribution::from_bytes(bytes, &self.job.model)
-            .ok()
-            .filter(|c| self.participants.contains(&c.worker) && c.verify_signature().is_ok());
-        if let Some(c) = known {
-            self.attempted.insert(c.worker);
+        if let Some(k) = self.tried_this_round(bytes, true) {
+            self.attempted.insert(k);
         }
         self.record_early_reject(worker, Rejection::new(Reason::NotAdmitted, detail), bytes);
+    }
+
+    /// The worker whose refused `bytes` show it tried this round: a contribution for this job
+    /// and round, signed by its worker, not a copy of last round's (published) bytes, and,
+    /// with `participant`, from a worker admitted in an earlier round. Anything else (junk,
+    /// a forged key, a replay of old signed bytes by anyone) proves nothing.
+    fn tried_this_round(&self, bytes: &[u8], participant: bool) -> Option<[u8; 32]> {
+        let c = Contribution::from_bytes(bytes, &self.job.model).ok()?;
+        let ok = c.job == self.spec.job
+            && c.round == self.spec.round
+            && !self.seen_previous.contains(&c.id())
+            && (!participant || self.participants.contains(&c.worker))
+            && c.verify_signature().is_ok();
+        ok.then_some(c.worker)
     }
 
     /// Keeps at most [`MAX_EARLY_REJECTS`] refusals per round for the report (a flood of

@@ -513,15 +513,23 @@ fn bad_and_late_submissions_are_refused_and_lose_nothing() {
         let junk = vec![i as u8; 80];
         assert!(co.submit(&junk).is_err());
     }
+    // Round 0's admitted bytes and old signed contributions, replayed in round 1 by anyone,
+    // prove nobody tried this round: they must not close it early.
+    assert_eq!(co.attempted(), 0, "replays and junk count for nothing");
     let r = co.close_round(&[]).unwrap();
     assert_eq!(r.rejected.len(), deai_train::verify::MAX_EARLY_REJECTS);
     assert!(r.slashed_keys.is_empty());
     // Refused by the node's policy (not staked): a participant of an earlier round, signed by
-    // its own key, counts as having tried; the same contribution from a stranger does not.
+    // its own key, for this round, counts as having tried; a stranger does not, nor an old
+    // round's contribution.
     assert_eq!(co.attempted(), 0);
-    co.refuse(&late.clone().sign(&key(7)).to_bytes(), "not staked");
-    assert_eq!(co.attempted(), 0, "a stranger's key");
+    let mut now = late.clone();
+    now.round = co.round;
     co.refuse(&late.clone().sign(&key(1)).to_bytes(), "not staked");
+    assert_eq!(co.attempted(), 0, "an old round's contribution");
+    co.refuse(&now.clone().sign(&key(7)).to_bytes(), "not staked");
+    assert_eq!(co.attempted(), 0, "a stranger's key");
+    co.refuse(&now.clone().sign(&key(1)).to_bytes(), "not staked");
     assert_eq!(co.attempted(), 1, "a participant of round 0");
 }
 

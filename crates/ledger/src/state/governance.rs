@@ -65,7 +65,9 @@ impl State {
         if acct.stake == 0 {
             return err("only stakers may vote");
         }
-        if acct.bonded_at > p.created {
+        // `>=`: stake bonded in the proposal's own block (a Stake after the Propose) is
+        // not in its quorum base either.
+        if acct.bonded_at >= p.created {
             return err(format!(
                 "stake was added at height {} after proposal {proposal} opened at {}; only \
                  stake bonded before a proposal votes on it",
