@@ -1807,4 +1807,30 @@ fn workers_register_only_profiles_governance_accepts() {
     assert!(c.s.params().profile_allowed("deai-gpu-v1"));
     c.ok(13, TxKind::Stake { amount: 10_000 });
     c.ok(13, reg("deai-gpu-v1"));
+    // Disallowed again: the worker of that profile can post no new receipt (validators
+    // would no longer accept it; one posted before is judged as it was posted).
+    c.pass(ParamChange::DisallowProfile {
+        profile: "deai-gpu-v1".into(),
+    });
+    let job = Hash256([0x61; 32]);
+    c.ok(
+        CLIENT,
+        TxKind::OpenJob {
+            job,
+            model: MODEL,
+            max_tokens: 10,
+            escrow: 100,
+            worker: Some(addr(13)),
+        },
+    );
+    let e = c.fails(
+        13,
+        TxKind::PostReceipt {
+            job,
+            receipt: Hash256([1; 32]),
+            tokens: 10,
+            pointer: "p".into(),
+        },
+    );
+    assert!(e.contains("no longer accepted"), "{e}");
 }

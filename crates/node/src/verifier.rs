@@ -439,10 +439,14 @@ impl Verifier {
         let model_id = self.model_id;
         // Profiles the chain accepts are compared within the calibrated thresholds; the
         // worker's own is its registered one (checked above).
-        let cross_profiles = match self.signer.ledger().params().await {
+        let mut cross_profiles = match self.signer.ledger().params().await {
             Ok(p) => p.profiles,
             Err(e) => return Check::Unavailable(format!("chain parameters unavailable: {e:#}")),
         };
+        // The ledger took this receipt only under a profile accepted when it was posted;
+        // one disallowed since is still judged as it was posted (the worker's registered
+        // profile, checked above).
+        cross_profiles.push(r.profile_id.clone());
         let cfg = deai_proof::VerifyConfig {
             background_patience: (!patience.is_zero()).then_some(patience),
             cross_profiles,

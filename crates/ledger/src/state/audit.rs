@@ -22,6 +22,24 @@ impl State {
             total += a.balance as u128 + a.stake as u128 + a.unbonding_total();
             stake += a.stake as u128;
         }
+        // Every worker's lock is exactly the collateral of its receipts not yet settled.
+        let mut locks: std::collections::BTreeMap<crate::tx::Address, u128> =
+            std::collections::BTreeMap::new();
+        for j in self.jobs.values() {
+            if let (false, Some(r)) = (j.status.is_final(), &j.receipt) {
+                *locks.entry(r.worker).or_default() += r.collateral as u128;
+            }
+        }
+        for (a, w) in self.workers.iter() {
+            let want = locks.get(a).copied().unwrap_or(0);
+            if w.locked as u128 != want {
+                return err(format!(
+                    "worker {} locks {} but its unsettled receipts' collateral is {want}",
+                    hex::encode(&a[..4]),
+                    w.locked
+                ));
+            }
+        }
         for j in self.jobs.values() {
             if !j.status.is_final() {
                 total += j.escrow as u128;

@@ -122,6 +122,13 @@ impl State {
         if !w.active {
             return err("worker is inactive (slashed)");
         }
+        // Receipts are judged under the profiles the chain accepts when they are posted.
+        if !self.meta.params.profile_allowed(&w.profile) {
+            return err(format!(
+                "the worker's kernel profile {:?} is no longer accepted",
+                w.profile
+            ));
+        }
         match j.worker {
             Some(assigned) if assigned != from => return err("job is assigned to another worker"),
             None if !w.models.contains(&j.model) => {
