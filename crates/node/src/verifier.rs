@@ -426,8 +426,8 @@ impl Verifier {
             return reject(m.to_string());
         }
         // The profile is the worker's registered one, not whatever the receipt declares.
-        let worker = match self.signer.ledger().workers().await {
-            Ok(ws) => ws.into_iter().find(|w| w.address == r.worker_key),
+        let worker = match self.signer.ledger().worker(&r.worker_key).await {
+            Ok(w) => w,
             Err(e) => return Check::Unavailable(format!("worker registry unavailable: {e:#}")),
         };
         if let Err(m) =
