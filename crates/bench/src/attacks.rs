@@ -159,6 +159,7 @@ impl Net {
                 ..Params::default()
             },
             epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
+            beacon: None,
         };
         Net {
             s: State::from_genesis(&g).expect("the bench genesis is valid"),

@@ -88,6 +88,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/proposals", get(proposals))
         .route("/v1/search", get(search))
         .route("/v1/params", get(params))
+        .route("/v1/beacon", get(beacon))
+        .route("/v1/beacon/{round}", get(beacon_round))
         .route("/v1/block/{height}", get(block))
         .route("/v1/blocks", get(blocks))
         .route("/v1/proof/{kind}/{id}", get(proof))
@@ -320,8 +322,8 @@ async fn jobs(
         .map(|st| {
             serde_json::from_value(Value::String(st.to_string())).map_err(|_| {
                 bad(format!(
-                    "unknown status {st:?}: open, receipted, challenged, accepted, rejected, \
-                     expired or unresolved"
+                    "unknown status {st:?}: open, receipted, sampled, challenged, accepted, \
+                     rejected, expired or unresolved"
                 ))
             })
         })
@@ -463,6 +465,50 @@ async fn search(
         "nothing on this chain has id {hexish}: no transaction, job, block, worker, validator \
          or account with a balance"
     )))
+}
+
+/// `GET /v1/beacon`: the beacon key (without its encoded output), the rounds waiting for
+/// partial signatures (with the player indexes that signed each) and the latest recovered.
+async fn beacon(AxState(api): AxState<Api>) -> R {
+    let s = api.app.finalized_state();
+    let Some(b) = &s.meta().beacon else {
+        return Ok(Json(json!({ "height": s.height(), "beacon": null })));
+    };
+    let pending: Vec<Value> = s
+        .beacon_pending()
+        .into_iter()
+        .filter_map(|r| s.beacon_round(r))
+        .map(|r| {
+            let signed: Vec<u32> = r.partials.iter().map(|(i, _)| *i).collect();
+            json!({ "round": r.round, "jobs": r.jobs.len(), "signed": signed })
+        })
+        .collect();
+    let latest = s
+        .beacon_rounds()
+        .rev()
+        .find(|(_, r)| r.value.is_some())
+        .map(|(_, r)| json!({ "round": r.round, "value": r.value, "at": r.at }));
+    Ok(Json(json!({
+        "height": s.height(),
+        "beacon": {
+            "group_key": hex::encode(&b.group_key),
+            "players": b.players.iter().map(hex::encode).collect::<Vec<_>>(),
+            "quorum": b.quorum,
+            "period": b.period,
+        },
+        "pending": pending,
+        "latest": latest,
+    })))
+}
+
+/// `GET /v1/beacon/{round}`: one beacon round (its receipts, partials and value).
+async fn beacon_round(AxState(api): AxState<Api>, Path(r): Path<String>) -> R {
+    let r: u64 = r.parse().map_err(|_| bad("a beacon round is a number"))?;
+    let s = api.app.finalized_state();
+    let b = s
+        .beacon_round(r)
+        .ok_or_else(|| not_found(format!("no receipt awaits beacon round {r}")))?;
+    Ok(Json(json!({ "height": s.height(), "round": b })))
 }
 
 async fn params(AxState(api): AxState<Api>) -> R {

@@ -253,6 +253,7 @@ mod tests {
                 .collect(),
             params: Params::default(),
             epoch_length: 5,
+            beacon: None,
         };
         let mut s = State::from_genesis(&g).unwrap();
         let set = keys(s.validator_set());
@@ -305,6 +306,7 @@ mod tests {
             }],
             params: Params::default(),
             epoch_length: 5,
+            beacon: None,
         };
         let s = State::from_genesis(&g).unwrap();
         let d = crate::block::to_digest(deai_types::Hash256([1; 32]));

@@ -52,6 +52,9 @@ pub struct InitOptions {
     pub chain_name: String,
     /// Blocks per consensus epoch (the validator set follows stake between epochs).
     pub epoch_length: u64,
+    /// Blocks per beacon round, or `None` for a chain without a beacon (every validator
+    /// may judge every receipt; a quorum decides).
+    pub beacon_period: Option<u64>,
 }
 
 impl Default for InitOptions {
@@ -65,11 +68,17 @@ impl Default for InitOptions {
             params: Params::default(),
             chain_name: "deai-devnet".into(),
             epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
+            beacon_period: Some(deai_ledger::state::DEFAULT_BEACON_PERIOD),
         }
     }
 }
 
 pub fn write_key(path: &Path, seed: &[u8; 32]) -> Result<()> {
+    write_secret(path, seed)
+}
+
+/// Writes `bytes` as one line of hex, readable by its owner only (a key or a beacon share).
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("key path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(".tmp-{}", std::process::id()));
@@ -81,9 +90,22 @@ pub fn write_key(path: &Path, seed: &[u8; 32]) -> Result<()> {
         let mut f = opts
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
-        std::io::Write::write_all(&mut f, format!("{}\n", hex::encode(seed)).as_bytes())?;
+        std::io::Write::write_all(&mut f, format!("{}\n", hex::encode(bytes)).as_bytes())?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The beacon share file beside a validator key file (`validator-N.key` ->
+/// `validator-N.share`), as `deai chain init` writes it.
+pub fn share_path(key: &Path) -> std::path::PathBuf {
+    key.with_extension("share")
+}
+
+/// Reads a beacon share written by `deai chain init`.
+pub fn read_share(path: &Path) -> Result<Vec<u8>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    hex::decode(text.trim()).with_context(|| format!("{}: expected hex", path.display()))
 }
 
 pub fn read_key(path: &Path) -> Result<[u8; 32]> {
@@ -157,12 +179,32 @@ pub fn init_with(dir: &Path, o: &InitOptions, extra: Vec<GenesisAccount>) -> Res
         stake: 0,
     });
     accounts.extend(extra);
+    // The beacon key, dealt here as every validator key is made here (`state::beacon`).
+    let beacon = match o.beacon_period {
+        Some(period) => {
+            let players: Vec<Address> = validators.iter().map(|v| v.address).collect();
+            let (output, shares) = deai_ledger::state::deal_beacon(&players, random_seed())
+                .map_err(|e| anyhow::anyhow!("beacon key: {e}"))?;
+            for (i, v) in validators.iter().enumerate() {
+                let share = shares
+                    .iter()
+                    .find(|(a, _)| *a == v.address)
+                    .map(|(_, s)| s)
+                    .context("every validator is dealt a share")?;
+                let key = dir.join("keys").join(format!("validator-{i}.key"));
+                write_secret(&share_path(&key), share)?;
+            }
+            Some(deai_ledger::state::GenesisBeacon { output, period })
+        }
+        None => None,
+    };
     let genesis = Genesis {
         chain_name: o.chain_name.clone(),
         accounts,
         validators,
         params: o.params.clone(),
         epoch_length: o.epoch_length,
+        beacon,
     };
     State::from_genesis(&genesis).map_err(|e| anyhow::anyhow!("genesis: {e}"))?;
     std::fs::write(

@@ -197,6 +197,7 @@ mod tests {
             }],
             params: Params::default(),
             epoch_length: 1_000,
+            beacon: None,
         })
         .unwrap()
     }

@@ -688,6 +688,7 @@ mod tests {
             }],
             params: Params::default(),
             epoch_length: 1000,
+            beacon: None,
         };
         let mut s = State::from_genesis(&g).unwrap();
         let key = (v, 7);

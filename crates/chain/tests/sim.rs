@@ -58,6 +58,7 @@ fn genesis_state() -> State {
             .collect(),
         params: Params::default(),
         epoch_length: EPOCH_LENGTH,
+        beacon: None,
     })
     .unwrap()
 }

@@ -26,6 +26,11 @@ pub enum ChainCmd {
         /// changes only between epochs.
         #[arg(long, default_value_t = deai_ledger::state::DEFAULT_EPOCH_LENGTH)]
         epoch_length: u64,
+        /// Blocks per beacon round: receipts posted in a round are sampled, and their
+        /// committees drawn, by the threshold signature of the validators over it (0: no
+        /// beacon; every validator may then judge every receipt and a quorum decides).
+        #[arg(long, default_value_t = deai_ledger::state::DEFAULT_BEACON_PERIOD)]
+        beacon_period: u64,
         /// First p2p port (validator i listens on PORT+i on 127.0.0.1).
         #[arg(long, default_value_t = 27_000)]
         p2p_port: u16,
@@ -315,6 +320,7 @@ pub fn chain(c: ChainCmd) -> Result<()> {
             dir,
             validators,
             epoch_length,
+            beacon_period,
             p2p_port,
             http_port,
             allow_model,
@@ -376,6 +382,7 @@ pub fn chain(c: ChainCmd) -> Result<()> {
                     base_http_port: http_port,
                     params,
                     epoch_length,
+                    beacon_period: (beacon_period > 0).then_some(beacon_period),
                     ..Default::default()
                 },
             )?;

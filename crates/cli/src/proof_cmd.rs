@@ -362,7 +362,7 @@ fn onchain_checks(
     use deai_ledger::state::JobStatus;
     let (ok, detail) = match j.status {
         JobStatus::Accepted => (true, format!("accepted and settled: {:?}", j.settlement)),
-        JobStatus::Receipted | JobStatus::Challenged => {
+        JobStatus::Receipted | JobStatus::Sampled | JobStatus::Challenged => {
             (true, format!("{:?}: verdicts pending", j.status))
         }
         s => (false, format!("{s:?}")),

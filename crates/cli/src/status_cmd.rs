@@ -64,8 +64,11 @@ pub fn status(a: StatusArgs) -> Result<()> {
         .into_iter()
         .flatten()
         .map(|v| {
+            let r = &v["validator"];
             json!({ "address": v["address"], "stake": v["stake"],
-                    "verdicts": v["validator"]["verdicts"], "earned": v["validator"]["earned"] })
+                    "verdicts": r["verdicts"], "earned": r["earned"],
+                    "assigned": r["assigned"], "missed": r["missed"], "wrong": r["wrong"],
+                    "slashed": r["slashed"] })
         })
         .collect();
     let out = json!({
@@ -85,11 +88,15 @@ pub fn status(a: StatusArgs) -> Result<()> {
     println!("\nvalidators:");
     for v in &vl {
         println!(
-            "  {}…  stake {:>10}  verdicts {:>6}  earned {:>10}",
+            "  {}…  stake {:>10}  verdicts {:>6}  drawn {:>5}  missed {:>4}  wrong {:>4}  earned {:>10}  slashed {:>8}",
             &v["address"].as_str().unwrap_or_default()[..12],
             v["stake"],
             v["verdicts"],
-            v["earned"]
+            v["assigned"],
+            v["missed"],
+            v["wrong"],
+            v["earned"],
+            v["slashed"]
         );
     }
     println!("\nworkers:");

@@ -221,8 +221,13 @@ fn validators_and_http_roles_on_separate_hosts_survive_cut_links() {
         for f in ["genesis.json", "network.json"] {
             std::fs::copy(dir.join(f), host_dir.join(f)).unwrap();
         }
-        let k = format!("keys/validator-{i}.key");
-        std::fs::copy(dir.join(&k), host_dir.join(&k)).unwrap();
+        // Its key and its share of the beacon key.
+        for k in [
+            format!("keys/validator-{i}.key"),
+            format!("keys/validator-{i}.share"),
+        ] {
+            std::fs::copy(dir.join(&k), host_dir.join(&k)).unwrap();
+        }
         let log = tmp.path().join(format!("validator-{i}.log"));
         let hd = host_dir.to_str().unwrap().to_string();
         hosts.spawn(

@@ -130,6 +130,47 @@ impl ChainClient {
         serde_json::from_value(v["params"].clone()).context("bad params JSON")
     }
 
+    /// The beacon as finalized: `None` on a chain without a beacon key.
+    pub async fn beacon(&self) -> Result<Option<BeaconStatus>> {
+        let v = self.get_some("/v1/beacon").await?;
+        if v["beacon"].is_null() {
+            return Ok(None);
+        }
+        let b = &v["beacon"];
+        let players = b["players"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let mut a = [0u8; 32];
+                hex::decode_to_slice(p.as_str().unwrap_or_default(), &mut a)
+                    .context("bad beacon player")?;
+                Ok(a)
+            })
+            .collect::<Result<Vec<Address>>>()?;
+        let pending = v["pending"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| PendingBeacon {
+                round: r["round"].as_u64().unwrap_or_default(),
+                signed: r["signed"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.as_u64().map(|i| i as u32))
+                    .collect(),
+            })
+            .collect();
+        Ok(Some(BeaconStatus {
+            height: v["height"].as_u64().unwrap_or_default(),
+            players,
+            quorum: b["quorum"].as_u64().unwrap_or_default() as u32,
+            period: b["period"].as_u64().unwrap_or_default(),
+            pending,
+        }))
+    }
+
     pub async fn job(&self, id: &Hash256) -> Result<Option<Job>> {
         match self.get(&format!("/v1/job/{id}")).await? {
             None => Ok(None),
@@ -375,6 +416,26 @@ impl ChainClient {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The beacon key's players and the rounds waiting for their partial signatures
+/// ([`ChainClient::beacon`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BeaconStatus {
+    pub height: u64,
+    /// Player `i` signs with share index `i`.
+    pub players: Vec<Address>,
+    pub quorum: u32,
+    pub period: u64,
+    pub pending: Vec<PendingBeacon>,
+}
+
+/// A closed beacon round without a value yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingBeacon {
+    pub round: u64,
+    /// Player indexes whose partials are in.
+    pub signed: Vec<u32>,
 }
 
 /// Signs and submits transactions for one account, numbering them itself so that many can

@@ -91,7 +91,7 @@
   const STATUS_CLASS = {
     accepted: 'ok', finalized: 'ok', executed: 'ok', passed: 'ok', active: 'ok', yes: 'ok',
     rejected: 'bad', failed: 'bad', expired: 'bad', slashed: 'bad', no: 'bad', inactive: 'bad',
-    challenged: 'warn', unresolved: 'warn', pending: 'info', open: 'info', receipted: 'accent', voting: 'info',
+    challenged: 'warn', unresolved: 'warn', pending: 'info', open: 'info', receipted: 'accent', sampled: 'accent', voting: 'info',
   };
   const badge = (status, extra) => h('span', { class: `badge ${STATUS_CLASS[status] || ''} ${extra || ''}` }, String(status));
 
@@ -389,7 +389,7 @@
   }
 
   // ---------------------------------------------------------------- jobs helpers
-  const JOB_STATUSES = ['open', 'receipted', 'challenged', 'accepted', 'rejected', 'expired', 'unresolved'];
+  const JOB_STATUSES = ['open', 'receipted', 'sampled', 'challenged', 'accepted', 'rejected', 'expired', 'unresolved'];
   function jobsTable(jobs, label, compact) {
     const cols = [
       { label: 'Job', cell: (j) => hexLink('job', j.id) },
@@ -460,6 +460,9 @@
         { label: 'Stake', num: true, cell: (v) => fmt(v.stake) },
         { label: 'Share', cell: (v) => h('div', { class: 'share' }, bar([[v.stake, 'c2']], total), h('span', { class: 'small' }, fmt2(pct(v.stake, total), 1) + ' %')) },
         { label: 'Verdicts', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).verdicts) },
+        { label: 'Drawn', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).assigned || 0) },
+        { label: 'Missed', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).missed || 0) },
+        { label: 'Wrong', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).wrong || 0) },
         { label: 'Earned', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).earned) },
         { label: 'Slashed', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).slashed) },
         { label: 'Endpoint', cell: (v) => mono((validatorInfo.get(v.address) || {}).endpoint || '—') },
@@ -649,6 +652,8 @@
     if (validator) {
       const v = validator.validator || {};
       view.append(card('Validator', kv([['Stake', fmt(validator.stake)], ['Verdicts cast', fmt(v.verdicts)],
+        ['Committees drawn for', fmt(v.assigned || 0)], ['Committee deadlines missed', fmt(v.missed || 0)],
+        ['Verdicts against the outcome', fmt(v.wrong || 0)],
         ['Earned', fmt(v.earned)], ['Slashed for equivocation', (v.slashed_views || []).length ? fmt(v.slashed) + ' (views ' + v.slashed_views.join(', ') + ')' : '—'],
         ['Endpoint', mono(v.endpoint || '—')], ['Registered at', blockLink(v.registered_at)]])));
     }
@@ -788,6 +793,8 @@
     fill(box, card('Receipt', r ? kv([
       ['Digest', mono(r.digest)], ['Worker', hexLink('worker', r.worker, true)], ['Tokens', fmt(r.tokens)],
       ['Cost', fmt(r.cost)], ['Posted at', blockLink(r.posted_at)],
+      ['Beacon round', r.beacon_round == null ? '—' : fmt(r.beacon_round)],
+      ['Committee', (j.committee || []).length ? h('span', null, j.committee.map((a) => h('span', null, hexLink('validator', a, true), ' '))) : j.status === 'receipted' && r.beacon_round != null ? 'waiting for the beacon' : '—'],
       ['Pointer', h('a', { href: r.pointer, class: 'mono', rel: 'noopener noreferrer', target: '_blank' }, r.pointer)],
     ]) : empty('No receipt posted yet.'), verify ? h('h3', null, 'Verification') : null, verify));
   }

@@ -17,7 +17,7 @@ pub mod state;
 pub mod tx;
 
 pub use state::{
-    collateral, job_cost, Account, BlockError, BlockResult, Genesis, GenesisAccount,
+    collateral, job_cost, Account, BlockError, BlockResult, Genesis, GenesisAccount, GenesisBeacon,
     GenesisValidator, Job, JobStatus, Key, Params, Proposal, ProposalStatus, State, TrainingJob,
     TrainingStatus, TxOutcome, Worker,
 };

@@ -22,6 +22,7 @@
 //! commitment.
 
 mod audit;
+mod beacon;
 mod block;
 mod genesis;
 mod governance;
@@ -33,6 +34,12 @@ mod snapshot;
 mod staking;
 mod training;
 
+pub use beacon::{
+    committee, deal as deal_beacon, decode_output as decode_beacon_output,
+    message as beacon_message, sampled, share_index as beacon_share_index, sign as sign_beacon,
+    BeaconConfig, BeaconOutput, BeaconRound, GenesisBeacon, BEACON_NAMESPACE,
+    DEFAULT_BEACON_PERIOD, MAX_BEACON_PLAYERS, SIGNATURE_BYTES,
+};
 pub use block::{BlockError, BlockResult, TxOutcome, MAX_BLOCK_TXS};
 pub use genesis::{Genesis, GenesisAccount, GenesisValidator, DEFAULT_EPOCH_LENGTH};
 pub use jobs::{collateral, job_cost};
@@ -74,6 +81,7 @@ pub struct State {
     jobs: OrdMap<Hash256, Job>,
     proposals: OrdMap<u64, Proposal>,
     trainings: OrdMap<Hash256, TrainingJob>,
+    beacons: OrdMap<u64, BeaconRound>,
     deadlines: OrdSet<Deadline>,
     tree: Tree,
     root: Hash256,
@@ -152,6 +160,7 @@ impl State {
             Key::Job(j) => self.jobs.get(j).map(enc),
             Key::Proposal(p) => self.proposals.get(p).map(enc),
             Key::Training(t) => self.trainings.get(t).map(enc),
+            Key::Beacon(r) => self.beacons.get(r).map(enc),
         }
     }
 

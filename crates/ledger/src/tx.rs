@@ -69,10 +69,15 @@ pub enum Param {
     /// reporter), in basis points; the rest is burned, so nobody profits from another
     /// party's rejection beyond it.
     ReporterBps,
+    /// Validators drawn by the beacon to re-execute each sampled receipt.
+    CommitteeSize,
+    /// Stake a validator loses per verdict against the settled outcome, or per committee
+    /// deadline it misses.
+    VerdictSlash,
 }
 
 impl Param {
-    pub const ALL: [Param; 19] = [
+    pub const ALL: [Param; 21] = [
         Param::PriceFloor,
         Param::SampleRateBps,
         Param::SlashBps,
@@ -92,6 +97,8 @@ impl Param {
         Param::ExecutionDelay,
         Param::CollateralBps,
         Param::ReporterBps,
+        Param::CommitteeSize,
+        Param::VerdictSlash,
     ];
 
     fn code(self) -> u8 {
@@ -251,6 +258,12 @@ pub enum TxKind {
     Propose {
         change: ParamChange,
     },
+    /// A beacon player's partial BLS signature of a closed beacon round (`state::beacon`).
+    BeaconShare {
+        round: u64,
+        #[serde(with = "hex_vec")]
+        signature: Vec<u8>,
+    },
     Vote {
         proposal: u64,
         yes: bool,
@@ -399,6 +412,9 @@ impl TxKind {
                 put_hash(w, job);
                 put_hash(w, receipt);
                 w.u32(*tokens).str(pointer);
+            }
+            TxKind::BeaconShare { round, signature } => {
+                w.u8(15).u64(*round).bytes(signature);
             }
             TxKind::Challenge { job } => {
                 w.u8(7);
@@ -586,6 +602,12 @@ impl TxKind {
                 report: get_hash(r, "report")?,
                 accept: r.bool("accept")?,
             },
+            15 => TxKind::BeaconShare {
+                round: r.u64("round")?,
+                signature: r
+                    .bytes("signature", crate::state::SIGNATURE_BYTES)?
+                    .to_vec(),
+            },
             t => {
                 return Err(DecodeError::UnknownTag {
                     what: "tx kind",
@@ -613,6 +635,7 @@ impl TxKind {
             TxKind::OpenTraining { .. } => "open_training",
             TxKind::TrainRound { .. } => "train_round",
             TxKind::TrainVerdict { .. } => "train_verdict",
+            TxKind::BeaconShare { .. } => "beacon_share",
         }
     }
 }
@@ -742,7 +765,7 @@ pub mod hex_addrs {
     }
 }
 
-mod hex_vec {
+pub mod hex_vec {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(v))

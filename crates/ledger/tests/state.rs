@@ -59,6 +59,7 @@ fn genesis() -> Genesis {
             ..Params::default()
         },
         epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
+        beacon: None,
     }
 }
 
@@ -224,9 +225,11 @@ fn rejected_job_refunds_client_and_slashes_worker_to_the_challenger() {
     let st = j.settlement.clone().unwrap();
     assert_eq!(st.slashed, 10_000 * 5_000 / BPS);
     // The challenger gets its bond back and reporter_bps (10%) of the 5,000 slash; the
-    // rest is burned.
+    // three rejecting validators what accepting would have paid them (the 10% validator fee
+    // of the 200 billed, 6 each); the rest is burned.
     assert_eq!(st.challenger_paid, 100 + 500);
-    assert_eq!(c.s.meta().burned - burned0, 4_500);
+    assert_eq!(st.validator_fee, 18);
+    assert_eq!(c.s.meta().burned - burned0, 4_500 - 18);
     assert_eq!(c.bal(CLIENT), client0 - 1);
     assert_eq!(c.bal(CHALLENGER), ch0 - 1 + 500);
     assert_eq!(c.s.account(&addr(WORKER)).stake, 5_000);

@@ -230,6 +230,14 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
         let v = Arc::new(Verifier::new(s.clone(), opts.engine.clone(), opts.model_id));
         tokio::spawn(v.clone().run(Duration::from_millis(200)));
         tokio::spawn(crate::training::TrainAuditor::new(s.clone()).run());
+        // Its share of the beacon key: it signs the rounds that sample receipts.
+        let share = local::share_path(&dir.join("keys").join(format!("validator-{i}.key")));
+        if share.exists() {
+            let chain_id = ledger.chain_id().await?;
+            let b =
+                crate::beacon::BeaconSigner::new(s.clone(), local::read_share(&share)?, chain_id)?;
+            tokio::spawn(Arc::new(b).run(Duration::from_millis(200)));
+        }
         verifiers.push(v);
         validators.push(s);
     }

@@ -9,6 +9,7 @@
 //! another host would; links `deai-chain` only to start the chain inside `devnet`.
 //! Must never depend on the CLI.
 
+pub mod beacon;
 pub mod chain_proxy;
 pub mod devnet;
 #[cfg(feature = "faults")]

@@ -165,6 +165,8 @@ pub struct RunningNode {
     pub address: [u8; 32],
     pub worker: Option<Worker>,
     pub verifier: Option<Arc<Verifier>>,
+    /// The validator's beacon duty, when the chain has a beacon and this key a share of it.
+    pub beacon: Option<Arc<crate::beacon::BeaconSigner>>,
     pub gateway: Option<SocketAddr>,
     /// Where the validator role serves the explorer, if asked to.
     pub explorer: Option<SocketAddr>,
@@ -209,6 +211,7 @@ pub async fn start(
         address,
         worker: None,
         verifier: None,
+        beacon: None,
         gateway: None,
         explorer: None,
     };
@@ -235,6 +238,27 @@ pub async fn start(
                 .run(Duration::from_millis(cfg.validator.every_ms.max(10))),
         );
         out.verifier = Some(v);
+        // The beacon duty: sign closed rounds with this validator's share.
+        let share_file = deai_chain::local::share_path(key_path);
+        if let Some(b) = ledger.beacon().await? {
+            if !b.players.contains(&address) {
+                tracing::info!("this validator holds no share of the beacon key");
+            } else if !share_file.exists() {
+                tracing::warn!(
+                    "this validator is a beacon player but {} is missing: it cannot help \
+                     sample receipts",
+                    share_file.display()
+                );
+            } else {
+                let share = deai_chain::local::read_share(&share_file)?;
+                let b = Arc::new(crate::beacon::BeaconSigner::new(signer(), share, chain_id)?);
+                tokio::spawn(
+                    b.clone()
+                        .run(Duration::from_millis(cfg.validator.every_ms.max(10))),
+                );
+                out.beacon = Some(b);
+            }
+        }
         // The validator's duty for training jobs: judge every proposed round.
         tokio::spawn(crate::training::TrainAuditor::new(signer()).run());
         if let Some(listen) = cfg.validator.listen {

@@ -158,10 +158,13 @@ mod tests {
                 posted_at: 2,
                 cost: 1,
                 collateral: 10,
+                beacon_round: None,
             }),
             challenge: None,
             verdicts: vec![],
             settlement: None,
+            committee: vec![],
+            escalated: false,
         };
         (r, Hash256(spec.id()), job)
     }

@@ -2,9 +2,11 @@
 //! (and every challenged one), fetch each from the worker's pointer, check it against what
 //! is on chain, re-run it with the proof crate (one prefill), and post a verdict.
 //!
-//! Which receipts are sampled is decided by the digest of the block that finalized the
-//! receipt, which the worker does not know when it answers, and is the same for every
-//! validator, so that a quorum forms on the same jobs.
+//! Which receipts are sampled, and by whom, the chain decides from its beacon
+//! (`deai_ledger::state::beacon`): a sampled job names its committee, and this validator
+//! judges the ones it is on, plus every challenged (or escalated) job. On a chain without a
+//! beacon key every validator samples from the digest of the block that finalized the
+//! receipt (known to its proposer: the weaker, older rule) and a quorum decides.
 //!
 //! **Capability challenge.** A newly registered worker gets no client jobs (gateways route
 //! only to workers with an accepted job) until it answers a challenge: one validator,
@@ -68,6 +70,8 @@ pub struct Verifier {
     clock: crate::BlockClock,
     /// One re-execution on the engine at a time (fetches and checks around it overlap).
     prefill: tokio::sync::Mutex<()>,
+    /// Whether the chain has a beacon key (fixed at genesis), once known.
+    beacon: std::sync::OnceLock<bool>,
 }
 
 /// Default cap on how long a verification yields to generation on the same engine.
@@ -118,7 +122,18 @@ impl Verifier {
             patience_ms: (DEFAULT_PATIENCE.as_millis() as u64).into(),
             clock: Default::default(),
             prefill: tokio::sync::Mutex::new(()),
+            beacon: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether the chain samples receipts with its beacon (then only committees and, after a
+    /// challenge or escalation, every validator judge them).
+    async fn has_beacon(&self) -> anyhow::Result<bool> {
+        if let Some(b) = self.beacon.get() {
+            return Ok(*b);
+        }
+        let b = self.signer.ledger().beacon().await?.is_some();
+        Ok(*self.beacon.get_or_init(|| b))
     }
 
     /// Re-executions run as background work on the engine (`Engine::prefill_all_background`):
@@ -312,7 +327,11 @@ impl Verifier {
         let height = ledger.height().await?;
         let me = self.signer.address();
         let mut due: Vec<(Hash256, Job)> = ledger.jobs_due("challenged", SCAN).await?;
-        due.extend(ledger.jobs_due("receipted", SCAN).await?);
+        due.extend(ledger.jobs_due("sampled", SCAN).await?);
+        let beacon = self.has_beacon().await?;
+        if !beacon {
+            due.extend(ledger.jobs_due("receipted", SCAN).await?);
+        }
         let mut todo = Vec::new();
         for (id, job) in due {
             if self.done.lock().unwrap().contains(&id) || job.verdicts.iter().any(|v| v.voter == me)
@@ -323,14 +342,21 @@ impl Verifier {
             if job.model != self.model_id {
                 continue; // another model: validators with that model check it
             }
-            if job.status != JobStatus::Challenged {
-                let Some(block) = ledger.block_digest(rec.posted_at).await? else {
-                    continue;
-                };
-                if !sampled(&id, &block, params.sample_rate_bps) {
-                    self.done.lock().unwrap().insert(id);
-                    continue;
+            match job.status {
+                // The beacon drew its committee: only members judge it (it comes back as
+                // challenged if they disagree or miss the deadline).
+                JobStatus::Sampled if !job.committee.contains(&me) => continue,
+                // A chain without a beacon: every validator samples from the block digest.
+                JobStatus::Receipted => {
+                    let Some(block) = ledger.block_digest(rec.posted_at).await? else {
+                        continue;
+                    };
+                    if !sampled(&id, &block, params.sample_rate_bps) {
+                        self.done.lock().unwrap().insert(id);
+                        continue;
+                    }
                 }
+                _ => {}
             }
             todo.push((id, job));
         }

@@ -224,6 +224,7 @@ impl State {
                 url,
             ),
             TxKind::Propose { change } => self.propose(from, change),
+            TxKind::BeaconShare { round, signature } => self.beacon_share(from, *round, signature),
             TxKind::Vote { proposal, yes } => self.vote(from, *proposal, *yes),
         }
     }

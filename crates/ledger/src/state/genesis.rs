@@ -1,6 +1,7 @@
 //! The first state: genesis accounts, validators and parameters, and the chain id they
 //! hash to.
 
+use super::beacon::{BeaconConfig, GenesisBeacon};
 use super::{err, Account, Key, Meta, Params, State, Validator};
 use crate::smt::Tree;
 use crate::tx::Address;
@@ -47,6 +48,9 @@ pub struct Genesis {
     /// epochs.
     #[serde(default = "default_epoch_length")]
     pub epoch_length: u64,
+    /// The randomness beacon's key (`state::beacon`), dealt to (some of) the validators.
+    #[serde(default)]
+    pub beacon: Option<GenesisBeacon>,
 }
 
 impl Genesis {
@@ -84,6 +88,7 @@ impl State {
                 params,
                 epoch_length: g.epoch_length,
                 validator_set: Vec::new(),
+                beacon: None,
             },
             accounts: OrdMap::new(),
             workers: OrdMap::new(),
@@ -91,6 +96,7 @@ impl State {
             jobs: OrdMap::new(),
             proposals: OrdMap::new(),
             trainings: OrdMap::new(),
+            beacons: OrdMap::new(),
             deadlines: OrdSet::new(),
             tree: Tree::new(),
             root: Hash256::default(),
@@ -143,13 +149,52 @@ impl State {
                     earned: 0,
                     slashed: 0,
                     slashed_views: vec![],
+                    assigned: 0,
+                    missed: 0,
+                    wrong: 0,
                 },
             );
             s.dirty.insert(Key::Validator(v.address));
+        }
+        if let Some(b) = &g.beacon {
+            s.meta.beacon = Some(beacon_config(b, &s)?);
         }
         // Empty only for a ledger run without consensus (benchmarks, tools).
         s.meta.validator_set = s.next_validator_set();
         s.flush();
         Ok(s)
     }
+}
+
+/// Checks a genesis beacon key: it decodes, its players are genesis validators, and its
+/// period is sane.
+fn beacon_config(b: &GenesisBeacon, s: &State) -> Result<BeaconConfig, String> {
+    use commonware_codec::Encode;
+    if !(1..=1_000).contains(&b.period) {
+        return err(format!(
+            "beacon period {} must be within 1..=1000 blocks",
+            b.period
+        ));
+    }
+    let out = super::beacon::decode_output(&b.output)?;
+    let mut players = Vec::new();
+    for pk in out.players().iter() {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(pk.as_ref());
+        if !s.validators.contains_key(&a) {
+            return err(format!(
+                "beacon player {} is not a genesis validator",
+                hex::encode(a)
+            ));
+        }
+        players.push(a);
+    }
+    let quorum = out.quorum::<commonware_utils::N3f1>();
+    Ok(BeaconConfig {
+        output: b.output.clone(),
+        group_key: out.public().public().encode().to_vec(),
+        players,
+        quorum,
+        period: b.period,
+    })
 }

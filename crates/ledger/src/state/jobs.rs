@@ -93,6 +93,8 @@ impl State {
                 challenge: None,
                 verdicts: Vec::new(),
                 settlement: None,
+                committee: Vec::new(),
+                escalated: false,
             },
         );
         self.dirty.insert(Key::Job(job));
@@ -166,6 +168,7 @@ impl State {
             j.deadline,
             h.saturating_add(self.meta.params.challenge_window),
         );
+        let beacon_round = self.enroll_receipt(job);
         let jm = self.job_mut(&job).expect("checked above");
         jm.status = JobStatus::Receipted;
         jm.worker = Some(from);
@@ -178,18 +181,20 @@ impl State {
             posted_at: h,
             cost,
             collateral,
+            beacon_round,
         });
         self.set_job_deadline(job, old, new);
         Ok(())
     }
 
-    /// Challenges a receipt inside its window, posting the bond; the verdict window starts.
+    /// Challenges a receipt inside its window (or while its committee judges it), posting
+    /// the bond; every validator judges it now, within the verdict window.
     pub(super) fn challenge(&mut self, from: Address, job: Hash256) -> Res {
         let h = self.meta.height;
         let j = self.jobs.get(&job).ok_or("unknown job")?;
-        if j.status != JobStatus::Receipted {
+        if !matches!(j.status, JobStatus::Receipted | JobStatus::Sampled) {
             return err(format!(
-                "job is {:?}; only a receipted job can be challenged",
+                "job is {:?}; only a receipted or sampled job can be challenged",
                 j.status
             ));
         }
@@ -212,15 +217,28 @@ impl State {
         Ok(())
     }
 
-    /// A validator's verdict on a receipted or challenged job; a quorum settles it.
+    /// A validator's verdict. A sampled job is judged by its committee alone: unanimity
+    /// settles it, any disagreement escalates it to every validator. A challenged (or
+    /// escalated) job is settled by more than two thirds of the active stake. On a chain
+    /// without a beacon, a receipted job is open to every validator too.
     pub(super) fn verdict(&mut self, from: Address, job: Hash256, accept: bool) -> Res {
         let min = self.meta.params.min_validator_stake;
         if !self.validators.contains_key(&from) || self.account(&from).stake < min {
             return err("sender is not an active validator");
         }
         let j = self.jobs.get(&job).ok_or("unknown job")?;
-        if !matches!(j.status, JobStatus::Receipted | JobStatus::Challenged) {
-            return err(format!("job is {:?}; no verdict possible", j.status));
+        match j.status {
+            JobStatus::Sampled if !j.committee.contains(&from) => {
+                return err("sender is not on this job's committee")
+            }
+            JobStatus::Receipted if self.meta.beacon.is_some() => {
+                return err(
+                    "the beacon has not sampled this job: only its committee, or every \
+                     validator once it is challenged, may judge it",
+                )
+            }
+            JobStatus::Sampled | JobStatus::Challenged | JobStatus::Receipted => {}
+            s => return err(format!("job is {s:?}; no verdict possible")),
         }
         if j.verdicts.iter().any(|v| v.voter == from) {
             return err("validator already gave a verdict on this job");
@@ -231,12 +249,88 @@ impl State {
             v.verdicts += 1;
         }
         self.dirty.insert(Key::Validator(from));
+        let j = &self.jobs[&job];
+        if j.status == JobStatus::Sampled {
+            if j.verdicts.len() < j.committee.len() {
+                return Ok(());
+            }
+            let yes = j.verdicts.iter().filter(|v| v.yes).count();
+            if yes == j.verdicts.len() {
+                self.accept_job(job);
+            } else if yes == 0 {
+                self.reject_job(job);
+            } else {
+                self.escalate(job, "its committee disagreed");
+            }
+            return Ok(());
+        }
         match self.quorum(&self.jobs[&job].verdicts) {
             Some(false) => self.reject_job(job),
             Some(true) => self.accept_job(job),
             None => {}
         }
         Ok(())
+    }
+
+    /// Hands a sampled job to every validator: the verdict window starts again and more
+    /// than two thirds of the active stake decides.
+    pub(super) fn escalate(&mut self, id: Hash256, why: &str) {
+        let h = self.meta.height;
+        let window = self.meta.params.verdict_window;
+        let jm = self.job_mut(&id).expect("exists");
+        let old = jm.deadline;
+        jm.status = JobStatus::Challenged;
+        jm.escalated = true;
+        jm.deadline = h.saturating_add(window);
+        let new = jm.deadline;
+        self.set_job_deadline(id, old, new);
+        self.events
+            .push(format!("job {} escalated: {why}", id.short()));
+    }
+
+    /// Takes `verdict_slash` from each validator that voted `!outcome` on a settled job
+    /// (burned; counted in its record).
+    fn slash_wrong_verdicts(&mut self, j: &Job, outcome: bool) -> u64 {
+        let amount = self.meta.params.verdict_slash;
+        let mut burned = 0;
+        for v in j.verdicts.iter().filter(|v| v.yes != outcome) {
+            burned += self.slash_validator(&v.voter, amount);
+            if let Some(val) = self.validators.get_mut(&v.voter) {
+                val.wrong += 1;
+            }
+        }
+        burned
+    }
+
+    /// Takes up to `amount` from a validator's stake, burned; returns what was taken.
+    fn slash_validator(&mut self, who: &Address, amount: u64) -> u64 {
+        let a = self.acct_mut(who);
+        let take = amount.min(a.stake);
+        a.stake -= take;
+        self.meta.total_stake -= take;
+        self.meta.burned += take;
+        if let Some(v) = self.validators.get_mut(who) {
+            v.slashed += take;
+        }
+        self.dirty.insert(Key::Validator(*who));
+        take
+    }
+
+    /// Pays `fee` in equal parts to `voters` (the remainder to the treasury); returns what
+    /// they got.
+    fn pay_voters(&mut self, voters: &[Address], fee: u64) -> u64 {
+        if voters.is_empty() {
+            return 0;
+        }
+        let each = fee / voters.len() as u64;
+        for v in voters {
+            self.credit(v, each);
+            if let Some(val) = self.validators.get_mut(v) {
+                val.earned += each;
+            }
+            self.dirty.insert(Key::Validator(*v));
+        }
+        each * voters.len() as u64
     }
 
     /// The side of `votes` holding more than two thirds of the active validator stake, if
@@ -283,23 +377,11 @@ impl State {
             .filter(|v| v.yes)
             .map(|v| v.voter)
             .collect();
-        let mut treasury = treasury_cut;
-        if voters.is_empty() {
-            treasury += validator_fee;
-            validator_fee = 0;
-        } else {
-            let each = validator_fee / voters.len() as u64;
-            treasury += validator_fee - each * voters.len() as u64;
-            // What the validators actually got; the remainder went to the treasury.
-            validator_fee = each * voters.len() as u64;
-            for v in &voters {
-                self.credit(v, each);
-                if let Some(val) = self.validators.get_mut(v) {
-                    val.earned += each;
-                }
-                self.dirty.insert(Key::Validator(*v));
-            }
-        }
+        // What the validators actually got; the rest goes to the treasury.
+        let paid = self.pay_voters(&voters, validator_fee);
+        let treasury = treasury_cut + validator_fee - paid;
+        validator_fee = paid;
+        let burned = self.slash_wrong_verdicts(&j, true);
         self.credit(&r.worker, worker_paid);
         self.credit(&j.client, refund);
         self.pay_treasury(treasury);
@@ -322,6 +404,7 @@ impl State {
             validator_fee,
             treasury_cut: treasury,
             client_refund: refund,
+            burned,
             ..Default::default()
         });
         self.deadlines.remove(&(j.deadline, DL_JOB, id.0));
@@ -329,9 +412,9 @@ impl State {
     }
 
     /// Refunds the client, slashes the worker (at least the receipt's collateral; stake
-    /// first, then unbonding funds), pays the challenger `reporter_bps` of the slash plus its
-    /// bond back (or the rejecting validators, if there was no challenger) and burns the
-    /// rest.
+    /// first, then unbonding funds), pays a challenger `reporter_bps` of the slash plus its
+    /// bond back and the rejecting validators the job's validator fee out of the slash,
+    /// slashes the validators that accepted it, and burns the rest.
     fn reject_job(&mut self, id: Hash256) {
         let h = self.meta.height;
         let j = self.jobs[&id].clone();
@@ -341,32 +424,31 @@ impl State {
             self.unlock_collateral(r);
         }
         let slash = self.slash_holdings(&worker, collateral);
-        let reward = bps_of(slash, self.meta.params.reporter_bps);
+        let p = &self.meta.params;
+        // A challenger earns `reporter_bps` of the slash. The rejecting validators earn what
+        // accepting would have paid them (the job's validator fee), never more, so that a
+        // false rejection is no better a business than an honest acceptance.
+        let reward = match &j.challenge {
+            Some(_) => bps_of(slash, p.reporter_bps),
+            None => 0,
+        };
+        let cost = j.receipt.as_ref().map_or(0, |r| r.cost.min(j.escrow));
+        let fee = bps_of(cost, p.validator_fee_bps).min(slash - reward);
         let mut challenger_paid = 0;
-        let mut burned = slash - reward;
-        match &j.challenge {
-            Some(c) => {
-                self.credit(&c.challenger, c.bond + reward);
-                challenger_paid = c.bond + reward;
-            }
-            None => {
-                let voters: Vec<Address> = j
-                    .verdicts
-                    .iter()
-                    .filter(|v| !v.yes)
-                    .map(|v| v.voter)
-                    .collect();
-                let each = reward / voters.len().max(1) as u64;
-                for v in &voters {
-                    self.credit(v, each);
-                    if let Some(val) = self.validators.get_mut(v) {
-                        val.earned += each;
-                    }
-                    self.dirty.insert(Key::Validator(*v));
-                }
-                burned += reward - each * voters.len() as u64;
-            }
+        if let Some(c) = &j.challenge {
+            self.credit(&c.challenger, c.bond + reward);
+            challenger_paid = c.bond + reward;
         }
+        let voters: Vec<Address> = j
+            .verdicts
+            .iter()
+            .filter(|v| !v.yes)
+            .map(|v| v.voter)
+            .collect();
+        let paid = self.pay_voters(&voters, fee);
+        let burned = slash - reward - paid;
+        // Counted in `meta.burned` by `slash_validator`.
+        let wrong = self.slash_wrong_verdicts(&j, false);
         self.meta.burned += burned;
         self.credit(&j.client, j.escrow);
         if let Some(w) = self.workers.get_mut(&worker) {
@@ -381,7 +463,8 @@ impl State {
             height: h,
             client_refund: j.escrow,
             slashed: slash,
-            burned,
+            burned: burned + wrong,
+            validator_fee: paid,
             challenger_paid,
             ..Default::default()
         });
@@ -392,8 +475,18 @@ impl State {
         ));
     }
 
-    /// A job's phase ran out at the end of block `h`: an open job expires, a receipted one
-    /// is accepted, a challenged one is unresolved.
+    /// Whether a receipted job still waits for its beacon round's value.
+    fn awaits_beacon(&self, j: &Job) -> bool {
+        match j.receipt.as_ref().and_then(|r| r.beacon_round) {
+            Some(round) => self.beacon_round(round).is_none_or(|b| b.value.is_none()),
+            None => false,
+        }
+    }
+
+    /// A job's phase ran out at the end of block `h`: an open job expires; a receipted one
+    /// is accepted (once its beacon round has a value); a sampled one escalates (its
+    /// committee members that did not vote are slashed `verdict_slash`); a challenged one
+    /// is unresolved.
     pub(super) fn job_timeout(&mut self, id: Hash256, h: u64) {
         let Some(j) = self.jobs.get(&id).cloned() else {
             return;
@@ -414,23 +507,40 @@ impl State {
                 self.events
                     .push(format!("job {} expired; client refunded", id.short()));
             }
+            // Not settled before its round's beacon says whether it is re-executed.
+            JobStatus::Receipted if self.awaits_beacon(&j) => {
+                let jm = self.job_mut(&id).expect("exists");
+                jm.deadline = h + 1;
+                self.set_job_deadline(id, j.deadline, h + 1);
+            }
             JobStatus::Receipted => self.accept_job(id),
+            JobStatus::Sampled => {
+                let amount = self.meta.params.verdict_slash;
+                for m in &j.committee {
+                    if j.verdicts.iter().all(|v| v.voter != *m) {
+                        self.slash_validator(m, amount);
+                        if let Some(v) = self.validators.get_mut(m) {
+                            v.missed += 1;
+                        }
+                    }
+                }
+                self.escalate(id, "its committee missed the deadline");
+            }
             JobStatus::Challenged => {
                 self.credit(&j.client, j.escrow);
-                let c = j
-                    .challenge
-                    .clone()
-                    .expect("challenged jobs have a challenge");
+                let bond = j.challenge.as_ref().map_or(0, |c| c.bond);
+                if let Some(c) = &j.challenge {
+                    self.credit(&c.challenger, c.bond);
+                }
                 if let Some(r) = &j.receipt {
                     self.unlock_collateral(r);
                 }
-                self.credit(&c.challenger, c.bond);
                 let jm = self.job_mut(&id).expect("exists");
                 jm.status = JobStatus::Unresolved;
                 jm.settlement = Some(Settlement {
                     height: h,
                     client_refund: j.escrow,
-                    challenger_paid: c.bond,
+                    challenger_paid: bond,
                     ..Default::default()
                 });
                 self.events.push(format!(

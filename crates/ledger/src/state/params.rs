@@ -30,6 +30,13 @@ pub struct Params {
     pub collateral_bps: u64,
     /// A slash's share paid to its reporter; the rest is burned.
     pub reporter_bps: u64,
+    /// Validators the beacon draws to re-execute each sampled receipt.
+    #[serde(default = "default_committee_size")]
+    pub committee_size: u64,
+    /// Taken from a validator's stake for each verdict against the outcome its job settled
+    /// with (and for a committee deadline it missed).
+    #[serde(default = "default_verdict_slash")]
+    pub verdict_slash: u64,
     /// Models jobs may name, sorted.
     pub allowed_models: Vec<Hash256>,
     /// Kernel profiles workers may register (and receipts declare), sorted. Validators
@@ -42,6 +49,14 @@ pub struct Params {
 /// The kernel profile of deai's CPU engine (`deai_engine::profile::PROFILE_ID`; a node test
 /// keeps the two equal): the one profile a new chain accepts.
 pub const DEFAULT_PROFILE: &str = "deai-cpu-bi-v1";
+
+fn default_committee_size() -> u64 {
+    3
+}
+
+fn default_verdict_slash() -> u64 {
+    1_000
+}
 
 fn default_profiles() -> Vec<String> {
     vec![DEFAULT_PROFILE.to_string()]
@@ -71,6 +86,8 @@ impl Default for Params {
             execution_delay: 5,
             collateral_bps: 100_000,
             reporter_bps: 1_000,
+            committee_size: default_committee_size(),
+            verdict_slash: default_verdict_slash(),
             allowed_models: Vec::new(),
             profiles: default_profiles(),
         }
@@ -99,6 +116,8 @@ impl Params {
             Param::ExecutionDelay => self.execution_delay,
             Param::CollateralBps => self.collateral_bps,
             Param::ReporterBps => self.reporter_bps,
+            Param::CommitteeSize => self.committee_size,
+            Param::VerdictSlash => self.verdict_slash,
         }
     }
 
@@ -123,6 +142,8 @@ impl Params {
             Param::ExecutionDelay => &mut self.execution_delay,
             Param::CollateralBps => &mut self.collateral_bps,
             Param::ReporterBps => &mut self.reporter_bps,
+            Param::CommitteeSize => &mut self.committee_size,
+            Param::VerdictSlash => &mut self.verdict_slash,
         }
     }
 
@@ -154,6 +175,9 @@ impl Params {
             // Enough to pay for bringing evidence, never enough to make a false rejection
             // (by a cartel that can reach a quorum) a business.
             Param::ReporterBps => (0, 5_000),
+            // One honest member is enough to escalate a lie to every validator.
+            Param::CommitteeSize => (1, 64),
+            Param::VerdictSlash => (0, u64::MAX / 4),
         }
     }
 

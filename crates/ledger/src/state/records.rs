@@ -64,6 +64,15 @@ pub struct Validator {
     pub slashed: u64,
     /// Views it was slashed for (sorted; at most [`MAX_SLASHED_VIEWS`], the newest kept).
     pub slashed_views: Vec<u64>,
+    /// Sampled jobs whose committee it was drawn for.
+    #[serde(default)]
+    pub assigned: u64,
+    /// Of those, the ones whose deadline passed without its verdict.
+    #[serde(default)]
+    pub missed: u64,
+    /// Verdicts against the outcome the job settled with (each slashed).
+    #[serde(default)]
+    pub wrong: u64,
 }
 
 /// How many slashed views a validator record keeps (older views can no longer be reported).
@@ -74,9 +83,13 @@ pub const MAX_SLASHED_VIEWS: usize = 64;
 pub enum JobStatus {
     /// Escrowed, waiting for a receipt.
     Open,
-    /// Receipt posted; inside the challenge window.
+    /// Receipt posted; inside the challenge window (and, on a chain with a beacon, waiting
+    /// for its round's value to say whether it is re-executed).
     Receipted,
-    /// Challenged; waiting for a validator quorum.
+    /// The beacon sampled it: its committee re-executes it; disagreement or a missed
+    /// deadline escalates it to every validator (`Challenged`).
+    Sampled,
+    /// Challenged, or escalated from its committee; waiting for a quorum of all validators.
     Challenged,
     /// Settled: worker paid.
     Accepted,
@@ -111,6 +124,9 @@ pub struct ReceiptRecord {
     /// The worker's stake locked for this receipt until it settles
     /// ([`Params::collateral_bps`](super::Params::collateral_bps) of `cost`).
     pub collateral: u64,
+    /// The beacon round whose value samples it (`None` on a chain without a beacon).
+    #[serde(default)]
+    pub beacon_round: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +184,12 @@ pub struct Job {
     /// Validator verdicts, `yes` = accept; sorted by voter.
     pub verdicts: Vec<Vote>,
     pub settlement: Option<Settlement>,
+    /// The validators the beacon drew to re-execute it (sorted), if it was sampled.
+    #[serde(default, with = "crate::tx::hex_addrs")]
+    pub committee: Vec<Address>,
+    /// Its committee disagreed or missed the deadline: every validator judges it now.
+    #[serde(default)]
+    pub escalated: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +241,10 @@ pub struct Meta {
     /// recomputed from stake only at the end of an epoch's last block, so every block of an
     /// epoch is finalized by one set, and the last block of epoch `e` names the set of `e+1`.
     pub validator_set: Vec<Address>,
+    /// The randomness beacon's key, if the genesis named one (see `state::beacon`); without
+    /// one every receipt is open to every validator's verdict and a quorum decides.
+    #[serde(default)]
+    pub beacon: Option<super::BeaconConfig>,
 }
 
 /// A key in the state tree.
@@ -231,6 +257,7 @@ pub enum Key {
     Job(Hash256),
     Proposal(u64),
     Training(Hash256),
+    Beacon(u64),
 }
 
 impl Key {
@@ -244,6 +271,7 @@ impl Key {
             Key::Job(j) => ("job", j.0.to_vec()),
             Key::Proposal(p) => ("proposal", p.to_le_bytes().to_vec()),
             Key::Training(t) => ("training", t.0.to_vec()),
+            Key::Beacon(r) => ("beacon", r.to_le_bytes().to_vec()),
         };
         Hash256::digest_parts("deai-state-key", &[ns.as_bytes(), &id]).0
     }

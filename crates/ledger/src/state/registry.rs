@@ -93,6 +93,9 @@ impl State {
                 verdicts: prev.as_ref().map_or(0, |v| v.verdicts),
                 earned: prev.as_ref().map_or(0, |v| v.earned),
                 slashed: prev.as_ref().map_or(0, |v| v.slashed),
+                assigned: prev.as_ref().map_or(0, |v| v.assigned),
+                missed: prev.as_ref().map_or(0, |v| v.missed),
+                wrong: prev.as_ref().map_or(0, |v| v.wrong),
                 slashed_views: prev.map(|v| v.slashed_views).unwrap_or_default(),
             },
         );

@@ -31,6 +31,7 @@ impl State {
                 .iter()
                 .map(|(k, v)| (*k, v.clone()))
                 .collect(),
+            beacons: self.beacons.iter().map(|(_, v)| v.clone()).collect(),
             root: self.root,
         };
         postcard::to_allocvec(&snap).expect("state encodes")
@@ -47,6 +48,7 @@ impl State {
             jobs: snap.jobs.into_iter().collect(),
             proposals: snap.proposals.into_iter().map(|p| (p.id, p)).collect(),
             trainings: snap.trainings.into_iter().collect(),
+            beacons: snap.beacons.into_iter().map(|b| (b.round, b)).collect(),
             deadlines: OrdSet::new(),
             tree: Tree::new(),
             root: Hash256::default(),
@@ -60,6 +62,7 @@ impl State {
             .chain(s.jobs.keys().map(|j| Key::Job(*j)))
             .chain(s.proposals.keys().map(|p| Key::Proposal(*p)))
             .chain(s.trainings.keys().map(|t| Key::Training(*t)))
+            .chain(s.beacons.keys().map(|r| Key::Beacon(*r)))
             .collect();
         s.dirty.extend(keys);
         // Rebuild the deadline index from the records.
@@ -114,5 +117,6 @@ struct Snapshot {
     jobs: Vec<(Hash256, Job)>,
     proposals: Vec<Proposal>,
     trainings: Vec<(Hash256, TrainingJob)>,
+    beacons: Vec<super::BeaconRound>,
     root: Hash256,
 }

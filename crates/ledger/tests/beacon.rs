@@ -1,0 +1,577 @@
+//! The beacon and its committees, as an attacker would try them: partials that are not the
+//! sender's, rounds signed before they close, a proposer that reorders or pads the block of
+//! the receipts, committee members that disagree or stay silent, validators that vote on
+//! jobs they were not drawn for.
+
+use deai_ledger::state::{BeaconRound, JobStatus, BPS};
+use deai_ledger::*;
+use deai_types::Hash256;
+use ed25519_dalek::SigningKey;
+
+fn key(i: u8) -> SigningKey {
+    SigningKey::from_bytes(&[i; 32])
+}
+fn addr(i: u8) -> Address {
+    key(i).verifying_key().to_bytes()
+}
+
+const MODEL: Hash256 = Hash256([7; 32]);
+const VALS: [u8; 4] = [1, 2, 3, 4];
+const CLIENT: u8 = 10;
+const WORKER: u8 = 11;
+const PERIOD: u64 = 4;
+const PRICE: u64 = 1_000;
+
+struct Net {
+    s: State,
+    /// Each validator's encoded beacon share.
+    shares: Vec<(u8, Vec<u8>)>,
+}
+
+fn genesis(params: Params, beacon: Option<GenesisBeacon>) -> Genesis {
+    let mut accounts: Vec<GenesisAccount> = VALS
+        .iter()
+        .map(|v| GenesisAccount {
+            address: addr(*v),
+            balance: 1_000_000,
+            stake: 50_000,
+        })
+        .collect();
+    for i in [CLIENT, WORKER] {
+        accounts.push(GenesisAccount {
+            address: addr(i),
+            balance: 10_000_000,
+            stake: 0,
+        });
+    }
+    Genesis {
+        chain_name: "beacon-test".into(),
+        accounts,
+        validators: VALS
+            .iter()
+            .map(|v| GenesisValidator {
+                address: addr(*v),
+                endpoint: format!("v{v}"),
+                p2p: String::new(),
+            })
+            .collect(),
+        params: Params {
+            allowed_models: vec![MODEL],
+            ..params
+        },
+        epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
+        beacon,
+    }
+}
+
+impl Net {
+    fn new(params: Params) -> Net {
+        let players: Vec<Address> = VALS.iter().map(|v| addr(*v)).collect();
+        let (output, shares) = deai_ledger::state::deal_beacon(&players, [42; 32]).unwrap();
+        let shares = shares
+            .into_iter()
+            .map(|(a, s)| (*VALS.iter().find(|v| addr(**v) == a).unwrap(), s))
+            .collect();
+        let g = genesis(
+            params,
+            Some(GenesisBeacon {
+                output,
+                period: PERIOD,
+            }),
+        );
+        let mut n = Net {
+            s: State::from_genesis(&g).unwrap(),
+            shares,
+        };
+        n.ok(WORKER, TxKind::Stake { amount: 5_000_000 });
+        n.ok(
+            WORKER,
+            TxKind::RegisterWorker {
+                models: vec![MODEL],
+                profile: deai_ledger::state::DEFAULT_PROFILE.into(),
+                hardware: "h".into(),
+                price_per_1k: PRICE,
+                endpoint: "e".into(),
+            },
+        );
+        n
+    }
+    fn share(&self, v: u8) -> &[u8] {
+        &self.shares.iter().find(|(w, _)| *w == v).unwrap().1
+    }
+    fn block(&mut self, txs: Vec<(u8, TxKind)>) -> BlockResult {
+        let mut counts = std::collections::HashMap::new();
+        let signed: Vec<SignedTx> = txs
+            .into_iter()
+            .map(|(w, k)| {
+                let c = counts.entry(w).or_insert(0u64);
+                let t = Tx {
+                    chain: self.s.chain_id(),
+                    from: [0; 32],
+                    nonce: self.s.account(&addr(w)).nonce + *c,
+                    fee: 1,
+                    kind: k,
+                }
+                .sign(&key(w));
+                *c += 1;
+                t
+            })
+            .collect();
+        let h = self.s.height() + 1;
+        let r = self.s.apply_block(h, &signed).unwrap();
+        self.s.audit().unwrap();
+        r
+    }
+    fn ok(&mut self, who: u8, kind: TxKind) {
+        let r = self.block(vec![(who, kind)]);
+        assert_eq!(r.outcomes[0].error, None, "tx failed");
+    }
+    fn fails(&mut self, who: u8, kind: TxKind) -> String {
+        let r = self.block(vec![(who, kind)]);
+        r.outcomes[0].error.clone().expect("tx should fail")
+    }
+    fn empty(&mut self, n: u64) {
+        for _ in 0..n {
+            self.block(vec![]);
+        }
+    }
+    /// Opens `job` and posts its receipt (in two blocks).
+    fn job(&mut self, job: Hash256) {
+        self.ok(
+            CLIENT,
+            TxKind::OpenJob {
+                job,
+                model: MODEL,
+                max_tokens: 1_000,
+                escrow: 10_000,
+                worker: Some(addr(WORKER)),
+            },
+        );
+        self.ok(
+            WORKER,
+            TxKind::PostReceipt {
+                job,
+                receipt: Hash256([1; 32]),
+                tokens: 1_000,
+                pointer: "p".into(),
+            },
+        );
+    }
+    fn share_tx(&self, v: u8, round: u64) -> TxKind {
+        TxKind::BeaconShare {
+            round,
+            signature: deai_ledger::state::sign_beacon(self.share(v), &self.s.chain_id(), round)
+                .unwrap(),
+        }
+    }
+    /// Runs to the end of `round` and has validators `who` sign it, one block each.
+    fn sign(&mut self, round: u64, who: &[u8]) {
+        while self.s.height() < (round + 1) * PERIOD {
+            self.empty(1);
+        }
+        for v in who {
+            let tx = self.share_tx(*v, round);
+            self.ok(*v, tx);
+        }
+    }
+    fn round_of(&self, job: &Hash256) -> u64 {
+        self.s
+            .job(job)
+            .unwrap()
+            .receipt
+            .as_ref()
+            .unwrap()
+            .beacon_round
+            .unwrap()
+    }
+    fn round(&self, r: u64) -> BeaconRound {
+        self.s.beacon_round(r).unwrap().clone()
+    }
+    fn val(&self, v: u8) -> deai_ledger::state::Validator {
+        self.s.validator(&addr(v)).unwrap().clone()
+    }
+}
+
+fn all_sampled() -> Params {
+    Params {
+        sample_rate_bps: BPS,
+        ..Params::default()
+    }
+}
+
+#[test]
+fn a_quorum_of_partials_recovers_one_value_whichever_quorum_it_is() {
+    let mut a = Net::new(all_sampled());
+    let job = Hash256([5; 32]);
+    a.job(job);
+    let r = a.round_of(&job);
+    let mut b = Net {
+        s: a.s.clone(),
+        shares: a.shares.clone(),
+    };
+    // Below the quorum (3 of 4) nothing is known.
+    a.sign(r, &[1, 2]);
+    assert_eq!(a.round(r).value, None);
+    assert_eq!(a.s.job(&job).unwrap().status, JobStatus::Receipted);
+    a.sign(r, &[3]);
+    b.sign(r, &[4, 2, 1]);
+    let (va, vb) = (a.round(r).value.unwrap(), b.round(r).value.unwrap());
+    assert_eq!(va, vb, "two quorums recover the same value");
+    assert_eq!(a.round(r).signature, b.round(r).signature);
+    // Every receipt is sampled at 100 %, with the same committee on both chains.
+    let (ja, jb) = (a.s.job(&job).unwrap(), b.s.job(&job).unwrap());
+    assert_eq!(ja.status, JobStatus::Sampled);
+    assert_eq!(ja.committee, jb.committee);
+    assert_eq!(ja.committee.len(), 3);
+    assert_eq!(
+        ja.committee,
+        deai_ledger::state::committee(
+            &va,
+            &job,
+            &VALS.iter().map(|v| (addr(*v), 50_000)).collect::<Vec<_>>(),
+            3
+        )
+    );
+    // A late partial changes nothing.
+    let tx = b.share_tx(3, r);
+    let e = b.fails(3, tx);
+    assert!(e.contains("already recovered"), "{e}");
+}
+
+#[test]
+fn forged_early_and_foreign_partials_are_refused() {
+    let mut n = Net::new(all_sampled());
+    let job = Hash256([6; 32]);
+    n.job(job);
+    let r = n.round_of(&job);
+    // Before the round's last block is final, nobody may sign it: its receipts could still
+    // change.
+    if n.s.height() < (r + 1) * PERIOD {
+        let tx = n.share_tx(1, r);
+        let e = n.fails(1, tx);
+        assert!(e.contains("only after"), "{e}");
+    }
+    n.empty((r + 1) * PERIOD - n.s.height().min((r + 1) * PERIOD));
+    // Validator 2 submitting validator 1's partial: it does not verify for its own index.
+    let stolen = n.share_tx(1, r);
+    let e = n.fails(2, stolen);
+    assert!(e.contains("does not verify"), "{e}");
+    // Random bytes of the right length.
+    let e = n.fails(
+        2,
+        TxKind::BeaconShare {
+            round: r,
+            signature: vec![0xAB; 96],
+        },
+    );
+    assert!(e.contains("decode") || e.contains("verify"), "{e}");
+    // A partial of another round.
+    let other = n.share_tx(2, r + 100);
+    let TxKind::BeaconShare { signature, .. } = other else {
+        unreachable!()
+    };
+    let e = n.fails(
+        2,
+        TxKind::BeaconShare {
+            round: r,
+            signature,
+        },
+    );
+    assert!(e.contains("does not verify"), "{e}");
+    // Not a player.
+    let e = n.fails(
+        CLIENT,
+        TxKind::BeaconShare {
+            round: r,
+            signature: vec![0; 96],
+        },
+    );
+    assert!(e.contains("not a beacon player"), "{e}");
+    // A round that judges nothing.
+    let tx = n.share_tx(2, r + 1);
+    let e = n.fails(2, tx);
+    assert!(e.contains("no receipt awaits"), "{e}");
+    // The real one, then the same player again.
+    let tx = n.share_tx(2, r);
+    n.ok(2, tx);
+    let tx = n.share_tx(2, r);
+    let e = n.fails(2, tx);
+    assert!(e.contains("already signed"), "{e}");
+    assert_eq!(n.round(r).partials.len(), 1);
+}
+
+/// The proposer of the receipts' block chooses their order and what else the block holds;
+/// none of it moves the sample, which depends on the round's value alone.
+#[test]
+fn no_proposer_can_change_which_jobs_are_sampled() {
+    let params = Params {
+        sample_rate_bps: 5_000,
+        ..Params::default()
+    };
+    let jobs: Vec<Hash256> = (0..12u8).map(|i| Hash256([100 + i; 32])).collect();
+    let run = |reverse: bool, pad: bool| {
+        let mut n = Net::new(params.clone());
+        // Align so all receipts land in one round.
+        while n.s.height() % PERIOD != 0 {
+            n.empty(1);
+        }
+        let mut open: Vec<(u8, TxKind)> = jobs
+            .iter()
+            .map(|j| {
+                (
+                    CLIENT,
+                    TxKind::OpenJob {
+                        job: *j,
+                        model: MODEL,
+                        max_tokens: 1_000,
+                        escrow: 10_000,
+                        worker: Some(addr(WORKER)),
+                    },
+                )
+            })
+            .collect();
+        if pad {
+            open.push((
+                1,
+                TxKind::Transfer {
+                    to: addr(2),
+                    amount: 7,
+                },
+            ));
+        }
+        n.block(open);
+        let mut posts: Vec<(u8, TxKind)> = jobs
+            .iter()
+            .map(|j| {
+                (
+                    WORKER,
+                    TxKind::PostReceipt {
+                        job: *j,
+                        receipt: Hash256([1; 32]),
+                        tokens: 1_000,
+                        pointer: "p".into(),
+                    },
+                )
+            })
+            .collect();
+        if reverse {
+            posts.reverse();
+        }
+        n.block(posts);
+        let r = n.round_of(&jobs[0]);
+        assert!(jobs.iter().all(|j| n.round_of(j) == r));
+        n.sign(r, &[1, 2, 3]);
+        let value = n.round(r).value.unwrap();
+        let sampled: Vec<bool> = jobs
+            .iter()
+            .map(|j| n.s.job(j).unwrap().status == JobStatus::Sampled)
+            .collect();
+        (value, sampled)
+    };
+    let (v0, s0) = run(false, false);
+    let (v1, s1) = run(true, true);
+    assert_eq!(v0, v1, "the value depends on the chain and round only");
+    assert_eq!(s0, s1);
+    // The ledger samples exactly what the published rule says, and at 50 % some of each.
+    let expect: Vec<bool> = jobs
+        .iter()
+        .map(|j| deai_ledger::state::sampled(&v0, j, 5_000))
+        .collect();
+    assert_eq!(s0, expect);
+    assert!(s0.contains(&true) && s0.contains(&false), "{s0:?}");
+}
+
+#[test]
+fn a_receipt_waits_for_its_value_and_unsampled_ones_pay_no_validator() {
+    let params = Params {
+        challenge_window: 10,
+        ..Params::default()
+    };
+    let mut n = Net::new(params);
+    let jobs: Vec<Hash256> = (0..3u8).map(|i| Hash256([200 + i; 32])).collect();
+    for j in &jobs {
+        n.job(*j);
+    }
+    // Far past the challenge window without a value: nothing settles.
+    n.empty(30);
+    for j in &jobs {
+        assert_eq!(n.s.job(j).unwrap().status, JobStatus::Receipted);
+        // Nobody may judge a job the beacon has not sampled.
+        let e = n.fails(
+            1,
+            TxKind::Verdict {
+                job: *j,
+                accept: true,
+            },
+        );
+        assert!(e.contains("has not sampled"), "{e}");
+    }
+    let rounds: std::collections::BTreeSet<u64> = jobs.iter().map(|j| n.round_of(j)).collect();
+    for r in rounds {
+        n.sign(r, &[2, 3, 4]);
+    }
+    n.empty(2);
+    for j in &jobs {
+        let job = n.s.job(j).unwrap();
+        let r = n.round(n.round_of(j));
+        if deai_ledger::state::sampled(&r.value.unwrap(), j, n.s.params().sample_rate_bps) {
+            assert_eq!(job.status, JobStatus::Sampled);
+        } else {
+            assert_eq!(job.status, JobStatus::Accepted, "{j:?}");
+            assert_eq!(job.settlement.as_ref().unwrap().validator_fee, 0);
+        }
+    }
+}
+
+/// Runs one job to its committee and returns (net, job, committee, the validator left out).
+fn sampled_job(tag: u8) -> (Net, Hash256, Vec<u8>, u8) {
+    let mut n = Net::new(all_sampled());
+    let job = Hash256([tag; 32]);
+    n.job(job);
+    let r = n.round_of(&job);
+    n.sign(r, &[1, 2, 3]);
+    let j = n.s.job(&job).unwrap().clone();
+    assert_eq!(j.status, JobStatus::Sampled);
+    let members: Vec<u8> = VALS
+        .iter()
+        .copied()
+        .filter(|v| j.committee.contains(&addr(*v)))
+        .collect();
+    let outsider = *VALS.iter().find(|v| !members.contains(v)).unwrap();
+    (n, job, members, outsider)
+}
+
+#[test]
+fn only_the_committee_judges_and_only_it_is_paid() {
+    let (mut n, job, members, outsider) = sampled_job(31);
+    let e = n.fails(outsider, TxKind::Verdict { job, accept: true });
+    assert!(e.contains("not on this job's committee"), "{e}");
+    let before: Vec<u64> = VALS
+        .iter()
+        .map(|v| n.s.account(&addr(*v)).balance)
+        .collect();
+    for m in &members {
+        n.ok(*m, TxKind::Verdict { job, accept: true });
+    }
+    let j = n.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Accepted);
+    let fee = j.settlement.as_ref().unwrap().validator_fee;
+    assert!(fee > 0);
+    for (i, v) in VALS.iter().enumerate() {
+        let gained = n.s.account(&addr(*v)).balance as i128 - before[i] as i128;
+        if members.contains(v) {
+            // Its share of the fee, less the verdict's transaction fee.
+            assert_eq!(gained, (fee / 3) as i128 - 1, "member {v}");
+            assert_eq!(n.val(*v).assigned, 1);
+        } else {
+            assert_eq!(gained, 0, "outsider {v}");
+            assert_eq!(n.val(*v).assigned, 0);
+        }
+    }
+}
+
+#[test]
+fn rejecting_pays_the_committee_no_more_than_accepting() {
+    let (mut acc, job, members, _) = sampled_job(41);
+    let mut rej = Net {
+        s: acc.s.clone(),
+        shares: acc.shares.clone(),
+    };
+    for m in &members {
+        acc.ok(*m, TxKind::Verdict { job, accept: true });
+        rej.ok(*m, TxKind::Verdict { job, accept: false });
+    }
+    let (a, r) = (acc.s.job(&job).unwrap(), rej.s.job(&job).unwrap());
+    assert_eq!(a.status, JobStatus::Accepted);
+    assert_eq!(r.status, JobStatus::Rejected);
+    let (fa, fr) = (
+        a.settlement.as_ref().unwrap().validator_fee,
+        r.settlement.as_ref().unwrap().validator_fee,
+    );
+    assert!(fr <= fa, "rejecting paid {fr}, accepting {fa}");
+    let sr = r.settlement.as_ref().unwrap();
+    assert!(sr.slashed > 0 && sr.burned > 0);
+    for m in &members {
+        assert_eq!(
+            acc.s.account(&addr(*m)).balance,
+            rej.s.account(&addr(*m)).balance + (fa - fr) / 3
+        );
+    }
+}
+
+#[test]
+fn a_split_committee_escalates_and_the_losing_side_is_slashed() {
+    let (mut n, job, members, outsider) = sampled_job(51);
+    let liar = members[0];
+    n.ok(liar, TxKind::Verdict { job, accept: true });
+    n.ok(members[1], TxKind::Verdict { job, accept: false });
+    n.ok(members[2], TxKind::Verdict { job, accept: false });
+    let j = n.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Challenged);
+    assert!(j.escalated);
+    // Now every validator judges: the outsider's reject makes three of four.
+    let stake_before = n.s.account(&addr(liar)).stake;
+    n.ok(outsider, TxKind::Verdict { job, accept: false });
+    let j = n.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Rejected);
+    let slash = n.s.params().verdict_slash;
+    assert_eq!(n.s.account(&addr(liar)).stake, stake_before - slash);
+    assert_eq!(n.val(liar).wrong, 1);
+    for v in [members[1], members[2], outsider] {
+        assert_eq!(n.val(v).wrong, 0);
+        assert_eq!(n.val(v).slashed, 0);
+    }
+}
+
+#[test]
+fn a_silent_member_is_slashed_and_the_job_escalates() {
+    let (mut n, job, members, _) = sampled_job(61);
+    n.ok(members[0], TxKind::Verdict { job, accept: true });
+    n.ok(members[1], TxKind::Verdict { job, accept: true });
+    let silent = members[2];
+    let stake = n.s.account(&addr(silent)).stake;
+    let window = n.s.params().verdict_window;
+    n.empty(window + 1);
+    let j = n.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Challenged);
+    assert!(j.escalated);
+    assert_eq!(n.val(silent).missed, 1);
+    assert_eq!(
+        n.s.account(&addr(silent)).stake,
+        stake - n.s.params().verdict_slash
+    );
+    // The two votes already cast still count; the silent one can still vote now.
+    n.ok(silent, TxKind::Verdict { job, accept: true });
+    assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
+}
+
+#[test]
+fn the_beacon_survives_a_snapshot_and_a_bad_genesis_key_is_refused() {
+    let mut n = Net::new(all_sampled());
+    let job = Hash256([71; 32]);
+    n.job(job);
+    let r = n.round_of(&job);
+    n.sign(r, &[1, 4]);
+    let back = State::from_snapshot(&n.s.to_snapshot()).unwrap();
+    assert_eq!(back.root(), n.s.root());
+    assert_eq!(back.beacon_round(r), n.s.beacon_round(r));
+    // A key dealt to someone who is not a genesis validator.
+    let players = vec![addr(1), addr(2), addr(CLIENT)];
+    let (output, _) = deai_ledger::state::deal_beacon(&players, [1; 32]).unwrap();
+    let e = State::from_genesis(&genesis(
+        all_sampled(),
+        Some(GenesisBeacon { output, period: 4 }),
+    ))
+    .unwrap_err();
+    assert!(e.contains("not a genesis validator"), "{e}");
+    // Garbage for a key.
+    let e = State::from_genesis(&genesis(
+        all_sampled(),
+        Some(GenesisBeacon {
+            output: vec![1, 2, 3],
+            period: 4,
+        }),
+    ))
+    .unwrap_err();
+    assert!(e.contains("does not decode"), "{e}");
+}
