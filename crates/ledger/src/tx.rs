@@ -20,6 +20,8 @@ pub const MAX_STR: usize = 256;
 pub const MAX_MODELS: usize = 16;
 /// Largest equivocation evidence (two simplex votes take about 300 bytes).
 pub const MAX_EVIDENCE: usize = 2048;
+/// Bytes of a beacon partial signature (a BLS12-381 signature in G2).
+pub const BEACON_SIGNATURE_BYTES: usize = 96;
 /// Most contributors one training round can list (accepted plus rejected).
 pub const MAX_TRAIN_WORKERS: usize = 64;
 
@@ -604,9 +606,7 @@ impl TxKind {
             },
             15 => TxKind::BeaconShare {
                 round: r.u64("round")?,
-                signature: r
-                    .bytes("signature", crate::state::SIGNATURE_BYTES)?
-                    .to_vec(),
+                signature: r.bytes("signature", BEACON_SIGNATURE_BYTES)?.to_vec(),
             },
             t => {
                 return Err(DecodeError::UnknownTag {

@@ -312,7 +312,7 @@ fn no_proposer_can_change_which_jobs_are_sampled() {
     let run = |reverse: bool, pad: bool| {
         let mut n = Net::new(params.clone());
         // Align so all receipts land in one round.
-        while n.s.height() % PERIOD != 0 {
+        while !n.s.height().is_multiple_of(PERIOD) {
             n.empty(1);
         }
         let mut open: Vec<(u8, TxKind)> = jobs

@@ -802,6 +802,8 @@ fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
         job.clone().prop_map(|job| TxKind::Challenge { job }),
         (job.clone(), any::<bool>()).prop_map(|(job, accept)| TxKind::Verdict { job, accept }),
         (0u64..3, any::<bool>()).prop_map(|(proposal, yes)| TxKind::Vote { proposal, yes }),
+        (0u64..3, proptest::collection::vec(any::<u8>(), 96..=96))
+            .prop_map(|(round, signature)| TxKind::BeaconShare { round, signature }),
         (1u8..6, 0u64..4).prop_map(|(v, view)| TxKind::ReportEquivocation {
             offender: addr(v),
             view,

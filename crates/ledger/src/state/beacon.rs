@@ -50,7 +50,7 @@ pub const BEACON_NAMESPACE: &[u8] = b"deai-beacon-v1";
 /// Most players a beacon key may have.
 pub const MAX_BEACON_PLAYERS: u32 = 256;
 /// Bytes of a BLS12-381 signature in G2 (a beacon partial or value).
-pub const SIGNATURE_BYTES: usize = 96;
+pub const SIGNATURE_BYTES: usize = crate::tx::BEACON_SIGNATURE_BYTES;
 /// Blocks per beacon round unless the genesis says otherwise.
 pub const DEFAULT_BEACON_PERIOD: u64 = 4;
 
@@ -129,13 +129,13 @@ pub fn message(chain: &Hash256, round: u64) -> Vec<u8> {
     m
 }
 
+/// A dealt beacon key: the encoded [`BeaconOutput`] and each player's encoded share.
+pub type DealtKey = (Vec<u8>, Vec<(Address, Vec<u8>)>);
+
 /// A trusted dealer's key for `players` (ledger addresses, i.e. ed25519 public keys), from a
 /// 32-byte secret seed: the encoded [`BeaconOutput`] for the genesis and each player's
 /// encoded share. What `deai chain init` and tests use.
-pub fn deal(
-    players: &[Address],
-    seed: [u8; 32],
-) -> Result<(Vec<u8>, Vec<(Address, Vec<u8>)>), String> {
+pub fn deal(players: &[Address], seed: [u8; 32]) -> Result<DealtKey, String> {
     use commonware_utils::TryCollect;
     use rand_core_cw::SeedableRng;
     let keys: Vec<PublicKey> = players
