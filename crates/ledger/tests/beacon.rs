@@ -575,3 +575,102 @@ fn the_beacon_survives_a_snapshot_and_a_bad_genesis_key_is_refused() {
     .unwrap_err();
     assert!(e.contains("does not decode"), "{e}");
 }
+
+/// Whoever learns the value first (the last signer, or a proposer holding the last partial)
+/// may move stake before it is recorded; committees come from the stake at the round's end.
+#[test]
+fn stake_moved_after_the_round_does_not_steer_its_committees() {
+    let mut a = Net::new(all_sampled());
+    let job = Hash256([81; 32]);
+    a.job(job);
+    let r = a.round_of(&job);
+    a.empty((r + 1) * PERIOD - a.s.height());
+    let mut b = Net {
+        s: a.s.clone(),
+        shares: a.shares.clone(),
+    };
+    // On b, validator 4 piles on stake and validator 1 leaves, before the value is known.
+    b.ok(4, TxKind::Stake { amount: 900_000 });
+    b.ok(1, TxKind::Unstake { amount: 50_000 });
+    a.empty(2);
+    a.sign(r, &[1, 2, 3]);
+    b.sign(r, &[1, 2, 3]);
+    assert_eq!(a.round(r).value, b.round(r).value);
+    assert_eq!(
+        a.s.job(&job).unwrap().committee,
+        b.s.job(&job).unwrap().committee
+    );
+    let c = &b.round(r).candidates;
+    assert!(c.iter().all(|c| c.stake == 50_000), "{c:?}");
+}
+
+#[test]
+fn a_sampled_job_cannot_be_challenged() {
+    // A worker that knows its receipt will be checked must not challenge it through a
+    // second account to earn the reporter's share of its own slash.
+    let (mut n, job, _, _) = sampled_job(91);
+    let e = n.fails(CLIENT, TxKind::Challenge { job });
+    assert!(e.contains("only a receipted job"), "{e}");
+}
+
+#[test]
+fn unstaking_does_not_dodge_a_verdict_slash_and_a_drawn_member_still_votes() {
+    let (mut n, job, members, outsider) = sampled_job(95);
+    let liar = members[0];
+    n.ok(liar, TxKind::Verdict { job, accept: true });
+    // The liar unstakes everything before the outcome: below the validator minimum, yet
+    // the escalated job's settlement still takes its slash, from the unbonding funds.
+    n.ok(liar, TxKind::Unstake { amount: 50_000 });
+    n.ok(members[1], TxKind::Verdict { job, accept: false });
+    // members[2] has dropped below the minimum too, but it was drawn: it may still vote.
+    n.ok(members[2], TxKind::Unstake { amount: 45_000 });
+    n.ok(members[2], TxKind::Verdict { job, accept: false });
+    assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Challenged);
+    let unbonding = |n: &Net, v: u8| -> u64 {
+        n.s.account(&addr(v))
+            .unbonding
+            .iter()
+            .map(|u| u.amount)
+            .sum()
+    };
+    let before = unbonding(&n, liar);
+    // Escalated: every active validator judges; the outsider makes the quorum.
+    n.ok(outsider, TxKind::Verdict { job, accept: false });
+    assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Rejected);
+    let slash = n.s.params().verdict_slash;
+    assert_eq!(unbonding(&n, liar), before - slash);
+    assert_eq!(n.val(liar).slashed, slash);
+}
+
+#[test]
+fn a_stalled_beacon_hands_the_receipt_to_every_validator() {
+    let params = Params {
+        challenge_window: 10,
+        verdict_window: 10,
+        ..all_sampled()
+    };
+    let mut n = Net::new(params);
+    let job = Hash256([99; 32]);
+    n.job(job);
+    let posted = n.s.job(&job).unwrap().receipt.as_ref().unwrap().posted_at;
+    // Only one partial ever comes (a quorum of players is gone or refuses).
+    let r = n.round_of(&job);
+    n.sign(r, &[1]);
+    let patience = posted + 10 + PERIOD + 10;
+    while n.s.height() < patience - 1 {
+        n.empty(1);
+        assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Receipted);
+    }
+    n.empty(1);
+    let j = n.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Challenged);
+    assert!(j.escalated);
+    // Every validator may judge it now, and a quorum settles it.
+    for v in [1, 2, 3] {
+        n.ok(v, TxKind::Verdict { job, accept: true });
+    }
+    assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
+    // A value that arrives after changes nothing.
+    n.sign(r, &[2, 3]);
+    assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
+}

@@ -306,6 +306,9 @@ impl Verifier {
                         self.signer.submit(TxKind::Challenge { job }).await?;
                         break;
                     }
+                    // Its committee re-executes it already (this validator, the job's
+                    // client, is never on it).
+                    Some(j) if j.status == JobStatus::Sampled => break,
                     Some(j) if j.status.is_final() => break,
                     _ => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
@@ -375,9 +378,15 @@ impl Verifier {
                 Check::Done(f) => f,
                 Check::Unavailable(why) => {
                     // The worker may be restarting: ask again later, and reject only once
-                    // half the challenge window has passed without the receipt.
-                    let patience = params.challenge_window / 2;
-                    if height < posted_at.saturating_add(patience) {
+                    // half of the current phase (the challenge window of a receipt, the
+                    // verdict window of a sampled or challenged job) has passed without it.
+                    let until = match job.status {
+                        JobStatus::Receipted => {
+                            posted_at.saturating_add(params.challenge_window / 2)
+                        }
+                        _ => job.deadline.saturating_sub(params.verdict_window / 2),
+                    };
+                    if height < until {
                         tracing::debug!(job = %id, "receipt not available yet: {why}");
                         continue;
                     }
@@ -388,13 +397,15 @@ impl Verifier {
                     }
                 }
             };
-            self.done.lock().unwrap().insert(id);
             let kind = TxKind::Verdict {
                 job: id,
                 accept: finding.accept,
             };
             match self.signer.submit(kind).await {
                 Ok(_) => {
+                    // Judged: a refused submission is tried again on the next pass (a
+                    // committee member that misses its deadline is slashed).
+                    self.done.lock().unwrap().insert(id);
                     tracing::info!(job = %id, accept = finding.accept, reason = ?finding.reason, "verdict")
                 }
                 Err(e) => tracing::warn!(job = %id, "verdict not submitted: {e:#}"),

@@ -101,6 +101,18 @@ pub struct BeaconRound {
     pub value: Option<Hash256>,
     /// The height whose block recovered it.
     pub at: Option<u64>,
+    /// The active validators and their stake when the round's last block ended: committees
+    /// are drawn from this list, so that no stake moved after the round (say, by whoever
+    /// learns the value first) steers them.
+    pub candidates: Vec<Candidate>,
+}
+
+/// A validator a committee may be drawn from, with its weight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub address: Address,
+    pub stake: u64,
 }
 
 fn buf(b: &[u8]) -> bytes::Bytes {
@@ -255,6 +267,28 @@ impl State {
         self.meta.height >= round.saturating_add(1).saturating_mul(period)
     }
 
+    /// At the end of block `h`: if it is the last block of a round holding receipts, records
+    /// the validators its committees will be drawn from.
+    pub(super) fn close_beacon_round(&mut self, h: u64) {
+        let Some(period) = self.meta.beacon.as_ref().map(|b| b.period) else {
+            return;
+        };
+        if !(h + 1).is_multiple_of(period) {
+            return;
+        }
+        let round = h / period;
+        if !self.beacons.contains_key(&round) {
+            return;
+        }
+        let candidates = self
+            .active_validators()
+            .into_iter()
+            .map(|(address, stake)| Candidate { address, stake })
+            .collect();
+        self.dirty.insert(Key::Beacon(round));
+        self.beacons.get_mut(&round).expect("checked").candidates = candidates;
+    }
+
     /// Files the receipt of `job`, posted at the current height, under its beacon round;
     /// returns the round (`None` on a chain without a beacon).
     pub(super) fn enroll_receipt(&mut self, job: Hash256) -> Option<u64> {
@@ -308,33 +342,44 @@ impl State {
         let msg = message(&self.meta.chain_id, round);
         threshold::verify_message::<MinPk>(out.public(), BEACON_NAMESPACE, &msg, &partial)
             .map_err(|_| "the partial signature does not verify for this player and round")?;
+        let mut stored = r.partials.clone();
+        let at = stored.partition_point(|(i, _)| *i < index);
+        stored.insert(at, (index, sig.to_vec()));
+        // Recover (and check) before touching the state: a transaction that fails changes
+        // nothing.
+        let recovered = if (stored.len() as u32) < b.quorum {
+            None
+        } else {
+            let partials = stored
+                .iter()
+                .map(|(i, s)| {
+                    Ok(PartialSignature::<MinPk> {
+                        index: Participant::new(*i),
+                        value: <MinPk as Variant>::Signature::read(&mut buf(s))
+                            .map_err(|e| format!("stored partial: {e}"))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let sig = threshold::recover::<MinPk, _>(
+                out.public(),
+                &partials,
+                &commonware_parallel::Sequential,
+            )
+            .map_err(|e| format!("recovering the beacon: {e:?}"))?;
+            ops::verify_message::<MinPk>(out.public().public(), BEACON_NAMESPACE, &msg, &sig)
+                .map_err(|_| "the recovered beacon does not verify")?;
+            Some(sig.encode().to_vec())
+        };
         self.dirty.insert(Key::Beacon(round));
         let r = self.beacons.get_mut(&round).expect("checked above");
-        let at = r.partials.partition_point(|(i, _)| *i < index);
-        r.partials.insert(at, (index, sig.to_vec()));
-        if (r.partials.len() as u32) < b.quorum {
+        let Some(bytes) = recovered else {
+            r.partials = stored;
             return Ok(());
-        }
-        // Every partial was verified, so recovery yields the one signature; check it anyway.
-        let partials: Vec<PartialSignature<MinPk>> = r
-            .partials
-            .iter()
-            .map(|(i, s)| PartialSignature {
-                index: Participant::new(*i),
-                value: <MinPk as Variant>::Signature::read(&mut buf(s)).expect("stored verified"),
-            })
-            .collect();
-        let sig = threshold::recover::<MinPk, _>(
-            out.public(),
-            &partials,
-            &commonware_parallel::Sequential,
-        )
-        .map_err(|e| format!("recovering the beacon: {e:?}"))?;
-        ops::verify_message::<MinPk>(out.public().public(), BEACON_NAMESPACE, &msg, &sig)
-            .map_err(|_| "the recovered beacon does not verify")?;
-        let bytes = sig.encode().to_vec();
+        };
         let value = Hash256::digest_parts("deai-beacon-value-v1", &[&bytes]);
         let h = self.meta.height;
+        // The partials served their purpose: the signature proves the value.
+        r.partials = Vec::new();
         r.signature = bytes;
         r.value = Some(value);
         r.at = Some(h);
@@ -355,18 +400,32 @@ impl State {
             return;
         }
         let p = &self.meta.params;
+        let h = self.meta.height;
         if !sampled(value, &id, p.sample_rate_bps) {
+            // Not re-executed: it settles at its challenge window's end, or at once if the
+            // value came after it.
+            let due = rec.posted_at.saturating_add(p.challenge_window).max(h + 1);
+            if j.deadline > due {
+                let old = j.deadline;
+                self.dirty.insert(Key::Job(id));
+                self.jobs.get_mut(&id).expect("exists").deadline = due;
+                self.deadlines.remove(&(old, DL_JOB, id.0));
+                self.deadlines.insert((due, DL_JOB, id.0));
+            }
             return;
         }
         // Neither side of the job judges it.
         let (worker, client) = (rec.worker, j.client);
         let candidates: Vec<(Address, u64)> = self
-            .active_validators()
-            .into_iter()
-            .filter(|(a, _)| *a != worker && *a != client)
+            .beacons
+            .get(&round)
+            .map(|r| r.candidates.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| c.address != worker && c.address != client)
+            .map(|c| (c.address, c.stake))
             .collect();
         let members = committee(value, &id, &candidates, p.committee_size as usize);
-        let h = self.meta.height;
         let (old, new) = (j.deadline, h.saturating_add(p.verdict_window));
         for m in &members {
             if let Some(v) = self.validators.get_mut(m) {

@@ -242,6 +242,7 @@ impl State {
     // ----- end of block -----------------------------------------------------------------
 
     fn end_block(&mut self, h: u64) {
+        self.close_beacon_round(h);
         while let Some(first) = self.deadlines.get_min().copied().filter(|d| d.0 <= h) {
             self.deadlines.remove(&first);
             let (_, kind, id) = first;

@@ -190,6 +190,13 @@ fn beacon_config(b: &GenesisBeacon, s: &State) -> Result<BeaconConfig, String> {
         players.push(a);
     }
     let quorum = out.quorum::<commonware_utils::N3f1>();
+    if quorum != out.public().required() {
+        return err(format!(
+            "the beacon key needs {} partials to recover, not the quorum {quorum} of its {} players",
+            out.public().required(),
+            players.len()
+        ));
+    }
     Ok(BeaconConfig {
         output: b.output.clone(),
         group_key: out.public().public().encode().to_vec(),

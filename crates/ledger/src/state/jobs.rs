@@ -187,14 +187,17 @@ impl State {
         Ok(())
     }
 
-    /// Challenges a receipt inside its window (or while its committee judges it), posting
-    /// the bond; every validator judges it now, within the verdict window.
+    /// Challenges a receipt inside its window, posting the bond; every validator judges it
+    /// now, within the verdict window. A sampled job cannot be challenged: its committee
+    /// already re-executes it (and a dissent escalates it), and a worker that knows its
+    /// receipt will be checked must not earn the reporter's share of its own slash through
+    /// a second account.
     pub(super) fn challenge(&mut self, from: Address, job: Hash256) -> Res {
         let h = self.meta.height;
         let j = self.jobs.get(&job).ok_or("unknown job")?;
-        if !matches!(j.status, JobStatus::Receipted | JobStatus::Sampled) {
+        if j.status != JobStatus::Receipted {
             return err(format!(
-                "job is {:?}; only a receipted or sampled job can be challenged",
+                "job is {:?}; only a receipted job can be challenged",
                 j.status
             ));
         }
@@ -223,10 +226,13 @@ impl State {
     /// without a beacon, a receipted job is open to every validator too.
     pub(super) fn verdict(&mut self, from: Address, job: Hash256, accept: bool) -> Res {
         let min = self.meta.params.min_validator_stake;
-        if !self.validators.contains_key(&from) || self.account(&from).stake < min {
+        let j = self.jobs.get(&job).ok_or("unknown job")?;
+        // A drawn member judges its job whatever its stake did since (a slash elsewhere
+        // must not make it miss this deadline too).
+        let drawn = j.status == JobStatus::Sampled && j.committee.contains(&from);
+        if !drawn && (!self.validators.contains_key(&from) || self.account(&from).stake < min) {
             return err("sender is not an active validator");
         }
-        let j = self.jobs.get(&job).ok_or("unknown job")?;
         match j.status {
             JobStatus::Sampled if !j.committee.contains(&from) => {
                 return err("sender is not on this job's committee")
@@ -302,12 +308,10 @@ impl State {
         burned
     }
 
-    /// Takes up to `amount` from a validator's stake, burned; returns what was taken.
+    /// Takes up to `amount` from a validator's stake and unbonding funds, burned; returns
+    /// what was taken.
     fn slash_validator(&mut self, who: &Address, amount: u64) -> u64 {
-        let a = self.acct_mut(who);
-        let take = amount.min(a.stake);
-        a.stake -= take;
-        self.meta.total_stake -= take;
+        let take = self.take_holdings(who, amount);
         self.meta.burned += take;
         if let Some(v) = self.validators.get_mut(who) {
             v.slashed += take;
@@ -475,6 +479,19 @@ impl State {
         ));
     }
 
+    /// The height after which a receipt whose beacon round still has no value is handed to
+    /// every validator: the challenge window, its round's length and a verdict window after
+    /// it was posted.
+    fn beacon_patience(&self, j: &Job) -> u64 {
+        let p = &self.meta.params;
+        let period = self.meta.beacon.as_ref().map_or(0, |b| b.period);
+        let posted = j.receipt.as_ref().map_or(0, |r| r.posted_at);
+        posted
+            .saturating_add(p.challenge_window)
+            .saturating_add(period)
+            .saturating_add(p.verdict_window)
+    }
+
     /// Whether a receipted job still waits for its beacon round's value.
     fn awaits_beacon(&self, j: &Job) -> bool {
         match j.receipt.as_ref().and_then(|r| r.beacon_round) {
@@ -507,11 +524,18 @@ impl State {
                 self.events
                     .push(format!("job {} expired; client refunded", id.short()));
             }
-            // Not settled before its round's beacon says whether it is re-executed.
+            // Not settled before its round's beacon says whether it is re-executed: wait
+            // (the value's arrival reschedules it), and if the beacon stalls for a whole
+            // round plus a verdict window, every validator judges it.
             JobStatus::Receipted if self.awaits_beacon(&j) => {
-                let jm = self.job_mut(&id).expect("exists");
-                jm.deadline = h + 1;
-                self.set_job_deadline(id, j.deadline, h + 1);
+                let give_up = self.beacon_patience(&j);
+                if h >= give_up {
+                    self.escalate(id, "its beacon round got no value in time");
+                } else {
+                    let jm = self.job_mut(&id).expect("exists");
+                    jm.deadline = give_up;
+                    self.set_job_deadline(id, j.deadline, give_up);
+                }
             }
             JobStatus::Receipted => self.accept_job(id),
             JobStatus::Sampled => {

@@ -78,7 +78,14 @@ impl State {
         let slash = bps_of(held, self.meta.params.slash_bps)
             .max(floor)
             .min(held);
-        let mut left = slash;
+        self.take_holdings(who, slash)
+    }
+
+    /// Takes up to `amount` from `who`'s stake, then from its newest unbonding entries (so
+    /// unstaking does not dodge a slash), and returns what it took; the caller decides where
+    /// it goes.
+    pub(super) fn take_holdings(&mut self, who: &Address, amount: u64) -> u64 {
+        let mut left = amount;
         let a = self.acct_mut(who);
         let from_stake = left.min(a.stake);
         a.stake -= from_stake;
@@ -95,7 +102,7 @@ impl State {
             }
         }
         self.meta.total_stake -= from_stake;
-        slash
+        amount - left
     }
 
     /// Slashes a validator for equivocating in `view` (the chain has checked the evidence):

@@ -32,27 +32,23 @@ pub enum Watch {
     Challenge(String),
 }
 
-/// The rule: a receipted (or sampled) job whose posted digest or billed tokens differ from
-/// what was served is challenged.
+/// The rule: a receipted job whose posted digest or billed tokens differ from what was
+/// served is challenged (a sampled one cannot be: its committee re-executes it already).
 pub fn judge(job: Option<&Job>, served: Served) -> Watch {
     let Some(job) = job else {
         return Watch::Wait; // the escrow is not final yet
     };
     match (job.status, &job.receipt) {
         (JobStatus::Open, _) => Watch::Wait,
-        (JobStatus::Receipted | JobStatus::Sampled, Some(r)) if r.digest != served.digest => {
-            Watch::Challenge(format!(
-                "posted digest {} is not the served receipt's {}",
-                r.digest.short(),
-                served.digest.short()
-            ))
-        }
-        (JobStatus::Receipted | JobStatus::Sampled, Some(r)) if r.tokens != served.tokens => {
-            Watch::Challenge(format!(
-                "billed {} tokens, the served receipt holds {}",
-                r.tokens, served.tokens
-            ))
-        }
+        (JobStatus::Receipted, Some(r)) if r.digest != served.digest => Watch::Challenge(format!(
+            "posted digest {} is not the served receipt's {}",
+            r.digest.short(),
+            served.digest.short()
+        )),
+        (JobStatus::Receipted, Some(r)) if r.tokens != served.tokens => Watch::Challenge(format!(
+            "billed {} tokens, the served receipt holds {}",
+            r.tokens, served.tokens
+        )),
         _ => Watch::Done,
     }
 }
