@@ -302,6 +302,8 @@ struct JobQuery {
     status: Option<String>,
     /// Only jobs of this client or worker (hex address).
     account: Option<String>,
+    /// Only jobs whose committee names this validator (hex address).
+    member: Option<String>,
     limit: Option<usize>,
     offset: Option<usize>,
     /// `newest` (default: by opening height, newest first) or `deadline` (the current
@@ -309,7 +311,7 @@ struct JobQuery {
     order: Option<String>,
 }
 
-/// `GET /v1/jobs?status=receipted&account=HEX&limit=N&order=newest|deadline`: finalized jobs,
+/// `GET /v1/jobs?status=receipted&account=HEX&member=HEX&limit=N&order=newest|deadline`: finalized jobs,
 /// newest first or soonest deadline first.
 async fn jobs(
     AxState(api): AxState<Api>,
@@ -329,6 +331,7 @@ async fn jobs(
         })
         .transpose()?;
     let account = q.account.as_deref().map(parse_addr).transpose()?;
+    let member = q.member.as_deref().map(parse_addr).transpose()?;
     let by_deadline = match q.order.as_deref() {
         None | Some("newest") => false,
         Some("deadline") => true,
@@ -336,7 +339,7 @@ async fn jobs(
     };
     let limit = q.limit.unwrap_or(100).min(1000);
     let s = api.app.finalized_state();
-    if status.is_none() && account.is_none() && !by_deadline {
+    if status.is_none() && account.is_none() && member.is_none() && !by_deadline {
         // Unfiltered (the explorer's jobs page and overview): a page of the open-order index.
         let (total, ids) = api.app.jobs_newest(q.offset.unwrap_or(0), limit);
         let list: Vec<Value> = ids
@@ -351,6 +354,7 @@ async fn jobs(
         .jobs()
         .filter(|(_, j)| status.is_none_or(|st| j.status == st))
         .filter(|(_, j)| account.is_none_or(|a| j.client == a || j.worker == Some(a)))
+        .filter(|(_, j)| member.is_none_or(|m| j.committee.contains(&m)))
         .collect();
     if by_deadline {
         list.sort_by_key(|(id, j)| (j.deadline, **id));

@@ -219,6 +219,13 @@ impl ChainClient {
         self.jobs_ordered(status, limit, "deadline").await
     }
 
+    /// Sampled jobs whose committee names `member`, soonest deadline first (at most
+    /// `limit`): what that validator must judge.
+    pub async fn jobs_drawn(&self, member: &Address, limit: usize) -> Result<Vec<(Hash256, Job)>> {
+        let status = format!("sampled&member={}", hex::encode(member));
+        self.jobs_ordered(&status, limit, "deadline").await
+    }
+
     async fn jobs_ordered(
         &self,
         status: &str,

@@ -17,13 +17,17 @@ use std::time::{Duration, Instant};
 /// How long a submitted partial may stay unrecorded before it is sent again (the first may
 /// have been dropped from a mempool).
 const RESEND: Duration = Duration::from_secs(5);
+/// Submissions of one round's partial before this signer gives up on it (a share that does
+/// not verify would otherwise pay a fee every `RESEND` forever).
+const MAX_TRIES: u32 = 3;
 
 pub struct BeaconSigner {
     signer: Arc<Signer>,
     share: Vec<u8>,
     index: u32,
     chain: Hash256,
-    sent: Mutex<HashMap<u64, Instant>>,
+    /// Round -> (last submission, submissions so far).
+    sent: Mutex<HashMap<u64, (Instant, u32)>>,
     /// Partials this signer submitted (for status pages and tests).
     pub signed: std::sync::atomic::AtomicU64,
 }
@@ -57,17 +61,25 @@ impl BeaconSigner {
             );
         }
         let mut n = 0;
+        let b_pending: Vec<u64> = b.pending.iter().map(|p| p.round).collect();
         for p in b.pending {
             if p.signed.contains(&self.index) {
                 continue;
             }
-            let recent = self
+            let (recent, tries) = self
                 .sent
                 .lock()
                 .unwrap()
                 .get(&p.round)
-                .is_some_and(|t| t.elapsed() < RESEND);
-            if recent {
+                .map_or((false, 0), |(t, n)| (t.elapsed() < RESEND, *n));
+            if recent || tries >= MAX_TRIES {
+                if tries == MAX_TRIES {
+                    tracing::warn!(round = p.round, "beacon partial refused {tries} times");
+                    self.sent
+                        .lock()
+                        .unwrap()
+                        .insert(p.round, (Instant::now(), tries + 1));
+                }
                 continue;
             }
             let signature = deai_ledger::state::sign_beacon(&self.share, &self.chain, p.round)
@@ -78,16 +90,17 @@ impl BeaconSigner {
                     signature,
                 })
                 .await?;
-            self.sent.lock().unwrap().insert(p.round, Instant::now());
+            self.sent
+                .lock()
+                .unwrap()
+                .insert(p.round, (Instant::now(), tries + 1));
             self.signed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             n += 1;
         }
-        // Forget rounds long done.
-        self.sent
-            .lock()
-            .unwrap()
-            .retain(|_, t| t.elapsed() < RESEND * 4);
+        // Forget rounds no longer pending.
+        let pending: std::collections::HashSet<u64> = b_pending.iter().copied().collect();
+        self.sent.lock().unwrap().retain(|r, _| pending.contains(r));
         Ok(n)
     }
 

@@ -330,7 +330,7 @@ impl Verifier {
         let height = ledger.height().await?;
         let me = self.signer.address();
         let mut due: Vec<(Hash256, Job)> = ledger.jobs_due("challenged", SCAN).await?;
-        due.extend(ledger.jobs_due("sampled", SCAN).await?);
+        due.extend(ledger.jobs_drawn(&me, SCAN).await?);
         let beacon = self.has_beacon().await?;
         if !beacon {
             due.extend(ledger.jobs_due("receipted", SCAN).await?);
