@@ -34,6 +34,14 @@ fn compute_ms(chain: &ChainClient, endpoint: &str) -> Option<u64> {
     chain.block_on(w.health())?["compute_ms"].as_u64()
 }
 
+/// A validator's mean blocks from a job's sampling to its committee verdict, if it gave any.
+fn latency(v: &Value) -> Value {
+    match (v["committee_votes"].as_u64(), v["latency_blocks"].as_u64()) {
+        (Some(n), Some(total)) if n > 0 => json!(total as f64 / n as f64),
+        _ => Value::Null,
+    }
+}
+
 pub fn status(a: StatusArgs) -> Result<()> {
     let chain = ChainClient::new(&a.url)?;
     let s = chain.status()?;
@@ -68,7 +76,8 @@ pub fn status(a: StatusArgs) -> Result<()> {
             json!({ "address": v["address"], "stake": v["stake"],
                     "verdicts": r["verdicts"], "earned": r["earned"],
                     "assigned": r["assigned"], "missed": r["missed"], "wrong": r["wrong"],
-                    "slashed": r["slashed"] })
+                    "slashed": r["slashed"],
+                    "latency_blocks": latency(r) })
         })
         .collect();
     let out = json!({
@@ -88,13 +97,16 @@ pub fn status(a: StatusArgs) -> Result<()> {
     println!("\nvalidators:");
     for v in &vl {
         println!(
-            "  {}…  stake {:>10}  verdicts {:>6}  drawn {:>5}  missed {:>4}  wrong {:>4}  earned {:>10}  slashed {:>8}",
+            "  {}…  stake {:>10}  verdicts {:>6}  drawn {:>5}  missed {:>4}  wrong {:>4}  latency {:>6} blocks  earned {:>10}  slashed {:>8}",
             &v["address"].as_str().unwrap_or_default()[..12],
             v["stake"],
             v["verdicts"],
             v["assigned"],
             v["missed"],
             v["wrong"],
+            v["latency_blocks"]
+                .as_f64()
+                .map_or("-".to_string(), |l| format!("{l:.1}")),
             v["earned"],
             v["slashed"]
         );

@@ -463,6 +463,7 @@
         { label: 'Drawn', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).assigned || 0) },
         { label: 'Missed', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).missed || 0) },
         { label: 'Wrong', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).wrong || 0) },
+        { label: 'Latency', num: true, cell: (v) => { const i = validatorInfo.get(v.address) || {}; return i.committee_votes ? fmt2(i.latency_blocks / i.committee_votes, 1) + ' blocks' : '—'; } },
         { label: 'Earned', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).earned) },
         { label: 'Slashed', num: true, cell: (v) => fmt((validatorInfo.get(v.address) || {}).slashed) },
         { label: 'Endpoint', cell: (v) => mono((validatorInfo.get(v.address) || {}).endpoint || '—') },
@@ -654,6 +655,7 @@
       view.append(card('Validator', kv([['Stake', fmt(validator.stake)], ['Verdicts cast', fmt(v.verdicts)],
         ['Committees drawn for', fmt(v.assigned || 0)], ['Committee deadlines missed', fmt(v.missed || 0)],
         ['Verdicts against the outcome', fmt(v.wrong || 0)],
+        ['Mean verification latency', v.committee_votes ? fmt2(v.latency_blocks / v.committee_votes, 1) + ' blocks (sampling to committee verdict)' : '—'],
         ['Earned', fmt(v.earned)], ['Slashed for equivocation', (v.slashed_views || []).length ? fmt(v.slashed) + ' (views ' + v.slashed_views.join(', ') + ')' : '—'],
         ['Endpoint', mono(v.endpoint || '—')], ['Registered at', blockLink(v.registered_at)]])));
     }

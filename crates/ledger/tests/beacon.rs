@@ -450,9 +450,21 @@ fn only_the_committee_judges_and_only_it_is_paid() {
         .iter()
         .map(|v| n.s.account(&addr(*v)).balance)
         .collect();
+    let sampled_at = n.s.job(&job).unwrap().sampled_at.unwrap();
+    n.empty(2);
+    let mut expect = Vec::new();
     for m in &members {
         n.ok(*m, TxKind::Verdict { job, accept: true });
+        expect.push((1, n.s.height() - sampled_at));
     }
+    // Each member's latency: blocks from the sampling to its verdict.
+    let lat: Vec<(u64, u64)> = members
+        .iter()
+        .map(|m| (n.val(*m).committee_votes, n.val(*m).latency_blocks))
+        .collect();
+    assert_eq!(lat, expect);
+    assert!(expect[0].1 >= 3);
+    assert_eq!(n.val(outsider).committee_votes, 0);
     let j = n.s.job(&job).unwrap();
     assert_eq!(j.status, JobStatus::Accepted);
     let fee = j.settlement.as_ref().unwrap().validator_fee;

@@ -165,6 +165,7 @@ mod tests {
             settlement: None,
             committee: vec![],
             escalated: false,
+            sampled_at: None,
         };
         (r, Hash256(spec.id()), job)
     }

@@ -437,6 +437,7 @@ impl State {
         let jm = self.jobs.get_mut(&id).expect("exists");
         jm.status = JobStatus::Sampled;
         jm.committee = members;
+        jm.sampled_at = Some(h);
         jm.deadline = new;
         self.deadlines.remove(&(old, DL_JOB, id.0));
         self.deadlines.insert((new, DL_JOB, id.0));

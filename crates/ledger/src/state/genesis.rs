@@ -152,6 +152,8 @@ impl State {
                     assigned: 0,
                     missed: 0,
                     wrong: 0,
+                    committee_votes: 0,
+                    latency_blocks: 0,
                 },
             );
             s.dirty.insert(Key::Validator(v.address));

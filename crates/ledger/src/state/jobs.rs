@@ -95,6 +95,7 @@ impl State {
                 settlement: None,
                 committee: Vec::new(),
                 escalated: false,
+                sampled_at: None,
             },
         );
         self.dirty.insert(Key::Job(job));
@@ -249,10 +250,16 @@ impl State {
         if j.verdicts.iter().any(|v| v.voter == from) {
             return err("validator already gave a verdict on this job");
         }
+        let h = self.meta.height;
+        let since = j.sampled_at.filter(|_| drawn);
         let jm = self.job_mut(&job).expect("checked above");
         upsert_vote(&mut jm.verdicts, from, accept);
         if let Some(v) = self.validators.get_mut(&from) {
             v.verdicts += 1;
+            if let Some(at) = since {
+                v.committee_votes += 1;
+                v.latency_blocks += h.saturating_sub(at);
+            }
         }
         self.dirty.insert(Key::Validator(from));
         let j = &self.jobs[&job];

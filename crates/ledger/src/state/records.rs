@@ -73,6 +73,12 @@ pub struct Validator {
     /// Verdicts against the outcome the job settled with (each slashed).
     #[serde(default)]
     pub wrong: u64,
+    /// Verdicts it gave as a committee member, and the blocks they took in all (from the
+    /// job's sampling to the verdict): its mean verification latency is their ratio.
+    #[serde(default)]
+    pub committee_votes: u64,
+    #[serde(default)]
+    pub latency_blocks: u64,
 }
 
 /// How many slashed views a validator record keeps (older views can no longer be reported).
@@ -190,6 +196,9 @@ pub struct Job {
     /// Its committee disagreed or missed the deadline: every validator judges it now.
     #[serde(default)]
     pub escalated: bool,
+    /// The height whose block sampled it.
+    #[serde(default)]
+    pub sampled_at: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

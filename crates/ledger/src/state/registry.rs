@@ -96,6 +96,8 @@ impl State {
                 assigned: prev.as_ref().map_or(0, |v| v.assigned),
                 missed: prev.as_ref().map_or(0, |v| v.missed),
                 wrong: prev.as_ref().map_or(0, |v| v.wrong),
+                committee_votes: prev.as_ref().map_or(0, |v| v.committee_votes),
+                latency_blocks: prev.as_ref().map_or(0, |v| v.latency_blocks),
                 slashed_views: prev.map(|v| v.slashed_views).unwrap_or_default(),
             },
         );

@@ -113,6 +113,7 @@ mod tests {
             settlement: None,
             committee: vec![],
             escalated: false,
+            sampled_at: None,
         }
     }
 
