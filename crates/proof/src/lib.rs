@@ -21,7 +21,7 @@ pub mod verify;
 pub use activation::{ActivationProof, ChunkProof, Thresholds};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use receipt::{receipt_digest, DecodeError, JobSpec, Receipt, Timings};
-pub use verify::{verify, verify_with, Check, Report, Verdict, VerifyConfig};
+pub use verify::{pov_digest, verify, verify_with, Check, Report, Verdict, VerifyConfig};
 
 use deai_engine::{Generation, KernelProfile};
 use std::time::Instant;

@@ -39,6 +39,27 @@ pub struct Check {
 pub struct Report {
     pub verdict: Verdict,
     pub checks: Vec<Check>,
+    /// The proof of verification ([`pov_digest`]) when [`VerifyConfig::pov_key`] was given
+    /// and the prefill ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pov: Option<[u8; 32]>,
+}
+
+/// The proof of verification: a digest, keyed by `key` (the beacon value of the job's
+/// round, unknown when the worker answered), of the hidden states this verifier recomputed
+/// for the output positions. Only a re-execution yields it (the receipt's chunk digests hash
+/// the same rows without the key), and honest verifiers of one kernel profile get it bit for
+/// bit, so committee members can commit to it and be compared.
+pub fn pov_digest(key: &[u8; 32], job_id: &[u8; 32], rows: &[f32]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"deai-pov-v1");
+    h.update(key);
+    h.update(job_id);
+    for x in rows {
+        h.update(x.to_le_bytes());
+    }
+    h.finalize().into()
 }
 
 impl Report {
@@ -81,6 +102,8 @@ pub struct VerifyConfig {
     /// Run the prefill as background work that yields to generation on the same engine for
     /// up to this long ([`Engine::prefill_all_background`]; same bits). None: at once.
     pub background_patience: Option<std::time::Duration>,
+    /// Compute the proof of verification ([`pov_digest`]) under this key.
+    pub pov_key: Option<[u8; 32]>,
 }
 
 impl Default for VerifyConfig {
@@ -93,6 +116,7 @@ impl Default for VerifyConfig {
             expected_worker: None,
             cross_profiles: Vec::new(),
             background_patience: None,
+            pov_key: None,
         }
     }
 }
@@ -139,7 +163,17 @@ pub fn verify_with(r: &Receipt, engine: &Engine, model_id: &Hash256, cfg: &Verif
         check_sampling(r, engine, out.as_ref(), exact, cfg),
         check_termination(r, &engine.model.tokenizer),
     ]);
-    report(checks)
+    let d = engine.model.cfg.d_model;
+    let pov = cfg.pov_key.as_ref().and_then(|key| {
+        let o = out.as_ref()?;
+        let rows =
+            activation::output_rows(&o.hidden, d, r.prompt_tokens.len(), r.output_tokens.len())?;
+        Some(pov_digest(key, &r.job_id, rows))
+    });
+    Report {
+        pov,
+        ..report(checks)
+    }
 }
 
 /// The verdict over `checks`: accept only when every one passed.
@@ -149,7 +183,11 @@ fn report(checks: Vec<Check>) -> Report {
     } else {
         Verdict::Reject
     };
-    Report { verdict, checks }
+    Report {
+        verdict,
+        checks,
+        pov: None,
+    }
 }
 
 fn check(name: &str, ok: bool, detail: impl Into<String>, position: Option<u64>) -> Check {

@@ -701,3 +701,49 @@ fn json_schema_runs_verify_and_the_schema_cannot_be_dropped_or_swapped() {
         assert!(!verify(&r, e, &t.id).accepted());
     }
 }
+
+/// The proof of verification: the same on every honest verifier of the profile (any thread
+/// count, at once or as background work), different under another key or for another job's
+/// tokens, and absent without a key.
+#[test]
+fn proof_of_verification_is_the_same_on_every_honest_verifier_and_keyed() {
+    let spec = TinySpec::default();
+    let w = tiny(&spec, 2, 0);
+    let r = run(&w, w.id, &prompt(3), &sampled(24, 5), 0);
+    let with = |t: &Tiny, key: [u8; 32], patience: Option<std::time::Duration>| {
+        let cfg = VerifyConfig {
+            pov_key: Some(key),
+            background_patience: patience,
+            ..Default::default()
+        };
+        let rep = verify_with(&r, &t.engine, &t.id, &cfg);
+        assert!(rep.accepted(), "{:?}", rep.first_failure());
+        rep.pov.expect("a pov when keyed")
+    };
+    let (a, b) = (tiny(&spec, 1, 0), tiny(&spec, 2, 8 << 20));
+    let k = [7u8; 32];
+    let pov = with(&a, k, None);
+    assert_eq!(pov, with(&b, k, None));
+    assert_eq!(pov, with(&b, k, Some(std::time::Duration::from_millis(5))));
+    assert_ne!(pov, with(&a, [8u8; 32], None));
+    // What it digests: the verifier's recomputed output rows under the key.
+    let d = a.engine.model.cfg.d_model;
+    let mut fed = r.prompt_tokens.clone();
+    fed.extend_from_slice(&r.output_tokens[..r.output_tokens.len() - 1]);
+    let out = a
+        .engine
+        .prefill_all(&fed, r.prompt_tokens.len() - 1)
+        .unwrap();
+    let rows =
+        activation::output_rows(&out.hidden, d, r.prompt_tokens.len(), r.output_tokens.len())
+            .unwrap();
+    assert_eq!(pov, deai_proof::pov_digest(&k, &r.job_id, rows));
+    // Another job's tokens give another digest.
+    let other = run(&w, w.id, &prompt(4), &sampled(24, 5), 1);
+    let cfg = VerifyConfig {
+        pov_key: Some(k),
+        ..Default::default()
+    };
+    assert_ne!(verify_with(&other, &a.engine, &a.id, &cfg).pov, Some(pov));
+    assert_eq!(verify(&r, &a.engine, &a.id).pov, None);
+}
