@@ -166,8 +166,6 @@ mod tests {
             committee: vec![],
             escalated: false,
             sampled_at: None,
-            commits: vec![],
-            povs: vec![],
         };
         (r, Hash256(spec.id()), job)
     }

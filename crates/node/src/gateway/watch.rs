@@ -114,8 +114,6 @@ mod tests {
             committee: vec![],
             escalated: false,
             sampled_at: None,
-            commits: vec![],
-            povs: vec![],
         }
     }
 
