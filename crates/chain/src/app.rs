@@ -113,7 +113,11 @@ impl Indexes {
                 TxKind::OpenJob { job, .. }
                 | TxKind::PostReceipt { job, .. }
                 | TxKind::Challenge { job, .. }
-                | TxKind::Verdict { job, .. } => self.job_txs.entry(*job).or_default().push(pos),
+                | TxKind::Verdict { job, .. }
+                | TxKind::VerdictCommit { job, .. }
+                | TxKind::VerdictReveal { job, .. } => {
+                    self.job_txs.entry(*job).or_default().push(pos)
+                }
                 _ => {}
             }
         }

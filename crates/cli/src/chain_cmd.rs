@@ -186,6 +186,37 @@ pub enum TxCmd {
         #[arg(long)]
         verdict: String,
     },
+    /// Seal a committee member's verdict on a sampled job (the commitment to the verdict
+    /// and the proof of verification is computed here, bound to the key).
+    VerdictCommit {
+        #[arg(long)]
+        job: String,
+        /// accept or reject
+        #[arg(long)]
+        verdict: String,
+        /// The proof of verification (64 hex: `deai_proof::pov_digest` keyed by the job's
+        /// beacon value).
+        #[arg(long)]
+        pov: String,
+    },
+    /// Open it, once every member has committed.
+    VerdictReveal {
+        #[arg(long)]
+        job: String,
+        /// accept or reject
+        #[arg(long)]
+        verdict: String,
+        #[arg(long)]
+        pov: String,
+    },
+    /// Sign a closed beacon round with a validator's share of the beacon key
+    /// (`keys/validator-N.share`).
+    BeaconShare {
+        #[arg(long)]
+        round: u64,
+        #[arg(long)]
+        share: PathBuf,
+    },
     Propose {
         /// A parameter name (e.g. slash_bps) with --value, allow_model / disallow_model
         /// with --model, or allow_profile / disallow_profile with --profile.
@@ -504,6 +535,32 @@ pub fn tx(a: TxArgs) -> Result<()> {
             job: parse_hash(&job)?,
             accept: parse_verdict(&verdict)?,
         },
+        TxCmd::VerdictCommit { job, verdict, pov } => {
+            let job = parse_hash(&job)?;
+            TxKind::VerdictCommit {
+                job,
+                commitment: deai_ledger::state::verdict_commitment(
+                    &key.verifying_key().to_bytes(),
+                    &job,
+                    parse_verdict(&verdict)?,
+                    &parse_hash(&pov)?,
+                ),
+            }
+        }
+        TxCmd::VerdictReveal { job, verdict, pov } => TxKind::VerdictReveal {
+            job: parse_hash(&job)?,
+            accept: parse_verdict(&verdict)?,
+            pov: parse_hash(&pov)?,
+        },
+        TxCmd::BeaconShare { round, share } => {
+            let chain = ChainClient::new(&url)?.chain_id()?;
+            let share = local::read_share(&share)?;
+            TxKind::BeaconShare {
+                round,
+                signature: deai_ledger::state::sign_beacon(&share, &chain, round)
+                    .map_err(anyhow::Error::msg)?,
+            }
+        }
         TxCmd::Propose {
             param,
             value,

@@ -171,6 +171,15 @@ impl ChainClient {
         }))
     }
 
+    /// The value of beacon round `round`, once recovered.
+    pub async fn beacon_value(&self, round: u64) -> Result<Option<Hash256>> {
+        match self.get(&format!("/v1/beacon/{round}")).await? {
+            None => Ok(None),
+            Some(v) => Ok(serde_json::from_value(v["round"]["value"].clone())
+                .context("bad beacon round JSON")?),
+        }
+    }
+
     pub async fn job(&self, id: &Hash256) -> Result<Option<Job>> {
         match self.get(&format!("/v1/job/{id}")).await? {
             None => Ok(None),

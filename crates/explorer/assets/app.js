@@ -728,7 +728,7 @@
   }
 
   const FINAL = ['accepted', 'rejected', 'expired', 'unresolved'];
-  const TRAIL_TEXT = { open_job: 'Job opened, escrow locked', post_receipt: 'Receipt posted by the worker', challenge: 'Receipt challenged', verdict: 'Verdict' };
+  const TRAIL_TEXT = { open_job: 'Job opened, escrow locked', post_receipt: 'Receipt posted by the worker', challenge: 'Receipt challenged', verdict: 'Verdict', verdict_commit: 'Committee member sealed its verdict', verdict_reveal: 'Verdict' };
 
   async function pageJob(ctx, [id]) {
     const actions = h('div', { class: 'head-actions' });
@@ -810,7 +810,7 @@
       for (const t of d.trail) {
         // the vote: the trail's own `yes`, else the counted verdict of that voter; unknown for a refused one
         const yes = typeof t.yes === 'boolean' ? t.yes : !t.error && counted.has(t.from) ? counted.get(t.from) : null;
-        const verdict = t.type === 'verdict';
+        const verdict = t.type === 'verdict' || t.type === 'verdict_reveal';
         const cls = t.error ? 'err' : verdict && yes != null ? (yes ? 'yes' : 'no') : '';
         const what = !verdict ? TRAIL_TEXT[t.type] || t.type : yes == null ? 'Verdict (not counted)' : `Verdict: ${yes ? 'accept' : 'reject'}`;
         heights.push(t.height);

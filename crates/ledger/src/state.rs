@@ -42,12 +42,12 @@ pub use beacon::{
 };
 pub use block::{BlockError, BlockResult, TxOutcome, MAX_BLOCK_TXS};
 pub use genesis::{Genesis, GenesisAccount, GenesisValidator, DEFAULT_EPOCH_LENGTH};
-pub use jobs::{collateral, job_cost};
+pub use jobs::{collateral, job_cost, verdict_commitment};
 pub use params::{Params, DEFAULT_PROFILE};
 pub use records::{
-    decode_record, value_hash, Account, ChallengeRecord, Job, JobStatus, Key, Meta, Proposal,
-    ProposalStatus, ReceiptRecord, Settlement, StakeVote, Unbond, Validator, Vote, Worker,
-    MAX_SLASHED_VIEWS,
+    decode_record, value_hash, Account, ChallengeRecord, Commit, Job, JobStatus, Key, Meta, Pov,
+    Proposal, ProposalStatus, ReceiptRecord, Settlement, StakeVote, Unbond, Validator, Vote,
+    Worker, MAX_SLASHED_VIEWS,
 };
 pub use registry::MAX_CONSENSUS_VALIDATORS;
 pub use training::{PendingRound, TrainingJob, TrainingStatus, MAX_TRAIN_ROUNDS};

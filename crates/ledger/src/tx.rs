@@ -260,6 +260,19 @@ pub enum TxKind {
     Propose {
         change: ParamChange,
     },
+    /// A committee member's sealed verdict on a sampled job:
+    /// `state::verdict_commitment(member, job, accept, pov)`, where `pov` is its proof of
+    /// verification (`deai_proof::pov_digest` keyed by the job's beacon value).
+    VerdictCommit {
+        job: Hash256,
+        commitment: Hash256,
+    },
+    /// Its opening, accepted once every member of the committee has committed.
+    VerdictReveal {
+        job: Hash256,
+        accept: bool,
+        pov: Hash256,
+    },
     /// A beacon player's partial BLS signature of a closed beacon round (`state::beacon`).
     BeaconShare {
         round: u64,
@@ -417,6 +430,17 @@ impl TxKind {
             }
             TxKind::BeaconShare { round, signature } => {
                 w.u8(15).u64(*round).bytes(signature);
+            }
+            TxKind::VerdictCommit { job, commitment } => {
+                w.u8(16);
+                put_hash(w, job);
+                put_hash(w, commitment);
+            }
+            TxKind::VerdictReveal { job, accept, pov } => {
+                w.u8(17);
+                put_hash(w, job);
+                w.bool(*accept);
+                put_hash(w, pov);
             }
             TxKind::Challenge { job } => {
                 w.u8(7);
@@ -604,6 +628,15 @@ impl TxKind {
                 report: get_hash(r, "report")?,
                 accept: r.bool("accept")?,
             },
+            16 => TxKind::VerdictCommit {
+                job: get_hash(r, "job")?,
+                commitment: get_hash(r, "commitment")?,
+            },
+            17 => TxKind::VerdictReveal {
+                job: get_hash(r, "job")?,
+                accept: r.bool("accept")?,
+                pov: get_hash(r, "pov")?,
+            },
             15 => TxKind::BeaconShare {
                 round: r.u64("round")?,
                 signature: r.bytes("signature", BEACON_SIGNATURE_BYTES)?.to_vec(),
@@ -636,6 +669,8 @@ impl TxKind {
             TxKind::TrainRound { .. } => "train_round",
             TxKind::TrainVerdict { .. } => "train_verdict",
             TxKind::BeaconShare { .. } => "beacon_share",
+            TxKind::VerdictCommit { .. } => "verdict_commit",
+            TxKind::VerdictReveal { .. } => "verdict_reveal",
         }
     }
 }

@@ -21,6 +21,9 @@ const CLIENT: u8 = 10;
 const WORKER: u8 = 11;
 const PERIOD: u64 = 4;
 const PRICE: u64 = 1_000;
+/// The proof of verification every honest member computes for a job (its value does not
+/// matter to the ledger, only that honest members agree on it).
+const POV: Hash256 = Hash256([0xAA; 32]);
 
 struct Net {
     s: State,
@@ -186,6 +189,22 @@ impl Net {
     }
     fn round(&self, r: u64) -> BeaconRound {
         self.s.beacon_round(r).unwrap().clone()
+    }
+    fn commit(&mut self, m: u8, job: Hash256, accept: bool, pov: Hash256) {
+        let commitment = deai_ledger::state::verdict_commitment(&addr(m), &job, accept, &pov);
+        self.ok(m, TxKind::VerdictCommit { job, commitment });
+    }
+    fn reveal(&mut self, m: u8, job: Hash256, accept: bool, pov: Hash256) {
+        self.ok(m, TxKind::VerdictReveal { job, accept, pov });
+    }
+    /// Every listed member commits, then every one reveals.
+    fn judge(&mut self, job: Hash256, votes: &[(u8, bool, Hash256)]) {
+        for (m, a, p) in votes {
+            self.commit(*m, job, *a, *p);
+        }
+        for (m, a, p) in votes {
+            self.reveal(*m, job, *a, *p);
+        }
     }
     fn val(&self, v: u8) -> deai_ledger::state::Validator {
         self.s.validator(&addr(v)).unwrap().clone()
@@ -452,9 +471,12 @@ fn only_the_committee_judges_and_only_it_is_paid() {
         .collect();
     let sampled_at = n.s.job(&job).unwrap().sampled_at.unwrap();
     n.empty(2);
+    for m in &members {
+        n.commit(*m, job, true, POV);
+    }
     let mut expect = Vec::new();
     for m in &members {
-        n.ok(*m, TxKind::Verdict { job, accept: true });
+        n.reveal(*m, job, true, POV);
         expect.push((1, n.s.height() - sampled_at));
     }
     // Each member's latency: blocks from the sampling to its verdict.
@@ -472,8 +494,8 @@ fn only_the_committee_judges_and_only_it_is_paid() {
     for (i, v) in VALS.iter().enumerate() {
         let gained = n.s.account(&addr(*v)).balance as i128 - before[i] as i128;
         if members.contains(v) {
-            // Its share of the fee, less the verdict's transaction fee.
-            assert_eq!(gained, (fee / 3) as i128 - 1, "member {v}");
+            // Its share of the fee, less the commit's and the reveal's transaction fees.
+            assert_eq!(gained, (fee / 3) as i128 - 2, "member {v}");
             assert_eq!(n.val(*v).assigned, 1);
         } else {
             assert_eq!(gained, 0, "outsider {v}");
@@ -489,10 +511,10 @@ fn rejecting_pays_the_committee_no_more_than_accepting() {
         s: acc.s.clone(),
         shares: acc.shares.clone(),
     };
-    for m in &members {
-        acc.ok(*m, TxKind::Verdict { job, accept: true });
-        rej.ok(*m, TxKind::Verdict { job, accept: false });
-    }
+    let yes: Vec<_> = members.iter().map(|m| (*m, true, POV)).collect();
+    let no: Vec<_> = members.iter().map(|m| (*m, false, POV)).collect();
+    acc.judge(job, &yes);
+    rej.judge(job, &no);
     let (a, r) = (acc.s.job(&job).unwrap(), rej.s.job(&job).unwrap());
     assert_eq!(a.status, JobStatus::Accepted);
     assert_eq!(r.status, JobStatus::Rejected);
@@ -515,9 +537,14 @@ fn rejecting_pays_the_committee_no_more_than_accepting() {
 fn a_split_committee_escalates_and_the_losing_side_is_slashed() {
     let (mut n, job, members, outsider) = sampled_job(51);
     let liar = members[0];
-    n.ok(liar, TxKind::Verdict { job, accept: true });
-    n.ok(members[1], TxKind::Verdict { job, accept: false });
-    n.ok(members[2], TxKind::Verdict { job, accept: false });
+    n.judge(
+        job,
+        &[
+            (liar, true, POV),
+            (members[1], false, POV),
+            (members[2], false, POV),
+        ],
+    );
     let j = n.s.job(&job).unwrap();
     assert_eq!(j.status, JobStatus::Challenged);
     assert!(j.escalated);
@@ -538,8 +565,21 @@ fn a_split_committee_escalates_and_the_losing_side_is_slashed() {
 #[test]
 fn a_silent_member_is_slashed_and_the_job_escalates() {
     let (mut n, job, members, _) = sampled_job(61);
-    n.ok(members[0], TxKind::Verdict { job, accept: true });
-    n.ok(members[1], TxKind::Verdict { job, accept: true });
+    n.commit(members[0], job, true, POV);
+    n.commit(members[1], job, true, POV);
+    // Nobody may reveal before every member has committed.
+    let e = n.fails(
+        members[0],
+        TxKind::VerdictReveal {
+            job,
+            accept: true,
+            pov: POV,
+        },
+    );
+    assert!(
+        e.contains("once every committee member has committed"),
+        "{e}"
+    );
     let silent = members[2];
     let stake = n.s.account(&addr(silent)).stake;
     let window = n.s.params().verdict_window;
@@ -552,8 +592,14 @@ fn a_silent_member_is_slashed_and_the_job_escalates() {
         n.s.account(&addr(silent)).stake,
         stake - n.s.params().verdict_slash
     );
-    // The two votes already cast still count; the silent one can still vote now.
-    n.ok(silent, TxKind::Verdict { job, accept: true });
+    // Those that committed in time lose nothing.
+    for m in [members[0], members[1]] {
+        assert_eq!((n.val(m).missed, n.val(m).slashed), (0, 0));
+    }
+    // Escalated: every validator judges with plain verdicts, a quorum settles it.
+    for m in &members {
+        n.ok(*m, TxKind::Verdict { job, accept: true });
+    }
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
 }
 
@@ -629,14 +675,17 @@ fn a_sampled_job_cannot_be_challenged() {
 fn unstaking_does_not_dodge_a_verdict_slash_and_a_drawn_member_still_votes() {
     let (mut n, job, members, outsider) = sampled_job(95);
     let liar = members[0];
-    n.ok(liar, TxKind::Verdict { job, accept: true });
+    n.commit(liar, job, true, POV);
     // The liar unstakes everything before the outcome: below the validator minimum, yet
     // the escalated job's settlement still takes its slash, from the unbonding funds.
     n.ok(liar, TxKind::Unstake { amount: 50_000 });
-    n.ok(members[1], TxKind::Verdict { job, accept: false });
-    // members[2] has dropped below the minimum too, but it was drawn: it may still vote.
+    n.commit(members[1], job, false, POV);
+    // members[2] has dropped below the minimum too, but it was drawn: it may still judge.
     n.ok(members[2], TxKind::Unstake { amount: 45_000 });
-    n.ok(members[2], TxKind::Verdict { job, accept: false });
+    n.commit(members[2], job, false, POV);
+    n.reveal(liar, job, true, POV);
+    n.reveal(members[1], job, false, POV);
+    n.reveal(members[2], job, false, POV);
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Challenged);
     let unbonding = |n: &Net, v: u8| -> u64 {
         n.s.account(&addr(v))
@@ -685,4 +734,99 @@ fn a_stalled_beacon_hands_the_receipt_to_every_validator() {
     // A value that arrives after changes nothing.
     n.sign(r, &[2, 3]);
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
+}
+
+/// A member that accepts without re-running cannot know the proof of verification (it is
+/// keyed by the beacon value and needs the recomputed rows); it cannot copy another's either,
+/// since commitments are sealed until all are in and bound to their member.
+#[test]
+fn a_lazy_member_earns_nothing_and_is_slashed() {
+    let (mut n, job, members, outsider) = sampled_job(111);
+    let lazy = members[2];
+    // Copying an honest member's commitment is useless: it opens only for that member.
+    let honest_commitment =
+        deai_ledger::state::verdict_commitment(&addr(members[0]), &job, true, &POV);
+    n.commit(members[0], job, true, POV);
+    n.commit(members[1], job, true, POV);
+    n.ok(
+        lazy,
+        TxKind::VerdictCommit {
+            job,
+            commitment: honest_commitment,
+        },
+    );
+    n.reveal(members[0], job, true, POV);
+    let e = n.fails(
+        lazy,
+        TxKind::VerdictReveal {
+            job,
+            accept: true,
+            pov: POV,
+        },
+    );
+    assert!(e.contains("does not open"), "{e}");
+    n.reveal(members[1], job, true, POV);
+    let stake = n.s.account(&addr(lazy)).stake;
+    let before: Vec<u64> = VALS
+        .iter()
+        .map(|v| n.s.account(&addr(*v)).balance)
+        .collect();
+    // Its deadline passes without a reveal it can make: missed, slashed, escalated.
+    let window = n.s.params().verdict_window;
+    n.empty(window + 1);
+    let j = n.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Challenged);
+    assert_eq!(n.val(lazy).missed, 1);
+    // A lazy member that guesses a proof instead: the committee's proofs differ, the job
+    // escalates, and at settlement the guess is outvoted by the honest members' proof.
+    let (mut m, job2, members2, outsider2) = sampled_job(112);
+    let lazy2 = members2[0];
+    m.judge(
+        job2,
+        &[
+            (lazy2, true, Hash256([0x55; 32])),
+            (members2[1], true, POV),
+            (members2[2], true, POV),
+        ],
+    );
+    let j2 = m.s.job(&job2).unwrap();
+    assert_eq!(j2.status, JobStatus::Challenged);
+    assert!(j2.escalated);
+    let lazy_before = m.s.account(&addr(lazy2)).balance;
+    let lazy_stake = m.s.account(&addr(lazy2)).stake;
+    m.ok(
+        outsider2,
+        TxKind::Verdict {
+            job: job2,
+            accept: true,
+        },
+    );
+    let j2 = m.s.job(&job2).unwrap();
+    assert_eq!(j2.status, JobStatus::Accepted);
+    assert_eq!(
+        m.s.account(&addr(lazy2)).balance,
+        lazy_before,
+        "the lazy member earned"
+    );
+    assert_eq!(
+        m.s.account(&addr(lazy2)).stake,
+        lazy_stake - m.s.params().verdict_slash
+    );
+    assert_eq!(m.val(lazy2).wrong, 1);
+    // The honest members and the outsider who judged the escalation are paid, never slashed.
+    for v in [members2[1], members2[2], outsider2] {
+        assert_eq!(m.val(v).slashed, 0);
+        assert!(m.val(v).earned > 0, "{v}");
+    }
+    // (First scenario: the honest pair loses nothing while the lazy one is slashed.)
+    assert_eq!(
+        n.s.account(&addr(lazy)).stake,
+        stake - n.s.params().verdict_slash
+    );
+    for v in [members[0], members[1], outsider] {
+        assert!(
+            n.s.account(&addr(v)).balance >= before[VALS.iter().position(|x| *x == v).unwrap()]
+        );
+        assert_eq!(n.val(v).slashed, 0);
+    }
 }

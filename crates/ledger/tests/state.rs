@@ -804,6 +804,17 @@ fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
         (0u64..3, any::<bool>()).prop_map(|(proposal, yes)| TxKind::Vote { proposal, yes }),
         (0u64..3, proptest::collection::vec(any::<u8>(), 96..=96))
             .prop_map(|(round, signature)| TxKind::BeaconShare { round, signature }),
+        (job.clone(), any::<[u8; 32]>()).prop_map(|(job, c)| TxKind::VerdictCommit {
+            job,
+            commitment: Hash256(c)
+        }),
+        (job.clone(), any::<bool>(), any::<[u8; 32]>()).prop_map(|(job, accept, p)| {
+            TxKind::VerdictReveal {
+                job,
+                accept,
+                pov: Hash256(p),
+            }
+        }),
         (1u8..6, 0u64..4).prop_map(|(v, view)| TxKind::ReportEquivocation {
             offender: addr(v),
             view,

@@ -166,6 +166,8 @@ mod tests {
             committee: vec![],
             escalated: false,
             sampled_at: None,
+            commits: vec![],
+            povs: vec![],
         };
         (r, Hash256(spec.id()), job)
     }

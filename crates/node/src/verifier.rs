@@ -45,6 +45,9 @@ pub enum Check {
 pub struct Finding {
     pub job: Hash256,
     pub accept: bool,
+    /// The proof of verification (`deai_proof::pov_digest`), when the check was keyed by
+    /// the job's beacon value and the prefill ran.
+    pub pov: Option<Hash256>,
     /// The first failed check, when rejected.
     pub reason: Option<String>,
 }
@@ -72,6 +75,8 @@ pub struct Verifier {
     prefill: tokio::sync::Mutex<()>,
     /// Whether the chain has a beacon key (fixed at genesis), once known.
     beacon: std::sync::OnceLock<bool>,
+    /// Sealed committee verdicts waiting for their reveal: job -> (accept, proof).
+    sealed: Mutex<HashMap<Hash256, (bool, Hash256)>>,
 }
 
 /// Default cap on how long a verification yields to generation on the same engine.
@@ -123,6 +128,7 @@ impl Verifier {
             clock: Default::default(),
             prefill: tokio::sync::Mutex::new(()),
             beacon: std::sync::OnceLock::new(),
+            sealed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -349,6 +355,32 @@ impl Verifier {
                 // The beacon drew its committee: only members judge it (it comes back as
                 // challenged if they disagree or miss the deadline).
                 JobStatus::Sampled if !job.committee.contains(&me) => continue,
+                // Sealed already: reveal once every member has committed.
+                JobStatus::Sampled if job.commits.iter().any(|c| c.voter == me) => {
+                    if job.commits.len() < job.committee.len() {
+                        continue;
+                    }
+                    let sealed = self.sealed.lock().unwrap().get(&id).copied();
+                    if let Some((accept, pov)) = sealed {
+                        match self
+                            .signer
+                            .submit(TxKind::VerdictReveal {
+                                job: id,
+                                accept,
+                                pov,
+                            })
+                            .await
+                        {
+                            Ok(_) => {
+                                self.done.lock().unwrap().insert(id);
+                                tracing::info!(job = %id, accept, "verdict revealed");
+                            }
+                            Err(e) => tracing::warn!(job = %id, "reveal not submitted: {e:#}"),
+                        }
+                        continue;
+                    }
+                    // Lost across a restart: re-execute to get the same proof again.
+                }
                 // A chain without a beacon: every validator samples from the block digest.
                 JobStatus::Receipted => {
                     let Some(block) = ledger.block_digest(rec.posted_at).await? else {
@@ -366,7 +398,22 @@ impl Verifier {
         use futures::StreamExt;
         let checks = futures::stream::iter(todo.into_iter().map(|(id, job)| async move {
             let patience = self.patience_for(height, job.deadline);
-            let check = self.check_yielding(&id, &job, patience).await;
+            // A committee member proves its re-execution with a digest keyed by the value
+            // of the job's beacon round.
+            let key = match (
+                job.status,
+                job.receipt.as_ref().and_then(|r| r.beacon_round),
+            ) {
+                (JobStatus::Sampled, Some(round)) => self
+                    .signer
+                    .ledger()
+                    .beacon_value(round)
+                    .await
+                    .ok()
+                    .flatten(),
+                _ => None,
+            };
+            let check = self.check_yielding(&id, &job, patience, key).await;
             (id, job, check)
         }))
         .buffered(IN_FLIGHT);
@@ -393,19 +440,47 @@ impl Verifier {
                     Finding {
                         job: id,
                         accept: false,
+                        pov: None,
                         reason: Some(why),
                     }
                 }
             };
-            let kind = TxKind::Verdict {
-                job: id,
-                accept: finding.accept,
+            // A committee member seals its verdict and proof first (revealed on a later pass,
+            // once every member has committed); anyone else posts a plain verdict.
+            let sampled_job = job.status == JobStatus::Sampled;
+            let pov = finding.pov.unwrap_or_default();
+            let kind = if sampled_job {
+                self.sealed
+                    .lock()
+                    .unwrap()
+                    .insert(id, (finding.accept, pov));
+                TxKind::VerdictCommit {
+                    job: id,
+                    commitment: deai_ledger::state::verdict_commitment(
+                        &me,
+                        &id,
+                        finding.accept,
+                        &pov,
+                    ),
+                }
+            } else {
+                TxKind::Verdict {
+                    job: id,
+                    accept: finding.accept,
+                }
             };
+            if sampled_job && job.commits.iter().any(|c| c.voter == me) {
+                // Re-executed after a restart to recover the sealed proof: reveal next pass.
+                continue;
+            }
             match self.signer.submit(kind).await {
                 Ok(_) => {
-                    // Judged: a refused submission is tried again on the next pass (a
+                    // Judged (or sealed, for a committee member: `done` comes with the
+                    // reveal): a refused submission is tried again on the next pass (a
                     // committee member that misses its deadline is slashed).
-                    self.done.lock().unwrap().insert(id);
+                    if !sampled_job {
+                        self.done.lock().unwrap().insert(id);
+                    }
                     tracing::info!(job = %id, accept = finding.accept, reason = ?finding.reason, "verdict")
                 }
                 Err(e) => tracing::warn!(job = %id, "verdict not submitted: {e:#}"),
@@ -433,16 +508,23 @@ impl Verifier {
     /// receipt is a reject; a receipt that cannot be fetched is reported as such (the caller
     /// retries for a while before rejecting).
     pub async fn check(&self, id: &Hash256, job: &Job) -> Check {
-        self.check_yielding(id, job, Duration::ZERO).await
+        self.check_yielding(id, job, Duration::ZERO, None).await
     }
 
     /// [`Verifier::check`] with the prefill run as background work that yields to generation
     /// on this engine for up to `patience`.
-    async fn check_yielding(&self, id: &Hash256, job: &Job, patience: Duration) -> Check {
+    async fn check_yielding(
+        &self,
+        id: &Hash256,
+        job: &Job,
+        patience: Duration,
+        pov_key: Option<Hash256>,
+    ) -> Check {
         let reject = |reason: String| {
             Check::Done(Finding {
                 job: *id,
                 accept: false,
+                pov: None,
                 reason: Some(reason),
             })
         };
@@ -487,6 +569,7 @@ impl Verifier {
         let cfg = deai_proof::VerifyConfig {
             background_patience: (!patience.is_zero()).then_some(patience),
             cross_profiles,
+            pov_key: pov_key.map(|k| k.0),
             ..Default::default()
         };
         let _turn = self.prefill.lock().await;
@@ -498,13 +581,19 @@ impl Verifier {
             Ok(rep) if rep.accepted() => Check::Done(Finding {
                 job: *id,
                 accept: true,
+                pov: rep.pov.map(Hash256),
                 reason: None,
             }),
-            Ok(rep) => reject(
-                rep.first_failure()
-                    .map(|c| format!("{}: {}", c.name, c.detail))
-                    .unwrap_or_else(|| "rejected".into()),
-            ),
+            Ok(rep) => Check::Done(Finding {
+                job: *id,
+                accept: false,
+                pov: rep.pov.map(Hash256),
+                reason: Some(
+                    rep.first_failure()
+                        .map(|c| format!("{}: {}", c.name, c.detail))
+                        .unwrap_or_else(|| "rejected".into()),
+                ),
+            }),
             Err(e) => reject(format!("verification task failed: {e}")),
         }
     }

@@ -267,7 +267,11 @@ fn cheaters_are_rejected_slashed_and_dropped_while_the_honest_worker_is_paid() {
             assert!(types.contains(&"post_receipt"), "{types:?}");
             let votes: Vec<bool> = trail
                 .iter()
-                .filter(|t| t["type"] == "verdict" && t["error"].is_null())
+                // Plain verdicts, and a committee's revealed ones.
+                .filter(|t| {
+                    (t["type"] == "verdict" || t["type"] == "verdict_reveal")
+                        && t["error"].is_null()
+                })
                 .map(|t| t["yes"].as_bool().unwrap())
                 .collect();
             assert_eq!(votes.len(), done[job].verdicts.len(), "{v}");

@@ -225,6 +225,12 @@ impl State {
             ),
             TxKind::Propose { change } => self.propose(from, change),
             TxKind::BeaconShare { round, signature } => self.beacon_share(from, *round, signature),
+            TxKind::VerdictCommit { job, commitment } => {
+                self.verdict_commit(from, *job, *commitment)
+            }
+            TxKind::VerdictReveal { job, accept, pov } => {
+                self.verdict_reveal(from, *job, *accept, *pov)
+            }
             TxKind::Vote { proposal, yes } => self.vote(from, *proposal, *yes),
         }
     }

@@ -3,8 +3,8 @@
 //! worker), plus the one price function both the ledger and the nodes bill by.
 
 use super::{
-    bps_of, err, upsert_vote, ChallengeRecord, Job, JobStatus, Key, ReceiptRecord, Res, Settlement,
-    State, Vote, DL_JOB,
+    bps_of, err, upsert_vote, ChallengeRecord, Commit, Job, JobStatus, Key, Pov, ReceiptRecord,
+    Res, Settlement, State, Vote, DL_JOB,
 };
 use crate::tx::Address;
 use deai_types::Hash256;
@@ -26,6 +26,15 @@ pub fn job_cost(tokens: u64, price_per_1k: u64) -> u64 {
 /// [`Params::check_incentives`]: super::Params::check_incentives
 pub fn collateral(cost: u64, collateral_bps: u64) -> u64 {
     ((cost as u128 * collateral_bps as u128) / super::BPS as u128).min(u64::MAX as u128) as u64
+}
+
+/// What a committee member commits to before it may reveal its verdict on `job`: its vote
+/// and its proof of verification, bound to the member (a copied commitment is useless).
+pub fn verdict_commitment(voter: &Address, job: &Hash256, accept: bool, pov: &Hash256) -> Hash256 {
+    Hash256::digest_parts(
+        "deai-verdict-commit-v1",
+        &[voter, job.as_bytes(), &[accept as u8], pov.as_bytes()],
+    )
 }
 
 impl State {
@@ -96,6 +105,8 @@ impl State {
                 committee: Vec::new(),
                 escalated: false,
                 sampled_at: None,
+                commits: Vec::new(),
+                povs: Vec::new(),
             },
         );
         self.dirty.insert(Key::Job(job));
@@ -228,15 +239,18 @@ impl State {
     pub(super) fn verdict(&mut self, from: Address, job: Hash256, accept: bool) -> Res {
         let min = self.meta.params.min_validator_stake;
         let j = self.jobs.get(&job).ok_or("unknown job")?;
-        // A drawn member judges its job whatever its stake did since (a slash elsewhere
-        // must not make it miss this deadline too).
-        let drawn = j.status == JobStatus::Sampled && j.committee.contains(&from);
-        if !drawn && (!self.validators.contains_key(&from) || self.account(&from).stake < min) {
+        if !self.validators.contains_key(&from) || self.account(&from).stake < min {
             return err("sender is not an active validator");
         }
         match j.status {
             JobStatus::Sampled if !j.committee.contains(&from) => {
                 return err("sender is not on this job's committee")
+            }
+            JobStatus::Sampled => {
+                return err(
+                    "a sampled job is judged by commit and reveal (verdict_commit, then \
+                     verdict_reveal with the proof of verification)",
+                )
             }
             JobStatus::Receipted if self.meta.beacon.is_some() => {
                 return err(
@@ -244,16 +258,92 @@ impl State {
                      validator once it is challenged, may judge it",
                 )
             }
-            JobStatus::Sampled | JobStatus::Challenged | JobStatus::Receipted => {}
+            JobStatus::Challenged | JobStatus::Receipted => {}
             s => return err(format!("job is {s:?}; no verdict possible")),
         }
         if j.verdicts.iter().any(|v| v.voter == from) {
             return err("validator already gave a verdict on this job");
         }
-        let h = self.meta.height;
-        let since = j.sampled_at.filter(|_| drawn);
         let jm = self.job_mut(&job).expect("checked above");
         upsert_vote(&mut jm.verdicts, from, accept);
+        if let Some(v) = self.validators.get_mut(&from) {
+            v.verdicts += 1;
+        }
+        self.dirty.insert(Key::Validator(from));
+        match self.quorum(&self.jobs[&job].verdicts) {
+            Some(false) => self.reject_job(job),
+            Some(true) => self.accept_job(job),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// A committee member seals its verdict on a sampled job.
+    pub(super) fn verdict_commit(
+        &mut self,
+        from: Address,
+        job: Hash256,
+        commitment: Hash256,
+    ) -> Res {
+        let j = self.jobs.get(&job).ok_or("unknown job")?;
+        if j.status != JobStatus::Sampled {
+            return err(format!(
+                "job is {:?}; only a sampled job takes commitments",
+                j.status
+            ));
+        }
+        if !j.committee.contains(&from) {
+            return err("sender is not on this job's committee");
+        }
+        let at = match j.commits.binary_search_by(|c| c.voter.cmp(&from)) {
+            Ok(_) => return err("this member already committed"),
+            Err(at) => at,
+        };
+        let jm = self.job_mut(&job).expect("checked above");
+        jm.commits.insert(
+            at,
+            Commit {
+                voter: from,
+                commitment,
+            },
+        );
+        Ok(())
+    }
+
+    /// A committee member opens its commitment, once every member has committed (so none
+    /// can copy another's proof of verification). When all have revealed: the same vote
+    /// and the same proof from every member settles the job; anything else escalates it.
+    pub(super) fn verdict_reveal(
+        &mut self,
+        from: Address,
+        job: Hash256,
+        accept: bool,
+        pov: Hash256,
+    ) -> Res {
+        let h = self.meta.height;
+        let j = self.jobs.get(&job).ok_or("unknown job")?;
+        if j.status != JobStatus::Sampled {
+            return err(format!(
+                "job is {:?}; only a sampled job takes reveals",
+                j.status
+            ));
+        }
+        let Some(c) = j.commits.iter().find(|c| c.voter == from) else {
+            return err("sender has no commitment on this job");
+        };
+        if j.commits.len() < j.committee.len() {
+            return err("reveals open once every committee member has committed");
+        }
+        if j.povs.iter().any(|p| p.voter == from) {
+            return err("this member already revealed");
+        }
+        if c.commitment != verdict_commitment(&from, &job, accept, &pov) {
+            return err("the reveal does not open this member's commitment");
+        }
+        let since = j.sampled_at;
+        let jm = self.job_mut(&job).expect("checked above");
+        upsert_vote(&mut jm.verdicts, from, accept);
+        jm.povs.push(Pov { voter: from, pov });
         if let Some(v) = self.validators.get_mut(&from) {
             v.verdicts += 1;
             if let Some(at) = since {
@@ -263,26 +353,48 @@ impl State {
         }
         self.dirty.insert(Key::Validator(from));
         let j = &self.jobs[&job];
-        if j.status == JobStatus::Sampled {
-            if j.verdicts.len() < j.committee.len() {
-                return Ok(());
-            }
-            let yes = j.verdicts.iter().filter(|v| v.yes).count();
-            if yes == j.verdicts.len() {
-                self.accept_job(job);
-            } else if yes == 0 {
-                self.reject_job(job);
-            } else {
-                self.escalate(job, "its committee disagreed");
-            }
+        if j.povs.len() < j.committee.len() {
             return Ok(());
         }
-        match self.quorum(&self.jobs[&job].verdicts) {
-            Some(false) => self.reject_job(job),
-            Some(true) => self.accept_job(job),
-            None => {}
+        let yes = j.verdicts.iter().filter(|v| v.yes).count();
+        let same_pov = j.povs.windows(2).all(|w| w[0].pov == w[1].pov);
+        if yes == j.verdicts.len() && same_pov {
+            self.accept_job(job);
+        } else if yes == 0 {
+            self.reject_job(job);
+        } else if !same_pov {
+            self.escalate(job, "its members' proofs of verification differ");
+        } else {
+            self.escalate(job, "its committee disagreed");
         }
         Ok(())
+    }
+
+    /// Committee members that accepted without proof of having re-executed: the ones whose
+    /// revealed proof differs from the one a strict majority of the accepting members
+    /// revealed. Without such a majority nobody can be told apart, and `None` is returned:
+    /// then no accepting member is paid, and none is slashed for it.
+    fn unproven(j: &Job) -> Option<Vec<Address>> {
+        let accepted: Vec<&Pov> = j
+            .povs
+            .iter()
+            .filter(|p| j.verdicts.iter().any(|v| v.voter == p.voter && v.yes))
+            .collect();
+        let mut counts: BTreeMap<Hash256, usize> = BTreeMap::new();
+        for p in &accepted {
+            *counts.entry(p.pov).or_default() += 1;
+        }
+        let (best, n) = counts.into_iter().max_by_key(|(_, n)| *n)?;
+        if n * 2 <= accepted.len() {
+            return None;
+        }
+        Some(
+            accepted
+                .iter()
+                .filter(|p| p.pov != best)
+                .map(|p| p.voter)
+                .collect(),
+        )
     }
 
     /// Hands a sampled job to every validator: the verdict window starts again and more
@@ -382,17 +494,31 @@ impl State {
         let mut validator_fee = bps_of(cost, p.validator_fee_bps).min(cost - treasury_cut);
         let worker_paid = cost - treasury_cut - validator_fee;
         let refund = j.escrow - cost;
+        // Accepting committee members are paid only with a proof of verification the
+        // majority of them shares; a proven mismatch is slashed like a wrong verdict.
+        let all_accepters: Vec<Address> = j.povs.iter().map(|p| p.voter).collect();
+        let (unpaid, unproven) = match Self::unproven(&j) {
+            Some(bad) => (bad.clone(), bad),
+            None => (all_accepters, Vec::new()),
+        };
         let voters: Vec<Address> = j
             .verdicts
             .iter()
-            .filter(|v| v.yes)
+            .filter(|v| v.yes && !unpaid.contains(&v.voter))
             .map(|v| v.voter)
             .collect();
         // What the validators actually got; the rest goes to the treasury.
         let paid = self.pay_voters(&voters, validator_fee);
         let treasury = treasury_cut + validator_fee - paid;
         validator_fee = paid;
-        let burned = self.slash_wrong_verdicts(&j, true);
+        let mut burned = self.slash_wrong_verdicts(&j, true);
+        let amount = self.meta.params.verdict_slash;
+        for v in &unproven {
+            burned += self.slash_validator(v, amount);
+            if let Some(val) = self.validators.get_mut(v) {
+                val.wrong += 1;
+            }
+        }
         self.credit(&r.worker, worker_paid);
         self.credit(&j.client, refund);
         self.pay_treasury(treasury);
@@ -509,8 +635,8 @@ impl State {
 
     /// A job's phase ran out at the end of block `h`: an open job expires; a receipted one
     /// is accepted (once its beacon round has a value); a sampled one escalates (its
-    /// committee members that did not vote are slashed `verdict_slash`); a challenged one
-    /// is unresolved.
+    /// committee members that did not commit, or once all had, did not reveal, are slashed
+    /// `verdict_slash`); a challenged one is unresolved.
     pub(super) fn job_timeout(&mut self, id: Hash256, h: u64) {
         let Some(j) = self.jobs.get(&id).cloned() else {
             return;
@@ -546,9 +672,17 @@ impl State {
             }
             JobStatus::Receipted => self.accept_job(id),
             JobStatus::Sampled => {
+                // Missed: not committing while others waited, or, once all had committed,
+                // not revealing.
                 let amount = self.meta.params.verdict_slash;
+                let all_committed = j.commits.len() == j.committee.len();
                 for m in &j.committee {
-                    if j.verdicts.iter().all(|v| v.voter != *m) {
+                    let missed = if all_committed {
+                        j.povs.iter().all(|p| p.voter != *m)
+                    } else {
+                        j.commits.iter().all(|c| c.voter != *m)
+                    };
+                    if missed {
                         self.slash_validator(m, amount);
                         if let Some(v) = self.validators.get_mut(m) {
                             v.missed += 1;

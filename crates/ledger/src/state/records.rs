@@ -199,6 +199,28 @@ pub struct Job {
     /// The height whose block sampled it.
     #[serde(default)]
     pub sampled_at: Option<u64>,
+    /// Its committee members' sealed verdicts (sorted by member).
+    #[serde(default)]
+    pub commits: Vec<Commit>,
+    /// The proofs of verification the members revealed with their verdicts.
+    #[serde(default)]
+    pub povs: Vec<Pov>,
+}
+
+/// A committee member's sealed verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub voter: Address,
+    pub commitment: Hash256,
+}
+
+/// A committee member's revealed proof of verification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pov {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub voter: Address,
+    pub pov: Hash256,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

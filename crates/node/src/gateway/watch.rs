@@ -114,6 +114,8 @@ mod tests {
             committee: vec![],
             escalated: false,
             sampled_at: None,
+            commits: vec![],
+            povs: vec![],
         }
     }
 
