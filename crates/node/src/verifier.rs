@@ -4,7 +4,9 @@
 //!
 //! Which receipts are sampled, and by whom, the chain decides from its beacon
 //! (`deai_ledger::state::beacon`): a sampled job names its committee, and this validator
-//! judges the ones it is on, plus every challenged (or escalated) job. On a chain without a
+//! judges the ones it is on (sealing its verdict with a proof of verification keyed by the
+//! round's value, `VerdictCommit`, and revealing it once every member has committed), plus
+//! every challenged (or escalated) job with a plain verdict. On a chain without a
 //! beacon key every validator samples from the digest of the block that finalized the
 //! receipt (known to its proposer: the weaker, older rule) and a quorum decides.
 //!
