@@ -830,3 +830,41 @@ fn a_lazy_member_earns_nothing_and_is_slashed() {
         assert_eq!(n.val(v).slashed, 0);
     }
 }
+
+/// A member that commits in the last block, and reveals in the same block, must not make
+/// the honest members miss their reveals: the last commitment opens a whole verdict window.
+#[test]
+fn a_last_minute_commitment_gives_the_others_time_to_reveal() {
+    let (mut n, job, members, _) = sampled_job(121);
+    n.commit(members[0], job, true, POV);
+    n.commit(members[1], job, true, POV);
+    let deadline = n.s.job(&job).unwrap().deadline;
+    while n.s.height() < deadline - 1 {
+        n.empty(1);
+    }
+    // The deadline block: the late member commits and reveals at once.
+    let late = members[2];
+    let commitment = deai_ledger::state::verdict_commitment(&addr(late), &job, true, &POV);
+    let r = n.block(vec![
+        (late, TxKind::VerdictCommit { job, commitment }),
+        (
+            late,
+            TxKind::VerdictReveal {
+                job,
+                accept: true,
+                pov: POV,
+            },
+        ),
+    ]);
+    assert!(r.outcomes.iter().all(|o| o.error.is_none()), "{r:?}");
+    let j = n.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Sampled, "the others still have time");
+    assert!(j.deadline >= deadline + n.s.params().verdict_window - 1);
+    n.empty(5);
+    n.reveal(members[0], job, true, POV);
+    n.reveal(members[1], job, true, POV);
+    assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
+    for m in &members {
+        assert_eq!((n.val(*m).missed, n.val(*m).slashed), (0, 0));
+    }
+}

@@ -77,9 +77,22 @@ pub struct Verifier {
     prefill: tokio::sync::Mutex<()>,
     /// Whether the chain has a beacon key (fixed at genesis), once known.
     beacon: std::sync::OnceLock<bool>,
-    /// Sealed committee verdicts waiting for their reveal: job -> (accept, proof).
-    sealed: Mutex<HashMap<Hash256, (bool, Hash256)>>,
+    /// This validator's sealed committee verdicts, until they are revealed on chain.
+    sealed: Mutex<HashMap<Hash256, Sealed>>,
 }
+
+/// A committee verdict this validator committed to.
+#[derive(Clone, Copy, Debug)]
+struct Sealed {
+    accept: bool,
+    pov: Hash256,
+    /// When its commitment, and its reveal, were last submitted.
+    committed: std::time::Instant,
+    revealed: Option<std::time::Instant>,
+}
+
+/// How long a committee transaction may stay unfinalized before it is submitted again.
+const RESEND: Duration = Duration::from_secs(10);
 
 /// Default cap on how long a verification yields to generation on the same engine.
 pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(30);
@@ -142,6 +155,73 @@ impl Verifier {
         }
         let b = self.signer.ledger().beacon().await?.is_some();
         Ok(*self.beacon.get_or_init(|| b))
+    }
+
+    fn seal(&self, id: Hash256, accept: bool, pov: Hash256) {
+        self.sealed.lock().unwrap().insert(
+            id,
+            Sealed {
+                accept,
+                pov,
+                committed: std::time::Instant::now(),
+                revealed: None,
+            },
+        );
+    }
+
+    /// A sampled job this validator is drawn for: returns whether it must be judged now
+    /// (not sealed yet, or sealed before a restart and to be recovered). Otherwise it
+    /// resubmits a commitment still not on chain after [`RESEND`], or reveals once every
+    /// member has committed (again after [`RESEND`] until the reveal is on chain).
+    async fn seal_or_reveal(&self, id: &Hash256, job: &Job) -> bool {
+        let me = self.signer.address();
+        let on_chain = job
+            .commits
+            .iter()
+            .find(|c| c.voter == me)
+            .map(|c| c.commitment);
+        let sealed = self.sealed.lock().unwrap().get(id).copied();
+        let Some(s) = sealed else {
+            return true; // to judge (or, committed before a restart, to recover)
+        };
+        let (kind, what) = match on_chain {
+            None if s.committed.elapsed() < RESEND => return false,
+            None => {
+                let commitment = deai_ledger::state::verdict_commitment(&me, id, s.accept, &s.pov);
+                (
+                    TxKind::VerdictCommit {
+                        job: *id,
+                        commitment,
+                    },
+                    "commitment",
+                )
+            }
+            Some(_) if job.commits.len() < job.committee.len() => return false,
+            Some(_) if s.revealed.is_some_and(|t| t.elapsed() < RESEND) => return false,
+            Some(_) => (
+                TxKind::VerdictReveal {
+                    job: *id,
+                    accept: s.accept,
+                    pov: s.pov,
+                },
+                "reveal",
+            ),
+        };
+        match self.signer.submit(kind).await {
+            Ok(_) => {
+                let now = std::time::Instant::now();
+                if let Some(e) = self.sealed.lock().unwrap().get_mut(id) {
+                    if on_chain.is_some() {
+                        e.revealed = Some(now);
+                    } else {
+                        e.committed = now;
+                    }
+                }
+                tracing::info!(job = %id, accept = s.accept, "committee {what} submitted");
+            }
+            Err(e) => tracing::warn!(job = %id, "committee {what} not submitted: {e:#}"),
+        }
+        false
     }
 
     /// Re-executions run as background work on the engine (`Engine::prefill_all_background`):
@@ -343,6 +423,18 @@ impl Verifier {
         if !beacon {
             due.extend(ledger.jobs_due("receipted", SCAN).await?);
         }
+        // Forget sealed verdicts of jobs no longer waiting for this validator.
+        {
+            let live: HashSet<Hash256> = due
+                .iter()
+                .filter(|(_, j)| j.status == JobStatus::Sampled)
+                .map(|(id, _)| *id)
+                .collect();
+            self.sealed
+                .lock()
+                .unwrap()
+                .retain(|id, _| live.contains(id));
+        }
         let mut todo = Vec::new();
         for (id, job) in due {
             if self.done.lock().unwrap().contains(&id) || job.verdicts.iter().any(|v| v.voter == me)
@@ -353,36 +445,17 @@ impl Verifier {
             if job.model != self.model_id {
                 continue; // another model: validators with that model check it
             }
+            // A committee member seals (commits), then reveals once every member has; only a
+            // job it has not sealed yet is judged now.
+            let member = job.committee.contains(&me);
+            let judge_now = match job.status {
+                JobStatus::Sampled if member => self.seal_or_reveal(&id, &job).await,
+                _ => true,
+            };
             match job.status {
                 // The beacon drew its committee: only members judge it (it comes back as
                 // challenged if they disagree or miss the deadline).
-                JobStatus::Sampled if !job.committee.contains(&me) => continue,
-                // Sealed already: reveal once every member has committed.
-                JobStatus::Sampled if job.commits.iter().any(|c| c.voter == me) => {
-                    if job.commits.len() < job.committee.len() {
-                        continue;
-                    }
-                    let sealed = self.sealed.lock().unwrap().get(&id).copied();
-                    if let Some((accept, pov)) = sealed {
-                        match self
-                            .signer
-                            .submit(TxKind::VerdictReveal {
-                                job: id,
-                                accept,
-                                pov,
-                            })
-                            .await
-                        {
-                            Ok(_) => {
-                                self.done.lock().unwrap().insert(id);
-                                tracing::info!(job = %id, accept, "verdict revealed");
-                            }
-                            Err(e) => tracing::warn!(job = %id, "reveal not submitted: {e:#}"),
-                        }
-                        continue;
-                    }
-                    // Lost across a restart: re-execute to get the same proof again.
-                }
+                JobStatus::Sampled if !member || !judge_now => continue,
                 // A chain without a beacon: every validator samples from the block digest.
                 JobStatus::Receipted => {
                     let Some(block) = ledger.block_digest(rec.posted_at).await? else {
@@ -415,13 +488,18 @@ impl Verifier {
                     .flatten(),
                 _ => None,
             };
+            if job.status == JobStatus::Sampled && key.is_none() {
+                // No proof without the key: try again on the next pass.
+                return (id, job, None);
+            }
             let check = self.check_yielding(&id, &job, patience, key).await;
-            (id, job, check)
+            (id, job, Some(check))
         }))
         .buffered(IN_FLIGHT);
         futures::pin_mut!(checks);
         let mut out = Vec::new();
         while let Some((id, job, check)) = checks.next().await {
+            let Some(check) = check else { continue };
             let posted_at = job.receipt.as_ref().map_or(0, |r| r.posted_at);
             let finding = match check {
                 Check::Done(f) => f,
@@ -450,12 +528,33 @@ impl Verifier {
             // A committee member seals its verdict and proof first (revealed on a later pass,
             // once every member has committed); anyone else posts a plain verdict.
             let sampled_job = job.status == JobStatus::Sampled;
-            let pov = finding.pov.unwrap_or_default();
             let kind = if sampled_job {
-                self.sealed
-                    .lock()
-                    .unwrap()
-                    .insert(id, (finding.accept, pov));
+                let pov = match finding.pov {
+                    Some(p) => p,
+                    // An acceptance always carries its proof; this one lacks it (the prefill
+                    // did not run): judge again on the next pass.
+                    None if finding.accept => continue,
+                    None => Hash256::default(),
+                };
+                if let Some(c) = job.commits.iter().find(|c| c.voter == me) {
+                    // Re-executed after a restart to recover the sealed verdict: keep the
+                    // opening that matches the commitment on chain, if any does.
+                    let openings = [
+                        (finding.accept, pov),
+                        (!finding.accept, pov),
+                        (false, Hash256::default()),
+                    ];
+                    match openings.into_iter().find(|(a, p)| {
+                        deai_ledger::state::verdict_commitment(&me, &id, *a, p) == c.commitment
+                    }) {
+                        Some((accept, pov)) => self.seal(id, accept, pov),
+                        None => {
+                            tracing::warn!(job = %id, "cannot reopen this validator's commitment")
+                        }
+                    }
+                    continue;
+                }
+                self.seal(id, finding.accept, pov);
                 TxKind::VerdictCommit {
                     job: id,
                     commitment: deai_ledger::state::verdict_commitment(
@@ -471,10 +570,6 @@ impl Verifier {
                     accept: finding.accept,
                 }
             };
-            if sampled_job && job.commits.iter().any(|c| c.voter == me) {
-                // Re-executed after a restart to recover the sealed proof: reveal next pass.
-                continue;
-            }
             match self.signer.submit(kind).await {
                 Ok(_) => {
                     // Judged (or sealed, for a committee member: `done` comes with the

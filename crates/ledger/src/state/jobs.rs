@@ -299,6 +299,8 @@ impl State {
             Ok(_) => return err("this member already committed"),
             Err(at) => at,
         };
+        let h = self.meta.height;
+        let window = self.meta.params.verdict_window;
         let jm = self.job_mut(&job).expect("checked above");
         jm.commits.insert(
             at,
@@ -307,6 +309,15 @@ impl State {
                 commitment,
             },
         );
+        // The last commitment opens the reveals: every member gets a whole verdict window
+        // for its reveal, so a member committing at the deadline cannot make the others
+        // miss it.
+        let old = jm.deadline;
+        if jm.commits.len() == jm.committee.len() {
+            let new = old.max(h.saturating_add(window));
+            jm.deadline = new;
+            self.set_job_deadline(job, old, new);
+        }
         Ok(())
     }
 
