@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 /// What `devnet.json` records: where everything listens and the client's API key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,14 +57,17 @@ pub struct DevnetOptions {
 }
 
 /// Chain parameters for a devnet: every receipt is verified (a small network can afford it)
-/// and windows are long enough for CPU verification at devnet block rates (10-40 blocks/s):
+/// and windows are long enough for CPU verification at devnet block rates (10-60 blocks/s):
 /// a job may wait in a busy worker's queue for the gateway's whole worker timeout, and
-/// `deai bench network` saw answered jobs expire with a 600-block timeout.
+/// `deai bench network` saw answered jobs expire with a 600-block timeout. A committee has
+/// the verdict window to commit (its slowest member behind every re-execution queued on
+/// the shared cores, while each yields to generation): 3000 blocks, under a minute at 55
+/// blocks/s, escalated a third of the jobs of the `openai` client test on 2 cores.
 pub fn devnet_params() -> Params {
     Params {
         sample_rate_bps: 10_000,
         challenge_window: 3_000,
-        verdict_window: 3_000,
+        verdict_window: 6_000,
         job_timeout: 12_000,
         ..Params::default()
     }
@@ -228,15 +232,25 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
     for i in 0..chain.len() {
         let s = Arc::new(signer(key_at(&dir, &format!("validator-{i}.key"))?, i));
         let v = Arc::new(Verifier::new(s.clone(), opts.engine.clone(), opts.model_id));
-        tokio::spawn(v.clone().run(Duration::from_millis(200)));
-        tokio::spawn(crate::training::TrainAuditor::new(s.clone()).run());
+        // Each validator's lines carry its index (`validator{i=..}`).
+        let span = tracing::info_span!("validator", i);
+        tokio::spawn(
+            v.clone()
+                .run(Duration::from_millis(200))
+                .instrument(span.clone()),
+        );
+        tokio::spawn(
+            crate::training::TrainAuditor::new(s.clone())
+                .run()
+                .instrument(span.clone()),
+        );
         // Its share of the beacon key: it signs the rounds that sample receipts.
         let share = local::share_path(&dir.join("keys").join(format!("validator-{i}.key")));
         if share.exists() {
             let chain_id = ledger.chain_id().await?;
             let b =
                 crate::beacon::BeaconSigner::new(s.clone(), local::read_share(&share)?, chain_id)?;
-            tokio::spawn(Arc::new(b).run(Duration::from_millis(200)));
+            tokio::spawn(Arc::new(b).run(Duration::from_millis(200)).instrument(span));
         }
         verifiers.push(v);
         validators.push(s);

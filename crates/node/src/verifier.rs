@@ -94,6 +94,10 @@ struct Sealed {
 /// How long a committee transaction may stay unfinalized before it is submitted again.
 const RESEND: Duration = Duration::from_secs(10);
 
+/// How long a sealed verdict is kept once its job is no longer drawn (it escalated, or
+/// settled): an escalated job takes it as this validator's plain verdict.
+const KEEP_SEALED: Duration = Duration::from_secs(600);
+
 /// Default cap on how long a verification yields to generation on the same engine.
 pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -169,21 +173,22 @@ impl Verifier {
         );
     }
 
-    /// A sampled job this validator is drawn for: returns whether it must be judged now
-    /// (not sealed yet, or sealed before a restart and to be recovered). Otherwise it
-    /// resubmits a commitment still not on chain after [`RESEND`], or reveals once every
-    /// member has committed (again after [`RESEND`] until the reveal is on chain).
-    async fn seal_or_reveal(&self, id: &Hash256, job: &Job) -> bool {
+    /// Resubmits a sealed commitment still not on chain after [`RESEND`], or reveals a
+    /// sealed verdict once every member of its committee has committed (again after
+    /// [`RESEND`] until the reveal is on chain). Returns whether it submitted anything.
+    async fn advance_sealed(&self, id: &Hash256, job: &Job) -> bool {
         let me = self.signer.address();
         let on_chain = job
             .commits
             .iter()
             .find(|c| c.voter == me)
             .map(|c| c.commitment);
-        let sealed = self.sealed.lock().unwrap().get(id).copied();
-        let Some(s) = sealed else {
-            return true; // to judge (or, committed before a restart, to recover)
+        let Some(s) = self.sealed.lock().unwrap().get(id).copied() else {
+            return false; // not judged yet: the check pass seals it
         };
+        if job.povs.iter().any(|p| p.voter == me) {
+            return false; // revealed
+        }
         let (kind, what) = match on_chain {
             None if s.committed.elapsed() < RESEND => return false,
             None => {
@@ -218,10 +223,38 @@ impl Verifier {
                     }
                 }
                 tracing::info!(job = %id, accept = s.accept, "committee {what} submitted");
+                true
             }
-            Err(e) => tracing::warn!(job = %id, "committee {what} not submitted: {e:#}"),
+            Err(e) => {
+                tracing::warn!(job = %id, "committee {what} not submitted: {e:#}");
+                false
+            }
         }
-        false
+    }
+
+    /// One pass of the committee loop: moves every sealed verdict of this validator one
+    /// step on (commitment resent, reveal), and forgets those of jobs no longer drawn.
+    /// It runs apart from the checks, so a reveal never waits behind re-executions: a
+    /// member that committed must reveal within the verdict window or be slashed.
+    pub async fn committee_pass(&self) -> anyhow::Result<usize> {
+        let me = self.signer.address();
+        let drawn = self.signer.ledger().jobs_drawn(&me, SCAN).await?;
+        {
+            let live: HashSet<Hash256> = drawn.iter().map(|(id, _)| *id).collect();
+            // A verdict sealed a moment ago may belong to a job this listing predates, and
+            // one of an escalated job is still this validator's verdict on it.
+            self.sealed
+                .lock()
+                .unwrap()
+                .retain(|id, s| live.contains(id) || s.committed.elapsed() < KEEP_SEALED);
+        }
+        let mut sent = 0;
+        for (id, job) in &drawn {
+            if self.advance_sealed(id, job).await {
+                sent += 1;
+            }
+        }
+        Ok(sent)
     }
 
     /// Re-executions run as background work on the engine (`Engine::prefill_all_background`):
@@ -423,18 +456,6 @@ impl Verifier {
         if !beacon {
             due.extend(ledger.jobs_due("receipted", SCAN).await?);
         }
-        // Forget sealed verdicts of jobs no longer waiting for this validator.
-        {
-            let live: HashSet<Hash256> = due
-                .iter()
-                .filter(|(_, j)| j.status == JobStatus::Sampled)
-                .map(|(id, _)| *id)
-                .collect();
-            self.sealed
-                .lock()
-                .unwrap()
-                .retain(|id, _| live.contains(id));
-        }
         let mut todo = Vec::new();
         for (id, job) in due {
             if self.done.lock().unwrap().contains(&id) || job.verdicts.iter().any(|v| v.voter == me)
@@ -445,13 +466,11 @@ impl Verifier {
             if job.model != self.model_id {
                 continue; // another model: validators with that model check it
             }
-            // A committee member seals (commits), then reveals once every member has; only a
-            // job it has not sealed yet is judged now.
+            // A committee member seals (commits) here, and the committee loop reveals once
+            // every member has: only a job it has not sealed yet is judged now (after a
+            // restart, one it committed to is judged again to recover the opening).
             let member = job.committee.contains(&me);
-            let judge_now = match job.status {
-                JobStatus::Sampled if member => self.seal_or_reveal(&id, &job).await,
-                _ => true,
-            };
+            let judge_now = !self.sealed.lock().unwrap().contains_key(&id);
             match job.status {
                 // The beacon drew its committee: only members judge it (it comes back as
                 // challenged if they disagree or miss the deadline).
@@ -491,6 +510,20 @@ impl Verifier {
             if job.status == JobStatus::Sampled && key.is_none() {
                 // No proof without the key: try again on the next pass.
                 return (id, job, None);
+            }
+            // Escalated after this validator judged it as a committee member: its sealed
+            // verdict is its verdict (re-executing again would only add to the backlog
+            // that may have caused the escalation).
+            if job.status == JobStatus::Challenged {
+                if let Some(s) = self.sealed.lock().unwrap().get(&id) {
+                    let finding = Finding {
+                        job: id,
+                        accept: s.accept,
+                        pov: Some(s.pov),
+                        reason: (!s.accept).then(|| "as judged on the committee".to_string()),
+                    };
+                    return (id, job, Some(Check::Done(finding)));
+                }
             }
             let check = self.check_yielding(&id, &job, patience, key).await;
             (id, job, Some(check))
@@ -589,16 +622,29 @@ impl Verifier {
     }
 
     /// Runs until the process ends, checking every `every`.
+    /// The committee loop ([`Verifier::committee_pass`]) runs beside the checks, in the
+    /// same task.
     pub async fn run(self: Arc<Self>, every: Duration) {
-        loop {
-            if let Err(e) = self.challenge_new_workers().await {
-                tracing::debug!("capability challenges: {e:#}");
+        let committee = async {
+            loop {
+                if let Err(e) = self.committee_pass().await {
+                    tracing::debug!("committee pass: {e:#}");
+                }
+                tokio::time::sleep(every).await;
             }
-            if let Err(e) = self.tick().await {
-                tracing::debug!("verifier: {e:#}");
+        };
+        let checks = async {
+            loop {
+                if let Err(e) = self.challenge_new_workers().await {
+                    tracing::debug!("capability challenges: {e:#}");
+                }
+                if let Err(e) = self.tick().await {
+                    tracing::debug!("verifier: {e:#}");
+                }
+                tokio::time::sleep(every).await;
             }
-            tokio::time::sleep(every).await;
-        }
+        };
+        futures::future::join(committee, checks).await;
     }
 
     /// Fetches and checks the receipt of `job`. Any failure to produce a matching, valid
