@@ -812,9 +812,11 @@
         const yes = typeof t.yes === 'boolean' ? t.yes : !t.error && counted.has(t.from) ? counted.get(t.from) : null;
         const verdict = t.type === 'verdict' || t.type === 'verdict_reveal';
         const cls = t.error ? 'err' : verdict && yes != null ? (yes ? 'yes' : 'no') : '';
-        const what = !verdict ? TRAIL_TEXT[t.type] || t.type : yes == null ? 'Verdict (not counted)' : `Verdict: ${yes ? 'accept' : 'reject'}`;
+        const proven = t.type === 'verdict_reveal' ? ' (revealed with its proof of verification)' : '';
+        const what = !verdict ? TRAIL_TEXT[t.type] || t.type : yes == null ? 'Verdict (not counted)' : `Verdict: ${yes ? 'accept' : 'reject'}${proven}`;
         heights.push(t.height);
-        items.push(h('li', { class: cls, 'data-trail': t.type },
+        // data-trail is the item's role (a reveal is a verdict), data-tx the transaction kind
+        items.push(h('li', { class: cls, 'data-trail': verdict ? 'verdict' : t.type, 'data-tx': t.type },
           h('div', { class: 'what' }, what, verdict && yes != null ? [' ', badge(yes ? 'yes' : 'no')] : null),
           h('div', { class: 'meta' }, 'by ', acctLink(t.from), ' · block ', blockLink(t.height), ' · tx ', hexLink('tx', t.id)),
           t.error ? h('div', { class: 'meta' }, h('span', { class: 'badge bad' }, 'failed: ' + t.error)) : null));
