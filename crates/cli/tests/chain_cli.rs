@@ -512,3 +512,27 @@ fn a_validator_joins_a_running_chain_with_chain_join() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+#[test]
+fn a_refused_chain_init_leaves_no_keys_behind() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("chain");
+    let d = dir.to_str().unwrap();
+    let o = deai(
+        home.path(),
+        &["chain", "init", "--dir", d, "--beacon-period", "5000"],
+    );
+    assert!(!o.status.success(), "accepted a 5000-block beacon period");
+    assert!(text(&o).contains("beacon period 5000"), "{}", text(&o));
+    assert!(
+        !dir.join("keys").exists() && !dir.join("genesis.json").exists(),
+        "a refused init wrote files"
+    );
+    // The same directory then takes a valid chain.
+    let o = deai(
+        home.path(),
+        &["chain", "init", "--dir", d, "--beacon-period", "4"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.join("keys/validator-0.key").exists() && dir.join("genesis.json").exists());
+}

@@ -493,12 +493,14 @@ impl Signer {
     }
 
     /// Signs `kind` with the next nonce without submitting it (the caller hands it on).
-    /// The nonce is consumed: submit the transaction or the account stalls.
+    /// The nonce is consumed: submit the transaction or the account stalls. The first one
+    /// counts the node's pending transactions, as [`Signer::submit_signed`] does (the
+    /// finalized nonce alone would repeat one still pending).
     pub async fn sign(&self, kind: TxKind) -> Result<SignedTx> {
         let mut next = self.next.lock().await;
         let nonce = match *next {
             Some(n) => n,
-            None => self.ledger.account(&self.address()).await?.2,
+            None => self.ledger.next_nonce(&self.address()).await?,
         };
         *next = Some(nonce + 1);
         Ok(self.tx(nonce, kind))

@@ -24,6 +24,8 @@ struct Fake {
     expected_nonce: u64,
     finalized: HashMap<String, Option<String>>,
     refusals: u32,
+    /// Transactions of the account the node holds unfinalized (its `next_nonce` counts them).
+    pending: u64,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -33,8 +35,12 @@ async fn status() -> Json<Value> {
 }
 
 async fn account(State(f): State<Shared>, Path(_a): Path<String>) -> Json<Value> {
-    let n = f.lock().unwrap().reported_nonce;
-    Json(json!({ "account": { "balance": 10, "stake": 2, "nonce": n } }))
+    let f = f.lock().unwrap();
+    let n = f.reported_nonce;
+    Json(json!({
+        "account": { "balance": 10, "stake": 2, "nonce": n },
+        "next_nonce": n + f.pending,
+    }))
 }
 
 async fn submit(
@@ -167,6 +173,28 @@ fn a_drifted_nonce_is_reread_and_the_transaction_resigned_once() -> Result<()> {
     c.submit_and_wait(&signer, kind.clone(), Duration::from_secs(10))?;
     let f = fake.lock().unwrap();
     assert_eq!((f.refusals, f.expected_nonce), (1, 5));
+    Ok(())
+}
+
+#[test]
+fn a_signed_but_unsubmitted_transaction_skips_the_pending_nonces() -> Result<()> {
+    // Finalized nonce 3, and two transactions of the account still pending at the node:
+    // a transaction signed now must take nonce 5, not repeat a pending one.
+    let (url, _fake) = fake_node(Fake {
+        reported_nonce: 3,
+        expected_nonce: 5,
+        pending: 2,
+        ..Fake::default()
+    });
+    let c = ChainClient::new(&url)?;
+    let signer = c.signer(key(), 1)?;
+    let kind = TxKind::Transfer {
+        to: [9; 32],
+        amount: 1,
+    };
+    let first = c.block_on(signer.sign(kind.clone()))?;
+    let second = c.block_on(signer.sign(kind))?;
+    assert_eq!((first.tx.nonce, second.tx.nonce), (5, 6));
     Ok(())
 }
 

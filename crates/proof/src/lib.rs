@@ -15,6 +15,7 @@
 pub mod activation;
 pub mod calibrate;
 pub mod receipt;
+#[cfg(feature = "faults")]
 pub mod tamper;
 pub mod verify;
 

@@ -90,24 +90,10 @@ fn run(t: &Tiny, model_id: Hash256, prompt: &[u32], params: &GenParams, nonce: u
     r
 }
 
-/// Make the receipt self-consistent again after tampering, as a cheating worker would:
-/// recompute commitments and the job id, optionally rebuild the activation proof from an
-/// honest prefill of the tampered tokens, and re-sign.
+/// Make the receipt self-consistent again after tampering, as a cheating worker would
+/// (`deai_proof::tamper::reseal`, with the test key).
 fn reseal(r: &mut Receipt, rebuild_proof_on: Option<&Engine>) {
-    r.prompt_commitment = receipt::prompt_commitment(&r.prompt_tokens);
-    r.output_commitment = receipt::output_commitment(&r.output_tokens);
-    r.job_id = receipt::job_id(&r.model_id, &r.prompt_tokens, &r.gen_params(), &r.job_nonce);
-    if let Some(e) = rebuild_proof_on {
-        let n = r.output_tokens.len();
-        let p = r.prompt_tokens.len();
-        let mut fed = r.prompt_tokens.clone();
-        fed.extend_from_slice(&r.output_tokens[..n - 1]);
-        let o = e.prefill_all(&fed, fed.len() - 1).unwrap();
-        let d = e.model.cfg.d_model;
-        let rows = activation::output_rows(&o.hidden, d, p, n).unwrap();
-        r.proof = activation::build(&r.job_id, rows, d, r.proof.chunk_size, r.proof.top_k).unwrap();
-    }
-    r.sign(&key()).unwrap();
+    deai_proof::tamper::reseal(r, rebuild_proof_on, &key()).unwrap();
 }
 
 fn failing(rep: &deai_proof::Report) -> Vec<String> {
