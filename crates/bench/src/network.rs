@@ -747,6 +747,7 @@ pub fn run(o: &Options) -> Result<Report> {
             job_timeout: o.job_timeout.unwrap_or(devnet::devnet_params().job_timeout),
             ..devnet::devnet_params()
         },
+        no_verifier: Vec::new(),
     };
     let load0 = loadavg();
     let nworkers = o.workers;

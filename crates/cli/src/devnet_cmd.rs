@@ -146,6 +146,7 @@ pub fn options(
         engine,
         model_id,
         params: devnet::devnet_params(),
+        no_verifier: Vec::new(),
     })
 }
 

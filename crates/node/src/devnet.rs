@@ -54,6 +54,10 @@ pub struct DevnetOptions {
     pub model_id: Hash256,
     /// Chain parameters for a new devnet (ignored when resuming).
     pub params: Params,
+    /// Validators (by index) whose verifier this devnet does not run: the caller plays
+    /// their verification role with their signer (`Devnet::validators`), as the lazy
+    /// validator of the tests does. They still sign the beacon.
+    pub no_verifier: Vec<usize>,
 }
 
 /// Chain parameters for a devnet: every receipt is verified (a small network can afford it)
@@ -231,14 +235,17 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
     let mut validators = Vec::new();
     for i in 0..chain.len() {
         let s = Arc::new(signer(key_at(&dir, &format!("validator-{i}.key"))?, i));
-        let v = Arc::new(Verifier::new(s.clone(), opts.engine.clone(), opts.model_id));
         // Each validator's lines carry its index (`validator{i=..}`).
         let span = tracing::info_span!("validator", i);
-        tokio::spawn(
-            v.clone()
-                .run(Duration::from_millis(200))
-                .instrument(span.clone()),
-        );
+        if !opts.no_verifier.contains(&i) {
+            let v = Arc::new(Verifier::new(s.clone(), opts.engine.clone(), opts.model_id));
+            tokio::spawn(
+                v.clone()
+                    .run(Duration::from_millis(200))
+                    .instrument(span.clone()),
+            );
+            verifiers.push(v);
+        }
         tokio::spawn(
             crate::training::TrainAuditor::new(s.clone())
                 .run()
@@ -252,7 +259,6 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
                 crate::beacon::BeaconSigner::new(s.clone(), local::read_share(&share)?, chain_id)?;
             tokio::spawn(Arc::new(b).run(Duration::from_millis(200)).instrument(span));
         }
-        verifiers.push(v);
         validators.push(s);
     }
 

@@ -159,3 +159,81 @@ impl Tamper for MisreportStream {
         vec![Some(event)]
     }
 }
+
+/// A lazy validator: drawn for a committee, it seals an acceptance without re-running the
+/// job, under a proof of verification it made up (the best it can do without the hidden
+/// rows: a digest of what is public), and reveals it once every member has committed; on
+/// an escalated job it accepts without looking. Run in place of a validator's
+/// [`crate::verifier::Verifier`] (`DevnetOptions::no_verifier`) to show that proof of
+/// verification makes laziness unpaid and slashed.
+pub struct LazyValidator {
+    signer: Arc<deai_client::Signer>,
+}
+
+impl LazyValidator {
+    pub fn new(signer: Arc<deai_client::Signer>) -> Self {
+        LazyValidator { signer }
+    }
+
+    /// One pass: commits, reveals and plain acceptances it has not sent yet. Returns how
+    /// many transactions it submitted.
+    pub async fn pass(&self) -> Result<usize> {
+        use deai_ledger::state::{verdict_commitment, JobStatus};
+        use deai_ledger::TxKind;
+        let ledger = self.signer.ledger();
+        let me = self.signer.address();
+        let mut txs = Vec::new();
+        for (id, job) in ledger.jobs_drawn(&me, 200).await? {
+            let Some(r) = &job.receipt else { continue };
+            // Made up from public data: the receipt digest, keyed like the real one.
+            let pov = deai_types::Hash256::digest_parts(
+                "deai-lazy-pov",
+                &[id.as_bytes(), r.digest.as_bytes()],
+            );
+            match job.commits.iter().find(|c| c.voter == me) {
+                None => txs.push(TxKind::VerdictCommit {
+                    job: id,
+                    commitment: verdict_commitment(&me, &id, true, &pov),
+                }),
+                Some(_)
+                    if job.commits.len() == job.committee.len()
+                        && job.povs.iter().all(|p| p.voter != me) =>
+                {
+                    txs.push(TxKind::VerdictReveal {
+                        job: id,
+                        accept: true,
+                        pov,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        for (id, job) in ledger.jobs_due("challenged", 200).await? {
+            if job.status == JobStatus::Challenged && job.verdicts.iter().all(|v| v.voter != me) {
+                txs.push(TxKind::Verdict {
+                    job: id,
+                    accept: true,
+                });
+            }
+        }
+        let n = txs.len();
+        for kind in txs {
+            // Sent once per pass: a pending one is refused on chain the second time, which
+            // costs this validator a fee, not the test its point.
+            self.signer.submit(kind).await?;
+        }
+        Ok(n)
+    }
+
+    /// Runs until the process ends: waits for its transactions to land between passes.
+    pub async fn run(self, every: std::time::Duration) {
+        loop {
+            match self.pass().await {
+                Ok(0) => {}
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_secs(2)).await,
+                Err(e) => tracing::debug!("lazy validator: {e:#}"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}

@@ -83,6 +83,19 @@ fn with_devnet_opts<F, Fut>(
     F: FnOnce(Devnet, PathBuf) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    with_devnet_full(test, workers, cheaters_pass_challenge, Vec::new(), f)
+}
+
+fn with_devnet_full<F, Fut>(
+    test: &str,
+    workers: impl FnOnce(&std::path::Path) -> Vec<Behavior>,
+    cheaters_pass_challenge: bool,
+    no_verifier: Vec<usize>,
+    f: F,
+) where
+    F: FnOnce(Devnet, PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let Some(path) = model_path(test) else { return };
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
@@ -102,6 +115,7 @@ fn with_devnet_opts<F, Fut>(
         engine: engine(&path),
         model_id: deai_models_sha256(&path),
         params: params(),
+        no_verifier,
     };
     devnet::runner(&dir).start(|ctx| async move {
         let net = devnet::start(&ctx, opts).await.expect("devnet starts");
@@ -922,6 +936,87 @@ fn a_worker_without_the_model_fails_its_capability_challenge_and_gets_no_jobs() 
                 let v = chat(&net, "Say hi.", i).await;
                 assert_eq!(v["deai"]["worker"].as_str().unwrap(), hex::encode(honest));
             }
+        },
+    );
+}
+
+/// Validator 3 of the devnet is lazy (`faults::LazyValidator`): drawn for a committee, it
+/// seals and reveals an acceptance under a made-up proof of verification, never running
+/// the model. Its proof differs from the one its honest fellow members recomputed, so each
+/// of its jobs escalates; the job still settles accepted (the worker is honest), and the
+/// lazy validator is unpaid and slashed for every committee it sat on, while no honest
+/// validator ever is.
+#[test]
+fn a_lazy_validator_earns_nothing_and_is_slashed() {
+    const LAZY: usize = 3;
+    let workers = |_: &std::path::Path| vec![Behavior::Honest];
+    with_devnet_full(
+        "lazy validator",
+        workers,
+        true,
+        vec![LAZY],
+        |net, _dir| async move {
+            let lazy = net.validators[LAZY].address();
+            let stake0 = net.ledger.account(&lazy).await.unwrap().1;
+            tokio::spawn(
+                deai_node::faults::LazyValidator::new(net.validators[LAZY].clone())
+                    .run(Duration::from_millis(200)),
+            );
+            // Requests until the beacon has put the lazy validator on two committees (each
+            // job draws 3 of the 4 validators; at most 10 requests).
+            let mut jobs = Vec::new();
+            let mut drawn = 0;
+            for i in 0..10u64 {
+                let v = chat(&net, &format!("Name a planet. Request {i}."), i).await;
+                jobs.push(job_of(&v));
+                let settled = wait_final(&net.ledger, &jobs, 240).await;
+                drawn = settled
+                    .values()
+                    .filter(|j| j.committee.contains(&lazy))
+                    .count();
+                if drawn >= 2 {
+                    break;
+                }
+            }
+            assert!(drawn >= 2, "the lazy validator was drawn {drawn} times");
+            let settled = wait_final(&net.ledger, &jobs, 240).await;
+            for (id, j) in &settled {
+                assert_eq!(j.status, JobStatus::Accepted, "job {id}: {j:?}");
+                if j.committee.contains(&lazy) {
+                    assert!(j.escalated, "a made-up proof passed its committee: {j:?}");
+                }
+            }
+            let vals = net.ledger.validators_json().await.unwrap();
+            for v in vals["validators"].as_array().unwrap() {
+                let rec = &v["validator"];
+                let is_lazy = v["address"].as_str() == Some(&hex::encode(lazy));
+                let (earned, wrong, slashed) = (
+                    rec["earned"].as_u64().unwrap(),
+                    rec["wrong"].as_u64().unwrap(),
+                    rec["slashed"].as_u64().unwrap(),
+                );
+                if is_lazy {
+                    // Every committee it sat on (the capability challenges' jobs too) cost
+                    // it: a made-up proof (wrong) or, drawn before it started, a miss.
+                    let (assigned, missed) = (
+                        rec["assigned"].as_u64().unwrap(),
+                        rec["missed"].as_u64().unwrap(),
+                    );
+                    assert_eq!(earned, 0, "the lazy validator was paid: {v}");
+                    assert!(wrong >= drawn as u64, "{v}");
+                    assert_eq!(wrong + missed, assigned, "{v}");
+                    let per = deai_ledger::state::Params::default().verdict_slash;
+                    assert_eq!(slashed, assigned * per, "{v}");
+                } else {
+                    assert!(earned > 0, "an honest validator went unpaid: {v}");
+                    assert_eq!((wrong, slashed), (0, 0), "an honest validator slashed: {v}");
+                }
+            }
+            let stake = net.ledger.account(&lazy).await.unwrap().1;
+            assert!(
+                stake < stake0,
+                "the lazy validator's stake {stake0} -> {stake}"
+            );
         },
     );
 }
