@@ -596,11 +596,19 @@ fn a_silent_member_is_slashed_and_the_job_escalates() {
     for m in [members[0], members[1]] {
         assert_eq!((n.val(m).missed, n.val(m).slashed), (0, 0));
     }
-    // Escalated: every validator judges with plain verdicts, a quorum settles it.
-    for m in &members {
-        n.ok(*m, TxKind::Verdict { job, accept: true });
-    }
+    // Escalated: a member that committed must open its commitment (a plain vote would let
+    // a made-up proof go unopened and paid); the silent one votes plainly; a quorum of the
+    // stake settles it, and the two members whose proofs agree are paid.
+    let e = n.fails(members[0], TxKind::Verdict { job, accept: true });
+    assert!(e.contains("open it with verdict_reveal"), "{e}");
+    n.reveal(members[0], job, true, POV);
+    n.reveal(members[1], job, true, POV);
+    assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Challenged);
+    n.ok(silent, TxKind::Verdict { job, accept: true });
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
+    for m in [members[0], members[1]] {
+        assert!(n.val(m).earned > 0, "{m}");
+    }
 }
 
 #[test]
@@ -781,6 +789,7 @@ fn a_lazy_member_earns_nothing_and_is_slashed() {
     // escalates, and at settlement the guess is outvoted by the honest members' proof.
     let (mut m, job2, members2, outsider2) = sampled_job(112);
     let lazy2 = members2[0];
+    let lazy_stake = m.s.account(&addr(lazy2)).stake;
     m.judge(
         job2,
         &[
@@ -789,34 +798,24 @@ fn a_lazy_member_earns_nothing_and_is_slashed() {
             (members2[2], true, POV),
         ],
     );
+    // The three acceptances already hold more than two thirds of the stake: the job
+    // settles as it escalates (nobody else may be left to vote).
     let j2 = m.s.job(&job2).unwrap();
-    assert_eq!(j2.status, JobStatus::Challenged);
     assert!(j2.escalated);
-    let lazy_before = m.s.account(&addr(lazy2)).balance;
-    let lazy_stake = m.s.account(&addr(lazy2)).stake;
-    m.ok(
-        outsider2,
-        TxKind::Verdict {
-            job: job2,
-            accept: true,
-        },
-    );
-    let j2 = m.s.job(&job2).unwrap();
     assert_eq!(j2.status, JobStatus::Accepted);
-    assert_eq!(
-        m.s.account(&addr(lazy2)).balance,
-        lazy_before,
-        "the lazy member earned"
-    );
+    let lazy_before = m.val(lazy2).earned;
+    assert_eq!(lazy_before, 0, "the lazy member earned");
     assert_eq!(
         m.s.account(&addr(lazy2)).stake,
         lazy_stake - m.s.params().verdict_slash
     );
     assert_eq!(m.val(lazy2).wrong, 1);
-    // The honest members and the outsider who judged the escalation are paid, never slashed.
+    // The honest members are paid, and nobody else is slashed.
+    for v in [members2[1], members2[2]] {
+        assert!(m.val(v).earned > 0, "{v}");
+    }
     for v in [members2[1], members2[2], outsider2] {
         assert_eq!(m.val(v).slashed, 0);
-        assert!(m.val(v).earned > 0, "{v}");
     }
     // (First scenario: the honest pair loses nothing while the lazy one is slashed.)
     assert_eq!(
@@ -867,4 +866,38 @@ fn a_last_minute_commitment_gives_the_others_time_to_reveal() {
     for m in &members {
         assert_eq!((n.val(*m).missed, n.val(*m).slashed), (0, 0));
     }
+}
+
+/// A lazy member commits to a made-up proof, and another member stays silent: the job
+/// escalates with no proof opened. The lazy member cannot vote plainly (and be paid
+/// without ever opening its proof): it must reveal, and its proof, matched against the
+/// honest member's with no majority for either, earns it nothing.
+#[test]
+fn a_lazy_member_is_not_paid_through_an_escalation() {
+    let (mut n, job, members, outsider) = sampled_job(131);
+    let (honest, silent, lazy) = (members[0], members[1], members[2]);
+    const MADE_UP: Hash256 = Hash256([0x77; 32]);
+    n.commit(honest, job, true, POV);
+    n.commit(lazy, job, true, MADE_UP);
+    n.empty(n.s.params().verdict_window + 1);
+    assert!(n.s.job(&job).unwrap().escalated);
+    let e = n.fails(lazy, TxKind::Verdict { job, accept: true });
+    assert!(e.contains("open it with verdict_reveal"), "{e}");
+    // Opening another proof than the one committed to fails too.
+    let e = n.fails(
+        lazy,
+        TxKind::VerdictReveal {
+            job,
+            accept: true,
+            pov: POV,
+        },
+    );
+    assert!(e.contains("does not open"), "{e}");
+    n.reveal(lazy, job, true, MADE_UP);
+    n.reveal(honest, job, true, POV);
+    n.ok(outsider, TxKind::Verdict { job, accept: true });
+    assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
+    assert_eq!(n.val(lazy).earned, 0, "the lazy member was paid");
+    assert_eq!(n.val(silent).missed, 1);
+    assert!(n.val(outsider).earned > 0);
 }

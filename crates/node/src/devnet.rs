@@ -81,6 +81,8 @@ pub fn devnet_params() -> Params {
 pub struct Devnet {
     pub info: DevnetInfo,
     pub workers: Vec<Worker>,
+    /// The verifiers it runs, in validator order but without those in
+    /// `DevnetOptions::no_verifier` (so not indexed like `validators` when that is set).
     pub verifiers: Vec<Arc<Verifier>>,
     /// Each validator's signer, shared by its verifier and its training auditor (one nonce
     /// sequence per key): whatever else acts for a validator in this process must use it.

@@ -185,11 +185,7 @@ impl LazyValidator {
         let mut txs = Vec::new();
         for (id, job) in ledger.jobs_drawn(&me, 200).await? {
             let Some(r) = &job.receipt else { continue };
-            // Made up from public data: the receipt digest, keyed like the real one.
-            let pov = deai_types::Hash256::digest_parts(
-                "deai-lazy-pov",
-                &[id.as_bytes(), r.digest.as_bytes()],
-            );
+            let pov = made_up_pov(&id, &r.digest);
             match job.commits.iter().find(|c| c.voter == me) {
                 None => txs.push(TxKind::VerdictCommit {
                     job: id,
@@ -209,12 +205,22 @@ impl LazyValidator {
             }
         }
         for (id, job) in ledger.jobs_due("challenged", 200).await? {
-            if job.status == JobStatus::Challenged && job.verdicts.iter().all(|v| v.voter != me) {
-                txs.push(TxKind::Verdict {
+            if job.status != JobStatus::Challenged || job.verdicts.iter().any(|v| v.voter == me) {
+                continue;
+            }
+            // Committed before the job escalated: the chain makes it open that commitment.
+            let kind = match (&job.receipt, job.commits.iter().any(|c| c.voter == me)) {
+                (Some(r), true) => TxKind::VerdictReveal {
                     job: id,
                     accept: true,
-                });
-            }
+                    pov: made_up_pov(&id, &r.digest),
+                },
+                _ => TxKind::Verdict {
+                    job: id,
+                    accept: true,
+                },
+            };
+            txs.push(kind);
         }
         let n = txs.len();
         for kind in txs {
@@ -236,4 +242,10 @@ impl LazyValidator {
             tokio::time::sleep(every).await;
         }
     }
+}
+
+/// A lazy validator's proof of verification, made up from public data (the job and its
+/// receipt digest) since it never computed the hidden rows.
+fn made_up_pov(job: &deai_types::Hash256, receipt: &deai_types::Hash256) -> deai_types::Hash256 {
+    deai_types::Hash256::digest_parts("deai-lazy-pov", &[job.as_bytes(), receipt.as_bytes()])
 }

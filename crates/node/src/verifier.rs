@@ -89,13 +89,16 @@ struct Sealed {
     /// When its commitment, and its reveal, were last submitted.
     committed: std::time::Instant,
     revealed: Option<std::time::Instant>,
+    /// When its job was last seen drawn (sampled, with this validator on its committee).
+    drawn: std::time::Instant,
 }
 
 /// How long a committee transaction may stay unfinalized before it is submitted again.
 const RESEND: Duration = Duration::from_secs(10);
 
 /// How long a sealed verdict is kept once its job is no longer drawn (it escalated, or
-/// settled): an escalated job takes it as this validator's plain verdict.
+/// settled): an escalated job takes it as this validator's verdict (opened, or plain when
+/// the commitment never landed).
 const KEEP_SEALED: Duration = Duration::from_secs(600);
 
 /// Default cap on how long a verification yields to generation on the same engine.
@@ -169,6 +172,7 @@ impl Verifier {
                 pov,
                 committed: std::time::Instant::now(),
                 revealed: None,
+                drawn: std::time::Instant::now(),
             },
         );
     }
@@ -243,10 +247,13 @@ impl Verifier {
             let live: HashSet<Hash256> = drawn.iter().map(|(id, _)| *id).collect();
             // A verdict sealed a moment ago may belong to a job this listing predates, and
             // one of an escalated job is still this validator's verdict on it.
-            self.sealed
-                .lock()
-                .unwrap()
-                .retain(|id, s| live.contains(id) || s.committed.elapsed() < KEEP_SEALED);
+            let now = std::time::Instant::now();
+            self.sealed.lock().unwrap().retain(|id, s| {
+                if live.contains(id) {
+                    s.drawn = now;
+                }
+                s.drawn.elapsed() < KEEP_SEALED
+            });
         }
         let mut sent = 0;
         for (id, job) in &drawn {
@@ -494,11 +501,15 @@ impl Verifier {
             let patience = self.patience_for(height, job.deadline);
             // A committee member proves its re-execution with a digest keyed by the value
             // of the job's beacon round.
+            // So does a member that committed on a job since escalated (it must open its
+            // commitment: the chain refuses it a plain verdict).
+            let sealed_phase =
+                job.status == JobStatus::Sampled || job.commits.iter().any(|c| c.voter == me);
             let key = match (
-                job.status,
+                sealed_phase,
                 job.receipt.as_ref().and_then(|r| r.beacon_round),
             ) {
-                (JobStatus::Sampled, Some(round)) => self
+                (true, Some(round)) => self
                     .signer
                     .ledger()
                     .beacon_value(round)
@@ -507,7 +518,7 @@ impl Verifier {
                     .flatten(),
                 _ => None,
             };
-            if job.status == JobStatus::Sampled && key.is_none() {
+            if sealed_phase && key.is_none() {
                 // No proof without the key: try again on the next pass.
                 return (id, job, None);
             }
@@ -558,10 +569,16 @@ impl Verifier {
                     }
                 }
             };
-            // A committee member seals its verdict and proof first (revealed on a later pass,
-            // once every member has committed); anyone else posts a plain verdict.
+            // A committee member seals its verdict and proof first (the committee loop
+            // reveals it once every member has committed); a member whose job escalated
+            // after it committed opens its commitment; anyone else posts a plain verdict.
             let sampled_job = job.status == JobStatus::Sampled;
-            let kind = if sampled_job {
+            let my_commit = job
+                .commits
+                .iter()
+                .find(|c| c.voter == me)
+                .map(|c| c.commitment);
+            let kind = if sampled_job || my_commit.is_some() {
                 let pov = match finding.pov {
                     Some(p) => p,
                     // An acceptance always carries its proof; this one lacks it (the prefill
@@ -569,33 +586,43 @@ impl Verifier {
                     None if finding.accept => continue,
                     None => Hash256::default(),
                 };
-                if let Some(c) = job.commits.iter().find(|c| c.voter == me) {
-                    // Re-executed after a restart to recover the sealed verdict: keep the
-                    // opening that matches the commitment on chain, if any does.
-                    let openings = [
-                        (finding.accept, pov),
-                        (!finding.accept, pov),
-                        (false, Hash256::default()),
-                    ];
-                    match openings.into_iter().find(|(a, p)| {
-                        deai_ledger::state::verdict_commitment(&me, &id, *a, p) == c.commitment
-                    }) {
-                        Some((accept, pov)) => self.seal(id, accept, pov),
-                        None => {
-                            tracing::warn!(job = %id, "cannot reopen this validator's commitment")
+                match my_commit {
+                    Some(c) => {
+                        // The opening of the commitment on chain: the sealed verdict, or,
+                        // re-executed after a restart, the likely ones.
+                        let openings = [
+                            (finding.accept, pov),
+                            (!finding.accept, pov),
+                            (false, Hash256::default()),
+                        ];
+                        let Some((accept, pov)) = openings.into_iter().find(|(a, p)| {
+                            deai_ledger::state::verdict_commitment(&me, &id, *a, p) == c
+                        }) else {
+                            tracing::warn!(job = %id, "cannot reopen this validator's commitment");
+                            continue;
+                        };
+                        self.seal(id, accept, pov);
+                        if sampled_job {
+                            continue; // the committee loop reveals it
+                        }
+                        TxKind::VerdictReveal {
+                            job: id,
+                            accept,
+                            pov,
                         }
                     }
-                    continue;
-                }
-                self.seal(id, finding.accept, pov);
-                TxKind::VerdictCommit {
-                    job: id,
-                    commitment: deai_ledger::state::verdict_commitment(
-                        &me,
-                        &id,
-                        finding.accept,
-                        &pov,
-                    ),
+                    None => {
+                        self.seal(id, finding.accept, pov);
+                        TxKind::VerdictCommit {
+                            job: id,
+                            commitment: deai_ledger::state::verdict_commitment(
+                                &me,
+                                &id,
+                                finding.accept,
+                                &pov,
+                            ),
+                        }
+                    }
                 }
             } else {
                 TxKind::Verdict {
@@ -605,9 +632,10 @@ impl Verifier {
             };
             match self.signer.submit(kind).await {
                 Ok(_) => {
-                    // Judged (or sealed, for a committee member: `done` comes with the
-                    // reveal): a refused submission is tried again on the next pass (a
-                    // committee member that misses its deadline is slashed).
+                    // Judged (a committee member's commitment is only sealed: it is
+                    // revealed by the committee loop): a refused submission is tried again
+                    // on the next pass (a committee member that misses its deadline is
+                    // slashed).
                     if !sampled_job {
                         self.done.lock().unwrap().insert(id);
                     }

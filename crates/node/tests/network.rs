@@ -83,7 +83,14 @@ fn with_devnet_opts<F, Fut>(
     F: FnOnce(Devnet, PathBuf) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    with_devnet_full(test, workers, cheaters_pass_challenge, Vec::new(), f)
+    with_devnet_full(
+        test,
+        workers,
+        cheaters_pass_challenge,
+        Vec::new(),
+        params(),
+        f,
+    )
 }
 
 fn with_devnet_full<F, Fut>(
@@ -91,6 +98,7 @@ fn with_devnet_full<F, Fut>(
     workers: impl FnOnce(&std::path::Path) -> Vec<Behavior>,
     cheaters_pass_challenge: bool,
     no_verifier: Vec<usize>,
+    params: Params,
     f: F,
 ) where
     F: FnOnce(Devnet, PathBuf) -> Fut + Send + 'static,
@@ -114,7 +122,7 @@ fn with_devnet_full<F, Fut>(
         price_per_1k: 1_000,
         engine: engine(&path),
         model_id: deai_models_sha256(&path),
-        params: params(),
+        params,
         no_verifier,
     };
     devnet::runner(&dir).start(|ctx| async move {
@@ -955,6 +963,13 @@ fn a_lazy_validator_earns_nothing_and_is_slashed() {
         workers,
         true,
         vec![LAZY],
+        // The devnet's own verdict window: an honest member missing its commitment under
+        // load (1500 blocks is seconds) would blur what the test measures.
+        Params {
+            verdict_window: devnet::devnet_params().verdict_window,
+            ..params()
+        }
+        .fit_periods(deai_ledger::state::DEFAULT_EPOCH_LENGTH),
         |net, _dir| async move {
             let lazy = net.validators[LAZY].address();
             let stake0 = net.ledger.account(&lazy).await.unwrap().1;

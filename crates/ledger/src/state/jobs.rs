@@ -264,18 +264,36 @@ impl State {
         if j.verdicts.iter().any(|v| v.voter == from) {
             return err("validator already gave a verdict on this job");
         }
+        if j.commits.iter().any(|c| c.voter == from) {
+            // Its vote is sealed: a plain one would let a member that committed to a
+            // made-up proof vote (and be paid) without ever opening it.
+            return err(
+                "this member committed to a verdict on this job: open it with verdict_reveal",
+            );
+        }
         let jm = self.job_mut(&job).expect("checked above");
         upsert_vote(&mut jm.verdicts, from, accept);
         if let Some(v) = self.validators.get_mut(&from) {
             v.verdicts += 1;
         }
         self.dirty.insert(Key::Validator(from));
+        self.settle_by_quorum(job);
+        Ok(())
+    }
+
+    /// Settles a challenged (or escalated) job once more than two thirds of the active
+    /// stake agree.
+    fn settle_by_quorum(&mut self, job: Hash256) {
+        if self.jobs[&job].status != JobStatus::Challenged
+            && self.jobs[&job].status != JobStatus::Receipted
+        {
+            return;
+        }
         match self.quorum(&self.jobs[&job].verdicts) {
             Some(false) => self.reject_job(job),
             Some(true) => self.accept_job(job),
             None => {}
         }
-        Ok(())
     }
 
     /// A committee member seals its verdict on a sampled job.
@@ -333,16 +351,19 @@ impl State {
     ) -> Res {
         let h = self.meta.height;
         let j = self.jobs.get(&job).ok_or("unknown job")?;
-        if j.status != JobStatus::Sampled {
+        let escalated = j.status == JobStatus::Challenged && j.escalated;
+        if j.status != JobStatus::Sampled && !escalated {
             return err(format!(
-                "job is {:?}; only a sampled job takes reveals",
+                "job is {:?}; only a sampled or escalated job takes reveals",
                 j.status
             ));
         }
         let Some(c) = j.commits.iter().find(|c| c.voter == from) else {
             return err("sender has no commitment on this job");
         };
-        if j.commits.len() < j.committee.len() {
+        // Once escalated, the commitments are closed: a member that committed opens its
+        // own (its vote counts toward the quorum, its proof toward its pay).
+        if !escalated && j.commits.len() < j.committee.len() {
             return err("reveals open once every committee member has committed");
         }
         if j.povs.iter().any(|p| p.voter == from) {
@@ -363,6 +384,10 @@ impl State {
             }
         }
         self.dirty.insert(Key::Validator(from));
+        if escalated {
+            self.settle_by_quorum(job);
+            return Ok(());
+        }
         let j = &self.jobs[&job];
         if j.povs.len() < j.committee.len() {
             return Ok(());
@@ -409,7 +434,8 @@ impl State {
     }
 
     /// Hands a sampled job to every validator: the verdict window starts again and more
-    /// than two thirds of the active stake decides.
+    /// than two thirds of the active stake decides (at once, when the committee's votes
+    /// already make that quorum: nobody else may be left to vote).
     pub(super) fn escalate(&mut self, id: Hash256, why: &str) {
         let h = self.meta.height;
         let window = self.meta.params.verdict_window;
@@ -422,6 +448,7 @@ impl State {
         self.set_job_deadline(id, old, new);
         self.events
             .push(format!("job {} escalated: {why}", id.short()));
+        self.settle_by_quorum(id);
     }
 
     /// Takes `verdict_slash` from each validator that voted `!outcome` on a settled job
