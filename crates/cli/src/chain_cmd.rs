@@ -187,7 +187,8 @@ pub enum TxCmd {
         verdict: String,
     },
     /// Seal a committee member's verdict on a sampled job (the commitment to the verdict
-    /// and the proof of verification is computed here, bound to the key).
+    /// and the proof of verification is computed here, bound to the key and blinded by a
+    /// salt derived from it).
     VerdictCommit {
         #[arg(long)]
         job: String,
@@ -544,14 +545,19 @@ pub fn tx(a: TxArgs) -> Result<()> {
                     &job,
                     parse_verdict(&verdict)?,
                     &parse_hash(&pov)?,
+                    &deai_ledger::state::verdict_salt(&key.to_bytes(), &job),
                 ),
             }
         }
-        TxCmd::VerdictReveal { job, verdict, pov } => TxKind::VerdictReveal {
-            job: parse_hash(&job)?,
-            accept: parse_verdict(&verdict)?,
-            pov: parse_hash(&pov)?,
-        },
+        TxCmd::VerdictReveal { job, verdict, pov } => {
+            let job = parse_hash(&job)?;
+            TxKind::VerdictReveal {
+                job,
+                accept: parse_verdict(&verdict)?,
+                pov: parse_hash(&pov)?,
+                salt: deai_ledger::state::verdict_salt(&key.to_bytes(), &job),
+            }
+        }
         TxCmd::BeaconShare { round, share } => {
             let chain = ChainClient::new(&url)?.chain_id()?;
             let share = local::read_share(&share)?;

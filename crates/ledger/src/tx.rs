@@ -261,7 +261,7 @@ pub enum TxKind {
         change: ParamChange,
     },
     /// A committee member's sealed verdict on a sampled job:
-    /// `state::verdict_commitment(member, job, accept, pov)`, where `pov` is its proof of
+    /// `state::verdict_commitment(member, job, accept, pov, salt)`, where `pov` is its proof of
     /// verification (`deai_proof::pov_digest` keyed by the job's beacon value).
     VerdictCommit {
         job: Hash256,
@@ -272,6 +272,8 @@ pub enum TxKind {
         job: Hash256,
         accept: bool,
         pov: Hash256,
+        /// The member's salt (`state::verdict_salt`).
+        salt: Hash256,
     },
     /// A beacon player's partial BLS signature of a closed beacon round (`state::beacon`).
     BeaconShare {
@@ -436,11 +438,17 @@ impl TxKind {
                 put_hash(w, job);
                 put_hash(w, commitment);
             }
-            TxKind::VerdictReveal { job, accept, pov } => {
+            TxKind::VerdictReveal {
+                job,
+                accept,
+                pov,
+                salt,
+            } => {
                 w.u8(17);
                 put_hash(w, job);
                 w.bool(*accept);
                 put_hash(w, pov);
+                put_hash(w, salt);
             }
             TxKind::Challenge { job } => {
                 w.u8(7);
@@ -636,6 +644,7 @@ impl TxKind {
                 job: get_hash(r, "job")?,
                 accept: r.bool("accept")?,
                 pov: get_hash(r, "pov")?,
+                salt: get_hash(r, "salt")?,
             },
             15 => TxKind::BeaconShare {
                 round: r.u64("round")?,

@@ -24,6 +24,9 @@ const PRICE: u64 = 1_000;
 /// The proof of verification every honest member computes for a job (its value does not
 /// matter to the ledger, only that honest members agree on it).
 const POV: Hash256 = Hash256([0xAA; 32]);
+/// The salt every test member blinds its commitments with (`state::verdict_salt` derives a
+/// secret one per member and job; the ledger only checks that the opening matches).
+const SALT: Hash256 = Hash256([0x5A; 32]);
 
 struct Net {
     s: State,
@@ -191,11 +194,20 @@ impl Net {
         self.s.beacon_round(r).unwrap().clone()
     }
     fn commit(&mut self, m: u8, job: Hash256, accept: bool, pov: Hash256) {
-        let commitment = deai_ledger::state::verdict_commitment(&addr(m), &job, accept, &pov);
+        let commitment =
+            deai_ledger::state::verdict_commitment(&addr(m), &job, accept, &pov, &SALT);
         self.ok(m, TxKind::VerdictCommit { job, commitment });
     }
     fn reveal(&mut self, m: u8, job: Hash256, accept: bool, pov: Hash256) {
-        self.ok(m, TxKind::VerdictReveal { job, accept, pov });
+        self.ok(
+            m,
+            TxKind::VerdictReveal {
+                job,
+                accept,
+                pov,
+                salt: SALT,
+            },
+        );
     }
     /// Every listed member commits, then every one reveals.
     fn judge(&mut self, job: Hash256, votes: &[(u8, bool, Hash256)]) {
@@ -574,6 +586,7 @@ fn a_silent_member_is_slashed_and_the_job_escalates() {
             job,
             accept: true,
             pov: POV,
+            salt: SALT,
         },
     );
     assert!(
@@ -753,7 +766,7 @@ fn a_lazy_member_earns_nothing_and_is_slashed() {
     let lazy = members[2];
     // Copying an honest member's commitment is useless: it opens only for that member.
     let honest_commitment =
-        deai_ledger::state::verdict_commitment(&addr(members[0]), &job, true, &POV);
+        deai_ledger::state::verdict_commitment(&addr(members[0]), &job, true, &POV, &SALT);
     n.commit(members[0], job, true, POV);
     n.commit(members[1], job, true, POV);
     n.ok(
@@ -770,6 +783,7 @@ fn a_lazy_member_earns_nothing_and_is_slashed() {
             job,
             accept: true,
             pov: POV,
+            salt: SALT,
         },
     );
     assert!(e.contains("does not open"), "{e}");
@@ -843,7 +857,7 @@ fn a_last_minute_commitment_gives_the_others_time_to_reveal() {
     }
     // The deadline block: the late member commits and reveals at once.
     let late = members[2];
-    let commitment = deai_ledger::state::verdict_commitment(&addr(late), &job, true, &POV);
+    let commitment = deai_ledger::state::verdict_commitment(&addr(late), &job, true, &POV, &SALT);
     let r = n.block(vec![
         (late, TxKind::VerdictCommit { job, commitment }),
         (
@@ -852,6 +866,7 @@ fn a_last_minute_commitment_gives_the_others_time_to_reveal() {
                 job,
                 accept: true,
                 pov: POV,
+                salt: SALT,
             },
         ),
     ]);
@@ -890,6 +905,18 @@ fn a_lazy_member_is_not_paid_through_an_escalation() {
             job,
             accept: true,
             pov: POV,
+            salt: SALT,
+        },
+    );
+    assert!(e.contains("does not open"), "{e}");
+    // So does its own proof under another salt.
+    let e = n.fails(
+        lazy,
+        TxKind::VerdictReveal {
+            job,
+            accept: true,
+            pov: MADE_UP,
+            salt: Hash256::default(),
         },
     );
     assert!(e.contains("does not open"), "{e}");

@@ -808,13 +808,18 @@ fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
             job,
             commitment: Hash256(c)
         }),
-        (job.clone(), any::<bool>(), any::<[u8; 32]>()).prop_map(|(job, accept, p)| {
-            TxKind::VerdictReveal {
+        (
+            job.clone(),
+            any::<bool>(),
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(job, accept, p, salt)| TxKind::VerdictReveal {
                 job,
                 accept,
                 pov: Hash256(p),
-            }
-        }),
+                salt: Hash256(salt),
+            }),
         (1u8..6, 0u64..4).prop_map(|(v, view)| TxKind::ReportEquivocation {
             offender: addr(v),
             view,

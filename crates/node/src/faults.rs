@@ -178,10 +178,11 @@ impl LazyValidator {
     /// One pass: commits, reveals and plain acceptances it has not sent yet. Returns how
     /// many transactions it submitted.
     pub async fn pass(&self) -> Result<usize> {
-        use deai_ledger::state::{verdict_commitment, JobStatus};
+        use deai_ledger::state::{verdict_commitment, verdict_salt, JobStatus};
         use deai_ledger::TxKind;
         let ledger = self.signer.ledger();
         let me = self.signer.address();
+        let salt = |job: &deai_types::Hash256| verdict_salt(&self.signer.key().to_bytes(), job);
         let mut txs = Vec::new();
         for (id, job) in ledger.jobs_drawn(&me, 200).await? {
             let Some(r) = &job.receipt else { continue };
@@ -189,7 +190,7 @@ impl LazyValidator {
             match job.commits.iter().find(|c| c.voter == me) {
                 None => txs.push(TxKind::VerdictCommit {
                     job: id,
-                    commitment: verdict_commitment(&me, &id, true, &pov),
+                    commitment: verdict_commitment(&me, &id, true, &pov, &salt(&id)),
                 }),
                 Some(_)
                     if job.commits.len() == job.committee.len()
@@ -199,6 +200,7 @@ impl LazyValidator {
                         job: id,
                         accept: true,
                         pov,
+                        salt: salt(&id),
                     })
                 }
                 Some(_) => {}
@@ -214,6 +216,7 @@ impl LazyValidator {
                     job: id,
                     accept: true,
                     pov: made_up_pov(&id, &r.digest),
+                    salt: salt(&id),
                 },
                 _ => TxKind::Verdict {
                     job: id,

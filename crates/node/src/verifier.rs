@@ -164,6 +164,17 @@ impl Verifier {
         Ok(*self.beacon.get_or_init(|| b))
     }
 
+    /// This validator's salt for its commitment on `job` (`state::verdict_salt`).
+    fn salt(&self, job: &Hash256) -> Hash256 {
+        deai_ledger::state::verdict_salt(&self.signer.key().to_bytes(), job)
+    }
+
+    /// This validator's commitment to `accept` and `pov` on `job`.
+    fn commitment(&self, job: &Hash256, accept: bool, pov: &Hash256) -> Hash256 {
+        let me = self.signer.address();
+        deai_ledger::state::verdict_commitment(&me, job, accept, pov, &self.salt(job))
+    }
+
     fn seal(&self, id: Hash256, accept: bool, pov: Hash256) {
         self.sealed.lock().unwrap().insert(
             id,
@@ -196,7 +207,7 @@ impl Verifier {
         let (kind, what) = match on_chain {
             None if s.committed.elapsed() < RESEND => return false,
             None => {
-                let commitment = deai_ledger::state::verdict_commitment(&me, id, s.accept, &s.pov);
+                let commitment = self.commitment(id, s.accept, &s.pov);
                 (
                     TxKind::VerdictCommit {
                         job: *id,
@@ -212,6 +223,7 @@ impl Verifier {
                     job: *id,
                     accept: s.accept,
                     pov: s.pov,
+                    salt: self.salt(id),
                 },
                 "reveal",
             ),
@@ -595,9 +607,10 @@ impl Verifier {
                             (!finding.accept, pov),
                             (false, Hash256::default()),
                         ];
-                        let Some((accept, pov)) = openings.into_iter().find(|(a, p)| {
-                            deai_ledger::state::verdict_commitment(&me, &id, *a, p) == c
-                        }) else {
+                        let Some((accept, pov)) = openings
+                            .into_iter()
+                            .find(|(a, p)| self.commitment(&id, *a, p) == c)
+                        else {
                             tracing::warn!(job = %id, "cannot reopen this validator's commitment");
                             continue;
                         };
@@ -609,18 +622,14 @@ impl Verifier {
                             job: id,
                             accept,
                             pov,
+                            salt: self.salt(&id),
                         }
                     }
                     None => {
                         self.seal(id, finding.accept, pov);
                         TxKind::VerdictCommit {
                             job: id,
-                            commitment: deai_ledger::state::verdict_commitment(
-                                &me,
-                                &id,
-                                finding.accept,
-                                &pov,
-                            ),
+                            commitment: self.commitment(&id, finding.accept, &pov),
                         }
                     }
                 }

@@ -228,9 +228,12 @@ impl State {
             TxKind::VerdictCommit { job, commitment } => {
                 self.verdict_commit(from, *job, *commitment)
             }
-            TxKind::VerdictReveal { job, accept, pov } => {
-                self.verdict_reveal(from, *job, *accept, *pov)
-            }
+            TxKind::VerdictReveal {
+                job,
+                accept,
+                pov,
+                salt,
+            } => self.verdict_reveal(from, *job, *accept, *pov, *salt),
             TxKind::Vote { proposal, yes } => self.vote(from, *proposal, *yes),
         }
     }

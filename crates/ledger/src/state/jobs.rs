@@ -29,12 +29,32 @@ pub fn collateral(cost: u64, collateral_bps: u64) -> u64 {
 }
 
 /// What a committee member commits to before it may reveal its verdict on `job`: its vote
-/// and its proof of verification, bound to the member (a copied commitment is useless).
-pub fn verdict_commitment(voter: &Address, job: &Hash256, accept: bool, pov: &Hash256) -> Hash256 {
+/// and its proof of verification, bound to the member (a copied commitment is useless) and
+/// blinded by its `salt` (without it, a vote with a guessable proof, such as a rejection
+/// with none, could be read off the commitment before the reveals).
+pub fn verdict_commitment(
+    voter: &Address,
+    job: &Hash256,
+    accept: bool,
+    pov: &Hash256,
+    salt: &Hash256,
+) -> Hash256 {
     Hash256::digest_parts(
-        "deai-verdict-commit-v1",
-        &[voter, job.as_bytes(), &[accept as u8], pov.as_bytes()],
+        "deai-verdict-commit-v2",
+        &[
+            voter,
+            job.as_bytes(),
+            &[accept as u8],
+            pov.as_bytes(),
+            salt.as_bytes(),
+        ],
     )
+}
+
+/// The salt a member blinds its commitment on `job` with: derived from its secret key, so
+/// nobody else can compute it and the member can again after a restart.
+pub fn verdict_salt(secret_key: &[u8; 32], job: &Hash256) -> Hash256 {
+    Hash256::digest_parts("deai-verdict-salt-v1", &[secret_key, job.as_bytes()])
 }
 
 impl State {
@@ -348,6 +368,7 @@ impl State {
         job: Hash256,
         accept: bool,
         pov: Hash256,
+        salt: Hash256,
     ) -> Res {
         let h = self.meta.height;
         let j = self.jobs.get(&job).ok_or("unknown job")?;
@@ -369,7 +390,7 @@ impl State {
         if j.povs.iter().any(|p| p.voter == from) {
             return err("this member already revealed");
         }
-        if c.commitment != verdict_commitment(&from, &job, accept, &pov) {
+        if c.commitment != verdict_commitment(&from, &job, accept, &pov, &salt) {
             return err("the reveal does not open this member's commitment");
         }
         let since = j.sampled_at;
