@@ -24,6 +24,16 @@ const PRICE: u64 = 1_000;
 /// The proof of verification every honest member computes for a job (its value does not
 /// matter to the ledger, only that honest members agree on it).
 const POV: Hash256 = Hash256([0xAA; 32]);
+/// A reveal under the test salt.
+fn reveal_tx(job: Hash256, accept: bool, pov: Hash256) -> TxKind {
+    TxKind::VerdictReveal {
+        job,
+        accept,
+        pov,
+        salt: SALT,
+    }
+}
+
 /// The salt every test member blinds its commitments with (`state::verdict_salt` derives a
 /// secret one per member and job; the ledger only checks that the opening matches).
 const SALT: Hash256 = Hash256([0x5A; 32]);
@@ -199,15 +209,7 @@ impl Net {
         self.ok(m, TxKind::VerdictCommit { job, commitment });
     }
     fn reveal(&mut self, m: u8, job: Hash256, accept: bool, pov: Hash256) {
-        self.ok(
-            m,
-            TxKind::VerdictReveal {
-                job,
-                accept,
-                pov,
-                salt: SALT,
-            },
-        );
+        self.ok(m, reveal_tx(job, accept, pov));
     }
     /// Every listed member commits, then every one reveals.
     fn judge(&mut self, job: Hash256, votes: &[(u8, bool, Hash256)]) {
@@ -580,15 +582,7 @@ fn a_silent_member_is_slashed_and_the_job_escalates() {
     n.commit(members[0], job, true, POV);
     n.commit(members[1], job, true, POV);
     // Nobody may reveal before every member has committed.
-    let e = n.fails(
-        members[0],
-        TxKind::VerdictReveal {
-            job,
-            accept: true,
-            pov: POV,
-            salt: SALT,
-        },
-    );
+    let e = n.fails(members[0], reveal_tx(job, true, POV));
     assert!(
         e.contains("once every committee member has committed"),
         "{e}"
@@ -777,15 +771,7 @@ fn a_lazy_member_earns_nothing_and_is_slashed() {
         },
     );
     n.reveal(members[0], job, true, POV);
-    let e = n.fails(
-        lazy,
-        TxKind::VerdictReveal {
-            job,
-            accept: true,
-            pov: POV,
-            salt: SALT,
-        },
-    );
+    let e = n.fails(lazy, reveal_tx(job, true, POV));
     assert!(e.contains("does not open"), "{e}");
     n.reveal(members[1], job, true, POV);
     let stake = n.s.account(&addr(lazy)).stake;
@@ -860,15 +846,7 @@ fn a_last_minute_commitment_gives_the_others_time_to_reveal() {
     let commitment = deai_ledger::state::verdict_commitment(&addr(late), &job, true, &POV, &SALT);
     let r = n.block(vec![
         (late, TxKind::VerdictCommit { job, commitment }),
-        (
-            late,
-            TxKind::VerdictReveal {
-                job,
-                accept: true,
-                pov: POV,
-                salt: SALT,
-            },
-        ),
+        (late, reveal_tx(job, true, POV)),
     ]);
     assert!(r.outcomes.iter().all(|o| o.error.is_none()), "{r:?}");
     let j = n.s.job(&job).unwrap();
@@ -899,15 +877,7 @@ fn a_lazy_member_is_not_paid_through_an_escalation() {
     let e = n.fails(lazy, TxKind::Verdict { job, accept: true });
     assert!(e.contains("open it with verdict_reveal"), "{e}");
     // Opening another proof than the one committed to fails too.
-    let e = n.fails(
-        lazy,
-        TxKind::VerdictReveal {
-            job,
-            accept: true,
-            pov: POV,
-            salt: SALT,
-        },
-    );
+    let e = n.fails(lazy, reveal_tx(job, true, POV));
     assert!(e.contains("does not open"), "{e}");
     // So does its own proof under another salt.
     let e = n.fails(
