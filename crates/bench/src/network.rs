@@ -179,7 +179,7 @@ fn free_base(workers: usize) -> Result<u16> {
     Ok(deai_chain::ports::free_port_base(&offsets)?)
 }
 
-fn params(max_tokens: usize, seed: u64) -> GenParams {
+pub(crate) fn params(max_tokens: usize, seed: u64) -> GenParams {
     GenParams {
         max_tokens,
         sampling: SamplingParams {
@@ -194,15 +194,15 @@ fn params(max_tokens: usize, seed: u64) -> GenParams {
 }
 
 /// One bare run: (tokens/s, TTFT ms, text, output tokens, cached prompt tokens).
-struct BareRun {
-    tps: f64,
-    ttft_ms: f64,
-    text: String,
-    tokens: usize,
-    cached: usize,
+pub(crate) struct BareRun {
+    pub tps: f64,
+    pub ttft_ms: f64,
+    pub text: String,
+    pub tokens: usize,
+    pub cached: usize,
 }
 
-fn bare_once(e: &Engine, ids: &[u32], p: &GenParams) -> Result<BareRun> {
+pub(crate) fn bare_once(e: &Engine, ids: &[u32], p: &GenParams) -> Result<BareRun> {
     let t0 = Instant::now();
     let mut first: Option<Duration> = None;
     let g = e.generate(ids, p, |_| {
@@ -222,22 +222,22 @@ fn bare_once(e: &Engine, ids: &[u32], p: &GenParams) -> Result<BareRun> {
 
 /// What one streamed chat request gave.
 #[derive(Debug)]
-struct Streamed {
-    text: String,
-    completion_tokens: u64,
-    receipt_id: String,
-    job: String,
+pub(crate) struct Streamed {
+    pub text: String,
+    pub completion_tokens: u64,
+    pub receipt_id: String,
+    pub job: String,
     /// Sending the request -> response headers / first non-empty content / final chunk.
     headers_ms: f64,
     ttft_ms: f64,
     /// The last content delta -> the final chunk (the worker signs and stores the receipt).
     tail_ms: f64,
-    total_ms: f64,
+    pub total_ms: f64,
 }
 
 /// Sends one streaming chat request and reads it to the end. `Err` is a lost request: an HTTP
 /// error, an error event, a transport error, or a stream without its final chunk and `[DONE]`.
-async fn stream_chat(
+pub(crate) async fn stream_chat(
     http: &reqwest::Client,
     info: &DevnetInfo,
     prompt: &str,
@@ -738,10 +738,12 @@ pub fn run(o: &Options) -> Result<Report> {
         model_path: o.model.clone(),
         model_name: o.model_name.clone(),
         base_port: base,
+        validators: 4,
         workers: vec![None; o.workers],
         cheaters_pass_challenge: true,
         price_per_1k: 1_000,
         engine: engine.clone(),
+        verify_engine: None,
         model_id,
         params: deai_ledger::state::Params {
             job_timeout: o.job_timeout.unwrap_or(devnet::devnet_params().job_timeout),

@@ -24,6 +24,10 @@ pub enum BenchCmd {
     /// streaming tokens/s and time to first token through the gateway vs the bare engine,
     /// concurrent streaming clients (lost, duplicated, throughput), and every job settled.
     Network(crate::bench_network::NetworkBench),
+    /// Verification under load: a devnet of 7 validators (one lazy) with committees at the
+    /// default sample rate, honest and cheating workers; validator vs worker CPU time,
+    /// end-to-end vs bare tokens/s, cheats sampled and caught, the lazy validator's pay.
+    VerifyLoad(crate::bench_verify_load::VerifyLoadBench),
     /// Training: DiLoCo vs single-worker AdamW loss at equal tokens, communication ratio,
     /// verification cost, cheater detection, false accusations across thread counts, and
     /// throughput vs a plain candle loop.
@@ -68,6 +72,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Proof(b) => crate::bench_proof::bench(b),
         BenchCmd::Chain(b) => crate::chain_cmd::bench_chain(b),
         BenchCmd::Network(b) => crate::bench_network::bench(b),
+        BenchCmd::VerifyLoad(b) => crate::bench_verify_load::bench(b),
         BenchCmd::Train(b) => crate::train_cmd::bench(b),
         BenchCmd::Explorer(b) => crate::bench_explorer::bench(b),
         BenchCmd::Sampler(b) => crate::bench_sampler::bench(b),

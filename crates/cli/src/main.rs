@@ -16,6 +16,7 @@ mod bench_explorer;
 mod bench_network;
 mod bench_proof;
 mod bench_sampler;
+mod bench_verify_load;
 mod calibrate_cmd;
 mod chain_cmd;
 mod devnet_cmd;

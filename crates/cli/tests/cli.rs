@@ -743,3 +743,70 @@ fn bench_attacks_prints_every_class_and_no_attack_pays() {
         "zero attempts",
     );
 }
+
+/// `deai bench verify-load` on the real model, a few jobs: the JSON's last line carries the
+/// issue's fields; every sampled cheat is caught, no honest party is slashed, the lazy
+/// validator is never paid; bad options are clear errors before a devnet starts.
+#[test]
+fn bench_verify_load_reports_what_verification_costs_and_catches() {
+    let env = Env::new();
+    fails(
+        &env.run(&["bench", "verify-load", "--validators", "3"]),
+        1,
+        "validators must be 4..=99",
+        "three validators",
+    );
+    let Some(model) = real_model("bench verify-load") else {
+        return;
+    };
+    let args = with_model(
+        &[
+            "bench",
+            "verify-load",
+            "--jobs",
+            "10",
+            "--max-tokens",
+            "8",
+            "--reps",
+            "1",
+            "--json",
+        ],
+        &model,
+    );
+    let out = ok(&env.run(&args), "bench verify-load");
+    let r = json(out.lines().last().expect("a JSON line"));
+    for key in [
+        "validators",
+        "verify_overhead",
+        "e2e_tps",
+        "bare_tps",
+        "jobs",
+        "cheats_sampled",
+        "cheats_caught",
+        "lazy_validator_earned",
+        "lazy_validator_slashed",
+        "false_slashes",
+    ] {
+        assert!(!r[key].is_null(), "{key} missing: {r}");
+    }
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k}: {r}"));
+    let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k}: {r}"));
+    assert_eq!(n("validators"), 7, "{r}");
+    assert_eq!((n("requests"), n("lost"), n("jobs")), (10, 0, 10), "{r}");
+    assert_eq!(n("pending"), 0, "{r}");
+    assert_eq!(n("false_slashes"), 0, "{r}");
+    assert_eq!(n("lazy_validator_earned"), 0, "{r}");
+    assert_eq!(n("cheats_caught"), n("cheats_sampled"), "{r}");
+    assert!(n("cheats_caught") <= n("rejected"), "{r}");
+    assert!(f("bare_tps") > 0.0 && f("e2e_tps") > 0.0, "{r}");
+    assert!(f("generate_cpu_s") > 0.0, "{r}");
+    if n("sampled") > 0 {
+        assert!(
+            f("verify_cpu_s") > 0.0,
+            "sampled jobs but no re-execution: {r}"
+        );
+    }
+    if n("lazy_validator_assigned") > 0 {
+        assert!(n("lazy_validator_slashed") > 0, "{r}");
+    }
+}

@@ -2,7 +2,7 @@
 //! loop (prefill, then decode with the seeded sampler, streaming, stop tokens/strings).
 
 use crate::error::{EngineError, Result};
-use crate::kv::{KvCache, PrefixCache};
+use crate::kv::{KvCache, PrefixCache, PrefixHit};
 use crate::model::{ForwardOut, Model};
 use crate::profile::KernelProfile;
 use crate::sampler::{self, SamplingParams};
@@ -10,7 +10,7 @@ use crate::sched::{Gate, Interactive, Turn, YieldStats, BACKGROUND_CHUNK};
 use crate::tokenizer::Tokenizer;
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Upper bound on kernel threads (far above any core count this engine targets).
@@ -104,7 +104,9 @@ pub struct Engine {
     prefix: Mutex<PrefixCache>,
     threads: usize,
     simd: bool,
-    gate: Gate,
+    /// Shared with the engines made by [`Engine::sharing_gate`]: background work on any of
+    /// them yields to generation on all of them.
+    gate: Arc<Gate>,
 }
 
 impl Engine {
@@ -131,12 +133,31 @@ impl Engine {
             prefix: Mutex::new(PrefixCache::new(cfg.prefix_cache_bytes)),
             threads,
             simd: !cfg.force_portable && crate::kernels::simd_available(),
-            gate: Gate::default(),
+            gate: Arc::default(),
         })
     }
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// This engine, with its own kernel threads, but scheduling its background work
+    /// ([`Engine::prefill_all_background`]) on `other`'s gate: a validator's engine that
+    /// yields to the generation of a worker's engine on the same machine. Two pools let
+    /// [`Engine::kernel_cpu_time`] tell the two roles' compute apart.
+    pub fn sharing_gate(mut self, other: &Engine) -> Self {
+        self.gate = other.gate.clone();
+        self
+    }
+
+    /// The CPU time this engine's kernel threads have used since they started (their
+    /// scheduler-accounted run time, read from Linux's `/proc/thread-self`), or `None` where
+    /// that is not available. Work outside the kernels (sampling, proofs, I/O) is not in it.
+    pub fn kernel_cpu_time(&self) -> Option<Duration> {
+        self.pool
+            .broadcast(|_| crate::sched::thread_cpu_time())
+            .into_iter()
+            .sum()
     }
 
     pub fn profile(&self) -> KernelProfile {
@@ -187,6 +208,35 @@ impl Engine {
         logits_from: usize,
         patience: Duration,
     ) -> Result<ForwardOut> {
+        Ok(self
+            .background_prefill(tokens, logits_from, patience, false)?
+            .0)
+    }
+
+    /// [`Engine::prefill_all_background`] that takes positions before `logits_from` from the
+    /// prefix cache where it holds them (their KV and hidden states, bit-identical to
+    /// computing them: the kernel profile's guarantee), and remembers the whole sequence for
+    /// the next prefill or generation that shares its prefix. A validator re-running many
+    /// answers to one system prompt, or the turns of one conversation, computes each prefix
+    /// once. Positions from `logits_from` on (whose hidden states a proof of verification
+    /// digests) are always computed by this call. Returns the result and how many positions
+    /// came from the cache.
+    pub fn prefill_all_background_cached(
+        &self,
+        tokens: &[u32],
+        logits_from: usize,
+        patience: Duration,
+    ) -> Result<(ForwardOut, usize)> {
+        self.background_prefill(tokens, logits_from, patience, true)
+    }
+
+    fn background_prefill(
+        &self,
+        tokens: &[u32],
+        logits_from: usize,
+        patience: Duration,
+        reuse: bool,
+    ) -> Result<(ForwardOut, usize)> {
         let mut cache = self.new_cache(tokens.len())?;
         if tokens.is_empty() {
             return Err(EngineError::EmptyPrompt);
@@ -195,10 +245,17 @@ impl Engine {
         let mut patient = true;
         let d = self.model.cfg.d_model;
         let logits_from = logits_from.min(tokens.len());
+        let hit = if reuse {
+            let mut pc = self.prefix.lock().unwrap_or_else(|e| e.into_inner());
+            pc.lookup(tokens, logits_from, d, &mut cache)
+        } else {
+            PrefixHit::default()
+        };
         let mut hidden = Vec::with_capacity(tokens.len() * d);
+        hidden.extend_from_slice(&hit.hidden);
         let mut logits = Vec::new();
-        for (i, chunk) in tokens.chunks(BACKGROUND_CHUNK).enumerate() {
-            let start = i * BACKGROUND_CHUNK;
+        for (i, chunk) in tokens[hit.len..].chunks(BACKGROUND_CHUNK).enumerate() {
+            let start = hit.len + i * BACKGROUND_CHUNK;
             let from = logits_from.saturating_sub(start).min(chunk.len());
             let (idle, out) = self.gate.background(patient.then_some(deadline), || {
                 self.forward(chunk, &mut cache, from)
@@ -208,11 +265,20 @@ impl Engine {
             hidden.extend_from_slice(&out.hidden);
             logits.extend_from_slice(&out.logits);
         }
-        Ok(ForwardOut {
-            hidden,
-            logits,
-            logits_from,
-        })
+        if reuse {
+            self.prefix
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(tokens, &cache, &hidden);
+        }
+        Ok((
+            ForwardOut {
+                hidden,
+                logits,
+                logits_from,
+            },
+            hit.len,
+        ))
     }
 
     /// A background turn on this engine that waits for idleness until `deadline` (None: at

@@ -31,6 +31,26 @@ pub fn deadline_after(patience: Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// The CPU time the calling thread has used, from Linux's `/proc/thread-self/schedstat`
+/// (nanoseconds on CPU) or, without scheduler statistics, `/proc/thread-self/stat` (user and
+/// system time in the fixed 1/100 s ticks of that interface); `None` elsewhere.
+pub fn thread_cpu_time() -> Option<Duration> {
+    if let Ok(s) = std::fs::read_to_string("/proc/thread-self/schedstat") {
+        if let Some(ns) = s.split_whitespace().next().and_then(|f| f.parse().ok()) {
+            if ns > 0 {
+                return Some(Duration::from_nanos(ns));
+            }
+        }
+    }
+    let s = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the parenthesized command name (which may hold spaces): utime and stime
+    // are the 14th and 15th fields of the line, the 12th and 13th after it.
+    let rest = &s[s.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let ticks: u64 = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// Counts running interactive work and wakes background work when it drops to zero.
 #[derive(Default)]
 pub struct Gate {

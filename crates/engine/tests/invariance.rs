@@ -414,6 +414,117 @@ fn background_prefill_is_bit_identical_and_yields_to_generation() {
 }
 
 #[test]
+fn a_cached_background_prefill_reuses_only_the_prompt_and_gives_the_same_bits() {
+    use std::time::Duration;
+    let patience = Duration::from_secs(5);
+    for wtype in [WType::Q4_1, WType::F32] {
+        let spec = TinySpec {
+            wtype,
+            ..TinySpec::default()
+        };
+        let e = load(&spec, 2, 64 << 20);
+        let prompt = tokens(37, e.model.cfg.vocab);
+        let mut a = prompt.clone();
+        a.extend([3, 4, 5, 6, 7]);
+        let mut b = prompt.clone();
+        b.extend([9, 8, 7]);
+        let from = prompt.len() - 1;
+        for (seq, want_reused) in [(&a, 0), (&b, from), (&a, from)] {
+            let want = e.prefill_all(seq, from).unwrap();
+            let (got, reused) = e
+                .prefill_all_background_cached(seq, from, patience)
+                .unwrap();
+            assert_eq!(reused, want_reused, "{wtype:?}");
+            assert_eq!(got.logits_from, want.logits_from);
+            assert_eq!(bits(&got.hidden), bits(&want.hidden), "{wtype:?}");
+            assert_eq!(bits(&got.logits), bits(&want.logits), "{wtype:?}");
+        }
+        // A sequence the cache holds whole still has its positions from logits_from on
+        // computed (and they are the same bits).
+        let (again, reused) = e.prefill_all_background_cached(&a, 2, patience).unwrap();
+        assert_eq!(reused, 2);
+        assert_eq!(
+            bits(&again.hidden),
+            bits(&e.prefill_all(&a, 2).unwrap().hidden)
+        );
+        // With no cache budget nothing is reused.
+        let cold = load(&spec, 2, 0);
+        cold.prefill_all_background_cached(&a, from, patience)
+            .unwrap();
+        assert_eq!(
+            cold.prefill_all_background_cached(&a, from, patience)
+                .unwrap()
+                .1,
+            0
+        );
+    }
+}
+
+#[test]
+fn an_engine_sharing_a_gate_yields_to_the_other_and_counts_its_own_cpu_time() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let spec = TinySpec::default();
+    let worker = Arc::new(load(&spec, 2, 0));
+    let validator = Arc::new(load(&spec, 2, 0).sharing_gate(&worker));
+    let toks = tokens(
+        3 * deai_engine::sched::BACKGROUND_CHUNK,
+        worker.model.cfg.vocab,
+    );
+    let want = bits(&worker.prefill_all(&toks, 0).unwrap().hidden);
+
+    // Kernel CPU time: each engine's own pool, growing only with its own work.
+    let (Some(w0), Some(v0)) = (worker.kernel_cpu_time(), validator.kernel_cpu_time()) else {
+        // Not Linux: nothing to count with; the gate is still checked below.
+        eprintln!("no per-thread CPU time here");
+        return;
+    };
+    for _ in 0..200 {
+        validator.prefill_all(&toks, 0).unwrap();
+    }
+    let (w1, v1) = (
+        worker.kernel_cpu_time().unwrap(),
+        validator.kernel_cpu_time().unwrap(),
+    );
+    assert!(
+        v1 > v0,
+        "the validator's work was not counted: {v0:?} -> {v1:?}"
+    );
+    assert!(
+        w1 - w0 < (v1 - v0) / 4,
+        "the worker's pool was charged for the validator's work: worker {:?}, validator {:?}",
+        w1 - w0,
+        v1 - v0
+    );
+
+    // Generation on the worker's engine holds off background work on the validator's.
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let w2 = worker.clone();
+    let holder = std::thread::spawn(move || {
+        let _g = w2.interactive();
+        held_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+    });
+    held_rx.recv().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let v2 = validator.clone();
+    std::thread::spawn(move || {
+        let out = v2
+            .prefill_all_background(&toks, 0, Duration::from_secs(60))
+            .unwrap();
+        tx.send(bits(&out.hidden)).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "the validator's engine ran while the worker's generated"
+    );
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), want);
+}
+
+#[test]
 fn logprobs_describe_the_validators_logits_and_leave_the_tokens_alone() {
     let e = load(&TinySpec::default(), 2, 0);
     let prompt = tokens(6, e.model.cfg.vocab);

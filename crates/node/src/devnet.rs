@@ -1,4 +1,5 @@
-//! `deai devnet`: the whole network in one process on loopback — a 4-validator chain
+//! `deai devnet`: the whole network in one process on loopback — a 4-validator chain (or
+//! as many as [`DevnetOptions::validators`] asks)
 //! (commonware simplex, real p2p on loopback ports, on-disk storage), workers serving the
 //! real model, every chain validator also verifying receipts, and an OpenAI-compatible
 //! gateway. Its directory holds everything; starting again on the same directory resumes it
@@ -40,9 +41,12 @@ pub struct DevnetOptions {
     pub dir: PathBuf,
     pub model_path: PathBuf,
     pub model_name: String,
-    /// Chain p2p on `base_port..+4`, chain HTTP on `+100..`, gateway on `+200`, workers on
-    /// `+201..`.
+    /// Chain p2p on `base_port..+validators`, chain HTTP on `+100..`, gateway on `+200`,
+    /// workers on `+201..`.
     pub base_port: u16,
+    /// Validators of a new devnet's chain (4 to 99; ignored when resuming: the chain keeps
+    /// its own).
+    pub validators: usize,
     /// One entry per worker: how it lies (`None`: honest).
     pub workers: Vec<Option<Arc<dyn Tamper>>>,
     /// Cheating workers answer their capability challenge honestly and cheat afterwards
@@ -51,6 +55,10 @@ pub struct DevnetOptions {
     /// Price per 1000 tokens of each worker (the same for all).
     pub price_per_1k: u64,
     pub engine: Arc<Engine>,
+    /// The engine the validators re-execute on, when not `engine` (`deai bench verify-load`
+    /// gives them their own kernel threads, sharing `engine`'s gate, to count their CPU
+    /// time apart from the workers').
+    pub verify_engine: Option<Arc<Engine>>,
     pub model_id: Hash256,
     /// Chain parameters for a new devnet (ignored when resuming).
     pub params: Params,
@@ -111,6 +119,11 @@ fn init(opts: &DevnetOptions) -> Result<()> {
     if dir.join("genesis.json").exists() {
         return Ok(());
     }
+    anyhow::ensure!(
+        (4..=99).contains(&opts.validators),
+        "a devnet has 4 to 99 validators, not {}",
+        opts.validators
+    );
     std::fs::create_dir_all(dir.join("keys"))?;
     let mut extra = Vec::new();
     let fund = |name: &str, balance: u64, extra: &mut Vec<GenesisAccount>| -> Result<()> {
@@ -139,6 +152,7 @@ fn init(opts: &DevnetOptions) -> Result<()> {
         &InitOptions {
             base_p2p_port: opts.base_port,
             base_http_port: opts.base_port + 100,
+            validators: opts.validators,
             params,
             ..InitOptions::default()
         },
@@ -147,14 +161,16 @@ fn init(opts: &DevnetOptions) -> Result<()> {
     Ok(())
 }
 
-/// Starts the four validators of the chain in `dir` (one process, loopback) and waits until
+/// Starts every validator of the chain in `dir` (one process, loopback) and waits until
 /// they finalize a first block (peers connected); returns their API URLs and a client of the
 /// first.
 pub async fn start_chain(
     ctx: &cw_tokio::Context,
     dir: &Path,
 ) -> Result<(Vec<String>, ChainClient)> {
-    let nodes = local::start_validators(ctx, dir, &[0, 1, 2, 3], &RunOptions::default()).await?;
+    let (_, net) = local::load(dir)?;
+    let all: Vec<usize> = (0..net.validators.len()).collect();
+    let nodes = local::start_validators(ctx, dir, &all, &RunOptions::default()).await?;
     let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
     let ledger = ChainClient::new(&urls[0]);
     let t0 = tokio::time::Instant::now();
@@ -240,7 +256,8 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
         // Each validator's lines carry its index (`validator{i=..}`).
         let span = tracing::info_span!("validator", i);
         if !opts.no_verifier.contains(&i) {
-            let v = Arc::new(Verifier::new(s.clone(), opts.engine.clone(), opts.model_id));
+            let engine = opts.verify_engine.as_ref().unwrap_or(&opts.engine).clone();
+            let v = Arc::new(Verifier::new(s.clone(), engine, opts.model_id));
             tokio::spawn(
                 v.clone()
                     .run(Duration::from_millis(200))
