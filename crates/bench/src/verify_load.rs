@@ -20,8 +20,9 @@
 //!   engine, inside the running devnet (its consensus shares the cores, no job in flight):
 //!   output tokens / wall time. One isolated prefill of the same prompt and answer on the
 //!   validators' engine beside one generation gives the per-job re-execution cost
-//!   (`reexec_per_generation`), and with the sample rate and committee size the expected
-//!   overhead;
+//!   (`reexec_per_generation`, with the prompt in the validator's prefix cache as a validator
+//!   that saw it before has it; `_cold` without), and with the sample rate and committee
+//!   size the expected overhead;
 //! - **load**: `jobs` streaming chat requests from one client, back to back, through the
 //!   gateway; then every job must settle (`settle_secs`);
 //! - **measured**: `verify_overhead` = the validators' kernel CPU time / the workers' over the
@@ -121,8 +122,11 @@ pub struct Report {
     pub verify_cpu_s: f64,
     /// `verify_cpu_s / generate_cpu_s`.
     pub verify_overhead: f64,
-    /// One re-execution's kernel CPU time / one generation's, alone on the engines.
+    /// One re-execution's kernel CPU time / one generation's (prompt in the worker's prefix
+    /// cache), alone on the engines: with the prompt in the validator's prefix cache as well
+    /// (what a validator that saw the prompt before runs), and cold.
     pub reexec_per_generation: f64,
+    pub reexec_per_generation_cold: f64,
     /// `sample_rate x committee_size x reexec_per_generation`: the overhead with every
     /// sampled job judged by its committee alone (no escalation).
     pub expected_overhead: f64,
@@ -340,7 +344,7 @@ async fn measure(
     eprintln!("bare engine, {} runs, and one re-execution ...", o.reps);
     let (engine, verify) = (o.engine.clone(), o.verify_engine.clone());
     let ids2 = ids.clone();
-    let (bare_tps, reexec_per_generation) = tokio::task::spawn_blocking(move || {
+    let (bare_tps, reexec_per_generation, reexec_cold) = tokio::task::spawn_blocking(move || {
         bare_once(&engine, &ids2, &gen)?; // the prompt into the prefix cache, as the workers
         let (mut tokens, mut secs) = (0usize, 0f64);
         for _ in 0..o.reps {
@@ -354,13 +358,18 @@ async fn measure(
         let g1 = cpu(&engine)?;
         let mut all = ids2.clone();
         all.extend(&g.output_tokens);
+        // The re-execution a validator runs (prefill over prompt + output, logits from the
+        // last prompt position): cold, then with the prompt in its prefix cache.
+        let from = ids2.len() - 1;
         let v0 = cpu(&verify)?;
-        verify.prefill_all(&all, ids2.len())?;
+        verify.prefill_all(&all[..all.len() - 1], from)?;
         let v1 = cpu(&verify)?;
-        anyhow::Ok((
-            tokens as f64 / secs,
-            (v1 - v0).as_secs_f64() / (g1 - g0).as_secs_f64().max(1e-9),
-        ))
+        verify.prefill_all_background_cached(&all[..all.len() - 1], from, Duration::ZERO)?;
+        let v2 = cpu(&verify)?;
+        verify.prefill_all_background_cached(&all[..all.len() - 1], from, Duration::ZERO)?;
+        let v3 = cpu(&verify)?;
+        let per = |v: Duration| v.as_secs_f64() / (g1 - g0).as_secs_f64().max(1e-9);
+        anyhow::Ok((tokens as f64 / secs, per(v3 - v2), per(v1 - v0)))
     })
     .await??;
 
@@ -478,6 +487,7 @@ async fn measure(
         verify_cpu_s: r(ver_cpu),
         verify_overhead: r(ver_cpu / gen_cpu.max(1e-9)),
         reexec_per_generation: r(reexec_per_generation),
+        reexec_per_generation_cold: r(reexec_cold),
         expected_overhead: r(s * params.committee_size as f64 * reexec_per_generation),
         sampled: count(&was_sampled),
         escalated: count(&|j| j.escalated),
@@ -535,6 +545,7 @@ mod tests {
             verify_cpu_s: 0.5,
             verify_overhead: 0.05,
             reexec_per_generation: 0.2,
+            reexec_per_generation_cold: 0.5,
             expected_overhead: 0.06,
             sampled: 1,
             escalated: 0,

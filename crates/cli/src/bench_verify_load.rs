@@ -125,12 +125,14 @@ fn print_table(j: &Report) {
     );
     println!(
         "kernel CPU: workers {:.1} s, validators {:.1} s: verify_overhead {:.3} (expected \
-         {:.3} = sample rate x committee x {:.3} per re-execution); {} sampled, {} escalated",
+         {:.3} = sample rate x committee x {:.3} per re-execution, {:.3} cold); {} sampled, \
+         {} escalated",
         j.generate_cpu_s,
         j.verify_cpu_s,
         j.verify_overhead,
         j.expected_overhead,
         j.reexec_per_generation,
+        j.reexec_per_generation_cold,
         j.sampled,
         j.escalated
     );

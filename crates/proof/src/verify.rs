@@ -378,7 +378,11 @@ fn run_prefill(
         Err(format!("token #{i} is outside the vocabulary ({vocab})"))
     } else {
         match patience {
-            Some(patience) => engine.prefill_all_background(&fed, p - 1, patience),
+            // A prompt prefix this engine computed before is taken from its prefix cache
+            // (the same bits); the output positions are always recomputed.
+            Some(patience) => engine
+                .prefill_all_background_cached(&fed, p - 1, patience)
+                .map(|(out, _)| out),
             None => engine.prefill_all(&fed, p - 1),
         }
         .map_err(|e| e.to_string())
