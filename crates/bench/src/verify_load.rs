@@ -17,8 +17,9 @@
 //! neither.
 //!
 //! - **bare**: `Engine::generate` on the chat prompt the gateway builds, on the workers'
-//!   engine, inside the running devnet (its consensus shares the cores, no job in flight):
-//!   output tokens / wall time. One isolated prefill of the same prompt and answer on the
+//!   engine, inside the running devnet (its consensus shares the cores, no job in flight),
+//!   `reps` times before the load and again after every job settled: output tokens / wall
+//!   time over both sets. One isolated prefill of the same prompt and answer on the
 //!   validators' engine beside one generation gives the per-job re-execution cost
 //!   (`reexec_per_generation`, with the prompt in the validator's prefix cache as a validator
 //!   that saw it before has it; `_cold` without), and with the sample rate and committee
@@ -71,7 +72,8 @@ pub struct Options {
     pub jobs: usize,
     /// max_tokens of every request.
     pub max_tokens: usize,
-    /// Bare generations (their total tokens / total time is `bare_tps`).
+    /// Bare generations before the load and again after it (their total tokens / total time
+    /// is `bare_tps`).
     pub reps: usize,
     pub seed: u64,
     pub prompt: String,
@@ -117,6 +119,9 @@ pub struct Report {
     pub e2e_tps: f64,
     /// `e2e_tps / bare_tps`.
     pub ratio: f64,
+    /// Background prefill chunks that ran while generation did (out of patience) during the
+    /// load phase: how often verification took the cores from a client.
+    pub forced_chunks: u64,
     /// Kernel CPU seconds over the load phase and its settlement.
     pub generate_cpu_s: f64,
     pub verify_cpu_s: f64,
@@ -135,8 +140,13 @@ pub struct Report {
     pub escalated: usize,
     pub accepted: usize,
     pub rejected: usize,
-    /// Final but neither accepted nor rejected (expired, unresolved), and not final yet.
-    pub other_final: usize,
+    /// Final but neither accepted nor rejected: expired (no receipt in time), unresolved (no
+    /// quorum in time: nobody paid); and not final yet.
+    pub expired: usize,
+    pub unresolved: usize,
+    /// Whether each of those was a cheater's job (`worker` then names it), with its
+    /// committee and escalation, for a run that has any.
+    pub unsettled: Vec<String>,
     pub pending: usize,
     /// Jobs the cheaters served (receipt posted), of those sampled, rejected, and paid.
     pub cheats: usize,
@@ -145,6 +155,9 @@ pub struct Report {
     pub cheats_paid: usize,
     /// `cheats_sampled / cheats`: the detection probability per cheating job.
     pub detection_rate: f64,
+    /// What cheating brought the cheaters in all: pay minus slashes, from their worker
+    /// records (their capability challenges, answered honestly, included).
+    pub cheaters_net: i64,
     /// The lazy validator's fee income and slashes, against an honest validator's mean.
     pub lazy_validator_earned: u64,
     pub lazy_validator_slashed: u64,
@@ -185,6 +198,15 @@ impl Report {
         }
         if self.false_slashes > 0 {
             f.push(format!("{} false slashes", self.false_slashes));
+        }
+        if self.cheaters_net > 0 {
+            f.push(format!("the cheaters came out {} ahead", self.cheaters_net));
+        }
+        if self.expired + self.unresolved + self.pending > 0 {
+            f.push(format!(
+                "{} jobs expired, {} unresolved, {} not final",
+                self.expired, self.unresolved, self.pending
+            ));
         }
         if self.lost > 0 {
             f.push(format!("{} requests lost", self.lost));
@@ -344,37 +366,34 @@ async fn measure(
     eprintln!("bare engine, {} runs, and one re-execution ...", o.reps);
     let (engine, verify) = (o.engine.clone(), o.verify_engine.clone());
     let ids2 = ids.clone();
-    let (bare_tps, reexec_per_generation, reexec_cold) = tokio::task::spawn_blocking(move || {
-        bare_once(&engine, &ids2, &gen)?; // the prompt into the prefix cache, as the workers
-        let (mut tokens, mut secs) = (0usize, 0f64);
-        for _ in 0..o.reps {
-            let t0 = Instant::now();
-            tokens += bare_once(&engine, &ids2, &gen)?.tokens;
-            secs += t0.elapsed().as_secs_f64();
-        }
-        ensure!(tokens > 0, "the bare runs generated nothing");
-        let g0 = cpu(&engine)?;
-        let g = engine.generate(&ids2, &gen, |_| {})?;
-        let g1 = cpu(&engine)?;
-        let mut all = ids2.clone();
-        all.extend(&g.output_tokens);
-        // The re-execution a validator runs (prefill over prompt + output, logits from the
-        // last prompt position): cold, then with the prompt in its prefix cache.
-        let from = ids2.len() - 1;
-        let v0 = cpu(&verify)?;
-        verify.prefill_all(&all[..all.len() - 1], from)?;
-        let v1 = cpu(&verify)?;
-        verify.prefill_all_background_cached(&all[..all.len() - 1], from, Duration::ZERO)?;
-        let v2 = cpu(&verify)?;
-        verify.prefill_all_background_cached(&all[..all.len() - 1], from, Duration::ZERO)?;
-        let v3 = cpu(&verify)?;
-        let per = |v: Duration| v.as_secs_f64() / (g1 - g0).as_secs_f64().max(1e-9);
-        anyhow::Ok((tokens as f64 / secs, per(v3 - v2), per(v1 - v0)))
-    })
-    .await??;
+    let g = gen.clone();
+    let (bare_before, reexec_per_generation, reexec_cold) =
+        tokio::task::spawn_blocking(move || {
+            bare_once(&engine, &ids2, &g)?; // the prompt into the prefix cache, as the workers
+            let bare = bare_runs(&engine, &ids2, &g, o.reps)?;
+            let g0 = cpu(&engine)?;
+            let g = engine.generate(&ids2, &g, |_| {})?;
+            let g1 = cpu(&engine)?;
+            let mut all = ids2.clone();
+            all.extend(&g.output_tokens);
+            // The re-execution a validator runs (prefill over prompt + output, logits from the
+            // last prompt position): cold, then with the prompt in its prefix cache.
+            let from = ids2.len() - 1;
+            let v0 = cpu(&verify)?;
+            verify.prefill_all(&all[..all.len() - 1], from)?;
+            let v1 = cpu(&verify)?;
+            verify.prefill_all_background_cached(&all[..all.len() - 1], from, Duration::ZERO)?;
+            let v2 = cpu(&verify)?;
+            verify.prefill_all_background_cached(&all[..all.len() - 1], from, Duration::ZERO)?;
+            let v3 = cpu(&verify)?;
+            let per = |v: Duration| v.as_secs_f64() / (g1 - g0).as_secs_f64().max(1e-9);
+            anyhow::Ok((bare, per(v3 - v2), per(v1 - v0)))
+        })
+        .await??;
 
     // The load: one client, back to back.
     let (w0, v0) = (cpu(&o.engine)?, cpu(&o.verify_engine)?);
+    let forced0 = o.engine.yield_stats().forced_chunks;
     eprintln!("{} requests through the gateway ...", o.jobs);
     let http = reqwest::Client::new();
     let (mut tokens, mut secs, mut lost) = (0u64, 0f64, 0usize);
@@ -414,7 +433,13 @@ async fn measure(
     }
     let settle_s = t0.elapsed().as_secs_f64();
     let (w1, v1) = (cpu(&o.engine)?, cpu(&o.verify_engine)?);
+    let forced_chunks = o.engine.yield_stats().forced_chunks - forced0;
     let (gen_cpu, ver_cpu) = ((w1 - w0).as_secs_f64(), (v1 - v0).as_secs_f64());
+    // Bare again, the chain idle as before the load: the mean of both sets.
+    let (engine, ids2, reps) = (o.engine.clone(), ids.clone(), o.reps);
+    let bare_after =
+        tokio::task::spawn_blocking(move || bare_runs(&engine, &ids2, &gen, reps)).await??;
+    let bare_tps = (bare_before.0 + bare_after.0) as f64 / (bare_before.1 + bare_after.1).max(1e-9);
 
     let count = |f: &dyn Fn(&Job) -> bool| jobs.iter().filter(|(_, j)| f(j)).count();
     let was_sampled = |j: &Job| j.sampled_at.is_some() || !j.committee.is_empty();
@@ -453,8 +478,11 @@ async fn measure(
         per_validator.push(row);
     }
     per_validator.sort_by_key(|v| v.index);
+    let mut cheaters_net = 0i64;
     for w in chain.workers().await? {
-        if !roles.cheaters.contains(&w.address) && w.worker.jobs_rejected > 0 {
+        if roles.cheaters.contains(&w.address) {
+            cheaters_net += w.worker.earned as i64 - w.worker.slashed as i64;
+        } else if w.worker.jobs_rejected > 0 {
             false_slashes += w.worker.jobs_rejected;
         }
     }
@@ -493,15 +521,34 @@ async fn measure(
         escalated: count(&|j| j.escalated),
         accepted: status(JobStatus::Accepted),
         rejected: status(JobStatus::Rejected),
-        other_final: count(&|j| {
-            j.status.is_final() && !matches!(j.status, JobStatus::Accepted | JobStatus::Rejected)
-        }),
+        expired: status(JobStatus::Expired),
+        unresolved: status(JobStatus::Unresolved),
+        unsettled: jobs
+            .iter()
+            .filter(|(_, j)| !matches!(j.status, JobStatus::Accepted | JobStatus::Rejected))
+            .map(|(id, j)| {
+                format!(
+                    "job {id}: {:?}, cheater's: {}, receipt: {}, committee of {}, escalated: {}, \
+                     {} verdicts, {} commits, {} reveals",
+                    j.status,
+                    j.worker.is_some_and(|w| roles.cheaters.contains(&w)),
+                    j.receipt.is_some(),
+                    j.committee.len(),
+                    j.escalated,
+                    j.verdicts.len(),
+                    j.commits.len(),
+                    j.povs.len()
+                )
+            })
+            .collect(),
         pending: count(&|j| !j.status.is_final()),
         cheats,
         cheats_sampled,
         cheats_caught,
         cheats_paid,
         detection_rate: r(cheats_sampled as f64 / cheats.max(1) as f64),
+        cheaters_net,
+        forced_chunks,
         lazy_validator_earned: lazy_row.earned,
         lazy_validator_slashed: lazy_row.slashed,
         lazy_validator_assigned: lazy_row.assigned,
@@ -513,6 +560,23 @@ async fn measure(
         settle_s: r(settle_s),
         problems,
     })
+}
+
+/// `reps` bare generations: (output tokens, seconds) in all.
+fn bare_runs(
+    e: &Engine,
+    ids: &[u32],
+    gen: &deai_engine::GenParams,
+    reps: usize,
+) -> Result<(usize, f64)> {
+    let (mut tokens, mut secs) = (0usize, 0f64);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        tokens += bare_once(e, ids, gen)?.tokens;
+        secs += t0.elapsed().as_secs_f64();
+    }
+    ensure!(tokens > 0, "the bare runs generated nothing");
+    Ok((tokens, secs))
 }
 
 fn params_for(o: &Options) -> deai_engine::GenParams {
@@ -551,13 +615,17 @@ mod tests {
             escalated: 0,
             accepted: 9,
             rejected: 1,
-            other_final: 0,
+            expired: 0,
+            unresolved: 0,
+            unsettled: vec![],
             pending: 0,
             cheats: 3,
             cheats_sampled: 1,
             cheats_caught: 1,
             cheats_paid: 2,
             detection_rate: 0.333,
+            cheaters_net: -100,
+            forced_chunks: 0,
             lazy_validator_earned: 0,
             lazy_validator_slashed: 1000,
             lazy_validator_assigned: 1,
@@ -580,10 +648,12 @@ mod tests {
             lazy_validator_slashed: 0,
             false_slashes: 1,
             lost: 2,
+            cheaters_net: 1,
+            unresolved: 1,
             ..report()
         };
         let f = missed.failures();
-        assert_eq!(f.len(), 7, "{f:?}");
+        assert_eq!(f.len(), 9, "{f:?}");
         for want in [
             "verify_overhead",
             "e2e_tps",
@@ -592,6 +662,8 @@ mod tests {
             "not slashed",
             "false slashes",
             "lost",
+            "came out",
+            "1 unresolved",
         ] {
             assert!(f.iter().any(|l| l.contains(want)), "{want}: {f:?}");
         }

@@ -107,7 +107,7 @@ fn print_table(j: &Report) {
     );
     println!(
         "{} requests ({} lost), prompt {} tokens, max_tokens {}; {} jobs: {} accepted, {} \
-         rejected, {} other, {} pending after {:.0} s",
+         rejected, {} expired, {} unresolved, {} pending after {:.0} s",
         j.requests,
         j.lost,
         j.prompt_tokens,
@@ -115,13 +115,18 @@ fn print_table(j: &Report) {
         j.jobs,
         j.accepted,
         j.rejected,
-        j.other_final,
+        j.expired,
+        j.unresolved,
         j.pending,
         j.settle_s
     );
+    for u in &j.unsettled {
+        println!("  {u}");
+    }
     println!(
-        "throughput: bare {:.1} tokens/s, end to end {:.1} tokens/s = {:.2}x",
-        j.bare_tps, j.e2e_tps, j.ratio
+        "throughput: bare {:.1} tokens/s, end to end {:.1} tokens/s = {:.2}x; {} re-execution \
+         chunks ran out of patience during generation",
+        j.bare_tps, j.e2e_tps, j.ratio, j.forced_chunks
     );
     println!(
         "kernel CPU: workers {:.1} s, validators {:.1} s: verify_overhead {:.3} (expected \
@@ -137,12 +142,14 @@ fn print_table(j: &Report) {
         j.escalated
     );
     println!(
-        "cheats: {} served, {} sampled ({:.1} %), {} caught, {} paid",
+        "cheats: {} served, {} sampled ({:.1} %), {} caught, {} paid; the cheaters' pay minus \
+         slashes: {}",
         j.cheats,
         j.cheats_sampled,
         j.detection_rate * 100.0,
         j.cheats_caught,
-        j.cheats_paid
+        j.cheats_paid,
+        j.cheaters_net
     );
     println!(
         "lazy validator: earned {}, slashed {} over {} committees; honest validators earned \

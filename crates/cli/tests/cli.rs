@@ -798,6 +798,7 @@ fn bench_verify_load_reports_what_verification_costs_and_catches() {
     assert_eq!(n("lazy_validator_earned"), 0, "{r}");
     assert_eq!(n("cheats_caught"), n("cheats_sampled"), "{r}");
     assert!(n("cheats_caught") <= n("rejected"), "{r}");
+    assert!(r["cheaters_net"].is_i64(), "{r}");
     assert!(f("bare_tps") > 0.0 && f("e2e_tps") > 0.0, "{r}");
     assert!(f("generate_cpu_s") > 0.0, "{r}");
     if n("sampled") > 0 {
