@@ -81,6 +81,8 @@ pub struct Options {
     pub settle_secs: u64,
     /// First loopback port of the devnet; `None`: a free range.
     pub port_base: Option<u16>,
+    /// The chain's sample rate; `None`: `Params::default()`'s.
+    pub sample_rate_bps: Option<u64>,
 }
 
 /// One validator's record at the end of the run.
@@ -119,9 +121,10 @@ pub struct Report {
     pub e2e_tps: f64,
     /// `e2e_tps / bare_tps`.
     pub ratio: f64,
-    /// Background prefill chunks that ran while generation did (out of patience) during the
-    /// load phase: how often verification took the cores from a client.
-    pub forced_chunks: u64,
+    /// Re-executions (or the checks after them) that ran out of patience during the load
+    /// phase and then ran beside generation: how often verification took cores from a
+    /// client.
+    pub patience_timeouts: u64,
     /// Kernel CPU seconds over the load phase and its settlement.
     pub generate_cpu_s: f64,
     pub verify_cpu_s: f64,
@@ -135,6 +138,10 @@ pub struct Report {
     /// `sample_rate x committee_size x reexec_per_generation`: the overhead with every
     /// sampled job judged by its committee alone (no escalation).
     pub expected_overhead: f64,
+    /// The same with cold re-executions (no prompt prefix in the validators' cache): every
+    /// job has its own prompt, or each validator sees it first. All requests of this run
+    /// share one prompt, so the measured overhead is the cached case.
+    pub expected_overhead_cold: f64,
     /// Jobs the beacon sampled, and those that escalated to every validator.
     pub sampled: usize,
     pub escalated: usize,
@@ -144,8 +151,13 @@ pub struct Report {
     /// quorum in time: nobody paid); and not final yet.
     pub expired: usize,
     pub unresolved: usize,
-    /// Whether each of those was a cheater's job (`worker` then names it), with its
-    /// committee and escalation, for a run that has any.
+    /// Of those (expired, unresolved, pending), the ones an honest worker served: a missed
+    /// target. A cheater's job may expire legitimately: once one of its cheats is rejected
+    /// it is inactive, and the chain refuses the receipts it still had to post (the client
+    /// is refunded at the job's timeout).
+    pub honest_unsettled: usize,
+    /// One line per job neither accepted nor rejected: whose, its receipt, committee,
+    /// escalation and votes.
     pub unsettled: Vec<String>,
     pub pending: usize,
     /// Jobs the cheaters served (receipt posted), of those sampled, rejected, and paid.
@@ -202,10 +214,18 @@ impl Report {
         if self.cheaters_net > 0 {
             f.push(format!("the cheaters came out {} ahead", self.cheaters_net));
         }
-        if self.expired + self.unresolved + self.pending > 0 {
+        if self.honest_unsettled > 0 {
             f.push(format!(
-                "{} jobs expired, {} unresolved, {} not final",
-                self.expired, self.unresolved, self.pending
+                "{} honest workers' jobs neither accepted nor rejected ({} expired, {} \
+                 unresolved, {} not final in all)",
+                self.honest_unsettled, self.expired, self.unresolved, self.pending
+            ));
+        }
+        if self.jobs + self.lost != self.requests {
+            f.push(format!(
+                "{} requests answered, {} jobs found on chain",
+                self.requests - self.lost,
+                self.jobs
             ));
         }
         if self.lost > 0 {
@@ -246,6 +266,17 @@ fn r(x: f64) -> f64 {
 fn cpu(e: &Engine) -> Result<Duration> {
     e.kernel_cpu_time()
         .context("per-thread CPU time is not available here (Linux /proc needed)")
+}
+
+/// [`cpu`] off the async runtime (it waits for every kernel thread of the pool).
+async fn cpu_now(e: &Arc<Engine>) -> Result<Duration> {
+    let e = e.clone();
+    tokio::task::spawn_blocking(move || cpu(&e)).await?
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Every job `client` opened (all pages).
@@ -307,6 +338,7 @@ pub fn run(o: &Options) -> Result<Report> {
             challenge_window: windows.challenge_window,
             verdict_window: windows.verdict_window,
             job_timeout: windows.job_timeout,
+            sample_rate_bps: o.sample_rate_bps.unwrap_or(defaults.sample_rate_bps),
             ..defaults
         }
         .fit_periods(deai_ledger::state::DEFAULT_EPOCH_LENGTH),
@@ -362,8 +394,8 @@ async fn measure(
     let params = chain.params().await?;
     let gen = params_for(&o);
 
-    // Bare, inside the running devnet, and one re-execution against one generation.
-    eprintln!("bare engine, {} runs, and one re-execution ...", o.reps);
+    // Bare, inside the running devnet, and re-executions against generations.
+    eprintln!("bare engine and re-execution, {} runs each ...", o.reps);
     let (engine, verify) = (o.engine.clone(), o.verify_engine.clone());
     let ids2 = ids.clone();
     let g = gen.clone();
@@ -371,28 +403,35 @@ async fn measure(
         tokio::task::spawn_blocking(move || {
             bare_once(&engine, &ids2, &g)?; // the prompt into the prefix cache, as the workers
             let bare = bare_runs(&engine, &ids2, &g, o.reps)?;
-            let g0 = cpu(&engine)?;
-            let g = engine.generate(&ids2, &g, |_| {})?;
-            let g1 = cpu(&engine)?;
-            let mut all = ids2.clone();
-            all.extend(&g.output_tokens);
             // The re-execution a validator runs (prefill over prompt + output, logits from the
-            // last prompt position): cold, then with the prompt in its prefix cache.
-            let from = ids2.len() - 1;
-            let v0 = cpu(&verify)?;
-            verify.prefill_all(&all[..all.len() - 1], from)?;
-            let v1 = cpu(&verify)?;
-            verify.prefill_all_background_cached(&all[..all.len() - 1], from, Duration::ZERO)?;
-            let v2 = cpu(&verify)?;
-            verify.prefill_all_background_cached(&all[..all.len() - 1], from, Duration::ZERO)?;
-            let v3 = cpu(&verify)?;
-            let per = |v: Duration| v.as_secs_f64() / (g1 - g0).as_secs_f64().max(1e-9);
-            anyhow::Ok((bare, per(v3 - v2), per(v1 - v0)))
+            // last prompt position) against one generation, `reps` times: with the prompt in
+            // the validator's prefix cache, and cold.
+            let (mut cached, mut cold) = (Vec::new(), Vec::new());
+            for _ in 0..o.reps {
+                let g0 = cpu(&engine)?;
+                let out = engine.generate(&ids2, &g, |_| {})?;
+                let g1 = cpu(&engine)?;
+                let mut all = ids2.clone();
+                all.extend(&out.output_tokens);
+                let fed = &all[..all.len() - 1];
+                let from = ids2.len() - 1;
+                let v0 = cpu(&verify)?;
+                verify.prefill_all(fed, from)?;
+                let v1 = cpu(&verify)?;
+                verify.prefill_all_background_cached(fed, from, Duration::ZERO)?;
+                let v2 = cpu(&verify)?;
+                verify.prefill_all_background_cached(fed, from, Duration::ZERO)?;
+                let v3 = cpu(&verify)?;
+                let per = |v: Duration| v.as_secs_f64() / (g1 - g0).as_secs_f64().max(1e-9);
+                cached.push(per(v3 - v2));
+                cold.push(per(v1 - v0));
+            }
+            anyhow::Ok((bare, median(&mut cached), median(&mut cold)))
         })
         .await??;
 
     // The load: one client, back to back.
-    let (w0, v0) = (cpu(&o.engine)?, cpu(&o.verify_engine)?);
+    let (w0, v0) = (cpu_now(&o.engine).await?, cpu_now(&o.verify_engine).await?);
     let forced0 = o.engine.yield_stats().forced_chunks;
     eprintln!("{} requests through the gateway ...", o.jobs);
     let http = reqwest::Client::new();
@@ -427,13 +466,15 @@ async fn measure(
             .collect()
     };
     let mut jobs = load_jobs(jobs_of(&chain, &info.client).await?);
-    while jobs.iter().any(|(_, j)| !j.status.is_final()) && t0.elapsed() < settle {
+    while (jobs.len() < sent.len() || jobs.iter().any(|(_, j)| !j.status.is_final()))
+        && t0.elapsed() < settle
+    {
         tokio::time::sleep(Duration::from_millis(500)).await;
         jobs = load_jobs(jobs_of(&chain, &info.client).await?);
     }
     let settle_s = t0.elapsed().as_secs_f64();
-    let (w1, v1) = (cpu(&o.engine)?, cpu(&o.verify_engine)?);
-    let forced_chunks = o.engine.yield_stats().forced_chunks - forced0;
+    let (w1, v1) = (cpu_now(&o.engine).await?, cpu_now(&o.verify_engine).await?);
+    let patience_timeouts = o.engine.yield_stats().forced_chunks - forced0;
     let (gen_cpu, ver_cpu) = ((w1 - w0).as_secs_f64(), (v1 - v0).as_secs_f64());
     // Bare again, the chain idle as before the load: the mean of both sets.
     let (engine, ids2, reps) = (o.engine.clone(), ids.clone(), o.reps);
@@ -517,12 +558,17 @@ async fn measure(
         reexec_per_generation: r(reexec_per_generation),
         reexec_per_generation_cold: r(reexec_cold),
         expected_overhead: r(s * params.committee_size as f64 * reexec_per_generation),
+        expected_overhead_cold: r(s * params.committee_size as f64 * reexec_cold),
         sampled: count(&was_sampled),
         escalated: count(&|j| j.escalated),
         accepted: status(JobStatus::Accepted),
         rejected: status(JobStatus::Rejected),
         expired: status(JobStatus::Expired),
         unresolved: status(JobStatus::Unresolved),
+        honest_unsettled: count(&|j| {
+            !matches!(j.status, JobStatus::Accepted | JobStatus::Rejected)
+                && !j.worker.is_some_and(|w| roles.cheaters.contains(&w))
+        }),
         unsettled: jobs
             .iter()
             .filter(|(_, j)| !matches!(j.status, JobStatus::Accepted | JobStatus::Rejected))
@@ -548,7 +594,7 @@ async fn measure(
         cheats_paid,
         detection_rate: r(cheats_sampled as f64 / cheats.max(1) as f64),
         cheaters_net,
-        forced_chunks,
+        patience_timeouts,
         lazy_validator_earned: lazy_row.earned,
         lazy_validator_slashed: lazy_row.slashed,
         lazy_validator_assigned: lazy_row.assigned,
@@ -611,12 +657,14 @@ mod tests {
             reexec_per_generation: 0.2,
             reexec_per_generation_cold: 0.5,
             expected_overhead: 0.06,
+            expected_overhead_cold: 0.15,
             sampled: 1,
             escalated: 0,
             accepted: 9,
             rejected: 1,
             expired: 0,
             unresolved: 0,
+            honest_unsettled: 0,
             unsettled: vec![],
             pending: 0,
             cheats: 3,
@@ -625,7 +673,7 @@ mod tests {
             cheats_paid: 2,
             detection_rate: 0.333,
             cheaters_net: -100,
-            forced_chunks: 0,
+            patience_timeouts: 0,
             lazy_validator_earned: 0,
             lazy_validator_slashed: 1000,
             lazy_validator_assigned: 1,
@@ -650,10 +698,11 @@ mod tests {
             lost: 2,
             cheaters_net: 1,
             unresolved: 1,
+            honest_unsettled: 1,
             ..report()
         };
         let f = missed.failures();
-        assert_eq!(f.len(), 9, "{f:?}");
+        assert_eq!(f.len(), 10, "{f:?}");
         for want in [
             "verify_overhead",
             "e2e_tps",
@@ -663,7 +712,8 @@ mod tests {
             "false slashes",
             "lost",
             "came out",
-            "1 unresolved",
+            "1 honest workers' jobs",
+            "jobs found on chain",
         ] {
             assert!(f.iter().any(|l| l.contains(want)), "{want}: {f:?}");
         }
@@ -692,6 +742,7 @@ mod tests {
             prompt: "hi".into(),
             settle_secs: 1,
             port_base: None,
+            sample_rate_bps: None,
         };
         for (bad, want) in [
             (

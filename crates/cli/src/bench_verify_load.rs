@@ -41,6 +41,9 @@ pub struct VerifyLoadBench {
     /// Longest wait at the end for every job to be final on chain.
     #[arg(long, default_value_t = 300)]
     settle_secs: u64,
+    /// The chain's sample rate in basis points (default: the chain default, 1000 = 10 %).
+    #[arg(long)]
+    sample_rate_bps: Option<u64>,
     /// First loopback port of the devnet (chain p2p BASE.., chain HTTP BASE+100..,
     /// gateway BASE+200, workers BASE+201..); default: a free range.
     #[arg(long)]
@@ -55,6 +58,10 @@ pub struct VerifyLoadBench {
 
 pub fn bench(a: VerifyLoadBench) -> Result<()> {
     verify_load::validate(a.validators, a.workers, a.jobs, a.reps, a.max_tokens)?;
+    if let Some(v) = a.sample_rate_bps {
+        deai_ledger::state::Params::check(deai_ledger::Param::SampleRateBps, v)
+            .map_err(|e| anyhow::anyhow!("--sample-rate-bps: {e}"))?;
+    }
     if a.port_base.is_some_and(|p| p == 0 || p > 65_000) {
         bail!("--port-base must be in 1..=65000");
     }
@@ -75,6 +82,7 @@ pub fn bench(a: VerifyLoadBench) -> Result<()> {
         prompt: a.prompt,
         settle_secs: a.settle_secs,
         port_base: a.port_base,
+        sample_rate_bps: a.sample_rate_bps,
     })?;
     let missed = report.failures();
     if a.json {
@@ -124,19 +132,20 @@ fn print_table(j: &Report) {
         println!("  {u}");
     }
     println!(
-        "throughput: bare {:.1} tokens/s, end to end {:.1} tokens/s = {:.2}x; {} re-execution \
-         chunks ran out of patience during generation",
-        j.bare_tps, j.e2e_tps, j.ratio, j.forced_chunks
+        "throughput: bare {:.1} tokens/s, end to end {:.1} tokens/s = {:.2}x; {} re-executions \
+         ran out of patience and ran beside generation",
+        j.bare_tps, j.e2e_tps, j.ratio, j.patience_timeouts
     );
     println!(
         "kernel CPU: workers {:.1} s, validators {:.1} s: verify_overhead {:.3} (expected \
-         {:.3} = sample rate x committee x {:.3} per re-execution, {:.3} cold); {} sampled, \
-         {} escalated",
+         {:.3} = sample rate x committee x {:.3} per re-execution with the prompt cached; \
+         {:.3} cold at {:.3}); {} sampled, {} escalated",
         j.generate_cpu_s,
         j.verify_cpu_s,
         j.verify_overhead,
         j.expected_overhead,
         j.reexec_per_generation,
+        j.expected_overhead_cold,
         j.reexec_per_generation_cold,
         j.sampled,
         j.escalated

@@ -744,9 +744,11 @@ fn bench_attacks_prints_every_class_and_no_attack_pays() {
     );
 }
 
-/// `deai bench verify-load` on the real model, a few jobs: the JSON's last line carries the
-/// issue's fields; every sampled cheat is caught, no honest party is slashed, the lazy
-/// validator is never paid; bad options are clear errors before a devnet starts.
+/// `deai bench verify-load` on the real model, a few jobs, every receipt sampled: the JSON's
+/// last line carries the fields; every cheat is caught, the lazy validator sits on
+/// committees and is slashed, never paid, and no honest party is slashed; bad options are
+/// clear errors before a devnet starts. (The default 10 % sampling is measured by the bench
+/// itself over 200 jobs: BENCHMARKS.md.)
 #[test]
 fn bench_verify_load_reports_what_verification_costs_and_catches() {
     let env = Env::new();
@@ -756,6 +758,12 @@ fn bench_verify_load_reports_what_verification_costs_and_catches() {
         "validators must be 4..=99",
         "three validators",
     );
+    fails(
+        &env.run(&["bench", "verify-load", "--sample-rate-bps", "10001"]),
+        1,
+        "--sample-rate-bps",
+        "a sample rate over 100 %",
+    );
     let Some(model) = real_model("bench verify-load") else {
         return;
     };
@@ -764,11 +772,13 @@ fn bench_verify_load_reports_what_verification_costs_and_catches() {
             "bench",
             "verify-load",
             "--jobs",
-            "10",
+            "8",
             "--max-tokens",
             "8",
             "--reps",
             "1",
+            "--sample-rate-bps",
+            "10000",
             "--json",
         ],
         &model,
@@ -792,22 +802,21 @@ fn bench_verify_load_reports_what_verification_costs_and_catches() {
     let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k}: {r}"));
     let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k}: {r}"));
     assert_eq!(n("validators"), 7, "{r}");
-    assert_eq!((n("requests"), n("lost"), n("jobs")), (10, 0, 10), "{r}");
+    assert_eq!((n("requests"), n("lost"), n("jobs")), (8, 0, 8), "{r}");
     assert_eq!(n("pending"), 0, "{r}");
-    assert_eq!(n("false_slashes"), 0, "{r}");
+    assert_eq!(n("sampled"), 8, "every receipt is sampled: {r}");
+    // Every cheat sampled and caught; the cheaters lost money.
+    assert_eq!(n("cheats_sampled"), n("cheats"), "{r}");
+    assert_eq!(n("cheats_caught"), n("cheats"), "{r}");
+    assert_eq!(n("cheats_paid"), 0, "{r}");
+    if n("cheats") > 0 {
+        assert!(r["cheaters_net"].as_i64().unwrap() < 0, "{r}");
+    }
+    // The lazy validator (3 of 7 drawn per job) sat on committees: slashed, unpaid.
+    assert!(n("lazy_validator_assigned") > 0, "{r}");
+    assert!(n("lazy_validator_slashed") > 0, "{r}");
     assert_eq!(n("lazy_validator_earned"), 0, "{r}");
-    assert_eq!(n("cheats_caught"), n("cheats_sampled"), "{r}");
-    assert!(n("cheats_caught") <= n("rejected"), "{r}");
-    assert!(r["cheaters_net"].is_i64(), "{r}");
+    assert_eq!(n("false_slashes"), 0, "{r}");
     assert!(f("bare_tps") > 0.0 && f("e2e_tps") > 0.0, "{r}");
-    assert!(f("generate_cpu_s") > 0.0, "{r}");
-    if n("sampled") > 0 {
-        assert!(
-            f("verify_cpu_s") > 0.0,
-            "sampled jobs but no re-execution: {r}"
-        );
-    }
-    if n("lazy_validator_assigned") > 0 {
-        assert!(n("lazy_validator_slashed") > 0, "{r}");
-    }
+    assert!(f("generate_cpu_s") > 0.0 && f("verify_cpu_s") > 0.0, "{r}");
 }

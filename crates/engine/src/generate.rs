@@ -293,7 +293,8 @@ impl Engine {
         self.gate.interactive()
     }
 
-    /// How long background prefills have waited for interactive work on this engine.
+    /// How long background prefills have waited for interactive work on this engine's gate
+    /// (shared by every engine made with [`Engine::sharing_gate`]: the counts are theirs too).
     pub fn yield_stats(&self) -> YieldStats {
         self.gate.stats()
     }

@@ -473,9 +473,35 @@ fn an_engine_sharing_a_gate_yields_to_the_other_and_counts_its_own_cpu_time() {
     );
     let want = bits(&worker.prefill_all(&toks, 0).unwrap().hidden);
 
+    // Generation on the worker's engine holds off background work on the validator's.
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let w2 = worker.clone();
+    let holder = std::thread::spawn(move || {
+        let _g = w2.interactive();
+        held_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+    });
+    held_rx.recv().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (v2, toks2) = (validator.clone(), toks.clone());
+    std::thread::spawn(move || {
+        let out = v2
+            .prefill_all_background(&toks2, 0, Duration::from_secs(60))
+            .unwrap();
+        tx.send(bits(&out.hidden)).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "the validator's engine ran while the worker's generated"
+    );
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), want);
+
     // Kernel CPU time: each engine's own pool, growing only with its own work.
     let (Some(w0), Some(v0)) = (worker.kernel_cpu_time(), validator.kernel_cpu_time()) else {
-        // Not Linux: nothing to count with; the gate is still checked below.
+        // Not Linux: nothing to count with (the gate was checked above).
         eprintln!("no per-thread CPU time here");
         return;
     };
@@ -496,32 +522,6 @@ fn an_engine_sharing_a_gate_yields_to_the_other_and_counts_its_own_cpu_time() {
         w1 - w0,
         v1 - v0
     );
-
-    // Generation on the worker's engine holds off background work on the validator's.
-    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let w2 = worker.clone();
-    let holder = std::thread::spawn(move || {
-        let _g = w2.interactive();
-        held_tx.send(()).unwrap();
-        release_rx.recv().unwrap();
-    });
-    held_rx.recv().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let v2 = validator.clone();
-    std::thread::spawn(move || {
-        let out = v2
-            .prefill_all_background(&toks, 0, Duration::from_secs(60))
-            .unwrap();
-        tx.send(bits(&out.hidden)).unwrap();
-    });
-    assert!(
-        rx.recv_timeout(Duration::from_millis(200)).is_err(),
-        "the validator's engine ran while the worker's generated"
-    );
-    release_tx.send(()).unwrap();
-    holder.join().unwrap();
-    assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), want);
 }
 
 #[test]

@@ -380,19 +380,23 @@ fn run_prefill(
         match patience {
             // A prompt prefix this engine computed before is taken from its prefix cache
             // (the same bits); the output positions are always recomputed.
-            Some(patience) => engine
-                .prefill_all_background_cached(&fed, p - 1, patience)
-                .map(|(out, _)| out),
-            None => engine.prefill_all(&fed, p - 1),
+            Some(patience) => engine.prefill_all_background_cached(&fed, p - 1, patience),
+            None => engine.prefill_all(&fed, p - 1).map(|out| (out, 0)),
         }
         .map_err(|e| e.to_string())
     };
     match forward {
-        Ok(o) => (
+        Ok((o, reused)) => (
             check(
                 "prefill",
                 true,
-                format!("{} positions recomputed", fed.len()),
+                match reused {
+                    0 => format!("{} positions recomputed", fed.len()),
+                    n => format!(
+                        "{} positions recomputed, {n} prompt positions from the prefix cache",
+                        fed.len() - n
+                    ),
+                },
                 None,
             ),
             Some(o),
