@@ -37,15 +37,8 @@ pub struct NetworkBench {
     /// queue: keep each short enough that the gateway's 120 s worker timeout is not reached).
     #[arg(long, default_value_t = 32)]
     concurrent_max_tokens: usize,
-    /// Sampler seed of every request (greedy: temperature 0).
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// The user message (the default answer runs to max_tokens).
-    #[arg(
-        long,
-        default_value = "Explain in a few sentences how a lighthouse works."
-    )]
-    prompt: String,
+    #[command(flatten)]
+    request: crate::bench::ChatRequestArgs,
     /// Longest wait at the end for every job of the run to be final on chain.
     #[arg(long, default_value_t = 120)]
     settle_secs: u64,
@@ -81,8 +74,8 @@ pub fn bench(a: NetworkBench) -> Result<()> {
         clients: a.clients,
         secs: a.secs,
         concurrent_max_tokens: a.concurrent_max_tokens,
-        seed: a.seed,
-        prompt: a.prompt,
+        seed: a.request.seed,
+        prompt: a.request.prompt,
         settle_secs: a.settle_secs,
         job_timeout: a.job_timeout,
     })?;

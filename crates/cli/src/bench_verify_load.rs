@@ -29,15 +29,8 @@ pub struct VerifyLoadBench {
     /// Bare generations measured.
     #[arg(long = "reps", short = 'R', default_value_t = 5)]
     reps: usize,
-    /// Sampler seed of every request (greedy: temperature 0).
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// The user message.
-    #[arg(
-        long,
-        default_value = "Explain in a few sentences how a lighthouse works."
-    )]
-    prompt: String,
+    #[command(flatten)]
+    request: crate::bench::ChatRequestArgs,
     /// Longest wait at the end for every job to be final on chain.
     #[arg(long, default_value_t = 300)]
     settle_secs: u64,
@@ -78,8 +71,8 @@ pub fn bench(a: VerifyLoadBench) -> Result<()> {
         jobs: a.jobs,
         max_tokens: a.max_tokens,
         reps: a.reps,
-        seed: a.seed,
-        prompt: a.prompt,
+        seed: a.request.seed,
+        prompt: a.request.prompt,
         settle_secs: a.settle_secs,
         port_base: a.port_base,
         sample_rate_bps: a.sample_rate_bps,

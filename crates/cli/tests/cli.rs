@@ -805,7 +805,9 @@ fn bench_verify_load_reports_what_verification_costs_and_catches() {
     assert_eq!((n("requests"), n("lost"), n("jobs")), (8, 0, 8), "{r}");
     assert_eq!((n("pending"), n("honest_unsettled")), (0, 0), "{r}");
     assert_eq!(n("sampled"), 8, "every receipt is sampled: {r}");
-    // Every cheat sampled and caught; the cheaters lost money.
+    // Every cheat sampled and caught; the cheaters lost money. (At 100 % sampling a cheater
+    // may already be caught on a job before the load, a second capability challenge, and
+    // then serves no cheat here: `cheats` 0.)
     assert_eq!(n("cheats_sampled"), n("cheats"), "{r}");
     assert_eq!(n("cheats_caught"), n("cheats"), "{r}");
     assert_eq!(n("cheats_paid"), 0, "{r}");
