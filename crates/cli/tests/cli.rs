@@ -803,7 +803,9 @@ fn bench_verify_load_reports_what_verification_costs_and_catches() {
     let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k}: {r}"));
     assert_eq!(n("validators"), 7, "{r}");
     assert_eq!((n("requests"), n("lost"), n("jobs")), (8, 0, 8), "{r}");
-    assert_eq!((n("pending"), n("honest_unsettled")), (0, 0), "{r}");
+    // A caught cheater's job may stay open until it times out (the chain refuses receipts
+    // from an inactive worker): only honest workers' jobs must all settle.
+    assert_eq!(n("honest_unsettled"), 0, "{r}");
     assert_eq!(n("sampled"), 8, "every receipt is sampled: {r}");
     // Every cheat sampled and caught; the cheaters lost money. (At 100 % sampling a cheater
     // may already be caught on a job before the load, a second capability challenge, and
