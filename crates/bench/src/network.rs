@@ -642,7 +642,7 @@ async fn measure(
             None => {}
         }
     }
-    let r = |x: f64| (x * 1000.0).round() / 1000.0;
+    let r = crate::stats::round3;
     Ok(Report {
         machine: format!(
             "{} ({} cores)",

@@ -15,6 +15,11 @@ pub(crate) fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// `x` rounded to 3 decimals (how reports print rates and milliseconds).
+pub(crate) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 /// The `p`-th percentile of `v` (0..=100), the sample at the rounded rank; NaN when empty.
 pub(crate) fn percentile(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {

@@ -37,7 +37,8 @@
 //! [`AlterOutput`]: deai_node::faults::AlterOutput
 //! [`LazyValidator`]: deai_node::faults::LazyValidator
 
-use crate::network::{bare_once, params, stream_chat};
+use crate::network::{bare_once, stream_chat};
+use crate::stats::{median, round3 as r};
 use crate::sys::{cpu_model, loadavg};
 use anyhow::{ensure, Context, Result};
 use deai_client::ChainClient;
@@ -104,6 +105,9 @@ pub struct ValidatorRow {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub machine: String,
+    /// The CPU features the kernels ran with (`avx2+fma+f16c` with `DEAI_NO_VNNI=1`, as CI's
+    /// AVX2-only machines run them).
+    pub kernels: String,
     pub loadavg_at_start: String,
     pub threads: usize,
     pub validators: usize,
@@ -258,10 +262,6 @@ pub fn validate(
     Ok(())
 }
 
-fn r(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 /// Kernel CPU time of `e`, or an error saying this platform cannot count it.
 fn cpu(e: &Engine) -> Result<Duration> {
     e.kernel_cpu_time()
@@ -272,11 +272,6 @@ fn cpu(e: &Engine) -> Result<Duration> {
 async fn cpu_now(e: &Arc<Engine>) -> Result<Duration> {
     let e = e.clone();
     tokio::task::spawn_blocking(move || cpu(&e)).await?
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Every job `client` opened (all pages).
@@ -392,7 +387,7 @@ async fn measure(
 ) -> Result<Report> {
     let chain = ChainClient::new(&info.chain[0]);
     let params = chain.params().await?;
-    let gen = params_for(&o);
+    let gen = crate::network::params(o.max_tokens, o.seed);
 
     // Bare, inside the running devnet, and re-executions against generations.
     eprintln!("bare engine and re-execution, {} runs each ...", o.reps);
@@ -426,7 +421,7 @@ async fn measure(
                 cached.push(per(v3 - v2));
                 cold.push(per(v1 - v0));
             }
-            anyhow::Ok((bare, median(&mut cached), median(&mut cold)))
+            anyhow::Ok((bare, median(&cached), median(&cold)))
         })
         .await??;
 
@@ -537,6 +532,7 @@ async fn measure(
     let s = params.sample_rate_bps as f64 / BPS as f64;
     Ok(Report {
         machine: cpu_model(),
+        kernels: o.engine.profile().cpu_features,
         loadavg_at_start,
         threads: o.engine.threads(),
         validators: o.validators,
@@ -625,10 +621,6 @@ fn bare_runs(
     Ok((tokens, secs))
 }
 
-fn params_for(o: &Options) -> deai_engine::GenParams {
-    params(o.max_tokens, o.seed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,6 +628,7 @@ mod tests {
     fn report() -> Report {
         Report {
             machine: String::new(),
+            kernels: String::new(),
             loadavg_at_start: String::new(),
             threads: 2,
             validators: 7,

@@ -94,8 +94,8 @@ pub fn bench(a: VerifyLoadBench) -> Result<()> {
 
 fn print_table(j: &Report) {
     println!(
-        "machine: {}; load average at start {}; engine threads {}",
-        j.machine, j.loadavg_at_start, j.threads
+        "machine: {} (kernels {}); load average at start {}; engine threads {}",
+        j.machine, j.kernels, j.loadavg_at_start, j.threads
     );
     println!(
         "devnet: {} validators (1 lazy), {} honest workers, {} cheaters; sample rate {:.1} %, \
