@@ -44,20 +44,6 @@ pub enum BenchCmd {
     Attacks(crate::bench_attacks::AttacksBench),
 }
 
-/// The chat request the network benches send through the gateway.
-#[derive(Args)]
-pub struct ChatRequestArgs {
-    /// Sampler seed of every request (greedy: temperature 0).
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// The user message (the default answer runs to max_tokens).
-    #[arg(
-        long,
-        default_value = "Explain in a few sentences how a lighthouse works."
-    )]
-    pub prompt: String,
-}
-
 #[derive(Args)]
 pub struct EngineBench {
     #[command(flatten)]

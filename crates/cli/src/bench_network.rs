@@ -38,7 +38,7 @@ pub struct NetworkBench {
     #[arg(long, default_value_t = 32)]
     concurrent_max_tokens: usize,
     #[command(flatten)]
-    request: crate::bench::ChatRequestArgs,
+    request: crate::ChatRequestArgs,
     /// Longest wait at the end for every job of the run to be final on chain.
     #[arg(long, default_value_t = 120)]
     settle_secs: u64,

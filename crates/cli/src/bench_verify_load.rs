@@ -30,7 +30,7 @@ pub struct VerifyLoadBench {
     #[arg(long = "reps", short = 'R', default_value_t = 5)]
     reps: usize,
     #[command(flatten)]
-    request: crate::bench::ChatRequestArgs,
+    request: crate::ChatRequestArgs,
     /// Longest wait at the end for every job to be final on chain.
     #[arg(long, default_value_t = 300)]
     settle_secs: u64,

@@ -28,9 +28,23 @@ mod status_cmd;
 mod train_cmd;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 pub use model_cmd::{engine_at, load_engine, resolve_model, ModelArgs};
+
+/// The chat request the network benches send through the gateway.
+#[derive(Args)]
+pub struct ChatRequestArgs {
+    /// Sampler seed of every request (greedy: temperature 0).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// The user message (the default answer runs to max_tokens).
+    #[arg(
+        long,
+        default_value = "Explain in a few sentences how a lighthouse works."
+    )]
+    pub prompt: String,
+}
 
 #[derive(Parser)]
 #[command(
