@@ -42,7 +42,7 @@ pub use beacon::{
 };
 pub use block::{BlockError, BlockResult, TxOutcome, MAX_BLOCK_TXS};
 pub use genesis::{Genesis, GenesisAccount, GenesisValidator, DEFAULT_EPOCH_LENGTH};
-pub use jobs::{collateral, job_cost, verdict_commitment, verdict_salt};
+pub use jobs::{collateral, job_cost, pov_key, pov_tag, verdict_commitment, verdict_salt};
 pub use params::{Params, DEFAULT_PROFILE};
 pub use records::{
     decode_record, value_hash, Account, ChallengeRecord, Commit, Job, JobStatus, Key, Meta, Pov,

@@ -260,14 +260,17 @@ pub enum TxKind {
     Propose {
         change: ParamChange,
     },
-    /// A committee member's sealed verdict on a sampled job:
-    /// `state::verdict_commitment(member, job, accept, pov, salt)`, where `pov` is its proof of
-    /// verification (`deai_proof::pov_digest` keyed by the job's beacon value).
+    /// A sealed verdict: `state::verdict_commitment(validator, job, accept, pov, salt)`.
+    /// On a sampled job, from a committee member, `pov` is the tag (`state::pov_tag`) of its
+    /// proof of verification (`deai_proof::pov_digest` under `state::pov_key`); on a
+    /// challenged or escalated job (a chain with a beacon), from any active validator, it is
+    /// the proof itself.
     VerdictCommit {
         job: Hash256,
         commitment: Hash256,
     },
-    /// Its opening, accepted once every member of the committee has committed.
+    /// Its opening: on a sampled job once every member of the committee has committed, on a
+    /// challenged one once the reveals are open (`Job::reveals_open`).
     VerdictReveal {
         job: Hash256,
         accept: bool,

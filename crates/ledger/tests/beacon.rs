@@ -24,6 +24,13 @@ const PRICE: u64 = 1_000;
 /// The proof of verification every honest member computes for a job (its value does not
 /// matter to the ledger, only that honest members agree on it).
 const POV: Hash256 = Hash256([0xAA; 32]);
+/// The proof of verification every honest validator computes for a job that is judged
+/// beyond its committee: committee members commit to its tag ([`tag`]), the others to the
+/// proof itself, which the chain tags.
+const RAW: Hash256 = Hash256([0xAB; 32]);
+fn tag() -> Hash256 {
+    deai_ledger::state::pov_tag(&RAW)
+}
 /// A reveal under the test salt.
 fn reveal_tx(job: Hash256, accept: bool, pov: Hash256) -> TxKind {
     TxKind::VerdictReveal {
@@ -562,9 +569,15 @@ fn a_split_committee_escalates_and_the_losing_side_is_slashed() {
     let j = n.s.job(&job).unwrap();
     assert_eq!(j.status, JobStatus::Challenged);
     assert!(j.escalated);
-    // Now every validator judges: the outsider's reject makes three of four.
+    // Now every validator judges, by commit and reveal (a plain vote proves nothing): the
+    // outsider's commitment is the last one missing, so it opens the reveals, and its
+    // reject makes three of four.
+    let e = n.fails(outsider, TxKind::Verdict { job, accept: false });
+    assert!(e.contains("commit and reveal"), "{e}");
     let stake_before = n.s.account(&addr(liar)).stake;
-    n.ok(outsider, TxKind::Verdict { job, accept: false });
+    n.commit(outsider, job, false, RAW);
+    assert!(n.s.job(&job).unwrap().reveals_open);
+    n.reveal(outsider, job, false, RAW);
     let j = n.s.job(&job).unwrap();
     assert_eq!(j.status, JobStatus::Rejected);
     let slash = n.s.params().verdict_slash;
@@ -578,11 +591,11 @@ fn a_split_committee_escalates_and_the_losing_side_is_slashed() {
 
 #[test]
 fn a_silent_member_is_slashed_and_the_job_escalates() {
-    let (mut n, job, members, _) = sampled_job(61);
-    n.commit(members[0], job, true, POV);
-    n.commit(members[1], job, true, POV);
+    let (mut n, job, members, outsider) = sampled_job(61);
+    n.commit(members[0], job, true, tag());
+    n.commit(members[1], job, true, tag());
     // Nobody may reveal before every member has committed.
-    let e = n.fails(members[0], reveal_tx(job, true, POV));
+    let e = n.fails(members[0], reveal_tx(job, true, tag()));
     assert!(
         e.contains("once every committee member has committed"),
         "{e}"
@@ -604,18 +617,27 @@ fn a_silent_member_is_slashed_and_the_job_escalates() {
         assert_eq!((n.val(m).missed, n.val(m).slashed), (0, 0));
     }
     // Escalated: a member that committed must open its commitment (a plain vote would let
-    // a made-up proof go unopened and paid); the silent one votes plainly; a quorum of the
-    // stake settles it, and the two members whose proofs agree are paid.
+    // a made-up proof go unopened and paid); the silent one and the outsider seal their
+    // verdicts with the proof itself; a quorum of the stake settles it, and the judges whose
+    // proofs agree are paid, the silent member included (it did re-execute, late).
     let e = n.fails(members[0], TxKind::Verdict { job, accept: true });
     assert!(e.contains("open it with verdict_reveal"), "{e}");
-    n.reveal(members[0], job, true, POV);
-    n.reveal(members[1], job, true, POV);
+    n.reveal(members[0], job, true, tag());
+    n.reveal(members[1], job, true, tag());
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Challenged);
-    n.ok(silent, TxKind::Verdict { job, accept: true });
+    n.commit(silent, job, true, RAW);
+    assert!(
+        !n.s.job(&job).unwrap().reveals_open,
+        "the outsider has not committed"
+    );
+    n.commit(outsider, job, true, RAW);
+    n.reveal(silent, job, true, RAW);
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
-    for m in [members[0], members[1]] {
+    for m in [members[0], members[1], silent] {
         assert!(n.val(m).earned > 0, "{m}");
     }
+    // The outsider revealed after the quorum had settled it: not paid, not slashed.
+    assert_eq!((n.val(outsider).earned, n.val(outsider).slashed), (0, 0));
 }
 
 #[test]
@@ -710,8 +732,10 @@ fn unstaking_does_not_dodge_a_verdict_slash_and_a_drawn_member_still_votes() {
             .sum()
     };
     let before = unbonding(&n, liar);
-    // Escalated: every active validator judges; the outsider makes the quorum.
-    n.ok(outsider, TxKind::Verdict { job, accept: false });
+    // Escalated: every active validator judges; the outsider, the last active one to
+    // commit, opens the reveals and makes the quorum.
+    n.commit(outsider, job, false, RAW);
+    n.reveal(outsider, job, false, RAW);
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Rejected);
     let slash = n.s.params().verdict_slash;
     assert_eq!(unbonding(&n, liar), before - slash);
@@ -741,11 +765,36 @@ fn a_stalled_beacon_hands_the_receipt_to_every_validator() {
     let j = n.s.job(&job).unwrap();
     assert_eq!(j.status, JobStatus::Challenged);
     assert!(j.escalated);
-    // Every validator may judge it now, and a quorum settles it.
+    // Every validator may judge it now, sealed: with validator 4 silent the reveals open
+    // when the commit phase runs out, and a quorum settles it.
     for v in [1, 2, 3] {
-        n.ok(v, TxKind::Verdict { job, accept: true });
+        n.commit(v, job, true, RAW);
+    }
+    let e = n.fails(1, reveal_tx(job, true, RAW));
+    assert!(e.contains("reveals open once"), "{e}");
+    let commit_phase_end = n.s.job(&job).unwrap().deadline;
+    while n.s.height() < commit_phase_end {
+        n.empty(1);
+    }
+    let j = n.s.job(&job).unwrap();
+    assert!(j.reveals_open);
+    assert_eq!(j.status, JobStatus::Challenged);
+    let e = n.fails(
+        4,
+        TxKind::VerdictCommit {
+            job,
+            commitment: Hash256([1; 32]),
+        },
+    );
+    assert!(e.contains("closed"), "{e}");
+    for v in [1, 2, 3] {
+        n.reveal(v, job, true, RAW);
     }
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
+    for v in [1, 2, 3] {
+        assert!(n.val(v).earned > 0, "{v}");
+    }
+    assert_eq!(n.val(4).earned, 0);
     // A value that arrives after changes nothing.
     n.sign(r, &[2, 3]);
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
@@ -870,14 +919,14 @@ fn a_lazy_member_is_not_paid_through_an_escalation() {
     let (mut n, job, members, outsider) = sampled_job(131);
     let (honest, silent, lazy) = (members[0], members[1], members[2]);
     const MADE_UP: Hash256 = Hash256([0x77; 32]);
-    n.commit(honest, job, true, POV);
+    n.commit(honest, job, true, tag());
     n.commit(lazy, job, true, MADE_UP);
     n.empty(n.s.params().verdict_window + 1);
     assert!(n.s.job(&job).unwrap().escalated);
     let e = n.fails(lazy, TxKind::Verdict { job, accept: true });
     assert!(e.contains("open it with verdict_reveal"), "{e}");
     // Opening another proof than the one committed to fails too.
-    let e = n.fails(lazy, reveal_tx(job, true, POV));
+    let e = n.fails(lazy, reveal_tx(job, true, tag()));
     assert!(e.contains("does not open"), "{e}");
     // So does its own proof under another salt.
     let e = n.fails(
@@ -891,10 +940,129 @@ fn a_lazy_member_is_not_paid_through_an_escalation() {
     );
     assert!(e.contains("does not open"), "{e}");
     n.reveal(lazy, job, true, MADE_UP);
-    n.reveal(honest, job, true, POV);
-    n.ok(outsider, TxKind::Verdict { job, accept: true });
+    n.reveal(honest, job, true, tag());
+    // The outsider re-executes and seals its proof; with the silent member sealed too the
+    // reveals open, and the outsider's acceptance makes the quorum. Its proof, tagged,
+    // matches the honest member's: together they outvote the lazy one.
+    n.commit(outsider, job, true, RAW);
+    n.commit(silent, job, true, RAW);
+    n.reveal(outsider, job, true, RAW);
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
     assert_eq!(n.val(lazy).earned, 0, "the lazy member was paid");
+    assert_eq!(n.val(lazy).wrong, 1, "its proof was outvoted");
     assert_eq!(n.val(silent).missed, 1);
     assert!(n.val(outsider).earned > 0);
+    assert!(n.val(honest).earned > 0);
+}
+
+/// After a split committee escalates its job, every validator judges it. One that did not
+/// re-execute has only what is public: the committee's revealed tags. It cannot vote plainly,
+/// and committing to a revealed tag as its proof gets it slashed, not paid: the chain tags
+/// what it reveals, and the tag of a tag matches nobody's.
+#[test]
+fn an_outsider_cannot_copy_the_committees_proof_after_an_escalation() {
+    let (mut n, job, members, copier) = sampled_job(141);
+    let liar = members[0];
+    n.judge(
+        job,
+        &[
+            (liar, false, tag()),
+            (members[1], true, tag()),
+            (members[2], true, tag()),
+        ],
+    );
+    let j = n.s.job(&job).unwrap().clone();
+    assert!(j.escalated && j.status == JobStatus::Challenged);
+    let public = j.povs[0].pov;
+    assert_eq!(public, tag());
+    let e = n.fails(copier, TxKind::Verdict { job, accept: true });
+    assert!(e.contains("commit and reveal"), "{e}");
+    let stake = n.s.account(&addr(copier)).stake;
+    n.commit(copier, job, true, public);
+    n.reveal(copier, job, true, public);
+    let j = n.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Accepted);
+    let slash = n.s.params().verdict_slash;
+    assert_eq!(n.val(copier).earned, 0, "the copier was paid");
+    assert_eq!(n.val(copier).wrong, 1);
+    assert_eq!(n.s.account(&addr(copier)).stake, stake - slash);
+    // The honest members are paid; the liar is slashed for its wrong verdict.
+    for m in [members[1], members[2]] {
+        assert!(n.val(m).earned > 0, "{m}");
+        assert_eq!(n.val(m).slashed, 0);
+    }
+    assert_eq!(n.val(liar).wrong, 1);
+}
+
+/// A client's challenge on an unsampled receipt: every validator seals its verdict under
+/// the fixed key of unsampled jobs. Nobody reveals before every validator has committed,
+/// nobody commits after the reveals open, and a validator that made its proof up is
+/// outvoted by the honest ones' proofs and slashed; one that reveals after the quorum
+/// settled is neither paid nor slashed.
+#[test]
+fn a_challenged_job_is_judged_sealed_and_a_made_up_proof_loses() {
+    let params = Params {
+        challenge_window: 10,
+        ..Params::default()
+    };
+    let mut n = Net::new(params);
+    let job = Hash256([151; 32]);
+    n.job(job);
+    // Challenged before its beacon round has a value: it is never sampled.
+    n.ok(CLIENT, TxKind::Challenge { job });
+    let j = n.s.job(&job).unwrap().clone();
+    assert_eq!(j.status, JobStatus::Challenged);
+    assert_eq!(
+        deai_ledger::state::pov_key(&j, None),
+        deai_ledger::state::pov_key(&j, Some(Hash256([9; 32]))),
+        "an unsampled job's key needs no beacon value"
+    );
+    let e = n.fails(1, TxKind::Verdict { job, accept: true });
+    assert!(e.contains("commit and reveal"), "{e}");
+    const MADE_UP: Hash256 = Hash256([0x66; 32]);
+    let lazy = 4;
+    n.commit(1, job, true, RAW);
+    let e = n.fails(1, reveal_tx(job, true, RAW));
+    assert!(e.contains("reveals open once"), "{e}");
+    let e = n.fails(
+        1,
+        TxKind::VerdictCommit {
+            job,
+            commitment: Hash256([3; 32]),
+        },
+    );
+    assert!(e.contains("already committed"), "{e}");
+    n.commit(2, job, true, RAW);
+    n.commit(3, job, true, RAW);
+    n.commit(lazy, job, true, MADE_UP);
+    assert!(n.s.job(&job).unwrap().reveals_open);
+    let e = n.fails(
+        CLIENT,
+        TxKind::VerdictCommit {
+            job,
+            commitment: Hash256([3; 32]),
+        },
+    );
+    assert!(e.contains("not an active validator"), "{e}");
+    // A reveal must open the sender's own commitment.
+    let e = n.fails(2, reveal_tx(job, true, MADE_UP));
+    assert!(e.contains("does not open"), "{e}");
+    let worker_before = n.s.account(&addr(WORKER)).balance;
+    n.reveal(lazy, job, true, MADE_UP);
+    n.reveal(1, job, true, RAW);
+    assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Challenged);
+    n.reveal(2, job, true, RAW);
+    let j = n.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Accepted);
+    let fee = j.settlement.as_ref().unwrap().validator_fee;
+    assert!(fee > 0);
+    // The two proven judges share the fee; the made-up proof earns nothing and is slashed.
+    for v in [1, 2] {
+        assert_eq!(n.val(v).earned, fee / 2, "{v}");
+    }
+    assert_eq!(n.val(lazy).earned, 0);
+    assert_eq!(n.val(lazy).slashed, n.s.params().verdict_slash);
+    assert_eq!((n.val(3).earned, n.val(3).slashed), (0, 0));
+    // The failed challenger's bond went to the worker.
+    assert!(n.s.account(&addr(WORKER)).balance > worker_before);
 }

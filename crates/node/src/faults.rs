@@ -163,7 +163,9 @@ impl Tamper for MisreportStream {
 /// A lazy validator: drawn for a committee, it seals an acceptance without re-running the
 /// job, under a proof of verification it made up (the best it can do without the hidden
 /// rows: a digest of what is public), and reveals it once every member has committed; on
-/// an escalated job it accepts without looking. Run in place of a validator's
+/// a challenged or escalated job it seals an acceptance too, under the best proof it can
+/// find: the tag its committee revealed most often (copied), or a made-up one, and reveals
+/// it once the reveals open. Run in place of a validator's
 /// [`crate::verifier::Verifier`] (`DevnetOptions::no_verifier`) to show that proof of
 /// verification makes laziness unpaid and slashed.
 pub struct LazyValidator {
@@ -210,20 +212,45 @@ impl LazyValidator {
             if job.status != JobStatus::Challenged || job.verdicts.iter().any(|v| v.voter == me) {
                 continue;
             }
+            let Some(r) = &job.receipt else { continue };
             // Committed before the job escalated: the chain makes it open that commitment.
-            let kind = match (&job.receipt, job.commits.iter().any(|c| c.voter == me)) {
-                (Some(r), true) => TxKind::VerdictReveal {
+            if job.commits.iter().any(|c| c.voter == me) {
+                txs.push(TxKind::VerdictReveal {
                     job: id,
                     accept: true,
                     pov: made_up_pov(&id, &r.digest),
                     salt: salt(&id),
-                },
-                _ => TxKind::Verdict {
+                });
+                continue;
+            }
+            let guess = copied_pov(&job).unwrap_or_else(|| made_up_pov(&id, &r.digest));
+            let sealed = job.quorum_commits.iter().any(|c| c.voter == me);
+            match (sealed, job.reveals_open) {
+                (false, false) => txs.push(TxKind::VerdictCommit {
                     job: id,
-                    accept: true,
-                },
-            };
-            txs.push(kind);
+                    commitment: verdict_commitment(&me, &id, true, &guess, &salt(&id)),
+                }),
+                // The guess is recomputed from the chain: the copied tag may have changed
+                // since (a committee reveal landing after the commitment); try both.
+                (true, true) => {
+                    let mine = job.quorum_commits.iter().find(|c| c.voter == me);
+                    let pov = [guess, made_up_pov(&id, &r.digest)]
+                        .into_iter()
+                        .find(|p| {
+                            mine.is_some_and(|c| {
+                                c.commitment == verdict_commitment(&me, &id, true, p, &salt(&id))
+                            })
+                        })
+                        .unwrap_or(guess);
+                    txs.push(TxKind::VerdictReveal {
+                        job: id,
+                        accept: true,
+                        pov,
+                        salt: salt(&id),
+                    })
+                }
+                _ => {}
+            }
         }
         let n = txs.len();
         for kind in txs {
@@ -245,6 +272,16 @@ impl LazyValidator {
             tokio::time::sleep(every).await;
         }
     }
+}
+
+/// The tag most of a job's committee revealed, which a lazy validator may hope to pass off
+/// as its own proof after an escalation (the chain tags what it reveals, so it cannot).
+fn copied_pov(job: &deai_ledger::state::Job) -> Option<deai_types::Hash256> {
+    let mut counts = std::collections::BTreeMap::new();
+    for p in &job.povs {
+        *counts.entry(p.pov).or_insert(0usize) += 1;
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(p, _)| p)
 }
 
 /// A lazy validator's proof of verification, made up from public data (the job and its

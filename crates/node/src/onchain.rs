@@ -168,6 +168,8 @@ mod tests {
             sampled_at: None,
             commits: vec![],
             povs: vec![],
+            quorum_commits: vec![],
+            reveals_open: false,
         };
         (r, Hash256(spec.id()), job)
     }

@@ -79,12 +79,18 @@ pub struct Verifier {
     beacon: std::sync::OnceLock<bool>,
     /// This validator's sealed committee verdicts, until they are revealed on chain.
     sealed: Mutex<HashMap<Hash256, Sealed>>,
+    /// Its sealed verdicts on challenged (or escalated) jobs outside their committee:
+    /// (accept, proof of verification), until the reveals open.
+    quorum: Mutex<HashMap<Hash256, (bool, Hash256)>>,
 }
 
 /// A committee verdict this validator committed to.
 #[derive(Clone, Copy, Debug)]
 struct Sealed {
     accept: bool,
+    /// The proof of verification itself: the committee sees only its tag
+    /// (`state::pov_tag`), so that a validator judging the job after an escalation must
+    /// reveal a proof it computed.
     pov: Hash256,
     /// When its commitment, and its reveal, were last submitted.
     committed: std::time::Instant,
@@ -123,6 +129,13 @@ pub fn sampled(job: &Hash256, block: &Hash256, rate_bps: u64) -> bool {
     x % BPS < rate_bps
 }
 
+/// Whether this validator (`me`) judges `job` by a sealed verdict outside its committee: a
+/// challenged (or escalated) job on a chain with a beacon, where `me` did not commit as a
+/// committee member (that commitment it opens instead).
+fn quorum_phase(beacon: bool, job: &Job, me: &Address) -> bool {
+    beacon && job.status == JobStatus::Challenged && !job.commits.iter().any(|c| c.voter == *me)
+}
+
 /// How long a re-execution may yield: half the `blocks_left` before its deadline at the
 /// block time observed over `elapsed` and `blocks_seen` blocks, at most `cap`, and nothing
 /// before any block time was observed.
@@ -151,6 +164,7 @@ impl Verifier {
             prefill: tokio::sync::Mutex::new(()),
             beacon: std::sync::OnceLock::new(),
             sealed: Mutex::new(HashMap::new()),
+            quorum: Mutex::new(HashMap::new()),
         }
     }
 
@@ -169,10 +183,16 @@ impl Verifier {
         deai_ledger::state::verdict_salt(&self.signer.key().to_bytes(), job)
     }
 
-    /// This validator's commitment to `accept` and `pov` on `job`.
+    /// This validator's commitment to `accept` and `pov` on `job` (the proof itself: the
+    /// sealed verdict of a judge outside the committee).
     fn commitment(&self, job: &Hash256, accept: bool, pov: &Hash256) -> Hash256 {
         let me = self.signer.address();
         deai_ledger::state::verdict_commitment(&me, job, accept, pov, &self.salt(job))
+    }
+
+    /// A committee member's commitment: to the tag of its proof.
+    fn committee_commitment(&self, job: &Hash256, accept: bool, pov: &Hash256) -> Hash256 {
+        self.commitment(job, accept, &deai_ledger::state::pov_tag(pov))
     }
 
     fn seal(&self, id: Hash256, accept: bool, pov: Hash256) {
@@ -207,7 +227,7 @@ impl Verifier {
         let (kind, what) = match on_chain {
             None if s.committed.elapsed() < RESEND => return false,
             None => {
-                let commitment = self.commitment(id, s.accept, &s.pov);
+                let commitment = self.committee_commitment(id, s.accept, &s.pov);
                 (
                     TxKind::VerdictCommit {
                         job: *id,
@@ -222,7 +242,7 @@ impl Verifier {
                 TxKind::VerdictReveal {
                     job: *id,
                     accept: s.accept,
-                    pov: s.pov,
+                    pov: deai_ledger::state::pov_tag(&s.pov),
                     salt: self.salt(id),
                 },
                 "reveal",
@@ -470,6 +490,14 @@ impl Verifier {
         let height = ledger.height().await?;
         let me = self.signer.address();
         let mut due: Vec<(Hash256, Job)> = ledger.jobs_due("challenged", SCAN).await?;
+        {
+            // Sealed verdicts of jobs no longer challenged (settled) are of no more use.
+            let live: HashSet<Hash256> = due.iter().map(|(id, _)| *id).collect();
+            self.quorum
+                .lock()
+                .unwrap()
+                .retain(|id, _| live.contains(id));
+        }
         due.extend(ledger.jobs_drawn(&me, SCAN).await?);
         let beacon = self.has_beacon().await?;
         if !beacon {
@@ -490,6 +518,22 @@ impl Verifier {
             // restart, one it committed to is judged again to recover the opening).
             let member = job.committee.contains(&me);
             let judge_now = !self.sealed.lock().unwrap().contains_key(&id);
+            // On a chain with a beacon every judge of a challenged job outside its
+            // committee seals its verdict first, and opens it once the reveals are open.
+            if quorum_phase(beacon, &job, &me) {
+                match (
+                    job.quorum_commits.iter().any(|c| c.voter == me),
+                    job.reveals_open,
+                ) {
+                    (true, false) => continue, // sealed: wait for the reveals
+                    (false, true) => {
+                        // Too late to judge it: the commitments are closed.
+                        self.done.lock().unwrap().insert(id);
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
             match job.status {
                 // The beacon drew its committee: only members judge it (it comes back as
                 // challenged if they disagree or miss the deadline).
@@ -515,10 +559,12 @@ impl Verifier {
             // of the job's beacon round.
             // So does a member that committed on a job since escalated (it must open its
             // commitment: the chain refuses it a plain verdict).
-            let sealed_phase =
-                job.status == JobStatus::Sampled || job.commits.iter().any(|c| c.voter == me);
-            let key = match (
-                sealed_phase,
+            // So does every judge of a challenged job on a chain with a beacon.
+            let sealed_phase = job.status == JobStatus::Sampled
+                || job.commits.iter().any(|c| c.voter == me)
+                || quorum_phase(beacon, &job, &me);
+            let value = match (
+                sealed_phase && job.sampled_at.is_some(),
                 job.receipt.as_ref().and_then(|r| r.beacon_round),
             ) {
                 (true, Some(round)) => self
@@ -530,9 +576,24 @@ impl Verifier {
                     .flatten(),
                 _ => None,
             };
+            let key = if sealed_phase {
+                deai_ledger::state::pov_key(&job, value)
+            } else {
+                None
+            };
             if sealed_phase && key.is_none() {
                 // No proof without the key: try again on the next pass.
                 return (id, job, None);
+            }
+            // Sealed outside the committee, and the reveals are open now: open it.
+            if let Some((accept, pov)) = self.quorum.lock().unwrap().get(&id).copied() {
+                let finding = Finding {
+                    job: id,
+                    accept,
+                    pov: Some(pov),
+                    reason: (!accept).then(|| "as judged when sealed".to_string()),
+                };
+                return (id, job, Some(Check::Done(finding)));
             }
             // Escalated after this validator judged it as a committee member: its sealed
             // verdict is its verdict (re-executing again would only add to the backlog
@@ -590,7 +651,51 @@ impl Verifier {
                 .iter()
                 .find(|c| c.voter == me)
                 .map(|c| c.commitment);
-            let kind = if sampled_job || my_commit.is_some() {
+            let quorum = quorum_phase(beacon, &job, &me);
+            let my_quorum_commit = job
+                .quorum_commits
+                .iter()
+                .find(|c| c.voter == me)
+                .map(|c| c.commitment);
+            let kind = if quorum {
+                let pov = match finding.pov {
+                    Some(p) => p,
+                    None if finding.accept => continue, // as below: judge again
+                    None => Hash256::default(),
+                };
+                match my_quorum_commit {
+                    Some(c) => {
+                        let openings = [
+                            (finding.accept, pov),
+                            (!finding.accept, pov),
+                            (false, Hash256::default()),
+                        ];
+                        let Some((accept, pov)) = openings
+                            .into_iter()
+                            .find(|(a, p)| self.commitment(&id, *a, p) == c)
+                        else {
+                            tracing::warn!(job = %id, "cannot reopen this validator's commitment");
+                            continue;
+                        };
+                        TxKind::VerdictReveal {
+                            job: id,
+                            accept,
+                            pov,
+                            salt: self.salt(&id),
+                        }
+                    }
+                    None => {
+                        self.quorum
+                            .lock()
+                            .unwrap()
+                            .insert(id, (finding.accept, pov));
+                        TxKind::VerdictCommit {
+                            job: id,
+                            commitment: self.commitment(&id, finding.accept, &pov),
+                        }
+                    }
+                }
+            } else if sampled_job || my_commit.is_some() {
                 let pov = match finding.pov {
                     Some(p) => p,
                     // An acceptance always carries its proof; this one lacks it (the prefill
@@ -609,7 +714,7 @@ impl Verifier {
                         ];
                         let Some((accept, pov)) = openings
                             .into_iter()
-                            .find(|(a, p)| self.commitment(&id, *a, p) == c)
+                            .find(|(a, p)| self.committee_commitment(&id, *a, p) == c)
                         else {
                             tracing::warn!(job = %id, "cannot reopen this validator's commitment");
                             continue;
@@ -621,7 +726,7 @@ impl Verifier {
                         TxKind::VerdictReveal {
                             job: id,
                             accept,
-                            pov,
+                            pov: deai_ledger::state::pov_tag(&pov),
                             salt: self.salt(&id),
                         }
                     }
@@ -629,7 +734,7 @@ impl Verifier {
                         self.seal(id, finding.accept, pov);
                         TxKind::VerdictCommit {
                             job: id,
-                            commitment: self.commitment(&id, finding.accept, &pov),
+                            commitment: self.committee_commitment(&id, finding.accept, &pov),
                         }
                     }
                 }
@@ -645,7 +750,8 @@ impl Verifier {
                     // revealed by the committee loop): a refused submission is tried again
                     // on the next pass (a committee member that misses its deadline is
                     // slashed).
-                    if !sampled_job {
+                    let sealed_only = sampled_job || (quorum && my_quorum_commit.is_none());
+                    if !sealed_only {
                         self.done.lock().unwrap().insert(id);
                     }
                     tracing::info!(job = %id, accept = finding.accept, reason = ?finding.reason, "verdict")

@@ -57,6 +57,29 @@ pub fn verdict_salt(secret_key: &[u8; 32], job: &Hash256) -> Hash256 {
     Hash256::digest_parts("deai-verdict-salt-v1", &[secret_key, job.as_bytes()])
 }
 
+/// The tag of a proof of verification: what a committee member commits to and reveals, and
+/// what the chain records for every judge of a job. A committee's revealed tags do not give
+/// away the proofs themselves, which every validator judging the job after it is escalated
+/// must reveal (the chain tags them and compares all tags as one group): so the proof a
+/// committee opened cannot be copied by a validator that did not re-execute.
+pub fn pov_tag(pov: &Hash256) -> Hash256 {
+    Hash256::digest_parts("deai-pov-tag-v1", &[pov.as_bytes()])
+}
+
+/// The key every validator computes its proof of verification on `job` under
+/// (`deai_proof::pov_digest`): the value of its beacon round (`round_value`) if the beacon
+/// sampled it, which its committee used and the validators judging it after an escalation
+/// must match; a fixed key for a job judged by every validator without being sampled (one
+/// challenged by a client, or whose round got no value in time). `None` while a sampled
+/// job's value is not known to the caller. The key only has to be the same for every
+/// honest judge: a proof cannot be computed without the recomputed hidden rows.
+pub fn pov_key(job: &Job, round_value: Option<Hash256>) -> Option<Hash256> {
+    match job.sampled_at {
+        Some(_) => round_value,
+        None => Some(Hash256::digest_parts("deai-pov-unsampled-v1", &[])),
+    }
+}
+
 impl State {
     fn job_mut(&mut self, j: &Hash256) -> Option<&mut Job> {
         self.dirty.insert(Key::Job(*j));
@@ -127,6 +150,8 @@ impl State {
                 sampled_at: None,
                 commits: Vec::new(),
                 povs: Vec::new(),
+                quorum_commits: Vec::new(),
+                reveals_open: false,
             },
         );
         self.dirty.insert(Key::Job(job));
@@ -252,10 +277,12 @@ impl State {
         Ok(())
     }
 
-    /// A validator's verdict. A sampled job is judged by its committee alone: unanimity
-    /// settles it, any disagreement escalates it to every validator. A challenged (or
-    /// escalated) job is settled by more than two thirds of the active stake. On a chain
-    /// without a beacon, a receipted job is open to every validator too.
+    /// A validator's plain verdict, on a chain without a beacon: a receipted or challenged
+    /// job is settled by more than two thirds of the active stake. On a chain with one,
+    /// every verdict is sealed and opened with a proof of verification ([`Self::verdict_commit`],
+    /// [`Self::verdict_reveal`]): a sampled job is judged by its committee alone (unanimity
+    /// settles it, any disagreement escalates it to every validator), a challenged (or
+    /// escalated) one by more than two thirds of the active stake.
     pub(super) fn verdict(&mut self, from: Address, job: Hash256, accept: bool) -> Res {
         let min = self.meta.params.min_validator_stake;
         let j = self.jobs.get(&job).ok_or("unknown job")?;
@@ -291,6 +318,14 @@ impl State {
                 "this member committed to a verdict on this job: open it with verdict_reveal",
             );
         }
+        if self.meta.beacon.is_some() {
+            // A plain vote carries no proof of verification: it would pay a validator that
+            // never re-ran the job.
+            return err(
+                "a challenged job is judged by commit and reveal (verdict_commit, then \
+                 verdict_reveal with the proof of verification, once the reveals open)",
+            );
+        }
         let jm = self.job_mut(&job).expect("checked above");
         upsert_vote(&mut jm.verdicts, from, accept);
         if let Some(v) = self.validators.get_mut(&from) {
@@ -316,7 +351,8 @@ impl State {
         }
     }
 
-    /// A committee member seals its verdict on a sampled job.
+    /// A committee member seals its verdict on a sampled job; on a chain with a beacon,
+    /// any active validator seals its verdict on a challenged (or escalated) one.
     pub(super) fn verdict_commit(
         &mut self,
         from: Address,
@@ -324,9 +360,12 @@ impl State {
         commitment: Hash256,
     ) -> Res {
         let j = self.jobs.get(&job).ok_or("unknown job")?;
+        if j.status == JobStatus::Challenged && self.meta.beacon.is_some() {
+            return self.quorum_commit(from, job, commitment);
+        }
         if j.status != JobStatus::Sampled {
             return err(format!(
-                "job is {:?}; only a sampled job takes commitments",
+                "job is {:?}; only a sampled or challenged job takes commitments",
                 j.status
             ));
         }
@@ -359,6 +398,113 @@ impl State {
         Ok(())
     }
 
+    /// An active validator seals its verdict on a challenged (or escalated) job: the
+    /// commitment of [`verdict_commitment`] to its vote and its proof of verification itself
+    /// (not its tag). The reveals open once every active validator has committed (or, for a
+    /// committee member, voted or committed on the committee), or when the commit phase
+    /// runs out; no commitment is taken after, so nobody can copy a revealed proof.
+    fn quorum_commit(&mut self, from: Address, job: Hash256, commitment: Hash256) -> Res {
+        let min = self.meta.params.min_validator_stake;
+        if !self.validators.contains_key(&from) || self.account(&from).stake < min {
+            return err("sender is not an active validator");
+        }
+        let j = &self.jobs[&job];
+        if j.reveals_open {
+            return err("the commitments on this job are closed: its reveals are open");
+        }
+        if j.verdicts.iter().any(|v| v.voter == from) {
+            return err("validator already gave a verdict on this job");
+        }
+        if j.commits.iter().any(|c| c.voter == from) {
+            return err(
+                "this member committed to a verdict on this job: open it with verdict_reveal",
+            );
+        }
+        let at = match j.quorum_commits.binary_search_by(|c| c.voter.cmp(&from)) {
+            Ok(_) => return err("this validator already committed"),
+            Err(at) => at,
+        };
+        let jm = self.job_mut(&job).expect("checked above");
+        jm.quorum_commits.insert(
+            at,
+            Commit {
+                voter: from,
+                commitment,
+            },
+        );
+        if self.every_judge_committed(&job) {
+            self.open_reveals(job);
+        }
+        Ok(())
+    }
+
+    /// Whether every active validator has sealed or given its verdict on `job`.
+    fn every_judge_committed(&self, job: &Hash256) -> bool {
+        let j = &self.jobs[job];
+        self.active_validators().iter().all(|(a, _)| {
+            j.quorum_commits.iter().any(|c| c.voter == *a)
+                || j.commits.iter().any(|c| c.voter == *a)
+                || j.verdicts.iter().any(|v| v.voter == *a)
+        })
+    }
+
+    /// Opens the reveals of a challenged job's sealed verdicts: every validator that
+    /// committed gets a whole verdict window to reveal.
+    fn open_reveals(&mut self, id: Hash256) {
+        let h = self.meta.height;
+        let window = self.meta.params.verdict_window;
+        let jm = self.job_mut(&id).expect("exists");
+        jm.reveals_open = true;
+        let old = jm.deadline;
+        let new = old.max(h.saturating_add(window));
+        jm.deadline = new;
+        self.set_job_deadline(id, old, new);
+    }
+
+    /// A validator opens its sealed verdict on a challenged job once the reveals are open:
+    /// its vote counts toward the quorum, the tag of its proof joins the committee's (if
+    /// any) in one group, and only the accepting judges whose tag is the majority's are
+    /// paid ([`Self::accept_job`]).
+    fn quorum_reveal(
+        &mut self,
+        from: Address,
+        job: Hash256,
+        accept: bool,
+        pov: Hash256,
+        salt: Hash256,
+    ) -> Res {
+        let j = &self.jobs[&job];
+        if !j.reveals_open {
+            return err(
+                "reveals open once every active validator has committed or the commit phase \
+                 ends",
+            );
+        }
+        if j.verdicts.iter().any(|v| v.voter == from) {
+            return err("this validator already revealed");
+        }
+        let c = j
+            .quorum_commits
+            .iter()
+            .find(|c| c.voter == from)
+            .expect("checked by the caller");
+        if c.commitment != verdict_commitment(&from, &job, accept, &pov, &salt) {
+            return err("the reveal does not open this validator's commitment");
+        }
+        let jm = self.job_mut(&job).expect("checked above");
+        upsert_vote(&mut jm.verdicts, from, accept);
+        jm.povs.push(Pov {
+            voter: from,
+            pov: pov_tag(&pov),
+        });
+        if let Some(v) = self.validators.get_mut(&from) {
+            v.verdicts += 1;
+        }
+        self.dirty.insert(Key::Validator(from));
+        self.settle_by_quorum(job);
+        Ok(())
+    }
+
     /// A committee member opens its commitment, once every member has committed (so none
     /// can copy another's proof of verification). When all have revealed: the same vote
     /// and the same proof from every member settles the job; anything else escalates it.
@@ -372,6 +518,9 @@ impl State {
     ) -> Res {
         let h = self.meta.height;
         let j = self.jobs.get(&job).ok_or("unknown job")?;
+        if j.status == JobStatus::Challenged && j.quorum_commits.iter().any(|c| c.voter == from) {
+            return self.quorum_reveal(from, job, accept, pov, salt);
+        }
         let escalated = j.status == JobStatus::Challenged && j.escalated;
         if j.status != JobStatus::Sampled && !escalated {
             return err(format!(
@@ -456,7 +605,8 @@ impl State {
 
     /// Hands a sampled job to every validator: the verdict window starts again and more
     /// than two thirds of the active stake decides (at once, when the committee's votes
-    /// already make that quorum: nobody else may be left to vote).
+    /// already make that quorum: nobody else may be left to vote). On a chain with a beacon
+    /// that window is the commit phase of [`Self::quorum_commit`].
     pub(super) fn escalate(&mut self, id: Hash256, why: &str) {
         let h = self.meta.height;
         let window = self.meta.params.verdict_window;
@@ -470,6 +620,12 @@ impl State {
         self.events
             .push(format!("job {} escalated: {why}", id.short()));
         self.settle_by_quorum(id);
+        if self.jobs[&id].status == JobStatus::Challenged
+            && self.meta.beacon.is_some()
+            && self.every_judge_committed(&id)
+        {
+            self.open_reveals(id);
+        }
     }
 
     /// Takes `verdict_slash` from each validator that voted `!outcome` on a settled job
@@ -749,6 +905,10 @@ impl State {
                     }
                 }
                 self.escalate(id, "its committee missed the deadline");
+            }
+            // The commit phase ran out: the validators that committed reveal now.
+            JobStatus::Challenged if self.meta.beacon.is_some() && !j.reveals_open => {
+                self.open_reveals(id);
             }
             JobStatus::Challenged => {
                 self.credit(&j.client, j.escrow);

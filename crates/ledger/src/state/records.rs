@@ -202,9 +202,19 @@ pub struct Job {
     /// Its committee members' sealed verdicts (sorted by member).
     #[serde(default)]
     pub commits: Vec<Commit>,
-    /// The proofs of verification the members revealed with their verdicts.
+    /// The proofs of verification revealed with the verdicts, as tags (`state::pov_tag`):
+    /// committee members commit to and reveal the tag; a validator judging the job once
+    /// it is challenged or escalated reveals the proof itself, and the chain tags it.
     #[serde(default)]
     pub povs: Vec<Pov>,
+    /// Once it is challenged or escalated on a chain with a beacon: the sealed verdicts of
+    /// the validators judging it outside its committee (sorted by voter).
+    #[serde(default)]
+    pub quorum_commits: Vec<Commit>,
+    /// Whether those may be opened: every active validator has committed (or voted as a
+    /// committee member), or the commit phase ran out. No commitment is taken after.
+    #[serde(default)]
+    pub reveals_open: bool,
 }
 
 /// A committee member's sealed verdict.

@@ -116,6 +116,8 @@ mod tests {
             sampled_at: None,
             commits: vec![],
             povs: vec![],
+            quorum_commits: vec![],
+            reveals_open: false,
         }
     }
 
