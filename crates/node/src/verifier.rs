@@ -6,9 +6,11 @@
 //! (`deai_ledger::state::beacon`): a sampled job names its committee, and this validator
 //! judges the ones it is on (sealing its verdict with a proof of verification keyed by the
 //! round's value, `VerdictCommit`, and revealing it once every member has committed), plus
-//! every challenged (or escalated) job with a plain verdict. On a chain without a
-//! beacon key every validator samples from the digest of the block that finalized the
-//! receipt (known to its proposer: the weaker, older rule) and a quorum decides.
+//! every challenged (or escalated) job, sealed the same way with the proof itself (the
+//! committee seals only its tag, `state::pov_tag`) and opened once the chain opens the
+//! reveals. On a chain without a beacon key every validator samples from the digest of the
+//! block that finalized the receipt (known to its proposer: the weaker, older rule), votes
+//! plainly, and a quorum decides.
 //!
 //! **Capability challenge.** A newly registered worker gets no client jobs (gateways route
 //! only to workers with an accepted job) until it answers a challenge: one validator,
