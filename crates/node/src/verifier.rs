@@ -81,9 +81,20 @@ pub struct Verifier {
     beacon: std::sync::OnceLock<bool>,
     /// This validator's sealed committee verdicts, until they are revealed on chain.
     sealed: Mutex<HashMap<Hash256, Sealed>>,
-    /// Its sealed verdicts on challenged (or escalated) jobs outside their committee:
-    /// (accept, proof of verification), until the reveals open.
-    quorum: Mutex<HashMap<Hash256, (bool, Hash256)>>,
+    /// Its sealed verdicts on challenged (or escalated) jobs outside their committee, until
+    /// the job settles.
+    quorum: Mutex<HashMap<Hash256, QuorumSeal>>,
+}
+
+/// A verdict this validator sealed on a challenged job outside its committee.
+#[derive(Clone, Copy, Debug)]
+struct QuorumSeal {
+    accept: bool,
+    /// The proof of verification itself (the chain tags it).
+    pov: Hash256,
+    /// Its last submission: (whether it was the reveal, when). Neither is sent again
+    /// before [`RESEND`] (a refused or lost one is, after).
+    sent: (bool, std::time::Instant),
 }
 
 /// A committee verdict this validator committed to.
@@ -523,10 +534,8 @@ impl Verifier {
             // On a chain with a beacon every judge of a challenged job outside its
             // committee seals its verdict first, and opens it once the reveals are open.
             if quorum_phase(beacon, &job, &me) {
-                match (
-                    job.quorum_commits.iter().any(|c| c.voter == me),
-                    job.reveals_open,
-                ) {
+                let committed = job.quorum_commits.iter().any(|c| c.voter == me);
+                match (committed, job.reveals_open) {
                     (true, false) => continue, // sealed: wait for the reveals
                     (false, true) => {
                         // Too late to judge it: the commitments are closed.
@@ -534,6 +543,16 @@ impl Verifier {
                         continue;
                     }
                     _ => {}
+                }
+                // Its commitment (or reveal) is on its way: not again before RESEND.
+                let pending = self
+                    .quorum
+                    .lock()
+                    .unwrap()
+                    .get(&id)
+                    .is_some_and(|q| q.sent.0 == committed && q.sent.1.elapsed() < RESEND);
+                if pending {
+                    continue;
                 }
             }
             match job.status {
@@ -588,12 +607,12 @@ impl Verifier {
                 return (id, job, None);
             }
             // Sealed outside the committee, and the reveals are open now: open it.
-            if let Some((accept, pov)) = self.quorum.lock().unwrap().get(&id).copied() {
+            if let Some(q) = self.quorum.lock().unwrap().get(&id).copied() {
                 let finding = Finding {
                     job: id,
-                    accept,
-                    pov: Some(pov),
-                    reason: (!accept).then(|| "as judged when sealed".to_string()),
+                    accept: q.accept,
+                    pov: Some(q.pov),
+                    reason: (!q.accept).then(|| "as judged when sealed".to_string()),
                 };
                 return (id, job, Some(Check::Done(finding)));
             }
@@ -679,6 +698,14 @@ impl Verifier {
                             tracing::warn!(job = %id, "cannot reopen this validator's commitment");
                             continue;
                         };
+                        self.quorum.lock().unwrap().insert(
+                            id,
+                            QuorumSeal {
+                                accept,
+                                pov,
+                                sent: (true, std::time::Instant::now()),
+                            },
+                        );
                         TxKind::VerdictReveal {
                             job: id,
                             accept,
@@ -687,10 +714,14 @@ impl Verifier {
                         }
                     }
                     None => {
-                        self.quorum
-                            .lock()
-                            .unwrap()
-                            .insert(id, (finding.accept, pov));
+                        self.quorum.lock().unwrap().insert(
+                            id,
+                            QuorumSeal {
+                                accept: finding.accept,
+                                pov,
+                                sent: (false, std::time::Instant::now()),
+                            },
+                        );
                         TxKind::VerdictCommit {
                             job: id,
                             commitment: self.commitment(&id, finding.accept, &pov),
@@ -751,14 +782,17 @@ impl Verifier {
                     // Judged (a committee member's commitment is only sealed: it is
                     // revealed by the committee loop): a refused submission is tried again
                     // on the next pass (a committee member that misses its deadline is
-                    // slashed).
-                    let sealed_only = sampled_job || (quorum && my_quorum_commit.is_none());
-                    if !sealed_only {
+                    // slashed). A sealed verdict outside the committee is sent again after
+                    // RESEND until its commitment, then its reveal, is on chain.
+                    if !sampled_job && !quorum {
                         self.done.lock().unwrap().insert(id);
                     }
                     tracing::info!(job = %id, accept = finding.accept, reason = ?finding.reason, "verdict")
                 }
                 Err(e) => tracing::warn!(job = %id, "verdict not submitted: {e:#}"),
+            }
+            if quorum && my_quorum_commit.is_some() {
+                continue; // its finding was recorded when it was sealed
             }
             self.findings.lock().unwrap().push(finding.clone());
             out.push(finding);
