@@ -617,27 +617,31 @@ fn a_silent_member_is_slashed_and_the_job_escalates() {
         assert_eq!((n.val(m).missed, n.val(m).slashed), (0, 0));
     }
     // Escalated: a member that committed must open its commitment (a plain vote would let
-    // a made-up proof go unopened and paid); the silent one and the outsider seal their
-    // verdicts with the proof itself; a quorum of the stake settles it, and the judges whose
-    // proofs agree are paid, the silent member included (it did re-execute, late).
+    // a made-up proof go unopened and paid); the silent member had its turn; the outsider
+    // seals its verdict with the proof itself, which opens the reveals; once every seal is
+    // open a quorum of the stake settles it, and the judges whose proofs agree are paid.
     let e = n.fails(members[0], TxKind::Verdict { job, accept: true });
     assert!(e.contains("open it with verdict_reveal"), "{e}");
     n.reveal(members[0], job, true, tag());
     n.reveal(members[1], job, true, tag());
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Challenged);
-    n.commit(silent, job, true, RAW);
-    assert!(
-        !n.s.job(&job).unwrap().reveals_open,
-        "the outsider has not committed"
+    let e = n.fails(
+        silent,
+        TxKind::VerdictCommit {
+            job,
+            commitment: Hash256([3; 32]),
+        },
     );
+    assert!(e.contains("committee commitment only"), "{e}");
+    assert!(!n.s.job(&job).unwrap().reveals_open);
     n.commit(outsider, job, true, RAW);
-    n.reveal(silent, job, true, RAW);
+    assert!(n.s.job(&job).unwrap().reveals_open);
+    n.reveal(outsider, job, true, RAW);
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
-    for m in [members[0], members[1], silent] {
+    for m in [members[0], members[1], outsider] {
         assert!(n.val(m).earned > 0, "{m}");
     }
-    // The outsider revealed after the quorum had settled it: not paid, not slashed.
-    assert_eq!((n.val(outsider).earned, n.val(outsider).slashed), (0, 0));
+    assert_eq!(n.val(silent).earned, 0);
 }
 
 #[test]
@@ -795,8 +799,14 @@ fn a_stalled_beacon_hands_the_receipt_to_every_validator() {
         assert!(n.val(v).earned > 0, "{v}");
     }
     assert_eq!(n.val(4).earned, 0);
-    // A value that arrives after changes nothing.
-    n.sign(r, &[2, 3]);
+    // Its only receipt settled: at the next round's end the round is forgotten (the state
+    // keeps no record per round forever), and a late partial changes nothing.
+    assert!(n.s.beacon_round(r).is_some());
+    n.empty(PERIOD);
+    assert!(n.s.beacon_round(r).is_none(), "a settled round is pruned");
+    let tx = n.share_tx(2, r);
+    let e = n.fails(2, tx);
+    assert!(e.contains("no receipt awaits"), "{e}");
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
 }
 
@@ -941,11 +951,10 @@ fn a_lazy_member_is_not_paid_through_an_escalation() {
     assert!(e.contains("does not open"), "{e}");
     n.reveal(lazy, job, true, MADE_UP);
     n.reveal(honest, job, true, tag());
-    // The outsider re-executes and seals its proof; with the silent member sealed too the
-    // reveals open, and the outsider's acceptance makes the quorum. Its proof, tagged,
-    // matches the honest member's: together they outvote the lazy one.
+    // The outsider re-executes and seals its proof, which opens the reveals, and its
+    // acceptance makes the quorum. Its proof, tagged, matches the honest member's: together
+    // they outweigh the lazy one.
     n.commit(outsider, job, true, RAW);
-    n.commit(silent, job, true, RAW);
     n.reveal(outsider, job, true, RAW);
     assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Accepted);
     assert_eq!(n.val(lazy).earned, 0, "the lazy member was paid");
@@ -996,9 +1005,9 @@ fn an_outsider_cannot_copy_the_committees_proof_after_an_escalation() {
 
 /// A client's challenge on an unsampled receipt: every validator seals its verdict under
 /// the fixed key of unsampled jobs. Nobody reveals before every validator has committed,
-/// nobody commits after the reveals open, and a validator that made its proof up is
-/// outvoted by the honest ones' proofs and slashed; one that reveals after the quorum
-/// settled is neither paid nor slashed.
+/// nobody commits after the reveals open, the job does not settle while a seal is unopened,
+/// a validator that made its proof up is outweighed by the honest ones' proofs and slashed,
+/// and one that keeps its seal closed to the deadline is slashed.
 #[test]
 fn a_challenged_job_is_judged_sealed_and_a_made_up_proof_loses() {
     let params = Params {
@@ -1050,19 +1059,115 @@ fn a_challenged_job_is_judged_sealed_and_a_made_up_proof_loses() {
     let worker_before = n.s.account(&addr(WORKER)).balance;
     n.reveal(lazy, job, true, MADE_UP);
     n.reveal(1, job, true, RAW);
-    assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Challenged);
     n.reveal(2, job, true, RAW);
+    // Three acceptances hold a quorum, but validator 3 has not opened its seal: nothing
+    // settles before every seal is open or the reveal window ends (a proposer must not pick
+    // which reveals decide the job, and its majority proof).
+    let j = n.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Challenged);
+    // Validator 3 keeps its verdict back: at the deadline it is slashed, and the opened
+    // votes settle the job.
+    let deadline = j.deadline;
+    while n.s.height() < deadline {
+        n.empty(1);
+    }
     let j = n.s.job(&job).unwrap();
     assert_eq!(j.status, JobStatus::Accepted);
     let fee = j.settlement.as_ref().unwrap().validator_fee;
     assert!(fee > 0);
+    let slash = n.s.params().verdict_slash;
     // The two proven judges share the fee; the made-up proof earns nothing and is slashed.
     for v in [1, 2] {
         assert_eq!(n.val(v).earned, fee / 2, "{v}");
     }
     assert_eq!(n.val(lazy).earned, 0);
-    assert_eq!(n.val(lazy).slashed, n.s.params().verdict_slash);
-    assert_eq!((n.val(3).earned, n.val(3).slashed), (0, 0));
+    assert_eq!(n.val(lazy).slashed, slash);
+    assert_eq!(
+        (n.val(3).earned, n.val(3).slashed, n.val(3).missed),
+        (0, slash, 1)
+    );
     // The failed challenger's bond went to the worker.
     assert!(n.s.account(&addr(WORKER)).balance > worker_before);
+}
+
+/// A validator that is a job's client (or worker) is kept off its committee, and off its
+/// judges once it is challenged: the reveals open when every other validator has committed.
+#[test]
+fn a_jobs_own_client_does_not_judge_it() {
+    let params = Params {
+        challenge_window: 10,
+        ..Params::default()
+    };
+    let mut n = Net::new(params);
+    let job = Hash256([161; 32]);
+    let client = 1;
+    n.ok(
+        client,
+        TxKind::OpenJob {
+            job,
+            model: MODEL,
+            max_tokens: 1_000,
+            escrow: 10_000,
+            worker: Some(addr(WORKER)),
+        },
+    );
+    n.ok(
+        WORKER,
+        TxKind::PostReceipt {
+            job,
+            receipt: Hash256([1; 32]),
+            tokens: 1_000,
+            pointer: "p".into(),
+        },
+    );
+    n.ok(client, TxKind::Challenge { job });
+    let e = n.fails(
+        client,
+        TxKind::VerdictCommit {
+            job,
+            commitment: Hash256([3; 32]),
+        },
+    );
+    assert!(e.contains("worker or client cannot judge"), "{e}");
+    for v in [2, 3, 4] {
+        n.commit(v, job, false, RAW);
+    }
+    assert!(n.s.job(&job).unwrap().reveals_open);
+    for v in [2, 3, 4] {
+        n.reveal(v, job, false, RAW);
+    }
+    assert_eq!(n.s.job(&job).unwrap().status, JobStatus::Rejected);
+}
+
+/// A judge that rejects without re-running (no proof, or a made-up one) earns nothing when
+/// the job is rejected: only rejecting judges whose proof is the rejecting majority's share
+/// the validator fee. It is not slashed for it (a judge that could not fetch the receipt has
+/// no proof either).
+#[test]
+fn rejecting_without_re_running_is_not_paid() {
+    let params = Params {
+        challenge_window: 10,
+        ..Params::default()
+    };
+    let mut n = Net::new(params);
+    let job = Hash256([171; 32]);
+    n.job(job);
+    n.ok(CLIENT, TxKind::Challenge { job });
+    let lazy = 4;
+    for v in [1, 2, 3] {
+        n.commit(v, job, false, RAW);
+    }
+    n.commit(lazy, job, false, Hash256::default());
+    for v in [1, 2, 3] {
+        n.reveal(v, job, false, RAW);
+    }
+    n.reveal(lazy, job, false, Hash256::default());
+    let j = n.s.job(&job).unwrap();
+    assert_eq!(j.status, JobStatus::Rejected);
+    let fee = j.settlement.as_ref().unwrap().validator_fee;
+    assert!(fee > 0);
+    for v in [1, 2, 3] {
+        assert_eq!(n.val(v).earned, fee / 3, "{v}");
+    }
+    assert_eq!((n.val(lazy).earned, n.val(lazy).slashed), (0, 0));
 }

@@ -143,10 +143,10 @@ pub fn sampled(job: &Hash256, block: &Hash256, rate_bps: u64) -> bool {
 }
 
 /// Whether this validator (`me`) judges `job` by a sealed verdict outside its committee: a
-/// challenged (or escalated) job on a chain with a beacon, where `me` did not commit as a
-/// committee member (that commitment it opens instead).
+/// challenged (or escalated) job on a chain with a beacon that `me` was not drawn for (a
+/// member opens its committee commitment instead, or, if it never made one, has no say).
 fn quorum_phase(beacon: bool, job: &Job, me: &Address) -> bool {
-    beacon && job.status == JobStatus::Challenged && !job.commits.iter().any(|c| c.voter == *me)
+    beacon && job.status == JobStatus::Challenged && !job.committee.contains(me)
 }
 
 /// How long a re-execution may yield: half the `blocks_left` before its deadline at the
@@ -503,14 +503,12 @@ impl Verifier {
         let height = ledger.height().await?;
         let me = self.signer.address();
         let mut due: Vec<(Hash256, Job)> = ledger.jobs_due("challenged", SCAN).await?;
-        {
-            // Sealed verdicts of jobs no longer challenged (settled) are of no more use.
-            let live: HashSet<Hash256> = due.iter().map(|(id, _)| *id).collect();
-            self.quorum
-                .lock()
-                .unwrap()
-                .retain(|id, _| live.contains(id));
-        }
+        // Sealed verdicts last sent long ago belong to jobs settled since (a listing cut at
+        // SCAN is no proof that a job left it: a sealed one may just be further down).
+        self.quorum
+            .lock()
+            .unwrap()
+            .retain(|_, q| q.sent.1.elapsed() < KEEP_SEALED);
         due.extend(ledger.jobs_drawn(&me, SCAN).await?);
         let beacon = self.has_beacon().await?;
         if !beacon {
@@ -533,7 +531,22 @@ impl Verifier {
             let judge_now = !self.sealed.lock().unwrap().contains_key(&id);
             // On a chain with a beacon every judge of a challenged job outside its
             // committee seals its verdict first, and opens it once the reveals are open.
+            let silent_member = beacon
+                && job.status == JobStatus::Challenged
+                && member
+                && !job.commits.iter().any(|c| c.voter == me);
+            if silent_member {
+                // Drawn, but its commitment never landed: the chain takes no other verdict
+                // from it on this job.
+                self.done.lock().unwrap().insert(id);
+                continue;
+            }
             if quorum_phase(beacon, &job, &me) {
+                if job.client == me || job.worker == Some(me) {
+                    // Neither side of a job judges it (a capability challenge's client).
+                    self.done.lock().unwrap().insert(id);
+                    continue;
+                }
                 let committed = job.quorum_commits.iter().any(|c| c.voter == me);
                 match (committed, job.reveals_open) {
                     (true, false) => continue, // sealed: wait for the reveals

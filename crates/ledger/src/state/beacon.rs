@@ -276,6 +276,7 @@ impl State {
         if !(h + 1).is_multiple_of(period) {
             return;
         }
+        self.prune_beacon_rounds();
         let round = h / period;
         if !self.beacons.contains_key(&round) {
             return;
@@ -287,6 +288,26 @@ impl State {
             .collect();
         self.dirty.insert(Key::Beacon(round));
         self.beacons.get_mut(&round).expect("checked").candidates = candidates;
+    }
+
+    /// Forgets the oldest rounds whose receipts have all settled (once per round, at its
+    /// end): nothing reads a round's value, candidates or signature after that (verifiers
+    /// key proofs of verification only for unsettled jobs, and a settled job keeps its
+    /// committee and its round's number), and the state would otherwise keep one record
+    /// per round forever. A round still waiting for its value goes too once its receipts
+    /// settled without it (escalated): a late partial for it is then refused.
+    fn prune_beacon_rounds(&mut self) {
+        while let Some((&r, br)) = self.beacons.iter().next() {
+            let settled = br
+                .jobs
+                .iter()
+                .all(|j| self.jobs.get(j).is_none_or(|j| j.status.is_final()));
+            if !settled {
+                break;
+            }
+            self.beacons.remove(&r);
+            self.dirty.insert(Key::Beacon(r));
+        }
     }
 
     /// Files the receipt of `job`, posted at the current height, under its beacon round;

@@ -409,6 +409,11 @@ impl State {
             return err("sender is not an active validator");
         }
         let j = &self.jobs[&job];
+        if j.worker == Some(from) || j.client == from {
+            // As on committees: neither side of a job judges it (a worker with a
+            // validator's stake would accept its own cheat).
+            return err("the job's worker or client cannot judge it");
+        }
         if j.reveals_open {
             return err("the commitments on this job are closed: its reveals are open");
         }
@@ -419,6 +424,12 @@ impl State {
             return err(
                 "this member committed to a verdict on this job: open it with verdict_reveal",
             );
+        }
+        if j.committee.binary_search(&from).is_ok() {
+            // Its commitment would be to the tag of its proof, the committee's kind: one sent
+            // while the job was sampled and landing after it escalated must not be taken
+            // for a judge's (a member that never committed was slashed for missing).
+            return err("a committee member judges this job by its committee commitment only");
         }
         let at = match j.quorum_commits.binary_search_by(|c| c.voter.cmp(&from)) {
             Ok(_) => return err("this validator already committed"),
@@ -438,13 +449,28 @@ impl State {
         Ok(())
     }
 
-    /// Whether every active validator has sealed or given its verdict on `job`.
+    /// Whether every judge of `job` outside its committee (every active validator but the
+    /// committee's members and the job's own parties) has sealed its verdict.
     fn every_judge_committed(&self, job: &Hash256) -> bool {
         let j = &self.jobs[job];
         self.active_validators().iter().all(|(a, _)| {
-            j.quorum_commits.iter().any(|c| c.voter == *a)
-                || j.commits.iter().any(|c| c.voter == *a)
-                || j.verdicts.iter().any(|v| v.voter == *a)
+            j.worker == Some(*a)
+                || j.client == *a
+                || j.committee.binary_search(a).is_ok()
+                || j.quorum_commits
+                    .binary_search_by(|c| c.voter.cmp(a))
+                    .is_ok()
+        })
+    }
+
+    /// Whether every validator that sealed a verdict on `job` (on its committee or after)
+    /// has opened it.
+    fn every_seal_opened(&self, job: &Hash256) -> bool {
+        let j = &self.jobs[job];
+        j.commits.iter().chain(&j.quorum_commits).all(|c| {
+            j.verdicts
+                .binary_search_by(|v| v.voter.cmp(&c.voter))
+                .is_ok()
         })
     }
 
@@ -501,7 +527,12 @@ impl State {
             v.verdicts += 1;
         }
         self.dirty.insert(Key::Validator(from));
-        self.settle_by_quorum(job);
+        // Settled once every seal is open (or at the reveal deadline), not at the first
+        // quorum: a proposer could otherwise pick which reveals make it, and so which proof
+        // is the majority's.
+        if self.every_seal_opened(&job) {
+            self.settle_by_quorum(job);
+        }
         Ok(())
     }
 
@@ -555,7 +586,9 @@ impl State {
         }
         self.dirty.insert(Key::Validator(from));
         if escalated {
-            self.settle_by_quorum(job);
+            if self.every_seal_opened(&job) {
+                self.settle_by_quorum(job);
+            }
             return Ok(());
         }
         let j = &self.jobs[&job];
@@ -576,31 +609,43 @@ impl State {
         Ok(())
     }
 
-    /// Committee members that accepted without proof of having re-executed: the ones whose
-    /// revealed proof differs from the one a strict majority of the accepting members
-    /// revealed. Without such a majority nobody can be told apart, and `None` is returned:
-    /// then no accepting member is paid, and none is slashed for it.
-    fn unproven(j: &Job) -> Option<Vec<Address>> {
-        let accepted: Vec<&Pov> = j
+    /// The tag of the proof of verification that judges holding a strict majority of the
+    /// stake of those who voted `yes` and revealed a proof agree on, if any. Weighed by
+    /// stake, not counted: many small identities do not outvote one large honest judge.
+    fn proof_majority(&self, j: &Job, yes: bool) -> Option<Hash256> {
+        let mut weights: BTreeMap<Hash256, u128> = BTreeMap::new();
+        let mut total = 0u128;
+        for p in &j.povs {
+            if j.verdicts
+                .iter()
+                .any(|v| v.voter == p.voter && v.yes == yes)
+            {
+                let w = self.account(&p.voter).stake as u128;
+                *weights.entry(p.pov).or_default() += w;
+                total += w;
+            }
+        }
+        let (best, w) = weights.into_iter().max_by_key(|(_, w)| *w)?;
+        (w * 2 > total).then_some(best)
+    }
+
+    /// The judges that voted `yes` with a proof of verification other than the majority's
+    /// ([`Self::proof_majority`]), and whether there was such a majority (without one,
+    /// nobody can be told apart: no judge that voted `yes` with a proof is paid).
+    fn off_majority(&self, j: &Job, yes: bool) -> (Vec<Address>, bool) {
+        let best = self.proof_majority(j, yes);
+        let off = j
             .povs
             .iter()
-            .filter(|p| j.verdicts.iter().any(|v| v.voter == p.voter && v.yes))
+            .filter(|p| {
+                j.verdicts
+                    .iter()
+                    .any(|v| v.voter == p.voter && v.yes == yes)
+            })
+            .filter(|p| best != Some(p.pov))
+            .map(|p| p.voter)
             .collect();
-        let mut counts: BTreeMap<Hash256, usize> = BTreeMap::new();
-        for p in &accepted {
-            *counts.entry(p.pov).or_default() += 1;
-        }
-        let (best, n) = counts.into_iter().max_by_key(|(_, n)| *n)?;
-        if n * 2 <= accepted.len() {
-            return None;
-        }
-        Some(
-            accepted
-                .iter()
-                .filter(|p| p.pov != best)
-                .map(|p| p.voter)
-                .collect(),
-        )
+        (off, best.is_some())
     }
 
     /// Hands a sampled job to every validator: the verdict window starts again and more
@@ -709,12 +754,13 @@ impl State {
         let mut validator_fee = bps_of(cost, p.validator_fee_bps).min(cost - treasury_cut);
         let worker_paid = cost - treasury_cut - validator_fee;
         let refund = j.escrow - cost;
-        // Accepting committee members are paid only with a proof of verification the
-        // majority of them shares; a proven mismatch is slashed like a wrong verdict.
-        let all_accepters: Vec<Address> = j.povs.iter().map(|p| p.voter).collect();
-        let (unpaid, unproven) = match Self::unproven(&j) {
-            Some(bad) => (bad.clone(), bad),
-            None => (all_accepters, Vec::new()),
+        // Accepting judges are paid only with a proof of verification the majority of them
+        // (by stake) shares; a proven mismatch is slashed like a wrong verdict. (Plain votes,
+        // on a chain without a beacon, carry no proof and are paid.)
+        let (off, majority) = self.off_majority(&j, true);
+        let (unpaid, unproven) = match majority {
+            true => (off.clone(), off),
+            false => (off, Vec::new()),
         };
         let voters: Vec<Address> = j
             .verdicts
@@ -791,10 +837,16 @@ impl State {
             self.credit(&c.challenger, c.bond + reward);
             challenger_paid = c.bond + reward;
         }
+        // A rejecting judge is paid only if its proof of verification is the rejecting
+        // majority's (an honest re-run of a bad receipt yields the same rows; a receipt
+        // nobody could fetch yields none for all): one that rejected without re-running
+        // earns nothing. It is not slashed for it: a judge that could not fetch the receipt
+        // has no proof through no fault of its own.
+        let (unpaid, _) = self.off_majority(&j, false);
         let voters: Vec<Address> = j
             .verdicts
             .iter()
-            .filter(|v| !v.yes)
+            .filter(|v| !v.yes && !unpaid.contains(&v.voter))
             .map(|v| v.voter)
             .collect();
         let paid = self.pay_voters(&voters, fee);
@@ -910,30 +962,52 @@ impl State {
             JobStatus::Challenged if self.meta.beacon.is_some() && !j.reveals_open => {
                 self.open_reveals(id);
             }
-            JobStatus::Challenged => {
-                self.credit(&j.client, j.escrow);
-                let bond = j.challenge.as_ref().map_or(0, |c| c.bond);
-                if let Some(c) = &j.challenge {
-                    self.credit(&c.challenger, c.bond);
+            // The reveal window ran out: a judge that sealed a verdict and kept it back (to
+            // see which side wins first) loses `verdict_slash`; the opened votes settle it
+            // if they make a quorum.
+            JobStatus::Challenged if self.meta.beacon.is_some() => {
+                let amount = self.meta.params.verdict_slash;
+                for c in &j.quorum_commits {
+                    if j.verdicts.iter().all(|v| v.voter != c.voter) {
+                        self.slash_validator(&c.voter, amount);
+                        if let Some(v) = self.validators.get_mut(&c.voter) {
+                            v.missed += 1;
+                        }
+                    }
                 }
-                if let Some(r) = &j.receipt {
-                    self.unlock_collateral(r);
+                self.settle_by_quorum(id);
+                if self.jobs[&id].status == JobStatus::Challenged {
+                    self.unresolve(id, h, &j);
                 }
-                let jm = self.job_mut(&id).expect("exists");
-                jm.status = JobStatus::Unresolved;
-                jm.settlement = Some(Settlement {
-                    height: h,
-                    client_refund: j.escrow,
-                    challenger_paid: bond,
-                    ..Default::default()
-                });
-                self.events.push(format!(
-                    "job {} unresolved; escrow and bond refunded",
-                    id.short()
-                ));
             }
+            JobStatus::Challenged => self.unresolve(id, h, &j),
             _ => {}
         }
+    }
+
+    /// No quorum by a challenged job's deadline: the client's escrow and the challenger's
+    /// bond are refunded and the worker's collateral released.
+    fn unresolve(&mut self, id: Hash256, h: u64, j: &Job) {
+        self.credit(&j.client, j.escrow);
+        let bond = j.challenge.as_ref().map_or(0, |c| c.bond);
+        if let Some(c) = &j.challenge {
+            self.credit(&c.challenger, c.bond);
+        }
+        if let Some(r) = &j.receipt {
+            self.unlock_collateral(r);
+        }
+        let jm = self.job_mut(&id).expect("exists");
+        jm.status = JobStatus::Unresolved;
+        jm.settlement = Some(Settlement {
+            height: h,
+            client_refund: j.escrow,
+            challenger_paid: bond,
+            ..Default::default()
+        });
+        self.events.push(format!(
+            "job {} unresolved; escrow and bond refunded",
+            id.short()
+        ));
     }
 }
 
