@@ -1090,29 +1090,40 @@ fn a_challenged_job_is_judged_sealed_and_a_made_up_proof_loses() {
     assert!(n.s.account(&addr(WORKER)).balance > worker_before);
 }
 
-/// A validator that is a job's client (or worker) is kept off its committee, and off its
-/// judges once it is challenged: the reveals open when every other validator has committed.
+/// A validator that is also a job's worker is kept off its judges once the job is challenged
+/// (it would accept its own cheat): the reveals open when every other validator has
+/// committed. The job's client may judge it, as any validator.
 #[test]
-fn a_jobs_own_client_does_not_judge_it() {
+fn a_jobs_own_worker_does_not_judge_it() {
     let params = Params {
         challenge_window: 10,
         ..Params::default()
     };
     let mut n = Net::new(params);
-    let job = Hash256([161; 32]);
-    let client = 1;
+    let worker = 1;
     n.ok(
-        client,
+        worker,
+        TxKind::RegisterWorker {
+            models: vec![MODEL],
+            profile: deai_ledger::state::DEFAULT_PROFILE.into(),
+            hardware: "h".into(),
+            price_per_1k: PRICE,
+            endpoint: "e1".into(),
+        },
+    );
+    let job = Hash256([161; 32]);
+    n.ok(
+        CLIENT,
         TxKind::OpenJob {
             job,
             model: MODEL,
             max_tokens: 1_000,
             escrow: 10_000,
-            worker: Some(addr(WORKER)),
+            worker: Some(addr(worker)),
         },
     );
     n.ok(
-        WORKER,
+        worker,
         TxKind::PostReceipt {
             job,
             receipt: Hash256([1; 32]),
@@ -1120,15 +1131,15 @@ fn a_jobs_own_client_does_not_judge_it() {
             pointer: "p".into(),
         },
     );
-    n.ok(client, TxKind::Challenge { job });
+    n.ok(CLIENT, TxKind::Challenge { job });
     let e = n.fails(
-        client,
+        worker,
         TxKind::VerdictCommit {
             job,
             commitment: Hash256([3; 32]),
         },
     );
-    assert!(e.contains("worker or client cannot judge"), "{e}");
+    assert!(e.contains("worker cannot judge"), "{e}");
     for v in [2, 3, 4] {
         n.commit(v, job, false, RAW);
     }

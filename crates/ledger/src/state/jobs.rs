@@ -409,10 +409,12 @@ impl State {
             return err("sender is not an active validator");
         }
         let j = &self.jobs[&job];
-        if j.worker == Some(from) || j.client == from {
-            // As on committees: neither side of a job judges it (a worker with a
-            // validator's stake would accept its own cheat).
-            return err("the job's worker or client cannot judge it");
+        if j.worker == Some(from) {
+            // A worker with a validator's stake would accept its own cheat. (Its client may
+            // judge, as any validator: a validator running a capability challenge is the
+            // client of its job, and on a small validator set its vote may be needed for a
+            // quorum.)
+            return err("the job's worker cannot judge it");
         }
         if j.reveals_open {
             return err("the commitments on this job are closed: its reveals are open");
@@ -450,12 +452,11 @@ impl State {
     }
 
     /// Whether every judge of `job` outside its committee (every active validator but the
-    /// committee's members and the job's own parties) has sealed its verdict.
+    /// committee's members and the job's worker) has sealed its verdict.
     fn every_judge_committed(&self, job: &Hash256) -> bool {
         let j = &self.jobs[job];
         self.active_validators().iter().all(|(a, _)| {
             j.worker == Some(*a)
-                || j.client == *a
                 || j.committee.binary_search(a).is_ok()
                 || j.quorum_commits
                     .binary_search_by(|c| c.voter.cmp(a))
