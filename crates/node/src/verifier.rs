@@ -142,6 +142,33 @@ pub fn sampled(job: &Hash256, block: &Hash256, rate_bps: u64) -> bool {
     x % BPS < rate_bps
 }
 
+/// The proof of verification a sealed verdict carries: the finding's, or none (the zero
+/// value) for a rejection without one; `None` for an acceptance without one (the prefill did
+/// not run): it is judged again on the next pass.
+fn sealable_pov(f: &Finding) -> Option<Hash256> {
+    match f.pov {
+        Some(p) => Some(p),
+        None if f.accept => None,
+        None => Some(Hash256::default()),
+    }
+}
+
+/// The (vote, proof) that opens this validator's commitment on chain (`opens`): the sealed
+/// verdict, or, re-executed after a restart, the likely ones.
+fn reopen(
+    f: &Finding,
+    pov: Hash256,
+    opens: impl Fn(bool, &Hash256) -> bool,
+) -> Option<(bool, Hash256)> {
+    [
+        (f.accept, pov),
+        (!f.accept, pov),
+        (false, Hash256::default()),
+    ]
+    .into_iter()
+    .find(|(a, p)| opens(*a, p))
+}
+
 /// Whether this validator (`me`) judges `job` by a sealed verdict outside its committee: a
 /// challenged (or escalated) job on a chain with a beacon that `me` was not drawn for (a
 /// member opens its committee commitment instead, or, if it never made one, has no say).
@@ -692,21 +719,13 @@ impl Verifier {
                 .find(|c| c.voter == me)
                 .map(|c| c.commitment);
             let kind = if quorum {
-                let pov = match finding.pov {
-                    Some(p) => p,
-                    None if finding.accept => continue, // as below: judge again
-                    None => Hash256::default(),
+                let Some(pov) = sealable_pov(&finding) else {
+                    continue;
                 };
                 match my_quorum_commit {
                     Some(c) => {
-                        let openings = [
-                            (finding.accept, pov),
-                            (!finding.accept, pov),
-                            (false, Hash256::default()),
-                        ];
-                        let Some((accept, pov)) = openings
-                            .into_iter()
-                            .find(|(a, p)| self.commitment(&id, *a, p) == c)
+                        let Some((accept, pov)) =
+                            reopen(&finding, pov, |a, p| self.commitment(&id, a, p) == c)
                         else {
                             tracing::warn!(job = %id, "cannot reopen this validator's commitment");
                             continue;
@@ -742,26 +761,14 @@ impl Verifier {
                     }
                 }
             } else if sampled_job || my_commit.is_some() {
-                let pov = match finding.pov {
-                    Some(p) => p,
-                    // An acceptance always carries its proof; this one lacks it (the prefill
-                    // did not run): judge again on the next pass.
-                    None if finding.accept => continue,
-                    None => Hash256::default(),
+                let Some(pov) = sealable_pov(&finding) else {
+                    continue;
                 };
                 match my_commit {
                     Some(c) => {
-                        // The opening of the commitment on chain: the sealed verdict, or,
-                        // re-executed after a restart, the likely ones.
-                        let openings = [
-                            (finding.accept, pov),
-                            (!finding.accept, pov),
-                            (false, Hash256::default()),
-                        ];
-                        let Some((accept, pov)) = openings
-                            .into_iter()
-                            .find(|(a, p)| self.committee_commitment(&id, *a, p) == c)
-                        else {
+                        let Some((accept, pov)) = reopen(&finding, pov, |a, p| {
+                            self.committee_commitment(&id, a, p) == c
+                        }) else {
                             tracing::warn!(job = %id, "cannot reopen this validator's commitment");
                             continue;
                         };
@@ -953,6 +960,38 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a restart a validator re-executes and must find which (vote, proof) its
+    /// commitment on chain opens: its finding, the flipped vote, or a rejection without a
+    /// proof; an acceptance without a proof is never sealed.
+    #[test]
+    fn a_sealed_verdict_is_reopened_from_a_new_finding() {
+        let pov = Hash256([7; 32]);
+        let f = |accept, pov| Finding {
+            job: Hash256([1; 32]),
+            accept,
+            pov,
+            reason: None,
+        };
+        assert_eq!(sealable_pov(&f(true, Some(pov))), Some(pov));
+        assert_eq!(sealable_pov(&f(true, None)), None);
+        assert_eq!(sealable_pov(&f(false, None)), Some(Hash256::default()));
+        // Committed to (false, pov); re-executed to (true, pov): the flipped vote opens it.
+        let committed = |a: bool, p: &Hash256| !a && *p == pov;
+        assert_eq!(
+            reopen(&f(true, Some(pov)), pov, committed),
+            Some((false, pov))
+        );
+        // Committed to a rejection without a proof; the new finding has one.
+        let no_proof = |a: bool, p: &Hash256| !a && *p == Hash256::default();
+        assert_eq!(
+            reopen(&f(true, Some(pov)), pov, no_proof),
+            Some((false, Hash256::default()))
+        );
+        // Another proof than the one committed to: nothing opens it.
+        let other = |_: bool, p: &Hash256| *p == Hash256([9; 32]);
+        assert_eq!(reopen(&f(true, Some(pov)), pov, other), None);
+    }
 
     /// A new chain accepts exactly the CPU engine's kernel profile: the ledger's seed and
     /// the engine's id must not drift apart, or no worker could register.
