@@ -160,6 +160,10 @@ impl Net {
     }
     /// Opens `job` and posts its receipt (in two blocks).
     fn job(&mut self, job: Hash256) {
+        self.job_for(job, WORKER);
+    }
+    /// [`Net::job`] served by `worker`.
+    fn job_for(&mut self, job: Hash256, worker: u8) {
         self.ok(
             CLIENT,
             TxKind::OpenJob {
@@ -167,11 +171,11 @@ impl Net {
                 model: MODEL,
                 max_tokens: 1_000,
                 escrow: 10_000,
-                worker: Some(addr(WORKER)),
+                worker: Some(addr(worker)),
             },
         );
         self.ok(
-            WORKER,
+            worker,
             TxKind::PostReceipt {
                 job,
                 receipt: Hash256([1; 32]),
@@ -1112,25 +1116,7 @@ fn a_jobs_own_worker_does_not_judge_it() {
         },
     );
     let job = Hash256([161; 32]);
-    n.ok(
-        CLIENT,
-        TxKind::OpenJob {
-            job,
-            model: MODEL,
-            max_tokens: 1_000,
-            escrow: 10_000,
-            worker: Some(addr(worker)),
-        },
-    );
-    n.ok(
-        worker,
-        TxKind::PostReceipt {
-            job,
-            receipt: Hash256([1; 32]),
-            tokens: 1_000,
-            pointer: "p".into(),
-        },
-    );
+    n.job_for(job, worker);
     n.ok(CLIENT, TxKind::Challenge { job });
     let e = n.fails(
         worker,
