@@ -615,6 +615,29 @@ impl Verifier {
         }
         use futures::StreamExt;
         let checks = futures::stream::iter(todo.into_iter().map(|(id, job)| async move {
+            // A verdict this validator already sealed is its verdict: sealed outside the
+            // committee (resent, or opened now the reveals are open), or on the committee of
+            // a job since escalated (re-executing again would only add to the backlog that
+            // may have caused the escalation). Neither needs the key.
+            let quorum_seal = self
+                .quorum
+                .lock()
+                .unwrap()
+                .get(&id)
+                .map(|q| (q.accept, q.pov, "as judged when sealed"));
+            let committee_seal = (job.status == JobStatus::Challenged)
+                .then(|| self.sealed.lock().unwrap().get(&id).copied())
+                .flatten()
+                .map(|s| (s.accept, s.pov, "as judged on the committee"));
+            if let Some((accept, pov, why)) = quorum_seal.or(committee_seal) {
+                let finding = Finding {
+                    job: id,
+                    accept,
+                    pov: Some(pov),
+                    reason: (!accept).then(|| why.to_string()),
+                };
+                return (id, job, Some(Check::Done(finding)));
+            }
             let patience = self.patience_for(height, job.deadline);
             // A committee member proves its re-execution with a digest keyed by the value
             // of the job's beacon round.
@@ -645,30 +668,6 @@ impl Verifier {
             if sealed_phase && key.is_none() {
                 // No proof without the key: try again on the next pass.
                 return (id, job, None);
-            }
-            // Sealed outside the committee, and the reveals are open now: open it.
-            if let Some(q) = self.quorum.lock().unwrap().get(&id).copied() {
-                let finding = Finding {
-                    job: id,
-                    accept: q.accept,
-                    pov: Some(q.pov),
-                    reason: (!q.accept).then(|| "as judged when sealed".to_string()),
-                };
-                return (id, job, Some(Check::Done(finding)));
-            }
-            // Escalated after this validator judged it as a committee member: its sealed
-            // verdict is its verdict (re-executing again would only add to the backlog
-            // that may have caused the escalation).
-            if job.status == JobStatus::Challenged {
-                if let Some(s) = self.sealed.lock().unwrap().get(&id) {
-                    let finding = Finding {
-                        job: id,
-                        accept: s.accept,
-                        pov: Some(s.pov),
-                        reason: (!s.accept).then(|| "as judged on the committee".to_string()),
-                    };
-                    return (id, job, Some(Check::Done(finding)));
-                }
             }
             let check = self.check_yielding(&id, &job, patience, key).await;
             (id, job, Some(check))

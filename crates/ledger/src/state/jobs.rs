@@ -503,8 +503,8 @@ impl State {
         let j = &self.jobs[&job];
         if !j.reveals_open {
             return err(
-                "reveals open once every active validator has committed or the commit phase \
-                 ends",
+                "reveals open once every judge off the committee has committed or the commit \
+                 phase ends",
             );
         }
         if j.verdicts.iter().any(|v| v.voter == from) {
