@@ -68,6 +68,9 @@ pub struct DevnetOptions {
     pub no_verifier: Vec<usize>,
 }
 
+/// How long [`start`] waits for every worker's capability challenge to settle.
+const CHALLENGES_WITHIN: Duration = Duration::from_secs(300);
+
 /// Chain parameters for a devnet: every receipt is verified (a small network can afford it)
 /// and windows are long enough for CPU verification at devnet block rates (10-60 blocks/s):
 /// a job may wait in a busy worker's queue for the gateway's whole worker timeout, and
@@ -282,7 +285,11 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
     }
 
     // Wait until every worker has passed (an accepted job) or failed (inactive) its
-    // capability challenge, so the gateway has someone to route to.
+    // capability challenge, so the gateway has someone to route to. A challenge job whose
+    // committee has a member that does not judge yet (a validator run without a verifier,
+    // whose duty the caller starts after this returns) waits out a verdict window, then
+    // escalates to sealed judging (a commit phase, then reveals): on a loaded 2-core
+    // machine that has taken over 180 s.
     let t0 = tokio::time::Instant::now();
     loop {
         let reg = ledger.workers().await?;
@@ -295,8 +302,9 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
             break;
         }
         anyhow::ensure!(
-            t0.elapsed() < Duration::from_secs(180),
-            "workers did not finish their capability challenges within 180 s"
+            t0.elapsed() < CHALLENGES_WITHIN,
+            "workers did not finish their capability challenges within {} s",
+            CHALLENGES_WITHIN.as_secs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
