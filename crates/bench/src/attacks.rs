@@ -242,6 +242,8 @@ impl Net {
                 max_tokens: 256,
                 escrow: ESCROW,
                 worker: Some(addr(worker)),
+                app: None,
+                client: None,
             },
         );
         assert_eq!(

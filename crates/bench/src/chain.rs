@@ -254,6 +254,8 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
                     max_tokens: 64,
                     escrow: 1_000,
                     worker: Some(worker.verifying_key().to_bytes()),
+                    app: None,
+                    client: None,
                 },
             );
             if submit(s, t).is_ok() {

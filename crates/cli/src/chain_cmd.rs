@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use deai_chain::local::{self, InitOptions, RunOptions};
 use deai_client::blocking::ChainClient;
+use deai_ledger::tx::{Beneficiary, DataShard, Shard};
 use deai_ledger::{Param, ParamChange, TxKind};
 use deai_types::Hash256;
 use std::path::PathBuf;
@@ -163,6 +164,13 @@ pub enum TxCmd {
         escrow: u64,
         #[arg(long)]
         worker: Option<String>,
+        /// The app that brought the request (its id, `deai chain tx register-app` prints
+        /// it); its owner earns the app's fee on top of the cost.
+        #[arg(long)]
+        app: Option<String>,
+        /// Open it as a gateway for this client, within the allowance it gave the sender.
+        #[arg(long)]
+        client: Option<String>,
     },
     PostReceipt {
         #[arg(long)]
@@ -220,7 +228,9 @@ pub enum TxCmd {
     },
     Propose {
         /// A parameter name (e.g. slash_bps) with --value, allow_model / disallow_model
-        /// with --model, or allow_profile / disallow_profile with --profile.
+        /// with --model, allow_profile / disallow_profile with --profile, set_royalty with
+        /// --model and --beneficiary (none ends the royalty), allow_trained_model with
+        /// --model and --training, or grant with --to and --value.
         #[arg(long)]
         param: String,
         #[arg(long)]
@@ -230,6 +240,39 @@ pub enum TxCmd {
         /// A kernel profile id (e.g. deai-cpu-bi-v1).
         #[arg(long)]
         profile: Option<String>,
+        /// A royalty beneficiary, `ADDRESS:WEIGHT` (repeatable).
+        #[arg(long = "beneficiary")]
+        beneficiaries: Vec<String>,
+        /// The finished training job that produced --model.
+        #[arg(long)]
+        training: Option<String>,
+        /// A grant's recipient.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Register a dataset (its id is printed): shards as `HASH:TOKENS`.
+    RegisterDataset {
+        #[arg(long)]
+        license: String,
+        #[arg(long = "shard", required = true)]
+        shards: Vec<String>,
+    },
+    /// Register (or re-price) an app; its id is printed.
+    RegisterApp {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        fee_bps: u64,
+    },
+    /// Let a gateway open jobs for this key, escrowing at most --limit until height
+    /// --expires (--limit 0 revokes).
+    Authorize {
+        #[arg(long)]
+        gateway: String,
+        #[arg(long)]
+        limit: u64,
+        #[arg(long)]
+        expires: u64,
     },
     Vote {
         #[arg(long)]
@@ -272,6 +315,10 @@ pub enum TxCmd {
         /// The validator that verifies contributions and posts rounds.
         #[arg(long)]
         coordinator: String,
+        /// A registered dataset shard it trains on, `DATASET:SHARD` (repeatable): the
+        /// owners share the royalty of the model it produces.
+        #[arg(long = "data")]
+        data: Vec<String>,
     },
     /// Propose a training round's result (the job's coordinator only); it settles once
     /// validators holding more than two thirds of the stake accept it.
@@ -511,12 +558,16 @@ pub fn tx(a: TxArgs) -> Result<()> {
             max_tokens,
             escrow,
             worker,
+            app,
+            client,
         } => TxKind::OpenJob {
             job: parse_hash(&job)?,
             model: parse_hash(&model)?,
             max_tokens,
             escrow,
             worker: worker.as_deref().map(parse_addr).transpose()?,
+            app: app.as_deref().map(parse_hash).transpose()?,
+            client: client.as_deref().map(parse_addr).transpose()?,
         },
         TxCmd::PostReceipt {
             job,
@@ -572,8 +623,34 @@ pub fn tx(a: TxArgs) -> Result<()> {
             value,
             model,
             profile,
+            beneficiaries,
+            training,
+            to,
         } => {
             let change = match (param.as_str(), value, model, profile) {
+                ("set_royalty", None, Some(m), None) => ParamChange::SetRoyalty {
+                    model: parse_hash(&m)?,
+                    beneficiaries: beneficiaries
+                        .iter()
+                        .map(|b| {
+                            let (a, w) = b.split_once(':').with_context(|| {
+                                format!("--beneficiary {b:?} is not ADDRESS:WEIGHT")
+                            })?;
+                            Ok(Beneficiary {
+                                to: parse_addr(a)?,
+                                weight: w.parse().with_context(|| format!("weight {w:?}"))?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                },
+                ("allow_trained_model", None, Some(m), None) => ParamChange::AllowTrainedModel {
+                    model: parse_hash(&m)?,
+                    training: parse_hash(training.as_deref().context("give --training JOB")?)?,
+                },
+                ("grant", Some(amount), None, None) => ParamChange::Grant {
+                    to: parse_addr(to.as_deref().context("give --to ADDRESS")?)?,
+                    amount,
+                },
                 ("allow_model", None, Some(m), None) => ParamChange::AllowModel {
                     model: parse_hash(&m)?,
                 },
@@ -595,11 +672,44 @@ pub fn tx(a: TxArgs) -> Result<()> {
                 },
                 _ => bail!(
                     "give --param NAME --value V, --param allow_model|disallow_model --model ID, \
-                     or --param allow_profile|disallow_profile --profile ID"
+                     --param allow_profile|disallow_profile --profile ID, --param set_royalty \
+                     --model ID [--beneficiary ADDRESS:WEIGHT]..., --param allow_trained_model \
+                     --model ID --training JOB, or --param grant --to ADDRESS --value AMOUNT"
                 ),
             };
             TxKind::Propose { change }
         }
+        TxCmd::RegisterDataset { license, shards } => {
+            let shards = shards
+                .iter()
+                .map(|s| {
+                    let (h, t) = s
+                        .split_once(':')
+                        .with_context(|| format!("--shard {s:?} is not HASH:TOKENS"))?;
+                    Ok(Shard {
+                        hash: parse_hash(h)?,
+                        tokens: t.parse().with_context(|| format!("tokens {t:?}"))?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let id = deai_ledger::state::dataset_id(&key.verifying_key().to_bytes(), &shards);
+            println!("dataset {id}");
+            TxKind::RegisterDataset { license, shards }
+        }
+        TxCmd::RegisterApp { name, fee_bps } => {
+            let id = deai_ledger::state::app_id(&key.verifying_key().to_bytes(), &name);
+            println!("app {id}");
+            TxKind::RegisterApp { name, fee_bps }
+        }
+        TxCmd::Authorize {
+            gateway,
+            limit,
+            expires,
+        } => TxKind::Authorize {
+            gateway: parse_addr(&gateway)?,
+            limit,
+            expires,
+        },
         TxCmd::Vote { proposal, vote } => TxKind::Vote {
             proposal,
             yes: match vote.as_str() {
@@ -636,6 +746,7 @@ pub fn tx(a: TxArgs) -> Result<()> {
             workers,
             reward_per_round,
             coordinator,
+            data,
         } => TxKind::OpenTraining {
             job: parse_hash(&job)?,
             checkpoint: parse_hash(&checkpoint)?,
@@ -644,6 +755,18 @@ pub fn tx(a: TxArgs) -> Result<()> {
             workers,
             reward_per_round,
             coordinator: parse_addr(&coordinator)?,
+            data: data
+                .iter()
+                .map(|d| {
+                    let (ds, sh) = d
+                        .split_once(':')
+                        .with_context(|| format!("--data {d:?} is not DATASET:SHARD"))?;
+                    Ok(DataShard {
+                        dataset: parse_hash(ds)?,
+                        shard: parse_hash(sh)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
         },
         TxCmd::TrainRound {
             job,

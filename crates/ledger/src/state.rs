@@ -16,7 +16,8 @@
 //! transaction kind to one handler, and the deadlines that fall due at the end of a block),
 //! `staking` (transfers, stake, unbonding, slashing), `registry` (workers, validators, the
 //! consensus set), `jobs` (inference jobs from escrow to settlement, and [`job_cost`]),
-//! `training` (training jobs), `governance` (proposals and votes), `audit` (the supply
+//! `training` (training jobs), `contributors` (royalties, datasets, apps, gateway
+//! allowances, grants), `governance` (proposals and votes), `audit` (the supply
 //! invariant) and `snapshot` (restarts and state sync). This module holds the [`State`]
 //! itself, its queries, the primitives every handler moves money with, and the tree
 //! commitment.
@@ -24,6 +25,7 @@
 mod audit;
 mod beacon;
 mod block;
+mod contributors;
 mod genesis;
 mod governance;
 mod jobs;
@@ -41,16 +43,19 @@ pub use beacon::{
     DEFAULT_BEACON_PERIOD, MAX_BEACON_PLAYERS, SIGNATURE_BYTES,
 };
 pub use block::{BlockError, BlockResult, TxOutcome, MAX_BLOCK_TXS};
+pub use contributors::{app_id, billable, dataset_id, MAX_APP_NAME};
 pub use genesis::{Genesis, GenesisAccount, GenesisValidator, DEFAULT_EPOCH_LENGTH};
 pub use jobs::{collateral, job_cost, pov_key, pov_tag, verdict_commitment, verdict_salt};
 pub use params::{Params, DEFAULT_PROFILE};
 pub use records::{
-    decode_record, value_hash, Account, ChallengeRecord, Commit, Job, JobStatus, Key, Meta, Pov,
-    Proposal, ProposalStatus, ReceiptRecord, Settlement, StakeVote, Unbond, Validator, Vote,
-    Worker, MAX_SLASHED_VIEWS,
+    decode_record, value_hash, Account, Allowance, App, ChallengeRecord, Commit, Dataset, Job,
+    JobStatus, Key, Meta, Pov, Proposal, ProposalStatus, ReceiptRecord, Royalty, RoyaltyRole,
+    RoyaltyShare, Settlement, StakeVote, Unbond, Validator, Vote, Worker, MAX_SLASHED_VIEWS,
 };
 pub use registry::MAX_CONSENSUS_VALIDATORS;
-pub use training::{PendingRound, TrainingJob, TrainingStatus, MAX_TRAIN_ROUNDS};
+pub use training::{
+    Credit, PendingRound, TrainingJob, TrainingStatus, MAX_CREDITED, MAX_TRAIN_ROUNDS,
+};
 
 use crate::smt::{self, Tree};
 use crate::tx::Address;
@@ -82,6 +87,10 @@ pub struct State {
     proposals: OrdMap<u64, Proposal>,
     trainings: OrdMap<Hash256, TrainingJob>,
     beacons: OrdMap<u64, BeaconRound>,
+    datasets: OrdMap<Hash256, Dataset>,
+    apps: OrdMap<Hash256, App>,
+    allowances: OrdMap<(Address, Address), Allowance>,
+    royalties: OrdMap<Hash256, Royalty>,
     deadlines: OrdSet<Deadline>,
     tree: Tree,
     root: Hash256,
@@ -161,6 +170,10 @@ impl State {
             Key::Proposal(p) => self.proposals.get(p).map(enc),
             Key::Training(t) => self.trainings.get(t).map(enc),
             Key::Beacon(r) => self.beacons.get(r).map(enc),
+            Key::Dataset(d) => self.datasets.get(d).map(enc),
+            Key::App(a) => self.apps.get(a).map(enc),
+            Key::Allowance(c, g) => self.allowances.get(&(*c, *g)).map(enc),
+            Key::Royalty(m) => self.royalties.get(m).map(enc),
         }
     }
 

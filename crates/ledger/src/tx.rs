@@ -24,6 +24,12 @@ pub const MAX_EVIDENCE: usize = 2048;
 pub const BEACON_SIGNATURE_BYTES: usize = 96;
 /// Most contributors one training round can list (accepted plus rejected).
 pub const MAX_TRAIN_WORKERS: usize = 64;
+/// Most shards one dataset registration lists.
+pub const MAX_SHARDS: usize = 64;
+/// Most dataset shards one training job names.
+pub const MAX_TRAIN_SHARDS: usize = 32;
+/// Most beneficiaries of one model's royalty named by governance.
+pub const MAX_BENEFICIARIES: usize = 16;
 
 const SIGN_DOMAIN: &[u8] = b"deai-tx-v1";
 
@@ -76,10 +82,21 @@ pub enum Param {
     /// Stake a validator loses per verdict against the settled outcome, or per committee
     /// deadline it misses.
     VerdictSlash,
+    /// Share of each settled job's cost paid to its model's royalty beneficiaries (when the
+    /// model has any), in basis points.
+    RoyaltyBps,
+    /// Of a trained model's royalty, the share its data providers get (the trainers get the
+    /// rest), in basis points; fixed per model when governance allows it.
+    DataRoyaltyBps,
+    /// Highest fee an app may ask on the jobs it brings, in basis points of their cost.
+    AppFeeCapBps,
+    /// Fee a gateway earns on the jobs it opens for a client that authorized it, in basis
+    /// points of their cost.
+    GatewayFeeBps,
 }
 
 impl Param {
-    pub const ALL: [Param; 21] = [
+    pub const ALL: [Param; 25] = [
         Param::PriceFloor,
         Param::SampleRateBps,
         Param::SlashBps,
@@ -101,6 +118,10 @@ impl Param {
         Param::ReporterBps,
         Param::CommitteeSize,
         Param::VerdictSlash,
+        Param::RoyaltyBps,
+        Param::DataRoyaltyBps,
+        Param::AppFeeCapBps,
+        Param::GatewayFeeBps,
     ];
 
     fn code(self) -> u8 {
@@ -144,6 +165,47 @@ pub enum ParamChange {
     DisallowProfile {
         profile: String,
     },
+    /// Names the beneficiaries of `model`'s royalty (`royalty_bps` of each settled job's
+    /// cost), paid in proportion to their weights; an empty list ends its royalty.
+    SetRoyalty {
+        model: Hash256,
+        beneficiaries: Vec<Beneficiary>,
+    },
+    /// Allows `model`, the published export of finished training job `training`, and
+    /// derives its royalty from the job: its trainers by accepted contributions and the
+    /// owners of the dataset shards it trained on by their tokens.
+    AllowTrainedModel {
+        model: Hash256,
+        training: Hash256,
+    },
+    /// Pays `amount` from the treasury to `to` (a grant).
+    Grant {
+        #[serde(with = "hex_addr")]
+        to: Address,
+        amount: u64,
+    },
+}
+
+/// A named royalty beneficiary and its weight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beneficiary {
+    #[serde(with = "hex_addr")]
+    pub to: Address,
+    pub weight: u64,
+}
+
+/// One shard of a registered dataset: its content hash and how many tokens it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub hash: Hash256,
+    pub tokens: u64,
+}
+
+/// A dataset shard a training job trains on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DataShard {
+    pub dataset: Hash256,
+    pub shard: Hash256,
 }
 
 /// What a transaction does.
@@ -184,6 +246,15 @@ pub enum TxKind {
         escrow: u64,
         #[serde(with = "hex_addr_opt")]
         worker: Option<Address>,
+        /// The app that brought the request (`state::app_id`): its owner earns the app's
+        /// fee on top of the job's cost.
+        #[serde(default)]
+        app: Option<Hash256>,
+        /// Sent by a gateway for this client, within the allowance the client gave it
+        /// (`Authorize`): the escrow comes from the client's balance, the refund goes back
+        /// to it, and the gateway earns `gateway_fee_bps` on top of the job's cost.
+        #[serde(default, with = "hex_addr_opt")]
+        client: Option<Address>,
     },
     /// The assigned worker posts the digest of its receipt and where to fetch it.
     PostReceipt {
@@ -230,6 +301,10 @@ pub enum TxKind {
         reward_per_round: u64,
         #[serde(with = "hex_addr")]
         coordinator: Address,
+        /// The registered dataset shards it trains on (their owners share the royalty of
+        /// the model it produces).
+        #[serde(default)]
+        data: Vec<DataShard>,
     },
     /// The job's coordinator proposes the result of round `round`: the merged checkpoint,
     /// the digest of its round report, the contributors whose work passed re-execution (to
@@ -288,6 +363,26 @@ pub enum TxKind {
         proposal: u64,
         yes: bool,
     },
+    /// Registers a dataset under `state::dataset_id(sender, shards)`.
+    RegisterDataset {
+        license: String,
+        shards: Vec<Shard>,
+    },
+    /// Registers (or re-prices) the sender's app `name` (`state::app_id(sender, name)`),
+    /// asking `fee_bps` of each job it brings (at most `app_fee_cap_bps`). A new fee applies
+    /// to jobs opened after it.
+    RegisterApp {
+        name: String,
+        fee_bps: u64,
+    },
+    /// Lets `gateway` open jobs for the sender, escrowing at most `limit` in all until
+    /// height `expires`; a limit of 0 revokes it.
+    Authorize {
+        #[serde(with = "hex_addr")]
+        gateway: Address,
+        limit: u64,
+        expires: u64,
+    },
 }
 
 /// An unsigned transaction.
@@ -317,6 +412,22 @@ fn get_hash(r: &mut Reader, what: &'static str) -> Result<Hash256, DecodeError> 
     Ok(Hash256(r.arr(what)?))
 }
 
+/// An optional 32-byte value: a flag byte (0 or 1), then the value if present.
+fn put_opt(w: &mut Writer, v: Option<&[u8; 32]>) {
+    match v {
+        None => w.u8(0),
+        Some(a) => w.u8(1).raw(a),
+    };
+}
+
+fn get_opt(r: &mut Reader, what: &'static str) -> Result<Option<[u8; 32]>, DecodeError> {
+    match r.u8(what)? {
+        0 => Ok(None),
+        1 => Ok(Some(r.arr(what)?)),
+        t => Err(DecodeError::UnknownTag { what, tag: t }),
+    }
+}
+
 impl ParamChange {
     fn encode(&self, w: &mut Writer) {
         match self {
@@ -336,6 +447,25 @@ impl ParamChange {
             }
             ParamChange::DisallowProfile { profile } => {
                 w.u8(4).str(profile);
+            }
+            ParamChange::SetRoyalty {
+                model,
+                beneficiaries,
+            } => {
+                w.u8(5);
+                put_hash(w, model);
+                w.u32(beneficiaries.len() as u32);
+                for b in beneficiaries {
+                    w.raw(&b.to).u64(b.weight);
+                }
+            }
+            ParamChange::AllowTrainedModel { model, training } => {
+                w.u8(6);
+                put_hash(w, model);
+                put_hash(w, training);
+            }
+            ParamChange::Grant { to, amount } => {
+                w.u8(7).raw(to).u64(*amount);
             }
         }
     }
@@ -364,6 +494,30 @@ impl ParamChange {
             },
             4 => ParamChange::DisallowProfile {
                 profile: r.str("profile", MAX_STR)?,
+            },
+            5 => {
+                let model = get_hash(r, "model")?;
+                let n = r.count("beneficiaries", MAX_BENEFICIARIES)?;
+                let beneficiaries = (0..n)
+                    .map(|_| {
+                        Ok(Beneficiary {
+                            to: r.arr("beneficiary")?,
+                            weight: r.u64("weight")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, DecodeError>>()?;
+                ParamChange::SetRoyalty {
+                    model,
+                    beneficiaries,
+                }
+            }
+            6 => ParamChange::AllowTrainedModel {
+                model: get_hash(r, "model")?,
+                training: get_hash(r, "training")?,
+            },
+            7 => ParamChange::Grant {
+                to: r.arr("grantee")?,
+                amount: r.u64("amount")?,
             },
             t => {
                 return Err(DecodeError::UnknownTag {
@@ -412,15 +566,16 @@ impl TxKind {
                 max_tokens,
                 escrow,
                 worker,
+                app,
+                client,
             } => {
                 w.u8(5);
                 put_hash(w, job);
                 put_hash(w, model);
                 w.u32(*max_tokens).u64(*escrow);
-                match worker {
-                    None => w.u8(0),
-                    Some(a) => w.u8(1).raw(a),
-                };
+                put_opt(w, worker.as_ref());
+                put_opt(w, app.as_ref().map(|a| &a.0));
+                put_opt(w, client.as_ref());
             }
             TxKind::PostReceipt {
                 job,
@@ -469,6 +624,23 @@ impl TxKind {
             TxKind::Vote { proposal, yes } => {
                 w.u8(10).u64(*proposal).bool(*yes);
             }
+            TxKind::RegisterDataset { license, shards } => {
+                w.u8(18).str(license).u32(shards.len() as u32);
+                for sh in shards {
+                    put_hash(w, &sh.hash);
+                    w.u64(sh.tokens);
+                }
+            }
+            TxKind::RegisterApp { name, fee_bps } => {
+                w.u8(19).str(name).u64(*fee_bps);
+            }
+            TxKind::Authorize {
+                gateway,
+                limit,
+                expires,
+            } => {
+                w.u8(20).raw(gateway).u64(*limit).u64(*expires);
+            }
             TxKind::ReportEquivocation {
                 offender,
                 view,
@@ -484,6 +656,7 @@ impl TxKind {
                 workers,
                 reward_per_round,
                 coordinator,
+                data,
             } => {
                 w.u8(12);
                 put_hash(w, job);
@@ -493,6 +666,11 @@ impl TxKind {
                     .u32(*workers)
                     .u64(*reward_per_round)
                     .raw(coordinator);
+                w.u32(data.len() as u32);
+                for d in data {
+                    put_hash(w, &d.dataset);
+                    put_hash(w, &d.shard);
+                }
             }
             TxKind::TrainRound {
                 job,
@@ -565,16 +743,9 @@ impl TxKind {
                 model: get_hash(r, "model")?,
                 max_tokens: r.u32("max tokens")?,
                 escrow: r.u64("escrow")?,
-                worker: match r.u8("worker flag")? {
-                    0 => None,
-                    1 => Some(r.arr("worker")?),
-                    t => {
-                        return Err(DecodeError::UnknownTag {
-                            what: "worker flag",
-                            tag: t,
-                        })
-                    }
-                },
+                worker: get_opt(r, "worker")?,
+                app: get_opt(r, "app")?.map(Hash256),
+                client: get_opt(r, "client")?,
             },
             6 => TxKind::PostReceipt {
                 job: get_hash(r, "job")?,
@@ -609,6 +780,17 @@ impl TxKind {
                 workers: r.u32("workers")?,
                 reward_per_round: r.u64("reward per round")?,
                 coordinator: r.arr("coordinator")?,
+                data: {
+                    let n = r.count("training shards", MAX_TRAIN_SHARDS)?;
+                    (0..n)
+                        .map(|_| {
+                            Ok(DataShard {
+                                dataset: get_hash(r, "dataset")?,
+                                shard: get_hash(r, "shard")?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, DecodeError>>()?
+                },
             },
             13 => {
                 let job = get_hash(r, "job")?;
@@ -653,6 +835,28 @@ impl TxKind {
                 round: r.u64("round")?,
                 signature: r.bytes("signature", BEACON_SIGNATURE_BYTES)?.to_vec(),
             },
+            18 => {
+                let license = r.str("license", MAX_STR)?;
+                let n = r.count("shards", MAX_SHARDS)?;
+                let shards = (0..n)
+                    .map(|_| {
+                        Ok(Shard {
+                            hash: get_hash(r, "shard")?,
+                            tokens: r.u64("shard tokens")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, DecodeError>>()?;
+                TxKind::RegisterDataset { license, shards }
+            }
+            19 => TxKind::RegisterApp {
+                name: r.str("app name", MAX_STR)?,
+                fee_bps: r.u64("app fee")?,
+            },
+            20 => TxKind::Authorize {
+                gateway: r.arr("gateway")?,
+                limit: r.u64("limit")?,
+                expires: r.u64("expires")?,
+            },
             t => {
                 return Err(DecodeError::UnknownTag {
                     what: "tx kind",
@@ -683,6 +887,9 @@ impl TxKind {
             TxKind::BeaconShare { .. } => "beacon_share",
             TxKind::VerdictCommit { .. } => "verdict_commit",
             TxKind::VerdictReveal { .. } => "verdict_reveal",
+            TxKind::RegisterDataset { .. } => "register_dataset",
+            TxKind::RegisterApp { .. } => "register_app",
+            TxKind::Authorize { .. } => "authorize",
         }
     }
 }

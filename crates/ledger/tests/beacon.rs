@@ -172,6 +172,8 @@ impl Net {
                 max_tokens: 1_000,
                 escrow: 10_000,
                 worker: Some(addr(worker)),
+                app: None,
+                client: None,
             },
         );
         self.ok(
@@ -370,6 +372,8 @@ fn no_proposer_can_change_which_jobs_are_sampled() {
                         max_tokens: 1_000,
                         escrow: 10_000,
                         worker: Some(addr(WORKER)),
+                        app: None,
+                        client: None,
                     },
                 )
             })
@@ -451,14 +455,18 @@ fn a_receipt_waits_for_its_value_and_unsampled_ones_pay_no_validator() {
         assert!(e.contains("has not sampled"), "{e}");
     }
     let rounds: std::collections::BTreeSet<u64> = jobs.iter().map(|j| n.round_of(j)).collect();
+    // Each round's value, read when it is recovered (a round whose jobs all settled is
+    // pruned at its period's end).
+    let mut values = std::collections::BTreeMap::new();
     for r in rounds {
         n.sign(r, &[2, 3, 4]);
+        values.insert(r, n.round(r).value.unwrap());
     }
     n.empty(2);
     for j in &jobs {
         let job = n.s.job(j).unwrap();
-        let r = n.round(n.round_of(j));
-        if deai_ledger::state::sampled(&r.value.unwrap(), j, n.s.params().sample_rate_bps) {
+        let value = values[&n.round_of(j)];
+        if deai_ledger::state::sampled(&value, j, n.s.params().sample_rate_bps) {
             assert_eq!(job.status, JobStatus::Sampled);
         } else {
             assert_eq!(job.status, JobStatus::Accepted, "{j:?}");

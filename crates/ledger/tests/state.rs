@@ -161,6 +161,8 @@ impl Chain {
                 max_tokens: 100,
                 escrow,
                 worker: Some(addr(WORKER)),
+                app: None,
+                client: None,
             },
         );
         self.ok(
@@ -245,6 +247,8 @@ fn rejected_job_refunds_client_and_slashes_worker_to_the_challenger() {
             max_tokens: 10,
             escrow: 10,
             worker: Some(addr(WORKER)),
+            app: None,
+            client: None,
         },
     );
     assert!(err.contains("not an active worker"), "{err}");
@@ -329,6 +333,8 @@ fn timeouts_refund_escrow_and_bonds() {
             max_tokens: 10,
             escrow: 777,
             worker: None,
+            app: None,
+            client: None,
         },
     );
     assert_eq!(c.bal(CLIENT), client0 - 1 - 777);
@@ -371,6 +377,8 @@ fn only_the_assigned_registered_worker_may_post_and_jobs_cannot_be_replayed() {
         max_tokens: 10,
         escrow: 100,
         worker: Some(addr(WORKER)),
+        app: None,
+        client: None,
     };
     c.ok(CLIENT, open.clone());
     assert!(c.fails(CLIENT, open).contains("already exists"));
@@ -392,6 +400,8 @@ fn only_the_assigned_registered_worker_may_post_and_jobs_cannot_be_replayed() {
         max_tokens: 10,
         escrow: 100,
         worker: None,
+        app: None,
+        client: None,
     };
     assert!(c.fails(CLIENT, bad).contains("not allowed"));
 }
@@ -791,6 +801,8 @@ fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
                 max_tokens: 64,
                 escrow,
                 worker: assign.then(|| addr(11)),
+                app: None,
+                client: None,
             }
         }),
         (job.clone(), 0u32..5_000).prop_map(|(job, tokens)| TxKind::PostReceipt {
@@ -840,6 +852,7 @@ fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
                 workers,
                 reward_per_round,
                 coordinator: addr(c),
+                data: Vec::new(),
             }
         ),
         (
@@ -959,6 +972,7 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
         workers,
         reward_per_round: reward,
         coordinator: addr(coord),
+        data: Vec::new(),
     };
     assert!(c
         .fails(CLIENT, open(3, 2, 1_000, CHALLENGER))
@@ -1120,6 +1134,7 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
             workers: 1,
             reward_per_round: 600,
             coordinator: addr(coordinator),
+            data: Vec::new(),
         },
     );
     let lie = TxKind::TrainRound {
@@ -1202,6 +1217,7 @@ fn training_rounds_pay_accepted_slash_rejected_and_expire_with_a_refund() {
             workers: 1,
             reward_per_round: 700,
             coordinator: addr(coordinator),
+            data: Vec::new(),
         },
     );
     let client3 = c.bal(CLIENT);
@@ -1365,6 +1381,8 @@ fn a_fake_receipt_after_unstaking_is_refused() {
             max_tokens: 100,
             escrow: 500,
             worker: Some(addr(WORKER)),
+            app: None,
+            client: None,
         },
     );
     let e = c.fails(
@@ -1417,6 +1435,8 @@ fn collateral_is_locked_until_settlement_and_a_rejection_takes_at_least_it() {
             max_tokens: 100,
             escrow: 1_000,
             worker: Some(addr(WORKER)),
+            app: None,
+            client: None,
         },
     );
     let e = c.fails(
@@ -1842,6 +1862,8 @@ fn workers_register_only_profiles_governance_accepts() {
             max_tokens: 10,
             escrow: 100,
             worker: Some(addr(13)),
+            app: None,
+            client: None,
         },
     );
     let e = c.fails(

@@ -170,6 +170,10 @@ mod tests {
             povs: vec![],
             quorum_commits: vec![],
             reveals_open: false,
+            app: None,
+            app_bps: 0,
+            gateway: None,
+            gateway_bps: 0,
         };
         (r, Hash256(spec.id()), job)
     }

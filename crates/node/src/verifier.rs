@@ -463,6 +463,8 @@ impl Verifier {
                 max_tokens: CHALLENGE_TOKENS as u32,
                 escrow,
                 worker: Some(w.address),
+                app: None,
+                client: None,
             })
             .await?;
         let _ = self.signer.ledger().submit(&open_job).await;

@@ -299,6 +299,7 @@ impl Worker {
             max_tokens,
             escrow,
             worker,
+            ..
         } = &tx.tx.kind
         else {
             return Err(http_error(

@@ -99,6 +99,7 @@ fn open_job(st: &mut ChainState, tx: &SignedTx) {
         max_tokens,
         escrow,
         worker,
+        ..
     } = &tx.tx.kind
     else {
         return;
@@ -275,6 +276,8 @@ fn job_request(
             max_tokens: params.max_tokens as u32,
             escrow,
             worker: Some(worker),
+            app: None,
+            client: None,
         },
     }
     .sign(key);

@@ -829,6 +829,8 @@ fn gateway_and_worker_refuse_bad_input_with_clear_errors() {
                 max_tokens: 4,
                 escrow,
                 worker: Some(to),
+                app: None,
+                client: None,
             };
             let (job, params) = make(1);
             let signed = client.sign(open(job, 100, worker.address())).await.unwrap();

@@ -239,6 +239,8 @@ async fn rounds_over_http_merge_honest_work_and_drop_cheaters_and_leavers() {
         accepted: 0,
         rejected: 0,
         slashed: 0,
+        data: Vec::new(),
+        credits: Vec::new(),
     };
     let honest = PendingRound {
         round: 2,

@@ -122,6 +122,8 @@ pub fn populate(blocks: u64, jobs: u64, per_block: u64) -> anyhow::Result<Popula
                     max_tokens: 64,
                     escrow: 100,
                     worker: Some(worker),
+                    app: None,
+                    client: None,
                 },
             }
             .sign(&key);

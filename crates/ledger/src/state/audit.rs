@@ -53,7 +53,10 @@ impl State {
                 let parts = s.worker_paid as u128
                     + s.validator_fee as u128
                     + s.treasury_cut as u128
-                    + s.client_refund as u128;
+                    + s.client_refund as u128
+                    + s.royalty as u128
+                    + s.app_paid as u128
+                    + s.gateway_paid as u128;
                 if parts != j.escrow as u128 + bond {
                     return err(format!(
                         "job settlement parts {parts} != escrow {} + bond {bond}",

@@ -173,7 +173,15 @@ impl State {
                 max_tokens,
                 escrow,
                 worker,
-            } => self.open_job(from, *job, *model, *max_tokens, *escrow, *worker),
+                app,
+                client,
+            } => self.open_job(
+                from,
+                *job,
+                (*model, *max_tokens, *escrow, *worker),
+                *app,
+                *client,
+            ),
             TxKind::PostReceipt {
                 job,
                 receipt,
@@ -193,12 +201,14 @@ impl State {
                 workers,
                 reward_per_round,
                 coordinator,
+                data,
             } => self.open_training(
                 from,
                 *job,
                 (*checkpoint, *commitment),
                 (*rounds, *workers, *reward_per_round),
                 *coordinator,
+                data,
             ),
             TxKind::TrainVerdict {
                 job,
@@ -235,6 +245,15 @@ impl State {
                 salt,
             } => self.verdict_reveal(from, *job, *accept, *pov, *salt),
             TxKind::Vote { proposal, yes } => self.vote(from, *proposal, *yes),
+            TxKind::RegisterDataset { license, shards } => {
+                self.register_dataset(from, license, shards)
+            }
+            TxKind::RegisterApp { name, fee_bps } => self.register_app(from, name, *fee_bps),
+            TxKind::Authorize {
+                gateway,
+                limit,
+                expires,
+            } => self.authorize(from, *gateway, *limit, *expires),
         }
     }
 

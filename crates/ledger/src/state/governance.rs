@@ -26,6 +26,20 @@ impl State {
                     return err("the last accepted kernel profile cannot be disallowed");
                 }
             }
+            ParamChange::SetRoyalty { beneficiaries, .. } => {
+                Self::check_beneficiaries(beneficiaries)?
+            }
+            // Whether the job finished (and the treasury holds the grant) is checked again
+            // when the proposal executes.
+            ParamChange::AllowTrainedModel { training, .. } => {
+                if !self.trainings.contains_key(training) {
+                    return err(format!("unknown training job {}", training.short()));
+                }
+            }
+            ParamChange::Grant { amount, .. } if *amount == 0 => {
+                return err("a grant must be positive")
+            }
+            ParamChange::Grant { .. } => {}
         }
         let h = self.meta.height;
         let id = self.meta.next_proposal;
@@ -134,44 +148,68 @@ impl State {
         if p.status != ProposalStatus::Passed {
             return;
         }
-        let before = self.meta.params.clone();
-        let params = &mut self.meta.params;
-        match p.change {
-            ParamChange::Set { param, value } => *params.slot(param) = value,
-            ParamChange::AllowModel { model } => {
-                if let Err(i) = params.allowed_models.binary_search(&model) {
-                    params.allowed_models.insert(i, model);
-                }
-            }
-            ParamChange::DisallowModel { model } => {
-                params.allowed_models.retain(|m| *m != model);
-            }
-            ParamChange::AllowProfile { profile } => {
-                if let Err(i) = params.profiles.binary_search(&profile) {
-                    params.profiles.insert(i, profile);
-                }
-            }
-            ParamChange::DisallowProfile { profile } => {
-                params.profiles.retain(|p| *p != profile);
-            }
-        }
         self.dirty.insert(Key::Proposal(id));
-        // A combination the single-parameter check could not see, or a validator minimum
-        // that would leave too little stake to reach verdicts: undo it, and close the
-        // proposal so that nothing (a restart included) retries it.
-        let checked = self
-            .meta
-            .params
-            .validate_for(self.meta.epoch_length)
-            .and_then(|()| self.check_validator_liveness(&before));
-        if let Err(e) = checked {
-            self.meta.params = before;
+        let applied = match &p.change {
+            ParamChange::SetRoyalty {
+                model,
+                beneficiaries,
+            } => {
+                self.set_royalty(*model, beneficiaries);
+                Ok(())
+            }
+            ParamChange::AllowTrainedModel { model, training } => {
+                self.allow_trained_model(*model, *training)
+            }
+            ParamChange::Grant { to, amount } => self.grant(*to, *amount),
+            change => self.change_params(change),
+        };
+        if let Err(e) = applied {
             self.proposals.get_mut(&id).expect("exists").status = ProposalStatus::Failed;
             self.events.push(format!("proposal {id} failed: {e}"));
             return;
         }
         self.proposals.get_mut(&id).expect("exists").status = ProposalStatus::Executed;
         self.events.push(format!("proposal {id} executed"));
+    }
+
+    /// Applies a change to the parameters, or undoes it: a combination the
+    /// single-parameter check could not see, or a validator minimum that would leave too
+    /// little stake to reach verdicts, closes the proposal as failed so that nothing (a
+    /// restart included) retries it.
+    fn change_params(&mut self, change: &ParamChange) -> Res {
+        let before = self.meta.params.clone();
+        let params = &mut self.meta.params;
+        match change {
+            ParamChange::Set { param, value } => *params.slot(*param) = *value,
+            ParamChange::AllowModel { model } => {
+                if let Err(i) = params.allowed_models.binary_search(model) {
+                    params.allowed_models.insert(i, *model);
+                }
+            }
+            ParamChange::DisallowModel { model } => {
+                params.allowed_models.retain(|m| m != model);
+            }
+            ParamChange::AllowProfile { profile } => {
+                if let Err(i) = params.profiles.binary_search(profile) {
+                    params.profiles.insert(i, profile.clone());
+                }
+            }
+            ParamChange::DisallowProfile { profile } => {
+                params.profiles.retain(|p| p != profile);
+            }
+            ParamChange::SetRoyalty { .. }
+            | ParamChange::AllowTrainedModel { .. }
+            | ParamChange::Grant { .. } => unreachable!("not a parameter change"),
+        }
+        let checked = self
+            .meta
+            .params
+            .validate_for(self.meta.epoch_length)
+            .and_then(|()| self.check_validator_liveness(&before));
+        if checked.is_err() {
+            self.meta.params = before;
+        }
+        checked
     }
 
     /// A new validator minimum must leave at least two thirds of the stake that counts

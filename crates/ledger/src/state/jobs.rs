@@ -99,15 +99,16 @@ impl State {
         self.deadlines.insert((new, DL_JOB, id.0));
     }
 
-    /// Escrows `escrow` from the client for a job on `model`, optionally for one worker.
+    /// Escrows `escrow` from the client for a job on `model`, optionally for one worker,
+    /// brought by `app`; sent by the client itself or, for `client`, by a gateway it
+    /// authorized (`contributors`).
     pub(super) fn open_job(
         &mut self,
         from: Address,
         job: Hash256,
-        model: Hash256,
-        max_tokens: u32,
-        escrow: u64,
-        worker: Option<Address>,
+        (model, max_tokens, escrow, worker): (Hash256, u32, u64, Option<Address>),
+        app: Option<Hash256>,
+        client: Option<Address>,
     ) -> Res {
         if self.jobs.contains_key(&job) {
             return err(format!("job {} already exists", job.short()));
@@ -127,13 +128,37 @@ impl State {
                 _ => return err("the named worker is not an active worker for this model"),
             }
         }
-        self.debit(&from, escrow, "escrow")?;
+        // The app's fee and the gateway's are fixed now: a later change cannot reach an
+        // escrow already given.
+        let app_bps = match app {
+            None => 0,
+            Some(id) => match self.apps.get(&id) {
+                Some(a) => a.fee_bps.min(self.meta.params.app_fee_cap_bps),
+                None => return err(format!("unknown app {}", id.short())),
+            },
+        };
+        let (payer, gateway) = match client {
+            Some(c) if c != from => {
+                self.check_allowance(&c, &from, escrow)?;
+                (c, Some(from))
+            }
+            _ => (from, None),
+        };
+        let have = self.account(&payer).balance;
+        if have < escrow {
+            return err(format!("escrow: the client's balance {have} < {escrow}"));
+        }
+        if gateway.is_some() {
+            self.spend_allowance(&payer, &from, escrow);
+        }
+        let gateway_bps = gateway.map_or(0, |_| self.meta.params.gateway_fee_bps);
+        self.debit(&payer, escrow, "escrow")?;
         let h = self.meta.height;
         let deadline = h.saturating_add(self.meta.params.job_timeout);
         self.jobs.insert(
             job,
             Job {
-                client: from,
+                client: payer,
                 model,
                 max_tokens,
                 escrow,
@@ -152,6 +177,10 @@ impl State {
                 povs: Vec::new(),
                 quorum_commits: Vec::new(),
                 reveals_open: false,
+                app,
+                app_bps,
+                gateway,
+                gateway_bps,
             },
         );
         self.dirty.insert(Key::Job(job));
@@ -199,7 +228,9 @@ impl State {
             return err("tokens must be positive");
         }
         let p = &self.meta.params;
-        let cost = job_cost(tokens as u64, w.price_per_1k).min(j.escrow);
+        // The app's and the gateway's fees come on top of the cost, out of the escrow.
+        let cap = super::billable(j.escrow, j.app_bps + j.gateway_bps);
+        let cost = job_cost(tokens as u64, w.price_per_1k).min(cap);
         // Stake backs every receipt until it settles: the minimum, plus collateral that
         // grows with what the receipt bills (Params::check_incentives).
         let stake = self.account(&from).stake;
@@ -740,8 +771,9 @@ impl State {
         }
     }
 
-    /// Pays the worker, the validators who accepted it and the treasury; refunds the rest
-    /// of the escrow; a failed challenger's bond goes to the worker.
+    /// Pays the worker, the validators who accepted it, the model's royalty and the
+    /// treasury out of the cost, and the app's and gateway's fees on top of it; refunds the
+    /// rest of the escrow; a failed challenger's bond goes to the worker.
     pub(super) fn accept_job(&mut self, id: Hash256) {
         let h = self.meta.height;
         let j = self.jobs[&id].clone();
@@ -753,8 +785,15 @@ impl State {
         // impossible to break even if a bad parameter set slipped through.
         let treasury_cut = bps_of(cost, p.treasury_bps).min(cost);
         let mut validator_fee = bps_of(cost, p.validator_fee_bps).min(cost - treasury_cut);
-        let worker_paid = cost - treasury_cut - validator_fee;
-        let refund = j.escrow - cost;
+        let royalty_cut = match self.royalties.contains_key(&j.model) {
+            true => bps_of(cost, p.royalty_bps).min(cost - treasury_cut - validator_fee),
+            false => 0,
+        };
+        let worker_paid = cost - treasury_cut - validator_fee - royalty_cut;
+        // post_receipt capped the cost so that both fees fit in the escrow.
+        let app_paid = bps_of(cost, j.app_bps).min(j.escrow - cost);
+        let gateway_paid = bps_of(cost, j.gateway_bps).min(j.escrow - cost - app_paid);
+        let refund = j.escrow - cost - app_paid - gateway_paid;
         // Accepting judges are paid only with a proof of verification the majority of them
         // (by stake) shares; a proven mismatch is slashed like a wrong verdict. (Plain votes,
         // on a chain without a beacon, carry no proof and are paid.)
@@ -771,8 +810,14 @@ impl State {
             .collect();
         // What the validators actually got; the rest goes to the treasury.
         let paid = self.pay_voters(&voters, validator_fee);
-        let treasury = treasury_cut + validator_fee - paid;
+        let royalty = self.pay_royalty(&j.model, royalty_cut);
+        let treasury = treasury_cut + validator_fee - paid + royalty_cut - royalty;
         validator_fee = paid;
+        self.pay_surcharges(
+            &j.client,
+            j.app.map(|a| (a, app_paid)),
+            j.gateway.map(|g| (g, gateway_paid)),
+        );
         let mut burned = self.slash_wrong_verdicts(&j, true);
         let amount = self.meta.params.verdict_slash;
         for v in &unproven {
@@ -804,6 +849,9 @@ impl State {
             treasury_cut: treasury,
             client_refund: refund,
             burned,
+            royalty,
+            app_paid,
+            gateway_paid,
             ..Default::default()
         });
         self.deadlines.remove(&(j.deadline, DL_JOB, id.0));

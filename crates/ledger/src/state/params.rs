@@ -37,6 +37,18 @@ pub struct Params {
     /// with (and for a committee deadline it missed).
     #[serde(default = "default_verdict_slash")]
     pub verdict_slash: u64,
+    /// A settled job's share paid to its model's royalty beneficiaries (if it has any).
+    #[serde(default = "default_royalty_bps")]
+    pub royalty_bps: u64,
+    /// Of a trained model's royalty, its data providers' share (fixed when it is allowed).
+    #[serde(default = "default_data_royalty_bps")]
+    pub data_royalty_bps: u64,
+    /// Highest fee an app may ask, on top of the cost of each job it brings.
+    #[serde(default = "default_app_fee_cap_bps")]
+    pub app_fee_cap_bps: u64,
+    /// A gateway's fee, on top of the cost of each job it opens for an authorizing client.
+    #[serde(default = "default_gateway_fee_bps")]
+    pub gateway_fee_bps: u64,
     /// Models jobs may name, sorted.
     pub allowed_models: Vec<Hash256>,
     /// Kernel profiles workers may register (and receipts declare), sorted. Validators
@@ -56,6 +68,22 @@ fn default_committee_size() -> u64 {
 
 fn default_verdict_slash() -> u64 {
     1_000
+}
+
+fn default_royalty_bps() -> u64 {
+    500
+}
+
+fn default_data_royalty_bps() -> u64 {
+    5_000
+}
+
+fn default_app_fee_cap_bps() -> u64 {
+    1_000
+}
+
+fn default_gateway_fee_bps() -> u64 {
+    200
 }
 
 fn default_profiles() -> Vec<String> {
@@ -88,6 +116,10 @@ impl Default for Params {
             reporter_bps: 1_000,
             committee_size: default_committee_size(),
             verdict_slash: default_verdict_slash(),
+            royalty_bps: default_royalty_bps(),
+            data_royalty_bps: default_data_royalty_bps(),
+            app_fee_cap_bps: default_app_fee_cap_bps(),
+            gateway_fee_bps: default_gateway_fee_bps(),
             allowed_models: Vec::new(),
             profiles: default_profiles(),
         }
@@ -118,6 +150,10 @@ impl Params {
             Param::ReporterBps => self.reporter_bps,
             Param::CommitteeSize => self.committee_size,
             Param::VerdictSlash => self.verdict_slash,
+            Param::RoyaltyBps => self.royalty_bps,
+            Param::DataRoyaltyBps => self.data_royalty_bps,
+            Param::AppFeeCapBps => self.app_fee_cap_bps,
+            Param::GatewayFeeBps => self.gateway_fee_bps,
         }
     }
 
@@ -144,6 +180,10 @@ impl Params {
             Param::ReporterBps => &mut self.reporter_bps,
             Param::CommitteeSize => &mut self.committee_size,
             Param::VerdictSlash => &mut self.verdict_slash,
+            Param::RoyaltyBps => &mut self.royalty_bps,
+            Param::DataRoyaltyBps => &mut self.data_royalty_bps,
+            Param::AppFeeCapBps => &mut self.app_fee_cap_bps,
+            Param::GatewayFeeBps => &mut self.gateway_fee_bps,
         }
     }
 
@@ -178,6 +218,13 @@ impl Params {
             // One honest member is enough to escalate a lie to every validator.
             Param::CommitteeSize => (1, 64),
             Param::VerdictSlash => (0, u64::MAX / 4),
+            // The worker keeps most of what it bills whatever the model's owners vote.
+            Param::RoyaltyBps => (0, 3_000),
+            Param::DataRoyaltyBps => (0, BPS),
+            // Surcharges a client pays on top of the cost: bounded so that an app or a
+            // gateway cannot take most of a client's escrow.
+            Param::AppFeeCapBps => (0, 3_000),
+            Param::GatewayFeeBps => (0, 1_000),
         }
     }
 
@@ -221,8 +268,8 @@ impl Params {
         for p in Param::ALL {
             Self::check(p, self.get(p))?;
         }
-        if self.treasury_bps + self.validator_fee_bps > BPS {
-            return Err("treasury_bps + validator_fee_bps exceed 10000".into());
+        if self.treasury_bps + self.validator_fee_bps + self.royalty_bps > BPS {
+            return Err("treasury_bps + validator_fee_bps + royalty_bps exceed 10000".into());
         }
         if self.profiles.is_empty() {
             return Err("at least one kernel profile must be accepted".into());

@@ -3,7 +3,7 @@
 //! encoding.
 
 use super::Params;
-use crate::tx::{Address, ParamChange};
+use crate::tx::{Address, ParamChange, Shard};
 use deai_types::Hash256;
 use serde::{Deserialize, Serialize};
 
@@ -170,6 +170,14 @@ pub struct Settlement {
     pub slashed: u64,
     pub burned: u64,
     pub challenger_paid: u64,
+    /// Paid to the model's royalty beneficiaries (out of the cost).
+    #[serde(default)]
+    pub royalty: u64,
+    /// Paid to the app's owner and to the gateway, on top of the cost.
+    #[serde(default)]
+    pub app_paid: u64,
+    #[serde(default)]
+    pub gateway_paid: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +223,89 @@ pub struct Job {
     /// committee member), or the commit phase ran out. No commitment is taken after.
     #[serde(default)]
     pub reveals_open: bool,
+    /// The app that brought it and the fee it asked when the job opened.
+    #[serde(default)]
+    pub app: Option<Hash256>,
+    #[serde(default)]
+    pub app_bps: u64,
+    /// The gateway that opened it for the client, and its fee when the job opened.
+    #[serde(default, with = "crate::tx::hex_addr_opt")]
+    pub gateway: Option<Address>,
+    #[serde(default)]
+    pub gateway_bps: u64,
+}
+
+/// A registered dataset (`state::dataset_id` of its owner and shards).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dataset {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub owner: Address,
+    pub license: String,
+    pub shards: Vec<Shard>,
+    pub registered_at: u64,
+    /// Royalties paid to its owner for models trained on it.
+    pub earned: u64,
+}
+
+/// A registered app (`state::app_id` of its owner and name).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct App {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub owner: Address,
+    pub name: String,
+    /// Its fee on jobs opened from now on, in basis points of their cost.
+    pub fee_bps: u64,
+    pub registered_at: u64,
+    /// Settled jobs it brought, and what its owner earned from them.
+    pub jobs: u64,
+    pub earned: u64,
+}
+
+/// What a client let a gateway escrow for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowance {
+    /// Left to escrow.
+    pub remaining: u64,
+    /// The last height at which it may be used.
+    pub expires: u64,
+    /// Escrowed so far, and the gateway fees it earned on the client's settled jobs.
+    pub spent: u64,
+    pub earned: u64,
+}
+
+/// Who shares a model's royalty, and what each was paid.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Royalty {
+    /// The training job that produced the model, if it was allowed as its export.
+    pub training: Option<Hash256>,
+    /// Of each royalty, the data providers' share (basis points; the rest to `shares`
+    /// of kind trainer or named).
+    pub data_bps: u64,
+    pub shares: Vec<RoyaltyShare>,
+    /// Settled jobs that paid it, and the royalty paid in all.
+    pub jobs: u64,
+    pub paid: u64,
+}
+
+/// What a beneficiary is paid for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoyaltyRole {
+    /// Named by governance.
+    Named,
+    /// Accepted contributions to the training job.
+    Trainer,
+    /// The owner of a dataset the job trained on.
+    Data(Hash256),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoyaltyShare {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub to: Address,
+    pub role: RoyaltyRole,
+    pub weight: u64,
+    pub paid: u64,
 }
 
 /// A committee member's sealed verdict.
@@ -299,6 +390,11 @@ pub enum Key {
     Proposal(u64),
     Training(Hash256),
     Beacon(u64),
+    Dataset(Hash256),
+    App(Hash256),
+    /// A client's allowance to a gateway: (client, gateway).
+    Allowance(Address, Address),
+    Royalty(Hash256),
 }
 
 impl Key {
@@ -313,6 +409,10 @@ impl Key {
             Key::Proposal(p) => ("proposal", p.to_le_bytes().to_vec()),
             Key::Training(t) => ("training", t.0.to_vec()),
             Key::Beacon(r) => ("beacon", r.to_le_bytes().to_vec()),
+            Key::Dataset(d) => ("dataset", d.0.to_vec()),
+            Key::App(a) => ("app", a.0.to_vec()),
+            Key::Allowance(c, g) => ("allowance", [&c[..], &g[..]].concat()),
+            Key::Royalty(m) => ("royalty", m.0.to_vec()),
         };
         Hash256::digest_parts("deai-state-key", &[ns.as_bytes(), &id]).0
     }

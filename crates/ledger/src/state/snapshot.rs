@@ -32,6 +32,18 @@ impl State {
                 .map(|(k, v)| (*k, v.clone()))
                 .collect(),
             beacons: self.beacons.iter().map(|(_, v)| v.clone()).collect(),
+            datasets: self.datasets.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            apps: self.apps.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            allowances: self
+                .allowances
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
+            royalties: self
+                .royalties
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
             root: self.root,
         };
         postcard::to_allocvec(&snap).expect("state encodes")
@@ -49,6 +61,10 @@ impl State {
             proposals: snap.proposals.into_iter().map(|p| (p.id, p)).collect(),
             trainings: snap.trainings.into_iter().collect(),
             beacons: snap.beacons.into_iter().map(|b| (b.round, b)).collect(),
+            datasets: snap.datasets.into_iter().collect(),
+            apps: snap.apps.into_iter().collect(),
+            allowances: snap.allowances.into_iter().collect(),
+            royalties: snap.royalties.into_iter().collect(),
             deadlines: OrdSet::new(),
             tree: Tree::new(),
             root: Hash256::default(),
@@ -63,6 +79,10 @@ impl State {
             .chain(s.proposals.keys().map(|p| Key::Proposal(*p)))
             .chain(s.trainings.keys().map(|t| Key::Training(*t)))
             .chain(s.beacons.keys().map(|r| Key::Beacon(*r)))
+            .chain(s.datasets.keys().map(|d| Key::Dataset(*d)))
+            .chain(s.apps.keys().map(|a| Key::App(*a)))
+            .chain(s.allowances.keys().map(|(c, g)| Key::Allowance(*c, *g)))
+            .chain(s.royalties.keys().map(|m| Key::Royalty(*m)))
             .collect();
         s.dirty.extend(keys);
         // Rebuild the deadline index from the records.
@@ -118,5 +138,9 @@ struct Snapshot {
     proposals: Vec<Proposal>,
     trainings: Vec<(Hash256, TrainingJob)>,
     beacons: Vec<super::BeaconRound>,
+    datasets: Vec<(Hash256, super::Dataset)>,
+    apps: Vec<(Hash256, super::App)>,
+    allowances: Vec<((Address, Address), super::Allowance)>,
+    royalties: Vec<(Hash256, super::Royalty)>,
     root: Hash256,
 }

@@ -13,7 +13,7 @@
 //! owner.
 
 use super::{err, upsert_vote, Key, Res, State, Vote, DL_TRAIN};
-use crate::tx::{Address, MAX_STR, MAX_TRAIN_WORKERS};
+use crate::tx::{Address, DataShard, MAX_STR, MAX_TRAIN_WORKERS};
 use deai_types::Hash256;
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +90,23 @@ pub struct TrainingJob {
     pub rejected: u64,
     /// Taken from rejected contributors' stake.
     pub slashed: u64,
+    /// The registered dataset shards it trains on.
+    #[serde(default)]
+    pub data: Vec<crate::tx::DataShard>,
+    /// Accepted contributions per contributor (sorted; at most [`MAX_CREDITED`]
+    /// contributors), the trainers' weights in the royalty of the model it produces.
+    #[serde(default)]
+    pub credits: Vec<Credit>,
+}
+
+/// Most contributors one training job credits for royalties.
+pub const MAX_CREDITED: usize = 1_024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub to: Address,
+    pub accepted: u64,
 }
 
 impl TrainingJob {
@@ -121,6 +138,7 @@ impl State {
         (checkpoint, first_commitment): (Hash256, Hash256),
         (rounds, workers, reward_per_round): (u32, u32, u64),
         coordinator: Address,
+        data: &[DataShard],
     ) -> Res {
         if self.trainings.contains_key(&job) {
             return err(format!("training job {} already exists", job.short()));
@@ -137,6 +155,7 @@ impl State {
         if !self.is_active_validator(&coordinator) {
             return err("the coordinator is not an active validator");
         }
+        self.check_training_data(data)?;
         let escrow = (rounds as u64)
             .checked_mul(reward_per_round)
             .ok_or("rounds x reward overflows")?;
@@ -166,6 +185,8 @@ impl State {
                 accepted: 0,
                 rejected: 0,
                 slashed: 0,
+                data: data.to_vec(),
+                credits: Vec::new(),
             },
         );
         self.dirty.insert(Key::Training(job));
@@ -409,6 +430,19 @@ impl State {
         tm.fees += treasury_cut + judging;
         tm.refunded += refund;
         tm.accepted += accepted.len() as u64;
+        for a in &accepted {
+            match tm.credits.binary_search_by(|c| c.to.cmp(a)) {
+                Ok(i) => tm.credits[i].accepted += 1,
+                Err(i) if tm.credits.len() < MAX_CREDITED => tm.credits.insert(
+                    i,
+                    Credit {
+                        to: *a,
+                        accepted: 1,
+                    },
+                ),
+                Err(_) => {}
+            }
+        }
         tm.rejected += rejected.len() as u64;
         tm.slashed += slashed;
         tm.checkpoint = checkpoint;

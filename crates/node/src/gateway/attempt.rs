@@ -239,6 +239,8 @@ async fn open_job(choice: &Choice, w: &WorkerEntry) -> anyhow::Result<(Hash256, 
         max_tokens: choice.params.max_tokens as u32,
         escrow,
         worker: Some(w.address),
+        app: None,
+        client: None,
     };
     // Submitting through the signer re-signs the escrow if the client's account was used
     // elsewhere (another gateway, `deai tx`) and its nonce moved on; otherwise the escrow

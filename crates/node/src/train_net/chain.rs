@@ -255,6 +255,7 @@ async fn open(
                 workers: job.workers,
                 reward_per_round: job.reward_per_round,
                 coordinator: chain.coordinator.address(),
+                data: Vec::new(),
             },
             wait,
         )
