@@ -103,6 +103,8 @@ fn sample_txs() -> Vec<SignedTx> {
             max_tokens: 100,
             escrow: 5_000,
             worker: Some([4; 32]),
+            app: Some(h(3)),
+            client: Some([6; 32]),
         },
         TxKind::OpenJob {
             job: h(2),
@@ -110,6 +112,8 @@ fn sample_txs() -> Vec<SignedTx> {
             max_tokens: 1,
             escrow: 1,
             worker: None,
+            app: None,
+            client: None,
         },
         TxKind::PostReceipt {
             job: h(1),
@@ -137,6 +141,28 @@ fn sample_txs() -> Vec<SignedTx> {
         TxKind::Vote {
             proposal: 1,
             yes: false,
+        },
+        TxKind::RegisterDataset {
+            license: "CC-BY-4.0".into(),
+            shards: vec![deai_ledger::tx::Shard {
+                hash: h(5),
+                tokens: 4_096,
+            }],
+        },
+        TxKind::RegisterApp {
+            name: "chat".into(),
+            fee_bps: 500,
+        },
+        TxKind::Authorize {
+            gateway: [6; 32],
+            limit: 10_000,
+            expires: 1_000,
+        },
+        TxKind::Propose {
+            change: ParamChange::Grant {
+                to: [4; 32],
+                amount: 100,
+            },
         },
     ];
     kinds

@@ -10,7 +10,7 @@
 //! tx     = who:u8 kind:u8 a:u8 b:u8 c:u8  (missing bytes read as 0)
 //! ```
 //! `who & 0x0f` % 9 is the signer and `who >> 4` the fee (15: u64::MAX, 14: min_fee + 5,
-//! else min_fee); `kind % 13` picks the transaction and a, b, c its fields (see [`build`]).
+//! else min_fee); `kind % 17` picks the transaction and a, b, c its fields (see [`build`]).
 //! Every transaction is signed by its sender, for this chain, with the sender's next nonce, so
 //! every block must apply. `(ctl >> 4) & 7` first tries a corrupted copy of the block
 //! (1: flipped signature bit, 2: nonce + 1, 3: other chain id, 4: wrong height, 5: fee below
@@ -30,7 +30,8 @@
 #![no_main]
 
 use deai_ledger::smt;
-use deai_ledger::state::{value_hash, Key};
+use deai_ledger::state::{app_id, dataset_id, value_hash, Key};
+use deai_ledger::tx::{Beneficiary, DataShard, Shard};
 use deai_ledger::{
     Address, Genesis, GenesisAccount, GenesisValidator, Param, ParamChange, Params, SignedTx,
     State, Tx, TxKind,
@@ -145,6 +146,7 @@ fn fixture() -> &'static Fixture {
             },
             // Short epochs: the set changes as the fuzzer stakes and unstakes.
             epoch_length: 3,
+            beacon: None,
         };
         let state = State::from_genesis(&genesis).expect("the fuzz genesis is valid");
         state.audit().expect("genesis audits");
@@ -200,7 +202,7 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
     // Contributors picked by the bits of `x` (so lists repeat keys, name outsiders, or run
     // past a job's worker count).
     let picks = |x: u8| -> Vec<Address> { (0..8).filter(|i| x >> i & 1 == 1).map(actor).collect() };
-    match k % 14 {
+    match k % 17 {
         0 => TxKind::Transfer {
             to: actor(a),
             amount: amt(b),
@@ -232,6 +234,10 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
                 i if i as usize <= ACTORS => Some(actor(i)),
                 _ => None,
             },
+            // An app its owner may have registered (record 14), and a client that may have
+            // authorized the sender (record 15).
+            app: (a & 0x80 != 0).then(|| app_id(&actor(b >> 4), APP_NAMES[(a >> 6) as usize & 1])),
+            client: (a & 0x20 != 0).then(|| actor(b & 0x0f)),
         },
         6 => TxKind::PostReceipt {
             job: job_id(a),
@@ -250,7 +256,27 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
                     param: Param::ALL[b as usize % Param::ALL.len()],
                     value: VAL[(c & 15) as usize],
                 },
-                2 => ParamChange::AllowModel { model: model(c) },
+                2 => match b & 3 {
+                    0 => ParamChange::AllowModel { model: model(c) },
+                    1 => ParamChange::Grant {
+                        to: actor(c),
+                        amount: amt(c),
+                    },
+                    2 => ParamChange::SetRoyalty {
+                        model: model(c),
+                        beneficiaries: picks(c)
+                            .into_iter()
+                            .map(|to| Beneficiary {
+                                to,
+                                weight: (b >> 2) as u64,
+                            })
+                            .collect(),
+                    },
+                    _ => ParamChange::AllowTrainedModel {
+                        model: model(c),
+                        training: job_id(b >> 2),
+                    },
+                },
                 _ => ParamChange::DisallowModel { model: model(c) },
             },
         },
@@ -266,6 +292,14 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
             workers: (c % 5) as u32,
             reward_per_round: amt(c),
             coordinator: actor(b >> 4),
+            // Shards of datasets its actors may have registered (record 16).
+            data: picks(a & c)
+                .iter()
+                .map(|owner| DataShard {
+                    dataset: dataset_id(owner, &shards(c)),
+                    shard: SHARD,
+                })
+                .collect(),
         },
         12 => TxKind::TrainRound {
             job: job_id(a),
@@ -276,12 +310,39 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
             rejected: picks(c.rotate_left(3) & b),
             url: "http://127.0.0.1:1".into(),
         },
-        _ => TxKind::TrainVerdict {
+        13 => TxKind::TrainVerdict {
             job: job_id(a),
             round: (b % 4) as u32,
             report: Hash256([b; 32]),
             accept: c & 1 == 1,
         },
+        14 => TxKind::RegisterApp {
+            name: APP_NAMES[a as usize & 1].into(),
+            fee_bps: VAL[(c & 15) as usize],
+        },
+        15 => TxKind::Authorize {
+            gateway: actor(a),
+            limit: amt(b),
+            expires: c as u64,
+        },
+        _ => TxKind::RegisterDataset {
+            license: "CC0".into(),
+            shards: shards(c),
+        },
+    }
+}
+
+const APP_NAMES: [&str; 2] = ["a", "b"];
+const SHARD: Hash256 = Hash256([0x5a; 32]);
+
+/// A dataset's shards: none (refused), or one shard of a few token counts.
+fn shards(c: u8) -> Vec<Shard> {
+    match c & 3 {
+        0 => vec![],
+        n => vec![Shard {
+            hash: SHARD,
+            tokens: n as u64 * 50 - 50,
+        }],
     }
 }
 
@@ -466,6 +527,13 @@ fn check_proofs(f: &Fixture, s: &State) {
     }
     keys.extend((0..JOBS).map(|j| Key::Job(job_id(j))));
     keys.extend((0..=PROPOSALS).map(Key::Proposal));
+    keys.extend((0..JOBS).map(|j| Key::Training(job_id(j))));
+    keys.extend([Key::Royalty(MODEL_A), Key::Royalty(MODEL_B)]);
+    for a in &f.addrs {
+        keys.extend(APP_NAMES.map(|n| Key::App(app_id(a, n))));
+        keys.extend((1..4).map(|c| Key::Dataset(dataset_id(a, &shards(c)))));
+        keys.extend(f.addrs.iter().map(|g| Key::Allowance(*a, *g)));
+    }
     let root = s.root().0;
     for k in keys {
         let (record, proof) = s.prove(&k);
