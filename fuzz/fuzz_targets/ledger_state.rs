@@ -10,7 +10,7 @@
 //! tx     = who:u8 kind:u8 a:u8 b:u8 c:u8  (missing bytes read as 0)
 //! ```
 //! `who & 0x0f` % 9 is the signer and `who >> 4` the fee (15: u64::MAX, 14: min_fee + 5,
-//! else min_fee); `kind % 17` picks the transaction and a, b, c its fields (see [`build`]).
+//! else min_fee); `kind % 19` picks the transaction and a, b, c its fields (see [`build`]).
 //! Every transaction is signed by its sender, for this chain, with the sender's next nonce, so
 //! every block must apply. `(ctl >> 4) & 7` first tries a corrupted copy of the block
 //! (1: flipped signature bit, 2: nonce + 1, 3: other chain id, 4: wrong height, 5: fee below
@@ -202,7 +202,7 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
     // Contributors picked by the bits of `x` (so lists repeat keys, name outsiders, or run
     // past a job's worker count).
     let picks = |x: u8| -> Vec<Address> { (0..8).filter(|i| x >> i & 1 == 1).map(actor).collect() };
-    match k % 17 {
+    match k % 19 {
         0 => TxKind::Transfer {
             to: actor(a),
             amount: amt(b),
@@ -325,9 +325,18 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
             limit: amt(b),
             expires: c as u64,
         },
-        _ => TxKind::RegisterDataset {
+        16 => TxKind::RegisterDataset {
             license: "CC0".into(),
             shards: shards(c),
+        },
+        17 => TxKind::Delegate {
+            validator: actor(a),
+            amount: amt(b),
+        },
+        _ => TxKind::Undelegate {
+            validator: actor(a),
+            amount: amt(b),
+            to: (c & 0x80 != 0).then(|| actor(c)),
         },
     }
 }
@@ -533,6 +542,7 @@ fn check_proofs(f: &Fixture, s: &State) {
         keys.extend(APP_NAMES.map(|n| Key::App(app_id(a, n))));
         keys.extend((1..4).map(|c| Key::Dataset(dataset_id(a, &shards(c)))));
         keys.extend(f.addrs.iter().map(|g| Key::Allowance(*a, *g)));
+        keys.extend(f.addrs.iter().map(|v| Key::Delegation(*a, *v)));
     }
     let root = s.root().0;
     for k in keys {

@@ -264,6 +264,24 @@ pub enum TxCmd {
         #[arg(long)]
         fee_bps: u64,
     },
+    /// Delegate balance to a validator's pool (it shares the validator's rewards, less the
+    /// commission, and its slashes).
+    Delegate {
+        #[arg(long)]
+        validator: String,
+        #[arg(long)]
+        amount: u64,
+    },
+    /// Take a delegation out (--amount 0: all of it): into unbonding, or with --to into
+    /// another validator's pool.
+    Undelegate {
+        #[arg(long)]
+        validator: String,
+        #[arg(long, default_value_t = 0)]
+        amount: u64,
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Let a gateway open jobs for this key, escrowing at most --limit until height
     /// --expires (--limit 0 revokes).
     Authorize {
@@ -709,6 +727,19 @@ pub fn tx(a: TxArgs) -> Result<()> {
             gateway: parse_addr(&gateway)?,
             limit,
             expires,
+        },
+        TxCmd::Delegate { validator, amount } => TxKind::Delegate {
+            validator: parse_addr(&validator)?,
+            amount,
+        },
+        TxCmd::Undelegate {
+            validator,
+            amount,
+            to,
+        } => TxKind::Undelegate {
+            validator: parse_addr(&validator)?,
+            amount,
+            to: to.as_deref().map(parse_addr).transpose()?,
         },
         TxCmd::Vote { proposal, vote } => TxKind::Vote {
             proposal,

@@ -17,7 +17,7 @@
 //! `staking` (transfers, stake, unbonding, slashing), `registry` (workers, validators, the
 //! consensus set), `jobs` (inference jobs from escrow to settlement, and [`job_cost`]),
 //! `training` (training jobs), `contributors` (royalties, datasets, apps, gateway
-//! allowances, grants), `governance` (proposals and votes), `audit` (the supply
+//! allowances, grants), `delegation` (validators' delegator pools), `governance` (proposals and votes), `audit` (the supply
 //! invariant) and `snapshot` (restarts and state sync). This module holds the [`State`]
 //! itself, its queries, the primitives every handler moves money with, and the tree
 //! commitment.
@@ -26,6 +26,7 @@ mod audit;
 mod beacon;
 mod block;
 mod contributors;
+mod delegation;
 mod genesis;
 mod governance;
 mod jobs;
@@ -48,9 +49,10 @@ pub use genesis::{Genesis, GenesisAccount, GenesisValidator, DEFAULT_EPOCH_LENGT
 pub use jobs::{collateral, job_cost, pov_key, pov_tag, verdict_commitment, verdict_salt};
 pub use params::{Params, DEFAULT_PROFILE};
 pub use records::{
-    decode_record, value_hash, Account, Allowance, App, ChallengeRecord, Commit, Dataset, Job,
-    JobStatus, Key, Meta, Pov, Proposal, ProposalStatus, ReceiptRecord, Royalty, RoyaltyRole,
-    RoyaltyShare, Settlement, StakeVote, Unbond, Validator, Vote, Worker, MAX_SLASHED_VIEWS,
+    decode_record, value_hash, Account, Allowance, App, ChallengeRecord, Commit, Dataset,
+    Delegation, Job, JobStatus, Key, Meta, Override, Pov, Proposal, ProposalStatus, ReceiptRecord,
+    Royalty, RoyaltyRole, RoyaltyShare, Settlement, StakeVote, Unbond, Validator, Vote, Worker,
+    MAX_SLASHED_VIEWS,
 };
 pub use registry::MAX_CONSENSUS_VALIDATORS;
 pub use training::{
@@ -91,6 +93,7 @@ pub struct State {
     apps: OrdMap<Hash256, App>,
     allowances: OrdMap<(Address, Address), Allowance>,
     royalties: OrdMap<Hash256, Royalty>,
+    delegations: OrdMap<(Address, Address), Delegation>,
     deadlines: OrdSet<Deadline>,
     tree: Tree,
     root: Hash256,
@@ -174,6 +177,7 @@ impl State {
             Key::App(a) => self.apps.get(a).map(enc),
             Key::Allowance(c, g) => self.allowances.get(&(*c, *g)).map(enc),
             Key::Royalty(m) => self.royalties.get(m).map(enc),
+            Key::Delegation(d, v) => self.delegations.get(&(*d, *v)).map(enc),
         }
     }
 

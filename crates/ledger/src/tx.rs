@@ -93,10 +93,12 @@ pub enum Param {
     /// Fee a gateway earns on the jobs it opens for a client that authorized it, in basis
     /// points of their cost.
     GatewayFeeBps,
+    /// A validator's commission on the rewards its delegators' stake earns, in basis points.
+    CommissionBps,
 }
 
 impl Param {
-    pub const ALL: [Param; 25] = [
+    pub const ALL: [Param; 26] = [
         Param::PriceFloor,
         Param::SampleRateBps,
         Param::SlashBps,
@@ -122,6 +124,7 @@ impl Param {
         Param::DataRoyaltyBps,
         Param::AppFeeCapBps,
         Param::GatewayFeeBps,
+        Param::CommissionBps,
     ];
 
     fn code(self) -> u8 {
@@ -383,6 +386,23 @@ pub enum TxKind {
         limit: u64,
         expires: u64,
     },
+    /// Delegates `amount` of the sender's balance to `validator`'s pool: it weighs in the
+    /// validator's verdicts and votes, earns its share of the validator's rewards (less the
+    /// commission) and is slashed with it (`state::delegation`).
+    Delegate {
+        #[serde(with = "hex_addr")]
+        validator: Address,
+        amount: u64,
+    },
+    /// Takes `amount` (0: all) of the sender's delegation to `validator` out of its pool:
+    /// into unbonding, or straight into `to`'s pool (a redelegation).
+    Undelegate {
+        #[serde(with = "hex_addr")]
+        validator: Address,
+        amount: u64,
+        #[serde(default, with = "hex_addr_opt")]
+        to: Option<Address>,
+    },
 }
 
 /// An unsigned transaction.
@@ -641,6 +661,17 @@ impl TxKind {
             } => {
                 w.u8(20).raw(gateway).u64(*limit).u64(*expires);
             }
+            TxKind::Delegate { validator, amount } => {
+                w.u8(21).raw(validator).u64(*amount);
+            }
+            TxKind::Undelegate {
+                validator,
+                amount,
+                to,
+            } => {
+                w.u8(22).raw(validator).u64(*amount);
+                put_opt(w, to.as_ref());
+            }
             TxKind::ReportEquivocation {
                 offender,
                 view,
@@ -857,6 +888,15 @@ impl TxKind {
                 limit: r.u64("limit")?,
                 expires: r.u64("expires")?,
             },
+            21 => TxKind::Delegate {
+                validator: r.arr("validator")?,
+                amount: r.u64("amount")?,
+            },
+            22 => TxKind::Undelegate {
+                validator: r.arr("validator")?,
+                amount: r.u64("amount")?,
+                to: get_opt(r, "redelegate to")?,
+            },
             t => {
                 return Err(DecodeError::UnknownTag {
                     what: "tx kind",
@@ -890,6 +930,8 @@ impl TxKind {
             TxKind::RegisterDataset { .. } => "register_dataset",
             TxKind::RegisterApp { .. } => "register_app",
             TxKind::Authorize { .. } => "authorize",
+            TxKind::Delegate { .. } => "delegate",
+            TxKind::Undelegate { .. } => "undelegate",
         }
     }
 }

@@ -706,6 +706,22 @@ fn arb_action() -> impl Strategy<Value = (u8, TxKind)> {
                     .collect(),
             }
         }),
+        (prop_oneof![Just(1u8), Just(2), Just(11)], amount.clone()).prop_map(|(v, amount)| {
+            TxKind::Delegate {
+                validator: addr(v),
+                amount: amount.min(60_000),
+            }
+        }),
+        (
+            prop_oneof![Just(1u8), Just(2)],
+            prop_oneof![Just(0u64), 1u64..30_000],
+            prop_oneof![Just(None), Just(Some(addr(1))), Just(Some(addr(2)))]
+        )
+            .prop_map(|(v, amount, to)| TxKind::Undelegate {
+                validator: addr(v),
+                amount,
+                to
+            }),
         job.clone().prop_map(|training| TxKind::Propose {
             change: ParamChange::AllowTrainedModel {
                 model: Hash256([8; 32]),

@@ -65,6 +65,29 @@ impl State {
                 }
             }
         }
+        let mut pools: u128 = 0;
+        let mut shares: std::collections::BTreeMap<crate::tx::Address, u128> = Default::default();
+        for ((_, v), d) in self.delegations.iter() {
+            *shares.entry(*v).or_default() += d.shares as u128;
+        }
+        for (a, v) in self.validators.iter() {
+            pools += v.pool as u128;
+            if shares.get(a).copied().unwrap_or(0) != v.shares as u128 {
+                return err(format!(
+                    "validator {} has {} pool shares but its delegations hold {}",
+                    hex::encode(&a[..4]),
+                    v.shares,
+                    shares.get(a).copied().unwrap_or(0)
+                ));
+            }
+        }
+        if pools != self.meta.delegated as u128 {
+            return err(format!(
+                "pools hold {pools} but delegated is {}",
+                self.meta.delegated
+            ));
+        }
+        total += pools;
         for (id, t) in self.trainings.iter() {
             total += t.escrow as u128;
             if !t.escrow_balanced() {

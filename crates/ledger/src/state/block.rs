@@ -254,6 +254,12 @@ impl State {
                 limit,
                 expires,
             } => self.authorize(from, *gateway, *limit, *expires),
+            TxKind::Delegate { validator, amount } => self.delegate(from, *validator, *amount),
+            TxKind::Undelegate {
+                validator,
+                amount,
+                to,
+            } => self.undelegate(from, *validator, *amount, *to),
         }
     }
 

@@ -85,6 +85,7 @@ impl State {
                 treasury: 0,
                 total_stake: 0,
                 next_proposal: 1,
+                delegated: 0,
                 params,
                 epoch_length: g.epoch_length,
                 validator_set: Vec::new(),
@@ -101,6 +102,7 @@ impl State {
             apps: OrdMap::new(),
             allowances: OrdMap::new(),
             royalties: OrdMap::new(),
+            delegations: OrdMap::new(),
             deadlines: OrdSet::new(),
             tree: Tree::new(),
             root: Hash256::default(),
@@ -148,16 +150,7 @@ impl State {
                 Validator {
                     endpoint: v.endpoint.clone(),
                     p2p: v.p2p.clone(),
-                    registered_at: 0,
-                    verdicts: 0,
-                    earned: 0,
-                    slashed: 0,
-                    slashed_views: vec![],
-                    assigned: 0,
-                    missed: 0,
-                    wrong: 0,
-                    committee_votes: 0,
-                    latency_blocks: 0,
+                    ..Default::default()
                 },
             );
             s.dirty.insert(Key::Validator(v.address));

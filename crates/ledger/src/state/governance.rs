@@ -2,8 +2,8 @@
 //! end of the voting period and execution after the delay.
 
 use super::{
-    err, id_bytes, Key, Params, Proposal, ProposalStatus, Res, StakeVote, State, BPS, DL_EXECUTE,
-    DL_VOTE_END,
+    err, id_bytes, Key, Override, Params, Proposal, ProposalStatus, Res, StakeVote, State, BPS,
+    DL_EXECUTE, DL_VOTE_END,
 };
 use crate::tx::{Address, ParamChange};
 
@@ -55,7 +55,7 @@ impl State {
                 voting_end: end,
                 execute_at: None,
                 votes: Vec::new(),
-                total_stake: self.meta.total_stake,
+                total_stake: self.meta.total_stake.saturating_add(self.meta.delegated),
                 status: ProposalStatus::Voting,
                 yes_stake: 0,
                 no_stake: 0,
@@ -75,17 +75,46 @@ impl State {
         if p.status != ProposalStatus::Voting {
             return err("voting on this proposal has ended");
         }
+        let created = p.created;
         let acct = self.account(&from);
-        if acct.stake == 0 {
-            return err("only stakers may vote");
+        let delegations = self.delegations_of(&from);
+        if acct.stake == 0 && delegations.is_empty() {
+            return err("only stakers and delegators may vote");
         }
         // `>=`: stake bonded in the proposal's own block (a Stake after the Propose) is
         // not in its quorum base either.
-        if acct.bonded_at >= p.created {
+        let own = if acct.bonded_at < created {
+            acct.stake
+        } else {
+            0
+        };
+        // A validator votes its pool too, unless the pool grew since the proposal opened.
+        let pool = match self.validators.get(&from) {
+            Some(v) if v.pool_bonded_at < created => v.pool,
+            _ => 0,
+        };
+        // A delegator votes its delegations bonded before the proposal, which leave their
+        // validators' votes.
+        let overrides: Vec<Override> = delegations
+            .iter()
+            .filter(|(v, _, value)| {
+                *value > 0 && self.delegation(&from, v).is_some_and(|d| d.since < created)
+            })
+            .map(|(v, _, value)| Override {
+                validator: *v,
+                amount: *value,
+            })
+            .collect();
+        let delegated: u64 = overrides
+            .iter()
+            .map(|o| o.amount)
+            .fold(0, u64::saturating_add);
+        let weight = own.saturating_add(pool).saturating_add(delegated);
+        if weight == 0 {
             return err(format!(
-                "stake was added at height {} after proposal {proposal} opened at {}; only \
-                 stake bonded before a proposal votes on it",
-                acct.bonded_at, p.created
+                "stake was added at height {} after proposal {proposal} opened at {created}; \
+                 only stake bonded (or delegated) before a proposal votes on it",
+                acct.bonded_at
             ));
         }
         self.dirty.insert(Key::Proposal(proposal));
@@ -93,7 +122,8 @@ impl State {
         let vote = StakeVote {
             voter: from,
             yes,
-            stake: acct.stake,
+            stake: weight,
+            overrides,
         };
         match p.votes.binary_search_by(|v| v.voter.cmp(&from)) {
             Ok(i) => p.votes[i] = vote,
@@ -111,12 +141,21 @@ impl State {
         if p.status != ProposalStatus::Voting {
             return;
         }
+        // What delegators who voted themselves take out of their validators' votes.
+        let mut overridden: std::collections::BTreeMap<Address, u128> = Default::default();
+        for v in &p.votes {
+            for o in &v.overrides {
+                *overridden.entry(o.validator).or_default() += o.amount as u128;
+            }
+        }
         let (mut yes, mut no) = (0u128, 0u128);
         for v in &p.votes {
+            let out = overridden.get(&v.voter).copied().unwrap_or(0);
+            let weight = (v.stake as u128).saturating_sub(out);
             if v.yes {
-                yes += v.stake as u128
+                yes += weight
             } else {
-                no += v.stake as u128
+                no += weight
             }
         }
         let params = &self.meta.params;

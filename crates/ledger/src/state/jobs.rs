@@ -721,14 +721,19 @@ impl State {
 
     /// Takes up to `amount` from a validator's stake and unbonding funds, burned; returns
     /// what was taken.
+    /// Takes `amount` from a validator's holdings and the same share of its delegators'
+    /// pool, and burns both; returns what was taken in all.
     fn slash_validator(&mut self, who: &Address, amount: u64) -> u64 {
+        let acct = self.account(who);
+        let held = (acct.stake as u128 + acct.unbonding_total()).min(u64::MAX as u128) as u64;
         let take = self.take_holdings(who, amount);
         self.meta.burned += take;
+        let pool = self.slash_pool(who, take, held);
         if let Some(v) = self.validators.get_mut(who) {
-            v.slashed += take;
+            v.slashed += take + pool;
         }
         self.dirty.insert(Key::Validator(*who));
-        take
+        take + pool
     }
 
     /// Pays `fee` in equal parts to `voters` (the remainder to the treasury); returns what
@@ -739,11 +744,7 @@ impl State {
         }
         let each = fee / voters.len() as u64;
         for v in voters {
-            self.credit(v, each);
-            if let Some(val) = self.validators.get_mut(v) {
-                val.earned += each;
-            }
-            self.dirty.insert(Key::Validator(*v));
+            self.pay_validator(v, each);
         }
         each * voters.len() as u64
     }

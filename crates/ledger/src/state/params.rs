@@ -49,6 +49,9 @@ pub struct Params {
     /// A gateway's fee, on top of the cost of each job it opens for an authorizing client.
     #[serde(default = "default_gateway_fee_bps")]
     pub gateway_fee_bps: u64,
+    /// A validator's cut of what its delegators' stake earns.
+    #[serde(default = "default_commission_bps")]
+    pub commission_bps: u64,
     /// Models jobs may name, sorted.
     pub allowed_models: Vec<Hash256>,
     /// Kernel profiles workers may register (and receipts declare), sorted. Validators
@@ -86,6 +89,10 @@ fn default_gateway_fee_bps() -> u64 {
     200
 }
 
+fn default_commission_bps() -> u64 {
+    1_000
+}
+
 fn default_profiles() -> Vec<String> {
     vec![DEFAULT_PROFILE.to_string()]
 }
@@ -120,6 +127,7 @@ impl Default for Params {
             data_royalty_bps: default_data_royalty_bps(),
             app_fee_cap_bps: default_app_fee_cap_bps(),
             gateway_fee_bps: default_gateway_fee_bps(),
+            commission_bps: default_commission_bps(),
             allowed_models: Vec::new(),
             profiles: default_profiles(),
         }
@@ -154,6 +162,7 @@ impl Params {
             Param::DataRoyaltyBps => self.data_royalty_bps,
             Param::AppFeeCapBps => self.app_fee_cap_bps,
             Param::GatewayFeeBps => self.gateway_fee_bps,
+            Param::CommissionBps => self.commission_bps,
         }
     }
 
@@ -184,6 +193,7 @@ impl Params {
             Param::DataRoyaltyBps => &mut self.data_royalty_bps,
             Param::AppFeeCapBps => &mut self.app_fee_cap_bps,
             Param::GatewayFeeBps => &mut self.gateway_fee_bps,
+            Param::CommissionBps => &mut self.commission_bps,
         }
     }
 
@@ -225,6 +235,7 @@ impl Params {
             // gateway cannot take most of a client's escrow.
             Param::AppFeeCapBps => (0, 3_000),
             Param::GatewayFeeBps => (0, 1_000),
+            Param::CommissionBps => (0, BPS),
         }
     }
 

@@ -52,7 +52,7 @@ pub struct Worker {
     pub locked: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Validator {
     pub endpoint: String,
     /// Its consensus p2p address (`host:port`), or empty.
@@ -79,6 +79,30 @@ pub struct Validator {
     pub committee_votes: u64,
     #[serde(default)]
     pub latency_blocks: u64,
+    /// Its delegators' pool: what their stake is worth now (delegated, plus rewards, less
+    /// slashes), the shares they hold of it, and when it last grew.
+    #[serde(default)]
+    pub pool: u64,
+    #[serde(default)]
+    pub shares: u64,
+    #[serde(default)]
+    pub pool_bonded_at: u64,
+}
+
+/// A delegator's shares of one validator's pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegation {
+    pub shares: u64,
+    /// The height it last grew: it weighs only on proposals opened after.
+    pub since: u64,
+}
+
+/// Delegated stake that voted itself on a proposal: its weight leaves its validator's vote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub validator: Address,
+    pub amount: u64,
 }
 
 /// How many slashed views a validator record keeps (older views can no longer be reported).
@@ -157,6 +181,9 @@ pub struct StakeVote {
     pub voter: Address,
     pub yes: bool,
     pub stake: u64,
+    /// The voter's delegations counted in `stake`, taken out of their validators' votes.
+    #[serde(default)]
+    pub overrides: Vec<Override>,
 }
 
 /// Where a finished job's money went.
@@ -365,6 +392,9 @@ pub struct Meta {
     pub treasury: u64,
     pub total_stake: u64,
     pub next_proposal: u64,
+    /// All validators' pools (see [`Validator::pool`]).
+    #[serde(default)]
+    pub delegated: u64,
     pub params: Params,
     /// Blocks per consensus epoch, fixed at genesis: epoch `e` is heights
     /// `e * epoch_length ..= e * epoch_length + epoch_length - 1`.
@@ -395,6 +425,8 @@ pub enum Key {
     /// A client's allowance to a gateway: (client, gateway).
     Allowance(Address, Address),
     Royalty(Hash256),
+    /// A delegator's delegation to a validator: (delegator, validator).
+    Delegation(Address, Address),
 }
 
 impl Key {
@@ -413,6 +445,7 @@ impl Key {
             Key::App(a) => ("app", a.0.to_vec()),
             Key::Allowance(c, g) => ("allowance", [&c[..], &g[..]].concat()),
             Key::Royalty(m) => ("royalty", m.0.to_vec()),
+            Key::Delegation(d, v) => ("delegation", [&d[..], &v[..]].concat()),
         };
         Hash256::digest_parts("deai-state-key", &[ns.as_bytes(), &id]).0
     }

@@ -83,24 +83,15 @@ impl State {
         if !p2p.is_empty() && p2p.parse::<std::net::SocketAddr>().is_err() {
             return err(format!("p2p address {p2p:?} is not host:port"));
         }
-        let prev = self.validators.get(&from).cloned();
-        self.validators.insert(
-            from,
-            Validator {
-                endpoint: endpoint.to_string(),
-                p2p: p2p.to_string(),
-                registered_at: prev.as_ref().map_or(h, |v| v.registered_at),
-                verdicts: prev.as_ref().map_or(0, |v| v.verdicts),
-                earned: prev.as_ref().map_or(0, |v| v.earned),
-                slashed: prev.as_ref().map_or(0, |v| v.slashed),
-                assigned: prev.as_ref().map_or(0, |v| v.assigned),
-                missed: prev.as_ref().map_or(0, |v| v.missed),
-                wrong: prev.as_ref().map_or(0, |v| v.wrong),
-                committee_votes: prev.as_ref().map_or(0, |v| v.committee_votes),
-                latency_blocks: prev.as_ref().map_or(0, |v| v.latency_blocks),
-                slashed_views: prev.map(|v| v.slashed_views).unwrap_or_default(),
-            },
-        );
+        // A re-registration changes the addresses and keeps the record (its history and
+        // its delegators' pool).
+        let mut v = self.validators.get(&from).cloned().unwrap_or(Validator {
+            registered_at: h,
+            ..Default::default()
+        });
+        v.endpoint = endpoint.to_string();
+        v.p2p = p2p.to_string();
+        self.validators.insert(from, v);
         self.dirty.insert(Key::Validator(from));
         Ok(())
     }
@@ -122,7 +113,7 @@ impl State {
     }
 
     /// The set the active validators would form now: the [`MAX_CONSENSUS_VALIDATORS`]
-    /// highest stakes (ties to the lower address), sorted by address.
+    /// highest weights (ties to the lower address), sorted by address.
     pub fn next_validator_set(&self) -> Vec<Address> {
         let mut v = self.active_validators();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -132,13 +123,14 @@ impl State {
         set
     }
 
-    /// Validators whose stake meets the minimum, with their stake.
+    /// Validators whose own stake meets the minimum, with their weight (own stake plus
+    /// their delegators' pool, [`State::weight`]).
     pub fn active_validators(&self) -> Vec<(Address, u64)> {
         let min = self.meta.params.min_validator_stake;
         self.validators
             .keys()
-            .map(|a| (*a, self.account(a).stake))
-            .filter(|(_, s)| *s >= min)
+            .filter(|a| self.account(a).stake >= min)
+            .map(|a| (*a, self.weight(a)))
             .collect()
     }
 }

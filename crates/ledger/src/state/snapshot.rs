@@ -44,6 +44,11 @@ impl State {
                 .iter()
                 .map(|(k, v)| (*k, v.clone()))
                 .collect(),
+            delegations: self
+                .delegations
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
             root: self.root,
         };
         postcard::to_allocvec(&snap).expect("state encodes")
@@ -65,6 +70,7 @@ impl State {
             apps: snap.apps.into_iter().collect(),
             allowances: snap.allowances.into_iter().collect(),
             royalties: snap.royalties.into_iter().collect(),
+            delegations: snap.delegations.into_iter().collect(),
             deadlines: OrdSet::new(),
             tree: Tree::new(),
             root: Hash256::default(),
@@ -83,6 +89,7 @@ impl State {
             .chain(s.apps.keys().map(|a| Key::App(*a)))
             .chain(s.allowances.keys().map(|(c, g)| Key::Allowance(*c, *g)))
             .chain(s.royalties.keys().map(|m| Key::Royalty(*m)))
+            .chain(s.delegations.keys().map(|(d, v)| Key::Delegation(*d, *v)))
             .collect();
         s.dirty.extend(keys);
         // Rebuild the deadline index from the records.
@@ -142,5 +149,6 @@ struct Snapshot {
     apps: Vec<(Hash256, super::App)>,
     allowances: Vec<((Address, Address), super::Allowance)>,
     royalties: Vec<(Hash256, super::Royalty)>,
+    delegations: Vec<((Address, Address), super::Delegation)>,
     root: Hash256,
 }

@@ -129,13 +129,17 @@ impl State {
                 "view {view} is older than the {MAX_SLASHED_VIEWS} views this validator was slashed for"
             ));
         }
-        let slash = self.slash_holdings(&offender, 0);
-        if slash == 0 {
+        let acct = self.account(&offender);
+        let held = (acct.stake as u128 + acct.unbonding_total()).min(u64::MAX as u128) as u64;
+        let own = self.slash_holdings(&offender, 0);
+        if own == 0 {
             return err("the validator holds nothing to slash");
         }
-        let reward = bps_of(slash, self.meta.params.reporter_bps);
+        let reward = bps_of(own, self.meta.params.reporter_bps);
         self.credit(&reporter, reward);
-        self.meta.burned += slash - reward;
+        self.meta.burned += own - reward;
+        // Its delegators' pool loses the same share (burned; `slash_pool` counts it).
+        let slash = own + self.slash_pool(&offender, own, held);
         let v = self.validators.get_mut(&offender).expect("checked above");
         v.slashed += slash;
         let at = v.slashed_views.partition_point(|x| *x < view);

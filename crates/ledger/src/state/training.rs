@@ -342,7 +342,11 @@ impl State {
     /// or slashed for the round, and the job ends with the rest of its escrow refunded.
     fn reject_training_round(&mut self, id: Hash256, p: &PendingRound) {
         let t = self.trainings[&id].clone();
+        let acct = self.account(&t.coordinator);
+        let held = (acct.stake as u128 + acct.unbonding_total()).min(u64::MAX as u128) as u64;
         let s = self.slash_holdings(&t.coordinator, 0);
+        // Its delegators' pool loses the same share, burned.
+        self.slash_pool(&t.coordinator, s, held);
         let rejecters: Vec<Address> = p.votes.iter().filter(|v| !v.yes).map(|v| v.voter).collect();
         let reward = super::bps_of(s, self.meta.params.reporter_bps);
         let each = reward / rejecters.len().max(1) as u64;
@@ -393,11 +397,7 @@ impl State {
         // The division's remainder goes to the treasury.
         let treasury = treasury_cut + judging - each * judges.len() as u64;
         for v in &judges {
-            self.credit(v, each);
-            if let Some(val) = self.validators.get_mut(v) {
-                val.earned += each;
-            }
-            self.dirty.insert(Key::Validator(*v));
+            self.pay_validator(v, each);
         }
         self.pay_treasury(treasury);
         let (share, refund) = match accepted.len() as u64 {

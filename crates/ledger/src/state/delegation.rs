@@ -1,0 +1,218 @@
+//! Stake delegation: anyone can back a validator with their balance without running one.
+//!
+//! Each validator has a pool: the tokens its delegators put in, plus the rewards their stake
+//! earned, less what slashes took. Delegators hold shares of it, so rewards and slashes reach
+//! every delegator pro rata without touching their records:
+//! - **weight**: a validator's weight in verdicts, committees and the consensus set is its own
+//!   stake plus its pool ([`State::weight`]); the minimum to be a validator is on its own
+//!   stake, so a validator always has its own stake at risk;
+//! - **rewards**: of each payment to a validator ([`State::pay_validator`]), the pool's share
+//!   by weight goes into the pool, less `commission_bps` that stays with the validator;
+//! - **slashes**: a validator's slash takes the same share of its pool as of its own stake
+//!   ([`State::slash_pool`]), and burns it;
+//! - **governance**: a validator votes with its stake and its pool; a delegator that votes
+//!   itself moves its delegations' weight from its validators' votes to its own
+//!   (`governance::tally`).
+//!
+//! Undelegating moves the tokens into the delegator's unbonding entries (released after
+//! `unbonding_period`), or into another validator's pool at once (a redelegation).
+
+use super::records::Delegation;
+use super::{bps_of, err, Key, Res, State, Unbond, DL_UNBOND};
+use crate::tx::Address;
+
+impl State {
+    /// A validator's weight: its own stake plus its delegators' pool.
+    pub fn weight(&self, validator: &Address) -> u64 {
+        let pool = self.validators.get(validator).map_or(0, |v| v.pool);
+        self.account(validator).stake.saturating_add(pool)
+    }
+
+    /// `delegator`'s delegation to `validator`, if any.
+    pub fn delegation(&self, delegator: &Address, validator: &Address) -> Option<&Delegation> {
+        self.delegations.get(&(*delegator, *validator))
+    }
+
+    /// Every delegation of `delegator`: (validator, shares, their value now).
+    pub fn delegations_of(&self, delegator: &Address) -> Vec<(Address, u64, u64)> {
+        self.delegations
+            .range((*delegator, [0u8; 32])..=(*delegator, [0xffu8; 32]))
+            .map(|((_, v), d)| (*v, d.shares, self.share_value(v, d.shares)))
+            .collect()
+    }
+
+    pub fn delegations(&self) -> impl Iterator<Item = (&(Address, Address), &Delegation)> {
+        self.delegations.iter()
+    }
+
+    /// What `shares` of `validator`'s pool are worth now.
+    pub fn share_value(&self, validator: &Address, shares: u64) -> u64 {
+        match self.validators.get(validator) {
+            Some(v) if v.shares > 0 => (shares as u128 * v.pool as u128 / v.shares as u128) as u64,
+            _ => 0,
+        }
+    }
+
+    pub(super) fn delegate(&mut self, from: Address, validator: Address, amount: u64) -> Res {
+        if amount == 0 {
+            return err("delegation of 0");
+        }
+        if from == validator {
+            return err("a validator stakes, it does not delegate to itself");
+        }
+        let have = self.account(&from).balance;
+        if have < amount {
+            return err(format!("delegation: balance {have} < {amount}"));
+        }
+        self.mint(&validator, amount)?;
+        self.debit(&from, amount, "delegation")?;
+        self.add_to_pool(from, validator, amount)
+    }
+
+    /// The shares `amount` buys in `validator`'s pool now (nothing changes).
+    fn mint(&self, validator: &Address, amount: u64) -> Result<u64, String> {
+        let Some(v) = self.validators.get(validator) else {
+            return err("not a registered validator");
+        };
+        let minted = match (v.pool, v.shares) {
+            (_, 0) => amount as u128,
+            (0, _) => return err("the validator's pool was slashed to nothing"),
+            (pool, shares) => amount as u128 * shares as u128 / pool as u128,
+        };
+        if minted == 0 {
+            return err("the amount buys no share of the pool");
+        }
+        if v.shares as u128 + minted > u64::MAX as u128 || v.pool.checked_add(amount).is_none() {
+            return err("the pool would overflow");
+        }
+        Ok(minted as u64)
+    }
+
+    /// Puts `amount` (already taken from `from`) into `validator`'s pool for `from`.
+    fn add_to_pool(&mut self, from: Address, validator: Address, amount: u64) -> Res {
+        let h = self.meta.height;
+        let minted = self.mint(&validator, amount)?;
+        let v = self
+            .validators
+            .get_mut(&validator)
+            .expect("mint checked it");
+        v.pool += amount;
+        v.shares += minted;
+        v.pool_bonded_at = h;
+        self.dirty.insert(Key::Validator(validator));
+        self.meta.delegated = self.meta.delegated.saturating_add(amount);
+        let d = self
+            .delegations
+            .entry((from, validator))
+            .or_insert(Delegation {
+                shares: 0,
+                since: h,
+            });
+        d.shares += minted;
+        d.since = h;
+        self.dirty.insert(Key::Delegation(from, validator));
+        Ok(())
+    }
+
+    pub(super) fn undelegate(
+        &mut self,
+        from: Address,
+        validator: Address,
+        amount: u64,
+        to: Option<Address>,
+    ) -> Res {
+        let d = self
+            .delegation(&from, &validator)
+            .ok_or("no delegation to this validator")?
+            .clone();
+        if to == Some(validator) || to == Some(from) {
+            return err("redelegation to the same validator or to oneself");
+        }
+        let v = &self.validators[&validator];
+        let value = self.share_value(&validator, d.shares);
+        let amount = if amount == 0 { value } else { amount };
+        if amount > value {
+            return err(format!("undelegate {amount} of a delegation worth {value}"));
+        }
+        // Shares burned: rounded up, so nobody takes out more than their shares are worth;
+        // the last shares of the pool take whatever is left in it.
+        let burn = (amount as u128 * v.shares as u128).div_ceil(v.pool.max(1) as u128) as u64;
+        let burn = burn.min(d.shares);
+        let amount = if burn == v.shares { v.pool } else { amount };
+        if amount == 0 {
+            return err("nothing to undelegate");
+        }
+        if let Some(t) = to {
+            self.mint(&t, amount)?;
+        }
+        let v = self.validators.get_mut(&validator).expect("checked above");
+        v.pool -= amount;
+        v.shares -= burn;
+        self.dirty.insert(Key::Validator(validator));
+        self.meta.delegated -= amount;
+        self.dirty.insert(Key::Delegation(from, validator));
+        if burn == d.shares {
+            self.delegations.remove(&(from, validator));
+        } else if let Some(d) = self.delegations.get_mut(&(from, validator)) {
+            d.shares -= burn;
+        }
+        match to {
+            // `mint` accepted it above, and `t`'s pool has not changed since.
+            Some(t) => self.add_to_pool(from, t, amount),
+            None => {
+                self.unbond_to(from, amount);
+                Ok(())
+            }
+        }
+    }
+
+    fn unbond_to(&mut self, who: Address, amount: u64) {
+        let release = self
+            .meta
+            .height
+            .saturating_add(self.meta.params.unbonding_period);
+        self.acct_mut(&who)
+            .unbonding
+            .push(Unbond { amount, release });
+        self.deadlines.insert((release, DL_UNBOND, who));
+    }
+
+    /// Pays `amount` to validator `v`: its pool's share by weight goes into the pool, less
+    /// the commission, which the validator keeps with the rest. Returns what `v` itself got.
+    pub(super) fn pay_validator(&mut self, v: &Address, amount: u64) -> u64 {
+        let stake = self.account(v).stake as u128;
+        let pool = self.validators.get(v).map_or(0, |x| x.pool) as u128;
+        let share = match stake + pool {
+            0 => 0,
+            total => (amount as u128 * pool / total) as u64,
+        };
+        let to_pool = share - bps_of(share, self.meta.params.commission_bps);
+        let own = amount - to_pool;
+        // `share` is 0 for a key that is not a validator (it has no pool).
+        if let Some(val) = self.validators.get_mut(v) {
+            val.pool += to_pool;
+            val.earned += own;
+            self.meta.delegated += to_pool;
+            self.dirty.insert(Key::Validator(*v));
+        }
+        self.credit(v, own);
+        own
+    }
+
+    /// Takes from `v`'s pool the share `taken / held` that a slash took of its own
+    /// holdings (`held` before the slash), burns it and returns it.
+    pub(super) fn slash_pool(&mut self, v: &Address, taken: u64, held: u64) -> u64 {
+        let Some(val) = self.validators.get_mut(v) else {
+            return 0;
+        };
+        let cut = match held {
+            0 => 0,
+            _ => ((val.pool as u128 * taken as u128 / held as u128) as u64).min(val.pool),
+        };
+        val.pool -= cut;
+        self.meta.delegated -= cut;
+        self.meta.burned += cut;
+        self.dirty.insert(Key::Validator(*v));
+        cut
+    }
+}
