@@ -80,6 +80,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/worker/{addr}", get(worker))
         .route("/v1/workers", get(workers))
         .route("/v1/validators", get(validators))
+        .route("/v1/allowance/{client}/{gateway}", get(allowance))
+        .route("/v1/contributors", get(contributors))
         .route("/v1/job/{id}", get(job))
         .route("/v1/jobs", get(jobs))
         .route("/v1/training/{id}", get(training))
@@ -240,9 +242,67 @@ async fn validators(AxState(api): AxState<Api>) -> R {
     let s = api.app.finalized_state();
     let list: Vec<Value> = s
         .validators()
-        .map(|(a, v)| json!({ "address": hex::encode(a), "validator": v, "stake": s.account(a).stake }))
+        .map(|(a, v)| {
+            json!({ "address": hex::encode(a), "validator": v, "stake": s.account(a).stake,
+                    "weight": s.weight(a) })
+        })
         .collect();
     Ok(Json(json!({ "height": s.height(), "validators": list })))
+}
+
+/// `GET /v1/allowance/{client}/{gateway}`: what `client` still lets `gateway` escrow for it
+/// (`allowance` is null when it never authorized it, or revoked it).
+async fn allowance(
+    AxState(api): AxState<Api>,
+    Path((client, gateway)): Path<(String, String)>,
+) -> R {
+    let (client, gateway) = (parse_addr(&client)?, parse_addr(&gateway)?);
+    let s = api.app.finalized_state();
+    Ok(Json(json!({
+        "height": s.height(),
+        "allowance": s.allowance(&client, &gateway),
+    })))
+}
+
+/// `GET /v1/contributors`: everyone a job's fee reaches besides workers and validators:
+/// models' royalties, datasets, apps, gateways (allowances), delegations, and the treasury.
+async fn contributors(AxState(api): AxState<Api>) -> R {
+    let s = api.app.finalized_state();
+    let royalties: Vec<Value> = s
+        .royalties()
+        .map(|(m, r)| json!({ "model": m, "royalty": r }))
+        .collect();
+    let datasets: Vec<Value> = s
+        .datasets()
+        .map(|(id, d)| json!({ "id": id, "dataset": d }))
+        .collect();
+    let apps: Vec<Value> = s
+        .apps()
+        .map(|(id, a)| json!({ "id": id, "app": a }))
+        .collect();
+    let gateways: Vec<Value> = s
+        .allowances()
+        .map(|((c, g), a)| {
+            json!({ "client": hex::encode(c), "gateway": hex::encode(g), "allowance": a })
+        })
+        .collect();
+    let delegations: Vec<Value> = s
+        .delegations()
+        .map(|((d, v), x)| {
+            json!({ "delegator": hex::encode(d), "validator": hex::encode(v),
+                    "shares": x.shares, "value": s.share_value(v, x.shares) })
+        })
+        .collect();
+    Ok(Json(json!({
+        "height": s.height(),
+        "treasury": s.meta().treasury,
+        "delegated": s.meta().delegated,
+        "royalties": royalties,
+        "datasets": datasets,
+        "apps": apps,
+        "gateways": gateways,
+        "delegations": delegations,
+    })))
 }
 
 async fn job(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {

@@ -189,6 +189,23 @@ impl ChainClient {
         }
     }
 
+    /// What `client` still lets `gateway` escrow for it, if it authorized it.
+    pub async fn allowance(
+        &self,
+        client: &Address,
+        gateway: &Address,
+    ) -> Result<Option<deai_ledger::state::Allowance>> {
+        let path = format!(
+            "/v1/allowance/{}/{}",
+            hex::encode(client),
+            hex::encode(gateway)
+        );
+        match self.get(&path).await? {
+            None => Ok(None),
+            Some(v) => serde_json::from_value(v["allowance"].clone()).context("bad allowance JSON"),
+        }
+    }
+
     pub async fn training(&self, id: &Hash256) -> Result<Option<deai_ledger::TrainingJob>> {
         match self.get(&format!("/v1/training/{id}")).await? {
             None => Ok(None),

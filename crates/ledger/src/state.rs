@@ -44,7 +44,7 @@ pub use beacon::{
     DEFAULT_BEACON_PERIOD, MAX_BEACON_PLAYERS, SIGNATURE_BYTES,
 };
 pub use block::{BlockError, BlockResult, TxOutcome, MAX_BLOCK_TXS};
-pub use contributors::{app_id, billable, dataset_id, MAX_APP_NAME};
+pub use contributors::{app_id, billable, dataset_id, escrow_for, max_surcharge_bps, MAX_APP_NAME};
 pub use genesis::{Genesis, GenesisAccount, GenesisValidator, DEFAULT_EPOCH_LENGTH};
 pub use jobs::{collateral, job_cost, pov_key, pov_tag, verdict_commitment, verdict_salt};
 pub use params::{Params, DEFAULT_PROFILE};

@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use deai_ledger::state::{app_id, billable, dataset_id, RoyaltyRole, Settlement, BPS};
+use deai_ledger::state::{app_id, billable, dataset_id, escrow_for, RoyaltyRole, Settlement, BPS};
 use deai_ledger::tx::{Beneficiary, DataShard, Shard};
 use deai_ledger::*;
 use deai_types::Hash256;
@@ -301,6 +301,11 @@ fn billing_leaves_room_for_the_fees_on_top() {
             // And no lower than the exact bound escrow / (1 + bps / 10000), rounded down.
             let next = cost + 1;
             assert!(next * (BPS + bps) as u128 > escrow as u128 * BPS as u128);
+            // What a gateway escrows for a cost bills at least that cost, and no less would.
+            let c = escrow.min(u64::MAX / 2);
+            let e = escrow_for(c, bps);
+            assert!(billable(e, bps) >= c, "{c} {bps}");
+            assert!(e == 0 || billable(e - 1, bps) < c, "{c} {bps}");
         }
     }
 }

@@ -322,6 +322,8 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
                 n_ctx: opts.engine.model.cfg.n_ctx,
             }],
             api_keys: vec![(api_key.clone(), client.clone())],
+            client_keys: vec![],
+            signer: None,
             attempts: 3,
             worker_timeout: Duration::from_secs(120),
             dir: dir.join("gateway"),

@@ -113,12 +113,17 @@ impl Default for GatewaySection {
     }
 }
 
-/// An API key and the key file of the ledger account that pays for its requests.
+/// An API key and who pays for its requests: the key file of a ledger account the gateway
+/// signs for (custodial), or the address of a client that keeps its key and authorized this
+/// node's account on chain (`deai chain tx authorize --gateway <node address>`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
     pub key: String,
-    pub account_key: PathBuf,
+    #[serde(default)]
+    pub account_key: Option<PathBuf>,
+    #[serde(default)]
+    pub client: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -325,6 +330,7 @@ pub async fn start(
             );
         }
         let mut keys = Vec::new();
+        let mut client_keys = Vec::new();
         // One signer per account, the node's own included, however many API keys pay from it.
         let mut signers: std::collections::HashMap<[u8; 32], Arc<Signer>> =
             std::collections::HashMap::new();
@@ -333,7 +339,22 @@ pub async fn start(
             if k.key.len() < 8 {
                 bail!("API key {:?} is too short (at least 8 characters)", k.key);
             }
-            let account = read_signing_key(&k.account_key)?;
+            let account = match (&k.account_key, &k.client) {
+                (Some(path), None) => read_signing_key(path)?,
+                (None, Some(client)) => {
+                    let mut a = [0u8; 32];
+                    hex::decode_to_slice(client.trim(), &mut a).with_context(|| {
+                        format!("gateway API key client {client:?} is not an address")
+                    })?;
+                    client_keys.push((k.key.clone(), a));
+                    continue;
+                }
+                _ => bail!(
+                    "gateway API key {:?}: give either account_key (custodial) or client \
+                     (an address that authorized this node)",
+                    k.key
+                ),
+            };
             let s = signers
                 .entry(account.verifying_key().to_bytes())
                 .or_insert_with(|| {
@@ -359,6 +380,8 @@ pub async fn start(
                     n_ctx: engine.model.cfg.n_ctx,
                 }],
                 api_keys: keys,
+                client_keys,
+                signer: Some(shared.clone()),
                 attempts: 3,
                 worker_timeout: Duration::from_secs(120),
                 dir: data.join("gateway"),

@@ -299,7 +299,8 @@ impl Worker {
             max_tokens,
             escrow,
             worker,
-            ..
+            app,
+            client,
         } = &tx.tx.kind
         else {
             return Err(http_error(
@@ -307,6 +308,9 @@ impl Worker {
                 "open_job is not an OpenJob transaction",
             ));
         };
+        // A gateway's escrow for a client that keeps its key comes from the client.
+        let gateway = client.filter(|c| *c != tx.tx.from).map(|_| tx.tx.from);
+        let payer = client.unwrap_or(tx.tx.from);
         let bad = |m: &str| Err(http_error(StatusCode::BAD_REQUEST, m.to_string()));
         let unavailable =
             |e: anyhow::Error| http_error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"));
@@ -333,20 +337,41 @@ impl Worker {
                 .saturating_add(req.params.max_tokens) as u64,
             i.cfg.price_per_1k,
         );
-        if *escrow < need {
+        // An app's and a gateway's fees come out of the escrow on top of the cost: it must
+        // leave room for the most they can be, or the ledger bills this worker less.
+        let surcharge = match app.is_some() || gateway.is_some() {
+            true => deai_ledger::state::max_surcharge_bps(),
+            false => 0,
+        };
+        if deai_ledger::state::billable(*escrow, surcharge) < need {
             return Err(http_error(
                 StatusCode::PAYMENT_REQUIRED,
-                format!("escrow {escrow} is below this worker's price for the job ({need})"),
+                format!(
+                    "escrow {escrow} is below this worker's price for the job ({need}, plus \
+                     {surcharge} bps of room for app and gateway fees)"
+                ),
             ));
         }
-        let (balance, _, nonce) = i
-            .signer
-            .ledger()
-            .account(&tx.tx.from)
-            .await
-            .map_err(|e| http_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let ledger = i.signer.ledger();
+        let unavailable =
+            |e: anyhow::Error| http_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        let (nonce, fee_payer_short) = {
+            let (balance, _, nonce) = ledger.account(&tx.tx.from).await.map_err(unavailable)?;
+            (nonce, balance < tx.tx.fee)
+        };
+        let (balance, _, _) = ledger.account(&payer).await.map_err(unavailable)?;
+        let fee = if payer == tx.tx.from { tx.tx.fee } else { 0 };
+        // A gateway that names a client must hold its allowance, or the escrow never exists.
+        let allowed = match gateway {
+            None => true,
+            Some(g) => {
+                let a = ledger.allowance(&payer, &g).await.map_err(unavailable)?;
+                let h = ledger.height().await.map_err(unavailable)?;
+                a.is_some_and(|a| a.remaining >= *escrow && a.expires > h)
+            }
+        };
         let stale = tx.tx.nonce < nonce;
-        let short = balance < escrow.saturating_add(tx.tx.fee);
+        let short = balance < escrow.saturating_add(fee) || fee_payer_short || !allowed;
         // Only when something looks wrong: the escrow may already be taken (finalized), by
         // this very transaction.
         if (stale || short) && i.signer.ledger().job(&job).await.ok().flatten().is_none() {
@@ -359,7 +384,13 @@ impl Worker {
             }
             return Err(http_error(
                 StatusCode::PAYMENT_REQUIRED,
-                "the client's balance does not cover the escrow",
+                match allowed {
+                    true => "the client's balance does not cover the escrow",
+                    false => {
+                        "the client does not allow this gateway the escrow (no, spent or \
+                              expiring allowance)"
+                    }
+                },
             ));
         }
         let reserved = self.reserve_collateral(*escrow).await?;

@@ -34,6 +34,8 @@ pub(crate) struct ChainState {
     pub workers: Vec<Value>,
     /// Every transaction submitted.
     pub submitted: Vec<SignedTx>,
+    /// (client, gateway) -> what the client still lets the gateway escrow.
+    pub allowances: HashMap<(Address, Address), u64>,
 }
 
 type Shared = Arc<Mutex<ChainState>>;
@@ -58,6 +60,7 @@ impl FakeChain {
             .route("/v1/job/{id}", get(job))
             .route("/v1/workers", get(workers))
             .route("/v1/worker/{a}", get(worker))
+            .route("/v1/allowance/{c}/{g}", get(allowance))
             .route("/v1/tx", post(submit))
             .route("/v1/tx/{id}", get(tx_status))
             .with_state(state.clone());
@@ -104,10 +107,16 @@ fn open_job(st: &mut ChainState, tx: &SignedTx) {
     else {
         return;
     };
+    let client = match &tx.tx.kind {
+        TxKind::OpenJob {
+            client: Some(c), ..
+        } => *c,
+        _ => tx.tx.from,
+    };
     st.jobs.insert(
         *job,
         json!({
-            "client": hex::encode(tx.tx.from), "model": model, "max_tokens": max_tokens,
+            "client": hex::encode(client), "model": model, "max_tokens": max_tokens,
             "escrow": escrow, "worker": worker.map(hex::encode), "opened_at": 10,
             "deadline": 1_000, "status": "open", "receipt": null, "challenge": null,
             "verdicts": [], "settlement": null,
@@ -145,6 +154,24 @@ async fn job(State(st): State<Shared>, Path(id): Path<String>) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn allowance(State(st): State<Shared>, Path((c, g)): Path<(String, String)>) -> Json<Value> {
+    let (mut client, mut gateway) = ([0u8; 32], [0u8; 32]);
+    hex::decode_to_slice(&c, &mut client).unwrap();
+    hex::decode_to_slice(&g, &mut gateway).unwrap();
+    let left = st
+        .lock()
+        .unwrap()
+        .allowances
+        .get(&(client, gateway))
+        .copied();
+    Json(json!({
+        "height": 10,
+        "allowance": left.map(|remaining| json!({
+            "remaining": remaining, "expires": 1_000, "spent": 0, "earned": 0,
+        })),
+    }))
 }
 
 async fn workers(State(st): State<Shared>) -> Json<Value> {
@@ -482,4 +509,63 @@ async fn a_worker_refuses_a_job_its_free_stake_cannot_back() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A gateway names a rich client that never authorized it (or one whose allowance is spent),
+/// or names an app without leaving room for its fee: the escrow would never land or would
+/// bill the worker less, so the worker does no work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_the_clients_allowance_gets_no_work() {
+    let chain = FakeChain::start(false).await;
+    let w = TestWorker::start(&chain, None, Duration::from_secs(5)).await;
+    let me = w.worker.address();
+    let gateway = deai_proof::generate_key();
+    let victim: Address = [0xc1; 32];
+    let with = |req: &mut RunRequest, app: Option<Hash256>, client: Option<Address>, scale: u64| {
+        let mut tx = req.open_job.tx.clone();
+        if let TxKind::OpenJob {
+            app: a,
+            client: c,
+            escrow,
+            ..
+        } = &mut tx.kind
+        {
+            *a = app;
+            *c = client;
+            *escrow = *escrow * scale / 10;
+        }
+        req.open_job = tx.sign(&gateway);
+    };
+    // No allowance at all.
+    let mut req = job_request(&gateway, me, long(4), CHAIN, 0);
+    with(&mut req, None, Some(victim), 15);
+    let err = w.client().run(&req).await.err().unwrap().to_string();
+    assert!(err.contains("402") && err.contains("allow"), "{err}");
+    // An allowance smaller than the escrow.
+    let g = gateway.verifying_key().to_bytes();
+    chain
+        .state
+        .lock()
+        .unwrap()
+        .allowances
+        .insert((victim, g), 1);
+    let err = w.client().run(&req).await.err().unwrap().to_string();
+    assert!(err.contains("402") && err.contains("allow"), "{err}");
+    // An app named with the bare price as escrow: no room for the fees on top.
+    let mut req = job_request(&gateway, me, long(4), CHAIN, 0);
+    with(&mut req, Some(Hash256([0xab; 32])), None, 10);
+    let err = w.client().run(&req).await.err().unwrap().to_string();
+    assert!(err.contains("402") && err.contains("room"), "{err}");
+    assert_eq!(w.worker.0.served.load(Ordering::Relaxed), 0);
+    // Enough allowance and room: served.
+    chain
+        .state
+        .lock()
+        .unwrap()
+        .allowances
+        .insert((victim, g), 1_000_000);
+    let mut req = job_request(&gateway, me, long(4), CHAIN, 0);
+    with(&mut req, None, Some(victim), 15);
+    chain.open(&req.open_job);
+    assert!(done(&events(&w, &req).await.unwrap()));
 }

@@ -46,6 +46,21 @@ pub fn billable(escrow: u64, surcharge_bps: u64) -> u64 {
     ((escrow as u128 * BPS as u128) / (BPS as u128 + surcharge_bps as u128)) as u64
 }
 
+/// The smallest escrow whose [`billable`] cost is at least `cost` when `surcharge_bps` come
+/// on top (a gateway escrows this much).
+pub fn escrow_for(cost: u64, surcharge_bps: u64) -> u64 {
+    let e = (cost as u128 * (BPS as u128 + surcharge_bps as u128)).div_ceil(BPS as u128);
+    e.min(u64::MAX as u128) as u64
+}
+
+/// The most an app's and a gateway's fees can add to a job whatever governance sets (the
+/// upper bounds of `app_fee_cap_bps` and `gateway_fee_bps`): a worker that accepts a job
+/// naming an app or a gateway checks the escrow leaves room for them.
+pub fn max_surcharge_bps() -> u64 {
+    use crate::tx::Param;
+    super::Params::bounds(Param::AppFeeCapBps).1 + super::Params::bounds(Param::GatewayFeeBps).1
+}
+
 impl State {
     pub fn dataset(&self, id: &Hash256) -> Option<&Dataset> {
         self.datasets.get(id)

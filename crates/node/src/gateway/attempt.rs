@@ -12,7 +12,7 @@
 use super::store::Store;
 use crate::proto::{RunEvent, RunRequest};
 use crate::worker_client::WorkerClient;
-use deai_client::{Signer, WorkerEntry};
+use deai_client::WorkerEntry;
 use deai_engine::sampler::TokenLogprobs;
 use deai_engine::tokenizer::Tokenizer;
 use deai_engine::{GenParams, OutputText, StopReason};
@@ -53,8 +53,8 @@ pub(super) enum Out {
 pub(super) struct Choice {
     /// The choice's request id (its receipt id for the client).
     pub(super) request: Hash256,
-    /// The account that pays.
-    pub(super) client: Arc<Signer>,
+    /// The account that pays (and the app that brought the request).
+    pub(super) client: super::Payer,
     pub(super) model: Hash256,
     pub(super) prompt_tokens: Vec<u32>,
     pub(super) params: GenParams,
@@ -229,9 +229,13 @@ async fn open_job(choice: &Choice, w: &WorkerEntry) -> anyhow::Result<(Hash256, 
         }
         .id(),
     );
-    let escrow = job_cost(
-        (choice.prompt_tokens.len() + choice.params.max_tokens) as u64,
-        w.worker.price_per_1k,
+    let payer = &choice.client;
+    let escrow = deai_ledger::state::escrow_for(
+        job_cost(
+            (choice.prompt_tokens.len() + choice.params.max_tokens) as u64,
+            w.worker.price_per_1k,
+        ),
+        payer.surcharge_bps(),
     );
     let kind = TxKind::OpenJob {
         job,
@@ -239,18 +243,18 @@ async fn open_job(choice: &Choice, w: &WorkerEntry) -> anyhow::Result<(Hash256, 
         max_tokens: choice.params.max_tokens as u32,
         escrow,
         worker: Some(w.address),
-        app: None,
-        client: None,
+        app: payer.app,
+        client: payer.client,
     };
     // Submitting through the signer re-signs the escrow if the client's account was used
     // elsewhere (another gateway, `deai tx`) and its nonce moved on; otherwise the escrow
     // would never reach the chain and the worker would serve the request unpaid.
-    let open_job = match choice.client.submit_signed(kind.clone()).await {
+    let open_job = match payer.signer.submit_signed(kind.clone()).await {
         Ok((_, tx)) => tx,
         Err(e) => {
             // The worker re-submits the escrow it is handed: give it a signed one anyway.
             tracing::debug!("gateway's escrow submission: {e:#}");
-            choice.client.sign(kind).await?
+            payer.signer.sign(kind).await?
         }
     };
     let req = RunRequest {
@@ -328,7 +332,7 @@ pub(super) async fn attempt(
                 // Hold the worker to this receipt on chain: another digest or token count
                 // posted for the job is challenged.
                 super::watch::spawn(
-                    choice.client.clone(),
+                    choice.client.signer.clone(),
                     job,
                     super::watch::Served {
                         digest: receipt_digest,
@@ -390,12 +394,16 @@ mod tests {
         let ledger = deai_client::ChainClient::new("http://127.0.0.1:9");
         Choice {
             request: Hash256([1; 32]),
-            client: Arc::new(Signer::new(
-                deai_proof::generate_key(),
-                Hash256([7; 32]),
-                1,
-                ledger,
-            )),
+            client: super::super::Payer {
+                signer: Arc::new(deai_client::Signer::new(
+                    deai_proof::generate_key(),
+                    Hash256([7; 32]),
+                    1,
+                    ledger,
+                )),
+                client: None,
+                app: None,
+            },
             model: Hash256([9; 32]),
             prompt_tokens: vec![5, 6, 7],
             params: GenParams {

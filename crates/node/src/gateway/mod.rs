@@ -31,7 +31,7 @@ mod tests;
 mod views;
 mod watch;
 
-pub use config::{CatalogEntry, GatewayConfig};
+pub use config::{CatalogEntry, GatewayConfig, Payer};
 
 use crate::{http_error, HttpError};
 use axum::extract::rejection::JsonRejection;
@@ -40,7 +40,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use deai_client::{ChainClient, Signer};
+use deai_client::ChainClient;
 use deai_types::Hash256;
 use openai::{json_body, model_json, ChatRequest, CompletionRequest, Prepared};
 use routing::Routing;
@@ -85,7 +85,8 @@ impl Gateway {
             .with_state(self.clone())
     }
 
-    fn auth(&self, headers: &HeaderMap) -> Result<Arc<Signer>, HttpError> {
+    /// The payer an API key names, and the app the request names (`X-Deai-App`, hex).
+    fn auth(&self, headers: &HeaderMap) -> Result<Payer, HttpError> {
         let h = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -96,8 +97,36 @@ impl Gateway {
                 )
             })?;
         let key = h.strip_prefix("Bearer ").unwrap_or(h).trim();
-        find_key(&self.0.cfg.api_keys, key)
-            .ok_or_else(|| http_error(StatusCode::UNAUTHORIZED, "invalid API key"))
+        let app = match headers.get("x-deai-app") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<Hash256>().ok())
+                    .ok_or_else(|| {
+                        http_error(
+                            StatusCode::BAD_REQUEST,
+                            "X-Deai-App must be an app id (64 hex characters)",
+                        )
+                    })?,
+            ),
+        };
+        let cfg = &self.0.cfg;
+        if let Some(signer) = find_key(&cfg.api_keys, key) {
+            return Ok(Payer {
+                signer,
+                client: None,
+                app,
+            });
+        }
+        match (find_key(&cfg.client_keys, key), &cfg.signer) {
+            (Some(client), Some(signer)) => Ok(Payer {
+                signer: signer.clone(),
+                client: Some(client),
+                app,
+            }),
+            _ => Err(http_error(StatusCode::UNAUTHORIZED, "invalid API key")),
+        }
     }
 
     fn model(&self, name: &str) -> Result<&CatalogEntry, HttpError> {
@@ -120,7 +149,7 @@ impl Gateway {
     /// Runs a checked request on the network and answers it.
     async fn respond(
         &self,
-        client: Arc<Signer>,
+        client: Payer,
         model: CatalogEntry,
         prepared: Prepared,
     ) -> Result<Response, HttpError> {

@@ -6,9 +6,10 @@
 use super::attempt::{attempt, Choice, Out, Sent};
 use super::config::{CatalogEntry, GatewayConfig};
 use super::store::Store;
+use super::Payer;
 use crate::{http_error, HttpError};
 use axum::http::StatusCode;
-use deai_client::{ChainClient, Signer, WorkerEntry};
+use deai_client::{ChainClient, WorkerEntry};
 use deai_engine::GenParams;
 use deai_ledger::job_cost;
 use deai_ledger::Address;
@@ -117,7 +118,7 @@ impl Routing {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn start(
         self: &Arc<Self>,
-        client: Arc<Signer>,
+        client: Payer,
         model: &CatalogEntry,
         prompt_tokens: Vec<u32>,
         params: GenParams,
@@ -156,11 +157,38 @@ impl Routing {
             )
             .with_code("no_worker"));
         };
-        // Each choice escrows its maximum cost and pays a transaction fee.
-        let need = job_cost(total as u64, first.worker.price_per_1k)
-            .saturating_add(client.fee())
+        // Each choice escrows its maximum cost (and room for the app's and gateway's fees)
+        // and pays a transaction fee.
+        let escrow = deai_ledger::state::escrow_for(
+            job_cost(total as u64, first.worker.price_per_1k),
+            client.surcharge_bps(),
+        );
+        let need = escrow
+            .saturating_add(client.signer.fee())
             .saturating_mul(n as u64);
-        let (balance, _, _) = self.ledger.account(&client.address()).await.map_err(|e| {
+        if let Some(c) = client.client {
+            let gateway = client.signer.address();
+            let allowed = self.ledger.allowance(&c, &gateway).await.map_err(|e| {
+                http_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("ledger unavailable: {e:#}"),
+                )
+            })?;
+            let left = allowed.map_or(0, |a| a.remaining);
+            if left < escrow.saturating_mul(n as u64) {
+                return Err(http_error(
+                    StatusCode::PAYMENT_REQUIRED,
+                    format!(
+                        "this request may escrow {}; the client allows this gateway ({}) {left} \
+                         more (`deai chain tx authorize --gateway {}`)",
+                        escrow.saturating_mul(n as u64),
+                        hex::encode(gateway),
+                        hex::encode(gateway)
+                    ),
+                ));
+            }
+        }
+        let (balance, _, _) = self.ledger.account(&client.account()).await.map_err(|e| {
             http_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("ledger unavailable: {e:#}"),
@@ -194,7 +222,7 @@ impl Routing {
             // The prompt, for its owner only (`GET /v1/receipts/{id}` with the same API key):
             // `prompt` is `{"owner": <SHA-256 of the API key>, "prompt": ...}`.
             let mut record = prompt.clone();
-            record["client"] = json!(hex::encode(client.address()));
+            record["client"] = json!(hex::encode(client.account()));
             if let Err(e) = self.store.keep_prompt(&request, &record).await {
                 tracing::warn!("cannot keep the prompt of request {request}: {e}");
             }

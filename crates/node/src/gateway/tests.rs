@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const KEY: &str = "sk-test";
+/// An API key of a client that keeps its own key ([`CLIENT`]) and authorized the gateway.
+const CLIENT_KEY: &str = "sk-own-key";
+const CLIENT: deai_ledger::Address = [0xc1; 32];
 
 /// What a lying worker claims its tokens say: a tool call the model never made.
 const INVENTED: &str = r#"{"name": "transfer_funds", "arguments": {"to": "mallory"}}"#;
@@ -62,6 +65,8 @@ impl Tamper for ForgeThenCrash {
 
 struct Net {
     chain: FakeChain,
+    /// The gateway's own account.
+    address: deai_ledger::Address,
     gateway: String,
     _dir: tempfile::TempDir,
     http: reqwest::Client,
@@ -76,6 +81,13 @@ async fn start(attempts: usize) -> Net {
         1,
         chain.ledger(),
     ));
+    // The gateway's own account, which signs the escrows of clients that keep their keys.
+    let gateway = Arc::new(Signer::new(
+        deai_proof::generate_key(),
+        CHAIN,
+        1,
+        chain.ledger(),
+    ));
     let cfg = GatewayConfig {
         models: vec![CatalogEntry {
             name: "tiny".into(),
@@ -84,11 +96,14 @@ async fn start(attempts: usize) -> Net {
             n_ctx: 512,
         }],
         api_keys: vec![(KEY.into(), client)],
+        client_keys: vec![(CLIENT_KEY.into(), CLIENT)],
+        signer: Some(gateway),
         attempts,
         worker_timeout: Duration::from_secs(30),
         dir: dir.path().to_path_buf(),
         require_qualified: false,
     };
+    let address = cfg.signer.as_ref().unwrap().address();
     let router = Gateway::new(cfg, chain.ledger()).unwrap().router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = format!("http://{}", listener.local_addr().unwrap());
@@ -100,6 +115,7 @@ async fn start(attempts: usize) -> Net {
         .unwrap();
     Net {
         chain,
+        address,
         gateway,
         _dir: dir,
         http,
@@ -301,4 +317,85 @@ async fn the_gateway_routes_only_to_workers_whose_stake_backs_the_job() {
     let job: Hash256 = serde_json::from_value(v["deai"]["job"].clone()).unwrap();
     assert!(backed.worker.receipt_path(&job).exists(), "{v}");
     assert!(!broke.worker.receipt_path(&job).exists());
+}
+
+/// The escrows of the last request: the `OpenJob`s the fake chain was sent since `from`.
+fn escrows(net: &Net, from: usize) -> Vec<deai_ledger::SignedTx> {
+    net.chain.state.lock().unwrap().submitted[from..]
+        .iter()
+        .filter(|t| matches!(t.tx.kind, deai_ledger::TxKind::OpenJob { .. }))
+        .cloned()
+        .collect()
+}
+
+/// A request names its app (`X-Deai-App`), and a client that keeps its own key pays through
+/// the allowance it gave the gateway: both reach the escrow the worker is handed, with room
+/// for their fees on top of the worker's price, and the worker serves it. A client key
+/// without an allowance, or a malformed app id, is refused before any worker runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_and_clients_that_keep_their_keys_reach_the_escrow() {
+    use deai_ledger::state::{escrow_for, max_surcharge_bps};
+    use deai_ledger::TxKind;
+    let net = start(1).await;
+    let _w = net.worker(None, PRICE).await;
+    let app = Hash256([0xab; 32]);
+    let req = json!({ "model": "tiny", "prompt": "hello there", "max_tokens": 4, "seed": 3 });
+    let send = |key: &'static str, app: Option<&'static str>| {
+        let mut r = net
+            .http
+            .post(format!("{}/v1/completions", net.gateway))
+            .bearer_auth(key)
+            .json(&req);
+        if let Some(a) = app {
+            r = r.header("x-deai-app", a);
+        }
+        r.send()
+    };
+    let seen = net.chain.state.lock().unwrap().submitted.len();
+    let hex_app: &'static str = Box::leak(app.to_string().into_boxed_str());
+    let r = send(KEY, Some(hex_app)).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let open = escrows(&net, seen);
+    let TxKind::OpenJob {
+        escrow,
+        app: named,
+        client,
+        ..
+    } = &open[0].tx.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!((*named, *client), (Some(app), None));
+    // The tiny tokenizer's prompt length is what the worker bills; the escrow covers the
+    // worker's price for prompt + max_tokens with the surcharge room on top.
+    let cost = deai_ledger::state::billable(*escrow, max_surcharge_bps());
+    assert!(escrow_for(cost, max_surcharge_bps()) <= *escrow);
+    assert!(*escrow > cost, "room for the fees on top");
+
+    // A client key: refused while the client has not authorized the gateway...
+    let r = send(CLIENT_KEY, None).await.unwrap();
+    assert_eq!(r.status(), 402);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("allows this gateway"), "{body}");
+    // ...served once it has: the gateway signs, the client pays.
+    net.chain
+        .state
+        .lock()
+        .unwrap()
+        .allowances
+        .insert((CLIENT, net.address), 1_000_000);
+    let seen = net.chain.state.lock().unwrap().submitted.len();
+    let r = send(CLIENT_KEY, None).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let open = escrows(&net, seen);
+    assert_eq!(open[0].tx.from, net.address);
+    assert!(matches!(
+        open[0].tx.kind,
+        TxKind::OpenJob {
+            client: Some(c),
+            ..
+        } if c == CLIENT
+    ));
+    let r = send(KEY, Some("not-hex")).await.unwrap();
+    assert_eq!(r.status(), 400);
 }
