@@ -147,6 +147,7 @@ fn fixture() -> &'static Fixture {
             // Short epochs: the set changes as the fuzzer stakes and unstakes.
             epoch_length: 3,
             beacon: None,
+            royalties: Vec::new(),
         };
         let state = State::from_genesis(&genesis).expect("the fuzz genesis is valid");
         state.audit().expect("genesis audits");
@@ -223,7 +224,11 @@ fn kind(f: &Fixture, [_, k, a, b, c]: [u8; 5]) -> TxKind {
         },
         4 => TxKind::RegisterValidator {
             endpoint: "v".into(),
-            p2p: if c & 1 == 0 { "127.0.0.1:9".into() } else { "not an address".into() },
+            p2p: if c & 1 == 0 {
+                "127.0.0.1:9".into()
+            } else {
+                "not an address".into()
+            },
         },
         5 => TxKind::OpenJob {
             job: job_id(a),

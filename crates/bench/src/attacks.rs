@@ -160,6 +160,7 @@ impl Net {
             },
             epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
             beacon: None,
+            royalties: Vec::new(),
         };
         Net {
             s: State::from_genesis(&g).expect("the bench genesis is valid"),

@@ -254,6 +254,7 @@ mod tests {
             params: Params::default(),
             epoch_length: 5,
             beacon: None,
+            royalties: Vec::new(),
         };
         let mut s = State::from_genesis(&g).unwrap();
         let set = keys(s.validator_set());
@@ -307,6 +308,7 @@ mod tests {
             params: Params::default(),
             epoch_length: 5,
             beacon: None,
+            royalties: Vec::new(),
         };
         let s = State::from_genesis(&g).unwrap();
         let d = crate::block::to_digest(deai_types::Hash256([1; 32]));

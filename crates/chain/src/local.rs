@@ -55,6 +55,8 @@ pub struct InitOptions {
     /// Blocks per beacon round, or `None` for a chain without a beacon (every validator
     /// may judge every receipt; a quorum decides).
     pub beacon_period: Option<u64>,
+    /// Royalty splits of models the genesis allows.
+    pub royalties: Vec<deai_ledger::state::GenesisRoyalty>,
 }
 
 impl Default for InitOptions {
@@ -69,6 +71,7 @@ impl Default for InitOptions {
             chain_name: "deai-devnet".into(),
             epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
             beacon_period: Some(deai_ledger::state::DEFAULT_BEACON_PERIOD),
+            royalties: Vec::new(),
         }
     }
 }
@@ -207,6 +210,7 @@ pub fn init_with(dir: &Path, o: &InitOptions, extra: Vec<GenesisAccount>) -> Res
         params: o.params.clone(),
         epoch_length: o.epoch_length,
         beacon,
+        royalties: o.royalties.clone(),
     };
     State::from_genesis(&genesis).map_err(|e| anyhow::anyhow!("genesis: {e}"))?;
     for (i, seed) in seeds.iter().enumerate() {

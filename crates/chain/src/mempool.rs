@@ -198,6 +198,7 @@ mod tests {
             params: Params::default(),
             epoch_length: 1_000,
             beacon: None,
+            royalties: Vec::new(),
         })
         .unwrap()
     }

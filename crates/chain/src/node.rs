@@ -689,6 +689,7 @@ mod tests {
             params: Params::default(),
             epoch_length: 1000,
             beacon: None,
+            royalties: Vec::new(),
         };
         let mut s = State::from_genesis(&g).unwrap();
         let key = (v, 7);

@@ -59,6 +59,7 @@ fn genesis_state() -> State {
         params: Params::default(),
         epoch_length: EPOCH_LENGTH,
         beacon: None,
+        royalties: Vec::new(),
     })
     .unwrap()
 }

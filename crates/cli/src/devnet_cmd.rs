@@ -182,7 +182,12 @@ fn balances(chain: &ChainClient, who: &[(&str, Address)]) -> Result<Vec<(String,
 /// The demo, as any OpenAI client would do it, then following the receipt on chain.
 fn run_demo(i: &devnet::DevnetInfo, prompt: &str) -> Result<()> {
     let chain = ChainClient::new(&i.chain[0])?;
-    let mut who: Vec<(&str, Address)> = vec![("client", i.client)];
+    let mut who: Vec<(&str, Address)> = vec![
+        ("client", i.client),
+        ("gateway", i.gateway_account),
+        ("app owner", i.app_owner),
+        ("model author", i.model_author),
+    ];
     let names = ["worker-0", "worker-1", "worker-2", "worker-3"];
     for (k, w) in chain.workers()?.into_iter().enumerate() {
         who.push((names.get(k).copied().unwrap_or("worker"), w.address));
@@ -207,9 +212,18 @@ fn run_demo(i: &devnet::DevnetInfo, prompt: &str) -> Result<()> {
         .build()?;
     println!("\n> {prompt}");
     let t0 = Instant::now();
+    // The client keeps its own key: it authorized the gateway's account on chain, and this
+    // API key spends that allowance. The request names the app that brought it.
+    let own_key = !i.own_key_api_key.is_empty();
+    let key = if own_key {
+        &i.own_key_api_key
+    } else {
+        &i.api_key
+    };
     let r = http
         .post(format!("{}/v1/chat/completions", i.gateway))
-        .bearer_auth(&i.api_key)
+        .bearer_auth(key)
+        .header("x-deai-app", i.app.to_string())
         .json(&json!({
             "model": i.model,
             "messages": [{ "role": "user", "content": prompt }],
@@ -303,6 +317,16 @@ fn run_demo(i: &devnet::DevnetInfo, prompt: &str) -> Result<()> {
     );
     println!("  finalized at height {}", l["settlement"]["height"]);
     println!("  settlement {}", l["settlement"]);
+    let s = &l["settlement"];
+    println!(
+        "  shares: worker {}, validators {}, treasury {}, model royalty {}, app {}, gateway {}",
+        s["worker_paid"],
+        s["validator_fee"],
+        s["treasury_cut"],
+        s["royalty"],
+        s["app_paid"],
+        s["gateway_paid"]
+    );
     let after = balances(&chain, &who)?;
     println!("\nbalances that moved:");
     for ((name, b0, s0), (_, b1, s1)) in before.iter().zip(&after) {

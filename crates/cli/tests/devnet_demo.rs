@@ -53,8 +53,26 @@ fn devnet_demo_answers_and_settles() {
         "finalized at height",
         "balances that moved",
         "worker-",
+        // The client kept its key (the gateway spent its allowance) and the request named
+        // the demo app: the model's author and the app's owner were paid (the gateway's fee
+        // about pays its transaction fee at this price: see the shares line).
+        "model author",
+        "app owner",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let shares = text
+        .lines()
+        .find(|l| l.contains("shares: worker"))
+        .unwrap_or_else(|| panic!("no shares line in:\n{text}"));
+    for part in ["model royalty", "app", "gateway"] {
+        let n: u64 = shares
+            .split(&format!("{part} "))
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        assert!(n > 0, "{part} was paid nothing: {shares}");
     }
     // At least three of the four validators accepted (quorum is > 2/3 of stake).
     assert!(text.matches("  accept").count() >= 3, "{text}");

@@ -45,7 +45,9 @@ pub use beacon::{
 };
 pub use block::{BlockError, BlockResult, TxOutcome, MAX_BLOCK_TXS};
 pub use contributors::{app_id, billable, dataset_id, escrow_for, max_surcharge_bps, MAX_APP_NAME};
-pub use genesis::{Genesis, GenesisAccount, GenesisValidator, DEFAULT_EPOCH_LENGTH};
+pub use genesis::{
+    Genesis, GenesisAccount, GenesisRoyalty, GenesisValidator, DEFAULT_EPOCH_LENGTH,
+};
 pub use jobs::{collateral, job_cost, pov_key, pov_tag, verdict_commitment, verdict_salt};
 pub use params::{Params, DEFAULT_PROFILE};
 pub use records::{

@@ -84,6 +84,7 @@ fn genesis(params: Params, beacon: Option<GenesisBeacon>) -> Genesis {
         },
         epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
         beacon,
+        royalties: Vec::new(),
     }
 }
 

@@ -13,7 +13,8 @@ use commonware_runtime::tokio as cw_tokio;
 use deai_chain::local::{self, InitOptions, RunOptions};
 use deai_client::{ChainClient, Signer};
 use deai_engine::Engine;
-use deai_ledger::state::{GenesisAccount, Params};
+use deai_ledger::state::{GenesisAccount, GenesisRoyalty, Params};
+use deai_ledger::tx::Beneficiary;
 use deai_ledger::Address;
 use deai_types::Hash256;
 use ed25519_dalek::SigningKey;
@@ -35,7 +36,25 @@ pub struct DevnetInfo {
     pub workers: Vec<String>,
     #[serde(with = "deai_ledger::tx::hex_addr")]
     pub client: Address,
+    /// An API key for the same client paying through the allowance it gave the gateway's
+    /// own account (non-custodial: the gateway signs, the client pays, the gateway earns its
+    /// fee).
+    #[serde(default)]
+    pub own_key_api_key: String,
+    /// The gateway's own account, the demo app's id and owner, and the served model's
+    /// royalty beneficiary (its author, named at genesis).
+    #[serde(default, with = "deai_ledger::tx::hex_addr")]
+    pub gateway_account: Address,
+    #[serde(default)]
+    pub app: Hash256,
+    #[serde(default, with = "deai_ledger::tx::hex_addr")]
+    pub app_owner: Address,
+    #[serde(default, with = "deai_ledger::tx::hex_addr")]
+    pub model_author: Address,
 }
+
+/// The demo app's name (`state::app_id` of its owner, `keys/app.key`, and this).
+pub const DEMO_APP: &str = "deai-demo-chat";
 
 pub struct DevnetOptions {
     pub dir: PathBuf,
@@ -140,11 +159,25 @@ fn init(opts: &DevnetOptions) -> Result<()> {
         Ok(())
     };
     fund("client.key", CLIENT_BALANCE, &mut extra)?;
+    // The gateway's own account (fees for the escrows it signs for clients that keep their
+    // keys), the demo app's owner (fees), and the served model's author (its royalty).
+    fund("gateway.key", 1_000_000, &mut extra)?;
+    fund("app.key", 1_000, &mut extra)?;
+    local::write_key(
+        &dir.join("keys/model-author.key"),
+        &deai_proof::random_nonce(),
+    )?;
     for i in 0..opts.workers.len() {
         fund(&format!("worker-{i}.key"), WORKER_BALANCE, &mut extra)?;
     }
     let api_key = format!("sk-deai-{}", hex::encode(&deai_proof::random_nonce()[..16]));
     std::fs::write(dir.join("keys/api.key"), &api_key)?;
+    let own = format!(
+        "sk-deai-own-{}",
+        hex::encode(&deai_proof::random_nonce()[..16])
+    );
+    std::fs::write(dir.join("keys/api-own.key"), &own)?;
+    let author = key_at(dir, "model-author.key")?.verifying_key().to_bytes();
     let mut params = opts.params.clone();
     if !params.model_allowed(&opts.model_id) {
         params.allowed_models.push(opts.model_id);
@@ -157,6 +190,13 @@ fn init(opts: &DevnetOptions) -> Result<()> {
             base_http_port: opts.base_port + 100,
             validators: opts.validators,
             params,
+            royalties: vec![GenesisRoyalty {
+                model: opts.model_id,
+                beneficiaries: vec![Beneficiary {
+                    to: author,
+                    weight: 1,
+                }],
+            }],
             ..InitOptions::default()
         },
         extra,
@@ -313,6 +353,37 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
         .to_string();
     let client = Arc::new(signer(key_at(&dir, "client.key")?, 0));
     let client_addr = client.address();
+    // The gateway's own account; the client authorizes it (a non-custodial API key), and
+    // the demo app is registered.
+    let gateway_signer = Arc::new(signer(key_at(&dir, "gateway.key")?, 0));
+    let own_key_api_key = std::fs::read_to_string(dir.join("keys/api-own.key"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    client
+        .submit_and_wait(
+            deai_ledger::TxKind::Authorize {
+                gateway: gateway_signer.address(),
+                limit: CLIENT_BALANCE / 10,
+                expires: u64::MAX,
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .context("the client authorizing the gateway")?;
+    let app_signer = signer(key_at(&dir, "app.key")?, 1);
+    app_signer
+        .submit_and_wait(
+            deai_ledger::TxKind::RegisterApp {
+                name: DEMO_APP.into(),
+                fee_bps: 500,
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .context("registering the demo app")?;
+    let app = deai_ledger::state::app_id(&app_signer.address(), DEMO_APP);
+    let model_author = key_at(&dir, "model-author.key")?.verifying_key().to_bytes();
     let gateway = Gateway::new(
         GatewayConfig {
             models: vec![CatalogEntry {
@@ -322,8 +393,11 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
                 n_ctx: opts.engine.model.cfg.n_ctx,
             }],
             api_keys: vec![(api_key.clone(), client.clone())],
-            client_keys: vec![],
-            signer: None,
+            client_keys: match own_key_api_key.is_empty() {
+                true => vec![],
+                false => vec![(own_key_api_key.clone(), client_addr)],
+            },
+            signer: Some(gateway_signer.clone()),
             attempts: 3,
             worker_timeout: Duration::from_secs(120),
             dir: dir.join("gateway"),
@@ -344,6 +418,11 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
         model_id: opts.model_id,
         workers: workers.iter().map(|w| w.url().to_string()).collect(),
         client: client_addr,
+        own_key_api_key,
+        gateway_account: gateway_signer.address(),
+        app,
+        app_owner: app_signer.address(),
+        model_author,
     };
     std::fs::write(
         dir.join("devnet.json"),

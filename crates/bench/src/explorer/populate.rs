@@ -58,6 +58,7 @@ pub fn populate(blocks: u64, jobs: u64, per_block: u64) -> anyhow::Result<Popula
         .fit_periods(deai_ledger::state::DEFAULT_EPOCH_LENGTH),
         epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
         beacon: None,
+        royalties: Vec::new(),
     };
     let mut state = State::from_genesis(&genesis).map_err(anyhow::Error::msg)?;
     let chain = state.chain_id();

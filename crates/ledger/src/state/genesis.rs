@@ -51,6 +51,17 @@ pub struct Genesis {
     /// The randomness beacon's key (`state::beacon`), dealt to (some of) the validators.
     #[serde(default)]
     pub beacon: Option<GenesisBeacon>,
+    /// Royalty splits of models allowed at genesis (as a `SetRoyalty` proposal would name
+    /// them).
+    #[serde(default)]
+    pub royalties: Vec<GenesisRoyalty>,
+}
+
+/// A model's royalty beneficiaries at genesis.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenesisRoyalty {
+    pub model: Hash256,
+    pub beneficiaries: Vec<crate::tx::Beneficiary>,
 }
 
 impl Genesis {
@@ -135,6 +146,22 @@ impl State {
                 },
             );
             s.dirty.insert(Key::Account(a.address));
+        }
+        for r in &g.royalties {
+            if !s.meta.params.model_allowed(&r.model) {
+                return err(format!(
+                    "genesis royalty for model {}, which it does not allow",
+                    r.model.short()
+                ));
+            }
+            Self::check_beneficiaries(&r.beneficiaries)?;
+            if r.beneficiaries.is_empty() || r.beneficiaries.len() > crate::tx::MAX_BENEFICIARIES {
+                return err(format!(
+                    "a genesis royalty names 1..={} beneficiaries",
+                    crate::tx::MAX_BENEFICIARIES
+                ));
+            }
+            s.set_royalty(r.model, &r.beneficiaries);
         }
         for v in &g.validators {
             let stake = s.accounts.get(&v.address).map_or(0, |a| a.stake);

@@ -59,6 +59,7 @@ pub fn genesis() -> Genesis {
         },
         epoch_length: deai_ledger::state::DEFAULT_EPOCH_LENGTH,
         beacon: None,
+        royalties: Vec::new(),
     }
 }
 
