@@ -1,6 +1,7 @@
 //! `deai status`: the network's economics from a chain node (and each worker's own
 //! compute-time counter): validators, workers with their earnings, slashes and revenue per
-//! compute-hour, jobs by status, supply, treasury and burns.
+//! compute-hour, what every other contributor kind earned (model royalties, datasets, apps,
+//! gateways, delegators), jobs by status, supply, treasury and burns.
 
 use anyhow::Result;
 use clap::Args;
@@ -80,10 +81,12 @@ pub fn status(a: StatusArgs) -> Result<()> {
                     "latency_blocks": latency(r) })
         })
         .collect();
+    let c = chain.contributors_json()?;
+    let contributors = contributor_totals(&c);
     let out = json!({
         "height": s["height"], "supply": s["supply"], "treasury": s["treasury"],
         "burned": s["burned"], "total_stake": s["total_stake"],
-        "validators": vl, "workers": wl, "jobs": jobs,
+        "validators": vl, "workers": wl, "jobs": jobs, "contributors": contributors,
     });
     if a.json {
         println!("{out}");
@@ -94,6 +97,13 @@ pub fn status(a: StatusArgs) -> Result<()> {
         s["height"], s["supply"], s["treasury"], s["burned"], s["total_stake"]
     );
     println!("jobs: {}", Value::Object(jobs));
+    println!("\nother contributors (earned in all):");
+    for (kind, v) in contributors.as_object().into_iter().flatten() {
+        println!(
+            "  {kind:<18} {:>4} of them  earned {:>10}",
+            v["count"], v["earned"]
+        );
+    }
     println!("\nvalidators:");
     for v in &vl {
         println!(
@@ -129,4 +139,22 @@ pub fn status(a: StatusArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Per contributor kind beyond workers and validators: how many there are and what they
+/// earned (royalties paid per model, dataset owners, app owners, gateway fees, and the value
+/// delegators hold).
+fn contributor_totals(c: &Value) -> Value {
+    let sum = |list: &str, f: &dyn Fn(&Value) -> u64| -> Value {
+        let items = c[list].as_array().cloned().unwrap_or_default();
+        let earned: u64 = items.iter().map(f).sum();
+        json!({ "count": items.len(), "earned": earned })
+    };
+    json!({
+        "model royalties": sum("royalties", &|r| r["royalty"]["paid"].as_u64().unwrap_or(0)),
+        "datasets": sum("datasets", &|d| d["dataset"]["earned"].as_u64().unwrap_or(0)),
+        "apps": sum("apps", &|a| a["app"]["earned"].as_u64().unwrap_or(0)),
+        "gateways": sum("gateways", &|g| g["allowance"]["earned"].as_u64().unwrap_or(0)),
+        "delegations (value)": sum("delegations", &|d| d["value"].as_u64().unwrap_or(0)),
+    })
 }

@@ -191,6 +191,70 @@ fn chain_runs_takes_transactions_and_survives_a_kill() {
     let t = training();
     assert_eq!(t["training"]["escrow"], 1000, "{t}");
     assert_eq!(t["training"]["status"], "running", "{t}");
+    // The contributors' transactions from the CLI: an app (its id printed), a dataset, an
+    // allowance for a gateway, a delegation; all listed by `/v1/contributors`.
+    let tx = |args: &[&str]| {
+        let mut all = vec!["tx", "--url", &url, "--key", key_s];
+        all.extend_from_slice(args);
+        let o = deai(home.path(), &all);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        text(&o)
+    };
+    let out = tx(&["register-app", "--name", "chat", "--fee-bps", "300"]);
+    let app = out
+        .lines()
+        .find_map(|l| l.strip_prefix("app "))
+        .unwrap()
+        .trim()
+        .to_string();
+    tx(&[
+        "register-dataset",
+        "--license",
+        "CC0",
+        "--shard",
+        &format!("{}:4096", "5a".repeat(32)),
+    ]);
+    tx(&[
+        "authorize",
+        "--gateway",
+        &to,
+        "--limit",
+        "5000",
+        "--expires",
+        "100000000",
+    ]);
+    tx(&["delegate", "--validator", &coordinator, "--amount", "4000"]);
+    let c: serde_json::Value = reqwest::blocking::get(format!("{url}/v1/contributors"))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(c["apps"][0]["id"], app.as_str(), "{c}");
+    assert_eq!(c["apps"][0]["app"]["fee_bps"], 300, "{c}");
+    assert_eq!(
+        c["datasets"][0]["dataset"]["shards"][0]["tokens"], 4096,
+        "{c}"
+    );
+    assert_eq!(c["gateways"][0]["allowance"]["remaining"], 5000, "{c}");
+    assert_eq!(c["delegations"][0]["value"], 4000, "{c}");
+    assert_eq!(c["delegated"], 4000, "{c}");
+    // An app fee above the cap is refused on chain, with the reason.
+    let o = deai(
+        home.path(),
+        &[
+            "tx",
+            "--url",
+            &url,
+            "--key",
+            key_s,
+            "register-app",
+            "--name",
+            "greedy",
+            "--fee-bps",
+            "9999",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("above the cap"), "{}", text(&o));
     // Only the coordinator may close a round: the faucet's attempt fails on chain.
     let o = deai(
         home.path(),

@@ -324,6 +324,16 @@ fn nodes_join_a_chain_and_serve_a_verified_answer() {
         "{st}"
     );
     assert_eq!(st["validators"].as_array().unwrap().len(), 4, "{st}");
+    // Every contributor kind is listed (none registered on this chain).
+    for kind in [
+        "model royalties",
+        "datasets",
+        "apps",
+        "gateways",
+        "delegations (value)",
+    ] {
+        assert_eq!(st["contributors"][kind]["count"], 0, "{st}");
+    }
     let o = deai(&["status", "--url", &url]);
     assert!(
         o.status.success() && text(&o).contains("revenue/compute-hour"),

@@ -96,6 +96,10 @@ impl ChainClient {
         self.block_on(self.inner.validators_json())
     }
 
+    pub fn contributors_json(&self) -> Result<Value> {
+        self.block_on(self.inner.contributors_json())
+    }
+
     pub fn state_proof(&self, kind: &str, id: &str) -> Result<Value> {
         self.block_on(self.inner.state_proof(kind, id))
     }

@@ -375,6 +375,12 @@ impl ChainClient {
         self.get_some("/v1/validators").await
     }
 
+    /// Royalties, datasets, apps, gateways' allowances, delegations and the treasury
+    /// (`/v1/contributors`).
+    pub async fn contributors_json(&self) -> Result<Value> {
+        self.get_some("/v1/contributors").await
+    }
+
     /// The workers as the node lists them (`{"workers": [{address, stake, worker}]}`).
     pub async fn workers_json(&self) -> Result<Value> {
         self.get_some("/v1/workers").await
