@@ -284,6 +284,7 @@
     [/^workers$/, pageWorkers, 'workers', true],
     [/^worker\/([0-9a-f]{64})$/i, pageWorker, 'workers', true],
     [/^governance$/, pageGovernance, 'governance', true],
+    [/^contributors$/, pageContributors, 'contributors', true],
     [/^proposal\/(\d+)$/, pageProposal, 'governance', true],
     [/^training$/, pageTraining, 'training', false],
     [/^playground$/, pagePlayground, 'playground', false],
@@ -963,6 +964,9 @@
     min_validator_stake: 'stake to register a validator', challenge_bond: 'bond a challenger posts', min_fee: 'lowest transaction fee',
     quorum_bps: 'stake that must vote on a proposal', threshold_bps: 'share of voting stake that must say yes',
     voting_period: 'blocks a proposal stays open', execution_delay: 'blocks between passing and taking effect',
+    royalty_bps: 'share of a job’s cost paid to its model’s royalty beneficiaries', data_royalty_bps: 'data providers’ share of a trained model’s royalty',
+    app_fee_cap_bps: 'highest fee an app may ask on top of a job’s cost', gateway_fee_bps: 'gateway’s fee on top of a job’s cost (non-custodial clients)',
+    commission_bps: 'validators’ cut of their delegators’ rewards',
   };
   function paramValue(k, v) {
     if (k.endsWith('_bps')) return `${bps(v)} (${fmt(v)} bps)`;
@@ -1026,6 +1030,84 @@
     try { d = await api('/v1/proposal/' + id); } catch (e) { showError(ctx, e, ph, 'Proposal not found'); return; }
     const [pa] = await Promise.all([maybe(api('/v1/params')), maybe(ensureStatus())]);
     swap(ph, card(null, proposalView(d.proposal, state.status ? state.status.total_stake : 0, failed(pa) ? null : pa.params)));
+  }
+
+  // ---------------------------------------------------------------- contributors
+  // Everyone a job's fee reaches besides workers and validators, and what each earned.
+  async function pageContributors(ctx) {
+    head(ctx, 'Contributors', 'Model royalties, data, apps, gateways and delegators: who shares the revenue');
+    const box = h('div', null, loading());
+    view.append(box);
+    const render = async () => {
+      let c;
+      try { c = await api('/v1/contributors'); } catch (e) {
+        fill(box, missingRoute(e) ? note('Contributors are not available on this node.') : h('p', { class: 'error-state' }, e.message));
+        return;
+      }
+      const sum = (xs, f) => xs.reduce((a, x) => a + f(x), 0);
+      const totals = card('Earned by kind', kv([
+        ['Model royalties', fmt(sum(c.royalties, (r) => r.royalty.paid))],
+        ['Data providers', fmt(sum(c.datasets, (d) => d.dataset.earned))],
+        ['Apps', fmt(sum(c.apps, (a) => a.app.earned))],
+        ['Gateways', fmt(sum(c.gateways, (g) => g.allowance.earned))],
+        ['Delegated (value now)', fmt(c.delegated)],
+        ['Treasury', fmt(c.treasury)],
+      ]));
+      const role = (r) => (typeof r === 'string' ? r : r.data ? 'data ' + short(r.data) : Object.keys(r)[0]);
+      // A model's lineage: the training job that produced it, its trainers and datasets,
+      // the jobs that paid it and the royalty they paid.
+      const lineage = (m) => {
+        const r = m.royalty;
+        const trainers = r.shares.filter((s) => s.role === 'trainer').length;
+        const data = r.shares.filter((s) => typeof s.role === 'object' && s.role.data).length;
+        return h('p', { class: 'muted small lineage' },
+          r.training ? ['training job ', mono(short(r.training), r.training), ' → ', `${trainers} trainer(s)`, ' + ', `${data} dataset(s)`, ' → ']
+            : 'named by governance → ',
+          `${fmt(r.jobs)} settled job(s) → ${fmt(r.paid)} paid`);
+      };
+      const royalties = card('Model royalties', c.royalties.length
+        ? h('div', null, c.royalties.map((m) => h('div', { class: 'royalty' },
+          h('h3', null, modelLabel(m.model), ' ', mono(short(m.model), m.model)),
+          lineage(m),
+          table([
+            { label: 'Beneficiary', cell: (s) => acctLink(s.to) },
+            { label: 'Role', cell: (s) => role(s.role) },
+            { label: 'Weight', num: true, cell: (s) => fmt(s.weight) },
+            { label: 'Paid', num: true, cell: (s) => fmt(s.paid) },
+          ], m.royalty.shares, { label: 'Beneficiaries' }))))
+        : empty('No model carries a royalty yet. Governance names one with ', h('code', null, 'set_royalty'), ' or ', h('code', null, 'allow_trained_model'), '.'));
+      const datasets = card('Datasets', c.datasets.length ? table([
+        { label: 'Dataset', cell: (d) => mono(short(d.id), d.id) },
+        { label: 'Owner', cell: (d) => acctLink(d.dataset.owner) },
+        { label: 'License', cell: (d) => d.dataset.license },
+        { label: 'Shards', num: true, cell: (d) => fmt(d.dataset.shards.length) },
+        { label: 'Tokens', num: true, cell: (d) => fmt(sum(d.dataset.shards, (s) => s.tokens)) },
+        { label: 'Earned', num: true, cell: (d) => fmt(d.dataset.earned) },
+      ], c.datasets, { label: 'Datasets' }) : empty('No dataset registered yet (', h('code', null, 'deai chain tx register-dataset'), ').'));
+      const apps = card('Apps', c.apps.length ? table([
+        { label: 'App', cell: (a) => a.app.name },
+        { label: 'Id', cell: (a) => mono(short(a.id), a.id) },
+        { label: 'Owner', cell: (a) => acctLink(a.app.owner) },
+        { label: 'Fee', num: true, cell: (a) => bps(a.app.fee_bps) },
+        { label: 'Jobs', num: true, cell: (a) => fmt(a.app.jobs) },
+        { label: 'Earned', num: true, cell: (a) => fmt(a.app.earned) },
+      ], c.apps, { label: 'Apps' }) : empty('No app registered yet (', h('code', null, 'deai chain tx register-app'), ').'));
+      const gateways = card('Gateways (clients that keep their keys)', c.gateways.length ? table([
+        { label: 'Gateway', cell: (g) => acctLink(g.gateway) },
+        { label: 'Client', cell: (g) => acctLink(g.client) },
+        { label: 'Allowance left', num: true, cell: (g) => fmt(g.allowance.remaining) },
+        { label: 'Escrowed', num: true, cell: (g) => fmt(g.allowance.spent) },
+        { label: 'Earned', num: true, cell: (g) => fmt(g.allowance.earned) },
+      ], c.gateways, { label: 'Gateways' }) : empty('No client has authorized a gateway yet (', h('code', null, 'deai chain tx authorize'), ').'));
+      const delegations = card('Delegations', c.delegations.length ? table([
+        { label: 'Delegator', cell: (d) => acctLink(d.delegator) },
+        { label: 'Validator', cell: (d) => acctLink(d.validator) },
+        { label: 'Value', num: true, cell: (d) => fmt(d.value) },
+      ], c.delegations, { label: 'Delegations' }) : empty('No delegations yet (', h('code', null, 'deai chain tx delegate'), ').'));
+      fill(box, totals, royalties, datasets, apps, gateways, delegations);
+    };
+    await render();
+    ctx.every(5000, render);
   }
 
   // ---------------------------------------------------------------- training

@@ -52,9 +52,9 @@ pub use jobs::{collateral, job_cost, pov_key, pov_tag, verdict_commitment, verdi
 pub use params::{Params, DEFAULT_PROFILE};
 pub use records::{
     decode_record, value_hash, Account, Allowance, App, ChallengeRecord, Commit, Dataset,
-    Delegation, Job, JobStatus, Key, Meta, Override, Pov, Proposal, ProposalStatus, ReceiptRecord,
+    Delegation, Job, JobStatus, Key, Leaving, Meta, Pov, Proposal, ProposalStatus, ReceiptRecord,
     Royalty, RoyaltyRole, RoyaltyShare, Settlement, StakeVote, Unbond, Validator, Vote, Worker,
-    MAX_SLASHED_VIEWS,
+    MAX_LEAVING, MAX_SLASHED_VIEWS,
 };
 pub use registry::MAX_CONSENSUS_VALIDATORS;
 pub use training::{
@@ -78,6 +78,7 @@ const DL_JOB: u8 = 1;
 const DL_VOTE_END: u8 = 2;
 const DL_EXECUTE: u8 = 3;
 const DL_TRAIN: u8 = 4;
+const DL_UNDELEGATE: u8 = 5;
 
 /// The ledger state. Cloning is O(1) (persistent maps and a copy-on-write tree), so the
 /// chain can keep a state per unfinalized block.

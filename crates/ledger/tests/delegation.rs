@@ -22,6 +22,14 @@ fn delegate(c: &mut Chain, who: u8, to: u8, amount: u64) {
     );
 }
 
+fn to_next_epoch(c: &mut Chain) {
+    let e = c.s.meta().epoch_length;
+    while !c.s.is_epoch_end(c.s.height()) {
+        c.empty_blocks(1);
+    }
+    assert_eq!(c.s.height() % e, e - 1);
+}
+
 fn value(c: &Chain, who: u8, of: u8) -> u64 {
     c.s.delegations_of(&addr(who))
         .into_iter()
@@ -79,6 +87,9 @@ fn delegators_weigh_in_and_share_rewards_less_the_commission() {
     let before = c.bal(DELEGATOR);
     delegate(&mut c, DELEGATOR, V, 50_000);
     assert_eq!(c.bal(DELEGATOR), before - 1 - 50_000);
+    // Delegated stake weighs from the next epoch on: nobody borrows weight for one verdict.
+    assert_eq!(c.s.weight(&addr(V)), 50_000);
+    to_next_epoch(&mut c);
     assert_eq!(c.s.weight(&addr(V)), 100_000, "own 50,000 plus the pool");
     let active: std::collections::BTreeMap<Address, u64> =
         c.s.active_validators().into_iter().collect();
@@ -96,8 +107,9 @@ fn delegators_weigh_in_and_share_rewards_less_the_commission() {
     // A validator without delegators keeps all of it.
     assert_eq!(c.s.validator(&addr(VALS[2])).unwrap().earned, 333);
 
-    // Taking out more than the shares are worth is refused; taking all moves it into
-    // unbonding, released after the unbonding period.
+    // Taking out more than the shares are worth is refused; taking all moves it out of the
+    // pool (and out of V's weight at once) into V's leaving list, released to the delegator
+    // after the unbonding period.
     let e = c.fails(
         DELEGATOR,
         TxKind::Undelegate {
@@ -116,20 +128,33 @@ fn delegators_weigh_in_and_share_rewards_less_the_commission() {
         },
     );
     assert!(c.s.delegation(&addr(DELEGATOR), &addr(V)).is_none());
-    assert_eq!(c.s.validator(&addr(V)).unwrap().pool, 0);
-    let acct = c.s.account(&addr(DELEGATOR));
-    assert_eq!(acct.unbonding.iter().map(|u| u.amount).sum::<u64>(), 50_150);
+    let v = c.s.validator(&addr(V)).unwrap();
+    assert_eq!((v.pool, v.leaving.len()), (0, 1));
+    assert_eq!(v.leaving[0].amount, 50_150);
+    assert_eq!(c.s.weight(&addr(V)), c.s.account(&addr(V)).stake);
     let bal = c.bal(DELEGATOR);
     c.empty_blocks(c.s.params().unbonding_period + 1);
     assert_eq!(c.bal(DELEGATOR), bal + 50_150);
+    assert!(c.s.validator(&addr(V)).unwrap().leaving.is_empty());
+    assert_eq!(c.s.meta().delegated, 0);
     let restored = State::from_snapshot(&c.s.to_snapshot()).unwrap();
     assert_eq!(restored.root(), c.s.root());
 }
 
 #[test]
-fn a_slash_takes_the_same_share_of_the_pool() {
+fn a_slash_takes_the_same_share_of_the_pool_and_of_what_is_leaving_it() {
     let mut c = Chain::new();
     delegate(&mut c, DELEGATOR, V, 20_000);
+    // A second delegator saw it coming and undelegated: its stake is still leaving V.
+    delegate(&mut c, CHALLENGER, V, 8_000);
+    c.ok(
+        CHALLENGER,
+        TxKind::Undelegate {
+            validator: addr(V),
+            amount: 0,
+            to: Some(addr(VALS[1])),
+        },
+    );
     let burned = c.s.meta().burned;
     c.ok(
         VALS[1],
@@ -144,13 +169,21 @@ fn a_slash_takes_the_same_share_of_the_pool() {
     assert_eq!(c.s.validator(&addr(V)).unwrap().pool, 10_000);
     assert_eq!(value(&c, DELEGATOR, V), 10_000);
     let v = c.s.validator(&addr(V)).unwrap();
-    assert_eq!(v.slashed, 35_000);
-    // The reporter's 10 % is of V's own slash; the rest and the pool's loss are burned.
-    assert_eq!(c.s.meta().burned, burned + 25_000 - 2_500 + 10_000);
+    assert_eq!(v.slashed, 39_000);
+    // The undelegation on its way out lost half too, and is redelegated at release.
+    assert_eq!(c.s.validator(&addr(V)).unwrap().leaving[0].amount, 4_000);
+    // The reporter's 10 % is of V's own slash; the rest and the pools' loss are burned.
+    assert_eq!(c.s.meta().burned, burned + 25_000 - 2_500 + 10_000 + 4_000);
     // Shares bought after the slash are priced at the new value: no one gains from it.
     delegate(&mut c, 13, V, 10_000);
     assert_eq!(value(&c, 13, V), 10_000);
     assert_eq!(value(&c, DELEGATOR, V), 10_000);
+    c.empty_blocks(c.s.params().unbonding_period + 1);
+    assert_eq!(
+        value(&c, CHALLENGER, VALS[1]),
+        4_000,
+        "redelegated after unbonding"
+    );
 }
 
 #[test]
@@ -177,22 +210,51 @@ fn a_delegator_can_vote_against_its_validator_but_not_flash_delegate() {
     c.ok(DELEGATOR, vote(false));
     let p = c.s.proposal(id).unwrap();
     let stake = |who: u8| p.votes.iter().find(|v| v.voter == addr(who)).unwrap().stake;
-    assert_eq!(stake(V), 100_000, "V voted its pool");
+    // Votes record own stake; delegations are weighed when the vote ends.
     assert_eq!(
-        stake(VALS[2]),
-        50_000,
-        "a pool that grew after the proposal does not vote"
+        (stake(V), stake(VALS[2]), stake(DELEGATOR)),
+        (50_000, 50_000, 0)
     );
-    assert_eq!(stake(DELEGATOR), 50_000);
     let end = p.voting_end;
     while c.s.height() <= end {
         c.empty_blocks(1);
     }
     let p = c.s.proposal(id).unwrap();
-    // The delegator's 50,000 left V's yes: 50,000 + 50,000 yes, 50,000 no.
+    // The delegator's 50,000 went with its own no, not V's yes; 13's delegation, made after
+    // the proposal opened, weighs nothing: 50,000 + 50,000 yes, 50,000 no.
     assert_eq!((p.yes_stake, p.no_stake), (100_000, 50_000));
     // The quorum base counts delegated stake.
     assert_eq!(p.total_stake, 4 * 50_000 + 50_000);
+
+    // A delegator that votes and then undelegates does not count twice (once with its own
+    // vote, once inside its validator's): stake on its way out votes with nobody.
+    c.ok(
+        VALS[1],
+        TxKind::Propose {
+            change: ParamChange::Set {
+                param: Param::ChallengeWindow,
+                value: 40,
+            },
+        },
+    );
+    let id = c.s.meta().next_proposal - 1;
+    let vote = |yes| TxKind::Vote { proposal: id, yes };
+    c.ok(DELEGATOR, vote(false));
+    c.ok(
+        DELEGATOR,
+        TxKind::Undelegate {
+            validator: addr(V),
+            amount: 0,
+            to: None,
+        },
+    );
+    c.ok(V, vote(true));
+    let end = c.s.proposal(id).unwrap().voting_end;
+    while c.s.height() <= end {
+        c.empty_blocks(1);
+    }
+    let p = c.s.proposal(id).unwrap();
+    assert_eq!((p.yes_stake, p.no_stake), (50_000, 0));
 }
 
 #[test]
@@ -229,10 +291,21 @@ fn redelegation_moves_the_value_and_bad_targets_are_refused() {
     assert!(e.contains("not a registered validator"), "{e}");
     let e = c.fails(13, undelegate(10, None));
     assert!(e.contains("no delegation"), "{e}");
+    to_next_epoch(&mut c);
+    assert_eq!(c.s.weight(&addr(V)), 80_000);
     c.ok(DELEGATOR, undelegate(10_000, Some(VALS[1])));
+    // Out of V's pool and weight at once; into VALS[1]'s only after the unbonding period
+    // (a slash of V still reaches it meanwhile).
     assert_eq!(value(&c, DELEGATOR, V), 20_000);
-    assert_eq!(value(&c, DELEGATOR, VALS[1]), 10_000);
     assert_eq!(c.s.weight(&addr(V)), 70_000);
+    assert_eq!(value(&c, DELEGATOR, VALS[1]), 0);
+    assert_eq!(
+        c.s.meta().delegated,
+        30_000,
+        "nothing left the chain's delegated stake"
+    );
+    c.empty_blocks(c.s.params().unbonding_period + 1);
+    assert_eq!(value(&c, DELEGATOR, VALS[1]), 10_000);
+    to_next_epoch(&mut c);
     assert_eq!(c.s.weight(&addr(VALS[1])), 60_000);
-    assert_eq!(c.s.meta().delegated, 30_000, "nothing left the pools");
 }

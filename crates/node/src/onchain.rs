@@ -174,6 +174,7 @@ mod tests {
             app_bps: 0,
             gateway: None,
             gateway_bps: 0,
+            royalty_bps: 0,
         };
         (r, Hash256(spec.id()), job)
     }

@@ -646,8 +646,9 @@ async fn run(
 }
 
 /// Watches the chain until `job`'s escrow is finalized as `req` says (open, for this model
-/// and worker, from the signer of its `OpenJob`, escrowing at least this worker's price),
-/// then sets `paid`. Runs until then or until aborted (when the run ends); a job found in
+/// and worker, from the client its `OpenJob` names (its signer, or the client a gateway
+/// signed for), billing at least this worker's price once the app's and gateway's fees
+/// recorded on chain are set aside), then sets `paid`. Runs until then or until aborted (when the run ends); a job found in
 /// another state or shape is never paid for.
 async fn watch_escrow(w: Worker, req: RunRequest, job: Hash256, paid: Arc<AtomicBool>) {
     let i = &w.0;
@@ -657,14 +658,24 @@ async fn watch_escrow(w: Worker, req: RunRequest, job: Hash256, paid: Arc<Atomic
             .saturating_add(req.params.max_tokens) as u64,
         i.cfg.price_per_1k,
     );
+    let client = match &req.open_job.tx.kind {
+        TxKind::OpenJob {
+            client: Some(c), ..
+        } => *c,
+        _ => req.open_job.tx.from,
+    };
     loop {
         match i.signer.ledger().job(&job).await {
             Ok(Some(j)) => {
+                // The fees on top come from the escrow that landed (another OpenJob of the
+                // same job id may name an app the one handed to this worker did not).
+                let billable =
+                    deai_ledger::state::billable(j.escrow, j.app_bps.saturating_add(j.gateway_bps));
                 let ours = j.status == deai_ledger::state::JobStatus::Open
                     && j.model == i.cfg.model_id
                     && j.worker == Some(w.address())
-                    && j.client == req.open_job.tx.from
-                    && j.escrow >= need;
+                    && j.client == client
+                    && billable >= need;
                 if ours {
                     paid.store(true, Ordering::Release);
                 } else {

@@ -72,6 +72,7 @@ impl State {
         }
         for (a, v) in self.validators.iter() {
             pools += v.pool as u128;
+            pools += v.leaving.iter().map(|l| l.amount as u128).sum::<u128>();
             if shares.get(a).copied().unwrap_or(0) != v.shares as u128 {
                 return err(format!(
                     "validator {} has {} pool shares but its delegations hold {}",
@@ -83,7 +84,7 @@ impl State {
         }
         if pools != self.meta.delegated as u128 {
             return err(format!(
-                "pools hold {pools} but delegated is {}",
+                "pools and undelegations leaving them hold {pools} but delegated is {}",
                 self.meta.delegated
             ));
         }

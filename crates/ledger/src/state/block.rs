@@ -1,7 +1,10 @@
 //! A block: its validity, applying it, the per-transaction dispatcher and the deadlines
 //! that fall due at its end.
 
-use super::{err, u64_of, Key, Res, State, DL_EXECUTE, DL_JOB, DL_TRAIN, DL_UNBOND, DL_VOTE_END};
+use super::{
+    err, u64_of, Key, Res, State, DL_EXECUTE, DL_JOB, DL_TRAIN, DL_UNBOND, DL_UNDELEGATE,
+    DL_VOTE_END,
+};
 use crate::tx::{Address, SignedTx, Tx, TxKind, MAX_TX_BYTES};
 use deai_types::Hash256;
 use serde::{Deserialize, Serialize};
@@ -286,10 +289,12 @@ impl State {
                 DL_VOTE_END => self.tally(u64_of(&id), h),
                 DL_EXECUTE => self.execute_proposal(u64_of(&id)),
                 DL_TRAIN => self.training_timeout(Hash256(id), h),
-                _ => unreachable!("only the five kinds are inserted"),
+                DL_UNDELEGATE => self.release_leaving(id, h),
+                _ => unreachable!("only the six kinds are inserted"),
             }
         }
         if self.is_epoch_end(h) {
+            self.settle_pool_weights();
             let next = self.next_validator_set();
             // With no staked validator left the chain could never finalize again: keep the
             // old set, which can still finalize the unstake being undone.

@@ -4,28 +4,49 @@
 //! earned, less what slashes took. Delegators hold shares of it, so rewards and slashes reach
 //! every delegator pro rata without touching their records:
 //! - **weight**: a validator's weight in verdicts, committees and the consensus set is its own
-//!   stake plus its pool ([`State::weight`]); the minimum to be a validator is on its own
-//!   stake, so a validator always has its own stake at risk;
+//!   stake plus its pool as of the last epoch's end ([`State::weight`]; what leaves the pool
+//!   stops weighing at once, what joins weighs from the next epoch, so nobody can borrow
+//!   weight for one verdict); the minimum to be a validator is on its own stake, so a
+//!   validator always has its own stake at risk;
 //! - **rewards**: of each payment to a validator ([`State::pay_validator`]), the pool's share
 //!   by weight goes into the pool, less `commission_bps` that stays with the validator;
-//! - **slashes**: a validator's slash takes the same share of its pool as of its own stake
-//!   ([`State::slash_pool`]), and burns it;
-//! - **governance**: a validator votes with its stake and its pool; a delegator that votes
-//!   itself moves its delegations' weight from its validators' votes to its own
-//!   (`governance::tally`).
+//! - **slashes**: a validator's slash takes the same share of its pool, and of the stake
+//!   leaving it, as of its own stake ([`State::slash_pool`]), and burns it;
+//! - **governance**: each delegation made before a proposal opened weighs with its delegator's
+//!   vote, or else with its validator's (`governance::tally`).
 //!
-//! Undelegating moves the tokens into the delegator's unbonding entries (released after
-//! `unbonding_period`), or into another validator's pool at once (a redelegation).
+//! Undelegating moves the tokens out of the pool into the validator's `leaving` list, where a
+//! slash of the validator still reaches them for `unbonding_period` blocks; then they go back
+//! to the delegator, or into another validator's pool (a redelegation takes as long).
 
-use super::records::Delegation;
-use super::{bps_of, err, Key, Res, State, Unbond, DL_UNBOND};
+use super::records::{Delegation, Leaving, MAX_LEAVING};
+use super::{bps_of, err, Key, Res, State, DL_UNDELEGATE};
 use crate::tx::Address;
 
 impl State {
-    /// A validator's weight: its own stake plus its delegators' pool.
+    /// A validator's weight: its own stake plus its delegators' pool as of the last epoch's
+    /// end (less what left it since).
     pub fn weight(&self, validator: &Address) -> u64 {
-        let pool = self.validators.get(validator).map_or(0, |v| v.pool);
+        let pool = self
+            .validators
+            .get(validator)
+            .map_or(0, |v| v.pool.min(v.pool_weight));
         self.account(validator).stake.saturating_add(pool)
+    }
+
+    /// At an epoch's end: every pool weighs what it holds now.
+    pub(super) fn settle_pool_weights(&mut self) {
+        let changed: Vec<Address> = self
+            .validators
+            .iter()
+            .filter(|(_, v)| v.pool_weight != v.pool)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in changed {
+            let v = self.validators.get_mut(&a).expect("listed above");
+            v.pool_weight = v.pool;
+            self.dirty.insert(Key::Validator(a));
+        }
     }
 
     /// `delegator`'s delegation to `validator`, if any.
@@ -128,7 +149,18 @@ impl State {
         if to == Some(validator) || to == Some(from) {
             return err("redelegation to the same validator or to oneself");
         }
+        if let Some(t) = to {
+            if !self.validators.contains_key(&t) {
+                return err("redelegation to a key that is not a registered validator");
+            }
+        }
         let v = &self.validators[&validator];
+        if v.leaving.len() >= MAX_LEAVING {
+            return err(format!(
+                "{MAX_LEAVING} undelegations from this validator are still unbonding; try \
+                 again once some are released"
+            ));
+        }
         let value = self.share_value(&validator, d.shares);
         let amount = if amount == 0 { value } else { amount };
         if amount > value {
@@ -142,39 +174,55 @@ impl State {
         if amount == 0 {
             return err("nothing to undelegate");
         }
-        if let Some(t) = to {
-            self.mint(&t, amount)?;
-        }
+        let release = self
+            .meta
+            .height
+            .saturating_add(self.meta.params.unbonding_period);
         let v = self.validators.get_mut(&validator).expect("checked above");
         v.pool -= amount;
+        v.pool_weight = v.pool_weight.min(v.pool);
         v.shares -= burn;
+        // Still the validator's (and `delegated`) until released: its slashes reach it.
+        v.leaving.push(Leaving {
+            delegator: from,
+            amount,
+            release,
+            to,
+        });
         self.dirty.insert(Key::Validator(validator));
-        self.meta.delegated -= amount;
+        self.deadlines.insert((release, DL_UNDELEGATE, validator));
         self.dirty.insert(Key::Delegation(from, validator));
         if burn == d.shares {
             self.delegations.remove(&(from, validator));
         } else if let Some(d) = self.delegations.get_mut(&(from, validator)) {
             d.shares -= burn;
         }
-        match to {
-            // `mint` accepted it above, and `t`'s pool has not changed since.
-            Some(t) => self.add_to_pool(from, t, amount),
-            None => {
-                self.unbond_to(from, amount);
-                Ok(())
-            }
-        }
+        Ok(())
     }
 
-    fn unbond_to(&mut self, who: Address, amount: u64) {
-        let release = self
-            .meta
-            .height
-            .saturating_add(self.meta.params.unbonding_period);
-        self.acct_mut(&who)
-            .unbonding
-            .push(Unbond { amount, release });
-        self.deadlines.insert((release, DL_UNBOND, who));
+    /// Releases `validator`'s undelegations due at `h`: to their delegators, or into the
+    /// pool they were redelegated to (back to the delegator if that pool takes none now).
+    pub(super) fn release_leaving(&mut self, validator: Address, h: u64) {
+        let Some(v) = self.validators.get_mut(&validator) else {
+            return;
+        };
+        let (due, kept): (Vec<Leaving>, Vec<Leaving>) = std::mem::take(&mut v.leaving)
+            .into_iter()
+            .partition(|l| l.release <= h);
+        v.leaving = kept;
+        self.dirty.insert(Key::Validator(validator));
+        for l in due {
+            self.meta.delegated -= l.amount;
+            let moved = match l.to {
+                Some(t) if l.amount > 0 && self.mint(&t, l.amount).is_ok() => {
+                    self.add_to_pool(l.delegator, t, l.amount).is_ok()
+                }
+                _ => false,
+            };
+            if !moved {
+                self.credit(&l.delegator, l.amount);
+            }
+        }
     }
 
     /// Pays `amount` to validator `v`: its pool's share by weight goes into the pool, less
@@ -199,17 +247,25 @@ impl State {
         own
     }
 
-    /// Takes from `v`'s pool the share `taken / held` that a slash took of its own
-    /// holdings (`held` before the slash), burns it and returns it.
+    /// Takes from `v`'s pool, and from each undelegation still leaving it, the share
+    /// `taken / held` that a slash took of its own holdings (`held` before the slash), burns
+    /// it and returns it.
     pub(super) fn slash_pool(&mut self, v: &Address, taken: u64, held: u64) -> u64 {
         let Some(val) = self.validators.get_mut(v) else {
             return 0;
         };
-        let cut = match held {
+        let share = |x: u64| match held {
             0 => 0,
-            _ => ((val.pool as u128 * taken as u128 / held as u128) as u64).min(val.pool),
+            _ => ((x as u128 * taken as u128 / held as u128) as u64).min(x),
         };
+        let mut cut = share(val.pool);
         val.pool -= cut;
+        val.pool_weight = val.pool_weight.min(val.pool);
+        for l in val.leaving.iter_mut() {
+            let c = share(l.amount);
+            l.amount -= c;
+            cut += c;
+        }
         self.meta.delegated -= cut;
         self.meta.burned += cut;
         self.dirty.insert(Key::Validator(*v));

@@ -2,8 +2,8 @@
 //! end of the voting period and execution after the delay.
 
 use super::{
-    err, id_bytes, Key, Override, Params, Proposal, ProposalStatus, Res, StakeVote, State, BPS,
-    DL_EXECUTE, DL_VOTE_END,
+    err, id_bytes, Key, Params, Proposal, ProposalStatus, Res, StakeVote, State, BPS, DL_EXECUTE,
+    DL_VOTE_END,
 };
 use crate::tx::{Address, ParamChange};
 
@@ -77,8 +77,14 @@ impl State {
         }
         let created = p.created;
         let acct = self.account(&from);
+        // Its delegations made before the proposal opened, and whether it is a validator
+        // whose pool has some: they weigh when the vote ends (`tally`).
         let delegations = self.delegations_of(&from);
-        if acct.stake == 0 && delegations.is_empty() {
+        let delegates = delegations.iter().any(|(v, _, value)| {
+            *value > 0 && self.delegation(&from, v).is_some_and(|d| d.since < created)
+        });
+        let has_pool = self.validators.get(&from).is_some_and(|v| v.pool > 0);
+        if acct.stake == 0 && delegations.is_empty() && !has_pool {
             return err("only stakers and delegators may vote");
         }
         // `>=`: stake bonded in the proposal's own block (a Stake after the Propose) is
@@ -88,29 +94,7 @@ impl State {
         } else {
             0
         };
-        // A validator votes its pool too, unless the pool grew since the proposal opened.
-        let pool = match self.validators.get(&from) {
-            Some(v) if v.pool_bonded_at < created => v.pool,
-            _ => 0,
-        };
-        // A delegator votes its delegations bonded before the proposal, which leave their
-        // validators' votes.
-        let overrides: Vec<Override> = delegations
-            .iter()
-            .filter(|(v, _, value)| {
-                *value > 0 && self.delegation(&from, v).is_some_and(|d| d.since < created)
-            })
-            .map(|(v, _, value)| Override {
-                validator: *v,
-                amount: *value,
-            })
-            .collect();
-        let delegated: u64 = overrides
-            .iter()
-            .map(|o| o.amount)
-            .fold(0, u64::saturating_add);
-        let weight = own.saturating_add(pool).saturating_add(delegated);
-        if weight == 0 {
+        if own == 0 && !delegates && !has_pool {
             return err(format!(
                 "stake was added at height {} after proposal {proposal} opened at {created}; \
                  only stake bonded (or delegated) before a proposal votes on it",
@@ -122,8 +106,7 @@ impl State {
         let vote = StakeVote {
             voter: from,
             yes,
-            stake: weight,
-            overrides,
+            stake: own,
         };
         match p.votes.binary_search_by(|v| v.voter.cmp(&from)) {
             Ok(i) => p.votes[i] = vote,
@@ -141,21 +124,27 @@ impl State {
         if p.status != ProposalStatus::Voting {
             return;
         }
-        // What delegators who voted themselves take out of their validators' votes.
-        let mut overridden: std::collections::BTreeMap<Address, u128> = Default::default();
-        for v in &p.votes {
-            for o in &v.overrides {
-                *overridden.entry(o.validator).or_default() += o.amount as u128;
-            }
-        }
         let (mut yes, mut no) = (0u128, 0u128);
         for v in &p.votes {
-            let out = overridden.get(&v.voter).copied().unwrap_or(0);
-            let weight = (v.stake as u128).saturating_sub(out);
             if v.yes {
-                yes += weight
+                yes += v.stake as u128
             } else {
-                no += weight
+                no += v.stake as u128
+            }
+        }
+        // Each delegation made before the proposal opened weighs what it is worth now, once:
+        // with its delegator's vote if it voted, else with its validator's.
+        let voted: std::collections::BTreeMap<Address, bool> =
+            p.votes.iter().map(|v| (v.voter, v.yes)).collect();
+        for ((d, v), del) in self.delegations.iter() {
+            if del.since >= p.created {
+                continue;
+            }
+            let value = self.share_value(v, del.shares) as u128;
+            match voted.get(d).or_else(|| voted.get(v)) {
+                Some(true) => yes += value,
+                Some(false) => no += value,
+                None => {}
             }
         }
         let params = &self.meta.params;

@@ -152,6 +152,10 @@ impl State {
             self.spend_allowance(&payer, &from, escrow);
         }
         let gateway_bps = gateway.map_or(0, |_| self.meta.params.gateway_fee_bps);
+        let royalty_bps = match self.royalties.contains_key(&model) {
+            true => self.meta.params.royalty_bps,
+            false => 0,
+        };
         self.debit(&payer, escrow, "escrow")?;
         let h = self.meta.height;
         let deadline = h.saturating_add(self.meta.params.job_timeout);
@@ -181,6 +185,7 @@ impl State {
                 app_bps,
                 gateway,
                 gateway_bps,
+                royalty_bps,
             },
         );
         self.dirty.insert(Key::Job(job));
@@ -786,8 +791,9 @@ impl State {
         // impossible to break even if a bad parameter set slipped through.
         let treasury_cut = bps_of(cost, p.treasury_bps).min(cost);
         let mut validator_fee = bps_of(cost, p.validator_fee_bps).min(cost - treasury_cut);
+        // At the share fixed when the job opened; none if governance ended the royalty since.
         let royalty_cut = match self.royalties.contains_key(&j.model) {
-            true => bps_of(cost, p.royalty_bps).min(cost - treasury_cut - validator_fee),
+            true => bps_of(cost, j.royalty_bps).min(cost - treasury_cut - validator_fee),
             false => 0,
         };
         let worker_paid = cost - treasury_cut - validator_fee - royalty_cut;

@@ -87,6 +87,29 @@ pub struct Validator {
     pub shares: u64,
     #[serde(default)]
     pub pool_bonded_at: u64,
+    /// The part of the pool that weighs in verdicts, committees and the consensus set: the
+    /// pool as of the last epoch's end (less anything that left since), so that stake
+    /// delegated now weighs only from the next epoch.
+    #[serde(default)]
+    pub pool_weight: u64,
+    /// Undelegated stake on its way out (still slashed with the validator until released;
+    /// at most [`MAX_LEAVING`] entries).
+    #[serde(default)]
+    pub leaving: Vec<Leaving>,
+}
+
+/// Most undelegations one validator holds on their way out.
+pub const MAX_LEAVING: usize = 256;
+
+/// Undelegated stake released to its delegator (or into `to`'s pool) at `release`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leaving {
+    #[serde(with = "crate::tx::hex_addr")]
+    pub delegator: Address,
+    pub amount: u64,
+    pub release: u64,
+    #[serde(default, with = "crate::tx::hex_addr_opt")]
+    pub to: Option<Address>,
 }
 
 /// A delegator's shares of one validator's pool.
@@ -95,14 +118,6 @@ pub struct Delegation {
     pub shares: u64,
     /// The height it last grew: it weighs only on proposals opened after.
     pub since: u64,
-}
-
-/// Delegated stake that voted itself on a proposal: its weight leaves its validator's vote.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Override {
-    #[serde(with = "crate::tx::hex_addr")]
-    pub validator: Address,
-    pub amount: u64,
 }
 
 /// How many slashed views a validator record keeps (older views can no longer be reported).
@@ -180,10 +195,9 @@ pub struct StakeVote {
     #[serde(with = "crate::tx::hex_addr")]
     pub voter: Address,
     pub yes: bool,
+    /// Its own stake (bonded before the proposal opened); its delegations' weight, and its
+    /// validators' pools, are counted when the vote ends (`governance::tally`).
     pub stake: u64,
-    /// The voter's delegations counted in `stake`, taken out of their validators' votes.
-    #[serde(default)]
-    pub overrides: Vec<Override>,
 }
 
 /// Where a finished job's money went.
@@ -260,6 +274,9 @@ pub struct Job {
     pub gateway: Option<Address>,
     #[serde(default)]
     pub gateway_bps: u64,
+    /// The model's royalty share of the cost when the job opened (0 if it had none).
+    #[serde(default)]
+    pub royalty_bps: u64,
 }
 
 /// A registered dataset (`state::dataset_id` of its owner and shards).

@@ -3,7 +3,8 @@
 
 use super::{
     err, id_bytes, Account, Job, Key, Meta, Proposal, ProposalStatus, State, TrainingJob,
-    TrainingStatus, Validator, Worker, DL_EXECUTE, DL_JOB, DL_TRAIN, DL_UNBOND, DL_VOTE_END,
+    TrainingStatus, Validator, Worker, DL_EXECUTE, DL_JOB, DL_TRAIN, DL_UNBOND, DL_UNDELEGATE,
+    DL_VOTE_END,
 };
 use crate::smt::Tree;
 use crate::tx::Address;
@@ -101,6 +102,11 @@ impl State {
         for (id, j) in s.jobs.iter() {
             if !j.status.is_final() {
                 s.deadlines.insert((j.deadline, DL_JOB, id.0));
+            }
+        }
+        for (a, v) in s.validators.iter() {
+            for l in &v.leaving {
+                s.deadlines.insert((l.release, DL_UNDELEGATE, *a));
             }
         }
         for (id, t) in s.trainings.iter() {
