@@ -538,6 +538,28 @@ def run(t, pid):
             t.shot(f"proposal-{p['id']}")
         return f"{len(props['proposals'])} proposals" if props else "proposals route not available"
 
+    def contributors():
+        # Every kind that shares the revenue, as /v1/contributors lists it: the devnet's
+        # model carries its author's royalty (from genesis), its demo app is registered and
+        # its client authorized the gateway's own account.
+        c = t.api("/v1/contributors")
+        t.open("/contributors")
+        ensure(t.heading() == "Contributors", f"heading is {t.heading()!r}")
+        t.wait(lambda: "Earned by kind" in t.text(), 15, "the totals card")
+        body = t.text()
+        for title in ("Model royalties", "Datasets", "Apps", "Gateways", "Delegations"):
+            ensure(title in body, f"no {title} section")
+        if c is None:
+            return "contributors route not available"
+        for a in c["apps"]:
+            ensure(a["app"]["name"] in body, f"app {a['app']['name']} not shown")
+        paid = sum(r["royalty"]["paid"] for r in c["royalties"])
+        if c["royalties"]:
+            ensure(t.js("return document.querySelectorAll('.royalty').length") == len(c["royalties"]), "royalty cards")
+            ensure("settled job(s)" in body, "no lineage line")
+        t.shot("contributors")
+        return f"{len(c['royalties'])} royalties ({paid} paid), {len(c['apps'])} apps, {len(c['gateways'])} gateways"
+
     def training():
         t.open("/training")
         ensure(t.heading() == "Training", f"heading is {t.heading()!r}")
@@ -571,6 +593,7 @@ def run(t, pid):
         t.check("worker detail", worker_detail)
     t.check("account", account_page)
     t.check("governance", governance)
+    t.check("contributors", contributors)
     t.check("training", training)
     t.check("playground page", playground_page)
 

@@ -3,7 +3,8 @@
 //! The replicated state machine every validator runs: accounts and balances, signed
 //! transactions with nonces and fees, stake and unbonding, worker and validator registries,
 //! jobs with escrowed payment, receipts, challenges, validator verdicts, settlement and
-//! slashing, and stake-weighted governance of the protocol parameters.
+//! slashing, everyone else a job's fee reaches (model royalties, datasets, apps, gateways,
+//! delegators, treasury grants), and stake-weighted governance of the protocol parameters.
 //!
 //! Owns: [`tx`] (transactions and their canonical encoding), [`state`] (the pure transition
 //! function [`State::apply_block`]) and [`smt`] (the sparse Merkle tree behind the state root
