@@ -1062,7 +1062,7 @@
         const data = r.shares.filter((s) => typeof s.role === 'object' && s.role.data).length;
         return h('p', { class: 'muted small lineage' },
           r.training ? ['training job ', mono(short(r.training), r.training), ' → ', `${trainers} trainer(s)`, ' + ', `${data} dataset(s)`, ' → ']
-            : 'named by governance → ',
+            : 'named at genesis or by governance → ',
           `${fmt(r.jobs)} settled job(s) → ${fmt(r.paid)} paid`);
       };
       const royalties = card('Model royalties', c.royalties.length
