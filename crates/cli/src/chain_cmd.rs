@@ -164,7 +164,7 @@ pub enum TxCmd {
         escrow: u64,
         #[arg(long)]
         worker: Option<String>,
-        /// The app that brought the request (its id, `deai chain tx register-app` prints
+        /// The app that brought the request (its id, `deai tx register-app` prints
         /// it); its owner earns the app's fee on top of the cost.
         #[arg(long)]
         app: Option<String>,

@@ -1083,7 +1083,7 @@
         { label: 'Shards', num: true, cell: (d) => fmt(d.dataset.shards.length) },
         { label: 'Tokens', num: true, cell: (d) => fmt(sum(d.dataset.shards, (s) => s.tokens)) },
         { label: 'Earned', num: true, cell: (d) => fmt(d.dataset.earned) },
-      ], c.datasets, { label: 'Datasets' }) : empty('No dataset registered yet (', h('code', null, 'deai chain tx register-dataset'), ').'));
+      ], c.datasets, { label: 'Datasets' }) : empty('No dataset registered yet (', h('code', null, 'deai tx register-dataset'), ').'));
       const apps = card('Apps', c.apps.length ? table([
         { label: 'App', cell: (a) => a.app.name },
         { label: 'Id', cell: (a) => mono(short(a.id), a.id) },
@@ -1091,19 +1091,19 @@
         { label: 'Fee', num: true, cell: (a) => bps(a.app.fee_bps) },
         { label: 'Jobs', num: true, cell: (a) => fmt(a.app.jobs) },
         { label: 'Earned', num: true, cell: (a) => fmt(a.app.earned) },
-      ], c.apps, { label: 'Apps' }) : empty('No app registered yet (', h('code', null, 'deai chain tx register-app'), ').'));
+      ], c.apps, { label: 'Apps' }) : empty('No app registered yet (', h('code', null, 'deai tx register-app'), ').'));
       const gateways = card('Gateways (clients that keep their keys)', c.gateways.length ? table([
         { label: 'Gateway', cell: (g) => acctLink(g.gateway) },
         { label: 'Client', cell: (g) => acctLink(g.client) },
         { label: 'Allowance left', num: true, cell: (g) => fmt(g.allowance.remaining) },
         { label: 'Escrowed', num: true, cell: (g) => fmt(g.allowance.spent) },
         { label: 'Earned', num: true, cell: (g) => fmt(g.allowance.earned) },
-      ], c.gateways, { label: 'Gateways' }) : empty('No client has authorized a gateway yet (', h('code', null, 'deai chain tx authorize'), ').'));
+      ], c.gateways, { label: 'Gateways' }) : empty('No client has authorized a gateway yet (', h('code', null, 'deai tx authorize'), ').'));
       const delegations = card('Delegations', c.delegations.length ? table([
         { label: 'Delegator', cell: (d) => acctLink(d.delegator) },
         { label: 'Validator', cell: (d) => acctLink(d.validator) },
         { label: 'Value', num: true, cell: (d) => fmt(d.value) },
-      ], c.delegations, { label: 'Delegations' }) : empty('No delegations yet (', h('code', null, 'deai chain tx delegate'), ').'));
+      ], c.delegations, { label: 'Delegations' }) : empty('No delegations yet (', h('code', null, 'deai tx delegate'), ').'));
       fill(box, totals, royalties, datasets, apps, gateways, delegations);
     };
     await render();

@@ -360,29 +360,41 @@ pub async fn start(ctx: &cw_tokio::Context, opts: DevnetOptions) -> Result<Devne
         .unwrap_or_default()
         .trim()
         .to_string();
-    client
-        .submit_and_wait(
-            deai_ledger::TxKind::Authorize {
-                gateway: gateway_signer.address(),
-                limit: CLIENT_BALANCE / 10,
-                expires: u64::MAX,
-            },
-            Duration::from_secs(60),
-        )
-        .await
-        .context("the client authorizing the gateway")?;
+    // Once: a restarted devnet finds both on chain (and its accounts' nonces stay put).
+    if ledger
+        .allowance(&client_addr, &gateway_signer.address())
+        .await?
+        .is_none()
+    {
+        client
+            .submit_and_wait(
+                deai_ledger::TxKind::Authorize {
+                    gateway: gateway_signer.address(),
+                    limit: CLIENT_BALANCE / 10,
+                    expires: u64::MAX,
+                },
+                Duration::from_secs(60),
+            )
+            .await
+            .context("the client authorizing the gateway")?;
+    }
     let app_signer = signer(key_at(&dir, "app.key")?, 1);
-    app_signer
-        .submit_and_wait(
-            deai_ledger::TxKind::RegisterApp {
-                name: DEMO_APP.into(),
-                fee_bps: 500,
-            },
-            Duration::from_secs(60),
-        )
-        .await
-        .context("registering the demo app")?;
     let app = deai_ledger::state::app_id(&app_signer.address(), DEMO_APP);
+    let registered = ledger.contributors_json().await?["apps"]
+        .as_array()
+        .is_some_and(|apps| apps.iter().any(|a| a["id"] == app.to_string()));
+    if !registered {
+        app_signer
+            .submit_and_wait(
+                deai_ledger::TxKind::RegisterApp {
+                    name: DEMO_APP.into(),
+                    fee_bps: 500,
+                },
+                Duration::from_secs(60),
+            )
+            .await
+            .context("registering the demo app")?;
+    }
     let model_author = key_at(&dir, "model-author.key")?.verifying_key().to_bytes();
     let gateway = Gateway::new(
         GatewayConfig {

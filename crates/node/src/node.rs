@@ -115,7 +115,7 @@ impl Default for GatewaySection {
 
 /// An API key and who pays for its requests: the key file of a ledger account the gateway
 /// signs for (custodial), or the address of a client that keeps its key and authorized this
-/// node's account on chain (`deai chain tx authorize --gateway <node address>`).
+/// node's account on chain (`deai tx authorize --gateway <node address>`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {

@@ -180,7 +180,7 @@ impl Routing {
                     StatusCode::PAYMENT_REQUIRED,
                     format!(
                         "this request may escrow {}; the client allows this gateway ({}) {left} \
-                         more (`deai chain tx authorize --gateway {}`)",
+                         more (`deai tx authorize --gateway {}`)",
                         escrow.saturating_mul(n as u64),
                         hex::encode(gateway),
                         hex::encode(gateway)
