@@ -119,7 +119,6 @@ impl State {
             .expect("mint checked it");
         v.pool += amount;
         v.shares += minted;
-        v.pool_bonded_at = h;
         self.dirty.insert(Key::Validator(validator));
         self.meta.delegated = self.meta.delegated.saturating_add(amount);
         let d = self

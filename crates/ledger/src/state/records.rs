@@ -80,13 +80,11 @@ pub struct Validator {
     #[serde(default)]
     pub latency_blocks: u64,
     /// Its delegators' pool: what their stake is worth now (delegated, plus rewards, less
-    /// slashes), the shares they hold of it, and when it last grew.
+    /// slashes), and the shares they hold of it.
     #[serde(default)]
     pub pool: u64,
     #[serde(default)]
     pub shares: u64,
-    #[serde(default)]
-    pub pool_bonded_at: u64,
     /// The part of the pool that weighs in verdicts, committees and the consensus set: the
     /// pool as of the last epoch's end (less anything that left since), so that stake
     /// delegated now weighs only from the next epoch.
