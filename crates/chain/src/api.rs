@@ -82,6 +82,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/validators", get(validators))
         .route("/v1/allowance/{client}/{gateway}", get(allowance))
         .route("/v1/contributors", get(contributors))
+        .route("/v1/app/{id}", get(app))
         .route("/v1/job/{id}", get(job))
         .route("/v1/jobs", get(jobs))
         .route("/v1/training/{id}", get(training))
@@ -262,6 +263,16 @@ async fn allowance(
         "height": s.height(),
         "allowance": s.allowance(&client, &gateway),
     })))
+}
+
+/// `GET /v1/app/{id}`: a registered app (owner, name, fee, jobs, earned); 404 if none.
+async fn app(AxState(api): AxState<Api>, Path(id): Path<String>) -> R {
+    let id = parse_hash(&id)?;
+    let s = api.app.finalized_state();
+    let a = s
+        .app(&id)
+        .ok_or_else(|| not_found(format!("no app {id}")))?;
+    Ok(Json(json!({ "height": s.height(), "id": id, "app": a })))
 }
 
 /// `GET /v1/contributors`: everyone a job's fee reaches besides workers and validators:

@@ -189,6 +189,16 @@ impl ChainClient {
         }
     }
 
+    /// A registered app, if there is one under `id`.
+    pub async fn app(&self, id: &Hash256) -> Result<Option<deai_ledger::state::App>> {
+        match self.get(&format!("/v1/app/{id}")).await? {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                serde_json::from_value(v["app"].clone()).context("bad app JSON")?,
+            )),
+        }
+    }
+
     /// What `client` still lets `gateway` escrow for it, if it authorized it.
     pub async fn allowance(
         &self,

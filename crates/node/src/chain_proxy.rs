@@ -9,7 +9,7 @@ use deai_client::ChainClient;
 
 /// The chain's read-only query routes, which a gateway forwards to its ledger node so that
 /// the explorer it serves (and scripts) need only one origin.
-pub const CHAIN_QUERY_ROUTES: [&str; 18] = [
+pub const CHAIN_QUERY_ROUTES: [&str; 19] = [
     "status",
     "blocks",
     "block",
@@ -28,6 +28,7 @@ pub const CHAIN_QUERY_ROUTES: [&str; 18] = [
     "evidence",
     "contributors",
     "allowance",
+    "app",
 ];
 
 /// A GET on a chain query route is forwarded to the ledger node (status, body and content

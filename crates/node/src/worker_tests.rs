@@ -36,6 +36,8 @@ pub(crate) struct ChainState {
     pub submitted: Vec<SignedTx>,
     /// (client, gateway) -> what the client still lets the gateway escrow.
     pub allowances: HashMap<(Address, Address), u64>,
+    /// Registered app ids.
+    pub apps: Vec<Hash256>,
 }
 
 type Shared = Arc<Mutex<ChainState>>;
@@ -61,6 +63,7 @@ impl FakeChain {
             .route("/v1/workers", get(workers))
             .route("/v1/worker/{a}", get(worker))
             .route("/v1/allowance/{c}/{g}", get(allowance))
+            .route("/v1/app/{id}", get(app))
             .route("/v1/tx", post(submit))
             .route("/v1/tx/{id}", get(tx_status))
             .with_state(state.clone());
@@ -172,6 +175,22 @@ async fn allowance(State(st): State<Shared>, Path((c, g)): Path<(String, String)
             "remaining": remaining, "expires": 1_000, "spent": 0, "earned": 0,
         })),
     }))
+}
+
+async fn app(State(st): State<Shared>, Path(id): Path<String>) -> Response {
+    let id: Hash256 = id.parse().unwrap();
+    match st.lock().unwrap().apps.contains(&id) {
+        true => Json(json!({ "app": {
+            "owner": hex::encode([1u8; 32]), "name": "app", "fee_bps": 100,
+            "registered_at": 1, "jobs": 0, "earned": 0,
+        } }))
+        .into_response(),
+        false => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no such app" })),
+        )
+            .into_response(),
+    }
 }
 
 async fn workers(State(st): State<Shared>) -> Json<Value> {

@@ -166,6 +166,22 @@ impl Routing {
         let need = escrow
             .saturating_add(client.signer.fee())
             .saturating_mul(n as u64);
+        // An escrow naming an unknown app never lands: each worker tried would serve its
+        // free tokens for nothing.
+        if let Some(app) = client.app {
+            let known = self.ledger.app(&app).await.map_err(|e| {
+                http_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("ledger unavailable: {e:#}"),
+                )
+            })?;
+            if known.is_none() {
+                return Err(http_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("X-Deai-App names no registered app ({app})"),
+                ));
+            }
+        }
         if let Some(c) = client.client {
             let gateway = client.signer.address();
             let allowed = self.ledger.allowance(&c, &gateway).await.map_err(|e| {

@@ -355,6 +355,12 @@ async fn apps_and_clients_that_keep_their_keys_reach_the_escrow() {
     };
     let seen = net.chain.state.lock().unwrap().submitted.len();
     let hex_app: &'static str = Box::leak(app.to_string().into_boxed_str());
+    // An app the chain does not know is refused before any worker serves a token.
+    let r = send(KEY, Some(hex_app)).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("no registered app"));
+    assert_eq!(net.chain.state.lock().unwrap().submitted.len(), seen);
+    net.chain.state.lock().unwrap().apps.push(app);
     let r = send(KEY, Some(hex_app)).await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let open = escrows(&net, seen);
