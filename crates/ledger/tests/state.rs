@@ -947,16 +947,7 @@ fn random_run(blocks: Vec<Vec<(u8, TxKind)>>, cov: &mut Coverage) -> Result<(), 
     }
     let mut replay: Vec<Vec<SignedTx>> = Vec::new();
     for txs in blocks {
-        let mut counts = std::collections::HashMap::new();
-        let signed: Vec<SignedTx> = txs
-            .into_iter()
-            .map(|(w, k)| {
-                let c = counts.entry(w).or_insert(0u64);
-                let t = a.tx(w, *c, k);
-                *c += 1;
-                t
-            })
-            .collect();
+        let signed = a.sign_block(txs);
         let h = a.s.height() + 1;
         let root = a.s.root();
         match a.s.apply_block(h, &signed) {

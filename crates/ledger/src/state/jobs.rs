@@ -729,8 +729,7 @@ impl State {
     /// Takes `amount` from a validator's holdings and the same share of its delegators'
     /// pool, and burns both; returns what was taken in all.
     fn slash_validator(&mut self, who: &Address, amount: u64) -> u64 {
-        let acct = self.account(who);
-        let held = (acct.stake as u128 + acct.unbonding_total()).min(u64::MAX as u128) as u64;
+        let held = self.account(who).holdings();
         let take = self.take_holdings(who, amount);
         self.meta.burned += take;
         let pool = self.slash_pool(who, take, held);

@@ -30,6 +30,11 @@ impl Account {
     pub(super) fn unbonding_total(&self) -> u128 {
         self.unbonding.iter().map(|u| u.amount as u128).sum()
     }
+
+    /// What a slash can reach: stake plus unbonding entries (capped at u64).
+    pub(super) fn holdings(&self) -> u64 {
+        (self.stake as u128 + self.unbonding_total()).min(u64::MAX as u128) as u64
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,8 +73,7 @@ impl State {
     /// collateral) and at most everything (stake first, then the newest unbonding entries),
     /// and returns the amount taken; the caller decides where it goes.
     pub(super) fn slash_holdings(&mut self, who: &Address, floor: u64) -> u64 {
-        let acct = self.account(who);
-        let held = (acct.stake as u128 + acct.unbonding_total()).min(u64::MAX as u128) as u64;
+        let held = self.account(who).holdings();
         let slash = bps_of(held, self.meta.params.slash_bps)
             .max(floor)
             .min(held);
@@ -129,8 +128,7 @@ impl State {
                 "view {view} is older than the {MAX_SLASHED_VIEWS} views this validator was slashed for"
             ));
         }
-        let acct = self.account(&offender);
-        let held = (acct.stake as u128 + acct.unbonding_total()).min(u64::MAX as u128) as u64;
+        let held = self.account(&offender).holdings();
         let own = self.slash_holdings(&offender, 0);
         if own == 0 {
             return err("the validator holds nothing to slash");

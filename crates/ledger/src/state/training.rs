@@ -342,8 +342,7 @@ impl State {
     /// or slashed for the round, and the job ends with the rest of its escrow refunded.
     fn reject_training_round(&mut self, id: Hash256, p: &PendingRound) {
         let t = self.trainings[&id].clone();
-        let acct = self.account(&t.coordinator);
-        let held = (acct.stake as u128 + acct.unbonding_total()).min(u64::MAX as u128) as u64;
+        let held = self.account(&t.coordinator).holdings();
         let s = self.slash_holdings(&t.coordinator, 0);
         // Its delegators' pool loses the same share, burned.
         self.slash_pool(&t.coordinator, s, held);

@@ -87,18 +87,21 @@ impl Chain {
         }
         .sign(&key(who))
     }
-    /// Applies one block with one transaction from each (who, kind) and returns the outcomes.
-    pub fn block(&mut self, txs: Vec<(u8, TxKind)>) -> BlockResult {
+    /// Signs one block's (who, kind) pairs, each sender's nonces counting up from its next.
+    pub fn sign_block(&self, txs: Vec<(u8, TxKind)>) -> Vec<SignedTx> {
         let mut counts = std::collections::HashMap::new();
-        let signed: Vec<SignedTx> = txs
-            .into_iter()
+        txs.into_iter()
             .map(|(w, k)| {
                 let c = counts.entry(w).or_insert(0u64);
                 let t = self.tx(w, *c, k);
                 *c += 1;
                 t
             })
-            .collect();
+            .collect()
+    }
+    /// Applies one block with one transaction from each (who, kind) and returns the outcomes.
+    pub fn block(&mut self, txs: Vec<(u8, TxKind)>) -> BlockResult {
+        let signed = self.sign_block(txs);
         let h = self.s.height() + 1;
         let r = self.s.apply_block(h, &signed).unwrap();
         self.s.audit().unwrap();
